@@ -1,0 +1,288 @@
+"""The NATS connection with its JetStream context: streams, publishing, consuming, KV guard.
+
+Publishing always goes through JetStream and waits for the PubAck, with a `Nats-Msg-Id` so a
+retried publish inside the stream's duplicate window is stored once. Consumers are durable pull
+consumers with explicit acks; `consume()` is the one loop every Component uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.kv import KeyValue
+from prometheus_client import Counter
+
+from kannon.bus.subjects import SENT_GUARD_BUCKET, STREAMS, StreamSpec
+
+log = logging.getLogger("kannon.bus")
+
+PUBLISHED = Counter("kannon_bus_published_total", "Messages published with a PubAck", ["subject"])
+HANDLED = Counter("kannon_bus_handled_total", "Messages handled by consumers",
+                  ["durable", "result"])
+
+STREAM_MAX_AGE = timedelta(hours=24)
+DUPLICATE_WINDOW = timedelta(minutes=10)
+
+
+class Verdict(enum.Enum):
+    ACK = "ack"
+    NAK = "nak"
+    TERM = "term"
+
+
+@dataclass(frozen=True)
+class Result:
+    verdict: Verdict
+    delay: float | None = None
+
+    @classmethod
+    def ack(cls) -> Result:
+        return cls(Verdict.ACK)
+
+    @classmethod
+    def nak(cls, delay: float | None = None) -> Result:
+        return cls(Verdict.NAK, delay)
+
+    @classmethod
+    def term(cls) -> Result:
+        return cls(Verdict.TERM)
+
+
+@dataclass(frozen=True)
+class BusMessage:
+    """What a handler sees of a consumed message."""
+
+    subject: str
+    data: bytes
+    msg_id: str | None
+    num_delivered: int
+    stream_seq: int
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    durable: str
+    stream: str
+    subject: str
+    ack_wait: timedelta = timedelta(seconds=30)
+    max_deliver: int = 100
+    batch: int = 50
+    concurrency: int = 1
+    # Delay before a Nak'ed or failed message comes back.
+    retry_delay: timedelta = timedelta(seconds=5)
+
+
+Handler = Callable[[BusMessage], Awaitable[Result]]
+
+
+class Bus:
+    def __init__(self, nc: NatsClient) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=10)
+
+    @classmethod
+    async def connect(cls, url: str, *, name: str = "kannon") -> Bus:
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats connection error", extra={"kv": {"error": repr(exc)}})
+
+        nc = await nats.connect(
+            url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=1,
+            error_cb=on_error, connect_timeout=5, allow_reconnect=True,
+        )
+        return cls(nc)
+
+    async def ensure_streams(self, *, replicas: int = 1, attempts: int = 5) -> None:
+        """Create or update Kannon's streams; retried because JetStream may still be starting."""
+        delay = 1.0
+        for attempt in range(1, attempts + 1):
+            try:
+                for spec in STREAMS:
+                    await self._ensure_stream(spec, replicas)
+                return
+            except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+                if attempt == attempts:
+                    raise
+                log.warning("stream set-up failed, retrying",
+                            extra={"kv": {"attempt": attempt, "error": repr(exc)}})
+                await asyncio.sleep(delay)
+                delay *= 2
+
+    async def _ensure_stream(self, spec: StreamSpec, replicas: int) -> None:
+        config = StreamConfig(
+            name=spec.name,
+            description=spec.description,
+            subjects=list(spec.subjects),
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_age=STREAM_MAX_AGE.total_seconds(),
+            duplicate_window=DUPLICATE_WINDOW.total_seconds(),
+            num_replicas=replicas,
+        )
+        try:
+            await self.js.stream_info(spec.name)
+        except nats.js.errors.NotFoundError:
+            await self.js.add_stream(config)
+        else:
+            await self.js.update_stream(config)
+
+    async def publish(self, subject: str, payload: bytes, msg_id: str) -> int:
+        """Publish and wait for the stream to store it; returns the stream sequence."""
+        ack = await self.js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id})
+        PUBLISHED.labels(subject).inc()
+        return int(ack.seq)
+
+    async def check(self) -> None:
+        if not self.nc.is_connected:
+            raise RuntimeError(f"not connected (status {self.nc._status})")
+        await self.js.account_info()
+
+    async def close(self) -> None:
+        if self.nc.is_closed:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.nc.drain(), 10)
+        if not self.nc.is_closed:
+            await self.nc.close()
+
+    async def sent_guard(self, ttl: timedelta = timedelta(hours=1), replicas: int = 1) -> SentGuard:
+        try:
+            kv = await self.js.key_value(SENT_GUARD_BUCKET)
+        except (nats.js.errors.BucketNotFoundError, nats.js.errors.NotFoundError):
+            kv = await self.js.create_key_value(
+                KeyValueConfig(bucket=SENT_GUARD_BUCKET, ttl=ttl.total_seconds(),
+                               storage=StorageType.FILE, replicas=replicas,
+                               description="Envelopes already handed to a remote MX")
+            )
+        return SentGuard(kv)
+
+    async def consume(
+        self,
+        spec: ConsumerSpec,
+        handler: Handler,
+        stopping: asyncio.Event,
+        *,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        """Durable pull-consume `spec.subject` until `stopping` is set, then drain in-flight work.
+
+        Up to `spec.concurrency` handlers run at once. A handler's Result decides ack/nak/term;
+        an exception is logged and the message comes back after `spec.retry_delay`.
+        """
+        config = ConsumerConfig(
+            name=spec.durable,
+            durable_name=spec.durable,
+            filter_subject=spec.subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=spec.ack_wait.total_seconds(),
+            max_deliver=spec.max_deliver,
+            max_ack_pending=max(1000, spec.concurrency * 4),
+        )
+        await self.js.add_consumer(spec.stream, config)
+        sub = await self.js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
+        slots = asyncio.Semaphore(spec.concurrency)
+        in_flight: set[asyncio.Task[None]] = set()
+        if on_ready is not None:
+            on_ready()
+        try:
+            while not stopping.is_set():
+                await slots.acquire()
+                free = 1
+                while free < spec.batch and not slots.locked():
+                    await slots.acquire()
+                    free += 1
+                try:
+                    msgs = await sub.fetch(free, timeout=0.5)
+                except TimeoutError:
+                    msgs = []
+                except nats.errors.Error as exc:
+                    log.warning("fetch failed", extra={"kv": {"durable": spec.durable,
+                                                              "error": repr(exc)}})
+                    msgs = []
+                    await asyncio.sleep(0.5)
+                for _ in range(free - len(msgs)):
+                    slots.release()
+                for msg in msgs:
+                    task = asyncio.create_task(self._handle(spec, handler, msg, slots))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+        finally:
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _handle(
+        self, spec: ConsumerSpec, handler: Handler, msg: Msg, slots: asyncio.Semaphore
+    ) -> None:
+        try:
+            meta = msg.metadata
+            message = BusMessage(
+                subject=msg.subject,
+                data=msg.data,
+                msg_id=(msg.headers or {}).get("Nats-Msg-Id"),
+                num_delivered=meta.num_delivered or 1,
+                stream_seq=meta.sequence.stream if meta.sequence else 0,
+            )
+            try:
+                result = await handler(message)
+            except Exception:
+                log.exception("handler failed; message will be redelivered",
+                              extra={"kv": {"durable": spec.durable, "subject": msg.subject}})
+                result = Result.nak(spec.retry_delay.total_seconds())
+            HANDLED.labels(spec.durable, result.verdict.value).inc()
+            try:
+                if result.verdict is Verdict.ACK:
+                    await msg.ack()
+                elif result.verdict is Verdict.TERM:
+                    await msg.term()
+                else:
+                    await msg.nak(delay=result.delay)
+            except nats.errors.Error as exc:
+                log.warning("ack failed", extra={"kv": {"durable": spec.durable,
+                                                        "error": repr(exc)}})
+        finally:
+            slots.release()
+
+
+class SentGuard:
+    """Remembers which Envelopes were handed to a remote MX, so a redelivery is not sent twice."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    async def claim(self, key: str) -> bool:
+        """True when this caller is the first to claim `key` (and should send)."""
+        try:
+            await self.kv.create(key, b"1")
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+        return True
+
+    async def release(self, key: str) -> None:
+        """Forget a claim whose send did not reach a remote server, so a retry may send."""
+        with contextlib.suppress(nats.js.errors.Error):
+            await self.kv.delete(key)

@@ -1,0 +1,51 @@
+"""Every NATS stream, subject and durable consumer name, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SENDING_STREAM = "kannon-sending"
+SENDING_SUBJECT = "kannon.sending"
+
+STATS_STREAM = "kannon-stats"
+STATS_SUBJECTS = "kannon.stats.*"
+STATS_PREFIX = "kannon.stats."
+
+SENT_GUARD_BUCKET = "kannon-sent-envelopes"
+
+# Outcome types, as the original names them (subject suffix, stats.type, aggregated type).
+ACCEPTED = "accepted"
+REJECTED = "rejected"
+DELIVERED = "delivered"
+BOUNCED = "bounced"
+ERROR = "error"
+FAILED = "failed"
+OPENED = "opened"
+CLICKED = "clicked"
+STAT_TYPES = (ACCEPTED, REJECTED, DELIVERED, BOUNCED, ERROR, FAILED, OPENED, CLICKED)
+
+
+def stats_subject(stat_type: str) -> str:
+    if stat_type not in STAT_TYPES:
+        raise ValueError(f"unknown stat type {stat_type!r}")
+    return STATS_PREFIX + stat_type
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    description: str
+
+
+STREAMS = (
+    StreamSpec(SENDING_STREAM, (SENDING_SUBJECT,), "Envelopes waiting for the SMTPSender"),
+    StreamSpec(STATS_STREAM, (STATS_SUBJECTS,), "Delivery outcome and engagement events"),
+)
+
+# Durable consumers (name → filter subject).
+SENDER_DURABLE = "kannon-sending-pool"
+DISPATCHER_DELIVERED_DURABLE = "dispatcher-delivered"
+DISPATCHER_BOUNCED_DURABLE = "dispatcher-bounced"
+DISPATCHER_ERROR_DURABLE = "dispatcher-error"
+STATS_DURABLE = "kannon-stats-logs"

@@ -1,0 +1,32 @@
+"""Creation of the process-wide asyncpg pool, with JSON codecs and a health check."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb columns (fields, headers, attachments, stats data) are exchanged as Python objects.
+    for typ in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog", format="text"
+        )
+
+
+async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    """Open a pool; raises the driver's error when the server cannot be reached."""
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        url, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=60
+    )
+    return pool
+
+
+async def check_pool(pool: asyncpg.Pool) -> None:
+    """Health check: one round trip; raises when the database does not answer."""
+    async with pool.acquire(timeout=5) as conn:
+        value: Any = await conn.fetchval("SELECT 1", timeout=5)
+    if value != 1:
+        raise RuntimeError("database answered SELECT 1 with %r" % (value,))

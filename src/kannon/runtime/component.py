@@ -1,0 +1,73 @@
+"""The Component protocol and the `Life` handle a Component uses to talk to its supervisor.
+
+Every Component has one `async run(life)`: start, call `life.ready()`, serve until
+`life.stopping` is set, drain in-flight work, return. Raising means failure: the supervisor then
+stops the other Components gracefully and the process exits non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Protocol
+
+
+class Life:
+    """What the supervisor tells a Component (stop now) and what it hears back (I'm ready)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.stopping = asyncio.Event()
+        self._ready = asyncio.Event()
+
+    def ready(self) -> None:
+        self._ready.set()
+
+    @property
+    def is_ready(self) -> bool:
+        return self._ready.is_set()
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep unless asked to stop first; returns True when stopping."""
+        if self.stopping.is_set():
+            return True
+        try:
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            return False
+        return True
+
+
+class Component(Protocol):
+    name: str
+
+    async def run(self, life: Life) -> None: ...
+
+
+async def run_cycles(
+    life: Life,
+    cycle: Callable[[], Awaitable[int]],
+    idle: timedelta,
+    *,
+    on_error: Callable[[BaseException], None] | None = None,
+) -> None:
+    """Loop a polling worker's `cycle()` (which returns how much work it did) until stopping.
+
+    Sleeps only when a cycle found nothing to do, so a backlog drains at full speed. An error in
+    a cycle is reported to `on_error` and retried after the idle interval when `on_error` is
+    given; otherwise it propagates and fails the Component.
+    """
+    while not life.stopping.is_set():
+        try:
+            done = await cycle()
+        except Exception as exc:
+            if on_error is None:
+                raise
+            on_error(exc)
+            done = 0
+        if done == 0 and await life.sleep(idle.total_seconds()):
+            return

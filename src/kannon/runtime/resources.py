@@ -1,0 +1,86 @@
+"""Process-wide shared resources: one asyncpg pool and one NATS connection, created lazily on
+first use, each registering its health check, closed in reverse order of creation.
+
+Components never build these themselves: the CLI hands each Component what it needs, which keeps
+the SMTPSender provably free of the database layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from kannon.runtime.health import HealthRegistry
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from kannon.bus.client import Bus
+
+log = logging.getLogger("kannon.resources")
+
+
+class Resources:
+    def __init__(
+        self,
+        health: HealthRegistry,
+        *,
+        database_url: str | None,
+        nats_url: str | None,
+        stream_replicas: int = 1,
+        pool_max_size: int = 10,
+    ) -> None:
+        self.health = health
+        self.database_url = database_url
+        self.nats_url = nats_url
+        self.stream_replicas = stream_replicas
+        self.pool_max_size = pool_max_size
+        self._pool: asyncpg.Pool | None = None
+        self._bus: Bus | None = None
+        self._lock = asyncio.Lock()
+        self._closers: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+
+    def add_closer(self, name: str, closer: Callable[[], Awaitable[None]]) -> None:
+        """Register something to close at shutdown (closed after later-registered ones)."""
+        self._closers.append((name, closer))
+
+    async def pool(self) -> asyncpg.Pool:
+        async with self._lock:
+            if self._pool is None:
+                if not self.database_url:
+                    raise RuntimeError("database_url is not configured")
+                from kannon.db.pool import check_pool, create_pool
+
+                pool = await create_pool(self.database_url, max_size=self.pool_max_size)
+                self._pool = pool
+                self.health.add_check("db", lambda: check_pool(pool))
+                self.add_closer("db", pool.close)
+            return self._pool
+
+    async def bus(self) -> Bus:
+        async with self._lock:
+            if self._bus is None:
+                if not self.nats_url:
+                    raise RuntimeError("nats_url is not configured")
+                from kannon.bus.client import Bus
+
+                bus = await Bus.connect(self.nats_url)
+                await bus.ensure_streams(replicas=self.stream_replicas)
+                self._bus = bus
+                self.health.add_check("nats", bus.check)
+                self.add_closer("nats", bus.close)
+            return self._bus
+
+    async def close(self, timeout: float = 10.0) -> None:
+        while self._closers:
+            name, closer = self._closers.pop()
+            try:
+                await asyncio.wait_for(closer(), timeout)
+            except Exception:
+                log.exception("closing %s failed", name)
+        with contextlib.suppress(Exception):
+            self._pool = None
+            self._bus = None

@@ -1,0 +1,134 @@
+"""Real servers for the test session: PostgreSQL and nats-server on free loopback ports.
+
+`KANNON_TEST_DATABASE_URL` / `KANNON_TEST_NATS_URL` point the suite at existing servers instead.
+Each test that asks for `database_url` gets a fresh database cloned from a migrated template;
+each test that asks for `bus` gets freshly created streams.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import nats.js.errors
+import pytest
+
+from kannon.bus.client import Bus
+from kannon.bus.embedded import start_nats
+from kannon.bus.subjects import SENT_GUARD_BUCKET, STREAMS
+from kannon.db.embedded import start_postgres
+from kannon.db.migrate import migrate
+
+TEMPLATE_DB = "kannon_test_template"
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    """URL of a database on a server where the suite may create databases."""
+    existing = os.environ.get("KANNON_TEST_DATABASE_URL")
+    if existing:
+        yield existing
+        return
+    root = Path(tempfile.mkdtemp(prefix="kannon-test-pg-", dir="/tmp"))
+    os.chmod(root, 0o755)
+    server = start_postgres(root / "data", fast=True)
+    try:
+        yield server.url()
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+async def migrated_template(pg_admin_url: str) -> str:
+    conn = await asyncpg.connect(pg_admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}"')
+        await conn.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
+    finally:
+        await conn.close()
+    await migrate(_with_database(pg_admin_url, TEMPLATE_DB))
+    return TEMPLATE_DB
+
+
+@pytest.fixture
+async def empty_database_url(pg_admin_url: str) -> AsyncIterator[str]:
+    """A fresh, empty database (no migrations applied)."""
+    name = "t_" + uuid.uuid4().hex[:16]
+    conn = await asyncpg.connect(pg_admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    yield _with_database(pg_admin_url, name)
+    await _drop(pg_admin_url, name)
+
+
+@pytest.fixture
+async def database_url(pg_admin_url: str, migrated_template: str) -> AsyncIterator[str]:
+    """A fresh database with every migration applied."""
+    name = "t_" + uuid.uuid4().hex[:16]
+    conn = await asyncpg.connect(pg_admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
+    finally:
+        await conn.close()
+    yield _with_database(pg_admin_url, name)
+    await _drop(pg_admin_url, name)
+
+
+async def _drop(admin_url: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> Iterator[str]:
+    existing = os.environ.get("KANNON_TEST_NATS_URL")
+    if existing:
+        yield existing
+        return
+    root = Path(tempfile.mkdtemp(prefix="kannon-test-nats-", dir="/tmp"))
+    server = start_nats(root / "store")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def reset_streams(bus: Bus) -> None:
+    """Delete Kannon's streams and the send-guard bucket so a test starts from nothing."""
+    for spec in STREAMS:
+        try:
+            await bus.js.delete_stream(spec.name)
+        except nats.js.errors.NotFoundError:
+            pass
+    try:
+        await bus.js.delete_key_value(SENT_GUARD_BUCKET)
+    except (nats.js.errors.NotFoundError, nats.js.errors.BucketNotFoundError):
+        pass
+
+
+@pytest.fixture
+async def bus(nats_url: str) -> AsyncIterator[Bus]:
+    """A connected Bus with freshly created, empty streams."""
+    connected = await Bus.connect(nats_url, name="kannon-test")
+    await reset_streams(connected)
+    await connected.ensure_streams()
+    yield connected
+    await connected.close()
