@@ -1,0 +1,94 @@
+"""Outcome events of a Delivery: what happened to one Recipient of one Batch.
+
+Accepted/Rejected come from the Validator, Delivered/Bounced/Errored from the SMTPSender (and
+Bounced also from the SMTPServer's inbound DSNs), Failed from the Dispatcher when the retry budget
+is spent, Opened/Clicked from the Tracker. Each event carries an `event_id` that is stable across
+retries of the same publish, so the bus stores it once and Stats counts it once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class Accepted:
+    type = "accepted"
+
+
+@dataclass(frozen=True)
+class Rejected:
+    reason: str
+    type = "rejected"
+
+
+@dataclass(frozen=True)
+class Delivered:
+    type = "delivered"
+
+
+@dataclass(frozen=True)
+class Bounced:
+    permanent: bool
+    code: int
+    message: str
+    status: str = ""
+    reason: str = ""
+    hard_bounce: bool = False
+    remote_mta: str = ""
+    from_dsn: bool = False
+    type = "bounced"
+
+
+@dataclass(frozen=True)
+class Errored:
+    code: int
+    message: str
+    type = "error"
+
+
+@dataclass(frozen=True)
+class Failed:
+    reason: str
+    type = "failed"
+
+
+@dataclass(frozen=True)
+class Opened:
+    user_agent: str
+    ip: str
+    type = "opened"
+
+
+@dataclass(frozen=True)
+class Clicked:
+    user_agent: str
+    ip: str
+    url: str
+    type = "clicked"
+
+
+Detail = Accepted | Rejected | Delivered | Bounced | Errored | Failed | Opened | Clicked
+
+TERMINAL_TYPES = frozenset({"rejected", "delivered", "bounced", "failed"})
+
+
+@dataclass(frozen=True)
+class Outcome:
+    batch_id: str
+    domain: str
+    recipient: str
+    timestamp: datetime
+    detail: Detail
+    event_id: str
+
+    @property
+    def type(self) -> str:
+        return self.detail.type
+
+
+def domain_of_batch(batch_id: str) -> str:
+    """Tenant Domain of a Batch id `msg_<id>@<domain>` (text after the last `@`)."""
+    _, at, domain = batch_id.rpartition("@")
+    return domain if at else ""
