@@ -1,0 +1,496 @@
+"""The Settings model: every configuration key, its type, default, range and description.
+
+This module is the single source of truth for the key set. Key paths, env var names, CLI flags
+and the README table are all derived from the pydantic fields declared here (see
+:func:`iter_keys`), so adding a field is all it takes to add a key everywhere.
+
+Field defaults are written in the syntax an operator would type ("10s", "1024kb") and validated
+like any other input (``validate_default``), so the displayed default and the effective default
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal, NamedTuple
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic.fields import FieldInfo
+
+from kannon.config.values import (
+    format_duration,
+    parse_bool,
+    parse_dns_server,
+    parse_duration,
+    parse_int,
+    parse_list,
+    parse_listen_address,
+    parse_size,
+    show_value,
+)
+
+COMPONENTS: tuple[str, ...] = (
+    "api",
+    "validator",
+    "dispatcher",
+    "sender",
+    "smtp",
+    "tracker",
+    "stats",
+)
+"""Component names in the fixed order they are started by ``selected_components``."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Display type of a key (the README's "Type" column); ``bool`` keys become store_true flags."""
+
+    name: str
+
+
+class CrossKeyError(ValueError):
+    """A cross-field problem blamed on one key (carried through pydantic's ValidationError)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+# ---------------------------------------------------------------------------------------------
+# Validators. Each accepts the raw value (str from env/CLI, any YAML scalar) AND its own output,
+# because the loader validates every value once per source and then once more inside Settings.
+
+
+def _int_in(lo: int, hi: int | None = None) -> Callable[[object], int]:
+    def check(value: object) -> int:
+        number = parse_int(value)
+        if number < lo or (hi is not None and number > hi):
+            bounds = f"{lo}..{hi}" if hi is not None else f"at least {lo}"
+            raise ValueError(f"{show_value(value)} is out of range (must be {bounds})")
+        return number
+
+    return check
+
+
+def _positive_duration(value: object) -> timedelta:
+    duration = parse_duration(value)
+    if duration <= timedelta(0):
+        raise ValueError(f"{show_value(value)} is not a positive duration (use e.g. 10s, 1m30s)")
+    return duration
+
+
+def _positive_size(value: object) -> int:
+    size = parse_size(value)
+    if size < 1:
+        raise ValueError(f"{show_value(value)} is not a positive size (use e.g. 1024kb, 64mb)")
+    return size
+
+
+def _text(value: object) -> str:
+    # YAML turns `domain: 1234` into an int; that is still text to us. A YAML boolean is not:
+    # `hostname: yes` is almost certainly a mistake.
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"{show_value(value)} is not a string")
+
+
+def _optional_text(value: object) -> str | None:
+    # Empty means unset: `K_API_ADMIN_TOKEN=` or `secret_key: ""` must not become a blank secret.
+    if value is None:
+        return None
+    text = _text(value)
+    return text if text.strip() else None
+
+
+def _choice(*choices: str) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        if isinstance(value, str) and value.strip().lower() in choices:
+            return value.strip().lower()
+        raise ValueError(f"{show_value(value)} is not one of {', '.join(choices)}")
+
+    return check
+
+
+def _path(value: object) -> Path:
+    if isinstance(value, Path):
+        return value
+    text = _text(value).strip()
+    if not text:
+        raise ValueError(f"{show_value(value)} is not a path")
+    return Path(os.path.expanduser(text))
+
+
+def _listen_address(value: object) -> str:
+    text = _text(value).strip()
+    parse_listen_address(text)
+    return text
+
+
+def _http_url(value: object) -> str:
+    text = _text(value).strip().rstrip("/")
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest or " " in rest:
+        raise ValueError(f"{show_value(value)} is not an http(s) URL")
+    return text
+
+
+def _dns_servers(value: object) -> tuple[str, ...]:
+    servers = parse_list(value)
+    for server in servers:
+        parse_dns_server(server)
+    return servers
+
+
+def _networks(value: object) -> tuple[str, ...]:
+    networks = parse_list(value)
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(f"{show_value(network)} is not an IP address or CIDR") from None
+    return networks
+
+
+# ---------------------------------------------------------------------------------------------
+# Value types. Ports a server listens on accept 0 (the OS picks a free port — tests rely on it);
+# ports Kannon connects to do not.
+
+ListenPort = Annotated[int, BeforeValidator(_int_in(0, 65535)), Kind("port")]
+RemotePort = Annotated[int, BeforeValidator(_int_in(1, 65535)), Kind("port")]
+Count = Annotated[int, BeforeValidator(_int_in(1)), Kind("int")]
+Replicas = Annotated[int, BeforeValidator(_int_in(1, 5)), Kind("int")]  # JetStream's maximum
+Duration = Annotated[timedelta, BeforeValidator(_positive_duration), Kind("duration")]
+Size = Annotated[int, BeforeValidator(_positive_size), Kind("size")]
+Bool = Annotated[bool, BeforeValidator(parse_bool), Kind("bool")]
+Text = Annotated[str, BeforeValidator(_text), Kind("string")]
+OptionalText = Annotated[str | None, BeforeValidator(_optional_text), Kind("string")]
+DataPath = Annotated[Path, BeforeValidator(_path), Kind("path")]
+ListenAddress = Annotated[str, BeforeValidator(_listen_address), Kind("address")]
+HttpUrl = Annotated[str, BeforeValidator(_http_url), Kind("url")]
+DnsServers = Annotated[tuple[str, ...], BeforeValidator(_dns_servers), Kind("list")]
+Networks = Annotated[tuple[str, ...], BeforeValidator(_networks), Kind("list")]
+RelayTLS = Annotated[
+    Literal["starttls", "tls", "none"],
+    BeforeValidator(_choice("starttls", "tls", "none")),
+    Kind("starttls|tls|none"),
+]
+
+_SHOWN = "kannon_shown_default"
+
+
+def _key(
+    default: object,
+    description: str,
+    *,
+    shown: str | None = None,
+    yaml_name: str | None = None,
+    secret: bool = False,
+) -> Any:
+    """Declare a key. Returns Any so a default in operator syntax ("10s") type-checks."""
+    return Field(
+        default,
+        description=description,
+        # validation_alias, not alias: with `alias` type checkers would demand `run-api=` as the
+        # constructor keyword; this way `Settings(run_api=True)` stays valid Python.
+        validation_alias=yaml_name,
+        # Secrets and DSNs (which embed passwords) stay out of repr() and therefore out of logs.
+        repr=not secret,
+        json_schema_extra={_SHOWN: shown} if shown is not None else None,
+    )
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        validate_default=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+    )
+
+
+class HealthSettings(_Section):
+    """Per-process liveness/metrics HTTP server."""
+
+    port: ListenPort = _key(9090, "HTTP port serving /healthz and /metrics (0 = any free port)")
+    host: Text = _key("0.0.0.0", "Listen address of the health/metrics server")
+
+
+class ApiSettings(_Section):
+    """gRPC API (Mailer, Admin, Stats)."""
+
+    port: ListenPort = _key(50051, "gRPC API port")
+    host: Text = _key("0.0.0.0", "gRPC API listen address")
+    admin_token: OptionalText = _key(
+        None, "Token guarding the Admin API (domains, templates, API keys)", secret=True
+    )
+    max_message_size: Size = _key("64mb", "Max gRPC request size, attachments included")
+    max_recipients: Count = _key(100000, "Max recipients in one send request")
+
+
+class RelaySettings(_Section):
+    """Optional smarthost all outgoing mail is handed to instead of the recipients' MX."""
+
+    host: OptionalText = _key(None, "Relay (smarthost) for all outgoing mail; unset = direct MX")
+    port: RemotePort = _key(587, "Relay port")
+    username: OptionalText = _key(None, "Relay username (unset = no authentication)")
+    password: OptionalText = _key(None, "Relay password", secret=True)
+    tls: RelayTLS = _key("starttls", "TLS mode for the relay connection")
+
+
+class SenderSettings(_Section):
+    """Outbound SMTP sender."""
+
+    hostname: OptionalText = _key(
+        None, "Hostname for outgoing mail (HELO/EHLO name)", shown="(required by sender)"
+    )
+    max_jobs: Count = _key(10, "Max parallel sending jobs")
+    demo_sender: Bool = _key(False, "Demo mode: process deliveries without sending any mail")
+    dns_servers: DnsServers = _key(
+        (), "DNS servers for MX lookups, ip[:port] comma-separated (empty = system resolver)"
+    )
+    smtp_port: RemotePort = _key(25, "Port of the recipients' MX servers")
+    connect_timeout: Duration = _key("15s", "Timeout connecting to a remote SMTP server")
+    command_timeout: Duration = _key("60s", "Timeout of each command to a remote SMTP server")
+    relay: RelaySettings = Field(default_factory=RelaySettings)
+
+
+class SmtpSettings(_Section):
+    """Inbound SMTP server receiving DSNs/bounces."""
+
+    address: ListenAddress = _key(
+        ":25", "SMTP server listen address, host:port (empty host = all interfaces)"
+    )
+    domain: Text = _key("localhost", "SMTP server domain")
+    read_timeout: Duration = _key("10s", "SMTP read timeout")
+    write_timeout: Duration = _key("10s", "SMTP write timeout")
+    max_payload: Size = _key("1024kb", "Max SMTP message size")
+    max_recipients: Count = _key(50, "Max recipients per SMTP message")
+
+
+class TrackerSettings(_Section):
+    """Open/click tracking HTTP server."""
+
+    port: ListenPort = _key(8080, "Open/click tracking HTTP server port")
+    host: Text = _key("0.0.0.0", "Tracking server listen address")
+    base_url: HttpUrl = _key(
+        "https://stats.{domain}", "Public base URL of tracking links ({domain} = sender domain)"
+    )
+    trusted_proxies: Networks = _key(
+        (), "Proxies (IPs/CIDRs, comma-separated) whose X-Forwarded-For is trusted"
+    )
+    token_ttl: Duration = _key("2160h", "How long open/click tracking links stay valid")
+
+
+class StatsSettings(_Section):
+    """Stats event persistence."""
+
+    retention: Duration = _key("8760h", "How long stats events are kept")
+    cleanup_interval: Duration = _key("10m", "How often stats older than the retention are deleted")
+
+
+class ValidatorSettings(_Section):
+    """Recipient validation worker."""
+
+    batch_size: Count = _key(500, "Deliveries the validator claims per batch")
+    idle_interval: Duration = _key("1s", "Validator poll interval while the pool is empty")
+    claim_timeout: Duration = _key("5m", "Age after which an unfinished validator claim is retaken")
+
+
+class DispatcherSettings(_Section):
+    """Dispatcher: builds Envelopes and schedules retries."""
+
+    batch_size: Count = _key(200, "Deliveries the dispatcher claims per batch")
+    idle_interval: Duration = _key("1s", "Dispatcher poll interval while nothing is due")
+    claim_timeout: Duration = _key(
+        "10m", "Age after which an unfinished dispatcher claim is retaken"
+    )
+    retry_window: Duration = _key("24h", "How long a delivery is retried before it fails")
+    backoff_base: Duration = _key("2m", "Base delay of the exponential retry backoff")
+    backoff_min: Duration = _key("5m", "Shortest delay before a retry")
+    backoff_max: Duration = _key("6h", "Longest delay before a retry")
+
+    @model_validator(mode="after")
+    def _backoff_bounds_ordered(self) -> DispatcherSettings:
+        if self.backoff_min > self.backoff_max:
+            raise CrossKeyError(
+                "dispatcher.backoff_min",
+                f"{format_duration(self.backoff_min)} is greater than dispatcher.backoff_max "
+                f"({format_duration(self.backoff_max)})",
+            )
+        return self
+
+
+class NatsSettings(_Section):
+    """JetStream streams and consumers."""
+
+    stream_replicas: Replicas = _key(1, "Replicas of the JetStream streams (1..5)")
+    ack_wait: Duration = _key("30s", "Ack deadline of the stats event consumers")
+    max_deliver: Count = _key(100, "Max deliveries of one JetStream message")
+    sending_ack_wait: Duration = _key(
+        "5m", "Ack deadline of the sending consumer (must outlast an SMTP transaction)"
+    )
+
+
+class Settings(_Section):
+    """All of Kannon's configuration, immutable once loaded (see ``load_settings``)."""
+
+    database_url: OptionalText = _key(
+        None, "PostgreSQL connection string", shown="(required)", secret=True
+    )
+    nats_url: OptionalText = _key(
+        None, "NATS server URL (standalone embeds its own)", shown="(required)"
+    )
+    debug: Bool = _key(False, "Enable debug logging")
+    data_dir: DataPath = _key(
+        "~/.local/share/kannon", "Standalone mode's data directory (embedded NATS store, secrets)"
+    )
+    secret_key: OptionalText = _key(
+        None,
+        "HMAC secret for bounce addresses (standalone generates one)",
+        shown="(required by dispatcher, smtp)",
+        secret=True,
+    )
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    sender: SenderSettings = Field(default_factory=SenderSettings)
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    tracker: TrackerSettings = Field(default_factory=TrackerSettings)
+    stats: StatsSettings = Field(default_factory=StatsSettings)
+    validator: ValidatorSettings = Field(default_factory=ValidatorSettings)
+    dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
+    nats: NatsSettings = Field(default_factory=NatsSettings)
+    run_api: Bool = _key(False, "Run the gRPC API server", yaml_name="run-api")
+    run_smtp: Bool = _key(False, "Run the inbound SMTP (bounce) server", yaml_name="run-smtp")
+    run_sender: Bool = _key(False, "Run the outbound SMTP sender", yaml_name="run-sender")
+    run_dispatcher: Bool = _key(False, "Run the dispatcher worker", yaml_name="run-dispatcher")
+    run_validator: Bool = _key(False, "Run the validator worker", yaml_name="run-validator")
+    run_tracker: Bool = _key(False, "Run the open/click tracker", yaml_name="run-tracker")
+    run_stats: Bool = _key(False, "Run the stats worker", yaml_name="run-stats")
+
+    def selected_components(self) -> list[str]:
+        """Names of the components whose run-* key is true, in :data:`COMPONENTS` order."""
+        return [name for name in COMPONENTS if getattr(self, f"run_{name}")]
+
+    def value_of(self, key: str) -> Any:
+        """The value of a dotted key path, e.g. ``settings.value_of("smtp.read_timeout")``."""
+        spec = key_specs().get(key)
+        if spec is None:
+            raise LookupError(f"unknown configuration key {key!r}")
+        node: Any = self
+        for attr in spec.attrs:
+            node = getattr(node, attr)
+        return node
+
+
+# ---------------------------------------------------------------------------------------------
+# Key metadata derived from the model.
+
+
+class KeyInfo(NamedTuple):
+    """One configuration key as documented to operators (one row of the README table)."""
+
+    key: str
+    """Dotted key path as written in YAML: ``smtp.read_timeout``, ``run-api``."""
+    env: str
+    """Environment variable: ``K_SMTP_READ_TIMEOUT``."""
+    flag: str
+    """CLI flag: ``--smtp-read-timeout``."""
+    type_name: str
+    """Display type: string, int, bool, port, duration, size, list, path, url, address, ..."""
+    default: str
+    """Default as displayed: ``10s``, ``false``, ``(required)``, ``(unset)``, ``(empty)``."""
+    description: str
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """Loader-side view of a key: its KeyInfo plus how to reach and validate it."""
+
+    info: KeyInfo
+    attrs: tuple[str, ...]
+    """Python attribute path from Settings: ("smtp", "read_timeout")."""
+    dest: str
+    """argparse dest of the key's flag: ``smtp_read_timeout``."""
+    adapter: TypeAdapter[Any]
+    """Validates one value of this key in isolation (type, syntax and range)."""
+
+    @property
+    def is_bool(self) -> bool:
+        return self.info.type_name == "bool"
+
+
+def env_name(key: str) -> str:
+    """K_ + upper-cased key path with "." and "-" turned into "_": run-api → K_RUN_API."""
+    return "K_" + key.upper().replace(".", "_").replace("-", "_")
+
+
+def flag_name(key: str) -> str:
+    """-- + key path with "." and "_" turned into "-": smtp.max_payload → --smtp-max-payload."""
+    return "--" + key.replace(".", "-").replace("_", "-")
+
+
+def _shown_default(field: FieldInfo) -> str:
+    extra = field.json_schema_extra
+    if isinstance(extra, dict) and isinstance(extra.get(_SHOWN), str):
+        return str(extra[_SHOWN])
+    default = field.default
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if default is None:
+        return "(unset)"
+    if isinstance(default, tuple) and not default:
+        return "(empty)"
+    return str(default)
+
+
+def _walk(
+    model: type[BaseModel], prefix: str, attrs: tuple[str, ...]
+) -> Iterator[tuple[str, tuple[str, ...], FieldInfo]]:
+    for name, field in model.model_fields.items():
+        segment = field.validation_alias if isinstance(field.validation_alias, str) else name
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from _walk(annotation, f"{prefix}{segment}.", (*attrs, name))
+        else:
+            yield f"{prefix}{segment}", (*attrs, name), field
+
+
+@functools.cache
+def key_specs() -> dict[str, KeySpec]:
+    """Every leaf key of Settings in declaration order, keyed by dotted key path."""
+    specs: dict[str, KeySpec] = {}
+    for key, attrs, field in _walk(Settings, "", ()):
+        kinds = [item for item in field.metadata if isinstance(item, Kind)]
+        if len(kinds) != 1 or not field.description:
+            raise TypeError(f"config key {key} needs exactly one Kind and a description")
+        flag = flag_name(key)
+        info = KeyInfo(
+            key=key,
+            env=env_name(key),
+            flag=flag,
+            type_name=kinds[0].name,
+            default=_shown_default(field),
+            description=field.description,
+        )
+        # The field's type with its validators/constraints re-attached, to check one value alone.
+        annotated: Any = Annotated[(field.annotation, *field.metadata)]
+        adapter: TypeAdapter[Any] = TypeAdapter(annotated)
+        specs[key] = KeySpec(
+            info=info, attrs=attrs, dest=flag[2:].replace("-", "_"), adapter=adapter
+        )
+    return specs
+
+
+def iter_keys() -> Iterator[KeyInfo]:
+    """Every configuration key (README table order): path, env var, flag, type, default, text."""
+    for spec in key_specs().values():
+        yield spec.info
