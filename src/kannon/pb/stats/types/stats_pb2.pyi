@@ -55,7 +55,7 @@ class StatsDataRejected(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class StatsDataBounced(_message.Message):
-    __slots__ = ("permanent", "code", "msg", "status", "reason", "hard_bounce", "remote_mta")
+    __slots__ = ("permanent", "code", "msg", "status", "reason", "hard_bounce", "remote_mta", "from_dsn")
     PERMANENT_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     MSG_FIELD_NUMBER: _ClassVar[int]
@@ -63,7 +63,7 @@ class StatsDataBounced(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     HARD_BOUNCE_FIELD_NUMBER: _ClassVar[int]
     REMOTE_MTA_FIELD_NUMBER: _ClassVar[int]
-    ASYNC_FIELD_NUMBER: _ClassVar[int]
+    FROM_DSN_FIELD_NUMBER: _ClassVar[int]
     permanent: bool
     code: int
     msg: str
@@ -71,7 +71,8 @@ class StatsDataBounced(_message.Message):
     reason: str
     hard_bounce: bool
     remote_mta: str
-    def __init__(self, permanent: _Optional[bool] = ..., code: _Optional[int] = ..., msg: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., hard_bounce: _Optional[bool] = ..., remote_mta: _Optional[str] = ..., **kwargs) -> None: ...
+    from_dsn: bool
+    def __init__(self, permanent: _Optional[bool] = ..., code: _Optional[int] = ..., msg: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., hard_bounce: _Optional[bool] = ..., remote_mta: _Optional[str] = ..., from_dsn: _Optional[bool] = ...) -> None: ...
 
 class StatsDataError(_message.Message):
     __slots__ = ("code", "msg")

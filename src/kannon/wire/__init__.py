@@ -1,0 +1,1 @@
+"""Translation between protobuf messages and model types: the only place that knows both."""
