@@ -7,6 +7,7 @@ each test that asks for `bus` gets freshly created streams.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -114,14 +115,10 @@ def nats_url() -> Iterator[str]:
 async def reset_streams(bus: Bus) -> None:
     """Delete Kannon's streams and the send-guard bucket so a test starts from nothing."""
     for spec in STREAMS:
-        try:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
             await bus.js.delete_stream(spec.name)
-        except nats.js.errors.NotFoundError:
-            pass
-    try:
+    with contextlib.suppress(nats.js.errors.NotFoundError, nats.js.errors.BucketNotFoundError):
         await bus.js.delete_key_value(SENT_GUARD_BUCKET)
-    except (nats.js.errors.NotFoundError, nats.js.errors.BucketNotFoundError):
-        pass
 
 
 @pytest.fixture

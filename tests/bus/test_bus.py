@@ -1,4 +1,4 @@
-"""Publish → durable pull consume → ack over a real nats-server, and redelivery after a missed ack."""
+"""Publish → durable pull consume → ack over a real nats-server; redelivery after a missed ack."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result
 from kannon.bus.subjects import SENDING_STREAM, SENDING_SUBJECT, STATS_STREAM, stats_subject
 
 
-async def _consume_until(bus: Bus, spec: ConsumerSpec, handler, expected: int,  # type: ignore[no-untyped-def]
-                         seen: list[BusMessage]) -> None:
+async def _consume_until(
+    bus: Bus,
+    spec: ConsumerSpec,
+    handler,
+    expected: int,  # type: ignore[no-untyped-def]
+    seen: list[BusMessage],
+) -> None:
     stopping = asyncio.Event()
 
     async def wrapped(msg: BusMessage) -> Result:
@@ -60,8 +65,9 @@ async def test_missed_ack_is_redelivered(bus: Bus) -> None:
             raise RuntimeError("handler crashed before acking")
         return Result.ack()
 
-    spec = ConsumerSpec("test-redeliver", SENDING_STREAM, SENDING_SUBJECT,
-                        retry_delay=timedelta(milliseconds=50))
+    spec = ConsumerSpec(
+        "test-redeliver", SENDING_STREAM, SENDING_SUBJECT, retry_delay=timedelta(milliseconds=50)
+    )
     await _consume_until(bus, spec, fail_first, 1, seen)
     assert seen[0].data == b"payload"
     assert seen[0].num_delivered == 2
@@ -70,10 +76,15 @@ async def test_missed_ack_is_redelivered(bus: Bus) -> None:
 async def test_ack_wait_expiry_redelivers(bus: Bus) -> None:
     """A consumer that dies without acking: the message comes back after ack_wait."""
     await bus.publish(SENDING_SUBJECT, b"lost", msg_id="lost-1")
-    spec = ConsumerSpec("test-ackwait", SENDING_STREAM, SENDING_SUBJECT,
-                        ack_wait=timedelta(seconds=1))
-    await bus.js.add_consumer(SENDING_STREAM, __import__("nats").js.api.ConsumerConfig(
-        durable_name=spec.durable, name=spec.durable, filter_subject=spec.subject, ack_wait=1.0))
+    spec = ConsumerSpec(
+        "test-ackwait", SENDING_STREAM, SENDING_SUBJECT, ack_wait=timedelta(seconds=1)
+    )
+    await bus.js.add_consumer(
+        SENDING_STREAM,
+        __import__("nats").js.api.ConsumerConfig(
+            durable_name=spec.durable, name=spec.durable, filter_subject=spec.subject, ack_wait=1.0
+        ),
+    )
     sub = await bus.js.pull_subscribe_bind(durable=spec.durable, stream=SENDING_STREAM)
     first = await sub.fetch(1, timeout=5)
     assert first[0].data == b"lost"

@@ -12,17 +12,22 @@ import asyncpg
 from kannon.db.migrate import load_migrations, migrate, status
 
 EXPECTED_TABLES = {
-    "domains", "api_keys", "messages", "sending_pool_emails", "templates", "stats",
-    "aggregated_stats", "stats_keys", "kannon_migrations",
+    "domains",
+    "api_keys",
+    "messages",
+    "sending_pool_emails",
+    "templates",
+    "stats",
+    "aggregated_stats",
+    "stats_keys",
+    "kannon_migrations",
 }
 
 
 async def _tables(url: str) -> set[str]:
     conn = await asyncpg.connect(url)
     try:
-        rows = await conn.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-        )
+        rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
     finally:
         await conn.close()
     return {r["tablename"] for r in rows}
@@ -55,13 +60,22 @@ async def test_original_columns_and_additions_exist(database_url: str) -> None:
     finally:
         await conn.close()
     for needed in [
-        ("domains", "dkim_private_key"), ("domains", "dkim_public_key"),
-        ("domains", "dkim_selector"), ("api_keys", "key_hash"), ("api_keys", "key_prefix"),
-        ("messages", "attachments"), ("messages", "headers"),
+        ("domains", "dkim_private_key"),
+        ("domains", "dkim_public_key"),
+        ("domains", "dkim_selector"),
+        ("api_keys", "key_hash"),
+        ("api_keys", "key_prefix"),
+        ("messages", "attachments"),
+        ("messages", "headers"),
         ("sending_pool_emails", "original_scheduled_time"),
-        ("sending_pool_emails", "send_attempts_cnt"), ("sending_pool_emails", "claimed_at"),
-        ("sending_pool_emails", "fields"), ("templates", "type"), ("templates", "title"),
-        ("stats", "data"), ("aggregated_stats", "count"), ("stats_keys", "expiration_time"),
+        ("sending_pool_emails", "send_attempts_cnt"),
+        ("sending_pool_emails", "claimed_at"),
+        ("sending_pool_emails", "fields"),
+        ("templates", "type"),
+        ("templates", "title"),
+        ("stats", "data"),
+        ("aggregated_stats", "count"),
+        ("stats_keys", "expiration_time"),
     ]:
         assert needed in cols, needed
 
@@ -78,8 +92,11 @@ def test_two_processes_at_once(empty_database_url: str) -> None:
         "print(len(asyncio.run(migrate(sys.argv[1]))))"
     )
     procs = [
-        subprocess.Popen([sys.executable, "-c", code, empty_database_url],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [sys.executable, "-c", code, empty_database_url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         for _ in range(2)
     ]
     outs = [p.communicate(timeout=60) for p in procs]

@@ -39,8 +39,9 @@ from kannon.bus.subjects import SENT_GUARD_BUCKET, STREAMS, StreamSpec
 log = logging.getLogger("kannon.bus")
 
 PUBLISHED = Counter("kannon_bus_published_total", "Messages published with a PubAck", ["subject"])
-HANDLED = Counter("kannon_bus_handled_total", "Messages handled by consumers",
-                  ["durable", "result"])
+HANDLED = Counter(
+    "kannon_bus_handled_total", "Messages handled by consumers", ["durable", "result"]
+)
 
 STREAM_MAX_AGE = timedelta(hours=24)
 DUPLICATE_WINDOW = timedelta(minutes=10)
@@ -108,8 +109,13 @@ class Bus:
             log.warning("nats connection error", extra={"kv": {"error": repr(exc)}})
 
         nc = await nats.connect(
-            url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=1,
-            error_cb=on_error, connect_timeout=5, allow_reconnect=True,
+            url,
+            name=name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+            error_cb=on_error,
+            connect_timeout=5,
+            allow_reconnect=True,
         )
         return cls(nc)
 
@@ -124,8 +130,10 @@ class Bus:
             except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
                 if attempt == attempts:
                     raise
-                log.warning("stream set-up failed, retrying",
-                            extra={"kv": {"attempt": attempt, "error": repr(exc)}})
+                log.warning(
+                    "stream set-up failed, retrying",
+                    extra={"kv": {"attempt": attempt, "error": repr(exc)}},
+                )
                 await asyncio.sleep(delay)
                 delay *= 2
 
@@ -172,9 +180,13 @@ class Bus:
             kv = await self.js.key_value(SENT_GUARD_BUCKET)
         except (nats.js.errors.BucketNotFoundError, nats.js.errors.NotFoundError):
             kv = await self.js.create_key_value(
-                KeyValueConfig(bucket=SENT_GUARD_BUCKET, ttl=ttl.total_seconds(),
-                               storage=StorageType.FILE, replicas=replicas,
-                               description="Envelopes already handed to a remote MX")
+                KeyValueConfig(
+                    bucket=SENT_GUARD_BUCKET,
+                    ttl=ttl.total_seconds(),
+                    storage=StorageType.FILE,
+                    replicas=replicas,
+                    description="Envelopes already handed to a remote MX",
+                )
             )
         return SentGuard(kv)
 
@@ -219,8 +231,9 @@ class Bus:
                 except TimeoutError:
                     msgs = []
                 except nats.errors.Error as exc:
-                    log.warning("fetch failed", extra={"kv": {"durable": spec.durable,
-                                                              "error": repr(exc)}})
+                    log.warning(
+                        "fetch failed", extra={"kv": {"durable": spec.durable, "error": repr(exc)}}
+                    )
                     msgs = []
                     await asyncio.sleep(0.5)
                 for _ in range(free - len(msgs)):
@@ -250,8 +263,10 @@ class Bus:
             try:
                 result = await handler(message)
             except Exception:
-                log.exception("handler failed; message will be redelivered",
-                              extra={"kv": {"durable": spec.durable, "subject": msg.subject}})
+                log.exception(
+                    "handler failed; message will be redelivered",
+                    extra={"kv": {"durable": spec.durable, "subject": msg.subject}},
+                )
                 result = Result.nak(spec.retry_delay.total_seconds())
             HANDLED.labels(spec.durable, result.verdict.value).inc()
             try:
@@ -262,8 +277,9 @@ class Bus:
                 else:
                     await msg.nak(delay=result.delay)
             except nats.errors.Error as exc:
-                log.warning("ack failed", extra={"kv": {"durable": spec.durable,
-                                                        "error": repr(exc)}})
+                log.warning(
+                    "ack failed", extra={"kv": {"durable": spec.durable, "error": repr(exc)}}
+                )
         finally:
             slots.release()
 

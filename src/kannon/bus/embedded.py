@@ -53,8 +53,18 @@ def start_nats(store_dir: Path, *, port: int | None = None, timeout: float = 30.
     store_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     monitor_port = free_port()
-    argv = [str(find_binary()), "-js", "-a", "127.0.0.1", "-p", str(port),
-            "-m", str(monitor_port), "-sd", str(store_dir)]
+    argv = [
+        str(find_binary()),
+        "-js",
+        "-a",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-m",
+        str(monitor_port),
+        "-sd",
+        str(store_dir),
+    ]
     child = start_child("nats-server", argv, store_dir.parent / f"{store_dir.name}.log")
     wait_until(child, lambda: _jetstream_ready(monitor_port), timeout, "JetStream ready")
     return EmbeddedNats(child, port, monitor_port, store_dir)

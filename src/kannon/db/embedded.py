@@ -95,8 +95,18 @@ def start_postgres(
         os.chown(log_path, user[0], user[1])
     if not (data_dir / "PG_VERSION").exists():
         result = subprocess.run(
-            [str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres", "--auth=trust",
-             "-E", "UTF8", "--no-locale", "--no-sync"],
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data_dir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ],
             capture_output=True,
             preexec_fn=_demote(uid, gid),
             check=False,
@@ -107,14 +117,32 @@ def start_postgres(
     if stale.exists():
         _clear_stale_pid(stale)
     port = port or free_port()
-    argv = [str(bin_dir / "postgres"), "-D", str(data_dir), "-h", "127.0.0.1", "-p", str(port),
-            "-c", "unix_socket_directories=", "-c", "max_connections=200"]
+    argv = [
+        str(bin_dir / "postgres"),
+        "-D",
+        str(data_dir),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-c",
+        "unix_socket_directories=",
+        "-c",
+        "max_connections=200",
+    ]
     if fast:
         for setting in FAST_SETTINGS:
             argv += ["-c", setting]
     # SIGINT is PostgreSQL's "fast shutdown": roll back sessions, checkpoint, exit.
-    child = start_child("postgres", argv, log_path, uid=uid, gid=gid, stop_signal=signal.SIGINT,
-                        env={"PATH": os.environ.get("PATH", ""), "LC_ALL": "C"})
+    child = start_child(
+        "postgres",
+        argv,
+        log_path,
+        uid=uid,
+        gid=gid,
+        stop_signal=signal.SIGINT,
+        env={"PATH": os.environ.get("PATH", ""), "LC_ALL": "C"},
+    )
     wait_until(child, lambda: port_accepts("127.0.0.1", port), timeout, "accepting connections")
     return EmbeddedPostgres(child, port, data_dir)
 

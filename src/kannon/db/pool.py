@@ -29,4 +29,4 @@ async def check_pool(pool: asyncpg.Pool) -> None:
     async with pool.acquire(timeout=5) as conn:
         value: Any = await conn.fetchval("SELECT 1", timeout=5)
     if value != 1:
-        raise RuntimeError("database answered SELECT 1 with %r" % (value,))
+        raise RuntimeError(f"database answered SELECT 1 with {value!r}")

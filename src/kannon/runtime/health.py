@@ -77,7 +77,11 @@ class HealthServer:
             method, path = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
             path = path.split("?", 1)[0]
             if method not in ("GET", "HEAD"):
-                status, ctype, body = "405 Method Not Allowed", "text/plain", b"method not allowed\n"
+                status, ctype, body = (
+                    "405 Method Not Allowed",
+                    "text/plain",
+                    b"method not allowed\n",
+                )
             elif path == "/healthz":
                 ok, results = await self.registry.evaluate()
                 status = "200 OK" if ok else "503 Service Unavailable"
@@ -87,8 +91,10 @@ class HealthServer:
                 status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest()
             else:
                 status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
-            head = (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+            head = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            ).encode()
             writer.write(head if method == "HEAD" else head + body)
             await writer.drain()
         except (TimeoutError, ConnectionError):

@@ -11,12 +11,15 @@ class _KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         msg = record.getMessage().replace("\n", "\\n")
-        line = f'ts={ts}.{int(record.msecs):03d}Z level={record.levelname.lower()} ' \
-               f'logger={record.name} msg="{msg}"'
+        line = (
+            f"ts={ts}.{int(record.msecs):03d}Z level={record.levelname.lower()} "
+            f'logger={record.name} msg="{msg}"'
+        )
         extra = getattr(record, "kv", None)
         if isinstance(extra, dict):
-            line += "".join(f" {k}={v!r}" if isinstance(v, str) else f" {k}={v}"
-                            for k, v in extra.items())
+            line += "".join(
+                f" {k}={v!r}" if isinstance(v, str) else f" {k}={v}" for k, v in extra.items()
+            )
         if record.exc_info:
             line += " exc=" + repr(self.formatException(record.exc_info))
         return line

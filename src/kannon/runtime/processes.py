@@ -106,15 +106,13 @@ def start_child(
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_child_setup(uid, gid),
+            preexec_fn=_child_setup(uid, gid),  # noqa: PLW1509 - started before threads matter
             env=env,
         )
     return ChildProcess(name, popen, log_path, stop_signal)
 
 
-def wait_until(
-    child: ChildProcess, ready: Callable[[], bool], timeout: float, what: str
-) -> None:
+def wait_until(child: ChildProcess, ready: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll `ready` until it holds; fail with the child's log when it exits or times out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -127,5 +125,6 @@ def wait_until(
             )
         time.sleep(0.02)
     child.stop()
-    raise RuntimeError(f"{child.name} did not become ready ({what}) in {timeout:.0f}s:\n"
-                       f"{child.log_tail()}")
+    raise RuntimeError(
+        f"{child.name} did not become ready ({what}) in {timeout:.0f}s:\n{child.log_tail()}"
+    )

@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 from dataclasses import dataclass
 
 from kannon.runtime.component import Component, Life
@@ -37,7 +38,7 @@ async def supervise(
     """Run `components` until a signal, `stop`, or a failure; returns the exit code."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    installed: list[int] = []
+    installed: list[signal.Signals] = []
     if install_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -47,18 +48,19 @@ async def supervise(
     lives = {c.name: Life(c.name) for c in components}
     if health is not None:
         for name, life in lives.items():
-            health.add_readiness(name, lambda life=life: life.is_ready)
-    tasks = {
+            health.add_readiness(name, _readiness(life))
+    tasks: dict[asyncio.Future[Any], str] = {
         asyncio.create_task(c.run(lives[c.name]), name=f"component:{c.name}"): c.name
         for c in components
     }
     failures: dict[str, BaseException] = {}
-    stop_waiter = asyncio.create_task(stop.wait())
+    stop_waiter: asyncio.Future[Any] = asyncio.create_task(stop.wait())
     try:
-        pending = set(tasks)
+        pending: set[asyncio.Future[Any]] = set(tasks)
         while pending and not stop.is_set():
-            done, _ = await asyncio.wait(pending | {stop_waiter},
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                pending | {stop_waiter}, return_when=asyncio.FIRST_COMPLETED
+            )
             for task in done - {stop_waiter}:
                 pending.discard(task)
                 name = tasks[task]
@@ -66,20 +68,25 @@ async def supervise(
                 if exc is None:
                     exc = RuntimeError(f"component {name} returned before it was asked to stop")
                 failures[name] = exc
-                log.error("component failed, stopping the others",
-                          extra={"kv": {"component": name, "error": repr(exc)}},
-                          exc_info=exc if not isinstance(exc, RuntimeError) else None)
+                log.error(
+                    "component failed, stopping the others",
+                    extra={"kv": {"component": name, "error": repr(exc)}},
+                    exc_info=exc if not isinstance(exc, RuntimeError) else None,
+                )
                 stop.set()
         for life in lives.values():
             life.stopping.set()
         if pending:
             done, stragglers = await asyncio.wait(pending, timeout=grace)
             for task in done:
-                if not task.cancelled() and task.exception() is not None:
-                    failures.setdefault(tasks[task], task.exception())  # type: ignore[arg-type]
+                error = None if task.cancelled() else task.exception()
+                if error is not None:
+                    failures.setdefault(tasks[task], error)
             for task in stragglers:
-                log.warning("component did not stop within the grace period; cancelling",
-                            extra={"kv": {"component": tasks[task], "grace_s": grace}})
+                log.warning(
+                    "component did not stop within the grace period; cancelling",
+                    extra={"kv": {"component": tasks[task], "grace_s": grace}},
+                )
                 task.cancel()
                 failures.setdefault(tasks[task], TimeoutError("did not stop in time"))
             if stragglers:
@@ -89,6 +96,10 @@ async def supervise(
         for sig in installed:
             loop.remove_signal_handler(sig)
     return Outcome(1 if failures else 0, failures)
+
+
+def _readiness(life: Life) -> Callable[[], bool]:
+    return lambda: life.is_ready
 
 
 def _on_signal(stop: asyncio.Event, sig: int) -> None:

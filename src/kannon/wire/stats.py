@@ -39,7 +39,8 @@ def timestamp_pb(value: datetime) -> Timestamp:
 
 
 def timestamp_from_pb(ts: Timestamp) -> datetime:
-    return ts.ToDatetime(tzinfo=UTC)
+    value: datetime = ts.ToDatetime(tzinfo=UTC)
+    return value
 
 
 def data_pb(detail: Detail) -> pb.StatsData:
@@ -86,9 +87,16 @@ def detail_from_pb(data: pb.StatsData) -> Detail:
         return Delivered()
     if kind == "bounced":
         b = data.bounced
-        return Bounced(permanent=b.permanent, code=b.code, message=b.msg, status=b.status,
-                       reason=b.reason, hard_bounce=b.hard_bounce, remote_mta=b.remote_mta,
-                       from_dsn=b.from_dsn)
+        return Bounced(
+            permanent=b.permanent,
+            code=b.code,
+            message=b.msg,
+            status=b.status,
+            reason=b.reason,
+            hard_bounce=b.hard_bounce,
+            remote_mta=b.remote_mta,
+            from_dsn=b.from_dsn,
+        )
     if kind == "error":
         return Errored(data.error.code, data.error.msg)
     if kind == "failed":
@@ -101,8 +109,13 @@ def detail_from_pb(data: pb.StatsData) -> Detail:
 
 
 def outcome_pb(outcome: Outcome) -> pb.Stats:
-    msg = pb.Stats(message_id=outcome.batch_id, domain=outcome.domain, email=outcome.recipient,
-                   type=outcome.type, data=data_pb(outcome.detail))
+    msg = pb.Stats(
+        message_id=outcome.batch_id,
+        domain=outcome.domain,
+        email=outcome.recipient,
+        type=outcome.type,
+        data=data_pb(outcome.detail),
+    )
     msg.timestamp.CopyFrom(timestamp_pb(outcome.timestamp))
     return msg
 
@@ -118,9 +131,14 @@ def decode(payload: bytes, event_id: str | None = None) -> Outcome:
     except Exception as exc:
         raise UndecodableEvent(f"not a Stats message: {exc}") from exc
     detail = detail_from_pb(msg.data)
-    return Outcome(batch_id=msg.message_id, domain=msg.domain, recipient=msg.email,
-                   timestamp=timestamp_from_pb(msg.timestamp), detail=detail,
-                   event_id=event_id or "")
+    return Outcome(
+        batch_id=msg.message_id,
+        domain=msg.domain,
+        recipient=msg.email,
+        timestamp=timestamp_from_pb(msg.timestamp),
+        detail=detail,
+        event_id=event_id or "",
+    )
 
 
 def data_json(detail: Detail) -> dict[str, Any]:

@@ -1,0 +1,92 @@
+"""`kannon standalone`: every Component in one process, with its own nats-server child and, when
+no `database_url` is configured, its own PostgreSQL child, both under the data directory.
+
+Children are stopped (by PID) after the Components have drained, in reverse order of start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import sys
+from pathlib import Path
+
+import asyncpg
+
+from kannon.app import available_components, run_components
+from kannon.bus.embedded import start_nats
+from kannon.config import Settings
+from kannon.db.embedded import EmbeddedPostgres, start_postgres
+from kannon.db.migrate import migrate
+from kannon.runtime.health import HealthServer
+
+log = logging.getLogger("kannon.standalone")
+
+
+def _secret(data_dir: Path) -> str:
+    """The HMAC secret for bounce addresses, generated once and kept with the data."""
+    path = data_dir / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    value = secrets.token_urlsafe(32)
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return value
+
+
+async def _ensure_database(pg: EmbeddedPostgres, name: str) -> str:
+    conn = await asyncpg.connect(pg.url())
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return pg.url(name)
+
+
+def _print_endpoints(settings: Settings, names: list[str], health: HealthServer) -> None:
+    lines = []
+    if "api" in names:
+        lines.append(f"api      grpc://127.0.0.1:{settings.api.port} (gRPC, plaintext)")
+    if "tracker" in names:
+        lines.append(f"tracker  http://127.0.0.1:{settings.tracker.port}")
+    if "smtp" in names:
+        lines.append(f"smtp     smtp://{settings.smtp.address} (inbound bounces)")
+    lines.append(f"health   http://127.0.0.1:{health.port}/healthz  metrics /metrics")
+    lines.append(f"nats     {settings.nats_url}")
+    lines.append(f"database {settings.database_url}")
+    for line in lines:
+        print(f"kannon standalone: {line}", flush=True)
+
+
+async def run_standalone(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
+    data_dir = Path(settings.data_dir).expanduser().resolve()  # noqa: ASYNC240 - boot only
+    data_dir.mkdir(parents=True, exist_ok=True)
+    nats_server = await asyncio.to_thread(start_nats, data_dir / "nats")
+    pg: EmbeddedPostgres | None = None
+    try:
+        update: dict[str, object] = {"nats_url": nats_server.url}
+        if not settings.database_url:
+            pg = await asyncio.to_thread(start_postgres, data_dir / "postgres")
+            update["database_url"] = await _ensure_database(pg, "kannon")
+        if not settings.secret_key:
+            update["secret_key"] = _secret(data_dir)
+        settings = settings.model_copy(update=update)
+        assert settings.database_url is not None
+        applied = await migrate(settings.database_url)
+        if applied:
+            log.info("migrations applied", extra={"kv": {"count": len(applied)}})
+        names = available_components()
+        return await run_components(
+            settings,
+            names,
+            stop=stop,
+            on_started=lambda health: _print_endpoints(settings, names, health),
+        )
+    finally:
+        if pg is not None:
+            pg.stop()
+        nats_server.stop()
+        sys.stdout.flush()
