@@ -120,7 +120,9 @@ def add_cli_flags(parser: argparse.ArgumentParser) -> None:
                 help=_help(info),
             )
         else:
-            metavar = info.type_name.upper() if info.type_name.isalpha() else "VALUE"
+            # "starttls|tls|none" → "{starttls,tls,none}", argparse's spelling of a choice.
+            name = info.type_name
+            metavar = name.upper() if name.isalpha() else "{" + name.replace("|", ",") + "}"
             group.add_argument(
                 info.flag,
                 dest=spec.dest,
