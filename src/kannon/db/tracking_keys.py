@@ -1,0 +1,61 @@
+"""Tracking-token keys in `stats_keys`: the Dispatcher signs with the newest usable key, the Tracker
+verifies with every unexpired one.
+
+Keys are HMAC secrets (base64 in `private_key`; `public_key` names the algorithm). A key is used
+for signing only while it outlives the tokens it signs (`expiration_time > now + token_ttl`), so
+rotation happens before expiry and a token never outlives its key. Old keys keep verifying until
+they expire.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from kannon.envelope.tokens import TrackingKey
+
+ALGORITHM = "hmac-sha256"
+
+
+def _naive(value: datetime) -> datetime:
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+async def signing_key(pool: asyncpg.Pool, now: datetime, token_ttl: timedelta) -> TrackingKey:
+    """The key to sign new tokens with, creating one (valid 2 × token_ttl) when none is usable."""
+    async with pool.acquire() as conn, conn.transaction():
+        # Serialise creators so concurrent Dispatchers don't mint a key each.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('kannon.stats_keys'))")
+        row = await conn.fetchrow(
+            "SELECT id, private_key FROM stats_keys WHERE public_key = $1"
+            " AND expiration_time > $2 ORDER BY creation_time DESC LIMIT 1",
+            ALGORITHM,
+            _naive(now + token_ttl),
+        )
+        if row is None:
+            kid = "key_" + secrets.token_hex(12)
+            secret = secrets.token_bytes(32)
+            await conn.execute(
+                "INSERT INTO stats_keys (id, private_key, public_key, creation_time,"
+                " expiration_time) VALUES ($1, $2, $3, $4, $5)",
+                kid,
+                base64.b64encode(secret).decode(),
+                ALGORITHM,
+                _naive(now),
+                _naive(now + 2 * token_ttl),
+            )
+            return TrackingKey(kid, secret)
+    return TrackingKey(row["id"], base64.b64decode(row["private_key"]))
+
+
+async def verification_keys(pool: asyncpg.Pool, now: datetime) -> dict[str, bytes]:
+    """Every unexpired key, by id."""
+    rows = await pool.fetch(
+        "SELECT id, private_key FROM stats_keys WHERE public_key = $1 AND expiration_time > $2",
+        ALGORITHM,
+        _naive(now),
+    )
+    return {r["id"]: base64.b64decode(r["private_key"]) for r in rows}

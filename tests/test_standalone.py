@@ -1,0 +1,104 @@
+"""`kannon standalone` boots with nothing but the package installed (its own nats-server and
+PostgreSQL children), answers /healthz, and leaves no child process behind after SIGINT."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from kannon.runtime.processes import free_port
+
+KANNON = str(Path(sys.executable).parent / "kannon")
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.add(child)
+            stack.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _healthz(port: int) -> tuple[int, dict[str, object]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_standalone_boots_serves_healthz_and_stops_cleanly() -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="kannon-standalone-", dir="/tmp"))
+    data_dir.chmod(0o755)  # PostgreSQL runs as an unprivileged user when the tests run as root
+    health_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("K_")}
+    env["HOME"] = str(data_dir)  # no ~/.kannon.yaml from the developer's machine
+    argv = [
+        KANNON, "standalone", "--data-dir", str(data_dir / "data"),
+        "--api-port", str(free_port()), "--tracker-port", str(free_port()),
+        "--smtp-address", f"127.0.0.1:{free_port()}", "--health-host", "127.0.0.1",
+        "--health-port", str(health_port), "--sender-demo-sender",
+        "--sender-hostname", "kannon.test",
+    ]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 90
+        status, body = 0, {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                status, body = _healthz(health_port)
+            except OSError:
+                status = 0
+            if status == 200:
+                break
+            time.sleep(0.2)
+        assert status == 200, (status, body, proc.poll())
+        checks = body["checks"]
+        assert isinstance(checks, dict)
+        assert checks["db"] == "ok" and checks["nats"] == "ok"
+        children = _descendants(proc.pid)
+        assert len(children) >= 2  # nats-server and postgres
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        assert "kannon standalone: api" in out
+        leftovers = [pid for pid in children if _alive(pid)]
+        assert leftovers == [], f"children still running after SIGINT: {leftovers}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["rm", "-rf", str(data_dir)], check=False)
