@@ -48,7 +48,9 @@ def normalize_domain(domain: str) -> str:
         try:
             domain = idna.encode(domain, uts46=True).decode("ascii")
         except idna.IDNAError as exc:
-            raise InvalidAddress(f"the domain is not a valid internationalised name: {exc}") from None
+            raise InvalidAddress(
+                f"the domain is not a valid internationalised name: {exc}"
+            ) from None
     domain = domain.lower()
     if len(domain) > MAX_DOMAIN:
         raise InvalidAddress("the domain is longer than 253 characters")
