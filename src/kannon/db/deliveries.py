@@ -1,0 +1,316 @@
+"""The Pool's state transitions (`sending_pool_emails`): the only code that changes a row's status.
+
+Claims take rows with `FOR UPDATE SKIP LOCKED`, so any number of Validators and Dispatchers can
+claim concurrently without blocking each other and without claiming a row twice, and stamp
+`claimed_at`, so a claim abandoned by a crashed worker is reclaimed after a timeout instead of
+stranding the Delivery (spec §4.10 QUIRK, fixed as in spec §8 "Reclaim").
+
+Every function takes the asyncpg pool and, where the clock matters, `now` from the caller, so
+tests can move time. Datetimes go in timezone-aware (naive ones are taken as UTC) and come out
+timezone-aware UTC; the columns hold naive UTC (spec §2.4).
+
+Status guards make each transition idempotent: a transition applies only to rows in the state it
+expects, and reports how many rows (or whether the row) it changed, so a redelivered event or a
+worker that lost its claim to a Reclaim changes nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from kannon.model.delivery import SCHEDULED, SENDING, TO_VALIDATE, VALIDATING, PoolDelivery
+
+_NAMES = (
+    "id",
+    "message_id",
+    "email",
+    "domain",
+    "status",
+    "send_attempts_cnt",
+    "original_scheduled_time",
+    "scheduled_time",
+    "fields",
+    "claimed_at",
+    "last_reply_code",
+    "last_reply_msg",
+)
+_COLUMNS = ", ".join(_NAMES)
+_P_COLUMNS = ", ".join("p." + name for name in _NAMES)  # RETURNING of an UPDATE ... FROM
+
+
+@dataclass(frozen=True)
+class ReclaimCounts:
+    """How many abandoned claims `reclaim_stale` returned to the queue, per status."""
+
+    validating: int
+    sending: int
+
+    @property
+    def total(self) -> int:
+        return self.validating + self.sending
+
+
+def to_db_time(value: datetime) -> datetime:
+    """Naive UTC, as the timestamp columns store it."""
+    if value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def _from_db_time(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC)
+
+
+def _fields(value: Any) -> Mapping[str, str]:
+    # The pool's codec decodes jsonb; a raw connection without it hands over the JSON text.
+    if isinstance(value, str):
+        value = json.loads(value)
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _delivery(row: asyncpg.Record) -> PoolDelivery:
+    claimed_at = row["claimed_at"]
+    return PoolDelivery(
+        id=row["id"],
+        message_id=row["message_id"],
+        email=row["email"],
+        domain=row["domain"],
+        status=row["status"],
+        send_attempts_cnt=row["send_attempts_cnt"],
+        original_scheduled_time=_from_db_time(row["original_scheduled_time"]),
+        scheduled_time=_from_db_time(row["scheduled_time"]),
+        fields=_fields(row["fields"]),
+        claimed_at=_from_db_time(claimed_at) if claimed_at is not None else None,
+        last_reply_code=row["last_reply_code"],
+        last_reply_msg=row["last_reply_msg"],
+    )
+
+
+def _count(status: str) -> int:
+    """Row count of an asyncpg command tag such as 'UPDATE 3' or 'DELETE 0'."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def claim_for_validation(pool: asyncpg.Pool, limit: int, now: datetime) -> list[PoolDelivery]:
+    """Claim up to `limit` Deliveries waiting for validation (to_validate → validating)."""
+    rows = await pool.fetch(
+        f"""
+        WITH picked AS (
+            SELECT id FROM sending_pool_emails
+            WHERE status = $1
+            ORDER BY scheduled_time
+            LIMIT $2
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE sending_pool_emails AS p
+        SET status = $3, claimed_at = $4
+        FROM picked
+        WHERE p.id = picked.id
+        RETURNING {_P_COLUMNS}
+        """,
+        TO_VALIDATE,
+        limit,
+        VALIDATING,
+        to_db_time(now),
+    )
+    return [_delivery(row) for row in rows]
+
+
+async def mark_validated(pool: asyncpg.Pool, ids: Sequence[int]) -> int:
+    """validating → scheduled; returns how many rows were still claimed for validation."""
+    if not ids:
+        return 0
+    status = await pool.execute(
+        """
+        UPDATE sending_pool_emails SET status = $1, claimed_at = NULL
+        WHERE id = ANY($2::int[]) AND status = $3
+        """,
+        SCHEDULED,
+        list(ids),
+        VALIDATING,
+    )
+    return _count(status)
+
+
+async def delete(pool: asyncpg.Pool, ids: Sequence[int]) -> int:
+    """Remove Deliveries that end here (a Rejected address); returns how many existed."""
+    if not ids:
+        return 0
+    status = await pool.execute(
+        "DELETE FROM sending_pool_emails WHERE id = ANY($1::int[])", list(ids)
+    )
+    return _count(status)
+
+
+async def release_validation(pool: asyncpg.Pool, ids: Sequence[int]) -> int:
+    """validating → to_validate now, for claims the Validator could not finish (e.g. the bus
+    refused the event), rather than waiting for the Reclaim timeout."""
+    if not ids:
+        return 0
+    status = await pool.execute(
+        """
+        UPDATE sending_pool_emails SET status = $1, claimed_at = NULL
+        WHERE id = ANY($2::int[]) AND status = $3
+        """,
+        TO_VALIDATE,
+        list(ids),
+        VALIDATING,
+    )
+    return _count(status)
+
+
+async def claim_for_dispatch(pool: asyncpg.Pool, limit: int, now: datetime) -> list[PoolDelivery]:
+    """Claim up to `limit` due Deliveries, oldest due first (scheduled → sending)."""
+    db_now = to_db_time(now)
+    rows = await pool.fetch(
+        f"""
+        WITH picked AS (
+            SELECT id FROM sending_pool_emails
+            WHERE status = $1 AND scheduled_time <= $2
+            ORDER BY scheduled_time
+            LIMIT $3
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE sending_pool_emails AS p
+        SET status = $4, claimed_at = $2
+        FROM picked
+        WHERE p.id = picked.id
+        RETURNING {_P_COLUMNS}
+        """,
+        SCHEDULED,
+        db_now,
+        limit,
+        SENDING,
+    )
+    return [_delivery(row) for row in rows]
+
+
+async def reschedule(
+    pool: asyncpg.Pool,
+    key: int | tuple[str, str],
+    at: datetime,
+    reply_code: int | None,
+    reply_msg: str | None,
+) -> bool:
+    """sending → scheduled at `at`, one more attempt counted; False when the Delivery is not
+    being sent (gone, or already rescheduled by an earlier copy of the same event).
+
+    `key` is the row id or `(message_id, email)`. `reply_code`/`reply_msg` record what a remote
+    server last answered; pass None when none answered (connection failure, build failure) so
+    the last real reply is kept: it decides between Bounced and Failed when the budget is spent.
+    """
+    args: list[object]
+    if isinstance(key, int):
+        where, args = "id = $6", [key]
+    else:
+        where, args = "message_id = $6 AND email = $7", [key[0], key[1]]
+    status = await pool.execute(
+        f"""
+        UPDATE sending_pool_emails
+        SET status = $1, scheduled_time = $2, send_attempts_cnt = send_attempts_cnt + 1,
+            claimed_at = NULL,
+            last_reply_code = CASE WHEN $3::int IS NULL THEN last_reply_code ELSE $3::int END,
+            last_reply_msg = CASE WHEN $3::int IS NULL THEN last_reply_msg ELSE $4::varchar END
+        WHERE {where} AND status = $5
+        """,
+        SCHEDULED,
+        to_db_time(at),
+        reply_code,
+        reply_msg,
+        SENDING,
+        *args,
+    )
+    return _count(status) == 1
+
+
+async def delete_by_recipient(pool: asyncpg.Pool, message_id: str, email: str) -> bool:
+    """Remove a Delivery that ended (Delivered, Bounced, Failed); False when already gone."""
+    status = await pool.execute(
+        "DELETE FROM sending_pool_emails WHERE message_id = $1 AND email = $2", message_id, email
+    )
+    return _count(status) == 1
+
+
+async def reclaim_stale(
+    pool: asyncpg.Pool,
+    now: datetime,
+    validating_timeout: timedelta,
+    sending_timeout: timedelta,
+    *,
+    limit: int = 1000,
+) -> ReclaimCounts:
+    """Return abandoned claims to the queue: validating → to_validate after
+    `validating_timeout`, sending → scheduled (+1 attempt; due at once, its time is past) after
+    `sending_timeout`.
+
+    At most `limit` rows per status per call (short transactions); call again while the counts
+    reach `limit`. A sending claim costs an attempt because its Envelope may have been sent.
+    """
+    db_now = to_db_time(now)
+    async with pool.acquire() as conn, conn.transaction():
+        validating = await conn.execute(
+            """
+            WITH stale AS (
+                SELECT id FROM sending_pool_emails
+                WHERE status = $1 AND (claimed_at IS NULL OR claimed_at < $2)
+                LIMIT $3
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE sending_pool_emails AS p SET status = $4, claimed_at = NULL
+            FROM stale WHERE p.id = stale.id
+            """,
+            VALIDATING,
+            db_now - validating_timeout,
+            limit,
+            TO_VALIDATE,
+        )
+        sending = await conn.execute(
+            """
+            WITH stale AS (
+                SELECT id FROM sending_pool_emails
+                WHERE status = $1 AND (claimed_at IS NULL OR claimed_at < $2)
+                LIMIT $3
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE sending_pool_emails AS p
+            SET status = $4, claimed_at = NULL, send_attempts_cnt = p.send_attempts_cnt + 1
+            FROM stale WHERE p.id = stale.id
+            """,
+            SENDING,
+            db_now - sending_timeout,
+            limit,
+            SCHEDULED,
+        )
+    return ReclaimCounts(validating=_count(validating), sending=_count(sending))
+
+
+async def get(pool: asyncpg.Pool, message_id: str, email: str) -> PoolDelivery | None:
+    """The Delivery of `email` in Batch `message_id`, or None when it is not in the Pool."""
+    row = await pool.fetchrow(
+        f"SELECT {_COLUMNS} FROM sending_pool_emails WHERE message_id = $1 AND email = $2",
+        message_id,
+        email,
+    )
+    return _delivery(row) if row is not None else None
+
+
+async def get_by_id(pool: asyncpg.Pool, delivery_id: int) -> PoolDelivery | None:
+    """The Delivery with this row id, or None."""
+    row = await pool.fetchrow(
+        f"SELECT {_COLUMNS} FROM sending_pool_emails WHERE id = $1", delivery_id
+    )
+    return _delivery(row) if row is not None else None
+
+
+async def count_by_status(pool: asyncpg.Pool) -> dict[str, int]:
+    """Rows per status (for metrics and tests)."""
+    rows = await pool.fetch("SELECT status, count(*) AS n FROM sending_pool_emails GROUP BY status")
+    return {row["status"]: int(row["n"]) for row in rows}

@@ -1,0 +1,56 @@
+"""A Delivery as it waits in the Pool: one Recipient of one Batch, and its Pool statuses.
+
+The Pool's state machine (transitions live in `kannon.db.deliveries` and nowhere else):
+
+    to_validate --claim--> validating --valid--> scheduled --claim (due)--> sending
+    validating --invalid--> (row deleted, Rejected)
+    sending --Delivered/Bounced/Failed--> (row deleted)
+    sending --Errored / build or publish failure--> scheduled (+1 attempt, later time)
+    validating --claim older than the timeout--> to_validate          (Reclaim)
+    sending    --claim older than the timeout--> scheduled (+1 attempt) (Reclaim)
+
+Times are timezone-aware UTC datetimes; the database stores them as naive UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+TO_VALIDATE = "to_validate"
+"""Inserted by the API; waiting for the Validator."""
+VALIDATING = "validating"
+"""Claimed by a Validator (claimed_at set)."""
+SCHEDULED = "scheduled"
+"""Valid address; waiting until scheduled_time for the Dispatcher."""
+SENDING = "sending"
+"""Claimed by a Dispatcher (claimed_at set); its Envelope is built, published or being sent."""
+
+STATUSES = frozenset({TO_VALIDATE, VALIDATING, SCHEDULED, SENDING})
+CLAIMED_STATUSES = frozenset({VALIDATING, SENDING})
+
+
+@dataclass(frozen=True)
+class PoolDelivery:
+    """One row of the Pool (`sending_pool_emails`)."""
+
+    id: int
+    message_id: str
+    """The Batch id, `msg_<id>@<domain>`."""
+    email: str
+    """The Recipient exactly as the caller wrote it (the Pool's key together with message_id)."""
+    domain: str
+    """The sending tenant's Domain."""
+    status: str
+    send_attempts_cnt: int
+    """How many times this Delivery was rescheduled after a failed or abandoned attempt."""
+    original_scheduled_time: datetime
+    """When the caller asked for the first attempt: the retry budget is measured from here."""
+    scheduled_time: datetime
+    """When the next attempt is due."""
+    fields: Mapping[str, str] = field(default_factory=dict)
+    claimed_at: datetime | None = None
+    last_reply_code: int | None = None
+    """Code of the last reply a remote server actually gave (None: no server ever answered)."""
+    last_reply_msg: str | None = None
