@@ -1,0 +1,66 @@
+"""Fixtures for the envelope tests: one DKIM key pair per session and a dkimpy verifier."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+import dkim
+import pytest
+from envelope_testdata import BATCH_ID, BOUNCE_SECRET, DOMAIN, NOW, SELECTOR, TRACKING_KEY
+
+from kannon.envelope import DkimSigner, EnvelopeSpec, dns_txt_value
+from kannon.envelope.dkim import generate_dkim_keypair
+
+
+@pytest.fixture(scope="session")
+def dkim_keypair() -> tuple[str, str]:
+    return generate_dkim_keypair()
+
+
+@pytest.fixture(scope="session")
+def signer(dkim_keypair: tuple[str, str]) -> DkimSigner:
+    return DkimSigner(DOMAIN, SELECTOR, dkim_keypair[0])
+
+
+@pytest.fixture(scope="session")
+def dkim_verify(dkim_keypair: tuple[str, str]) -> Callable[[bytes], bool]:
+    """Verify with dkimpy, answering the DNS lookup with our published TXT record only."""
+    txt = dns_txt_value(dkim_keypair[1]).encode()
+    expected = f"{SELECTOR}._domainkey.{DOMAIN}.".encode()
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
+        return txt if name == expected else b""
+
+    def verify(message: bytes) -> bool:
+        return bool(dkim.verify(message, dnsfunc=dnsfunc))
+
+    return verify
+
+
+@pytest.fixture
+def make_spec(signer: DkimSigner) -> Callable[..., EnvelopeSpec]:
+    """EnvelopeSpec with sensible defaults; keyword arguments override any field."""
+
+    def make(**overrides: object) -> EnvelopeSpec:
+        values: dict[str, object] = {
+            "batch_id": BATCH_ID,
+            "domain": DOMAIN,
+            "sender_email": "news@k.example.com",
+            "sender_alias": "Kannon News",
+            "subject": "Hello {{ name }}",
+            "html": "<html><body><p>Hi {{ name }}</p></body></html>",
+            "recipient": "bob@example.org",
+            "fields": {"name": "Bob"},
+            "dkim": signer,
+            "tracker_base_url": "https://stats.{domain}",
+            "tracking_key": TRACKING_KEY,
+            "token_expires_at": NOW + timedelta(days=90),
+            "bounce_secret": BOUNCE_SECRET,
+            "now": NOW,
+            "boundary_seed": b"seed0001",
+        }
+        values.update(overrides)
+        return EnvelopeSpec(**values)  # type: ignore[arg-type]
+
+    return make
