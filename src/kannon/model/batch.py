@@ -1,0 +1,244 @@
+"""Intake of a Batch: what a SendHTML/SendTemplate call must satisfy and what it turns into.
+
+:func:`plan_batch` checks a send request against the rules of the Mailer API and returns the
+Batch row and its Deliveries, ready to be written in one transaction:
+
+* the sender address must parse and belong to the tenant Domain or a parent of it
+  (PermissionDenied otherwise); subject, alias and custom header values may not contain CR/LF
+  (header injection); every error names the request field it is about;
+* Recipients are trimmed, blank ones skipped, duplicates (case-insensitive) collapse into the
+  first one — a common mistake in mailing lists, not worth failing the call for;
+* a Recipient that cannot be stored or can never be delivered (longer than RFC 5321 allows, or
+  containing NUL) is *rejected at intake* and reported back; address syntax is otherwise the
+  Validator's job, which reports through the normal outcome events.
+
+Pure: no I/O; ids, `now` and limits are passed in.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from kannon.model.address import MAX_ADDRESS, InvalidAddress, parse_address
+from kannon.model.domain import sender_domain_allowed
+from kannon.model.errors import InvalidArgument, PermissionDenied
+
+MAX_ALIAS = 100  # messages.sender_alias is VARCHAR(100)
+MAX_FILENAME = 255
+
+REJECT_TOO_LONG = "too_long"
+REJECT_INVALID_EMAIL = "invalid_email"
+REJECT_INVALID_FIELDS = "invalid_fields"
+
+_HEADER_BREAKERS = ("\r", "\n", "\x00")
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientIn:
+    email: str
+    fields: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentIn:
+    filename: str
+    content: bytes
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    """The parts of SendHTMLReq / SendTemplateReq that do not depend on where the HTML is from."""
+
+    sender_email: str | None  # None: the request had no sender at all
+    sender_alias: str
+    subject: str
+    recipients: Sequence[RecipientIn]
+    attachments: Sequence[AttachmentIn] = ()
+    global_fields: Mapping[str, str] | None = None
+    headers_to: Sequence[str] = ()
+    headers_cc: Sequence[str] = ()
+    scheduled_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    email: str
+    fields: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    email: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    batch_id: str
+    domain: str
+    subject: str
+    sender_email: str
+    sender_alias: str
+    template_id: str
+    attachments: dict[str, str]  # filename -> base64, the messages.attachments layout
+    headers: dict[str, list[str]]  # {"to": [...], "cc": [...]}, the messages.headers layout
+    scheduled_time: datetime  # aware, UTC
+    deliveries: list[Delivery]
+    rejected: list[Rejection]
+
+
+def _check_header_text(value: str, field: str) -> None:
+    if any(ch in value for ch in _HEADER_BREAKERS):
+        raise InvalidArgument(f"{field}: contains CR, LF or NUL, which could inject mail headers")
+
+
+def check_no_nul(values: Mapping[str, str] | None, field: str) -> None:
+    if not values:
+        return
+    for key, value in values.items():
+        if "\x00" in key or "\x00" in value:
+            raise InvalidArgument(f"{field}: the field {key!r} contains a NUL character")
+
+
+def check_sender(email: str | None, alias: str, tenant: str) -> str:
+    """The sender address in canonical form; the tenant must be allowed to send as it."""
+    if email is None:
+        raise InvalidArgument("sender: required (sender.email, and optionally sender.alias)")
+    email = email.strip()
+    if not email:
+        raise InvalidArgument("sender.email: required")
+    try:
+        address = parse_address(email)
+    except InvalidAddress as exc:
+        raise InvalidArgument(
+            f"sender.email: {email!r} is not a valid email address ({exc})"
+        ) from None
+    if not sender_domain_allowed(address.domain, tenant):
+        raise PermissionDenied(
+            f"sender.email: domain {address.domain!r} is not authorized for tenant {tenant!r} "
+            "(use the tenant domain or a parent of it)"
+        )
+    _check_header_text(alias, "sender.alias")
+    if len(alias) > MAX_ALIAS:
+        raise InvalidArgument(f"sender.alias: longer than {MAX_ALIAS} characters")
+    return str(address)
+
+
+def check_subject(subject: str) -> None:
+    if not subject.strip():
+        raise InvalidArgument("subject: required")
+    _check_header_text(subject, "subject")
+
+
+def _header_addresses(values: Sequence[str], field: str) -> list[str]:
+    result: list[str] = []
+    for i, raw in enumerate(values):
+        value = raw.strip()
+        if not value:
+            continue
+        try:
+            result.append(str(parse_address(value)))
+        except InvalidAddress as exc:
+            raise InvalidArgument(
+                f"{field}[{i}]: {raw!r} is not a valid email address ({exc})"
+            ) from None
+    return result
+
+
+def _attachments(attachments: Sequence[AttachmentIn]) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for i, attachment in enumerate(attachments):
+        field = f"attachments[{i}].filename"
+        name = attachment.filename.strip()
+        if not name:
+            raise InvalidArgument(f"{field}: required")
+        _check_header_text(name, field)
+        if len(name) > MAX_FILENAME:
+            raise InvalidArgument(f"{field}: longer than {MAX_FILENAME} characters")
+        if name in result:
+            # The original kept the last one silently; losing an attachment is worse than a
+            # clear error.
+            raise InvalidArgument(f"{field}: {name!r} is used by more than one attachment")
+        result[name] = base64.b64encode(attachment.content).decode("ascii")
+    return result
+
+
+def _recipients(
+    recipients: Sequence[RecipientIn],
+) -> tuple[list[Delivery], list[Rejection], int]:
+    deliveries: list[Delivery] = []
+    rejected: list[Rejection] = []
+    seen: set[str] = set()
+    given = 0
+    for recipient in recipients:
+        email = recipient.email.strip()
+        if not email:
+            continue
+        given += 1
+        key = email.lower()
+        if key in seen:
+            continue
+        seen.add(key)
+        if len(email) > MAX_ADDRESS:
+            rejected.append(Rejection(email, REJECT_TOO_LONG))
+        elif "\x00" in email:
+            rejected.append(Rejection(email, REJECT_INVALID_EMAIL))
+        elif recipient.fields and any(
+            "\x00" in k or "\x00" in v for k, v in recipient.fields.items()
+        ):
+            rejected.append(Rejection(email, REJECT_INVALID_FIELDS))
+        else:
+            deliveries.append(Delivery(email, recipient.fields))
+    return deliveries, rejected, given
+
+
+def check_recipient_count(count: int, max_recipients: int) -> None:
+    if count > max_recipients:
+        raise InvalidArgument(
+            f"recipients: {count} in one call, the maximum is {max_recipients}; "
+            "split them over several calls"
+        )
+
+
+def plan_batch(
+    request: SendRequest,
+    *,
+    tenant: str,
+    batch_id: str,
+    template_id: str,
+    now: datetime,
+    max_recipients: int,
+) -> BatchPlan:
+    """Validate `request` for `tenant` and return the Batch with its Deliveries.
+
+    Raises InvalidArgument / PermissionDenied naming the offending field.
+    """
+    check_recipient_count(len(request.recipients), max_recipients)
+    sender_email = check_sender(request.sender_email, request.sender_alias, tenant)
+    check_subject(request.subject)
+    headers = {
+        "to": _header_addresses(request.headers_to, "headers.to"),
+        "cc": _header_addresses(request.headers_cc, "headers.cc"),
+    }
+    attachments = _attachments(request.attachments)
+    check_no_nul(request.global_fields, "global_fields")
+    deliveries, rejected, given = _recipients(request.recipients)
+    if given == 0:
+        raise InvalidArgument("recipients: at least one non-blank recipient email is required")
+    scheduled = request.scheduled_time if request.scheduled_time is not None else now
+    return BatchPlan(
+        batch_id=batch_id,
+        domain=tenant,
+        subject=request.subject,
+        sender_email=sender_email,
+        sender_alias=request.sender_alias,
+        template_id=template_id,
+        attachments=attachments,
+        headers=headers,
+        scheduled_time=scheduled.astimezone(UTC),
+        deliveries=deliveries,
+        rejected=rejected,
+    )
