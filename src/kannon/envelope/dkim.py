@@ -99,6 +99,20 @@ def _load_private_key(private_key: str | bytes) -> rsa.RSAPrivateKey:
     return key
 
 
+def _fold_names(names: Sequence[str]) -> str:
+    """Join h= names with ":", folding after a colon (FWS is allowed there) to keep lines short."""
+    out = names[0] if names else ""
+    line = 3 + len(out)  # "\th=" + first name
+    for name in names[1:]:
+        if line + 1 + len(name) > _SIG_LINE:
+            out += ":\r\n\t" + name
+            line = 1 + len(name)
+        else:
+            out += ":" + name
+            line += 1 + len(name)
+    return out
+
+
 def _fold_b64(value: str) -> str:
     return "\r\n\t".join(value[i : i + _SIG_LINE] for i in range(0, len(value), _SIG_LINE))
 
@@ -161,7 +175,7 @@ class DkimSigner:
         body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode("ascii")
         unsigned = (
             f" v=1; a=rsa-sha256; c=relaxed/relaxed; d={self.domain}; s={self.selector};\r\n"
-            f"\tt={int(now.timestamp())};\r\n\th={':'.join(h_names)};\r\n"
+            f"\tt={int(now.timestamp())};\r\n\th={_fold_names(h_names)};\r\n"
             f"\tbh={body_hash};\r\n\tb="
         )
         # The signature field itself is hashed last, with an empty b= and no trailing CRLF.

@@ -16,8 +16,8 @@ Owns every byte layout decision of a built message:
   collide with content; the caller's random seed only makes it unique per message.
 
 Pure, with one caveat: the stdlib ``mimetypes`` module reads the system's mime.types once per
-process on first use. Guesses here come from a private table of Python's built-in defaults only,
-so results are the same on every machine.
+process on first use. Guesses here come from a private table (Python's built-in defaults plus a
+few common attachment types), never the system's, so results are the same on every machine.
 """
 
 from __future__ import annotations
@@ -222,10 +222,39 @@ def sanitise_filename(filename: str) -> str:
     return name
 
 
+# Common attachment types Python's built-in table lacks (it predates OOXML and friends).
+_EXTRA_TYPES = {
+    ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    ".xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    ".pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    ".odt": "application/vnd.oasis.opendocument.text",
+    ".ods": "application/vnd.oasis.opendocument.spreadsheet",
+    ".odp": "application/vnd.oasis.opendocument.presentation",
+    ".epub": "application/epub+zip",
+    ".7z": "application/x-7z-compressed",
+    ".rar": "application/vnd.rar",
+    ".zst": "application/zstd",
+    ".ics": "text/calendar",
+    ".vcf": "text/vcard",
+    ".md": "text/markdown",
+    ".log": "text/plain",
+    ".yaml": "application/yaml",
+    ".yml": "application/yaml",
+    ".msg": "application/vnd.ms-outlook",
+    ".p7s": "application/pkcs7-signature",
+    ".pem": "application/x-pem-file",
+    ".m4a": "audio/mp4",
+    ".ogg": "audio/ogg",
+}
+
+
 @functools.cache
 def _mime_table() -> mimetypes.MimeTypes:
     # A fresh instance holds only the built-in defaults, whatever /etc/mime.types says.
-    return mimetypes.MimeTypes()
+    table = mimetypes.MimeTypes()
+    for ext, ctype in _EXTRA_TYPES.items():
+        table.add_type(ctype, ext, strict=True)
+    return table
 
 
 def guess_content_type(filename: str) -> str:
