@@ -287,3 +287,13 @@ async def test_concurrent_claimers_claim_each_row_exactly_once(
     assert sum(1 for result in results if result) >= 2  # the claimers really overlapped
     expected = VALIDATING if stage == "validation" else SENDING
     assert await deliveries.count_by_status(pool) == {expected: 200}
+
+
+async def test_reclaim_leaves_a_status_alone_when_its_timeout_is_none(pool: asyncpg.Pool) -> None:
+    await add(pool, ["v@x.io"], status=VALIDATING, claimed_at=NOW - timedelta(days=1))
+    await add(pool, ["s@x.io"], status=SENDING, claimed_at=NOW - timedelta(days=1))
+    only_validating = await deliveries.reclaim_stale(pool, NOW, timedelta(minutes=5), None)
+    assert (only_validating.validating, only_validating.sending) == (1, 0)
+    only_sending = await deliveries.reclaim_stale(pool, NOW, None, timedelta(minutes=5))
+    assert (only_sending.validating, only_sending.sending) == (0, 1)
+    assert await statuses(pool) == {"v@x.io": TO_VALIDATE, "s@x.io": SCHEDULED}

@@ -242,53 +242,56 @@ async def delete_by_recipient(pool: asyncpg.Pool, message_id: str, email: str) -
 async def reclaim_stale(
     pool: asyncpg.Pool,
     now: datetime,
-    validating_timeout: timedelta,
-    sending_timeout: timedelta,
+    validating_timeout: timedelta | None,
+    sending_timeout: timedelta | None,
     *,
     limit: int = 1000,
 ) -> ReclaimCounts:
     """Return abandoned claims to the queue: validating → to_validate after
     `validating_timeout`, sending → scheduled (+1 attempt; due at once, its time is past) after
-    `sending_timeout`.
+    `sending_timeout`. A None timeout leaves that status alone (each Component reclaims its own).
 
     At most `limit` rows per status per call (short transactions); call again while the counts
     reach `limit`. A sending claim costs an attempt because its Envelope may have been sent.
     """
     db_now = to_db_time(now)
+    validating = sending = "UPDATE 0"
     async with pool.acquire() as conn, conn.transaction():
-        validating = await conn.execute(
-            """
-            WITH stale AS (
-                SELECT id FROM sending_pool_emails
-                WHERE status = $1 AND (claimed_at IS NULL OR claimed_at < $2)
-                LIMIT $3
-                FOR UPDATE SKIP LOCKED
+        if validating_timeout is not None:
+            validating = await conn.execute(
+                """
+                WITH stale AS (
+                    SELECT id FROM sending_pool_emails
+                    WHERE status = $1 AND (claimed_at IS NULL OR claimed_at < $2)
+                    LIMIT $3
+                    FOR UPDATE SKIP LOCKED
+                )
+                UPDATE sending_pool_emails AS p SET status = $4, claimed_at = NULL
+                FROM stale WHERE p.id = stale.id
+                """,
+                VALIDATING,
+                db_now - validating_timeout,
+                limit,
+                TO_VALIDATE,
             )
-            UPDATE sending_pool_emails AS p SET status = $4, claimed_at = NULL
-            FROM stale WHERE p.id = stale.id
-            """,
-            VALIDATING,
-            db_now - validating_timeout,
-            limit,
-            TO_VALIDATE,
-        )
-        sending = await conn.execute(
-            """
-            WITH stale AS (
-                SELECT id FROM sending_pool_emails
-                WHERE status = $1 AND (claimed_at IS NULL OR claimed_at < $2)
-                LIMIT $3
-                FOR UPDATE SKIP LOCKED
+        if sending_timeout is not None:
+            sending = await conn.execute(
+                """
+                WITH stale AS (
+                    SELECT id FROM sending_pool_emails
+                    WHERE status = $1 AND (claimed_at IS NULL OR claimed_at < $2)
+                    LIMIT $3
+                    FOR UPDATE SKIP LOCKED
+                )
+                UPDATE sending_pool_emails AS p
+                SET status = $4, claimed_at = NULL, send_attempts_cnt = p.send_attempts_cnt + 1
+                FROM stale WHERE p.id = stale.id
+                """,
+                SENDING,
+                db_now - sending_timeout,
+                limit,
+                SCHEDULED,
             )
-            UPDATE sending_pool_emails AS p
-            SET status = $4, claimed_at = NULL, send_attempts_cnt = p.send_attempts_cnt + 1
-            FROM stale WHERE p.id = stale.id
-            """,
-            SENDING,
-            db_now - sending_timeout,
-            limit,
-            SCHEDULED,
-        )
     return ReclaimCounts(validating=_count(validating), sending=_count(sending))
 
 

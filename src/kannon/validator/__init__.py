@@ -1,0 +1,1 @@
+"""The Validator Component: Recipient address validation of Deliveries waiting in the Pool."""

@@ -1,0 +1,187 @@
+"""The Validator Component: claims `to_validate` Deliveries, checks each Recipient address,
+schedules the valid ones (Accepted) and ends the invalid ones (Rejected, with the reason).
+
+Order of effects, chosen so that a crash at any point loses nothing: the event is published
+(and its PubAck awaited) BEFORE the Pool row changes. A crash after the publish and before the
+update leaves the row `validating`; the Reclaim pass returns it to `to_validate` after
+`validator.claim_timeout`, and the redo publishes the same event again under the same
+deterministic event id, which the stream's duplicate window drops and Stats' unique event-id
+index ignores beyond it. The other order could lose the event for good (row scheduled, event
+never sent). A publish the bus refuses releases the claim at once, so it is retried next cycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter
+
+from kannon.config import Settings
+from kannon.db import deliveries
+from kannon.model.address import InvalidAddress, parse_address
+from kannon.model.delivery import PoolDelivery
+from kannon.model.outcome import Accepted, Outcome, Rejected
+from kannon.runtime.component import Life, run_cycles
+from kannon.runtime.logs import obfuscate
+from kannon.wire.stats import Publisher, publish_outcome
+
+if TYPE_CHECKING:
+    import asyncpg
+
+log = logging.getLogger("kannon.validator")
+
+VALIDATED = Counter(
+    "kannon_validator_deliveries_total", "Deliveries validated, by outcome", ["outcome"]
+)
+RECLAIMED = Counter(
+    "kannon_validator_reclaimed_total", "Abandoned validation claims returned to the Pool"
+)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def event_id(kind: str, message_id: str, email: str) -> str:
+    """Deterministic id of a Delivery's validation event (its Nats-Msg-Id and stats.event_id).
+
+    The Recipient enters as a digest: an address that failed validation can hold anything,
+    CR/LF included, which must not reach a NATS header.
+    """
+    digest = hashlib.sha256(email.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"{kind}.{message_id}.{digest}"
+
+
+def judge(delivery: PoolDelivery, now: datetime) -> Outcome:
+    """Accepted or Rejected (with the reason) for one Delivery."""
+    detail: Accepted | Rejected
+    try:
+        parse_address(delivery.email)
+    except InvalidAddress as exc:
+        detail = Rejected(f"invalid address: {exc}")
+    else:
+        detail = Accepted()
+    return Outcome(
+        batch_id=delivery.message_id,
+        domain=delivery.domain,
+        recipient=delivery.email,
+        timestamp=now,
+        detail=detail,
+        event_id=event_id(detail.type, delivery.message_id, delivery.email),
+    )
+
+
+class Validator:
+    name = "validator"
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        bus: Publisher,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._settings = settings.validator
+        self._pool = pool
+        self._bus = bus
+        self._clock = clock
+
+    @property
+    def reclaim_interval(self) -> timedelta:
+        # Half the timeout: a stale claim is retaken within 1.5 × claim_timeout (7.5 min by
+        # default), so the redo's duplicate event usually still falls in the stream's 10-minute
+        # duplicate window.
+        return self._settings.claim_timeout / 2
+
+    async def run(self, life: Life) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._reclaim_loop(life))
+            life.ready()
+            await run_cycles(life, self.cycle, self._settings.idle_interval, on_error=_log_error)
+
+    async def cycle(self) -> int:
+        """Validate one batch; returns how many Deliveries it claimed (0 = the Pool is empty).
+
+        Raises the bus's error after releasing the claims whose event could not be published.
+        """
+        now = self._clock()
+        claimed = await deliveries.claim_for_validation(self._pool, self._settings.batch_size, now)
+        if not claimed:
+            return 0
+        outcomes = [judge(delivery, now) for delivery in claimed]
+        results = await asyncio.gather(
+            *(publish_outcome(self._bus, outcome) for outcome in outcomes),
+            return_exceptions=True,
+        )
+        accepted: list[int] = []
+        rejected: list[int] = []
+        unpublished: list[int] = []
+        failure: BaseException | None = None
+        for delivery, outcome, result in zip(claimed, outcomes, results, strict=True):
+            if isinstance(result, BaseException):
+                unpublished.append(delivery.id)
+                failure = failure or result
+            elif isinstance(outcome.detail, Rejected):
+                rejected.append(delivery.id)
+                log.info(
+                    "recipient rejected",
+                    extra={
+                        "kv": {
+                            "batch": delivery.message_id,
+                            "recipient": obfuscate(delivery.email),
+                            "reason": outcome.detail.reason,
+                        }
+                    },
+                )
+            else:
+                accepted.append(delivery.id)
+        await deliveries.mark_validated(self._pool, accepted)
+        await deliveries.delete(self._pool, rejected)
+        VALIDATED.labels("accepted").inc(len(accepted))
+        VALIDATED.labels("rejected").inc(len(rejected))
+        if failure is not None:
+            await deliveries.release_validation(self._pool, unpublished)
+            raise failure
+        return len(claimed)
+
+    async def reclaim(self) -> int:
+        """Return validation claims older than validator.claim_timeout to `to_validate`."""
+        total = 0
+        page = 1000
+        while True:
+            counts = await deliveries.reclaim_stale(
+                self._pool,
+                self._clock(),
+                validating_timeout=self._settings.claim_timeout,
+                sending_timeout=None,  # dispatch claims are the Dispatcher's to reclaim
+                limit=page,
+            )
+            total += counts.validating
+            if counts.validating < page:
+                break
+        if total:
+            RECLAIMED.inc(total)
+            log.warning("reclaimed abandoned validation claims", extra={"kv": {"count": total}})
+        return total
+
+    async def _reclaim_loop(self, life: Life) -> None:
+        # Once at start (a previous instance may have died mid-cycle), then on a timer.
+        while not life.stopping.is_set():
+            try:
+                await self.reclaim()
+            except Exception as exc:
+                _log_error(exc)
+            if await life.sleep(self.reclaim_interval.total_seconds()):
+                return
+
+
+def _log_error(exc: BaseException) -> None:
+    # Retried after the idle interval: a database or bus hiccup should not stop validation for
+    # good, and no claim is lost meanwhile (released, or reclaimed after the timeout).
+    log.error("validator cycle failed", exc_info=exc)
