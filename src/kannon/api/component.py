@@ -1,0 +1,144 @@
+"""The `api` Component: one grpc.aio server with every service under both of its names.
+
+Names: the original's (`pkg.kannon.mailer.apiv1.Mailer`, `pkg.kannon.admin.apiv1.Api`,
+`pkg.kannon.admin.apiv1.HZService`, `kannon.StatsApiV1`, `kannon.stats.apiv2.StatsApiV2`) so
+existing clients work unchanged, and the README's (`kannon.mailer.apiv1.MailerApiV1Service`,
+`kannon.admin.apiv1.AdminApiV1Service`, `kannon.stats.apiv1.StatsApiV1Service`) so the documented
+grpcurl commands work — the same handler objects behind both. Plus `grpc.health.v1.Health` and
+server reflection (v1alpha, the only version grpcio serves), so tools need no .proto files.
+
+Lifecycle: bind, start, `life.ready()`, serve until `life.stopping`, then report NOT_SERVING
+and drain in-flight calls for up to :data:`DRAIN_GRACE` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from kannon.api.admin import AdminService
+from kannon.api.auth import ApiKeyAuth
+from kannon.api.hz import HZService
+from kannon.api.mailer import MailerService
+from kannon.api.stats import StatsService
+from kannon.config import Settings
+from kannon.pb.admin.apiv1 import adminapiv1_pb2_grpc, hz_pb2_grpc
+from kannon.pb.aliases import (
+    adminapiv1service_pb2,
+    adminapiv1service_pb2_grpc,
+    mailerapiv1service_pb2,
+    mailerapiv1service_pb2_grpc,
+    statsapiv1service_pb2,
+    statsapiv1service_pb2_grpc,
+)
+from kannon.pb.mailer.apiv1 import mailerapiv1_pb2_grpc
+from kannon.pb.stats.apiv1 import statsapiv1_pb2_grpc
+from kannon.pb.stats.apiv2 import statsapiv2_pb2_grpc
+from kannon.runtime.component import Life
+
+log = logging.getLogger("kannon.api")
+
+DRAIN_GRACE = 10.0  # seconds, as the original's shutdown timeout
+
+MAILER_NAMES = ("pkg.kannon.mailer.apiv1.Mailer", "kannon.mailer.apiv1.MailerApiV1Service")
+ADMIN_NAMES = ("pkg.kannon.admin.apiv1.Api", "kannon.admin.apiv1.AdminApiV1Service")
+HZ_NAME = "pkg.kannon.admin.apiv1.HZService"
+STATS_V1_NAMES = ("kannon.StatsApiV1", "kannon.stats.apiv1.StatsApiV1Service")
+STATS_V2_NAME = "kannon.stats.apiv2.StatsApiV2"
+SERVICE_NAMES = (*MAILER_NAMES, *ADMIN_NAMES, HZ_NAME, *STATS_V1_NAMES, STATS_V2_NAME)
+HEALTH_NAME = "grpc.health.v1.Health"
+
+# The alias services' stubs import only the original's message modules, never the alias files
+# themselves; reflection serves from the default descriptor pool, so load those files into it.
+ALIAS_FILES = (
+    adminapiv1service_pb2.DESCRIPTOR,
+    mailerapiv1service_pb2.DESCRIPTOR,
+    statsapiv1service_pb2.DESCRIPTOR,
+)
+
+# The generated `add_*Servicer_to_server(servicer, server)` functions.
+Register = Callable[[object, Any], None]
+
+
+def listen_address(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal
+    return f"{host}:{port}"
+
+
+class ApiComponent:
+    name = "api"
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.port: int | None = None
+        """The bound port, known once `run` has called `life.ready()` (api.port 0 = any)."""
+
+    def _server(self) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+        size = self.settings.api.max_message_size
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", size),
+                ("grpc.max_send_message_length", size),
+                # grpcio enables SO_REUSEPORT by default, so a second server on a taken port
+                # would start and silently share it; an operator wants the boot error instead.
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        auth = ApiKeyAuth(self.pool)
+        mailer = MailerService(self.settings, self.pool, auth)
+        admin = AdminService(self.settings, self.pool)
+        stats = StatsService(self.pool, auth)
+        hz = HZService(self.pool)
+        registrations: list[tuple[Register, object]] = [
+            (mailerapiv1_pb2_grpc.add_MailerServicer_to_server, mailer),
+            (mailerapiv1service_pb2_grpc.add_MailerApiV1ServiceServicer_to_server, mailer),
+            (adminapiv1_pb2_grpc.add_ApiServicer_to_server, admin),
+            (adminapiv1service_pb2_grpc.add_AdminApiV1ServiceServicer_to_server, admin),
+            (hz_pb2_grpc.add_HZServiceServicer_to_server, hz),
+            (statsapiv1_pb2_grpc.add_StatsApiV1Servicer_to_server, stats),
+            (statsapiv1service_pb2_grpc.add_StatsApiV1ServiceServicer_to_server, stats),
+            (statsapiv2_pb2_grpc.add_StatsApiV2Servicer_to_server, stats),
+        ]
+        for register, servicer in registrations:
+            register(servicer, server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, HEALTH_NAME, reflection.SERVICE_NAME), server
+        )
+        return server, health_servicer
+
+    async def run(self, life: Life) -> None:
+        api = self.settings.api
+        server, health_servicer = self._server()
+        address = listen_address(api.host, api.port)
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise RuntimeError(f"api: cannot listen on {address} (api.host / api.port)") from exc
+        if not port:  # older grpcio versions return 0 instead of raising
+            raise RuntimeError(f"api: cannot listen on {address} (api.host / api.port)")
+        self.port = port
+        await server.start()
+        try:
+            for service in ("", *SERVICE_NAMES):
+                await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+            if api.admin_token is None:
+                log.warning(
+                    "api.admin_token is not set: the Admin API answers loopback clients only; "
+                    "set K_API_ADMIN_TOKEN to manage Domains from elsewhere"
+                )
+            log.info("gRPC API listening on %s", listen_address(api.host, port))
+            life.ready()
+            await life.stopping.wait()
+        finally:
+            await health_servicer.enter_graceful_shutdown()
+            await server.stop(DRAIN_GRACE)

@@ -1,0 +1,31 @@
+"""HZService.HZ: the original's health RPC. It lists only FAILING checks (name -> error text),
+so a healthy API answers an empty map. The API process only depends on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+
+from kannon.api.errors import rpc
+from kannon.db.pool import check_pool
+from kannon.pb.admin.apiv1 import hz_pb2 as pb
+
+CHECK_TIMEOUT = 5.0
+
+
+class HZService:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def failing_checks(self) -> dict[str, str]:
+        try:
+            await asyncio.wait_for(check_pool(self.pool), CHECK_TIMEOUT)
+        except Exception as exc:
+            return {"db": str(exc) or type(exc).__name__}
+        return {}
+
+    @rpc
+    async def HZ(self, request: Any, context: Any) -> Any:
+        return pb.HZResponse(result=await self.failing_checks())

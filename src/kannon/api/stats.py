@@ -1,0 +1,65 @@
+"""Stats API v1 (`kannon.StatsApiV1` / `kannon.stats.apiv1.StatsApiV1Service`) and v2
+(`kannon.stats.apiv2.StatsApiV2`): a Domain's outcome events and hourly aggregates.
+
+Callers authenticate with their Domain's API key and read only that Domain (the original took
+the domain from the request and checked nothing). An empty `domain` means the key's own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from kannon.api.auth import ApiKeyAuth
+from kannon.api.errors import rpc
+from kannon.db import stats_queries
+from kannon.model.domain import canonical_domain_name
+from kannon.model.errors import PermissionDenied
+from kannon.pb.stats.apiv1 import statsapiv1_pb2 as v1
+from kannon.pb.stats.apiv2 import statsapiv2_pb2 as v2
+from kannon.wire import api as wire
+
+STATS_PAGE = 100
+MAX_PAGE = 1000
+
+
+class StatsService:
+    def __init__(self, pool: asyncpg.Pool, auth: ApiKeyAuth) -> None:
+        self.pool = pool
+        self.auth = auth
+
+    async def _domain(self, request: Any, context: Any) -> str:
+        tenant = await self.auth.tenant(context)
+        if not request.domain.strip():
+            return tenant
+        asked = canonical_domain_name(request.domain)
+        if asked != tenant:
+            raise PermissionDenied(
+                f"domain: the API key of {tenant!r} cannot read the stats of {asked!r}"
+            )
+        return tenant
+
+    async def _buckets(self, request: Any, context: Any) -> list[Any]:
+        domain = await self._domain(request, context)
+        start, end = wire.time_range(request)
+        buckets = await stats_queries.aggregated_stats(self.pool, domain, start, end)
+        return [wire.bucket_pb(b) for b in buckets]
+
+    @rpc
+    async def GetStats(self, request: Any, context: Any) -> Any:
+        domain = await self._domain(request, context)
+        start, end = wire.time_range(request)
+        page = wire.page(request.skip, request.take, default=STATS_PAGE, cap=MAX_PAGE)
+        rows, total = await stats_queries.list_stats(
+            self.pool, domain, start, end, offset=page.offset, limit=page.limit
+        )
+        return v1.GetStatsRes(total=total, stats=[wire.stats_pb(row) for row in rows])
+
+    @rpc
+    async def GetStatsAggregated(self, request: Any, context: Any) -> Any:
+        return v1.GetStatsAggregatedRes(stats=await self._buckets(request, context))
+
+    @rpc
+    async def GetAggregatedStats(self, request: Any, context: Any) -> Any:
+        return v2.GetAggregatedStatsRes(stats=await self._buckets(request, context))

@@ -1,0 +1,196 @@
+"""Admin, Mailer and Stats API messages <-> model types.
+
+Owns what the wire says beyond field layout: which fields are required, what `take=0` means
+(a default page, not an empty one), how Timestamps become aware UTC datetimes, and how stored
+rows are shown (API keys always masked, the private DKIM key never). Missing or malformed
+fields become InvalidArgument naming the field.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from kannon.model.apikey import ApiKey
+from kannon.model.batch import AttachmentIn, BatchPlan, RecipientIn, SendRequest
+from kannon.model.domain import DnsRecord, Domain
+from kannon.model.errors import InvalidArgument
+from kannon.model.template import Template
+from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
+from kannon.pb.mailer.apiv1 import mailerapiv1_pb2 as mailer_pb
+from kannon.pb.stats.types import stats_pb2 as stats_types_pb
+from kannon.wire.stats import UndecodableEvent, data_pb, detail_from_json, timestamp_pb
+
+MAX_RANGE = timedelta(days=366)
+
+
+class StatRow(Protocol):
+    """A stored outcome event (structural, so this module needs no database types)."""
+
+    @property
+    def type(self) -> str: ...
+    @property
+    def email(self) -> str: ...
+    @property
+    def message_id(self) -> str: ...
+    @property
+    def domain(self) -> str: ...
+    @property
+    def timestamp(self) -> datetime: ...
+    @property
+    def data(self) -> dict[str, Any]: ...
+
+
+class Bucket(Protocol):
+    @property
+    def type(self) -> str: ...
+    @property
+    def timestamp(self) -> datetime: ...
+    @property
+    def count(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Page:
+    offset: int
+    limit: int
+
+
+def page(skip: int, take: int, *, default: int, cap: int) -> Page:
+    """`take=0` asks for the default page (the original returned nothing: a QUIRK); a larger
+    `take` than `cap` is capped rather than refused, so naive clients still get data."""
+    limit = default if take <= 0 else min(take, cap)
+    return Page(offset=max(skip, 0), limit=limit)
+
+
+def datetime_from_pb(ts: Timestamp, field: str) -> datetime:
+    try:
+        value: datetime = ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidArgument(f"{field}: not a valid timestamp ({exc})") from None
+    return value
+
+
+def optional_datetime(message: Any, field: str) -> datetime | None:
+    if not message.HasField(field):
+        return None
+    return datetime_from_pb(getattr(message, field), field)
+
+
+def time_range(message: Any) -> tuple[datetime, datetime]:
+    """`from_date` / `to_date` of a Stats request: both required, from < to, at most a year."""
+    start = optional_datetime(message, "from_date")
+    end = optional_datetime(message, "to_date")
+    if start is None:
+        raise InvalidArgument("from_date: required")
+    if end is None:
+        raise InvalidArgument("to_date: required")
+    if start >= end:
+        raise InvalidArgument("to_date: must be after from_date")
+    if end - start > MAX_RANGE:
+        raise InvalidArgument(
+            f"to_date: the range from from_date is longer than {MAX_RANGE.days} days"
+        )
+    return start, end
+
+
+# --- Admin -------------------------------------------------------------------------------------
+
+
+def domain_pb(domain: Domain, records: Sequence[DnsRecord]) -> Any:
+    msg = admin_pb.Domain(
+        domain=domain.name,
+        dkim_pub_key=domain.dkim_public_key,
+        dkim_selector=domain.dkim_selector,
+    )
+    for record in records:
+        msg.dns_records.add(
+            type=record.type, name=record.name, value=record.value, purpose=record.purpose
+        )
+    return msg
+
+
+def template_pb(template: Template) -> Any:
+    return admin_pb.Template(
+        template_id=template.template_id,
+        html=template.html,
+        title=template.title,
+        type=template.type,
+    )
+
+
+def api_key_pb(key: ApiKey) -> Any:
+    msg = admin_pb.APIKey(
+        id=key.id,
+        key=key.masked,
+        name=key.name,
+        domain=key.domain,
+        is_active=key.is_active,
+    )
+    msg.created_at.CopyFrom(timestamp_pb(key.created_at))
+    if key.expires_at is not None:
+        msg.expires_at.CopyFrom(timestamp_pb(key.expires_at))
+    if key.deactivated_at is not None:
+        msg.deactivated_at.CopyFrom(timestamp_pb(key.deactivated_at))
+    return msg
+
+
+# --- Mailer ------------------------------------------------------------------------------------
+
+
+def send_request(message: Any) -> SendRequest:
+    """The common part of SendHTMLReq / SendTemplateReq (their field numbers are the same)."""
+    sender = message.sender if message.HasField("sender") else None
+    headers = message.headers if message.HasField("headers") else None
+    return SendRequest(
+        sender_email=None if sender is None else sender.email,
+        sender_alias="" if sender is None else sender.alias,
+        subject=message.subject,
+        # The protobuf map stays as is: copying it per Recipient costs more than reading it.
+        recipients=[RecipientIn(r.email, r.fields) for r in message.recipients],
+        attachments=[AttachmentIn(a.filename, a.content) for a in message.attachments],
+        global_fields=dict(message.global_fields),
+        headers_to=list(headers.to) if headers is not None else [],
+        headers_cc=list(headers.cc) if headers is not None else [],
+        scheduled_time=optional_datetime(message, "scheduled_time"),
+    )
+
+
+def send_res_pb(plan: BatchPlan) -> Any:
+    res = mailer_pb.SendRes(
+        message_id=plan.batch_id,
+        template_id=plan.template_id,
+        accepted_count=len(plan.deliveries),
+        rejected_count=len(plan.rejected),
+    )
+    res.scheduled_time.CopyFrom(timestamp_pb(plan.scheduled_time))
+    for rejection in plan.rejected:
+        res.rejected_recipients.add(email=rejection.email, reason=rejection.reason)
+    return res
+
+
+# --- Stats -------------------------------------------------------------------------------------
+
+
+def stats_pb(row: StatRow) -> Any:
+    msg = stats_types_pb.Stats(
+        message_id=row.message_id, domain=row.domain, email=row.email, type=row.type
+    )
+    msg.timestamp.CopyFrom(timestamp_pb(row.timestamp))
+    # A row this version cannot read (written by a newer one) is still listed, with its type
+    # string, rather than failing the whole page.
+    with contextlib.suppress(UndecodableEvent, ValueError, json_format.ParseError):
+        msg.data.CopyFrom(data_pb(detail_from_json(row.data)))
+    return msg
+
+
+def bucket_pb(bucket: Bucket) -> Any:
+    msg = stats_types_pb.StatsAggregated(type=bucket.type, count=bucket.count)
+    msg.timestamp.CopyFrom(timestamp_pb(bucket.timestamp))
+    return msg

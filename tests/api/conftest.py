@@ -1,0 +1,25 @@
+"""Fixtures of the API tests: a migrated database, a pool on it, and a real gRPC API server on
+a free loopback port (api.port = 0), with an admin token unless a test asks otherwise."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from api_test_support import RunningApi, make_settings, running_api
+
+from kannon.db.pool import create_pool
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    created = await create_pool(database_url, max_size=4)
+    yield created
+    await created.close()
+
+
+@pytest.fixture
+async def api(pool: asyncpg.Pool) -> AsyncIterator[RunningApi]:
+    async with running_api(make_settings(), pool) as running:
+        yield running
