@@ -1,0 +1,42 @@
+"""Finding email addresses in bounce text and headers, and normalising them for comparison.
+
+Deliberately looser than RFC 5321 (bounces quote encoded-word local parts, trailing dots, angle
+brackets), but strict enough to skip Message-IDs, IP literals and URLs' "user@host" fragments.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+_ATOM: Final = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]"
+# Dots allowed inside, not at either end.
+LOCAL: Final = rf"{_ATOM}(?:[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~.\-]{{0,126}}{_ATOM})?"
+DOMAIN: Final = (
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}|\[[0-9.:A-Fa-f]+\]"
+)
+ADDRESS: Final = rf"(?:{LOCAL}|=\?[^\s?]+\?[BbQq]\?[^\s?]*\?=)@(?:{DOMAIN})"
+ADDRESS_RE: Final = re.compile(rf"(?<![\w.\-+=/]){ADDRESS}(?![\w\-])")
+
+
+def extract_address(text: str) -> str:
+    """The first address in `text`, lower-cased; "" when there is none."""
+    match = ADDRESS_RE.search(text)
+    return match.group(0).lower() if match else ""
+
+
+def all_addresses(text: str) -> list[str]:
+    """Every address in `text`, lower-cased, in order, without repeats."""
+    seen: dict[str, None] = {}
+    for match in ADDRESS_RE.finditer(text):
+        seen.setdefault(match.group(0).lower(), None)
+    return list(seen)
+
+
+def is_plausible_recipient(address: str) -> bool:
+    """False for things shaped like addresses that are really message or tracking identifiers."""
+    local, _, domain = address.rpartition("@")
+    if not local or not domain:
+        return False
+    # Message-IDs: long hex/dotted tokens ("14a3e1b4b5a.10b1a4c5610175.8588...@host").
+    return not (len(local) > 40 and re.fullmatch(r"[0-9a-f.\-]+", local))
