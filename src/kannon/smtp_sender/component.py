@@ -1,0 +1,288 @@
+"""`SmtpSender`, the `sender` Component: Envelope in from `kannon.sending`, outcome event out.
+
+Per Envelope (one JetStream message):
+
+1. decode `EmailToSend`; an undecodable payload or an email id that is not ours is terminated
+   (it will never get better) and logged;
+2. claim the send guard `<stream seq>.<sha256(email_id) hex[:16]>` in the `kannon-sent-envelopes`
+   KV bucket. A redelivered message (the ack got lost, the process died after sending) finds
+   the claim taken and is acked without sending again. The guard fails open: with the KV store
+   unreachable we would rather risk a duplicate than stop delivering;
+3. deliver (MX or relay, `delivery.py`; or the demo sender) and release the claim again when the
+   message cannot have reached any server, so a redelivery may try again;
+4. publish Delivered / Bounced / Errored on `kannon.stats.<type>` with event id
+   `<type>.<stream seq>`: a redelivered Envelope publishes the same id, which JetStream
+   de-duplicates and Stats counts once;
+5. ack after the PubAck. When publishing fails the outcome is kept in memory and the message is
+   nak'ed: its redelivery publishes the remembered outcome instead of sending again.
+
+The ack deadline (`nats.sending_ack_wait`) must outlast a whole delivery; every delivery is cut
+off at 80% of it so the ack still arrives in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from prometheus_client import Counter, Histogram
+
+from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result
+from kannon.bus.subjects import SENDER_DURABLE, SENDING_STREAM, SENDING_SUBJECT
+from kannon.config import Settings, require
+from kannon.envelope.ids import parse_email_id
+from kannon.model.outcome import Outcome, domain_of_batch
+from kannon.runtime.component import Life
+from kannon.smtp_sender.delivery import Deliverer, Relay, SmtpDeliverer
+from kannon.smtp_sender.demo import DemoDeliverer
+from kannon.smtp_sender.mx import MxResolver
+from kannon.smtp_sender.pool import ConnectionPool
+from kannon.smtp_sender.result import SendResult, detail_for
+from kannon.wire import envelope
+from kannon.wire.stats import publish_outcome
+
+log = logging.getLogger("kannon.sender")
+
+OUTCOMES = Counter("kannon_sender_outcomes_total", "Envelopes handled, by outcome", ["type"])
+SKIPPED = Counter(
+    "kannon_sender_duplicates_skipped_total", "Redelivered Envelopes not sent a second time"
+)
+DELIVERY_SECONDS = Histogram(
+    "kannon_sender_delivery_seconds",
+    "Time to deliver one Envelope (DNS + SMTP)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+
+# Pool bounds: see pool.py for why each exists.
+IDLE_TIMEOUT = 10.0
+MAX_MESSAGES_PER_CONNECTION = 100
+# Outcomes whose publish failed, waiting for their Envelope's redelivery.
+UNPUBLISHED_MAX = 10_000
+PUBLISH_RETRY_DELAY = timedelta(seconds=2)
+DEADLINE_SHARE = 0.8
+
+
+class Guard(Protocol):
+    async def claim(self, key: str) -> bool: ...
+
+    async def release(self, key: str) -> None: ...
+
+
+def guard_key(stream_seq: int, email_id: str) -> str:
+    digest = hashlib.sha256(email_id.encode("utf-8")).hexdigest()[:16]
+    return f"{stream_seq}.{digest}"
+
+
+def event_id(outcome_type: str, stream_seq: int) -> str:
+    return f"{outcome_type}.{stream_seq}"
+
+
+class SmtpSender:
+    name = "sender"
+
+    def __init__(
+        self,
+        settings: Settings,
+        bus: Bus,
+        *,
+        deliverer: Deliverer | None = None,
+        guard: Guard | None = None,
+        idle_timeout: float = IDLE_TIMEOUT,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.demo = settings.sender.demo_sender
+        self.idle_timeout = idle_timeout
+        self._now = now
+        self._guard = guard
+        self._unpublished: OrderedDict[str, Outcome] = OrderedDict()
+        self.deliverer = deliverer or self._make_deliverer(settings, idle_timeout)
+
+    @staticmethod
+    def _make_deliverer(settings: Settings, idle_timeout: float) -> Deliverer:
+        sender = settings.sender
+        if sender.demo_sender:
+            return DemoDeliverer()
+        hostname: str = require(settings, "sender.hostname", needed_by="sender")
+        relay = None
+        if sender.relay.host:
+            relay = Relay(
+                host=sender.relay.host,
+                port=sender.relay.port,
+                username=sender.relay.username,
+                password=sender.relay.password,
+                tls=sender.relay.tls,
+            )
+        connect_timeout = sender.connect_timeout.total_seconds()
+        return SmtpDeliverer(
+            hostname=hostname,
+            port=sender.smtp_port,
+            resolver=MxResolver(sender.dns_servers, timeout=connect_timeout),
+            pool=ConnectionPool(
+                idle_timeout=idle_timeout,
+                max_idle=sender.max_jobs * 2,
+                max_messages=MAX_MESSAGES_PER_CONNECTION,
+            ),
+            connect_timeout=connect_timeout,
+            command_timeout=sender.command_timeout.total_seconds(),
+            deadline=settings.nats.sending_ack_wait.total_seconds() * DEADLINE_SHARE,
+            relay=relay,
+        )
+
+    def consumer_spec(self) -> ConsumerSpec:
+        jobs = self.settings.sender.max_jobs
+        return ConsumerSpec(
+            durable=SENDER_DURABLE,
+            stream=SENDING_STREAM,
+            subject=SENDING_SUBJECT,
+            ack_wait=self.settings.nats.sending_ack_wait,
+            max_deliver=self.settings.nats.max_deliver,
+            batch=jobs,
+            concurrency=jobs,
+            retry_delay=PUBLISH_RETRY_DELAY,
+        )
+
+    async def run(self, life: Life) -> None:
+        if not self.demo and self._guard is None:
+            self._guard = await self.bus.sent_guard()
+        maintenance = asyncio.create_task(self._maintain(life))
+        try:
+            await self.bus.consume(
+                self.consumer_spec(), self.handle, life.stopping, on_ready=life.ready
+            )
+        finally:
+            # consume() returns once in-flight sends finished; only idle sessions remain.
+            maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await maintenance
+            await self.deliverer.close()
+
+    async def _maintain(self, life: Life) -> None:
+        while not await life.sleep(self.idle_timeout / 2):
+            try:
+                await self.deliverer.maintain()
+            except Exception:
+                log.exception("closing idle SMTP sessions failed")
+
+    async def handle(self, message: BusMessage) -> Result:
+        """Deliver one Envelope and publish its outcome; the Result says ack/nak/term."""
+        try:
+            job = envelope.decode(message.data)
+        except envelope.UndecodableEnvelope as exc:
+            log.error(
+                "dropping undecodable Envelope",
+                extra={"kv": {"seq": message.stream_seq, "error": str(exc)}},
+            )
+            return Result.term()
+        parsed = parse_email_id(job.email_id)
+        if parsed is None:
+            log.error(
+                "dropping Envelope with an email id that is not ours",
+                extra={"kv": {"seq": message.stream_seq, "email_id": job.email_id}},
+            )
+            return Result.term()
+        _, batch_id = parsed
+        key = guard_key(message.stream_seq, job.email_id)
+
+        remembered = self._unpublished.pop(key, None)
+        if remembered is not None:
+            return await self._publish(key, remembered)
+
+        if not self.demo and not await self._claim(key):
+            SKIPPED.inc()
+            log.info(
+                "Envelope already handed over; not sending it twice",
+                extra={
+                    "kv": {
+                        "seq": message.stream_seq,
+                        "email_id": job.email_id,
+                        "delivered_count": message.num_delivered,
+                    }
+                },
+            )
+            return Result.ack()
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            result = await self.deliverer.deliver(job)
+        except BaseException:
+            # A bug or a shutdown mid-send: let a redelivery try again unless we know better.
+            await self._release(key)
+            raise
+        DELIVERY_SECONDS.observe(loop.time() - started)
+        if not self.demo and not result.possibly_delivered:
+            await self._release(key)
+
+        detail = detail_for(result, job.should_retry)
+        outcome = Outcome(
+            batch_id=batch_id,
+            domain=domain_of_batch(batch_id),
+            recipient=job.recipient,
+            timestamp=self._now(),
+            detail=detail,
+            event_id=event_id(detail.type, message.stream_seq),
+        )
+        OUTCOMES.labels(detail.type).inc()
+        self._log(job, message, result, outcome)
+        return await self._publish(key, outcome)
+
+    async def _publish(self, key: str, outcome: Outcome) -> Result:
+        try:
+            await publish_outcome(self.bus, outcome)
+        except Exception as exc:
+            log.warning(
+                "publishing the outcome failed; the Envelope will come back",
+                extra={"kv": {"event_id": outcome.event_id, "error": repr(exc)}},
+            )
+            self._unpublished[key] = outcome
+            while len(self._unpublished) > UNPUBLISHED_MAX:
+                self._unpublished.popitem(last=False)
+            return Result.nak(PUBLISH_RETRY_DELAY.total_seconds())
+        return Result.ack()
+
+    async def _claim(self, key: str) -> bool:
+        guard = self._guard
+        if guard is None:
+            guard = self._guard = await self.bus.sent_guard()
+        try:
+            return await guard.claim(key)
+        except Exception as exc:
+            log.warning(
+                "send guard unavailable; sending without it",
+                extra={"kv": {"key": key, "error": repr(exc)}},
+            )
+            return True
+
+    async def _release(self, key: str) -> None:
+        if self._guard is None:
+            return
+        try:
+            await self._guard.release(key)
+        except Exception as exc:
+            log.warning(
+                "could not release the send guard", extra={"kv": {"key": key, "error": repr(exc)}}
+            )
+
+    @staticmethod
+    def _log(
+        job: envelope.SendJob, message: BusMessage, result: SendResult, outcome: Outcome
+    ) -> None:
+        kv = {
+            "email_id": job.email_id,
+            "seq": message.stream_seq,
+            "outcome": outcome.type,
+            "code": result.code,
+            "remote": result.remote,
+            "tls": result.tls,
+            "reply": result.message,
+        }
+        level = logging.INFO if outcome.type == "delivered" else logging.WARNING
+        log.log(level, "envelope handled", extra={"kv": kv})

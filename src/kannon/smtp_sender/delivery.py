@@ -1,0 +1,394 @@
+"""One Envelope over SMTP: to the recipient's MX hosts, or through the configured relay.
+
+Owns the SMTP dialogue (aiosmtplib): connect, EHLO as `sender.hostname` (HELO when EHLO is
+refused), STARTTLS, relay AUTH, MAIL FROM the bounce address, RCPT, DATA; reuse of open
+sessions through `ConnectionPool` (RSET before each reuse); and the reading of every way this
+can end as a `SendResult`. Nothing here publishes or acks: the Component does.
+
+Direct delivery tries MX hosts in preference order and, per host, each address. It moves on to
+the next host only while nobody said anything about the message (connection refused, dropped,
+timed out, greeting refused); a reply to MAIL/RCPT/DATA is the receiving domain's verdict and
+is final, and a connection lost after the message was transmitted may mean it was accepted, so
+no other host is tried then either.
+
+TLS to an MX is opportunistic, as is usual between MTAs: STARTTLS whenever offered, with
+certificate verification first; when the certificate does not verify, the session is redone
+with an unverified handshake (still encrypted) and a log line. The relay gets strict TLS: it
+receives our credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import aiosmtplib
+from prometheus_client import Counter
+
+from kannon.smtp_sender.mx import MxResolver, NullMx, Routes, ascii_domain
+from kannon.smtp_sender.pool import Connection, ConnectionPool
+from kannon.smtp_sender.result import Kind, SendResult
+from kannon.wire.envelope import SendJob
+
+log = logging.getLogger("kannon.sender")
+
+CONNECTIONS = Counter("kannon_sender_smtp_connections_total", "SMTP sessions opened", ["tls"])
+
+# Forget hosts with unverifiable certificates now and then, so a host that fixes its
+# certificate gets verified again and the set cannot grow without bound.
+UNVERIFIABLE_MAX = 10_000
+
+RelayTLS = Literal["starttls", "tls", "none"]
+
+
+class Deliverer(Protocol):
+    async def deliver(self, job: SendJob) -> SendResult: ...
+
+    async def maintain(self) -> None:
+        """Periodic housekeeping (close expired idle sessions)."""
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Relay:
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    tls: RelayTLS
+
+
+@dataclass
+class _Trace:
+    """How far the current attempt got, read when the overall deadline cuts it short."""
+
+    remote: str = ""
+    in_data: bool = False
+
+
+class SmtpDeliverer:
+    def __init__(
+        self,
+        *,
+        hostname: str,
+        port: int,
+        resolver: MxResolver,
+        pool: ConnectionPool,
+        connect_timeout: float,
+        command_timeout: float,
+        deadline: float,
+        relay: Relay | None = None,
+    ) -> None:
+        self.hostname = hostname
+        self.port = port
+        self.resolver = resolver
+        self.pool = pool
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.deadline = deadline
+        self.relay = relay
+        # Built once: loading the system trust store costs milliseconds per context.
+        self._verified = ssl.create_default_context()
+        self._unverified = ssl.create_default_context()
+        self._unverified.check_hostname = False
+        self._unverified.verify_mode = ssl.CERT_NONE
+        self._unverifiable: set[str] = set()
+
+    async def deliver(self, job: SendJob) -> SendResult:
+        local, at, domain = job.recipient.rpartition("@")
+        if not at or not local or not domain:
+            return SendResult.local_bounce(510, f"5.1.3 bad recipient address {job.recipient!r}")
+        try:
+            domain = ascii_domain(domain)
+        except ValueError as exc:
+            return SendResult.local_bounce(512, f"5.1.2 {exc}")
+        recipient = f"{local}@{domain}"
+        trace = _Trace()
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.deadline):
+                if self.relay is not None:
+                    return await self._via_relay(self.relay, job, recipient, trace)
+                return await self._via_mx(domain, job, recipient, trace)
+        except TimeoutError:
+            # Only the overall deadline gets here: every SMTP step catches its own timeouts.
+            return SendResult.no_answer(
+                f"delivery did not finish within {self.deadline:.0f}s"
+                + (
+                    " (cut off during DATA: the message may have been accepted)"
+                    if trace.in_data
+                    else ""
+                ),
+                trace.remote,
+                possibly_delivered=trace.in_data,
+            )
+        finally:
+            log.debug(
+                "delivery attempt",
+                extra={
+                    "kv": {
+                        "email_id": job.email_id,
+                        "seconds": round(time.monotonic() - started, 4),
+                    }
+                },
+            )
+
+    async def maintain(self) -> None:
+        await self.pool.reap()
+
+    async def close(self) -> None:
+        await self.pool.close_all()
+
+    # -- direct delivery -------------------------------------------------------------------
+
+    async def _via_mx(self, domain: str, job: SendJob, recipient: str, trace: _Trace) -> SendResult:
+        lookup = await self.resolver.routes(domain)
+        if isinstance(lookup, NullMx):
+            return SendResult.local_bounce(
+                550, f"5.1.10 {domain} accepts no mail (null MX, RFC 7505)"
+            )
+        if not isinstance(lookup, Routes):
+            return SendResult.no_answer(lookup.message)
+        failures: list[SendResult] = []
+        for host in lookup.hosts:
+            result = await self._via_host(host.name, job, recipient, trace)
+            if result.kind in (Kind.NO_ANSWER, Kind.SESSION_REFUSED) and not (
+                result.possibly_delivered
+            ):
+                failures.append(result)
+                continue
+            return result
+        # Nobody took responsibility. An SMTP reply, even one refusing the session, tells the
+        # Dispatcher more than silence does, so the last one wins over connection errors.
+        answered = [f for f in failures if f.kind is Kind.SESSION_REFUSED]
+        if answered:
+            return answered[-1]
+        detail = "; ".join(f.message for f in failures) or "no MX host"
+        return SendResult.no_answer(f"no MX host of {domain} answered: {detail}")
+
+    async def _via_host(self, host: str, job: SendJob, recipient: str, trace: _Trace) -> SendResult:
+        key = f"{host}:{self.port}"
+        for _ in range(2):
+            conn = await self._reusable(key)
+            reused = conn is not None
+            if conn is None:
+                opened = await self._open_mx(host, key, trace)
+                if isinstance(opened, SendResult):
+                    return opened
+                conn = opened
+            result = await self._transact(conn, job, recipient, trace)
+            if reused and result.kind is Kind.NO_ANSWER and not result.possibly_delivered:
+                # The server dropped a session it had idling; that says nothing about this
+                # message. Once more on a fresh connection.
+                continue
+            return result
+        return result
+
+    async def _open_mx(self, host: str, key: str, trace: _Trace) -> Connection | SendResult:
+        found = await self.resolver.addresses(host)
+        if not found.addresses:
+            return SendResult.no_answer(found.error, host)
+        failure: SendResult | None = None
+        for address in found.addresses:
+            remote = f"{host}[{address}]:{self.port}"
+            trace.remote = remote
+            opened = await self._connect_mx(host, address, key, remote)
+            if isinstance(opened, Connection):
+                return opened
+            failure = opened
+        assert failure is not None
+        return failure
+
+    async def _connect_mx(
+        self, host: str, address: str, key: str, remote: str
+    ) -> Connection | SendResult:
+        verify = host not in self._unverifiable
+        client = self._client(address, self.port)
+        try:
+            await client.connect(timeout=self.connect_timeout)
+            await self._ehlo(client)
+            tls = False
+            if client.supports_extension("starttls"):
+                context = self._verified if verify else self._unverified
+                try:
+                    await client.starttls(server_hostname=host, tls_context=context)
+                except ssl.SSLCertVerificationError as exc:
+                    client.close()
+                    log.info(
+                        "certificate not verifiable; using unverified TLS",
+                        extra={"kv": {"remote": remote, "error": exc.verify_message}},
+                    )
+                    if len(self._unverifiable) >= UNVERIFIABLE_MAX:
+                        self._unverifiable.clear()
+                    self._unverifiable.add(host)
+                    return await self._connect_mx(host, address, key, remote)
+                tls = True
+                await self._ehlo(client)
+        except aiosmtplib.SMTPResponseException as exc:
+            client.close()
+            return SendResult.session_refused(exc.code, f"{remote}: {exc.message}", remote)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            client.close()
+            return SendResult.no_answer(f"{remote}: {_describe(exc)}", remote)
+        CONNECTIONS.labels("yes" if tls else "no").inc()
+        return Connection(client, key, remote, tls)
+
+    # -- relay -----------------------------------------------------------------------------
+
+    async def _via_relay(
+        self, relay: Relay, job: SendJob, recipient: str, trace: _Trace
+    ) -> SendResult:
+        key = f"relay:{relay.host}:{relay.port}"
+        for _ in range(2):
+            conn = await self._reusable(key)
+            reused = conn is not None
+            if conn is None:
+                opened = await self._connect_relay(relay, key, trace)
+                if isinstance(opened, SendResult):
+                    return opened
+                conn = opened
+            result = await self._transact(conn, job, recipient, trace)
+            if reused and result.kind is Kind.NO_ANSWER and not result.possibly_delivered:
+                continue
+            return result
+        return result
+
+    async def _connect_relay(
+        self, relay: Relay, key: str, trace: _Trace
+    ) -> Connection | SendResult:
+        remote = f"relay {relay.host}:{relay.port}"
+        trace.remote = remote
+        implicit = relay.tls == "tls"
+        client = aiosmtplib.SMTP(
+            hostname=relay.host,
+            port=relay.port,
+            local_hostname=self.hostname,
+            timeout=self.command_timeout,
+            use_tls=implicit,
+            start_tls=False,
+            tls_context=self._verified if implicit else None,
+        )
+        try:
+            await client.connect(timeout=self.connect_timeout)
+            await self._ehlo(client)
+            if relay.tls == "starttls":
+                if not client.supports_extension("starttls"):
+                    client.close()
+                    # Never fall back to plaintext towards the relay: it gets our password.
+                    return SendResult.no_answer(
+                        f"{remote} does not offer STARTTLS (sender.relay.tls is starttls)",
+                        remote,
+                    )
+                await client.starttls(server_hostname=relay.host, tls_context=self._verified)
+                await self._ehlo(client)
+            if relay.username:
+                await client.login(relay.username, relay.password or "")
+        except aiosmtplib.SMTPResponseException as exc:
+            client.close()
+            return SendResult.session_refused(exc.code, f"{remote}: {exc.message}", remote)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            client.close()
+            return SendResult.no_answer(f"{remote}: {_describe(exc)}", remote)
+        tls = implicit or relay.tls == "starttls"
+        CONNECTIONS.labels("yes" if tls else "no").inc()
+        return Connection(client, key, remote, tls)
+
+    # -- the transaction -------------------------------------------------------------------
+
+    async def _reusable(self, key: str) -> Connection | None:
+        conn = await self.pool.take(key)
+        if conn is None:
+            return None
+        try:
+            # RSET clears whatever the previous transaction left behind and proves the
+            # session is still alive before we commit this message to it.
+            await conn.client.rset()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            conn.client.close()
+            return None
+        return conn
+
+    async def _transact(
+        self, conn: Connection, job: SendJob, recipient: str, trace: _Trace
+    ) -> SendResult:
+        client = conn.client
+        trace.remote = conn.remote
+        keep = False
+        try:
+            options: list[str] = []
+            encoding = "ascii"
+            if not (recipient.isascii() and job.return_path.isascii()):
+                if not client.supports_extension("smtputf8"):
+                    keep = True
+                    return SendResult.refused(
+                        553,
+                        f"5.6.7 {conn.remote} does not support SMTPUTF8, needed for {recipient}",
+                        conn.remote,
+                        tls=conn.tls,
+                    )
+                options.append("SMTPUTF8")
+                encoding = "utf-8"
+            if client.supports_extension("8bitmime") and not job.body.isascii():
+                options.append("BODY=8BITMIME")
+            try:
+                await client.mail(job.return_path, options=options, encoding=encoding)
+                await client.rcpt(recipient, encoding=encoding)
+                trace.in_data = True
+                reply = await client.data(job.body)
+            except aiosmtplib.SMTPResponseException as exc:
+                trace.in_data = False
+                keep = True
+                return SendResult.refused(exc.code, exc.message, conn.remote, tls=conn.tls)
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                ambiguous = trace.in_data
+                trace.in_data = False
+                note = " (after DATA: the message may have been accepted)" if ambiguous else ""
+                return SendResult.no_answer(
+                    f"{conn.remote}: {_describe(exc)}{note}",
+                    conn.remote,
+                    possibly_delivered=ambiguous,
+                )
+            trace.in_data = False
+            conn.messages += 1
+            keep = True
+            return SendResult.delivered(reply.code, reply.message, conn.remote, tls=conn.tls)
+        finally:
+            # Also reached on cancellation (overall deadline, shutdown): a session in an unknown
+            # state is never put back.
+            if keep and conn.usable:
+                await self.pool.put(conn)
+            else:
+                conn.client.close()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _client(self, address: str, port: int) -> aiosmtplib.SMTP:
+        return aiosmtplib.SMTP(
+            hostname=address,
+            port=port,
+            local_hostname=self.hostname,
+            timeout=self.command_timeout,
+            start_tls=False,
+        )
+
+    async def _ehlo(self, client: aiosmtplib.SMTP) -> None:
+        try:
+            await client.ehlo()
+        except aiosmtplib.SMTPHeloError:
+            if not client.is_connected:
+                raise
+            # RFC 5321 §3.2: a server that does not speak ESMTP still takes HELO.
+            await client.helo()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"timed out ({exc})" if str(exc) else "timed out"
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+        return f"connection lost ({exc})" if str(exc) else "connection lost"
+    return str(exc) or type(exc).__name__

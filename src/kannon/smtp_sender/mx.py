@@ -1,0 +1,158 @@
+"""Where mail for a domain goes: MX lookup (RFC 5321 §5.1, RFC 7505) with dnspython.
+
+Owns the resolver configuration (`sender.dns_servers`, or the system resolver when empty), MX
+ordering by preference (equal preferences shuffled, as RFC 5321 asks, so load spreads), the
+implicit MX (a domain without MX records receives mail on its own A/AAAA), the null MX
+(`MX 0 .`: the domain accepts no mail) and the A/AAAA lookup of each MX host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+import idna
+
+from kannon.config.values import parse_dns_server
+
+# The original tried at most 5 MX hosts; a domain listing more is trying our patience.
+MAX_MX_HOSTS = 5
+
+
+@dataclass(frozen=True)
+class MxHost:
+    name: str
+    """ASCII host name without the trailing dot."""
+    preference: int
+    implicit: bool = False
+    """True when the domain had no MX and its own address records are used."""
+
+
+@dataclass(frozen=True)
+class Routes:
+    hosts: tuple[MxHost, ...]
+
+
+@dataclass(frozen=True)
+class NullMx:
+    """The domain publishes `MX 0 .`: it accepts no mail at all."""
+
+
+@dataclass(frozen=True)
+class LookupFailed:
+    message: str
+
+
+MxLookup = Routes | NullMx | LookupFailed
+
+
+@dataclass(frozen=True)
+class Addresses:
+    addresses: tuple[str, ...]
+    error: str = ""
+
+
+def ascii_domain(domain: str) -> str:
+    """The domain in its A-label (ASCII) form; raises ValueError when it is not a valid name."""
+    domain = domain.strip().rstrip(".")
+    if not domain:
+        raise ValueError("empty domain")
+    if domain.isascii():
+        return domain.lower()
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise ValueError(f"{domain!r} is not a valid internationalised domain: {exc}") from exc
+
+
+def make_resolver(servers: Sequence[str], timeout: float) -> dns.asyncresolver.Resolver:
+    if servers:
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        nameservers: list[str | dns.nameserver.Nameserver] = []
+        for entry in servers:
+            host, port = parse_dns_server(entry)
+            nameservers.append(dns.nameserver.Do53Nameserver(host, port))
+        resolver.nameservers = nameservers
+    else:
+        resolver = dns.asyncresolver.Resolver()
+    resolver.lifetime = timeout
+    # Honours each record's TTL; a bulk send to one domain then asks DNS once, not per message.
+    resolver.cache = dns.resolver.LRUCache(4096)
+    return resolver
+
+
+class MxResolver:
+    def __init__(
+        self,
+        servers: Sequence[str],
+        *,
+        timeout: float = 10.0,
+        max_hosts: int = MAX_MX_HOSTS,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.resolver = make_resolver(servers, timeout)
+        self.max_hosts = max_hosts
+        self._rng = rng or random.Random()
+
+    async def routes(self, domain: str) -> MxLookup:
+        """MX hosts of an ASCII `domain`, most preferred first."""
+        try:
+            answer = await self.resolver.resolve(domain, dns.rdatatype.MX)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            # No MX records: RFC 5321 §5.1's implicit MX is the domain itself. The address
+            # lookup that follows tells whether the domain exists at all.
+            return Routes((MxHost(domain, 0, implicit=True),))
+        except dns.exception.DNSException as exc:
+            return LookupFailed(f"MX lookup for {domain} failed: {_describe(exc)}")
+        records = [(int(r.preference), r.exchange) for r in answer]
+        real = [(pref, name) for pref, name in records if name != dns.name.root]
+        if not real:
+            return NullMx()
+        self._rng.shuffle(real)
+        real.sort(key=lambda item: item[0])  # stable: equal preferences stay shuffled
+        hosts = tuple(
+            MxHost(name.to_text(omit_final_dot=True).lower(), pref)
+            for pref, name in real[: self.max_hosts]
+        )
+        return Routes(hosts)
+
+    async def addresses(self, host: str) -> Addresses:
+        """IPv4 then IPv6 addresses of `host` (IPv4 first: many containers have no v6 route)."""
+        results = await asyncio.gather(
+            self.resolver.resolve(host, dns.rdatatype.A),
+            self.resolver.resolve(host, dns.rdatatype.AAAA),
+            return_exceptions=True,
+        )
+        found: list[str] = []
+        errors: list[BaseException] = []
+        for result in results:
+            if isinstance(result, dns.resolver.Answer):
+                found.extend(r.to_text() for r in result)
+            elif isinstance(result, dns.exception.DNSException):
+                errors.append(result)
+            elif isinstance(result, BaseException):
+                raise result
+        if found:
+            return Addresses(tuple(found))
+        if errors and all(isinstance(e, dns.resolver.NXDOMAIN) for e in errors):
+            return Addresses((), f"{host} does not exist (NXDOMAIN)")
+        hard = [e for e in errors if not isinstance(e, dns.resolver.NoAnswer)]
+        if hard:
+            return Addresses((), f"address lookup for {host} failed: {_describe(hard[0])}")
+        return Addresses((), f"{host} has no A/AAAA records")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, dns.exception.Timeout):
+        return "timed out"
+    if isinstance(exc, dns.resolver.NoNameservers):
+        return "no name server answered (SERVFAIL or REFUSED)"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,1 @@
+"""Kannon test suite (a package so shared helpers import as `tests.peers`, `tests.<x>`)."""

@@ -1,0 +1,255 @@
+"""A real SMTP server on loopback (aiosmtpd) that records what it receives and answers by a
+recipient grammar, so a test decides the remote's verdict through the address it sends to.
+
+Recipient grammar (on the local part, case-insensitive):
+
+==================  ===========================================================================
+``bounce.*``        ``550 5.1.1`` at RCPT, every time
+``transient.xN.*``  ``451 4.7.1`` at RCPT for the first N attempts to that address, then 250
+``never.*``         the connection is dropped at RCPT (no reply at all), every time
+``hold.*``          RCPT waits until ``release_held()`` is called, then 250 (in-flight sends)
+anything else       250
+==================  ===========================================================================
+
+Options: STARTTLS with a certificate from :mod:`tests.peers.tls`, AUTH (PLAIN/LOGIN) against a
+user table, SMTPUTF8. Counts connections, RSETs and QUITs so tests can see connection reuse.
+Per TOOLING.md the server is made with ``loop.create_server`` on port 0 (aiosmtpd's Controller
+cannot pick a free port).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from tests.peers.tls import TlsIdentity
+
+_TRANSIENT = re.compile(r"transient\.x(\d+)\.", re.IGNORECASE)
+# push() sees this instead of a reply: close the connection without a word.
+_DROP = "__drop_connection__"
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    data: bytes
+    """The message exactly as received after DATA (dot-unstuffed, CRLF line endings)."""
+    peer: Any
+    helo: str
+    tls: bool
+    auth_user: str | None
+    connection: int
+    """1-based number of the connection that carried it (same number = same session)."""
+    mail_options: tuple[str, ...]
+
+
+@dataclass
+class _Stats:
+    connections: int = 0
+    resets: int = 0
+    quits: int = 0
+    rcpt_attempts: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+class _Protocol(SMTP):
+    """aiosmtpd's SMTP with a way to hang up without replying, and its connection number."""
+
+    def __init__(self, handler: _Handler, number: int, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.number = number
+
+    async def push(self, status: Any) -> None:
+        if status == _DROP:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super().push(status)
+
+
+class _Handler:
+    def __init__(self, sink: SmtpSink) -> None:
+        self.sink = sink
+
+    async def handle_RCPT(
+        self,
+        server: _Protocol,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        sink = self.sink
+        sink.stats.rcpt_attempts[address.lower()] += 1
+        local = address.rpartition("@")[0].lower()
+        if local.startswith("bounce."):
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        transient = _TRANSIENT.match(local)
+        if transient and sink.stats.rcpt_attempts[address.lower()] <= int(transient.group(1)):
+            return f"451 4.7.1 <{address}>: Recipient address rejected: try again later"
+        if local.startswith("never."):
+            return _DROP
+        if local.startswith("hold."):
+            sink.held.set()
+            await sink._release.wait()
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server: _Protocol, session: Session, envelope: Envelope) -> str:
+        auth = session.auth_data
+        message = ReceivedMessage(
+            mail_from=envelope.mail_from or "",
+            rcpt_tos=tuple(envelope.rcpt_tos),
+            data=bytes(envelope.original_content or b""),
+            peer=session.peer,
+            helo=session.host_name or "",
+            tls=session.ssl is not None,
+            auth_user=auth.login.decode() if isinstance(auth, LoginPassword) else None,
+            connection=server.number,
+            mail_options=tuple(envelope.mail_options),
+        )
+        await self.sink._record(message)
+        return f"250 2.0.0 Ok: queued as {len(self.sink.messages)}"
+
+    async def handle_RSET(self, server: _Protocol, session: Session, envelope: Envelope) -> str:
+        self.sink.stats.resets += 1
+        return "250 2.0.0 Ok"
+
+    async def handle_QUIT(self, server: _Protocol, session: Session, envelope: Envelope) -> str:
+        self.sink.stats.quits += 1
+        return "221 2.0.0 Bye"
+
+
+class SmtpSink:
+    """Start with ``await sink.start()``; ``sink.port`` is then the port it listens on.
+
+    ``port=0`` (default) lets the OS pick; a fixed port lets two sinks on different loopback
+    addresses (127.0.0.1, 127.0.0.2, ...) share one, as MX hosts share port 25.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        hostname: str = "sink.kannon.test",
+        tls: TlsIdentity | None = None,
+        users: Mapping[str, str] | None = None,
+        auth_require_tls: bool = True,
+        smtputf8: bool = True,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.hostname = hostname
+        self.tls = tls
+        self.users = dict(users) if users is not None else None
+        self.auth_require_tls = auth_require_tls
+        self.smtputf8 = smtputf8
+        self.messages: list[ReceivedMessage] = []
+        self.stats = _Stats()
+        self.held = asyncio.Event()
+        """Set when a ``hold.*`` RCPT is waiting."""
+        self._release = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._protocols: list[_Protocol] = []
+        self._arrived = asyncio.Condition()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> SmtpSink:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._new_protocol, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        self._release.set()
+        if self._server is not None:
+            self._server.close()
+        for protocol in self._protocols:
+            if protocol.transport is not None:
+                protocol.transport.close()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+            self._server = None
+
+    async def __aenter__(self) -> SmtpSink:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- what tests look at ----------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def connections(self) -> int:
+        """Connections accepted so far."""
+        return self.stats.connections
+
+    @property
+    def open_connections(self) -> int:
+        return sum(1 for p in self._protocols if p.transport is not None)
+
+    def messages_to(self, recipient: str) -> list[ReceivedMessage]:
+        wanted = recipient.lower()
+        return [m for m in self.messages if wanted in (r.lower() for r in m.rcpt_tos)]
+
+    def attempts(self, recipient: str) -> int:
+        """RCPT commands seen for `recipient`, accepted or not."""
+        return self.stats.rcpt_attempts[recipient.lower()]
+
+    async def wait_for_messages(self, count: int, timeout: float = 10.0) -> list[ReceivedMessage]:
+        """Return once at least `count` messages arrived (fails after `timeout` seconds)."""
+        async with asyncio.timeout(timeout), self._arrived:
+            await self._arrived.wait_for(lambda: len(self.messages) >= count)
+        return list(self.messages)
+
+    def release_held(self) -> None:
+        """Let every waiting (and future) ``hold.*`` RCPT through."""
+        self._release.set()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _new_protocol(self) -> _Protocol:
+        self.stats.connections += 1
+        kwargs: dict[str, Any] = {
+            "hostname": self.hostname,
+            "enable_SMTPUTF8": self.smtputf8,
+            "auth_require_tls": self.auth_require_tls,
+        }
+        if self.tls is not None:
+            kwargs["tls_context"] = self.tls.server_context()
+        if self.users is not None:
+            kwargs["authenticator"] = self._authenticate
+            kwargs["auth_required"] = True
+        protocol = _Protocol(_Handler(self), self.stats.connections, **kwargs)
+        self._protocols.append(protocol)
+        return protocol
+
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        if not isinstance(data, LoginPassword) or self.users is None:
+            return AuthResult(success=False, handled=False)
+        user, password = data.login.decode(), data.password.decode()
+        if self.users.get(user) == password:
+            return AuthResult(success=True, auth_data=data)
+        return AuthResult(success=False, handled=False)
+
+    async def _record(self, message: ReceivedMessage) -> None:
+        async with self._arrived:
+            self.messages.append(message)
+            self._arrived.notify_all()

@@ -1,0 +1,1 @@
+"""Tests of the SMTPSender Component against real NATS, DNS (dnsmasq) and SMTP peers."""
