@@ -1,0 +1,1 @@
+"""The Stats Component: persists outcome events, keeps hourly aggregates, applies retention."""

@@ -1,0 +1,127 @@
+"""The Stats Component: consumes every `kannon.stats.*` event into `stats` and the hourly
+`aggregated_stats` counters, and deletes events older than `stats.retention` on a timer.
+
+One durable consumer (`kannon-stats-logs`) does both writes in one transaction, so the raw log
+and the aggregates cannot drift apart (the original ran two consumers, and the aggregate one
+double-counted redeliveries, spec §3.4). A duplicate — a redelivery after a lost ack, or the same
+event re-published after a crash — hits a unique index, is ignored, and is acked: it counts once.
+A payload that is not a Stats message is terminated (logged), never retried; a database failure
+raises, and the bus loop Naks the message so it comes back later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter
+
+from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result
+from kannon.bus.subjects import STATS_DURABLE, STATS_STREAM, STATS_SUBJECTS
+from kannon.config import Settings
+from kannon.db import stats_store
+from kannon.model.outcome import domain_of_batch
+from kannon.runtime.component import Life
+from kannon.wire.stats import UndecodableEvent, data_json, decode
+
+if TYPE_CHECKING:
+    import asyncpg
+
+log = logging.getLogger("kannon.stats")
+
+RECORDED = Counter("kannon_stats_events_total", "Outcome events handled", ["type", "result"])
+DELETED = Counter("kannon_stats_retention_deleted_total", "Rows deleted by retention", ["table"])
+
+# Handlers in flight at once: each is one short transaction, so a few overlap network waits
+# without exhausting the shared connection pool.
+CONCURRENCY = 8
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class CleanupCounts:
+    stats: int
+    stats_keys: int
+
+
+class StatsWorker:
+    name = "stats"
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        bus: Bus,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._bus = bus
+        self._clock = clock
+
+    @property
+    def consumer(self) -> ConsumerSpec:
+        return ConsumerSpec(
+            durable=STATS_DURABLE,
+            stream=STATS_STREAM,
+            subject=STATS_SUBJECTS,
+            ack_wait=self._settings.nats.ack_wait,
+            max_deliver=self._settings.nats.max_deliver,
+            concurrency=CONCURRENCY,
+        )
+
+    async def run(self, life: Life) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._cleanup_loop(life))
+            await self._bus.consume(self.consumer, self.handle, life.stopping, on_ready=life.ready)
+
+    async def handle(self, msg: BusMessage) -> Result:
+        """Record one event; Ack also when it was a duplicate, Term when it cannot be read."""
+        try:
+            outcome = decode(msg.data, msg.msg_id)
+        except UndecodableEvent as exc:
+            log.error(
+                "undecodable stats event dropped",
+                extra={"kv": {"subject": msg.subject, "seq": msg.stream_seq, "error": str(exc)}},
+            )
+            RECORDED.labels("unknown", "undecodable").inc()
+            return Result.term()
+        if not outcome.domain:
+            # Every publisher sets it; a missing one can still be recovered from the Batch id.
+            outcome = dataclasses.replace(outcome, domain=domain_of_batch(outcome.batch_id))
+        inserted = await stats_store.record_event(self._pool, outcome, data_json(outcome.detail))
+        RECORDED.labels(outcome.type, "recorded" if inserted else "duplicate").inc()
+        return Result.ack()
+
+    async def cleanup(self) -> CleanupCounts:
+        """Delete events older than stats.retention and expired tracking-token keys."""
+        now = self._clock()
+        stats = await stats_store.delete_stats_before(
+            self._pool, now - self._settings.stats.retention
+        )
+        keys = await stats_store.delete_expired_stats_keys(self._pool, now)
+        DELETED.labels("stats").inc(stats)
+        DELETED.labels("stats_keys").inc(keys)
+        if stats or keys:
+            log.info("retention cleanup", extra={"kv": {"stats": stats, "stats_keys": keys}})
+        return CleanupCounts(stats=stats, stats_keys=keys)
+
+    async def _cleanup_loop(self, life: Life) -> None:
+        # Once at start, then every stats.cleanup_interval. A failure is logged and retried at
+        # the next tick: retention can wait, recording events must not stop for it.
+        while not life.stopping.is_set():
+            try:
+                await self.cleanup()
+            except Exception:
+                log.exception("retention cleanup failed")
+            if await life.sleep(self._settings.stats.cleanup_interval.total_seconds()):
+                return
