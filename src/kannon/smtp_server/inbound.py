@@ -1,0 +1,134 @@
+"""From a received report to Bounced outcomes, without any SMTP: which Delivery, which event.
+
+A report reaches us addressed to one or more bounce addresses (the RCPTs). Each verified bounce
+address names a Batch and carries a keyed hash of one Recipient; the report names recipients in
+``Final-Recipient`` / ``Original-Recipient`` (or in bounce text). A failed recipient is ours only
+when one of the RCPT addresses ``matches()`` it, so a report can only ever mark bounced the
+Delivery whose bounce address it was sent to: knowing someone's address is not enough.
+
+When a report's single failed recipient matches no RCPT under the names it gives (an alias that
+was expanded downstream, a rewritten address), the other addresses in the message (the returned
+original's ``To``, for instance) are tried against the hashes: only the Recipient we sent to can
+match, so this finds it without guessing.
+
+The event id is derived from the Batch, the Recipient, the status and the report's Message-ID
+(or its bytes when it has none), so an MTA that re-sends the same report after a lost reply
+produces the same id, and the bus stores it once.
+
+Pure: the clock and the parsed report come in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+from kannon.dsn import BouncedRecipient, DsnReport
+from kannon.dsn.address import all_addresses, extract_address
+from kannon.envelope.bounce import BounceAddress
+from kannon.model.outcome import Bounced, Outcome
+
+_NOT_FAILED_KINDS = frozenset({"feedback", "vacation", "delivered", "delayed"})
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What one report amounts to: the events to publish and why anything was left out."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+
+def report_message_id(raw: bytes) -> str:
+    """The report's Message-ID, or a digest of its bytes when it has none (still stable)."""
+    try:
+        headers = BytesHeaderParser(policy=compat32).parsebytes(raw, headersonly=True)
+        value = str(headers.get("Message-ID", "") or "").strip()
+    except Exception:  # a header block bad enough to break compat32: fall back to the bytes
+        value = ""
+    return value or "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def reply_code(recipient: BouncedRecipient) -> int:
+    """The SMTP reply code the report quotes, else the usual one for its status class."""
+    if recipient.reply_code.isdigit() and len(recipient.reply_code) == 3:
+        return int(recipient.reply_code)
+    return 450 if recipient.status.startswith("4") else 550
+
+
+def is_failure(report: DsnReport, recipient: BouncedRecipient) -> bool:
+    return report.kind not in _NOT_FAILED_KINDS and recipient.action == "failed"
+
+
+def event_id(batch_id: str, recipient: str, status: str, message_id: str) -> str:
+    material = "\x00".join((batch_id, recipient.lower(), status, message_id)).encode()
+    return "bounced.dsn." + hashlib.sha256(material).hexdigest()
+
+
+def _owner(
+    names: Sequence[str], addresses: Sequence[BounceAddress], secret: bytes
+) -> tuple[BounceAddress, str] | None:
+    for name in names:
+        if not name:
+            continue
+        for address in addresses:
+            if address.matches(name, secret):
+                return address, name
+    return None
+
+
+def bounces_of(
+    report: DsnReport,
+    raw: bytes,
+    addresses: Sequence[BounceAddress],
+    secret: bytes,
+    now: datetime,
+) -> Verdict:
+    """The Bounced outcomes ``report`` (parsed from ``raw``) proves for ``addresses``."""
+    verdict = Verdict()
+    failed = [r for r in report.recipients if is_failure(report, r)]
+    if not failed:
+        verdict.ignored.append(f"no failed recipient (kind {report.kind})")
+        return verdict
+    message_id = report_message_id(raw)
+    seen: set[tuple[str, str]] = set()
+    for recipient in failed:
+        owner = _owner((recipient.recipient, recipient.original_recipient), addresses, secret)
+        if owner is None and len(failed) == 1:
+            owner = _owner(all_addresses(raw.decode("utf-8", "replace")), addresses, secret)
+        if owner is None:
+            verdict.ignored.append(
+                f"failed recipient matches no bounce address it was sent to "
+                f"({recipient.recipient or recipient.original_recipient or 'unnamed'})"
+            )
+            continue
+        address, name = owner
+        # Field values may still carry an address type or brackets ("rfc822; <a@b>").
+        name = extract_address(name) or name.strip().lower()
+        if (address.batch_id, name) in seen:
+            continue  # the same recipient listed twice in one report
+        seen.add((address.batch_id, name))
+        verdict.outcomes.append(
+            Outcome(
+                batch_id=address.batch_id,
+                domain=address.domain,
+                recipient=name,
+                timestamp=now,
+                detail=Bounced(
+                    permanent=recipient.status.startswith("5"),
+                    code=reply_code(recipient),
+                    message=recipient.diagnostic or f"{recipient.status} {recipient.reason}",
+                    status=recipient.status,
+                    reason=recipient.reason,
+                    hard_bounce=recipient.hard_bounce,
+                    remote_mta=recipient.remote_mta,
+                    from_dsn=True,
+                ),
+                event_id=event_id(address.batch_id, name, recipient.status, message_id),
+            )
+        )
+    return verdict
