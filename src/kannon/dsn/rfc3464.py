@@ -108,7 +108,8 @@ def _starts_new_recipient(group: list[tuple[str, str]], name: str) -> bool:
 
 def _apply(record: DsnRecord, name: str, value: str) -> None:
     if name == "final-recipient" and not record.final_recipient:
-        record.final_recipient = extract_address(_strip_type(value)[1]) or _strip_type(value)[1]
+        raw = _strip_type(value)[1]
+        record.final_recipient = extract_address(raw) or raw.strip("<> ").lower()
     elif name == "original-recipient" and not record.original_recipient:
         record.original_recipient = extract_address(_strip_type(value)[1])
     elif name == "action" and not record.action:

@@ -1,0 +1,387 @@
+"""Focused tests of kannon.dsn on small hand-written reports: RFC 3464 actions, multi-recipient
+reports, codes found only in diagnostic text, ARF, auto-replies, SES JSON, and the classifier's
+precedence rules."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kannon.dsn import BouncedRecipient, is_hard_bounce, parse_message
+from kannon.dsn.codes import find_codes, find_command, status_reason
+from kannon.dsn.taxonomy import Evidence, classify
+
+
+def dsn(*recipients: str, text: str = "Delivery report follows.") -> bytes:
+    """A multipart/report delivery-status message with one field block per recipient."""
+    blocks = "\n\n".join(r.strip("\n") for r in recipients)
+    return f"""From: Mail Delivery System <MAILER-DAEMON@mta.example.net>
+To: sender@example.com
+Subject: Delivery Status Notification
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="BOUNDARY"
+
+--BOUNDARY
+Content-Type: text/plain
+
+{text}
+
+--BOUNDARY
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mta.example.net
+
+{blocks}
+
+--BOUNDARY
+Content-Type: text/rfc822-headers
+
+From: sender@example.com
+To: someone@example.org
+Subject: hello
+
+--BOUNDARY--
+""".encode()
+
+
+FAILED_USER = """
+Final-Recipient: rfc822; nobody@example.org
+Action: failed
+Status: 5.1.1
+Remote-MTA: dns; mx.example.org
+Diagnostic-Code: smtp; 550 5.1.1 <nobody@example.org>: Recipient address rejected: User unknown
+"""
+
+
+def test_failed_recipient_with_diagnostic_code() -> None:
+    report = parse_message(dsn(FAILED_USER))
+    assert report.kind == "bounce"
+    assert report.recipients == [
+        BouncedRecipient(
+            recipient="nobody@example.org",
+            action="failed",
+            status="5.1.1",
+            reply_code="550",
+            diagnostic="550 5.1.1 <nobody@example.org>: Recipient address rejected: User unknown",
+            remote_mta="mx.example.org",
+            reason="userunknown",
+            hard_bounce=True,
+            permanent=True,
+        )
+    ]
+
+
+def test_delayed_report_is_not_a_bounce() -> None:
+    report = parse_message(
+        dsn(
+            """
+Final-Recipient: rfc822; slow@example.org
+Action: delayed
+Status: 4.4.1
+Diagnostic-Code: smtp; connect to mx.example.org[192.0.2.1]:25: Connection timed out
+""",
+            text="This is a warning message only; delivery will be retried.",
+        )
+    )
+    assert report.kind == "delayed"
+    (recipient,) = report.recipients
+    assert (recipient.action, recipient.status, recipient.reason) == ("delayed", "4.4.1", "expired")
+    assert not recipient.hard_bounce
+    assert not recipient.permanent
+
+
+@pytest.mark.parametrize("action", ["delivered", "relayed", "expanded"])
+def test_success_report_is_not_a_bounce(action: str) -> None:
+    report = parse_message(
+        dsn(
+            f"""
+Final-Recipient: rfc822; happy@example.org
+Action: {action}
+Status: 2.0.0
+Diagnostic-Code: smtp; 250 2.0.0 OK queued as 12345
+"""
+        )
+    )
+    assert report.kind == "delivered"
+    (recipient,) = report.recipients
+    assert (recipient.reason, recipient.status, recipient.hard_bounce) == (
+        "delivered",
+        "2.0.0",
+        False,
+    )
+
+
+def test_multi_recipient_report_keeps_order_and_reasons() -> None:
+    report = parse_message(
+        dsn(
+            FAILED_USER,
+            """
+Final-Recipient: rfc822; full@example.org
+Action: failed
+Status: 5.2.2
+Diagnostic-Code: smtp; 552 5.2.2 Mailbox full
+""",
+            """
+Original-Recipient: rfc822; alias@example.net
+Final-Recipient: rfc822; later@example.org
+Action: delayed
+Status: 4.7.0
+Diagnostic-Code: smtp; 421 4.7.0 Try again later, closing connection
+""",
+        )
+    )
+    assert report.kind == "bounce"
+    got = [(r.recipient, r.action, r.reason, r.hard_bounce) for r in report.recipients]
+    assert got == [
+        ("nobody@example.org", "failed", "userunknown", True),
+        ("full@example.org", "failed", "mailboxfull", False),
+        ("later@example.org", "delayed", "securityerror", False),
+    ]
+    assert report.recipients[2].original_recipient == "alias@example.net"
+
+
+def test_records_without_blank_lines_between_recipients() -> None:
+    # Some MTAs run the per-recipient groups together; repeated fields must still split them.
+    packed = (
+        "Final-Recipient: rfc822; one@example.org\nAction: failed\nStatus: 5.1.1\n"
+        "Final-Recipient: rfc822; two@example.org\nAction: failed\nStatus: 5.2.2\n"
+    )
+    report = parse_message(dsn(packed))
+    assert [(r.recipient, r.reason) for r in report.recipients] == [
+        ("one@example.org", "userunknown"),
+        ("two@example.org", "mailboxfull"),
+    ]
+
+
+def test_missing_status_field_takes_code_from_diagnostic_text() -> None:
+    report = parse_message(
+        dsn(
+            """
+Final-Recipient: rfc822; gone@example.org
+Action: failed
+Diagnostic-Code: smtp; 550-5.1.1 The email account that you tried to reach does not exist.
+ 550 5.1.1 Please try double-checking the recipient's email address
+"""
+        )
+    )
+    (recipient,) = report.recipients
+    assert (recipient.status, recipient.reply_code, recipient.reason) == (
+        "5.1.1",
+        "550",
+        "userunknown",
+    )
+
+
+def test_specific_code_in_diagnostic_beats_generic_status_field() -> None:
+    report = parse_message(
+        dsn(
+            """
+Final-Recipient: rfc822; spam@example.org
+Action: failed
+Status: 5.0.0
+Diagnostic-Code: smtp; 554 5.7.1 Message rejected: spam detected by content filter
+"""
+        )
+    )
+    (recipient,) = report.recipients
+    assert (recipient.status, recipient.reason) == ("5.7.1", "spamdetected")
+
+
+def test_arf_feedback_report() -> None:
+    raw = b"""From: fbl@isp.example
+To: abuse@example.com
+Subject: complaint
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=feedback-report; boundary="B"
+
+--B
+Content-Type: text/plain
+
+This is an abuse report.
+
+--B
+Content-Type: message/feedback-report
+
+Feedback-Type: abuse
+User-Agent: test/1.0
+Version: 1
+Original-Rcpt-To: <angry@isp.example>
+
+--B
+Content-Type: message/rfc822
+
+From: news@example.com
+To: angry@isp.example
+Subject: offer
+
+buy
+--B--
+"""
+    report = parse_message(raw)
+    assert report.kind == "feedback"
+    assert [(r.recipient, r.reason, r.status, r.hard_bounce) for r in report.recipients] == [
+        ("angry@isp.example", "feedback", "", False)
+    ]
+
+
+def test_auto_reply_is_vacation() -> None:
+    raw = b"""From: Away Person <away@example.org>
+To: sender@example.com
+Subject: Automatic reply: hello
+Auto-Submitted: auto-replied
+
+I am on holiday until Monday.
+"""
+    report = parse_message(raw)
+    assert report.kind == "vacation"
+    assert [(r.recipient, r.reason) for r in report.recipients] == [
+        ("away@example.org", "vacation")
+    ]
+
+
+def test_plain_message_is_unknown() -> None:
+    raw = b"From: friend@example.org\nTo: me@example.com\nSubject: lunch\n\nSee you at noon.\n"
+    report = parse_message(raw)
+    assert report.kind == "unknown"
+    assert report.recipients == []
+    assert report.notes
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x00\xff\xfe garbage \x80", b"::::\n\n\n", b"%PDF-1.4\n"])
+def test_garbage_is_unknown_with_a_note(raw: bytes) -> None:
+    report = parse_message(raw)
+    assert report.kind == "unknown"
+    assert report.notes
+
+
+def _ses(payload: dict[str, object]) -> bytes:
+    return (
+        "From: no-reply@sns.amazonaws.com\nTo: ops@example.com\n"
+        "Subject: AWS Notification Message\n\n" + json.dumps(payload) + "\n--\nunsubscribe link\n"
+    ).encode()
+
+
+def test_ses_json_bounce_complaint_and_delivery() -> None:
+    bounce = parse_message(
+        _ses(
+            {
+                "notificationType": "Bounce",
+                "bounce": {
+                    "bounceType": "Transient",
+                    "bounceSubType": "MailboxFull",
+                    "bouncedRecipients": [{"emailAddress": "Full@Example.org"}],
+                },
+            }
+        )
+    )
+    assert bounce.kind == "bounce"
+    (recipient,) = bounce.recipients
+    assert (recipient.recipient, recipient.status, recipient.reason) == (
+        "full@example.org",
+        "4.0.0",
+        "mailboxfull",
+    )
+    complaint = parse_message(
+        _ses(
+            {
+                "notificationType": "Complaint",
+                "complaint": {"complainedRecipients": [{"emailAddress": "x@example.org"}]},
+            }
+        )
+    )
+    assert complaint.kind == "feedback"
+    assert [r.recipient for r in complaint.recipients] == ["x@example.org"]
+    delivery = parse_message(
+        _ses(
+            {
+                "notificationType": "Delivery",
+                "delivery": {"recipients": ["ok@example.org"], "smtpResponse": "250 2.6.0 Ok"},
+            }
+        )
+    )
+    assert delivery.kind == "delivered"
+    assert [(r.status, r.reply_code, r.reason) for r in delivery.recipients] == [
+        ("2.6.0", "250", "delivered")
+    ]
+
+
+# --- classifier rules -------------------------------------------------------------------------
+
+
+def test_user_unknown_after_rcpt_is_dead_but_after_data_is_a_filter() -> None:
+    text = "550 Unknown user joe@example.org"
+    at_rcpt = classify(Evidence(text=text, status="5.0.0", reply_code="550", command="RCPT"))
+    at_data = classify(Evidence(text=text, status="5.0.0", reply_code="550", command="DATA"))
+    assert (at_rcpt.reason, at_data.reason) == ("userunknown", "filtered")
+
+
+def test_stated_cause_beats_generic_status() -> None:
+    verdict = classify(Evidence(text="550 5.1.1 mailbox is full", status="5.1.1", reply_code="550"))
+    assert verdict.reason == "mailboxfull"
+
+
+def test_rejection_at_mail_from_is_about_the_sender() -> None:
+    verdict = classify(
+        Evidence(text="553 5.1.0 Sender domain does not exist", status="5.1.0", command="MAIL")
+    )
+    assert verdict.reason == "rejected"
+
+
+def test_transient_no_such_host_is_a_network_error() -> None:
+    verdict = classify(Evidence(text="Host or domain name not found", status="4.4.4"))
+    permanent = classify(Evidence(text="Host or domain name not found", status="5.0.0"))
+    assert (verdict.reason, permanent.reason) == ("networkerror", "hostunknown")
+
+
+def test_nothing_said_is_undefined_something_unknown_said_is_onhold() -> None:
+    assert classify(Evidence(text="", status="5.0.0")).reason == "undefined"
+    assert classify(Evidence(text="the flux capacitor", status="5.0.0")).reason == "onhold"
+
+
+@pytest.mark.parametrize(
+    ("reason", "status", "hard"),
+    [
+        ("userunknown", "5.1.1", True),
+        ("userunknown", "4.1.1", True),
+        ("hostunknown", "5.1.2", True),
+        ("hasmoved", "5.1.6", True),
+        ("notaccept", "5.1.10", True),
+        ("notaccept", "4.0.0", False),
+        ("mailboxfull", "5.2.2", False),
+        ("filtered", "5.0.0", False),
+        ("feedback", "", False),
+    ],
+)
+def test_hard_bounce_rule(reason: str, status: str, hard: bool) -> None:
+    assert is_hard_bounce(reason, status) is hard
+
+
+def test_codes_prefer_the_innermost_failure() -> None:
+    codes = find_codes(
+        "554 4.4.7 Message expired: unable to deliver <421 4.4.2 Connection timed out>"
+    )
+    assert (codes.status, codes.reply) == ("4.4.2", "421")
+    transcript = find_codes("451 4.3.0 Error: queue file write error\n221 2.0.0 Bye")
+    assert (transcript.status, transcript.reply) == ("4.3.0", "451")
+
+
+def test_codes_ignore_ip_addresses_and_versions() -> None:
+    codes = find_codes("deferred from 192.0.2.5 see 4.16.55.1 (Exim 4.72)")
+    assert (codes.status, codes.reply) == ("", "")
+
+
+def test_command_detection() -> None:
+    assert find_command("said: 550 no such user (in reply to RCPT TO command)") == "RCPT"
+    assert find_command("SMTP error from remote mail server after end of data:") == "DATA"
+    assert find_command(">>> MAIL From:<a@b.example>\n<<< 553 rejected") == "MAIL"
+    assert find_command("SMTP error from remote mail server after initial connection:") == "CONN"
+    assert find_command("nothing here") == ""
+
+
+def test_status_table_follows_rfc3463() -> None:
+    assert status_reason("5.2.2") == "mailboxfull"
+    assert status_reason("4.2.2") == "mailboxfull"
+    assert status_reason("5.7.26") == "authfailure"
+    assert status_reason("5.7.1") == "securityerror"
+    assert status_reason("5.0.0") == ""
