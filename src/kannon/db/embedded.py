@@ -143,8 +143,20 @@ def start_postgres(
         stop_signal=signal.SIGINT,
         env={"PATH": os.environ.get("PATH", ""), "LC_ALL": "C"},
     )
-    wait_until(child, lambda: port_accepts("127.0.0.1", port), timeout, "accepting connections")
+    wait_until(child, lambda: _accepting(bin_dir, port), timeout, "accepting connections")
     return EmbeddedPostgres(child, port, data_dir)
+
+
+def _accepting(bin_dir: Path, port: int) -> bool:
+    """True once the server serves sessions (an open port alone may still answer 'starting up')."""
+    if not port_accepts("127.0.0.1", port):
+        return False
+    result = subprocess.run(
+        [str(bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"],
+        capture_output=True,
+        check=False,
+    )
+    return result.returncode == 0
 
 
 def _demote(uid: int | None, gid: int | None):  # type: ignore[no-untyped-def]
