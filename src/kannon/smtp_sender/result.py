@@ -51,7 +51,7 @@ class SendResult:
     tls: bool = False
 
     @classmethod
-    def delivered(cls, code: int, message: str, remote: str, *, tls: bool) -> SendResult:
+    def delivered(cls, code: int, message: str, remote: str, *, tls: bool = False) -> SendResult:
         return cls(Kind.DELIVERED, code, message, True, remote, tls)
 
     @classmethod

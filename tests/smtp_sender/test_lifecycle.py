@@ -1,0 +1,115 @@
+"""Component lifecycle (graceful stop with a send in flight), the demo sender, configuration
+requirements, and the session pool's bounds (idle expiry, messages per session)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kannon.bus.client import Bus
+from kannon.bus.subjects import SENDER_DURABLE, SENDING_STREAM
+from kannon.config import ConfigError
+from kannon.model.outcome import Bounced, Delivered
+from kannon.runtime.component import Life
+from kannon.smtp_sender.component import SmtpSender
+from kannon.smtp_sender.delivery import SmtpDeliverer
+from kannon.smtp_sender.mx import MxResolver
+from kannon.smtp_sender.pool import ConnectionPool
+from kannon.smtp_sender.result import Kind
+from tests.peers.dns import DnsServer
+from tests.peers.smtp_sink import SmtpSink
+from tests.smtp_sender.conftest import (
+    HOSTNAME,
+    Outcomes,
+    make_job,
+    make_settings,
+    mx_for,
+    publish,
+    running,
+)
+
+
+async def test_graceful_stop_finishes_the_send_in_flight_then_closes_sessions(
+    bus: Bus, outcomes: Outcomes, dns_server: DnsServer, smtp_sink: SmtpSink
+) -> None:
+    mx_for(dns_server)
+    sender = SmtpSender(make_settings(dns=dns_server, port=smtp_sink.port), bus)
+    life = Life(sender.name)
+    task = asyncio.create_task(sender.run(life))
+    await asyncio.wait_for(life.wait_ready(), 10)
+    seq = await publish(bus, make_job("hold.kim@example.test"))
+    await asyncio.wait_for(smtp_sink.held.wait(), 10)  # the remote is mid-transaction
+
+    life.stopping.set()
+    smtp_sink.release_held()
+    await asyncio.wait_for(task, 30)
+
+    [event] = await outcomes.wait(1)
+    assert event.detail == Delivered()
+    assert event.event_id == f"delivered.{seq}"
+    info = await bus.js.consumer_info(SENDING_STREAM, SENDER_DURABLE)
+    assert info.num_ack_pending == 0  # acked before run() returned
+    assert smtp_sink.stats.quits == 1
+    assert smtp_sink.open_connections == 0
+
+
+async def test_demo_sender_publishes_real_outcomes_without_any_network(
+    bus: Bus, outcomes: Outcomes, smtp_sink: SmtpSink
+) -> None:
+    # No hostname, no DNS, and the only SMTP server around must stay untouched.
+    settings = make_settings(port=smtp_sink.port, demo_sender=True, hostname=None)
+    async with running(SmtpSender(settings, bus)):
+        ok_seq = await publish(bus, make_job("demo@example.test"))
+        await outcomes.wait(1)
+        bad_seq = await publish(bus, make_job("someone.error@example.test"))
+        events = await outcomes.wait(2)
+    delivered, bounced = events
+    assert delivered.detail == Delivered()
+    assert delivered.event_id == f"delivered.{ok_seq}"
+    assert bounced.detail == Bounced(permanent=True, code=512, message="error sending email")
+    assert bounced.event_id == f"bounced.{bad_seq}"
+    assert smtp_sink.connections == 0
+
+
+async def test_a_real_sender_requires_a_hostname(bus: Bus) -> None:
+    with pytest.raises(ConfigError, match=r"sender\.hostname"):
+        SmtpSender(make_settings(hostname=None), bus)
+
+
+async def test_idle_sessions_expire_and_sessions_retire_after_max_messages(
+    dns_server: DnsServer, smtp_sink: SmtpSink
+) -> None:
+    mx_for(dns_server)
+    now = [0.0]
+    pool = ConnectionPool(idle_timeout=10, max_idle=4, max_messages=2, clock=lambda: now[0])
+    deliverer = SmtpDeliverer(
+        hostname=HOSTNAME,
+        port=smtp_sink.port,
+        resolver=MxResolver([dns_server.address]),
+        pool=pool,
+        connect_timeout=5,
+        command_timeout=5,
+        deadline=30,
+    )
+    try:
+        first = await deliverer.deliver(make_job("a@example.test"))
+        now[0] = 9.0  # idle 9 s: still within the idle timeout
+        assert await pool.reap() == 0
+        second = await deliverer.deliver(make_job("b@example.test"))
+        # Two messages on one session: it retires instead of going back to the pool.
+        assert (smtp_sink.connections, smtp_sink.stats.quits, pool.idle_count) == (1, 1, 0)
+
+        third = await deliverer.deliver(make_job("c@example.test"))
+        assert smtp_sink.connections == 2
+        now[0] = 20.0  # idle 11 s
+        await deliverer.maintain()
+        assert (smtp_sink.stats.quits, pool.idle_count) == (2, 0)
+
+        fourth = await deliverer.deliver(make_job("d@example.test"))
+        assert smtp_sink.connections == 3
+    finally:
+        await deliverer.close()
+    assert {r.kind for r in (first, second, third, fourth)} == {Kind.DELIVERED}
+    assert [m.connection for m in smtp_sink.messages] == [1, 1, 2, 3]
+    assert smtp_sink.stats.quits == 3

@@ -1,0 +1,150 @@
+"""STARTTLS towards MX hosts (verified when possible, opportunistic otherwise) and relay mode
+(smart host with AUTH and TLS) against a real SMTP server with a certificate from a test CA."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from kannon.bus.client import Bus
+from kannon.model.outcome import Delivered, Errored
+from kannon.smtp_sender.component import SmtpSender
+from tests.peers.dns import DnsServer
+from tests.peers.fixtures import SinkFactory
+from tests.peers.smtp_sink import SmtpSink
+from tests.peers.tls import TlsIdentity
+from tests.smtp_sender.conftest import Outcomes, make_job, make_settings, mx_for, publish, running
+
+USERS = {"kannon": "s3cret"}
+
+
+@pytest.fixture
+def trusted_ca(tls_identity: TlsIdentity, monkeypatch: pytest.MonkeyPatch) -> TlsIdentity:
+    """The sender verifies against the system trust store; make that the test CA."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_identity.ca_path))
+    return tls_identity
+
+
+@pytest.fixture
+async def tls_sink(smtp_sink_factory: SinkFactory, tls_identity: TlsIdentity) -> SmtpSink:
+    return await smtp_sink_factory(tls=tls_identity)
+
+
+async def test_starttls_with_a_verified_certificate(
+    bus: Bus,
+    outcomes: Outcomes,
+    dns_server: DnsServer,
+    tls_sink: SmtpSink,
+    trusted_ca: TlsIdentity,
+) -> None:
+    sink = tls_sink
+    mx_for(dns_server)
+    async with running(SmtpSender(make_settings(dns=dns_server, port=sink.port), bus)):
+        await publish(bus, make_job("tls@example.test"))
+        [event] = await outcomes.wait(1)
+    assert event.detail == Delivered()
+    [message] = sink.messages
+    assert message.tls
+    assert sink.connections == 1  # verified on the first handshake
+
+
+async def test_starttls_falls_back_to_unverified_encryption_when_the_certificate_fails(
+    bus: Bus,
+    outcomes: Outcomes,
+    dns_server: DnsServer,
+    tls_sink: SmtpSink,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="kannon.sender")
+    sink = tls_sink  # its CA is trusted by nobody here
+    mx_for(dns_server)
+    settings = make_settings(dns=dns_server, port=sink.port, max_jobs=1)
+    async with running(SmtpSender(settings, bus)):
+        await publish(bus, make_job("first@example.test"))
+        await publish(bus, make_job("second@example.test"))
+        events = await outcomes.wait(2)
+    assert [e.detail for e in events] == [Delivered(), Delivered()]
+    assert all(m.tls for m in sink.messages)
+    # One handshake failed verification, the redo went unverified and was then reused.
+    assert sink.connections == 2
+    assert {m.connection for m in sink.messages} == {2}
+    assert "certificate not verifiable" in caplog.text
+
+
+@pytest.mark.parametrize("tls_mode", ["starttls", "none"])
+async def test_relay_mode_delivers_through_the_relay_with_auth(
+    bus: Bus,
+    outcomes: Outcomes,
+    smtp_sink_factory: SinkFactory,
+    trusted_ca: TlsIdentity,
+    tls_mode: str,
+) -> None:
+    relay = await smtp_sink_factory(
+        tls=trusted_ca if tls_mode == "starttls" else None,
+        users=USERS,
+        auth_require_tls=tls_mode == "starttls",
+    )
+    relay_settings = {
+        "host": "127.0.0.1",
+        "port": relay.port,
+        "username": "kannon",
+        "password": "s3cret",
+        "tls": tls_mode,
+    }
+    # No DNS server at all: in relay mode the recipient's domain is never looked up.
+    settings = make_settings(relay=relay_settings, max_jobs=1)
+    async with running(SmtpSender(settings, bus)):
+        await publish(bus, make_job("someone@unresolvable.invalid"))
+        await publish(bus, make_job("bounce.other@unresolvable.invalid"))
+        events = await outcomes.wait(2)
+    assert events[0].detail == Delivered()
+    assert events[1].type == "bounced"
+    [message] = relay.messages
+    assert message.rcpt_tos == ("someone@unresolvable.invalid",)
+    assert message.auth_user == "kannon"
+    assert message.tls is (tls_mode == "starttls")
+    assert relay.connections == 1
+
+
+async def test_relay_refusing_our_credentials_is_errored_not_bounced(
+    bus: Bus,
+    outcomes: Outcomes,
+    smtp_sink_factory: SinkFactory,
+) -> None:
+    relay = await smtp_sink_factory(users=USERS, auth_require_tls=False)
+    relay_settings = {
+        "host": "127.0.0.1",
+        "port": relay.port,
+        "username": "kannon",
+        "password": "wrong",
+        "tls": "none",
+    }
+    async with running(SmtpSender(make_settings(relay=relay_settings), bus)):
+        await publish(bus, make_job("someone@example.test", should_retry=False))
+        [event] = await outcomes.wait(1)
+    assert isinstance(event.detail, Errored)
+    assert event.detail.code == 535
+    assert relay.messages == []
+
+
+async def test_relay_without_starttls_is_not_used_in_plaintext(
+    bus: Bus,
+    outcomes: Outcomes,
+    smtp_sink_factory: SinkFactory,
+) -> None:
+    plaintext_only = await smtp_sink_factory(users=USERS, auth_require_tls=False)
+    relay_settings = {
+        "host": "127.0.0.1",
+        "port": plaintext_only.port,
+        "username": "kannon",
+        "password": "s3cret",
+        "tls": "starttls",
+    }
+    async with running(SmtpSender(make_settings(relay=relay_settings), bus)):
+        await publish(bus, make_job("someone@example.test"))
+        [event] = await outcomes.wait(1)
+    assert isinstance(event.detail, Errored)
+    assert event.detail.code == 0
+    assert "STARTTLS" in event.detail.message
+    assert plaintext_only.messages == []
