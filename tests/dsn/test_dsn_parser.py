@@ -385,3 +385,186 @@ def test_status_table_follows_rfc3463() -> None:
     assert status_reason("5.7.26") == "authfailure"
     assert status_reason("5.7.1") == "securityerror"
     assert status_reason("5.0.0") == ""
+
+
+# Rejection texts as large providers and common filters phrase them (from their public error-code
+# pages and everyday bounces), with the SMTP command they typically answer.
+PROVIDER_PHRASES = [
+    (
+        "550-5.7.1 Our system has detected an unusual rate of unsolicited mail "
+        "originating from your IP address.",
+        "",
+        "blocked",
+    ),
+    (
+        "550-5.7.1 Gmail has detected that this message is likely unsolicited mail.",
+        "DATA",
+        "spamdetected",
+    ),
+    (
+        "421-4.7.0 This message is suspicious due to the very low reputation of the "
+        "sending IP address",
+        "",
+        "badreputation",
+    ),
+    (
+        "550-5.7.1 The user or domain that you are sending to (or from) has a policy "
+        "that prohibited the mail",
+        "DATA",
+        "policyviolation",
+    ),
+    (
+        "450-4.2.1 The user you are trying to contact is receiving mail too quickly.",
+        "RCPT",
+        "speeding",
+    ),
+    (
+        "421-4.7.0 TLS required for RCPT domain, closing connection.",
+        "",
+        "failedstarttls",
+    ),
+    (
+        "552-5.2.3 Your message exceeded Google's message size limits.",
+        "DATA",
+        "exceedlimit",
+    ),
+    (
+        "550 5.7.1 Unfortunately, messages from [192.0.2.1] weren't sent. Please contact "
+        "your Internet service provider since part of their network is on our block list "
+        "(S3150).",
+        "",
+        "blocked",
+    ),
+    (
+        "550 5.4.1 Recipient address rejected: Access denied. AS(201806281)",
+        "RCPT",
+        "userunknown",
+    ),
+    (
+        "452 4.5.3 Too many recipients",
+        "RCPT",
+        "toomanyconn",
+    ),
+    (
+        "550 5.7.708 Service unavailable. Access denied, traffic not accepted from this IP.",
+        "",
+        "blocked",
+    ),
+    (
+        "554 5.2.2 mailbox full; STOREDRV.Deliver.Exception:QuotaExceededException",
+        "",
+        "mailboxfull",
+    ),
+    (
+        "550 5.1.1 RESOLVER.ADR.ExRecipNotFound; not found",
+        "",
+        "userunknown",
+    ),
+    (
+        "550 5.1.8 Access denied, bad outbound sender",
+        "",
+        "rejected",
+    ),
+    (
+        "554 30 Sorry, your message size exceeds 41943040 bytes.",
+        "DATA",
+        "mesgtoobig",
+    ),
+    (
+        "421 4.7.0 [TS01] Messages from 192.0.2.1 temporarily deferred due to user "
+        "complaints - 4.16.55.1",
+        "",
+        "badreputation",
+    ),
+    (
+        "550 5.7.0 Blocked - see https://support.proofpoint.com/dnsbl-lookup.cgi?ip=192.0.2.1",
+        "",
+        "blocked",
+    ),
+    (
+        "554 5.7.1 [CS01] Message rejected due to local policy.",
+        "DATA",
+        "policyviolation",
+    ),
+    (
+        "450 4.7.1 Client host rejected: cannot find your hostname, [192.0.2.1]",
+        "RCPT",
+        "requireptr",
+    ),
+    (
+        "554 5.7.1 <x@y.example>: Sender address rejected: Access denied",
+        "RCPT",
+        "rejected",
+    ),
+    (
+        "550 Message was not accepted -- invalid mailbox.",
+        "RCPT",
+        "userunknown",
+    ),
+    (
+        "553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)",
+        "RCPT",
+        "norelaying",
+    ),
+    (
+        "550 5.7.1 Message rejected: virus found in attachment",
+        "DATA",
+        "virusdetected",
+    ),
+    (
+        "554 5.4.6 Too many hops",
+        "",
+        "networkerror",
+    ),
+    (
+        "550 OU-002 Mail rejected for policy reasons. Reasons may be related to content "
+        "with spam-like characteristics",
+        "DATA",
+        "spamdetected",
+    ),
+    (
+        "550 5.7.0 Requested action not taken: too many emails per second",
+        "",
+        "speeding",
+    ),
+    (
+        "554 delivery error: dd Sorry your message cannot be delivered. This mailbox is "
+        "disabled (554.30).",
+        "",
+        "suspend",
+    ),
+    (
+        "550 5.7.1 Recipient address rejected: Message rejected by DMARC policy",
+        "",
+        "authfailure",
+    ),
+    (
+        "452 4.3.1 Insufficient system resources",
+        "",
+        "systemfull",
+    ),
+    (
+        "550 5.7.1 Email rejected because 192.0.2.1 is listed by bl.spamcop.net",
+        "",
+        "blocked",
+    ),
+    (
+        "421 4.4.2 mx.example.com Error: timeout exceeded",
+        "",
+        "networkerror",
+    ),
+    (
+        "550 5.7.25 The IP address sending this message does not have a PTR record setup",
+        "",
+        "requireptr",
+    ),
+]
+
+
+@pytest.mark.parametrize(("diagnostic", "command", "reason"), PROVIDER_PHRASES)
+def test_provider_phrases(diagnostic: str, command: str, reason: str) -> None:
+    codes = find_codes(diagnostic)
+    evidence = Evidence(
+        text=diagnostic, status=codes.status or "5.0.0", reply_code=codes.reply, command=command
+    )
+    assert classify(evidence).reason == reason

@@ -6,6 +6,8 @@ brackets), but strict enough to skip Message-IDs, IP literals and URLs' "user@ho
 
 from __future__ import annotations
 
+import binascii
+import email.header
 import re
 from typing import Final
 
@@ -19,17 +21,33 @@ ADDRESS: Final = rf"(?:{LOCAL}|=\?[^\s?]+\?[BbQq]\?[^\s?]*\?=)@(?:{DOMAIN})"
 ADDRESS_RE: Final = re.compile(rf"(?<![\w.\-+=/]){ADDRESS}(?![\w\-])")
 
 
+def normalize(address: str) -> str:
+    """Lower-case an address, decoding an RFC 2047 encoded-word local part first (lower-casing
+    the base64 of "=?utf-8?B?...?=" would turn it into a different address)."""
+    local, at, domain = address.rpartition("@")
+    if at and local.startswith("=?") and local.endswith("?="):
+        try:
+            parts = email.header.decode_header(local)
+            local = "".join(
+                chunk.decode(charset or "utf-8", "replace") if isinstance(chunk, bytes) else chunk
+                for chunk, charset in parts
+            )
+        except (ValueError, LookupError, binascii.Error):
+            pass
+    return f"{local}{at}{domain}".lower()
+
+
 def extract_address(text: str) -> str:
-    """The first address in `text`, lower-cased; "" when there is none."""
+    """The first address in `text`, normalised; "" when there is none."""
     match = ADDRESS_RE.search(text)
-    return match.group(0).lower() if match else ""
+    return normalize(match.group(0)) if match else ""
 
 
 def all_addresses(text: str) -> list[str]:
-    """Every address in `text`, lower-cased, in order, without repeats."""
+    """Every address in `text`, normalised, in order, without repeats."""
     seen: dict[str, None] = {}
     for match in ADDRESS_RE.finditer(text):
-        seen.setdefault(match.group(0).lower(), None)
+        seen.setdefault(normalize(match.group(0)), None)
     return list(seen)
 
 

@@ -76,7 +76,8 @@ _COMMAND_PATTERNS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
     (
         "RCPT",
         re.compile(
-            r"in reply to RCPT TO|after RCPT TO|after RCPT command|RCPT TO response|>>> RCPT TO"
+            r"in reply to RCPT TO|after (?:pipelined )?RCPT TO|after RCPT command|RCPT TO response"
+            r"|(?:>>>|<<<) ?RCPT TO"
             r"|\[RCPT_TO\]|SMTP:RCPT|like our RCPT TO|does not like recipient"
             r"|(?:server|host) (?:has )?rejected (?:the )?(?:recipient )?address"
             r"|SMTP command\s*\n[\s\-]*RCPT\b",
@@ -86,7 +87,8 @@ _COMMAND_PATTERNS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
     (
         "MAIL",
         re.compile(
-            r"in reply to MAIL FROM|after MAIL FROM|>>> MAIL FROM|\[MAIL_FROM\]|SMTP:MAIL"
+            r"in reply to MAIL FROM|after (?:pipelined )?MAIL FROM|(?:>>>|<<<) ?MAIL FROM"
+            r"|\[MAIL_FROM\]|SMTP:MAIL"
             r"|sender was rejected|like our MAIL FROM|SMTP command\s*\n[\s\-]*MAIL\b",
             re.IGNORECASE,
         ),

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Final
 
-from kannon.dsn.address import ADDRESS, is_plausible_recipient
+from kannon.dsn.address import ADDRESS, is_plausible_recipient, normalize
 
 _A: Final = rf"[<\"'\[]?(?P<addr>{ADDRESS})[>\"'\]]?"
 _BULLET: Final = r"(?:[*\-\u2022>]+\s*)?"
@@ -41,7 +41,8 @@ _LABEL_HEAD: Final = re.compile(
     r"(?:recipient(?:\s+address)?|final-recipient|original-recipient|failed recipients?"
     r"|unknown (?:user|recipient)|invalid final delivery userid|could not be delivered to"
     r"|unable to deliver (?:message |mail )?to|error delivering (?:your )?mail to|rcpt to"
-    r"|not (?:be )?delivered to|failed to deliver to|undeliverable to|returned permanent errors"
+    r"|(?:not|n't) (?:be )?delivered to|failed to deliver to|undeliverable to"
+    r"|returned permanent errors"
     r"|delivery to)"
     rf"\s*:?\s*(?:rfc822;\s*)?{_A}(?P<rest>.*)$",
     re.IGNORECASE,
@@ -111,7 +112,7 @@ def scan(text: str, exclude: frozenset[str]) -> TextScan:
     pending: list[str] = []
     for line in text.splitlines():
         head = _head(line)
-        address = head[0].lower() if head else ""
+        address = normalize(head[0]) if head else ""
         if head and address not in exclude and is_plausible_recipient(address):
             # A summary line for the recipient whose block is open ("Remote host said:" then
             # "550 5.1.1 <addr>... User unknown") continues that block instead of closing it.

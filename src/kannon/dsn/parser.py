@@ -280,8 +280,13 @@ def _from_text(
     delayed = bool(_DELAY_SUBJECT.search(header(msg, "Subject")) or _DELAY_BODY.search(body))
     action = "delayed" if delayed else "failed"
     out = []
+    preamble_codes = find_codes(text_scan.preamble)
     for hit in hits:
         text = hit.text or (body if len(hits) == 1 else "")
+        own = find_codes(text)
+        if not (own.status or own.reply) and (preamble_codes.status or preamble_codes.reply):
+            # Layouts that state the error before listing the recipients (MailMarshal, Notes).
+            text = f"{text}\n{text_scan.preamble}"
         status, reply = _codes_and_status(text, "", action, success=False)
         evidence = Evidence(
             text=text,

@@ -15,7 +15,8 @@ from kannon.dsn.mime import header
 from kannon.dsn.model import BouncedRecipient
 
 _AUTO_SUBJECT: Final = re.compile(
-    r"^\s*(?:auto(?:matic)?[ \-_]?(?:reply|response|responder|answer|antwort)|autoreply|auto:"
+    r"^\s*(?:auto(?:matic|matische|matisch|matisk|matique)?[ \-_]?"
+    r"(?:reply|response|responder|answer|antwort|antwoord|svar|r[ée]ponse)|autoreply|auto:"
     r"|out of (?:the )?office|ooo\b|away from (?:the )?office|vacation|on leave|on holiday"
     r"|abwesenheit|abwesend|r[ée]ponse automatique|absence|respuesta autom[aá]tica"
     r"|risposta automatica|automatisch antwoord|autosvar|自動応答|不在)",

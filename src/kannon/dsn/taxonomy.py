@@ -111,7 +111,7 @@ PATTERNS: Final[dict[str, re.Pattern[str]]] = {
         r"temporarily deferred due to (?:unexpected volume or )?user complaints",
     ),
     "speeding": _rx(
-        r"receiving mail at a rate",
+        r"receiving mail (?:at a rate|too quickly|too fast)",
         r"(?:sending|sent) (?:mail |messages )?(?:too fast|at a rate)",
         r"too many (?:messages|e-?mails|mails|recipients) (?:this|per|in the last|in a short)",
         r"(?:messages|e-?mails) per (?:hour|minute|day) (?:limit|exceeded)",
@@ -146,8 +146,9 @@ PATTERNS: Final[dict[str, re.Pattern[str]]] = {
         r"no mailbox (?:here|by that name|found|available)",
         r"no (?:valid )?recipients? (?:for|found|here)",
         r"no valid recipients",
-        r"resolver\.adr\.recip(?:ient)?notfound",
+        r"resolver\.adr\.\w*recip\w*notfound",
         r"recipient not found",
+        r"(?:e-?mail address|recipient|user|mailbox) (?:was|were|is) not found",
         r"not listed in (?:the )?(?:domino directory|public name & address book|address book)",
         r"recipient name is not recognized",
         r"this user doesn'?t have an? \S+ account",
@@ -164,7 +165,7 @@ PATTERNS: Final[dict[str, re.Pattern[str]]] = {
     # Said by the recipient's own directory, not echoed from an SMTP dialogue: proof enough
     # whatever command was running.
     "userunknown_definitive": _rx(
-        r"resolver\.adr\.recip(?:ient)?notfound",
+        r"resolver\.adr\.\w*recip\w*notfound",
         r"not listed in (?:the )?(?:domino directory|public name & address book|address book)",
         r"recipient name is not recognized",
         r"e-?mail account that you tried to reach does not exist",
@@ -215,6 +216,7 @@ PATTERNS: Final[dict[str, re.Pattern[str]]] = {
         r"closed mailing list",
         r"illegal attachment",
         r"host network not allowed",
+        r"policy that prohibit",
         r"message given low priority",
     ),
     "contenterror": _rx(
@@ -243,6 +245,8 @@ PATTERNS: Final[dict[str, re.Pattern[str]]] = {
         r"not allowed to post to this (?:mailing list|group)",
         r"(?:don'?t|do not) have permission to post",
         r"not subscribed to this group",
+        r"you are not (?:a )?member",
+        r"administrative prohibition",
         r"batv",
         r"google groups|groups\.google\.com",
         r"sending this from a different address or alias",
@@ -269,10 +273,13 @@ PATTERNS: Final[dict[str, re.Pattern[str]]] = {
         r"(?:looks|appears|seems) (?:like|to be) (?:spam|unsolicited)",
         r"(?:message|mail) content rejected",
         r"\bube\b",
-        r"unsolicited (?:bulk )?(?:e-?mail|mail|message)",
+        r"(?<!rate of )unsolicited (?:bulk )?(?:e-?mail|mail|message)",
+        r"spam-like",
         r" - spam\b",
         r"spam (?:probability|points)",
         r"probable spam",
+        r"(?:suspicion|suspected) (?:of )?spam",
+        r"(?:rejected|refused|denied)\b.{0,40}\b(?:as|of|because|due to|for)\b.{0,20}\bspam\b",
         r"bulk (?:e-?mail|mail)",
         r"mail rejete\. mail rejected\. ofr_?506",
         r"content filter rejection",
@@ -302,6 +309,8 @@ PATTERNS: Final[dict[str, re.Pattern[str]]] = {
         r"(?:blocked|black ?listed|banned|listed)",
         r"(?:blocked|banned|rejected) (?:ip|host)",
         r"blocked for abuse",
+        r"unsolicited mail originating from your ip",
+        r"invalid helo|helo (?:name )?(?:rejected|invalid|not allowed)",
         r"please use the smtp server of your isp",
         r"not allowed to connect",
         r"go away",
@@ -373,7 +382,7 @@ PATTERNS: Final[dict[str, re.Pattern[str]]] = {
         r"retry time not reached",
         r"giving up",
         r"after (?:multiple|several|many) (?:retries|attempts)",
-        r"timed? ?out",
+        r"\btimed out\b",
         r"did not accept our requests to connect",
         r"(?:host|server) (?:is )?not (?:reachable|responding)",
         r"server did not respond",
@@ -543,6 +552,10 @@ def _phase_one(text: str, ev: Evidence, by_status: str) -> Verdict | None:
     if command not in _BEFORE_DATA and (filtered_text or user_text):
         return Verdict("filtered", "text")
 
+    if by_status == "spamdetected" or (
+        command not in _BEFORE_DATA and matches("spamdetected", text)
+    ):
+        return Verdict("spamdetected", "text")
     for reason in ("requireptr", "notcompliantrfc", "policyviolation"):
         if by_status == reason or matches(reason, text):
             return Verdict(reason, "text")
@@ -564,10 +577,6 @@ def _phase_one(text: str, ev: Evidence, by_status: str) -> Verdict | None:
         transient = ev.status.startswith("4") or reply.startswith("4")
         return Verdict("networkerror" if transient else "hostunknown", "text")
 
-    if by_status == "spamdetected" or (
-        command not in _BEFORE_DATA and matches("spamdetected", text)
-    ):
-        return Verdict("spamdetected", "text")
     for reason in ("toomanyconn", "blocked"):
         if by_status == reason or matches(reason, text):
             return Verdict(reason, "text")
