@@ -568,3 +568,19 @@ def test_provider_phrases(diagnostic: str, command: str, reason: str) -> None:
         text=diagnostic, status=codes.status or "5.0.0", reply_code=codes.reply, command=command
     )
     assert classify(evidence).reason == reason
+
+
+def test_delay_warning_is_never_a_hard_bounce() -> None:
+    report = parse_message(
+        dsn(
+            """
+Final-Recipient: rfc822; maybe@example.org
+Action: delayed
+Status: 4.1.1
+Diagnostic-Code: smtp; 450 4.1.1 <maybe@example.org>: Recipient address rejected: User unknown
+"""
+        )
+    )
+    assert report.kind == "delayed"
+    (recipient,) = report.recipients
+    assert (recipient.reason, recipient.hard_bounce) == ("userunknown", False)

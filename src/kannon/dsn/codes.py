@@ -46,16 +46,19 @@ class Codes:
 def find_codes(text: str, *, want_success: bool = False) -> Codes:
     """Pick the status and reply code that best explain a diagnostic text.
 
-    Failure codes are preferred over success codes unless `want_success`. When a relay wraps the
-    remote answer ("554 4.4.7 Message expired ... <421 4.4.2 Connection timed
-    out>", "5.1.0 - Unknown address error 550-'5.7.1 ... Access denied'") the innermost, i.e. last,
-    reply-plus-status pair is the actual cause, so the last pair wins. Without pairs, the first bare
-    status and the first failure reply code are used.
+    Failure codes are preferred over success codes unless `want_success`, and specific codes over
+    X.0.0 ones. When a relay wraps the remote answer ("554 4.4.7 Message expired ... <421 4.4.2
+    Connection timed out>", "5.1.0 - Unknown address error 550-'5.7.1 ... Access denied'") the
+    innermost, i.e. last, reply-plus-status pair is the actual cause, so the last pair wins.
+    Without pairs, the first bare status and the first failure reply code are used.
     """
     pairs = list(_PAIR_RE.finditer(text))
     if not want_success:
         # A transcript quotes the successful steps too ("250 2.1.5 Ok", "221 2.0.0 Bye").
         pairs = [p for p in pairs if p.group(1)[0] in "45"] or pairs
+    # A relay's own summary ("554 5.0.0 Service unavailable") repeats the remote's specific code
+    # as a generic one; the specific code is the better witness.
+    pairs = [p for p in pairs if p.group(3) != "0" or p.group(4) != "0"] or pairs
     if pairs:
         last = pairs[-1]
         return Codes(".".join(last.groups()[1:]), last.group(1))

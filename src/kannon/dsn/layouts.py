@@ -47,7 +47,7 @@ _LABEL_HEAD: Final = re.compile(
     rf"\s*:?\s*(?:rfc822;\s*)?{_A}(?P<rest>.*)$",
     re.IGNORECASE,
 )
-_SECTION_RE: Final = re.compile(r"^\s*while talking to\b", re.IGNORECASE)
+_SECTION_RE: Final = re.compile(r"^\s*(?:\.\.\.\s*)?while talking to\b", re.IGNORECASE)
 # Preamble lines every bounce carries; they say that delivery failed, never why.
 _BOILERPLATE_RE: Final = re.compile(
     r"delivery status notification|automatically generated|created automatically|mail delivery"
@@ -128,11 +128,14 @@ def scan(text: str, exclude: frozenset[str]) -> TextScan:
             hit.lines.append(line.strip())
             current = None if self_contained else hit
             continue
-        if current is not None:
+        if _SECTION_RE.match(line) and order:
+            # A Sendmail transcript section per remote host: what follows belongs to the next
+            # recipient it names, not to the one before.
+            current = None
+            pending = [line.strip()]
+        elif current is not None:
             current.lines.append(line.strip())
         elif order:
-            if _SECTION_RE.match(line):
-                pending = []
             pending.append(line.strip())
         else:
             preamble.append(line.strip())

@@ -75,7 +75,8 @@ class BouncedRecipient:
 
     `status` is an RFC 3463 enhanced status code; when the report carried none, only its class is
     known and the code is "5.0.0"/"4.0.0" (RFC 3463's "other undefined status"). Non-bounce entries
-    (feedback, vacation) carry an empty status.
+    (feedback, vacation) carry an empty status. `hard_bounce` follows `is_hard_bounce`, except
+    that a delay warning (action "delayed") is never hard: the MTA has not given up yet.
     """
 
     recipient: str

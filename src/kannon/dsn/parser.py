@@ -206,7 +206,8 @@ def _build(
         diagnostic=" ".join(diagnostic.split())[:2000],
         remote_mta=remote_mta,
         reason=reason,
-        hard_bounce=is_hard_bounce(reason, status),
+        # A delay warning is not a verdict: the MTA is still trying, so nothing is suppressed yet.
+        hard_bounce=action != "delayed" and is_hard_bounce(reason, status),
         permanent=status.startswith("5"),
     )
 

@@ -481,7 +481,8 @@ class Evidence:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """A reason and what it rests on: "text", "status" or "fallback"."""
+    """A reason and what it rests on: "text", "status", "type" (the diagnostic type) or
+    "fallback" (nothing specific; callers may retry with more surrounding text)."""
 
     reason: str
     basis: str
@@ -502,7 +503,7 @@ def classify(ev: Evidence) -> Verdict:
                 return Verdict(reason, "text")
         if by_status and by_status not in ("userunknown", "hostunknown"):
             return Verdict(by_status, "status")
-        return Verdict("mailererror", "status")
+        return Verdict("mailererror", "type")
 
     verdict = _phase_one(text, ev, by_status)
     if verdict:
