@@ -193,6 +193,24 @@ async def claim_for_dispatch(pool: asyncpg.Pool, limit: int, now: datetime) -> l
     return [_delivery(row) for row in rows]
 
 
+async def release_dispatch(pool: asyncpg.Pool, ids: Sequence[int]) -> int:
+    """sending → scheduled, same due time and attempt count, for claims a Dispatcher could not
+    even start on (its database or bus failed before any Envelope was built), rather than
+    waiting for the Reclaim timeout and charging an attempt that was never made."""
+    if not ids:
+        return 0
+    status = await pool.execute(
+        """
+        UPDATE sending_pool_emails SET status = $1, claimed_at = NULL
+        WHERE id = ANY($2::int[]) AND status = $3
+        """,
+        SCHEDULED,
+        list(ids),
+        SENDING,
+    )
+    return _count(status)
+
+
 async def reschedule(
     pool: asyncpg.Pool,
     key: int | tuple[str, str],

@@ -1,0 +1,569 @@
+"""The Dispatcher Component: claims due Deliveries, builds and signs their Envelopes, publishes
+them on `kannon.sending`, and consumes the SMTPSender's outcomes to keep the Pool in step.
+
+Loops (all in `run`, which calls `life.ready()` once every one of them runs):
+
+* dispatch (`cycle()`, looped by `run_cycles`): claim up to `dispatcher.batch_size` due
+  Deliveries (scheduled → sending), load the sending data of their Batches once (one query), build
+  each Envelope (the pure `envelope` package) and publish it with PubAck and
+  `Nats-Msg-Id = <email id>.<attempt>`, concurrently in chunks. A Delivery whose build or publish
+  fails is rescheduled with backoff like a temporary delivery failure, never left claimed
+  (spec §4.4 QUIRK, fixed as at HEAD §8);
+* `dispatcher-delivered` / `dispatcher-bounced`: the Delivery ended, delete its row;
+* `dispatcher-error`: reschedule with backoff and jitter, recording the reply when a server
+  answered (code ≥ 200);
+* Reclaim, on a timer: claims older than `dispatcher.claim_timeout` (a Dispatcher died between
+  claim and publish, or an outcome event was lost) go back to scheduled.
+
+When the retry budget (`model.retry.RetryPolicy`) has no room for another attempt the Delivery
+ends here: Bounced(permanent=False) with the last reply if a remote server ever answered, else
+Failed with the reason. The terminal event is published (PubAck) BEFORE the row is deleted, under
+a deterministic event id: a crash in between leaves the row, the redo publishes the same id, which
+the stream drops as a duplicate and Stats counts once; the other order could lose the event.
+
+The three consumers are idempotent: an event whose Delivery is gone (or, for errors, no longer
+being sent, i.e. an earlier copy already rescheduled it) is acked and changes nothing.
+
+The clock and the jitter source are constructor parameters (so are the retry policy and the
+boundary randomness), so tests move time instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter
+
+from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result
+from kannon.bus.subjects import (
+    BOUNCED,
+    DELIVERED,
+    DISPATCHER_BOUNCED_DURABLE,
+    DISPATCHER_DELIVERED_DURABLE,
+    DISPATCHER_ERROR_DURABLE,
+    ERROR,
+    SENDING_SUBJECT,
+    STATS_STREAM,
+    stats_subject,
+)
+from kannon.config import ConfigError, Settings, require
+from kannon.db import deliveries
+from kannon.db.sending_data import SendingData, load_sending_data
+from kannon.db.tracking_keys import signing_key
+from kannon.envelope.bounce import make_bounce_address
+from kannon.envelope.build import Envelope, EnvelopeSpec, build_envelope
+from kannon.envelope.dkim import DkimSigner
+from kannon.envelope.tokens import TrackingKey
+from kannon.model.delivery import SENDING, PoolDelivery
+from kannon.model.outcome import Bounced, Errored, Failed, Outcome
+from kannon.model.retry import JITTER_MAX, JITTER_MIN, RetryPolicy
+from kannon.runtime.component import Life, run_cycles
+from kannon.runtime.logs import obfuscate
+from kannon.wire import envelope as wire_envelope
+from kannon.wire.stats import UndecodableEvent, decode, publish_outcome
+
+if TYPE_CHECKING:
+    import asyncpg
+
+log = logging.getLogger("kannon.dispatcher")
+
+DISPATCHED = Counter(
+    "kannon_dispatcher_envelopes_total",
+    "Claimed Deliveries by what dispatching them came to",
+    ["result"],  # published, build_failed, publish_failed
+)
+RESCHEDULED = Counter(
+    "kannon_dispatcher_rescheduled_total", "Deliveries rescheduled for another attempt", ["cause"]
+)
+ENDED = Counter(
+    "kannon_dispatcher_ended_total",
+    "Deliveries the Dispatcher ended because the retry budget was spent",
+    ["type"],
+)
+RECLAIMED = Counter(
+    "kannon_dispatcher_reclaimed_total", "Abandoned dispatch claims returned to the Pool"
+)
+
+# Envelopes published at once: enough to hide the PubAck round trip, few enough that one
+# cycle does not hold thousands of built messages in memory.
+PUBLISH_CHUNK = 100
+# Outcome handlers in flight per consumer: each is one or two short queries.
+CONSUMER_CONCURRENCY = 8
+RECLAIM_PAGE = 1000
+BOUNDARY_SEED_BYTES = 12
+
+WHILE_DISPATCHING = "dispatching"
+WHILE_SENDING = "sending"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def draw_jitter() -> float:
+    """A backoff jitter factor. Randomness is read here, at the edge: the policy stays pure."""
+    return random.uniform(JITTER_MIN, JITTER_MAX)  # spreads retries; not a secret
+
+
+def new_boundary_seed() -> bytes:
+    return secrets.token_bytes(BOUNDARY_SEED_BYTES)
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    d = settings.dispatcher
+    return RetryPolicy(
+        window=d.retry_window, base=d.backoff_base, min=d.backoff_min, max=d.backoff_max
+    )
+
+
+def envelope_msg_id(email_id: str, attempt: int) -> str:
+    """Nats-Msg-Id of an Envelope: the same attempt published twice is stored once, while a
+    retry (a new attempt) is a new message."""
+    return f"{email_id}.{attempt}"
+
+
+def end_event_id(kind: str, batch_id: str, email: str) -> str:
+    """Deterministic id of the terminal event the Dispatcher publishes for a Delivery.
+
+    A Delivery ends once, so (kind, Batch, Recipient) identifies it; the Recipient enters as a
+    digest because it is not ours to put in a NATS header verbatim.
+    """
+    digest = hashlib.sha256(email.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"{kind}.{batch_id}.{digest}"
+
+
+def budget_spent(
+    delivery: PoolDelivery,
+    now: datetime,
+    *,
+    where: str,
+    error: str,
+    reply: tuple[int, str] | None = None,
+) -> Outcome:
+    """The terminal outcome of a Delivery whose retry budget is spent.
+
+    `reply` is what a remote server answered this time, if anything; otherwise the last answer
+    recorded on the row counts. Any answer → Bounced(permanent=False) with it (a server kept
+    refusing it); none ever → Failed, saying where and what went wrong last.
+    """
+    code, message = reply if reply is not None else (delivery.last_reply_code, None)
+    detail: Bounced | Failed
+    if code is not None:
+        if message is None:
+            message = delivery.last_reply_msg or ""
+        detail = Bounced(permanent=False, code=code, message=message)
+    else:
+        detail = Failed(f"retry budget exhausted while {where}: {error}")
+    return Outcome(
+        batch_id=delivery.message_id,
+        domain=delivery.domain,
+        recipient=delivery.email,
+        timestamp=now,
+        detail=detail,
+        event_id=end_event_id(detail.type, delivery.message_id, delivery.email),
+    )
+
+
+class BuildError(Exception):
+    """An Envelope cannot be built from what is stored (template or Domain gone, bad data)."""
+
+
+@dataclass
+class _BatchParts:
+    """What one cycle derives once per Batch, shared by all its Deliveries."""
+
+    data: SendingData
+    signer: DkimSigner
+    attachments: list[tuple[str, bytes]]
+
+
+class Dispatcher:
+    name = "dispatcher"
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        bus: Bus,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        jitter: Callable[[], float] = draw_jitter,
+        policy: RetryPolicy | None = None,
+        boundary_seed: Callable[[], bytes] = new_boundary_seed,
+    ) -> None:
+        secret = str(require(settings, "secret_key", needed_by="dispatcher")).encode("utf-8")
+        try:
+            make_bounce_address("msg_check@example.com", "check@example.com", secret)
+        except ValueError as exc:
+            raise ConfigError(f"secret_key: {exc}", key="secret_key") from None
+        self._settings = settings.dispatcher
+        self._nats = settings.nats
+        self._tracker_base = settings.tracker.base_url
+        self._token_ttl = settings.tracker.token_ttl
+        self._secret = secret
+        self._pool = pool
+        self._bus = bus
+        self._clock = clock
+        self._jitter = jitter
+        self._policy = policy if policy is not None else retry_policy(settings)
+        self._boundary_seed = boundary_seed
+        # Parsing a key costs more than signing with it: one signer per Domain, replaced when
+        # the stored selector or key changes.
+        self._signers: dict[str, tuple[tuple[str, str], DkimSigner]] = {}
+
+    @property
+    def reclaim_interval(self) -> timedelta:
+        # Half the timeout: a stale claim is retaken within 1.5 × claim_timeout.
+        return self._settings.claim_timeout / 2
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self, life: Life) -> None:
+        consumers: list[tuple[ConsumerSpec, Callable[[BusMessage], Awaitable[Result]]]] = [
+            (self.consumer(DISPATCHER_DELIVERED_DURABLE, DELIVERED), self.handle_finished),
+            (self.consumer(DISPATCHER_BOUNCED_DURABLE, BOUNCED), self.handle_finished),
+            (self.consumer(DISPATCHER_ERROR_DURABLE, ERROR), self.handle_error),
+        ]
+        ready = [asyncio.Event() for _ in consumers]
+        async with asyncio.TaskGroup() as tasks:
+            for (spec, handler), event in zip(consumers, ready, strict=True):
+                tasks.create_task(
+                    self._bus.consume(spec, handler, life.stopping, on_ready=event.set)
+                )
+            tasks.create_task(self._reclaim_loop(life))
+            # A consumer that cannot be created fails the TaskGroup, which cancels this wait.
+            await asyncio.gather(*(event.wait() for event in ready))
+            life.ready()
+            # run_cycles returns between cycles once stopping is set; the consumers return
+            # after their in-flight handlers finished: that is the drain.
+            await run_cycles(life, self.cycle, self._settings.idle_interval, on_error=_log_error)
+
+    def consumer(self, durable: str, stat_type: str) -> ConsumerSpec:
+        return ConsumerSpec(
+            durable=durable,
+            stream=STATS_STREAM,
+            subject=stats_subject(stat_type),
+            ack_wait=self._nats.ack_wait,
+            max_deliver=self._nats.max_deliver,
+            concurrency=CONSUMER_CONCURRENCY,
+        )
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    async def cycle(self) -> int:
+        """Dispatch one batch of due Deliveries; returns how many it claimed (0 = none due).
+
+        Every claimed Delivery leaves the cycle published, rescheduled or ended. Should the
+        database or bus fail before any Envelope is built, the claims are released as they
+        were; an error later on is raised after the rest of the batch was handled.
+        """
+        now = self._clock()
+        claimed = await deliveries.claim_for_dispatch(self._pool, self._settings.batch_size, now)
+        if not claimed:
+            return 0
+        try:
+            data = await load_sending_data(self._pool, [d.message_id for d in claimed])
+            key = await signing_key(self._pool, now, self._token_ttl)
+        except BaseException:
+            try:
+                await deliveries.release_dispatch(self._pool, [d.id for d in claimed])
+            except Exception:
+                log.exception("could not release dispatch claims; Reclaim will retake them")
+            raise
+        batches = self._prepare_batches(data)
+        failure: BaseException | None = None
+        for start in range(0, len(claimed), PUBLISH_CHUNK):
+            chunk = claimed[start : start + PUBLISH_CHUNK]
+            try:
+                await self._dispatch_chunk(chunk, batches, key, now)
+            except Exception as exc:  # the other chunks still get their turn
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+        return len(claimed)
+
+    def _prepare_batches(self, data: dict[str, SendingData]) -> dict[str, _BatchParts | str]:
+        """Per Batch: its parts, or why none of its Envelopes can be built."""
+        parts: dict[str, _BatchParts | str] = {}
+        for batch_id, batch in data.items():
+            try:
+                parts[batch_id] = self._batch_parts(batch)
+            except BuildError as exc:
+                parts[batch_id] = str(exc)
+                log.warning(
+                    "cannot build the Envelopes of a Batch",
+                    extra={"kv": {"batch": batch_id, "reason": str(exc)}},
+                )
+        return parts
+
+    def _batch_parts(self, batch: SendingData) -> _BatchParts:
+        if batch.html is None:
+            raise BuildError(f"template {batch.template_id} no longer exists")
+        if batch.dkim_private_key is None or batch.dkim_selector is None:
+            raise BuildError(f"domain {batch.domain} no longer exists")
+        try:
+            attachments = batch.attachment_bytes()
+        except ValueError as exc:
+            raise BuildError(str(exc)) from None
+        return _BatchParts(batch, self._signer(batch), attachments)
+
+    def _signer(self, batch: SendingData) -> DkimSigner:
+        assert batch.dkim_private_key is not None and batch.dkim_selector is not None
+        fingerprint = (batch.dkim_selector, batch.dkim_private_key)
+        cached = self._signers.get(batch.domain)
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1]
+        try:
+            signer = DkimSigner(batch.domain, batch.dkim_selector, batch.dkim_private_key)
+        except ValueError as exc:
+            raise BuildError(f"DKIM key of domain {batch.domain}: {exc}") from None
+        self._signers[batch.domain] = (fingerprint, signer)
+        return signer
+
+    def build(
+        self, delivery: PoolDelivery, parts: _BatchParts, key: TrackingKey, now: datetime
+    ) -> Envelope:
+        """The signed Envelope of one Delivery; BuildError when its data cannot make one."""
+        batch = parts.data
+        assert batch.html is not None
+        spec = EnvelopeSpec(
+            batch_id=delivery.message_id,
+            domain=batch.domain,
+            sender_email=batch.sender_email,
+            sender_alias=batch.sender_alias,
+            subject=batch.subject,
+            html=batch.html,
+            recipient=delivery.email,
+            dkim=parts.signer,
+            tracker_base_url=self._tracker_base,
+            tracking_key=key,
+            token_expires_at=now + self._token_ttl,
+            bounce_secret=self._secret,
+            now=now,
+            fields=delivery.fields,
+            attachments=parts.attachments,
+            headers_to=batch.headers_to,
+            headers_cc=batch.headers_cc,
+            # False on the last attempt the budget allows: a 4xx then ends as Bounced at once.
+            should_retry=self._policy.should_retry(
+                delivery.original_scheduled_time, delivery.send_attempts_cnt, now
+            ),
+            boundary_seed=self._boundary_seed() if parts.attachments else b"",
+        )
+        try:
+            return build_envelope(spec)
+        except ValueError as exc:
+            raise BuildError(str(exc)) from None
+
+    async def _dispatch_chunk(
+        self,
+        chunk: Sequence[PoolDelivery],
+        batches: dict[str, _BatchParts | str],
+        key: TrackingKey,
+        now: datetime,
+    ) -> None:
+        built: list[tuple[PoolDelivery, Envelope]] = []
+        failed: list[tuple[PoolDelivery, str]] = []
+        for delivery in chunk:
+            parts = batches.get(delivery.message_id, "the Batch no longer exists")
+            if isinstance(parts, str):
+                failed.append((delivery, parts))
+                continue
+            try:
+                built.append((delivery, self.build(delivery, parts, key, now)))
+            except BuildError as exc:
+                failed.append((delivery, str(exc)))
+                log.warning(
+                    "cannot build an Envelope",
+                    extra={
+                        "kv": {
+                            "batch": delivery.message_id,
+                            "recipient": obfuscate(delivery.email),
+                            "reason": str(exc),
+                        }
+                    },
+                )
+        DISPATCHED.labels("build_failed").inc(len(failed))
+        results = await asyncio.gather(
+            *(self._publish(delivery, env) for delivery, env in built), return_exceptions=True
+        )
+        published = 0
+        for (delivery, _), result in zip(built, results, strict=True):
+            if isinstance(result, Exception):
+                failed.append((delivery, f"publish failed: {result!r}"))
+                DISPATCHED.labels("publish_failed").inc()
+            elif isinstance(result, BaseException):
+                raise result  # cancelled: let it through, Reclaim retakes the claim
+            else:
+                published += 1
+        DISPATCHED.labels("published").inc(published)
+        if failed:
+            outcomes = await asyncio.gather(
+                *(
+                    self.retry_or_end(delivery, now, where=WHILE_DISPATCHING, error=reason)
+                    for delivery, reason in failed
+                ),
+                return_exceptions=True,
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+
+    async def _publish(self, delivery: PoolDelivery, env: Envelope) -> None:
+        job = wire_envelope.SendJob(
+            email_id=env.email_id,
+            sender=env.sender,
+            recipient=env.recipient,
+            return_path=env.return_path,
+            body=env.body,
+            should_retry=env.should_retry,
+        )
+        await self._bus.publish(
+            SENDING_SUBJECT,
+            wire_envelope.encode(job),
+            envelope_msg_id(env.email_id, delivery.send_attempts_cnt),
+        )
+
+    # -- retries and endings -----------------------------------------------------------------
+
+    async def retry_or_end(
+        self,
+        delivery: PoolDelivery,
+        now: datetime,
+        *,
+        where: str,
+        error: str,
+        reply: tuple[int, str] | None = None,
+    ) -> bool:
+        """Reschedule a Delivery whose attempt failed, or end it when the budget is spent.
+
+        `reply` is the (code, message) a remote server answered, recorded on the row; None when
+        none answered. Returns True when rescheduled.
+        """
+        at = self._policy.next_attempt(
+            delivery.original_scheduled_time, delivery.send_attempts_cnt, now, self._jitter()
+        )
+        if at is not None:
+            code, message = reply if reply is not None else (None, None)
+            if await deliveries.reschedule(self._pool, delivery.id, at, code, message):
+                RESCHEDULED.labels(where).inc()
+            return True
+        await self._end(
+            budget_spent(delivery, now, where=where, error=error, reply=reply), delivery
+        )
+        return False
+
+    async def _end(self, outcome: Outcome, delivery: PoolDelivery) -> None:
+        # Event first, row second: see the module docstring.
+        await publish_outcome(self._bus, outcome)
+        await deliveries.delete(self._pool, [delivery.id])
+        ENDED.labels(outcome.type).inc()
+        detail = outcome.detail
+        why = detail.reason if isinstance(detail, Failed) else getattr(detail, "message", "")
+        log.warning(
+            "retry budget spent; delivery ended",
+            extra={
+                "kv": {
+                    "batch": delivery.message_id,
+                    "recipient": obfuscate(delivery.email),
+                    "outcome": outcome.type,
+                    "attempts": delivery.send_attempts_cnt + 1,
+                    "reason": why,
+                }
+            },
+        )
+
+    # -- outcome consumers -------------------------------------------------------------------
+
+    @staticmethod
+    def _decode(message: BusMessage) -> Outcome | None:
+        try:
+            return decode(message.data, message.msg_id)
+        except UndecodableEvent as exc:
+            log.error(
+                "undecodable outcome event dropped",
+                extra={
+                    "kv": {"subject": message.subject, "seq": message.stream_seq, "error": str(exc)}
+                },
+            )
+            return None
+
+    async def handle_finished(self, message: BusMessage) -> Result:
+        """Delivered or Bounced: the Delivery ended, its row goes (already gone: nothing to do)."""
+        outcome = self._decode(message)
+        if outcome is None:
+            return Result.term()
+        await deliveries.delete_by_recipient(self._pool, outcome.batch_id, outcome.recipient)
+        return Result.ack()
+
+    async def handle_error(self, message: BusMessage) -> Result:
+        """Errored: another attempt later, or the end of the Delivery when the budget is spent."""
+        outcome = self._decode(message)
+        if outcome is None:
+            return Result.term()
+        detail = outcome.detail
+        if not isinstance(detail, Errored):
+            log.error(
+                "not an error event on the error subject; dropped",
+                extra={"kv": {"subject": message.subject, "type": outcome.type}},
+            )
+            return Result.term()
+        delivery = await deliveries.get(self._pool, outcome.batch_id, outcome.recipient)
+        if delivery is None or delivery.status != SENDING:
+            # Gone (ended), or an earlier copy of this event already rescheduled it.
+            return Result.ack()
+        # Code 0 means no server answered (DNS, connection): keep the last real reply instead.
+        reply = (detail.code, detail.message) if detail.code >= 200 else None
+        await self.retry_or_end(
+            delivery,
+            self._clock(),
+            where=WHILE_SENDING,
+            error=detail.message or f"code {detail.code}",
+            reply=reply,
+        )
+        return Result.ack()
+
+    # -- reclaim -----------------------------------------------------------------------------
+
+    async def reclaim(self) -> int:
+        """Return dispatch claims older than dispatcher.claim_timeout to scheduled."""
+        total = 0
+        while True:
+            counts = await deliveries.reclaim_stale(
+                self._pool,
+                self._clock(),
+                validating_timeout=None,  # validation claims are the Validator's to reclaim
+                sending_timeout=self._settings.claim_timeout,
+                limit=RECLAIM_PAGE,
+            )
+            total += counts.sending
+            if counts.sending < RECLAIM_PAGE:
+                break
+        if total:
+            RECLAIMED.inc(total)
+            log.warning("reclaimed abandoned dispatch claims", extra={"kv": {"count": total}})
+        return total
+
+    async def _reclaim_loop(self, life: Life) -> None:
+        # Once at start (a previous instance may have died mid-cycle), then on a timer.
+        while not life.stopping.is_set():
+            try:
+                await self.reclaim()
+            except Exception as exc:
+                _log_error(exc)
+            if await life.sleep(self.reclaim_interval.total_seconds()):
+                return
+
+
+def _log_error(exc: BaseException) -> None:
+    # Retried after the idle interval: a database or bus hiccup should not stop dispatching for
+    # good, and no claim is lost meanwhile (released, rescheduled, or reclaimed after timeout).
+    log.error("dispatcher cycle failed", exc_info=exc)

@@ -1,0 +1,505 @@
+"""The Dispatcher against real PostgreSQL and NATS: Envelopes built and published per due
+Delivery, build and publish failures rescheduled (never stranded) until the budget ends them,
+the three outcome consumers, Reclaim, and the Component's lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import asyncpg
+import pytest
+
+from kannon.bus.client import Bus, BusMessage, Verdict
+from kannon.bus.subjects import (
+    DISPATCHER_BOUNCED_DURABLE,
+    DISPATCHER_DELIVERED_DURABLE,
+    DISPATCHER_ERROR_DURABLE,
+    SENDING_SUBJECT,
+    STATS_STREAM,
+    stats_subject,
+)
+from kannon.config import ConfigError, Settings
+from kannon.db.pool import create_pool
+from kannon.dispatcher import component as dispatcher_module
+from kannon.dispatcher.component import Dispatcher, end_event_id
+from kannon.envelope.bounce import parse_bounce_address
+from kannon.envelope.dkim import generate_dkim_keypair
+from kannon.envelope.ids import make_email_id
+from kannon.envelope.tokens import verify_click, verify_open
+from kannon.model.outcome import Bounced, Delivered, Errored, Failed, Outcome
+from kannon.runtime.component import Life
+from kannon.wire.stats import encode, publish_outcome
+from tests.dispatcher.support import (
+    BATCH,
+    DOMAIN,
+    SECRET,
+    T0,
+    TEMPLATE,
+    Clock,
+    add,
+    dispatcher,
+    dkim_verifies,
+    envelopes,
+    events,
+    parse,
+    rows,
+    store_batch,
+    store_domain,
+    wait_for,
+)
+
+RETRY = timedelta(minutes=5)  # the default policy's first delay (backoff_min), jitter 1.0
+
+
+@pytest.fixture(scope="module")
+def keypair() -> tuple[str, str]:
+    return generate_dkim_keypair()
+
+
+@pytest.fixture
+async def pool(database_url: str, keypair: tuple[str, str]) -> AsyncIterator[asyncpg.Pool]:
+    created = await create_pool(database_url, max_size=8)
+    await store_domain(created, keypair)
+    await store_batch(created)
+    yield created
+    await created.close()
+
+
+async def tracking_keys(pool: asyncpg.Pool) -> dict[str, bytes]:
+    found = await pool.fetch("SELECT id, private_key FROM stats_keys")
+    return {row["id"]: base64.b64decode(row["private_key"]) for row in found}
+
+
+def outcome_message(outcome: Outcome, seq: int = 1) -> BusMessage:
+    return BusMessage(stats_subject(outcome.type), encode(outcome), outcome.event_id, 1, seq)
+
+
+def errored(email: str, code: int, message: str) -> Outcome:
+    return Outcome(BATCH, DOMAIN, email, T0, Errored(code, message), f"error.{code}.{email}")
+
+
+# -- dispatching ---------------------------------------------------------------------------------
+
+
+async def test_each_due_delivery_becomes_one_signed_envelope_on_the_sending_stream(
+    pool: asyncpg.Pool, bus: Bus, keypair: tuple[str, str]
+) -> None:
+    await add(pool, ["ann@example.org"], fields={"name": "Ann"})
+    await add(pool, ["bob@example.org"], fields={"name": "Bob <&>"})
+    await add(pool, ["later@example.org"], scheduled=T0 + timedelta(minutes=1))
+    clock = Clock(T0)
+
+    assert await dispatcher(pool, bus, clock).cycle() == 2
+
+    published = {p.job.recipient: p for p in await envelopes(bus)}
+    assert set(published) == {"ann@example.org", "bob@example.org"}
+    keys = await tracking_keys(pool)
+    for recipient, name in (("ann@example.org", "Ann"), ("bob@example.org", "Bob &lt;&amp;&gt;")):
+        item = published[recipient]
+        job = item.job
+        email_id = make_email_id(BATCH, recipient)
+        assert item.msg_id == f"{email_id}.0"
+        assert (job.email_id, job.sender, job.should_retry) == (
+            email_id,
+            "news@k.example.com",
+            True,
+        )
+        bounce = parse_bounce_address(job.return_path, SECRET.encode())
+        assert bounce is not None and bounce.batch_id == BATCH
+        assert bounce.matches(recipient, SECRET.encode())
+        assert dkim_verifies(job.body, keypair[1])
+        message = parse(job.body)
+        assert message["From"] == "Kannon News <news@k.example.com>"
+        assert message["To"] == recipient
+        assert message["Subject"] == f"Hello {name.replace('&lt;&amp;&gt;', '<&>')}"
+        assert message["Message-ID"] == email_id
+        assert message["X-Pool-Message-ID"] == BATCH
+        html = message.get_content()
+        assert f"<p>Hi {name}</p>" in html
+        assert 'href="mailto:help@k.example.com"' in html  # never tracked
+        click = html.split('href="https://track.k.example.com/c/', 1)[1].split('"', 1)[0]
+        opened = html.split('src="https://track.k.example.com/o/', 1)[1].split('"', 1)[0]
+        claim = verify_click(click, keys, T0)
+        assert claim is not None and claim.url == "https://example.org/offer"
+        assert (claim.batch_id, claim.recipient) == (BATCH, recipient)
+        # Tokens live as long as tracker.token_ttl says (default 2160 h).
+        assert claim.expires_at == T0 + timedelta(hours=2160)
+        assert verify_open(opened, keys, T0 + timedelta(hours=2159)) is not None
+        assert verify_open(opened, keys, T0 + timedelta(hours=2160)) is None
+
+    state = await rows(pool)
+    assert state["ann@example.org"]["status"] == "sending"
+    assert state["ann@example.org"]["claimed_at"] == T0.replace(tzinfo=None)
+    assert state["later@example.org"]["status"] == "scheduled"
+    assert await dispatcher(pool, bus, clock).cycle() == 0  # nothing else is due
+    clock.advance(timedelta(minutes=1))
+    assert await dispatcher(pool, bus, clock).cycle() == 1
+
+
+async def test_a_backlog_larger_than_a_publish_chunk_is_published_whole(
+    pool: asyncpg.Pool, bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dispatcher_module, "PUBLISH_CHUNK", 7)
+    recipients = [f"r{i}@example.org" for i in range(30)]
+    await add(pool, recipients)
+    worker = dispatcher(pool, bus, Clock(T0), batch_size=25)
+    assert await worker.cycle() == 25
+    assert await worker.cycle() == 5
+    assert await worker.cycle() == 0
+    published = await envelopes(bus)
+    assert sorted(p.job.recipient for p in published) == sorted(recipients)
+    assert {row["status"] for row in (await rows(pool)).values()} == {"sending"}
+
+
+async def test_headers_to_cc_and_attachments_come_from_the_batch(
+    pool: asyncpg.Pool, bus: Bus, keypair: tuple[str, str]
+) -> None:
+    other = "msg_withparts@k.example.com"
+    await store_batch(
+        pool,
+        batch_id=other,
+        template_id="template_withparts@k.example.com",
+        attachments={"report.pdf": base64.b64encode(b"%PDF-1.4 tiny").decode()},
+        headers={"to": ["list@example.org"], "cc": ["boss@example.org"]},
+    )
+    await add(pool, ["member@example.org"], batch_id=other, fields={"name": "M"})
+    assert await dispatcher(pool, bus, Clock(T0)).cycle() == 1
+    [item] = await envelopes(bus)
+    assert item.job.recipient == "member@example.org"  # RCPT stays the Delivery's Recipient
+    message = parse(item.job.body)
+    assert (message["To"], message["Cc"]) == ("list@example.org", "boss@example.org")
+    [attachment] = list(message.iter_attachments())
+    assert attachment.get_filename() == "report.pdf"
+    assert attachment.get_content() == b"%PDF-1.4 tiny"
+    assert dkim_verifies(item.job.body, keypair[1])
+
+
+async def test_the_last_attempt_the_budget_allows_is_marked_should_retry_false(
+    pool: asyncpg.Pool, bus: Bus
+) -> None:
+    late = T0 + timedelta(hours=23, minutes=58)
+    # 23h58m into its 24 h window: even the shortest retry (5 min × 0.8) would not fit.
+    await add(pool, ["last@example.org"], original=T0, scheduled=late, attempts=9)
+    # Due at the same moment, but its window only starts now.
+    await add(pool, ["fresh@example.org"], original=late, scheduled=late)
+    await dispatcher(pool, bus, Clock(late)).cycle()
+    by_recipient = {p.job.recipient: p for p in await envelopes(bus)}
+    assert by_recipient["last@example.org"].job.should_retry is False
+    assert by_recipient["last@example.org"].msg_id.endswith(".9")
+    assert by_recipient["fresh@example.org"].job.should_retry is True
+    assert by_recipient["fresh@example.org"].msg_id.endswith(".0")
+
+
+async def test_the_dkim_key_is_parsed_once_per_domain_and_replaced_when_it_changes(
+    pool: asyncpg.Pool, bus: Bus, keypair: tuple[str, str]
+) -> None:
+    worker = dispatcher(pool, bus, Clock(T0))
+    await add(pool, ["one@example.org"])
+    await worker.cycle()
+    await add(pool, ["two@example.org"])
+    first = worker._signers[DOMAIN][1]
+    await worker.cycle()
+    assert worker._signers[DOMAIN][1] is first
+    private, public = generate_dkim_keypair()
+    await pool.execute(
+        "UPDATE domains SET dkim_private_key = $1, dkim_public_key = $2, dkim_selector = 'k2'",
+        private,
+        public,
+    )
+    await add(pool, ["three@example.org"])
+    await worker.cycle()
+    assert worker._signers[DOMAIN][1] is not first
+    third = next(p for p in await envelopes(bus) if p.job.recipient == "three@example.org")
+    assert b"s=k2;" in third.job.body
+    assert not dkim_verifies(third.job.body, keypair[1])  # the old key no longer signs
+
+
+# -- build and publish failures ------------------------------------------------------------------
+
+
+async def test_a_deleted_template_reschedules_with_backoff_then_ends_failed(
+    pool: asyncpg.Pool, bus: Bus
+) -> None:
+    await add(pool, ["gone@example.org"])
+    await pool.execute("DELETE FROM templates WHERE template_id = $1", TEMPLATE)
+    clock = Clock(T0)
+    worker = dispatcher(pool, bus, clock)
+
+    assert await worker.cycle() == 1
+    row = (await rows(pool))["gone@example.org"]
+    assert (row["status"], row["send_attempts_cnt"]) == ("scheduled", 1)
+    assert row["scheduled_time"] == (T0 + RETRY).replace(tzinfo=None)
+    assert row["claimed_at"] is None
+    assert await envelopes(bus) == []
+    assert await worker.cycle() == 0  # not due before its backoff
+
+    # Every later attempt fails the same way until the 24 h window has no room left.
+    attempts = 1
+    while (await rows(pool)).get("gone@example.org") is not None:
+        clock.now = (await rows(pool))["gone@example.org"]["scheduled_time"].replace(
+            tzinfo=T0.tzinfo
+        )
+        assert await worker.cycle() == 1
+        attempts += 1
+        assert attempts < 20, "the budget never ran out"
+    assert attempts >= 5  # 5m, 5m, 8m, 16m, ... up to 24 h: several retries happened first
+
+    [(subject, outcome)] = await events(bus)
+    assert subject == "kannon.stats.failed"
+    assert isinstance(outcome.detail, Failed)
+    assert outcome.detail.reason == (
+        f"retry budget exhausted while dispatching: template {TEMPLATE} no longer exists"
+    )
+    assert (outcome.batch_id, outcome.recipient, outcome.domain) == (
+        BATCH,
+        "gone@example.org",
+        DOMAIN,
+    )
+    assert outcome.event_id == end_event_id("failed", BATCH, "gone@example.org")
+    assert await envelopes(bus) == []
+
+
+async def test_a_build_failure_after_a_remote_answer_ends_bounced_with_that_answer(
+    pool: asyncpg.Pool, bus: Bus
+) -> None:
+    await add(
+        pool,
+        ["answered@example.org"],
+        original=T0,
+        scheduled=T0 + timedelta(hours=23, minutes=58),
+        attempts=9,
+        last_reply=(452, "4.2.2 mailbox full"),
+    )
+    await pool.execute("DELETE FROM domains")
+    await dispatcher(pool, bus, Clock(T0 + timedelta(hours=23, minutes=58))).cycle()
+    [(subject, outcome)] = await events(bus)
+    assert subject == "kannon.stats.bounced"
+    assert outcome.detail == Bounced(permanent=False, code=452, message="4.2.2 mailbox full")
+    assert await rows(pool) == {}
+
+
+async def test_a_deleted_domain_is_a_build_failure_naming_the_domain(
+    pool: asyncpg.Pool, bus: Bus
+) -> None:
+    await add(pool, ["x@example.org"], original=T0, scheduled=T0 + timedelta(hours=23, minutes=58))
+    await pool.execute("DELETE FROM domains")
+    await dispatcher(pool, bus, Clock(T0 + timedelta(hours=23, minutes=58))).cycle()
+    [(_, outcome)] = await events(bus)
+    assert outcome.detail == Failed(
+        f"retry budget exhausted while dispatching: domain {DOMAIN} no longer exists"
+    )
+
+
+class RefusingBus(Bus):
+    """The real bus, except that Envelopes are refused while `refuse` is set."""
+
+    refuse = True
+
+    async def publish(self, subject: str, payload: bytes, msg_id: str) -> int:
+        if self.refuse and subject == SENDING_SUBJECT:
+            raise ConnectionError("no responders")
+        return await super().publish(subject, payload, msg_id)
+
+
+async def test_a_refused_publish_reschedules_instead_of_stranding_the_delivery(
+    pool: asyncpg.Pool, bus: Bus
+) -> None:
+    await add(pool, ["a@example.org", "b@example.org"])
+    refusing = RefusingBus(bus.nc)
+    clock = Clock(T0)
+    worker = dispatcher(pool, refusing, clock)
+    assert await worker.cycle() == 2
+    state = await rows(pool)
+    assert {(r["status"], r["send_attempts_cnt"]) for r in state.values()} == {("scheduled", 1)}
+    assert await envelopes(bus) == []
+
+    refusing.refuse = False
+    clock.advance(RETRY)
+    assert await worker.cycle() == 2
+    published = await envelopes(bus)
+    assert sorted(p.job.recipient for p in published) == ["a@example.org", "b@example.org"]
+    assert {p.msg_id.rsplit(".", 1)[1] for p in published} == {"1"}  # the second attempt
+
+
+async def test_claims_are_released_untouched_when_the_sending_data_cannot_be_read(
+    pool: asyncpg.Pool, bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await add(pool, ["a@example.org"])
+
+    async def broken(*args: object) -> object:
+        raise ConnectionResetError("connection lost")
+
+    monkeypatch.setattr(dispatcher_module, "load_sending_data", broken)
+    with pytest.raises(ConnectionResetError):
+        await dispatcher(pool, bus, Clock(T0)).cycle()
+    row = (await rows(pool))["a@example.org"]
+    assert (row["status"], row["send_attempts_cnt"], row["claimed_at"]) == ("scheduled", 0, None)
+
+
+# -- outcome consumers ---------------------------------------------------------------------------
+
+
+async def test_delivered_and_bounced_delete_the_row_and_a_repeat_changes_nothing(
+    pool: asyncpg.Pool, bus: Bus
+) -> None:
+    await add(pool, ["d@example.org", "b@example.org", "keep@example.org"], status="sending")
+    worker = dispatcher(pool, bus, Clock(T0))
+    delivered = Outcome(BATCH, DOMAIN, "d@example.org", T0, Delivered(), "delivered.1")
+    bounced = Outcome(BATCH, DOMAIN, "b@example.org", T0, Bounced(True, 550, "5.1.1"), "b.2")
+    for outcome in (delivered, bounced, delivered):
+        result = await worker.handle_finished(outcome_message(outcome))
+        assert result.verdict is Verdict.ACK
+    assert set(await rows(pool)) == {"keep@example.org"}
+    garbage = BusMessage("kannon.stats.delivered", b"\xff\x00garbage", None, 1, 9)
+    assert (await worker.handle_finished(garbage)).verdict is Verdict.TERM
+
+
+async def test_an_error_with_a_reply_reschedules_and_records_the_reply(
+    pool: asyncpg.Pool, bus: Bus
+) -> None:
+    await add(pool, ["t@example.org"], status="sending", claimed_at=T0)
+    clock = Clock(T0 + timedelta(minutes=1))
+    worker = dispatcher(pool, bus, clock, jitter=1.2)
+    message = outcome_message(errored("t@example.org", 451, "4.7.1 try again later"))
+    assert (await worker.handle_error(message)).verdict is Verdict.ACK
+    row = (await rows(pool))["t@example.org"]
+    assert row["status"] == "scheduled"
+    assert row["send_attempts_cnt"] == 1
+    assert row["scheduled_time"] == (clock.now + RETRY * 1.2).replace(tzinfo=None)
+    assert (row["last_reply_code"], row["last_reply_msg"]) == (451, "4.7.1 try again later")
+    # The same event again (a redelivery) finds the row no longer being sent: no second bump.
+    assert (await worker.handle_error(message)).verdict is Verdict.ACK
+    assert (await rows(pool))["t@example.org"]["send_attempts_cnt"] == 1
+
+
+async def test_an_error_without_a_reply_keeps_the_last_real_reply(
+    pool: asyncpg.Pool, bus: Bus
+) -> None:
+    await add(pool, ["t@example.org"], status="sending", attempts=2, last_reply=(421, "busy"))
+    worker = dispatcher(pool, bus, Clock(T0))
+    await worker.handle_error(outcome_message(errored("t@example.org", 0, "connection refused")))
+    row = (await rows(pool))["t@example.org"]
+    assert (row["status"], row["send_attempts_cnt"]) == ("scheduled", 3)
+    assert (row["last_reply_code"], row["last_reply_msg"]) == (421, "busy")
+
+
+async def test_a_spent_budget_ends_bounced_when_a_server_answered_else_failed(
+    pool: asyncpg.Pool, bus: Bus
+) -> None:
+    late = T0 + timedelta(hours=23, minutes=58)
+    await add(pool, ["answered@example.org"], status="sending", original=T0, scheduled=late)
+    await add(
+        pool,
+        ["earlier@example.org"],
+        status="sending",
+        original=T0,
+        scheduled=late,
+        last_reply=(450, "4.2.0 greylisted"),
+    )
+    await add(pool, ["silent@example.org"], status="sending", original=T0, scheduled=late)
+    worker = dispatcher(pool, bus, Clock(late))
+    for outcome in (
+        errored("answered@example.org", 452, "4.2.2 mailbox full"),
+        errored("earlier@example.org", 0, "connection timed out"),
+        errored("silent@example.org", 0, "connection dropped without a reply"),
+    ):
+        assert (await worker.handle_error(outcome_message(outcome))).verdict is Verdict.ACK
+    assert await rows(pool) == {}
+    ended = {outcome.recipient: (subject, outcome) for subject, outcome in await events(bus)}
+    assert ended["answered@example.org"][0] == "kannon.stats.bounced"
+    assert ended["answered@example.org"][1].detail == Bounced(False, 452, "4.2.2 mailbox full")
+    assert ended["earlier@example.org"][1].detail == Bounced(False, 450, "4.2.0 greylisted")
+    assert ended["silent@example.org"][0] == "kannon.stats.failed"
+    assert ended["silent@example.org"][1].detail == Failed(
+        "retry budget exhausted while sending: connection dropped without a reply"
+    )
+
+
+async def test_errors_for_deliveries_that_are_gone_are_acked_and_bad_ones_terminated(
+    pool: asyncpg.Pool, bus: Bus
+) -> None:
+    worker = dispatcher(pool, bus, Clock(T0))
+    gone = outcome_message(errored("nobody@example.org", 451, "later"))
+    assert (await worker.handle_error(gone)).verdict is Verdict.ACK
+    wrong = outcome_message(Outcome(BATCH, DOMAIN, "x@example.org", T0, Delivered(), "d.1"))
+    assert (await worker.handle_error(wrong)).verdict is Verdict.TERM
+    garbage = BusMessage("kannon.stats.error", b"\xff\x00garbage", None, 1, 9)
+    assert (await worker.handle_error(garbage)).verdict is Verdict.TERM
+    assert await events(bus) == []
+
+
+# -- reclaim -------------------------------------------------------------------------------------
+
+
+async def test_reclaim_returns_only_stale_dispatch_claims(pool: asyncpg.Pool, bus: Bus) -> None:
+    await add(pool, ["stale@example.org"], status="sending", claimed_at=T0 - timedelta(minutes=11))
+    await add(pool, ["fresh@example.org"], status="sending", claimed_at=T0 - timedelta(minutes=9))
+    await add(
+        pool, ["validating@example.org"], status="validating", claimed_at=T0 - timedelta(hours=1)
+    )
+    worker = dispatcher(pool, bus, Clock(T0))  # claim_timeout defaults to 10m
+    assert worker.reclaim_interval == timedelta(minutes=5)
+    assert await worker.reclaim() == 1
+    state = await rows(pool)
+    assert (
+        state["stale@example.org"]["status"],
+        state["stale@example.org"]["send_attempts_cnt"],
+    ) == (
+        "scheduled",
+        1,
+    )
+    assert state["fresh@example.org"]["status"] == "sending"
+    assert state["validating@example.org"]["status"] == "validating"
+
+
+# -- configuration and lifecycle -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("secret", [None, "short"])
+def test_a_missing_or_short_secret_key_fails_at_boot(secret: str | None) -> None:
+    with pytest.raises(ConfigError) as failure:
+        Dispatcher(Settings(secret_key=secret), None, None)  # type: ignore[arg-type]
+    assert failure.value.key == "secret_key"
+
+
+async def test_run_consumes_outcomes_dispatches_and_drains_on_stop(
+    pool: asyncpg.Pool, bus: Bus
+) -> None:
+    await add(pool, ["done@example.org", "retry@example.org"], status="sending", claimed_at=T0)
+    worker = dispatcher(pool, bus, Clock(T0))
+    life = Life(worker.name)
+    task = asyncio.create_task(worker.run(life))
+    await asyncio.wait_for(life.wait_ready(), 15)
+    consumers = {c.name async for c in _consumers(bus)}
+    assert {
+        DISPATCHER_DELIVERED_DURABLE,
+        DISPATCHER_BOUNCED_DURABLE,
+        DISPATCHER_ERROR_DURABLE,
+    } <= consumers
+
+    await publish_outcome(
+        bus, Outcome(BATCH, DOMAIN, "done@example.org", T0, Delivered(), "delivered.1")
+    )
+    await publish_outcome(bus, errored("retry@example.org", 451, "later"))
+    await add(pool, ["new@example.org"])
+
+    async def settled() -> bool:
+        state = await rows(pool)
+        return (
+            "done@example.org" not in state
+            and state["retry@example.org"]["status"] == "scheduled"
+            and state["new@example.org"]["status"] == "sending"
+        )
+
+    await wait_for(settled, what="outcomes applied and the new Delivery dispatched")
+    life.stopping.set()
+    await asyncio.wait_for(task, 15)
+    assert [p.job.recipient for p in await envelopes(bus)] == ["new@example.org"]
+
+
+async def _consumers(bus: Bus) -> AsyncIterator[object]:
+    for info in await bus.js.consumers_info(STATS_STREAM):
+        yield info
