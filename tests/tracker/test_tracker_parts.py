@@ -48,8 +48,17 @@ def test_client_address(
     assert TRUSTED.resolve(peer, xff, real_ip) == expected
 
 
-def test_no_trusted_proxies_means_the_peer() -> None:
-    assert ClientAddress([]).resolve("10.1.1.1", ["203.0.113.5"], "203.0.113.6") == "10.1.1.1"
+@pytest.mark.parametrize(
+    ("peer", "expected"),
+    [
+        ("10.1.1.1", "10.1.1.1"),
+        ("::ffff:10.1.1.1", "10.1.1.1"),
+        ("2001:db8::1", "2001:db8::1"),
+        (None, ""),
+    ],
+)
+def test_no_trusted_proxies_means_the_peer(peer: str | None, expected: str) -> None:
+    assert ClientAddress([]).resolve(peer, ["203.0.113.5"], "203.0.113.6") == expected
 
 
 @pytest.mark.parametrize(

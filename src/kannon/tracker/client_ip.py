@@ -55,10 +55,16 @@ class ClientAddress:
         Falls back to the peer whenever the headers are absent, untrusted or unreadable; "" when
         even the peer is unknown (e.g. a Unix socket).
         """
-        peer_ip = parse_ip(peer) if peer else None
+        if not peer:
+            return ""
+        if not self._trusted:
+            # The common case, on every hit: skip address parsing (it costs more than the rest of
+            # this function), only unwrapping what a dual-stack socket reports for IPv4 peers.
+            return peer[7:] if peer.startswith("::ffff:") and "." in peer else peer
+        peer_ip = parse_ip(peer)
         if peer_ip is None:
-            return peer or ""
-        if not self._trusted or not self.is_trusted(peer_ip):
+            return peer
+        if not self.is_trusted(peer_ip):
             return str(peer_ip)
         hops = [hop for value in forwarded_for for hop in value.split(",") if hop.strip()]
         if hops:
