@@ -584,3 +584,18 @@ Diagnostic-Code: smtp; 450 4.1.1 <maybe@example.org>: Recipient address rejected
     assert report.kind == "delayed"
     (recipient,) = report.recipients
     assert (recipient.reason, recipient.hard_bounce) == ("userunknown", False)
+
+
+def test_arf_fields_pasted_into_plain_text_are_feedback() -> None:
+    raw = b"""From: scomp@isp.example
+To: fbl@example.com
+Subject: Client TOS Notification
+
+Feedback-Type: abuse
+User-Agent: SComp
+Version: 0.1
+Original-Rcpt-To: bob@isp.example
+"""
+    report = parse_message(raw)
+    assert report.kind == "feedback"
+    assert [r.recipient for r in report.recipients] == ["bob@isp.example"]

@@ -101,6 +101,7 @@ _COMMAND_PATTERNS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
         re.compile(
             r"in reply to (?:end of )?DATA|after (?:end of data|(?:pipelined )?DATA)|>>> DATA"
             r"|our final DATA|failed after I sent the message|\(DATA\)|SMTP:DATA"
+            r"|\[(?:BODY|DATA|END_OF_MESSAGE)\]"
             r"|SMTP command\s*\n[\s\-]*DATA\b",
             re.IGNORECASE,
         ),
@@ -109,11 +110,14 @@ _COMMAND_PATTERNS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
         "CONN",
         re.compile(
             r"after initial connection|in reply to (?:the )?initial greeting|SMTP:CONN"
-            r"|during greeting wait|refused to talk to me",
+            r"|during greeting wait|refused to talk to me|but greeting failed",
             re.IGNORECASE,
         ),
     ),
-    ("EHLO", re.compile(r"(?:after|in reply to|>>>) [EH]{2}LO\b", re.IGNORECASE)),
+    (
+        "EHLO",
+        re.compile(r"(?:after|in reply to|>>>) [EH]{2}LO\b|my name was rejected", re.IGNORECASE),
+    ),
     ("STARTTLS", re.compile(r"after STARTTLS|in reply to STARTTLS", re.IGNORECASE)),
 )
 

@@ -45,6 +45,8 @@ _BODY_BOUNCE: Final = re.compile(
     r"|loop alert|duplicated message-id|no valid recipients|error delivering",
     re.IGNORECASE,
 )
+_ARF_FIELDS: Final = re.compile(r"^Feedback-Type:\s*[a-z\-]+\s*$", re.IGNORECASE | re.MULTILINE)
+_ARF_AGENT: Final = re.compile(r"^(?:User-Agent|Version):", re.IGNORECASE | re.MULTILINE)
 _SENDER_CONTEXT: Final = re.compile(
     r"(?:mail from|envelope-from|sender address|from:)\s*:?\s*<?([^\s<>]+@[^\s<>]+?)>?[\s;,)]",
     re.IGNORECASE,
@@ -80,8 +82,9 @@ def _parse_message(msg: Message, *, forwarded: bool) -> DsnReport:
         return _from_ses(ses, notes)
 
     report_type = str(msg.get_param("report-type", "") or "").lower()
-    if pieces.feedback_reports or report_type == "feedback-report":
-        recipients = feedback_recipients(pieces.feedback_reports, pieces.original_headers)
+    if pieces.feedback_reports or report_type == "feedback-report" or _pasted_arf(pieces.texts):
+        reports = pieces.feedback_reports or [t for t in pieces.texts if _ARF_FIELDS.search(t)]
+        recipients = feedback_recipients(reports, pieces.original_headers)
         return DsnReport(kind="feedback", recipients=recipients, notes=notes)
 
     body, inline_original = split_original(pieces.body)
@@ -122,6 +125,11 @@ def _parse_message(msg: Message, *, forwarded: bool) -> DsnReport:
     if looks_like_autoreply(msg):
         return DsnReport(kind="vacation", recipients=[autoreply_recipient(msg)], notes=notes)
     return DsnReport(kind="unknown", notes=[*notes, "not a delivery report"])
+
+
+def _pasted_arf(texts: list[str]) -> bool:
+    """ARF fields pasted into a text part, as some older feedback loops send them."""
+    return any(_ARF_FIELDS.search(t) and _ARF_AGENT.search(t) for t in texts[:3])
 
 
 def _kind(recipients: list[BouncedRecipient]) -> Kind:

@@ -35,6 +35,7 @@ PATTERNS: Final[dict[str, re.Pattern[str]]] = {
         r"(?:over|exceeded (?:the |his |her |their )?)(?:quota|storage)",
         r"quota (?:exceeded|violation|exceed)",
         r"over ?quota",
+        r"over (?:the |your |their )?(?:allowed |storage |mailbox )?quota",
         r"disk quota",
         r"storage (?:quota|allocation|space)",
         r"out of (?:storage|disk) space",
@@ -309,6 +310,7 @@ PATTERNS: Final[dict[str, re.Pattern[str]]] = {
         r"(?:blocked|black ?listed|banned|listed)",
         r"(?:blocked|banned|rejected) (?:ip|host)",
         r"blocked for abuse",
+        r":blocked\)",
         r"unsolicited mail originating from your ip",
         r"invalid helo|helo (?:name )?(?:rejected|invalid|not allowed)",
         r"please use the smtp server of your isp",
@@ -366,6 +368,8 @@ PATTERNS: Final[dict[str, re.Pattern[str]]] = {
         r"(?:wasn'?t|was not|unable|not) able to (?:establish|open) (?:an? )?(?:smtp )?connection",
         r"could not connect",
         r"network (?:is )?unreachable",
+        r"host lookup did not complete",
+        r"lost connection with",
     ),
     "systemfull": _rx(
         r"insufficient (?:disk |system )?(?:space|storage)",
@@ -390,6 +394,7 @@ PATTERNS: Final[dict[str, re.Pattern[str]]] = {
         r"delivery attempts will continue",
         r"unable to deliver in \d+",
         r"retry timeout exceeded",
+        r"cannot send message (?:for|within) \d+",
     ),
     "failedstarttls": _rx(
         r"starttls",
