@@ -66,14 +66,27 @@ def test_standalone_boots_serves_healthz_and_stops_cleanly() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("K_")}
     env["HOME"] = str(data_dir)  # no ~/.kannon.yaml from the developer's machine
     argv = [
-        KANNON, "standalone", "--data-dir", str(data_dir / "data"),
-        "--api-port", str(free_port()), "--tracker-port", str(free_port()),
-        "--smtp-address", f"127.0.0.1:{free_port()}", "--health-host", "127.0.0.1",
-        "--health-port", str(health_port), "--sender-demo-sender",
-        "--sender-hostname", "kannon.test",
+        KANNON,
+        "standalone",
+        "--data-dir",
+        str(data_dir / "data"),
+        "--api-port",
+        str(free_port()),
+        "--tracker-port",
+        str(free_port()),
+        "--smtp-address",
+        f"127.0.0.1:{free_port()}",
+        "--health-host",
+        "127.0.0.1",
+        "--health-port",
+        str(health_port),
+        "--sender-demo-sender",
+        "--sender-hostname",
+        "kannon.test",
     ]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         deadline = time.monotonic() + 90
         status, body = 0, {}

@@ -1,0 +1,84 @@
+"""The `kannon` command as an operator meets it: version, errors naming keys, component selection,
+migrations and the bounce tool."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+KANNON = str(Path(sys.executable).parent / "kannon")
+BOUNCES = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "bounces" / "emails"
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("K_")}
+    base["HOME"] = "/nonexistent-kannon-home"
+    base.update(env or {})
+    return subprocess.run(
+        [KANNON, *args], capture_output=True, text=True, env=base, timeout=60, check=False
+    )
+
+
+def test_version() -> None:
+    result = run("version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("kannon ")
+
+
+def test_no_component_selected_says_how_to_select() -> None:
+    result = run()
+    assert result.returncode == 2
+    assert "--run-api" in result.stderr and "standalone" in result.stderr
+
+
+def test_bad_value_names_the_key() -> None:
+    result = run("--run-api", "--smtp-read-timeout", "ten")
+    assert result.returncode == 2
+    assert "smtp.read_timeout" in result.stderr and '"ten"' in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_missing_required_key_names_it() -> None:
+    result = run("--run-dispatcher", env={"K_NATS_URL": "nats://127.0.0.1:1"})
+    assert result.returncode == 2
+    assert "database_url" in result.stderr and "K_DATABASE_URL" in result.stderr
+
+
+def test_explicit_config_file_must_exist() -> None:
+    result = run("--config", "/nonexistent/kannon.yaml", "--run-api")
+    assert result.returncode == 2
+    assert "/nonexistent/kannon.yaml" in result.stderr
+
+
+def test_migrate_and_status(empty_database_url: str) -> None:
+    status = run("migrate", "--status", "--database-url", empty_database_url)
+    assert status.returncode == 0, status.stderr
+    assert "pending" in status.stdout and "applied" not in status.stdout
+    first = run("migrate", "--database-url", empty_database_url)
+    assert first.returncode == 0, first.stderr
+    assert "applied 0001_initial_schema" in first.stdout
+    again = run("migrate", env={"K_DATABASE_URL": empty_database_url})
+    assert again.returncode == 0 and "up to date" in again.stdout
+    status = run("migrate", "--status", "--database-url", empty_database_url)
+    assert "pending" not in status.stdout
+
+
+def test_bounce_parse_prints_one_json_line_per_recipient() -> None:
+    files = sorted(BOUNCES.glob("*.eml"))[:5]
+    result = run("bounce", "parse", *map(str, files))
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {line["file"] for line in lines} == {str(f) for f in files}
+    for line in lines:
+        assert {
+            "file",
+            "recipient",
+            "action",
+            "status",
+            "reply_code",
+            "reason",
+            "hard_bounce",
+        } <= set(line)
