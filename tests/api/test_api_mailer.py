@@ -361,3 +361,41 @@ async def test_a_failure_halfway_leaves_nothing_behind(
     assert logged and logged[0].exc_info is not None
     assert "no_poison" not in details  # internals stay in the log
     assert await counts(api.pool) == (0, 0, 0)
+
+
+async def test_awkward_values_are_stored_exactly(api: RunningApi) -> None:
+    """COPY's CSV quoting must carry any text unchanged into the Pool."""
+    creds = await tenant(api, DOMAIN)
+    fields = {
+        'quote"d': 'say "hi", then\nleave',
+        "back\\slash": "C:\\path\\",
+        "unicode": "Grüße 😀 \u2028 中文",
+        "tab": "a\tb",
+        "empty": "",
+    }
+    emails = ['o"neil@x.test', "comma,name@x.test", "back\\slash@x.test", "üser@x.test"]
+    request = html_request(DOMAIN, [])
+    for email in emails:
+        request.recipients.add(email=email, fields=fields)
+    res = await api.mailer().SendHTML(request, metadata=creds)
+    assert res.accepted_count == len(emails)
+    rows = await api.pool.fetch("SELECT email, fields FROM sending_pool_emails")
+    assert sorted(r["email"] for r in rows) == sorted(emails)
+    assert all(r["fields"] == fields for r in rows)
+
+
+async def test_a_large_batch_is_prepared_off_the_event_loop_with_the_same_result(
+    api: RunningApi,
+) -> None:
+    from kannon.api.mailer import OFF_LOOP_RECIPIENTS
+
+    creds = await tenant(api, DOMAIN)
+    emails = [f"u{i}@x.test" for i in range(OFF_LOOP_RECIPIENTS)] + ["u1@X.test", " ", "u2@x.test"]
+    emails.append("x" * 300 + "@x.test")
+    res = await api.mailer().SendHTML(html_request(DOMAIN, emails), metadata=creds)
+    assert (res.accepted_count, res.rejected_count) == (OFF_LOOP_RECIPIENTS, 1)
+    assert res.rejected_recipients[0].reason == "too_long"
+    # A validation error raised in the worker thread still reaches the caller as such.
+    bad = html_request(DOMAIN, emails, subject="a\r\nb")
+    code, details = await status_of(api.mailer().SendHTML(bad, metadata=creds))
+    assert (code, details[:8]) == (grpc.StatusCode.INVALID_ARGUMENT, "subject:")

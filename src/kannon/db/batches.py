@@ -4,69 +4,79 @@ Everything happens in ONE transaction, so a failure at any point (a violated con
 connection) leaves nothing behind — no orphan template, no Batch without its Deliveries, no
 half-written recipient list. Deliveries are streamed with COPY in CSV form: one round trip for
 any number of rows, and text CSV lets PostgreSQL parse the jsonb `fields` itself (asyncpg's
-binary COPY has no encoder for the pool's text-format jsonb codec).
+binary COPY has no encoder for the pool's text-format jsonb codec). No value is ever NULL, so
+CSV's "unquoted empty means NULL" rule never applies: every value is written quoted.
 """
 
 from __future__ import annotations
 
-import csv
 import io
-import json
-from collections.abc import Iterator
+from collections.abc import Mapping
 from datetime import datetime
+from json.encoder import encode_basestring
 
 import asyncpg
 
 from kannon.db.domains import to_db_time
 from kannon.db.templates import insert_template
-from kannon.model.batch import BatchPlan, Delivery
+from kannon.model.batch import BatchPlan
 from kannon.model.template import Template
 
 TO_VALIDATE = "to_validate"
+_json_str = encode_basestring  # JSON string literal, non-ASCII kept as is
 _POOL_COLUMNS = [
     "email",
+    "fields",
     "status",
     "scheduled_time",
     "original_scheduled_time",
     "message_id",
-    "fields",
     "domain",
 ]
 
 
-def _rows(plan: BatchPlan) -> Iterator[tuple[str, str, str, str, str, str, str]]:
-    scheduled = to_db_time(plan.scheduled_time).isoformat(sep=" ")
-    empty = "{}"
-    dumps = json.dumps
-    batch_id = plan.batch_id
-    domain = plan.domain
-    delivery: Delivery
-    for delivery in plan.deliveries:
-        fields = delivery.fields
-        yield (
-            delivery.email,
-            TO_VALIDATE,
-            scheduled,
-            scheduled,
-            batch_id,
-            dumps(dict(fields), ensure_ascii=False) if fields else empty,
-            domain,
-        )
+def _quoted(value: str) -> str:
+    """A CSV field in PostgreSQL's CSV syntax: always quoted, inner quotes doubled."""
+    return '"' + value.replace('"', '""') + '"'
+
+
+def _fields_json(fields: Mapping[str, str]) -> str:
+    # Equivalent to json.dumps(dict(fields), ensure_ascii=False) for a str -> str map, at a
+    # fraction of the cost (no type dispatch; the C string encoder does the escaping).
+    if not fields:
+        return "{}"
+    return "{" + ",".join([_json_str(k) + ":" + _json_str(v) for k, v in fields.items()]) + "}"
 
 
 def deliveries_csv(plan: BatchPlan) -> bytes:
-    """The Deliveries as PostgreSQL CSV (`\\n` line ends; quoting by the csv module's rules,
-    which are PostgreSQL's: `"` doubled inside quoted values)."""
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(_rows(plan))
-    return buffer.getvalue().encode("utf-8")
+    """The Deliveries as PostgreSQL CSV rows in `_POOL_COLUMNS` order.
+
+    Built by hand rather than with the csv module: the per-row work is two quoted fields and
+    one shared tail of constants, which makes 100,000 rows several times cheaper to produce.
+    """
+    scheduled = _quoted(to_db_time(plan.scheduled_time).isoformat(sep=" "))
+    tail = (
+        f",{TO_VALIDATE},{scheduled},{scheduled},{_quoted(plan.batch_id)},{_quoted(plan.domain)}\n"
+    )
+    lines = [
+        _quoted(delivery.email) + "," + _quoted(_fields_json(delivery.fields)) + tail
+        for delivery in plan.deliveries
+    ]
+    return "".join(lines).encode("utf-8")
 
 
 async def create_batch(
-    pool: asyncpg.Pool, plan: BatchPlan, transient_template: Template | None, now: datetime
+    pool: asyncpg.Pool,
+    plan: BatchPlan,
+    transient_template: Template | None,
+    now: datetime,
+    encoded: bytes | None = None,
 ) -> None:
-    """Write the Batch, its transient template (if any) and its Deliveries, all or nothing."""
-    data = deliveries_csv(plan) if plan.deliveries else b""
+    """Write the Batch, its transient template (if any) and its Deliveries, all or nothing.
+
+    `encoded` is `deliveries_csv(plan)` when the caller already built it (off the event loop).
+    """
+    data = encoded if encoded is not None else deliveries_csv(plan)
     async with pool.acquire() as conn, conn.transaction():
         if transient_template is not None:
             await insert_template(conn, transient_template)

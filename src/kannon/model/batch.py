@@ -21,6 +21,7 @@ import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from kannon.model.address import MAX_ADDRESS, InvalidAddress, parse_address
 from kannon.model.domain import sender_domain_allowed
@@ -36,8 +37,9 @@ REJECT_INVALID_FIELDS = "invalid_fields"
 _HEADER_BREAKERS = ("\r", "\n", "\x00")
 
 
-@dataclass(frozen=True, slots=True)
-class RecipientIn:
+class RecipientIn(NamedTuple):
+    # NamedTuples rather than frozen dataclasses for the per-Recipient types: a call may carry
+    # 100,000 of them and tuple construction is several times cheaper.
     email: str
     fields: Mapping[str, str]
 
@@ -63,8 +65,7 @@ class SendRequest:
     scheduled_time: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(NamedTuple):
     email: str
     fields: Mapping[str, str]
 
@@ -166,15 +167,21 @@ def _attachments(attachments: Sequence[AttachmentIn]) -> dict[str, str]:
     return result
 
 
+def _has_nul(fields: Mapping[str, str]) -> bool:
+    # Two C-level joins instead of a Python-level loop per field.
+    return "\x00" in "".join(fields) or "\x00" in "".join(fields.values())
+
+
 def _recipients(
     recipients: Sequence[RecipientIn],
 ) -> tuple[list[Delivery], list[Rejection], int]:
+    # The hot loop of a large Batch: kept to plain operations on locals.
     deliveries: list[Delivery] = []
     rejected: list[Rejection] = []
     seen: set[str] = set()
     given = 0
-    for recipient in recipients:
-        email = recipient.email.strip()
+    for raw, fields in recipients:
+        email = raw.strip()
         if not email:
             continue
         given += 1
@@ -186,12 +193,10 @@ def _recipients(
             rejected.append(Rejection(email, REJECT_TOO_LONG))
         elif "\x00" in email:
             rejected.append(Rejection(email, REJECT_INVALID_EMAIL))
-        elif recipient.fields and any(
-            "\x00" in k or "\x00" in v for k, v in recipient.fields.items()
-        ):
+        elif fields and _has_nul(fields):
             rejected.append(Rejection(email, REJECT_INVALID_FIELDS))
         else:
-            deliveries.append(Delivery(email, recipient.fields))
+            deliveries.append(Delivery(email, fields))
     return deliveries, rejected, given
 
 

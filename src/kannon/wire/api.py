@@ -9,9 +9,10 @@ fields become InvalidArgument naming the field.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from google.protobuf import json_format
@@ -28,6 +29,7 @@ from kannon.pb.stats.types import stats_pb2 as stats_types_pb
 from kannon.wire.stats import UndecodableEvent, data_pb, detail_from_json, timestamp_pb
 
 MAX_RANGE = timedelta(days=366)
+_NO_FIELDS: Mapping[str, str] = MappingProxyType({})
 
 
 class StatRow(Protocol):
@@ -152,8 +154,12 @@ def send_request(message: Any) -> SendRequest:
         sender_email=None if sender is None else sender.email,
         sender_alias="" if sender is None else sender.alias,
         subject=message.subject,
-        # The protobuf map stays as is: copying it per Recipient costs more than reading it.
-        recipients=[RecipientIn(r.email, r.fields) for r in message.recipients],
+        # One copy of each fields map into a dict: later steps read it twice, and reading a
+        # protobuf map is slower than copying it once. Empty maps (the common case) share one.
+        recipients=[
+            RecipientIn(r.email, dict(f) if (f := r.fields) else _NO_FIELDS)
+            for r in message.recipients
+        ],
         attachments=[AttachmentIn(a.filename, a.content) for a in message.attachments],
         global_fields=dict(message.global_fields),
         headers_to=list(headers.to) if headers is not None else [],
