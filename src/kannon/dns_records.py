@@ -6,14 +6,17 @@ record rules themselves are pure and live in :func:`kannon.model.domain.dns_reco
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-import asyncpg
 
 from kannon.config import Settings
 from kannon.db.domains import get_domain
 from kannon.envelope.dkim import dns_txt_value
 from kannon.model.domain import DnsRecord, Domain, dns_records
+
+if TYPE_CHECKING:
+    # Types only: asyncpg is imported at run time by kannon.db alone.
+    import asyncpg
 
 __all__ = ["DnsRecord", "records_for_domain", "records_for_domain_name"]
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Any
-
-import asyncpg
+from typing import TYPE_CHECKING, Any
 
 from kannon.api.auth import AdminGuard
 from kannon.api.errors import rpc
@@ -25,6 +23,10 @@ from kannon.model.errors import Conflict, NotFound
 from kannon.model.template import PERSISTENT, Template, check_html, check_template_id, check_title
 from kannon.pb.admin.apiv1 import adminapiv1_pb2 as pb
 from kannon.wire import api as wire
+
+if TYPE_CHECKING:
+    # Types only: asyncpg is imported at run time by kannon.db alone.
+    import asyncpg
 
 TEMPLATES_PAGE = 50
 API_KEYS_PAGE = 100  # the original's default

@@ -13,14 +13,16 @@ from __future__ import annotations
 import hmac
 import ipaddress
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
-
-import asyncpg
 
 from kannon.db.apikeys import find_key_by_hash
 from kannon.model.apikey import AUTH_FAILED, parse_basic_authorization
 from kannon.model.errors import PermissionDenied, Unauthenticated
+
+if TYPE_CHECKING:
+    # Types only: asyncpg is imported at run time by kannon.db alone.
+    import asyncpg
 
 ADMIN_TOKEN_HEADER = "x-kannon-admin-token"
 ADMIN_REFUSED = (

@@ -4,13 +4,15 @@ so a healthy API answers an empty map. The API process only depends on PostgreSQ
 from __future__ import annotations
 
 import asyncio
-from typing import Any
-
-import asyncpg
+from typing import TYPE_CHECKING, Any
 
 from kannon.api.errors import rpc
 from kannon.db.pool import check_pool
 from kannon.pb.admin.apiv1 import hz_pb2 as pb
+
+if TYPE_CHECKING:
+    # Types only: asyncpg is imported at run time by kannon.db alone.
+    import asyncpg
 
 CHECK_TIMEOUT = 5.0
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Any
-
-import asyncpg
+from typing import TYPE_CHECKING, Any
 
 from kannon.api.auth import ApiKeyAuth
 from kannon.api.errors import rpc
@@ -28,6 +26,10 @@ from kannon.model.batch import BatchPlan, check_no_nul, check_recipient_count, p
 from kannon.model.errors import NotFound
 from kannon.model.template import TRANSIENT, Template, check_html, check_template_id
 from kannon.wire import api as wire
+
+if TYPE_CHECKING:
+    # Types only: asyncpg is imported at run time by kannon.db alone.
+    import asyncpg
 
 OFF_LOOP_RECIPIENTS = 5_000
 

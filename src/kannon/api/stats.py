@@ -7,9 +7,7 @@ the domain from the request and checked nothing). An empty `domain` means the ke
 
 from __future__ import annotations
 
-from typing import Any
-
-import asyncpg
+from typing import TYPE_CHECKING, Any
 
 from kannon.api.auth import ApiKeyAuth
 from kannon.api.errors import rpc
@@ -19,6 +17,10 @@ from kannon.model.errors import PermissionDenied
 from kannon.pb.stats.apiv1 import statsapiv1_pb2 as v1
 from kannon.pb.stats.apiv2 import statsapiv2_pb2 as v2
 from kannon.wire import api as wire
+
+if TYPE_CHECKING:
+    # Types only: asyncpg is imported at run time by kannon.db alone.
+    import asyncpg
 
 STATS_PAGE = 100
 MAX_PAGE = 1000
