@@ -48,6 +48,9 @@ HTML_CASES = [
     # names with inner spaces and unicode
     ("{{ first name }} {{ café }}", {"first name": "Ann", "café": "ok"}, "Ann ok"),
     ("no placeholders at all", {"x": "1"}, "no placeholders at all"),
+    # only spaces are optional around names: other whitespace is part of the (unknown) name
+    ("{{\tname }}", {"name": "x"}, "{{\tname }}"),
+    ("{{ }}", {"name": "x"}, "{{ }}"),
 ]
 
 
@@ -89,3 +92,19 @@ def test_global_then_recipient_fields() -> None:
 
 def test_placeholder_names() -> None:
     assert placeholder_names("{{ a }} {{{b}}} {{ c d }} {x}") == {"a", "b", "c d"}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "{{" + " " * 200_000,  # minutes of backtracking with " *" around a lazy name group
+        "{{{" + " " * 200_000,
+        "{{ " + "a " * 100_000,
+        "{{" * 100_000,
+        ("{{ " + " " * 50 + "}") * 4000,
+    ],
+)
+def test_hostile_templates_are_linear(hostile: str) -> None:
+    # Linear: milliseconds. The regression (super-linear backtracking): caught by the timeout.
+    assert render_html(hostile, {"a": "x"}) == hostile

@@ -172,3 +172,19 @@ def test_apply_tracking_signs_verifiable_tokens() -> None:
     assert verify_open(opens[0], KEYS, NOW) is not None
     assert 'href="mailto:help@shop.test"' in out
     assert out.index("/o/") < out.index("</body>")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "<a " * 200_000,  # quadratic before "<" was excluded from attribute names
+        '<a x="' * 100_000,
+        "<a x='<a y='" * 50_000,
+        "<a " + 'x="1" ' * 100_000,
+        "<a" + " " * 200_000 + ">",  # quadratic when attributes were found by searching
+    ],
+)
+def test_hostile_markup_is_linear(hostile: str) -> None:
+    # Linear: well under a second. Quadratic (the regression): hours, caught by the timeout.
+    assert rewrite_links(hostile, fake_track) == hostile

@@ -23,9 +23,11 @@ import re
 from collections.abc import Mapping
 
 # Triple braces come first in the alternation so "{{{ x }}}" is never read as "{" + "{{ x }}".
-# Names cannot contain braces; anything else (dots, dashes, "$", spaces inside) is allowed and
-# looked up verbatim.
-_PLACEHOLDER = re.compile(r"\{\{\{ *([^{}]*?) *\}\}\}|\{\{ *([^{}]*?) *\}\}")
+# Names cannot contain braces; anything else (dots, dashes, "$", inner spaces) is allowed and
+# looked up verbatim once the spaces around it are stripped. Stripping in code rather than with
+# " *" around a lazy group keeps the regex linear: "{{" followed by thousands of spaces made
+# that form backtrack for minutes.
+_PLACEHOLDER = re.compile(r"\{\{\{([^{}]*)\}\}\}|\{\{([^{}]*)\}\}")
 
 
 def _substitute(template: str, fields: Mapping[str, str], escape: bool) -> str:
@@ -35,9 +37,9 @@ def _substitute(template: str, fields: Mapping[str, str], escape: bool) -> str:
     def replace(m: re.Match[str]) -> str:
         raw_name = m.group(1)
         if raw_name is not None:
-            value = fields.get(raw_name)
+            value = fields.get(raw_name.strip(" "))
             return m.group(0) if value is None else value
-        value = fields.get(m.group(2))
+        value = fields.get(m.group(2).strip(" "))
         if value is None:
             return m.group(0)
         return _html.escape(value, quote=True) if escape else value
@@ -68,6 +70,6 @@ def apply_global_fields(template_html: str, fields: Mapping[str, str]) -> str:
 def placeholder_names(template: str) -> set[str]:
     """Return every field name referenced by ``template`` (both brace forms)."""
     return {
-        m.group(1) if m.group(1) is not None else m.group(2)
+        (m.group(1) if m.group(1) is not None else m.group(2)).strip(" ")
         for m in _PLACEHOLDER.finditer(template)
     }

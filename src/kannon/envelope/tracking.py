@@ -27,11 +27,14 @@ from datetime import datetime
 
 from kannon.envelope.tokens import TrackingKey, sign_click, sign_open
 
-_UNQUOTED = r"[^\s\"'>][^\s>]*"
-_ATTR = rf"""[^\s"'>/=]+(?:\s*=\s*(?:"[^"]*"|'[^']*'|{_UNQUOTED}))?"""
+# Names and unquoted values may not contain "<" (browsers allow it, as a parse error): without
+# that, text like "<a <a <a ..." makes every "<a" scan to the end of the body (quadratic).
+_NAME = r"""[^\s"'<>/=]+"""
+_UNQUOTED = r"[^\s\"'<>][^\s<>]*"
+_ATTR = rf"""{_NAME}(?:\s*=\s*(?:"[^"]*"|'[^']*'|{_UNQUOTED}))?"""
 # "<a" must be followed by whitespace, "/" or ">" so <abbr>, <area>, <audio> never match.
 _A_TAG = re.compile(rf"<a(?=[\s/>])(?:\s+{_ATTR})*\s*/?>", re.IGNORECASE)
-_ATTR_RE = re.compile(rf"""(\s+)([^\s"'>/=]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|({_UNQUOTED})))?""")
+_ATTR_RE = re.compile(rf"""(\s+)({_NAME})(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|({_UNQUOTED})))?""")
 _SCHEME_RE = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*):")
 _UNTRACKED_SCHEMES = frozenset({"mailto", "tel", "sms", "javascript", "vbscript", "data"})
 _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
@@ -55,7 +58,12 @@ def _rewrite_tag(tag: str, track: Callable[[str], str]) -> str:
     href_span: tuple[int, int] | None = None
     href_value = ""
     drop: list[tuple[int, int]] = []
-    for m in _ATTR_RE.finditer(tag, 2):  # attributes start after "<a"
+    # Attributes follow each other from just after "<a" (the tag matched _A_TAG, so this walk
+    # sees the same attributes). Anchored matches, not finditer: searching would retry at every
+    # character of a long whitespace run, which is quadratic.
+    pos = 2
+    while (m := _ATTR_RE.match(tag, pos)) is not None:
+        pos = m.end()
         name = m.group(2).lower()
         if name == NO_TRACK_ATTR:
             drop.append(m.span())
