@@ -60,6 +60,10 @@ def _request(size: int) -> Any:
     return request
 
 
+def _stub(cls: Any, channel: grpc.aio.Channel) -> Any:
+    return cls(channel)  # generated stubs are untyped
+
+
 async def _migrate_when_up(url: str) -> None:
     # The port accepts connections a moment before PostgreSQL finishes starting up.
     for _ in range(200):
@@ -87,7 +91,7 @@ async def _run(database_url: str, repeat: int) -> dict[str, Any]:
     )
     results: dict[str, Any] = {}
     try:
-        admin = adminapiv1_pb2_grpc.ApiStub(channel)
+        admin = _stub(adminapiv1_pb2_grpc.ApiStub, channel)
         admin_md = (("authorization", f"Bearer {TOKEN}"),)
         await admin.CreateDomain(admin_pb.CreateDomainRequest(domain=DOMAIN), metadata=admin_md)
         key = await admin.CreateAPIKey(
@@ -95,7 +99,7 @@ async def _run(database_url: str, repeat: int) -> dict[str, Any]:
         )
         auth = base64.b64encode(f"{DOMAIN}:{key.key}".encode()).decode()
         md = (("authorization", f"Basic {auth}"),)
-        mailer = mailerapiv1_pb2_grpc.MailerStub(channel)
+        mailer = _stub(mailerapiv1_pb2_grpc.MailerStub, channel)
         await mailer.SendHTML(_request(10), metadata=md)  # warm up connections and caches
 
         for size in SIZES:
