@@ -164,7 +164,7 @@ class Published:
 
 async def _stream(bus: Bus, stream: str) -> list[tuple[str, str, bytes]]:
     info = await bus.js.stream_info(stream)
-    found = []
+    found: list[tuple[str, str, bytes]] = []
     if info.state.messages == 0:
         return found
     for seq in range(info.state.first_seq, info.state.last_seq + 1):

@@ -473,7 +473,7 @@ async def test_run_consumes_outcomes_dispatches_and_drains_on_stop(
     life = Life(worker.name)
     task = asyncio.create_task(worker.run(life))
     await asyncio.wait_for(life.wait_ready(), 15)
-    consumers = {c.name async for c in _consumers(bus)}
+    consumers = {info.name for info in await bus.js.consumers_info(STATS_STREAM)}
     assert {
         DISPATCHER_DELIVERED_DURABLE,
         DISPATCHER_BOUNCED_DURABLE,
@@ -498,8 +498,3 @@ async def test_run_consumes_outcomes_dispatches_and_drains_on_stop(
     life.stopping.set()
     await asyncio.wait_for(task, 15)
     assert [p.job.recipient for p in await envelopes(bus)] == ["new@example.org"]
-
-
-async def _consumers(bus: Bus) -> AsyncIterator[object]:
-    for info in await bus.js.consumers_info(STATS_STREAM):
-        yield info

@@ -216,7 +216,7 @@ class Pipeline:
         return pipeline
 
     async def _authorize_tenant(self) -> None:
-        admin = adminapiv1_pb2_grpc.ApiStub(self.channel)
+        admin: Any = adminapiv1_pb2_grpc.ApiStub(self.channel)  # type: ignore[no-untyped-call]
         md = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
         # What the Admin API tells the operator to publish is what dnsmasq serves.
         domain = (await admin.GetDomain(admin_pb.GetDomainReq(domain=TENANT), metadata=md)).domain
@@ -269,7 +269,7 @@ class Pipeline:
             recipients=items,
             scheduled_time=scheduled_time,
         )
-        mailer = mailerapiv1_pb2_grpc.MailerStub(self.channel)
+        mailer: Any = mailerapiv1_pb2_grpc.MailerStub(self.channel)  # type: ignore[no-untyped-call]
         return await mailer.SendHTML(request, metadata=self.credentials)
 
     # -- what tests look at ------------------------------------------------------------------
