@@ -225,7 +225,11 @@ def generate_dkim_keypair(bits: int = 2048) -> tuple[str, str]:
 
 
 def dns_txt_value(public_b64: str) -> str:
-    """The TXT record value to publish at ``<selector>._domainkey.<domain>``."""
+    """The TXT record value to publish at ``<selector>._domainkey.<domain>``.
+
+    For RSA-2048 it is ~410 characters: DNS carries it as several <=255-byte strings of one
+    record (zone files and dnsmasq need it split; resolvers join the strings back).
+    """
     compact = "".join(public_b64.split())
     try:
         base64.b64decode(compact, validate=True)
