@@ -4,7 +4,29 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint generate bench images clean
+.PHONY: install system-deps bench-deps run test lint generate bench images clean
+
+# Debian packages the tests need: dnsmasq (the real DNS server behind MX lookups in tests).
+TEST_DEBS := dnsmasq-base
+# And the benchmark: Postfix's smtp-sink/smtp-source (loopback SMTP limit) and wrk (HTTP load).
+BENCH_DEBS := postfix wrk
+
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages:$$missing"; \
+	    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else echo "please install these Debian packages:$$missing"; exit 1; fi; \
+	fi
+endef
+
+system-deps:
+	$(call apt_install,$(TEST_DEBS))
+
+bench-deps:
+	$(call apt_install,$(BENCH_DEBS))
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +34,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) system-deps
 
 ## Start Kannon standalone with the example config (demo sender, no external services).
 run: install
@@ -31,7 +53,7 @@ lint: install
 generate: install
 	$(PY) scripts/generate_proto.py
 
-bench: install
+bench: install bench-deps
 	$(PY) -m bench
 
 images:

@@ -16,7 +16,14 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from kannon.runtime.processes import ChildProcess, free_port, port_accepts, start_child, wait_until
+from kannon.runtime.processes import (
+    ChildProcess,
+    child_argv,
+    free_port,
+    port_accepts,
+    start_child,
+    wait_until,
+)
 
 FAST_SETTINGS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
 
@@ -95,20 +102,23 @@ def start_postgres(
         os.chown(log_path, user[0], user[1])
     if not (data_dir / "PG_VERSION").exists():
         result = subprocess.run(
-            [
-                str(bin_dir / "initdb"),
-                "-D",
-                str(data_dir),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-locale",
-                "--no-sync",
-            ],
+            child_argv(
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(data_dir),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-locale",
+                    "--no-sync",
+                ],
+                uid=uid,
+                gid=gid,
+            ),
             capture_output=True,
-            preexec_fn=_demote(uid, gid),
             check=False,
         )
         if result.returncode != 0:
@@ -157,17 +167,6 @@ def _accepting(bin_dir: Path, port: int) -> bool:
         check=False,
     )
     return result.returncode == 0
-
-
-def _demote(uid: int | None, gid: int | None):  # type: ignore[no-untyped-def]
-    def demote() -> None:
-        if gid is not None:
-            os.setgroups([])
-            os.setgid(gid)
-        if uid is not None:
-            os.setuid(uid)
-
-    return demote
 
 
 def _clear_stale_pid(pid_file: Path) -> None:

@@ -1,14 +1,14 @@
 """Child server processes (PostgreSQL, nats-server) started by standalone mode and test fixtures.
 
 Children are stopped by their own PID, and on Linux are told to die with their parent
-(PR_SET_PDEATHSIG) so a killed Kannon leaves no orphan server behind.
+(PR_SET_PDEATHSIG, via util-linux `setpriv`) so a killed Kannon leaves no orphan server behind.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,8 +16,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-_PR_SET_PDEATHSIG = 1
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -34,21 +32,24 @@ def port_accepts(host: str, port: int) -> bool:
     return False
 
 
-def _child_setup(uid: int | None, gid: int | None) -> Callable[[], None]:
-    def setup() -> None:
-        # Own process group: a Ctrl-C in the terminal reaches Kannon only, which then stops
-        # its children in order instead of having them die underneath it.
-        os.setpgrp()
-        with contextlib.suppress(Exception):
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if gid is not None:
-            os.setgroups([])
-            os.setgid(gid)
-        if uid is not None:
-            os.setuid(uid)
+def child_argv(argv: Sequence[str], *, uid: int | None = None, gid: int | None = None) -> list[str]:
+    """Wrap `argv` so the child dies with its parent and, when asked, runs as uid/gid.
 
-    return setup
+    Uses util-linux `setpriv` rather than a Python `preexec_fn`: a `preexec_fn` forces a real
+    fork(), whose at-fork handlers crash when gRPC threads are running in this process.
+    `--pdeathsig` is restored by setpriv after the credential change (which clears it).
+    """
+    setpriv = shutil.which("setpriv") or (
+        "/usr/bin/setpriv" if os.path.exists("/usr/bin/setpriv") else None
+    )
+    if setpriv is None:
+        if uid is not None:
+            raise RuntimeError("setpriv (util-linux) is needed to run a server as another user")
+        return list(argv)
+    wrapped = [setpriv, "--pdeathsig", "TERM"]
+    if uid is not None and gid is not None:
+        wrapped += ["--reuid", str(uid), "--regid", str(gid), "--clear-groups"]
+    return [*wrapped, "--", *argv]
 
 
 @dataclass
@@ -102,11 +103,13 @@ def start_child(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         popen = subprocess.Popen(
-            list(argv),
+            child_argv(argv, uid=uid, gid=gid),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_child_setup(uid, gid),  # noqa: PLW1509 - started before threads matter
+            # Own session: a Ctrl-C in the terminal reaches Kannon only, which then stops its
+            # children in order instead of having them die underneath it.
+            start_new_session=True,
             env=env,
         )
     return ChildProcess(name, popen, log_path, stop_signal)
