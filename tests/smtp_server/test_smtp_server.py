@@ -373,3 +373,27 @@ def test_a_secret_is_required() -> None:
         SmtpServer(Settings(), bus=None)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="secret_key"):
         SmtpServer(Settings(secret_key="short"), bus=None)  # type: ignore[arg-type]
+
+
+async def test_client_that_does_not_read_replies_is_dropped_after_the_write_timeout(
+    start_smtp: StartSmtp,
+) -> None:
+    server = await start_smtp(write_timeout="200ms", read_timeout="30s")
+
+    def flood() -> str:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(20)  # far beyond the write timeout: only a stuck server hits it
+            sock.connect(("127.0.0.1", server.port))
+            # EHLO: an 8-byte command with a ~90-byte reply fills the server's buffers soonest.
+            batch = b"EHLO x\r\n" * 10_000
+            try:
+                for _ in range(1_000):  # up to 80 MB of commands, never reading a reply
+                    sock.sendall(batch)
+            except (BrokenPipeError, ConnectionResetError):
+                return "dropped"
+            except TimeoutError:
+                return "stuck"
+            return "never blocked"
+
+    assert await asyncio.to_thread(flood) == "dropped"

@@ -112,8 +112,15 @@ class _Session(SMTP):
             await asyncio.wait_for(super().push(status), self._write_timeout)
         except TimeoutError:
             log.info("client stopped reading replies; closing the session")
-            if isinstance(self.transport, asyncio.Transport):
-                self.transport.abort()  # connection_lost then ends the session task
+            self._abort()
+        except (ConnectionResetError, BrokenPipeError):
+            # The client went away mid-reply. aiosmtpd would let this end the session task with
+            # an exception nobody retrieves (a traceback in the log per impatient client).
+            self._abort()
+
+    def _abort(self) -> None:
+        if isinstance(self.transport, asyncio.Transport):
+            self.transport.abort()  # connection_lost then cancels the session task
 
     def shut_down(self) -> None:
         if isinstance(self.transport, asyncio.Transport):
