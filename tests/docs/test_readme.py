@@ -1,0 +1,156 @@
+"""The README's API walkthrough, run verbatim (only the address is changed to a free port)
+against `kannon standalone` with the demo sender: every command must succeed, and the Batch must
+end as the README says (Ada Delivered, Bob Bounced)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from kannon.runtime.processes import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def readme_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- readme-example:begin -->", 1)[1].split(
+        "<!-- readme-example:end -->", 1
+    )[0]
+    return block.strip().removeprefix("```sh").removesuffix("```").strip()
+
+
+def json_documents(output: str) -> list[Any]:
+    decoder = json.JSONDecoder()
+    docs, i = [], 0
+    while i < len(output):
+        if output[i].isspace():
+            i += 1
+            continue
+        doc, i = decoder.raw_decode(output, i)
+        docs.append(doc)
+    return docs
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def test_readme_walkthrough_runs_verbatim() -> None:
+    script = readme_example()
+    assert "KANNON=127.0.0.1:50051" in script
+    api_port, health_port = free_port(), free_port()
+    data_dir = Path(tempfile.mkdtemp(prefix="kannon-readme-", dir="/tmp"))
+    data_dir.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("K_")}
+    env.update(HOME=str(data_dir), PATH=f"{BIN}:{env.get('PATH', '')}")
+    kannon = subprocess.Popen(
+        [
+            str(BIN / "kannon"),
+            "standalone",
+            "--data-dir",
+            str(data_dir / "data"),
+            "--api-port",
+            str(api_port),
+            "--api-admin-token",
+            "change-me",
+            "--tracker-port",
+            str(free_port()),
+            "--smtp-address",
+            f"127.0.0.1:{free_port()}",
+            "--health-host",
+            "127.0.0.1",
+            "--health-port",
+            str(health_port),
+            "--sender-demo-sender",
+            "--sender-hostname",
+            "kannon.test",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not _healthy(health_port):
+            assert kannon.poll() is None and time.monotonic() < deadline, "standalone did not start"
+            time.sleep(0.2)
+        auth_file = data_dir / "auth"
+        run = script.replace("KANNON=127.0.0.1:50051", f"KANNON=127.0.0.1:{api_port}")
+        run += f'\nprintf "%s" "$AUTH" > {auth_file}\n'
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", run],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        domain, batch, stats = json_documents(result.stdout)
+        assert domain["domain"] == "mail.example.com" and domain["dkimPubKey"]
+        assert batch["messageId"].startswith("msg_") and batch["messageId"].endswith(
+            "@mail.example.com"
+        )
+        assert "stats" in stats or stats == {} or "total" in stats
+
+        # The last command again, until the demo sender has finished the Batch.
+        get_stats = script[script.index("FROM=$(date") :]
+        prelude = script[: script.index("# 1.")]
+        poll = (prelude + f'AUTH="$(cat {auth_file})"\n' + get_stats).replace(
+            "KANNON=127.0.0.1:50051", f"KANNON=127.0.0.1:{api_port}"
+        )
+        seen: set[tuple[str, str]] = set()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            out = subprocess.run(
+                ["bash", "-euo", "pipefail", "-c", poll],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            ).stdout
+            rows = json_documents(out)[0].get("stats", [])
+            seen = {(row["email"], row["type"]) for row in rows}
+            if {("ada@example.org", "delivered"), ("bob.error@example.org", "bounced")} <= seen:
+                break
+            time.sleep(0.5)
+        assert ("ada@example.org", "accepted") in seen, seen
+        assert ("ada@example.org", "delivered") in seen, seen
+        assert ("bob.error@example.org", "bounced") in seen, seen
+    finally:
+        kannon.send_signal(signal.SIGINT)
+        try:
+            out, _ = kannon.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            kannon.kill()
+            out, _ = kannon.communicate()
+        subprocess.run(["rm", "-rf", str(data_dir)], check=False)
+    assert kannon.returncode == 0, out
+
+
+def test_grpcurl_note_matches_the_buf_curl_commands() -> None:
+    """The README's grpcurl equivalent names services that the buf curl commands use."""
+    services = set(re.findall(r"/(kannon\.[a-z0-9.]+\.\w+)/\w+", readme_example()))
+    assert services == {
+        "kannon.admin.apiv1.AdminApiV1Service",
+        "kannon.mailer.apiv1.MailerApiV1Service",
+        "kannon.stats.apiv1.StatsApiV1Service",
+    }
