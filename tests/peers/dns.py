@@ -38,6 +38,17 @@ DNSMASQ_PATH = "/usr/sbin/dnsmasq"
 INSTALL_HINT = "install it with: apt-get install -y dnsmasq-base"
 TXT_CHUNK = 255
 
+# dnsmasq drops privileges and capabilities at start, and any credential change clears the
+# PR_SET_PDEATHSIG our children get: a killed test run would leave dnsmasq orphaned. So it runs
+# under a shell that keeps the death signal and takes dnsmasq down with it (and on stop()).
+_GUARD = (
+    "/bin/sh",
+    "-c",
+    'trap \'kill -TERM "$child" 2>/dev/null; wait "$child"; exit 0\' TERM INT HUP; '
+    '"$@" & child=$!; wait "$child"',
+    "dnsmasq-guard",
+)
+
 
 def find_dnsmasq() -> str:
     # /usr/sbin is not on an unprivileged user's PATH, so look there explicitly.
@@ -67,8 +78,11 @@ def txt_chunks(value: str) -> list[str]:
 
 
 class DnsServer:
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", *, ttl: int = 0) -> None:
+        """`ttl`: TTL of every answer. 0 (dnsmasq's default) means resolvers cache nothing,
+        so a test sees each record change at once; a benchmark wants a realistic 300."""
         self.host = host
+        self.ttl = ttl
         self.port = 0
         self._mx: list[tuple[str, str, int]] = []
         self._hosts: dict[str, list[str]] = {}
@@ -117,7 +131,8 @@ class DnsServer:
     def config_text(self) -> str:
         """The records as a dnsmasq config file (quotes there keep commas inside TXT values;
         on the command line dnsmasq would keep the quote characters instead)."""
-        lines = [f"local=/{zone}/" for zone in sorted(self._zones) if zone != "."]
+        lines = [f"local-ttl={self.ttl}"]
+        lines += [f"local=/{zone}/" for zone in sorted(self._zones) if zone != "."]
         for domain, exchange, preference in self._mx:
             lines.append(f"mx-host={domain},{exchange},{preference}")
         for name, addresses in self._hosts.items():
@@ -155,7 +170,8 @@ class DnsServer:
                     continue
             config = self._dir / "dnsmasq.conf"
             config.write_text(self.config_text(), encoding="utf-8")
-            child = start_child("dnsmasq", self.argv(binary, config), self._dir / "dnsmasq.log")
+            argv = [*_GUARD, *self.argv(binary, config)]
+            child = start_child("dnsmasq", argv, self._dir / "dnsmasq.log")
             try:
                 wait_until(child, self._answers, 10.0, "dnsmasq")
             except Exception as exc:

@@ -112,6 +112,13 @@ def test_dns_server_restart_applies_new_records_on_the_same_port(dns_server: Dns
     assert answer.to_text() == "127.0.0.2"
 
 
+def test_dns_server_ttl() -> None:
+    with DnsServer(ttl=300) as server:
+        server.add_host("a.example.test", "127.0.0.1").restart()
+        rrset = server.resolver().resolve("a.example.test", "A").rrset
+        assert rrset is not None and rrset.ttl == 300
+
+
 def test_txt_chunks() -> None:
     assert txt_chunks("") == [""]
     assert txt_chunks("a" * 256) == ["a" * 255, "a"]

@@ -101,28 +101,40 @@ class MxResolver:
         self.resolver = make_resolver(servers, timeout)
         self.max_hosts = max_hosts
         self._rng = rng or random.Random()
+        self._inflight: dict[str, asyncio.Future[list[MxHost] | NullMx | LookupFailed]] = {}
 
     async def routes(self, domain: str) -> MxLookup:
         """MX hosts of an ASCII `domain`, most preferred first."""
+        # Concurrent sends to one domain share one query: a bulk send to a big provider would
+        # otherwise ask max_jobs times at once whenever the cached answer expires.
+        pending = self._inflight.get(domain)
+        if pending is None:
+            pending = asyncio.ensure_future(self._lookup(domain))
+            self._inflight[domain] = pending
+            pending.add_done_callback(lambda _: self._inflight.pop(domain, None))
+        found = await asyncio.shield(pending)
+        if not isinstance(found, list):
+            return found
+        ordered = list(found)
+        self._rng.shuffle(ordered)
+        ordered.sort(key=lambda host: host.preference)  # stable: equal preferences shuffled
+        return Routes(tuple(ordered[: self.max_hosts]))
+
+    async def _lookup(self, domain: str) -> list[MxHost] | NullMx | LookupFailed:
         try:
             answer = await self.resolver.resolve(domain, dns.rdatatype.MX)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             # No MX records: RFC 5321 §5.1's implicit MX is the domain itself. The address
             # lookup that follows tells whether the domain exists at all.
-            return Routes((MxHost(domain, 0, implicit=True),))
+            return [MxHost(domain, 0, implicit=True)]
         except dns.exception.DNSException as exc:
             return LookupFailed(f"MX lookup for {domain} failed: {_describe(exc)}")
-        records = [(int(r.preference), r.exchange) for r in answer]
-        real = [(pref, name) for pref, name in records if name != dns.name.root]
-        if not real:
-            return NullMx()
-        self._rng.shuffle(real)
-        real.sort(key=lambda item: item[0])  # stable: equal preferences stay shuffled
-        hosts = tuple(
-            MxHost(name.to_text(omit_final_dot=True).lower(), pref)
-            for pref, name in real[: self.max_hosts]
-        )
-        return Routes(hosts)
+        hosts = [
+            MxHost(r.exchange.to_text(omit_final_dot=True).lower(), int(r.preference))
+            for r in answer
+            if r.exchange != dns.name.root
+        ]
+        return hosts or NullMx()
 
     async def addresses(self, host: str) -> Addresses:
         """IPv4 then IPv6 addresses of `host` (IPv4 first: many containers have no v6 route)."""
