@@ -100,10 +100,12 @@ async def test_ack_wait_expiry_redelivers(bus: Bus) -> None:
 
 async def test_sent_guard_claims_once(bus: Bus) -> None:
     guard = await bus.sent_guard()
-    assert await guard.claim("42.abc")
-    assert not await guard.claim("42.abc")
+    assert await guard.claim("42.abc") is None
+    assert await guard.claim("42.abc") == guard.CLAIMED
+    await guard.record("42.abc", b"outcome")
+    assert await guard.claim("42.abc") == b"outcome"
     await guard.release("42.abc")
-    assert await guard.claim("42.abc")
+    assert await guard.claim("42.abc") is None
 
 
 async def test_ensure_streams_is_idempotent(bus: Bus) -> None:

@@ -160,7 +160,7 @@ async def test_a_server_that_never_answers_is_errored_with_code_0_and_the_claim_
     assert smtp_sink.attempts("never.gina@example.test") == 1
     # Nothing can have reached the server, so a redelivery of this Envelope may send again.
     guard = await bus.sent_guard()
-    assert await guard.claim(guard_key(seq, job.email_id))
+    assert await guard.claim(guard_key(seq, job.email_id)) is None
 
 
 async def test_refused_connection_and_dns_failure_are_errored_with_code_0(

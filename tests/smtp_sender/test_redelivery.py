@@ -133,3 +133,27 @@ async def test_envelopes_that_cannot_be_ours_are_terminated_without_sending(
     assert (await sender.handle(garbage)).verdict is Verdict.TERM
     assert (await sender.handle(bus_message(foreign_id, seq=2))).verdict is Verdict.TERM
     assert smtp_sink.connections == 0
+
+
+async def test_redelivery_after_a_death_mid_send_sends_again_and_publishes_once(
+    bus: Bus, dns_server: DnsServer, smtp_sink: SmtpSink
+) -> None:
+    """Only the claim is there (the previous sender died between claim and result): whether the
+    remote server got it is unknown, so it is sent again rather than lost; a second redelivery
+    then finds the recorded outcome and sends nothing."""
+    from kannon.smtp_sender.component import guard_key
+
+    mx_for(dns_server)
+    sender = SmtpSender(make_settings(dns=dns_server, port=smtp_sink.port), bus)
+    job = make_job("takeover@example.test")
+    guard = await bus.sent_guard()
+    assert await guard.claim(guard_key(777, job.email_id)) is None  # the dead sender's claim
+    try:
+        first = await sender.handle(bus_message(job, seq=777))
+        second = await sender.handle(bus_message(job, seq=777))
+    finally:
+        await sender.deliverer.close()
+    assert (first.verdict, second.verdict) == (Verdict.ACK, Verdict.ACK)
+    assert len(smtp_sink.messages) == 1
+    info = await bus.js.stream_info(STATS_STREAM)
+    assert info.state.messages == 1  # delivered.777, republished under the same id

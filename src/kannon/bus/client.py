@@ -222,6 +222,10 @@ class Bus:
         try:
             while not stopping.is_set():
                 await slots.acquire()
+                if stopping.is_set():
+                    # We may have waited for a free slot across the stop: fetch nothing more.
+                    slots.release()
+                    break
                 free = 1
                 while free < spec.batch and not slots.locked():
                     await slots.acquire()
@@ -285,18 +289,37 @@ class Bus:
 
 
 class SentGuard:
-    """Remembers which Envelopes were handed to a remote MX, so a redelivery is not sent twice."""
+    """Remembers which Envelopes were handed to a remote MX, and what came of it, so that a
+    redelivered Envelope is not sent twice.
+
+    A key holds `CLAIMED` while a send is under way, then the encoded outcome once a remote server
+    may have the message. A redelivery that finds an outcome republishes it instead of sending;
+    one that finds `CLAIMED` knows the previous attempt died mid-send (redeliveries come only after
+    the ack deadline, which outlasts any send) and sends again.
+    """
+
+    CLAIMED = b"sending"
 
     def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
 
-    async def claim(self, key: str) -> bool:
-        """True when this caller is the first to claim `key` (and should send)."""
-        try:
-            await self.kv.create(key, b"1")
-        except nats.js.errors.KeyWrongLastSequenceError:
-            return False
-        return True
+    async def claim(self, key: str) -> bytes | None:
+        """None when this caller now holds `key`; otherwise the value already recorded there."""
+        for _ in range(3):
+            try:
+                await self.kv.create(key, self.CLAIMED)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                try:
+                    entry = await self.kv.get(key)
+                except nats.js.errors.KeyNotFoundError:
+                    continue  # released between our create and get: try to take it again
+                return bytes(entry.value or b"")
+            return None
+        return self.CLAIMED
+
+    async def record(self, key: str, value: bytes) -> None:
+        """Store what a send produced, for a redelivery to republish."""
+        await self.kv.put(key, value)
 
     async def release(self, key: str) -> None:
         """Forget a claim whose send did not reach a remote server, so a retry may send."""

@@ -6,10 +6,12 @@ Per Envelope (one JetStream message):
    (it will never get better) and logged;
 2. claim the send guard `<stream seq>.<sha256(email_id) hex[:16]>` in the `kannon-sent-envelopes`
    KV bucket. A redelivered message (the ack got lost, the process died after sending) finds
-   the claim taken and is acked without sending again. The guard fails open: with the KV store
-   unreachable we would rather risk a duplicate than stop delivering;
-3. deliver (MX or relay, `delivery.py`; or the demo sender) and release the claim again when the
-   message cannot have reached any server, so a redelivery may try again;
+   the outcome recorded there and republishes it without sending again; one that finds only the
+   claim knows the previous attempt died mid-send and sends again (at most one duplicate, never
+   a lost mail). The guard fails open: with the KV store unreachable we would rather risk a
+   duplicate than stop delivering;
+3. deliver (MX or relay, `delivery.py`; or the demo sender); record the outcome in the guard when
+   the message may have reached a server, else release the claim so a redelivery may try again;
 4. publish Delivered / Bounced / Errored on `kannon.stats.<type>` with event id
    `<type>.<stream seq>`: a redelivered Envelope publishes the same id, which JetStream
    de-duplicates and Stats counts once;
@@ -28,12 +30,13 @@ import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from prometheus_client import Counter, Histogram
 
-from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result
+from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result, SentGuard
 from kannon.bus.subjects import SENDER_DURABLE, SENDING_STREAM, SENDING_SUBJECT
 from kannon.config import Settings, require
 from kannon.envelope.ids import parse_email_id
@@ -45,11 +48,16 @@ from kannon.smtp_sender.mx import MxResolver
 from kannon.smtp_sender.pool import ConnectionPool
 from kannon.smtp_sender.result import SendResult, detail_for
 from kannon.wire import envelope
+from kannon.wire import stats as wire_stats
 from kannon.wire.stats import publish_outcome
 
 log = logging.getLogger("kannon.sender")
 
 OUTCOMES = Counter("kannon_sender_outcomes_total", "Envelopes handled, by outcome", ["type"])
+TAKEN_OVER = Counter(
+    "kannon_sender_guard_taken_over_total",
+    "Envelopes sent again because the previous attempt died mid-send",
+)
 SKIPPED = Counter(
     "kannon_sender_duplicates_skipped_total", "Redelivered Envelopes not sent a second time"
 )
@@ -69,7 +77,11 @@ DEADLINE_SHARE = 0.8
 
 
 class Guard(Protocol):
-    async def claim(self, key: str) -> bool: ...
+    CLAIMED: bytes
+
+    async def claim(self, key: str) -> bytes | None: ...
+
+    async def record(self, key: str, value: bytes) -> None: ...
 
     async def release(self, key: str) -> None: ...
 
@@ -195,19 +207,34 @@ class SmtpSender:
         if remembered is not None:
             return await self._publish(key, remembered)
 
-        if not self.demo and not await self._claim(key):
-            SKIPPED.inc()
-            log.info(
-                "Envelope already handed over; not sending it twice",
-                extra={
-                    "kv": {
-                        "seq": message.stream_seq,
-                        "email_id": job.email_id,
-                        "delivered_count": message.num_delivered,
-                    }
-                },
-            )
-            return Result.ack()
+        if not self.demo:
+            state = await self._claim(key)
+            if state is not None and state != SentGuard.CLAIMED:
+                # Sent before, and the outcome recorded: republish it (same event id), no resend.
+                SKIPPED.inc()
+                log.info(
+                    "Envelope already handed over; republishing its outcome, not sending twice",
+                    extra={
+                        "kv": {
+                            "seq": message.stream_seq,
+                            "email_id": job.email_id,
+                            "delivered_count": message.num_delivered,
+                        }
+                    },
+                )
+                recorded = wire_stats.decode(state)
+                return await self._publish(
+                    key, replace(recorded, event_id=event_id(recorded.type, message.stream_seq))
+                )
+            if state is not None:
+                # CLAIMED: the previous attempt died mid-send (a redelivery comes only after the
+                # ack deadline, which outlasts any send). Whether the remote server got it is
+                # unknown; sending again risks one duplicate, not sending would lose the mail.
+                TAKEN_OVER.inc()
+                log.warning(
+                    "previous attempt died mid-send; sending again",
+                    extra={"kv": {"seq": message.stream_seq, "email_id": job.email_id}},
+                )
 
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -232,6 +259,8 @@ class SmtpSender:
         )
         OUTCOMES.labels(detail.type).inc()
         self._log(job, message, result, outcome)
+        if not self.demo and result.possibly_delivered:
+            await self._record(key, outcome)
         return await self._publish(key, outcome)
 
     async def _publish(self, key: str, outcome: Outcome) -> Result:
@@ -248,7 +277,8 @@ class SmtpSender:
             return Result.nak(PUBLISH_RETRY_DELAY.total_seconds())
         return Result.ack()
 
-    async def _claim(self, key: str) -> bool:
+    async def _claim(self, key: str) -> bytes | None:
+        """None when we hold the claim (or the guard is down: fail open), else the stored value."""
         guard = self._guard
         if guard is None:
             guard = self._guard = await self.bus.sent_guard()
@@ -259,7 +289,18 @@ class SmtpSender:
                 "send guard unavailable; sending without it",
                 extra={"kv": {"key": key, "error": repr(exc)}},
             )
-            return True
+            return None
+
+    async def _record(self, key: str, outcome: Outcome) -> None:
+        if self._guard is None:
+            return
+        try:
+            await self._guard.record(key, wire_stats.encode(outcome))
+        except Exception as exc:
+            log.warning(
+                "could not record the outcome in the send guard",
+                extra={"kv": {"key": key, "error": repr(exc)}},
+            )
 
     async def _release(self, key: str) -> None:
         if self._guard is None:
