@@ -1,0 +1,806 @@
+"""End-to-end pipeline benchmark (issue 4): standalone Kannon delivering into a loopback SMTP sink.
+
+What runs, all on 127.0.0.1 and all stopped by PID at the end:
+
+* dnsmasq (tests.peers.dns) answering ``MX rcpt.bench.test -> mx.rcpt.bench.test -> 127.0.0.1``;
+* Postfix ``smtp-sink -d`` (or the aiosmtpd fallback) writing one file per received message;
+* ``kannon standalone`` as a child process -- its own nats-server and PostgreSQL, every Component,
+  the real SMTPSender (MX lookups through dnsmasq, SMTP to the sink) and real RSA-2048 DKIM.
+
+Measured, with a real gRPC client from this process:
+
+1. latency at idle: ``--latency-samples`` sequential SendHTML calls to one recipient each, each
+   timed from the call to the sink's file (the 250) and to its ``delivered`` row in ``stats``;
+2. the loopback SMTP limit: ``smtp-source -s 20 -m 20000`` into a count-only smtp-sink
+   (bench/smtp_limit.py), right before the bulk run so both see the same machine;
+3. throughput: one SendHTML to ``--recipients`` (10,000) Recipients with a ~5 KB tracked HTML
+   mail and personal fields; Deliveries/s = received / (last 250 - call start). The last 250 is
+   the newest dump file's mtime. Also: every Recipient received exactly once, DKIM of a few
+   received messages verified with dkimpy against the key CreateDomain returned, and the CPU
+   seconds each process of the Kannon tree spent;
+4. peak RSS (and PSS) of the Kannon process tree (Kannon + nats-server + PostgreSQL), sampled
+   from /proc every 100 ms for the whole run, and Kannon's own VmHWM.
+
+    .venv/bin/python -m bench.pipeline_bench [--recipients 10000] [--latency-samples 50]
+        [--kannon-arg=--sender-max-jobs=50 ...] [--profile /tmp/kannon.pyspy.txt]
+
+Goal (issue 4): >= 300 Deliveries/s end to end; product goal >= 1,000/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # tests.peers.dns lives in the repository, not in the package
+    sys.path.insert(0, str(REPO))
+
+import asyncpg  # noqa: E402
+import grpc  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+
+from bench import Row, check, verdict  # noqa: E402
+from bench.smtp_limit import INSTALL_HINT, Limit, Sink, measure_limit, start_sink  # noqa: E402
+from kannon.envelope.bench import sample_html  # noqa: E402
+from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb  # noqa: E402
+from kannon.pb.admin.apiv1 import adminapiv1_pb2_grpc  # noqa: E402
+from kannon.pb.mailer.apiv1 import mailerapiv1_pb2 as mailer_pb  # noqa: E402
+from kannon.pb.mailer.apiv1 import mailerapiv1_pb2_grpc  # noqa: E402
+from kannon.pb.mailer.types import send_pb2  # noqa: E402
+from kannon.runtime.processes import ChildProcess, free_port, start_child, wait_until  # noqa: E402
+from tests.peers.dns import DnsServer  # noqa: E402
+
+TENANT = "shop.bench.test"
+RCPT_DOMAIN = "rcpt.bench.test"
+MX_HOST = "mx.rcpt.bench.test"
+SENDER_HOSTNAME = "out.bench.test"
+ADMIN_TOKEN = "bench-operator-token"
+GOAL_RATE = 300.0
+PRODUCT_GOAL_RATE = 1000.0
+TERMINAL = ("delivered", "bounced", "failed", "rejected")
+BOOT_TIMEOUT = 90.0
+SAMPLE_TIMEOUT = 30.0
+STALL_SECONDS = 60.0
+POLL_LATENCY = 0.005
+POLL_BULK = 0.2
+MEMORY_INTERVAL = 0.1
+
+
+# -- process-tree memory and CPU from /proc ---------------------------------------------------
+
+
+def _proc_table() -> dict[int, tuple[int, str]]:
+    """pid -> (ppid, comm) for every process visible now."""
+    table: dict[int, tuple[int, str]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", encoding="ascii", errors="replace") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        comm = raw[raw.find("(") + 1 : raw.rfind(")")]
+        rest = raw[raw.rfind(")") + 2 :].split()
+        table[int(entry.name)] = (int(rest[1]), comm)
+    return table
+
+
+def process_tree(root: int) -> dict[int, str]:
+    """``root`` and all its descendants: pid -> comm."""
+    table = _proc_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found: dict[int, str] = {}
+    todo = [root] if root in table else []
+    while todo:
+        pid = todo.pop()
+        found[pid] = table[pid][1]
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _pss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _status_kb(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def cpu_seconds(root: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each process of the tree, summed by name."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    for pid, comm in process_tree(root).items():
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = "kannon (python)" if pid == root else comm
+        totals[name] = totals.get(name, 0.0) + (int(rest[11]) + int(rest[12])) / ticks
+    return totals
+
+
+class TreeMemory(threading.Thread):
+    """Samples the RSS and PSS sums of a process tree until stopped (or ``max_seconds``)."""
+
+    def __init__(self, root: int, interval: float = MEMORY_INTERVAL, max_seconds: float = 1800):
+        super().__init__(name="tree-memory", daemon=True)
+        self.root = root
+        self.interval = interval
+        self.max_samples = int(max_seconds / interval)
+        self.peak_rss = 0
+        self.peak_pss = 0
+        self.samples = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while self.samples < self.max_samples and not self._stop_event.is_set():
+            pids = process_tree(self.root)
+            self.peak_rss = max(self.peak_rss, sum(_rss_bytes(p) for p in pids))
+            self.peak_pss = max(self.peak_pss, sum(_pss_bytes(p) for p in pids))
+            self.samples += 1
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+
+# -- Kannon standalone as a child process ------------------------------------------------------
+
+
+@dataclass
+class Kannon:
+    process: ChildProcess
+    api_port: int
+    health_port: int
+    database_url: str
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def scrape_metrics(port: int) -> dict[str, float]:
+    """Kannon's Prometheus counters (series name with labels -> value), {} when unreachable."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                values[name] = float(value)
+            except ValueError:
+                continue
+    return values
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def start_kannon(root: Path, dns: DnsServer, sink: Sink, extra: list[str]) -> Kannon:
+    data_dir = root / "kannon"
+    data_dir.mkdir(mode=0o755)
+    config = root / "kannon.yaml"
+    config.write_text("debug: false\n")  # explicit and empty: no ~/.kannon.yaml leaks in
+    api_port, health_port = free_port(), free_port()
+    argv = [
+        str(Path(sys.executable).parent / "kannon"),
+        *("standalone", "--config", str(config), "--data-dir", str(data_dir)),
+        *("--api-host", "127.0.0.1", "--api-port", str(api_port)),
+        *("--api-admin-token", ADMIN_TOKEN),
+        *("--health-host", "127.0.0.1", "--health-port", str(health_port)),
+        *("--tracker-host", "127.0.0.1", "--tracker-port", str(free_port())),
+        *("--smtp-address", f"127.0.0.1:{free_port()}", "--smtp-domain", "bounce.bench.test"),
+        *("--sender-hostname", SENDER_HOSTNAME, "--sender-dns-servers", dns.address),
+        *("--sender-smtp-port", str(sink.port)),
+        *extra,
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("K_")}
+    log = root / "kannon.log"
+    child = start_child("kannon standalone", argv, log, env=env)
+    found: dict[str, str] = {}
+
+    def database_announced() -> bool:
+        match = re.search(r"kannon standalone: database (\S+)", log.read_text(errors="replace"))
+        if match:
+            found["url"] = match.group(1)
+        return match is not None
+
+    wait_until(child, database_announced, BOOT_TIMEOUT, "printing its endpoints")
+    wait_until(child, lambda: _healthy(health_port), BOOT_TIMEOUT, "healthy")
+    return Kannon(child, api_port, health_port, found["url"])
+
+
+# -- the caller's side -------------------------------------------------------------------------
+
+
+@dataclass
+class Client:
+    channel: grpc.aio.Channel
+    mailer: Any
+    health: Any
+    credentials: tuple[tuple[str, str], ...]
+    dkim_txt: str
+    html: str = field(default_factory=sample_html)
+
+    @classmethod
+    async def connect(cls, api_port: int) -> Client:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{api_port}")
+        admin: Any = adminapiv1_pb2_grpc.ApiStub(channel)  # type: ignore[no-untyped-call]
+        md = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+        domain = await admin.CreateDomain(admin_pb.CreateDomainRequest(domain=TENANT), metadata=md)
+        txt = [r.value for r in domain.dns_records if "._domainkey." in r.name]
+        dkim_txt = txt[0] if txt else f"v=DKIM1; k=rsa; p={domain.dkim_pub_key}"
+        key = await admin.CreateAPIKey(
+            admin_pb.CreateAPIKeyRequest(domain=TENANT, name="bench"), metadata=md
+        )
+        basic = base64.b64encode(f"{TENANT}:{key.key}".encode()).decode()
+        mailer: Any = mailerapiv1_pb2_grpc.MailerStub(channel)  # type: ignore[no-untyped-call]
+        health: Any = health_pb2_grpc.HealthStub(channel)
+        return cls(channel, mailer, health, (("authorization", f"Basic {basic}"),), dkim_txt)
+
+    async def probe(self) -> float:
+        """Seconds a gRPC health check takes: the API shares Kannon's one event loop with every
+        other Component, so this is a proxy for how late that loop runs."""
+        started = time.perf_counter()
+        await self.health.Check(health_pb2.HealthCheckRequest(), timeout=30)
+        return time.perf_counter() - started
+
+    def request(self, first: int, count: int, tag: str) -> Any:
+        request = mailer_pb.SendHTMLReq(
+            sender=send_pb2.Sender(email=f"orders@{TENANT}", alias="Bench Shop"),
+            subject="Your order {{ order }} is confirmed",
+            html=self.html,
+        )
+        for i in range(first, first + count):
+            request.recipients.add(
+                email=f"{tag}{i}@{RCPT_DOMAIN}",
+                fields={"name": f"Customer {i}", "order": f"A{i:06d}"},
+            )
+        return request
+
+    async def send(self, request: Any) -> Any:
+        return await self.mailer.SendHTML(request, metadata=self.credentials, timeout=120)
+
+
+async def _stats_counts(conn: asyncpg.Connection, batch_id: str) -> dict[str, int]:
+    rows = await conn.fetch(
+        "SELECT type, count(*) AS n FROM stats WHERE message_id = $1 GROUP BY type", batch_id
+    )
+    return {r["type"]: int(r["n"]) for r in rows}
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+@dataclass
+class Latency:
+    to_250: list[float] = field(default_factory=list)
+    to_stored: list[float] = field(default_factory=list)
+    to_response: list[float] = field(default_factory=list)
+    timeouts: int = 0
+
+
+async def measure_latency(
+    client: Client, conn: asyncpg.Connection, sink: Sink, samples: int
+) -> Latency:
+    """Sequential single-recipient sends at idle, each followed until delivered."""
+    result = Latency()
+    for i in range(samples):
+        before = {p.name for p in sink.message_files()}
+        started = time.time()
+        response = await client.send(client.request(i, 1, "idle"))
+        result.to_response.append(time.time() - started)
+        arrived: float | None = None
+        stored: float | None = None
+        deadline = time.monotonic() + SAMPLE_TIMEOUT
+        while (arrived is None or stored is None) and time.monotonic() < deadline:
+            if arrived is None:
+                new = [p for p in sink.message_files() if p.name not in before]
+                if new:
+                    arrived = max(p.stat().st_mtime for p in new) - started
+            if stored is None and await conn.fetchval(
+                "SELECT 1 FROM stats WHERE message_id = $1 AND type = 'delivered'",
+                response.message_id,
+            ):
+                stored = time.time() - started
+            await asyncio.sleep(POLL_LATENCY)
+        if arrived is None or stored is None:
+            result.timeouts += 1
+            continue
+        result.to_250.append(arrived)
+        result.to_stored.append(stored)
+    return result
+
+
+@dataclass
+class Bulk:
+    recipients: int
+    response_s: float = 0.0
+    received: int = 0
+    unique_received: int = 0
+    first_250_s: float = 0.0
+    last_250_s: float = 0.0
+    stored_s: float = 0.0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    left_in_pool: int = 0
+    dkim_checked: int = 0
+    dkim_valid: int = 0
+    cpu: dict[str, float] = field(default_factory=dict)
+    wall_s: float = 0.0
+    complete: bool = False
+    probe_ms_p50: float = 0.0
+    probe_ms_max: float = 0.0
+    smtp_mean_ms: float = 0.0
+    smtp_connections: int = 0
+    duplicates_skipped: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.received / self.last_250_s if self.last_250_s > 0 else 0.0
+
+
+def _metric_deltas(bulk: Bulk, before: dict[str, float], after: dict[str, float]) -> None:
+    def delta(prefix: str) -> float:
+        return sum(v - before.get(k, 0.0) for k, v in after.items() if k.startswith(prefix))
+
+    count = delta("kannon_sender_delivery_seconds_count")
+    if count:
+        bulk.smtp_mean_ms = delta("kannon_sender_delivery_seconds_sum") / count * 1000
+    bulk.smtp_connections = int(delta("kannon_sender_smtp_connections_total"))
+    bulk.duplicates_skipped = int(delta("kannon_sender_duplicates_skipped_total"))
+
+
+def _recipient_of(path: Path) -> str:
+    """The RCPT of a dump: smtp-sink's ``X-Rcpt-Args`` line, else the To header."""
+    with open(path, "rb") as f:
+        head = f.read(4096).decode("ascii", errors="replace")
+    match = re.search(r"^X-Rcpt-Args: <([^>]*)>", head, re.M) or re.search(
+        r"^To: .*?<?([^<>\s]+@[^<>\s]+)>?\s*$", head, re.M
+    )
+    return match.group(1).lower() if match else ""
+
+
+def message_bytes(path: Path) -> bytes:
+    """A dump as the message the sender transmitted: smtp-sink's own X- lines removed, CRLF."""
+    lines = path.read_bytes().replace(b"\r\n", b"\n").split(b"\n")
+    sink_headers = (b"X-Client-Addr:", b"X-Client-Proto:", b"X-Helo-Args:", b"X-Mail-Args:")
+    while lines and (lines[0].startswith(sink_headers) or lines[0].startswith(b"X-Rcpt-Args:")):
+        lines.pop(0)
+    return b"\r\n".join(lines)
+
+
+def dkim_valid(path: Path, txt: str) -> bool:
+    import dkim
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
+        return txt.encode() if name.decode().rstrip(".").endswith("._domainkey." + TENANT) else b""
+
+    return bool(dkim.verify(message_bytes(path), dnsfunc=dnsfunc))
+
+
+async def measure_bulk(
+    client: Client,
+    *,
+    conn: asyncpg.Connection,
+    sink: Sink,
+    kannon: Kannon,
+    recipients: int,
+    timeout: float,
+    progress: Callable[[str], None],
+) -> Bulk:
+    bulk = Bulk(recipients)
+    before = {p.name for p in sink.message_files()}
+    request = client.request(0, recipients, "bulk")
+    cpu_before = cpu_seconds(kannon.pid)
+    metrics_before = await asyncio.to_thread(scrape_metrics, kannon.health_port)
+    probes: list[float] = []
+    started = time.time()
+    response = await client.send(request)
+    bulk.response_s = time.time() - started
+    progress(f"SendHTML {recipients:,} recipients answered in {bulk.response_s:.3f} s")
+    deadline = time.monotonic() + timeout
+    last_change, last_seen = time.monotonic(), (-1, -1)
+    next_report = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        probes.append(await client.probe())
+        received = len(sink.message_files()) - len(before)
+        bulk.outcomes = await _stats_counts(conn, response.message_id)
+        ended = sum(bulk.outcomes.get(t, 0) for t in TERMINAL)
+        if ended >= recipients:
+            bulk.left_in_pool = await conn.fetchval(
+                "SELECT count(*) FROM sending_pool_emails WHERE message_id = $1",
+                response.message_id,
+            )
+            if bulk.left_in_pool == 0 and received >= bulk.outcomes.get("delivered", 0):
+                bulk.stored_s = time.time() - started
+                bulk.complete = True
+                break
+        if (received, ended) != last_seen:
+            last_seen, last_change = (received, ended), time.monotonic()
+        elif time.monotonic() - last_change > STALL_SECONDS:
+            progress(f"no progress for {STALL_SECONDS:.0f} s: giving up")
+            break
+        if time.monotonic() >= next_report:
+            next_report += 5
+            progress(
+                f"t={time.time() - started:5.1f}s sink received {received:,}, "
+                f"stored outcomes {ended:,} ({bulk.outcomes})"
+            )
+        await asyncio.sleep(POLL_BULK)
+    bulk.wall_s = time.time() - started
+    cpu_after = cpu_seconds(kannon.pid)
+    bulk.cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_after.items()}
+    if probes:
+        bulk.probe_ms_p50 = statistics.median(probes) * 1000
+        bulk.probe_ms_max = max(probes) * 1000
+    _metric_deltas(
+        bulk, metrics_before, await asyncio.to_thread(scrape_metrics, kannon.health_port)
+    )
+    new = [p for p in sink.message_files() if p.name not in before]
+    bulk.received = len(new)
+    if new:
+        mtimes = sorted(p.stat().st_mtime for p in new)
+        bulk.first_250_s, bulk.last_250_s = mtimes[0] - started, mtimes[-1] - started
+        rcpts = await asyncio.to_thread(lambda: {_recipient_of(p) for p in new})
+        bulk.unique_received = len(rcpts - {""})
+        for path in new[:: max(1, len(new) // 3)][:3]:
+            bulk.dkim_checked += 1
+            bulk.dkim_valid += dkim_valid(path, client.dkim_txt)
+    return bulk
+
+
+# -- the whole run -----------------------------------------------------------------------------
+
+
+@dataclass
+class Options:
+    recipients: int = 10_000
+    latency_samples: int = 50
+    timeout: float = 300.0
+    limit_messages: int = 20_000
+    kannon_args: list[str] = field(default_factory=list)
+    profile: str | None = None
+    keep: bool = False
+
+
+def _say(text: str) -> None:
+    print(f"[pipeline] {text}", flush=True)
+
+
+def _start_profiler(pid: int, out: str) -> subprocess.Popen[bytes] | None:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not os.access(py_spy, os.X_OK):
+        _say("py-spy not installed (.venv/bin/pip install py-spy): no profile")
+        return None
+    argv = [py_spy, "record", "--pid", str(pid), "--rate", "100", "--format", "raw"]
+    argv += ["--output", out, "--nonblocking"]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def _drive(
+    opts: Options, kannon: Kannon, sink: Sink, root: Path
+) -> tuple[Latency, Limit | None, Bulk]:
+    client = await Client.connect(kannon.api_port)
+    conn = await asyncpg.connect(kannon.database_url)
+    try:
+        _say("warm-up: one send through the whole pipeline")
+        warm = await measure_latency(client, conn, sink, 1)
+        if warm.timeouts:
+            raise RuntimeError(f"warm-up send not delivered in {SAMPLE_TIMEOUT:.0f} s")
+        _say(f"latency at idle: {opts.latency_samples} sequential single-recipient sends")
+        latency = await measure_latency(client, conn, sink, opts.latency_samples)
+        _say(f"loopback SMTP limit: smtp-source -s 20 -m {opts.limit_messages}")
+        limit = await asyncio.to_thread(measure_limit, root, messages=opts.limit_messages)
+        if limit is None:
+            _say(f"smtp-source/smtp-sink not found, no SMTP limit: {INSTALL_HINT}")
+        profiler = _start_profiler(kannon.pid, opts.profile) if opts.profile else None
+        _say(f"throughput: one SendHTML to {opts.recipients:,} recipients")
+        try:
+            bulk = await measure_bulk(
+                client,
+                conn=conn,
+                sink=sink,
+                kannon=kannon,
+                recipients=opts.recipients,
+                timeout=opts.timeout,
+                progress=_say,
+            )
+        finally:
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)
+                await asyncio.to_thread(profiler.wait, 30)
+                _say(f"py-spy profile (raw collapsed stacks) written to {opts.profile}")
+        return latency, limit, bulk
+    finally:
+        await conn.close()
+        await client.channel.close()
+
+
+def run(opts: Options) -> tuple[dict[str, Any], list[Row]]:
+    """Run the benchmark; return the figures and the summary rows."""
+    root = Path(tempfile.mkdtemp(prefix="kannon-pipeline-bench-", dir="/tmp"))
+    os.chmod(root, 0o755)  # PostgreSQL runs as `postgres` when we are root and must enter it
+    dns = DnsServer()
+    sink: Sink | None = None
+    kannon: Kannon | None = None
+    memory: TreeMemory | None = None
+    try:
+        # Every child starts before gRPC runs in this process (see tests/e2e/pipeline.py).
+        dns.add_mx(RCPT_DOMAIN, MX_HOST, 10).add_host(MX_HOST, "127.0.0.1").start()
+        sink = start_sink(root, root / "received")
+        _say(f"SMTP peer: {sink.kind} on 127.0.0.1:{sink.port}, DNS: dnsmasq on {dns.address}")
+        boot = time.monotonic()
+        kannon = start_kannon(root, dns, sink, opts.kannon_args)
+        _say(f"kannon standalone (pid {kannon.pid}) healthy in {time.monotonic() - boot:.1f} s")
+        memory = TreeMemory(kannon.pid)
+        memory.start()
+        latency, limit, bulk = asyncio.run(_drive(opts, kannon, sink, root))
+        memory.stop()
+        hwm_kb = _status_kb(kannon.pid, "VmHWM")
+        figures = _figures(
+            opts,
+            sink=sink,
+            latency=latency,
+            limit=limit,
+            bulk=bulk,
+            memory=memory,
+            hwm_kb=hwm_kb,
+        )
+        return figures, _rows(figures)
+    finally:
+        if memory is not None:
+            memory.stop()
+        if kannon is not None:
+            kannon.process.stop(timeout=60)
+            if kannon.process.popen.returncode not in (0, None):
+                _say(f"kannon exited with {kannon.process.popen.returncode}; log tail:")
+                print(kannon.process.log_tail(), flush=True)
+        if sink is not None:
+            sink.stop()
+        dns.close()
+        if opts.keep:
+            _say(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _figures(
+    opts: Options,
+    *,
+    sink: Sink,
+    latency: Latency,
+    limit: Limit | None,
+    bulk: Bulk,
+    memory: TreeMemory,
+    hwm_kb: int,
+) -> dict[str, Any]:
+    mib = 1024 * 1024
+    figures: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "load_average": os.getloadavg(),
+        "cpus": os.cpu_count(),
+        "smtp_peer": sink.kind,
+        "kannon_args": opts.kannon_args,
+        "latency_samples": len(latency.to_250),
+        "latency_timeouts": latency.timeouts,
+        "bulk": {k: v for k, v in bulk.__dict__.items() if not isinstance(v, list)},
+        "deliveries_per_s": round(bulk.rate, 1),
+        "peak_rss_tree_mib": round(memory.peak_rss / mib, 1),
+        "peak_pss_tree_mib": round(memory.peak_pss / mib, 1),
+        "kannon_python_hwm_mib": round(hwm_kb / 1024, 1),
+    }
+    if latency.to_250:
+        figures["latency_250_ms"] = {
+            "p50": round(statistics.median(latency.to_250) * 1000, 1),
+            "p99": round(_pct(latency.to_250, 0.99) * 1000, 1),
+        }
+        figures["latency_stored_ms"] = {
+            "p50": round(statistics.median(latency.to_stored) * 1000, 1),
+            "p99": round(_pct(latency.to_stored, 0.99) * 1000, 1),
+        }
+        figures["send_response_ms_p50"] = round(statistics.median(latency.to_response) * 1000, 1)
+    if limit is not None:
+        figures["smtp_limit"] = {"command": limit.command, "msgs_per_s": round(limit.rate)}
+        figures["fraction_of_limit"] = round(bulk.rate / limit.rate, 4)
+    return figures
+
+
+def _rows(f: dict[str, Any]) -> list[Row]:
+    bulk = f["bulk"]
+    n = bulk["recipients"]
+    ok = bulk["complete"] and bulk["unique_received"] == n and bulk["received"] == n
+    rate = f["deliveries_per_s"]
+    rows = [
+        Row(
+            "pipeline",
+            f"{n:,} recipients: Deliveries/s, API call -> last 250",
+            f"{rate:,.0f}/s ({bulk['last_250_s']:.1f} s)",
+            f">= {GOAL_RATE:.0f}/s (product {PRODUCT_GOAL_RATE:,.0f}/s)",
+            verdict(ok and rate >= GOAL_RATE),
+        ),
+        Row(
+            "pipeline",
+            "received / unique / outcomes stored",
+            f"{bulk['received']:,} / {bulk['unique_received']:,} / "
+            + ", ".join(f"{k} {v:,}" for k, v in sorted(bulk["outcomes"].items())),
+            f"{n:,} each, once",
+            check(ok),
+        ),
+        Row(
+            "pipeline",
+            "DKIM of received samples (dkimpy)",
+            f"{bulk['dkim_valid']}/{bulk['dkim_checked']} valid",
+            "all valid",
+            check(bulk["dkim_checked"] > 0 and bulk["dkim_valid"] == bulk["dkim_checked"]),
+        ),
+    ]
+    if "latency_250_ms" in f:
+        l250, lst = f["latency_250_ms"], f["latency_stored_ms"]
+        rows += [
+            Row(
+                "pipeline",
+                f"idle SendHTML -> 250 at sink p50/p99 ({f['latency_samples']} sends)",
+                f"{l250['p50']:.0f} / {l250['p99']:.0f} ms",
+            ),
+            Row(
+                "pipeline",
+                "idle SendHTML -> Delivered row stored p50/p99",
+                f"{lst['p50']:.0f} / {lst['p99']:.0f} ms",
+            ),
+        ]
+    if f.get("latency_timeouts"):
+        rows.append(
+            Row(
+                "pipeline",
+                "idle sends not delivered in 30 s",
+                str(f["latency_timeouts"]),
+                "0",
+                "FAILED",
+            )
+        )
+    rows.append(
+        Row(
+            "pipeline",
+            "peak RSS of Kannon tree (PSS) / Kannon python VmHWM",
+            f"{f['peak_rss_tree_mib']:.0f} MiB ({f['peak_pss_tree_mib']:.0f}) / "
+            f"{f['kannon_python_hwm_mib']:.0f} MiB",
+        )
+    )
+    if "smtp_limit" in f:
+        rows += [
+            Row(
+                "pipeline",
+                f"SMTP limit: {f['smtp_limit']['command'].rsplit(' ', 1)[0]}",
+                f"{f['smtp_limit']['msgs_per_s']:,} msg/s",
+            ),
+            Row("pipeline", "our rate / loopback SMTP limit", f"{f['fraction_of_limit']:.1%}"),
+        ]
+    else:
+        rows.append(Row("pipeline", "SMTP limit", "no smtp-source", verdict="skipped"))
+    rows.append(
+        Row(
+            "pipeline",
+            "bulk: SMTP time/Envelope, SMTP sessions, health-check p50/max",
+            f"{bulk['smtp_mean_ms']:.1f} ms, {bulk['smtp_connections']}, "
+            f"{bulk['probe_ms_p50']:.0f}/{bulk['probe_ms_max']:.0f} ms",
+        )
+    )
+    cpu = bulk["cpu"]
+    if cpu and bulk["wall_s"] > 0:
+        top = sorted(cpu.items(), key=lambda kv: -kv[1])[:3]
+        rows.append(
+            Row(
+                "pipeline",
+                "CPU during bulk run (cores busy)",
+                ", ".join(f"{k} {v / bulk['wall_s']:.2f}" for k, v in top),
+            )
+        )
+    return rows
+
+
+def parse_options(argv: list[str] | None = None) -> tuple[Options, bool]:
+    """Options from the command line; the flag says whether to print the figures as JSON."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.pipeline_bench", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--recipients", type=int, default=Options.recipients)
+    parser.add_argument("--latency-samples", type=int, default=Options.latency_samples)
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=Options.timeout,
+        help="seconds to wait for the bulk run to finish",
+    )
+    parser.add_argument("--limit-messages", type=int, default=Options.limit_messages)
+    parser.add_argument(
+        "--kannon-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra `kannon standalone` argument, e.g. --kannon-arg=--sender-max-jobs=50",
+    )
+    parser.add_argument("--profile", metavar="FILE", help="py-spy raw profile of the bulk run")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args(argv)
+    opts = Options(
+        recipients=args.recipients,
+        latency_samples=args.latency_samples,
+        timeout=args.timeout,
+        limit_messages=args.limit_messages,
+        kannon_args=args.kannon_arg,
+        profile=args.profile,
+        keep=args.keep,
+    )
+    return opts, bool(args.json)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts, as_json = parse_options(argv)
+    figures, rows = run(opts)
+    if as_json:
+        print(json.dumps(figures, indent=2, sort_keys=True))
+    for row in rows:
+        print(f"{row.metric:62} {row.value:>30}  {row.goal} {row.verdict}")
+    return 1 if any(r.verdict == "FAILED" for r in rows) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
