@@ -12,8 +12,8 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable, Sequence
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 from kannon.runtime.component import Component, Life
 from kannon.runtime.health import HealthRegistry
