@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import socket
 from collections.abc import Callable, Generator
@@ -107,6 +108,9 @@ class Tracker:
             server_header=False,
             timeout_graceful_shutdown=int(SHUTDOWN_GRACE.total_seconds()),
         )
+        if importlib.util.find_spec("httptools") is None:
+            # uvicorn falls back to h11 (pure Python): about half the hits per CPU-second.
+            log.warning("httptools is not installed; the tracker parses HTTP in pure Python")
         server = _EmbeddedServer(config)
         serving = asyncio.create_task(server.serve(sockets=[sock]), name="tracker:uvicorn")
         refresher = asyncio.create_task(
