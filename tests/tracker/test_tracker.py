@@ -25,6 +25,7 @@ from tracker_support import (
 )
 
 from kannon.bus.client import Bus
+from kannon.bus.subjects import STATS_STREAM
 from kannon.db.pool import create_pool
 from kannon.db.tracking_keys import signing_key
 from kannon.envelope import (
@@ -326,3 +327,24 @@ async def test_hits_need_no_database(
             response = await client.get(f"http://127.0.0.1:{tracker.port}/c/{token}")
             assert response.headers["location"] == LANDING
     await read_events(bus, "kannon.stats.clicked", 5)
+
+
+async def test_hits_are_answered_when_publishing_fails(
+    start_tracker: StartTracker, pool: Any, bus: Bus
+) -> None:
+    now = datetime.now(UTC)
+    key = await signing_key(pool, now, TOKEN_TTL)
+    tracker = await start_tracker()
+    batch_id = make_batch_id(new_token(), DOMAIN)
+    failures = REGISTRY.get_sample_value(
+        "kannon_tracker_publish_failures_total", {"type": "clicked"}
+    )
+    await bus.js.delete_stream(STATS_STREAM)  # JetStream now refuses kannon.stats.* publishes
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{tracker.port}") as client:
+        click = sign_click(key, batch_id, RECIPIENT, LANDING, now + TOKEN_TTL)
+        assert (await client.get(f"/c/{click}")).headers["location"] == LANDING
+        pixel = await client.get(f"/o/{sign_open(key, batch_id, RECIPIENT, now + TOKEN_TTL)}")
+        assert pixel.content == PIXEL_GIF
+    await tracker.sink.drain(30)
+    after = REGISTRY.get_sample_value("kannon_tracker_publish_failures_total", {"type": "clicked"})
+    assert (after or 0) == (failures or 0) + 1
