@@ -144,3 +144,26 @@ async def test_key_cache_keeps_its_keys_when_a_reload_fails(pool: Any) -> None:
     with pytest.raises(ConnectionError):
         await cache.load("start")
     assert cache.kids == {key.kid}
+
+
+async def test_a_hit_does_not_wait_long_for_a_slow_key_load(pool: Any) -> None:
+    now = datetime.now(UTC)
+    release = asyncio.Event()
+    loads = 0
+
+    async def load(at: datetime) -> Mapping[str, bytes]:
+        nonlocal loads
+        loads += 1
+        if loads > 1:
+            await release.wait()  # the database is slow to answer
+        return await verification_keys(pool, at)
+
+    cache = KeyCache(load, miss_wait=timedelta(milliseconds=500))
+    await cache.load("start")
+    key = await signing_key(pool, now, TOKEN_TTL)
+    token = sign_open(key, "msg_a@x.example", "r", now + TOKEN_TTL)
+    assert await cache.verify(token) is None  # gave up waiting: 404 rather than a hung request
+    release.set()
+    # The load carried on in the background: the next hit joins it instead of starting another.
+    assert await cache.verify(token) is not None
+    assert loads == 2

@@ -67,11 +67,13 @@ class KeyCache:
         clock: Callable[[], datetime] = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
         miss_interval: timedelta = timedelta(seconds=5),
+        miss_wait: timedelta = timedelta(seconds=3),
     ) -> None:
         self._load = load
         self._clock = clock
         self._monotonic = monotonic
         self._miss_interval = miss_interval.total_seconds()
+        self._miss_wait = miss_wait.total_seconds()
         self._keys: Mapping[str, bytes] = {}
         self._last_miss_load: float | None = None
         self._miss_load: asyncio.Task[None] | None = None
@@ -115,8 +117,12 @@ class KeyCache:
             self._last_miss_load = now
             self._miss_load = asyncio.create_task(self._logged_load("unknown-kid"))
             self._miss_load.add_done_callback(self._miss_load_done)
-        # Shielded: one requester going away must not cancel the load the others wait for.
-        await asyncio.shield(self._miss_load)
+        # Shielded: one requester going away (or timing out) must not cancel the load the others
+        # wait for. Bounded: a hit never hangs on a slow database; it gets a 404 instead.
+        try:
+            await asyncio.wait_for(asyncio.shield(self._miss_load), self._miss_wait)
+        except TimeoutError:
+            return False
         return True
 
     def _miss_load_done(self, _task: asyncio.Task[None]) -> None:
