@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.shared_data import bounce_testdata
+
 KANNON = str(Path(sys.executable).parent / "kannon")
-BOUNCES = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "bounces" / "emails"
+BOUNCES = bounce_testdata() / "emails"
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

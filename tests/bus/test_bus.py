@@ -113,3 +113,23 @@ async def test_ensure_streams_is_idempotent(bus: Bus) -> None:
     await bus.ensure_streams()
     names = {s.config.name for s in await bus.js.streams_info()}
     assert {SENDING_STREAM, STATS_STREAM} <= names
+
+
+async def test_concurrency_is_a_hard_limit(bus: Bus) -> None:
+    for i in range(30):
+        await bus.publish(SENDING_SUBJECT, b"x", msg_id=f"c-{i}")
+    busy = peak = 0
+    seen: list[BusMessage] = []
+
+    async def slow(msg: BusMessage) -> Result:
+        nonlocal busy, peak
+        busy += 1
+        peak = max(peak, busy)
+        await asyncio.sleep(0.01)  # hold the slot while others are fetched
+        busy -= 1
+        return Result.ack()
+
+    spec = ConsumerSpec("test-limit", SENDING_STREAM, SENDING_SUBJECT, concurrency=3, batch=10)
+    await _consume_until(bus, spec, slow, 30, seen)
+    assert len(seen) == 30
+    assert peak <= 3

@@ -9,17 +9,16 @@ Recipients are matched by the `index` of each expected entry. Two figures, as in
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from kannon.dsn import parse_message
+from tests.shared_data import bounce_testdata
 
-DATA = Path(os.environ.get("KANNON_BOUNCE_TESTDATA", "/work/shared/testdata/bounces"))
+DATA = bounce_testdata()
 _PSEUDO_STATUS = re.compile(r"^[245]\.0\.9\d\d$")
 
 

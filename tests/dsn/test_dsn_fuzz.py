@@ -3,14 +3,14 @@ back as a `DsnReport` whose fields have the promised types and vocabulary."""
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
 from kannon.dsn import REASONS, DsnReport, parse_message
+from tests.shared_data import bounce_testdata
 
 HELDOUT = Path(__file__).parent / "heldout"
-CORPUS = Path(os.environ.get("KANNON_BOUNCE_TESTDATA", "/work/shared/testdata/bounces")) / "emails"
+CORPUS = bounce_testdata() / "emails"
 KINDS = {"bounce", "feedback", "vacation", "delivered", "delayed", "unknown"}
 
 

@@ -242,7 +242,11 @@ class Bus:
                     await asyncio.sleep(0.5)
                 for _ in range(free - len(msgs)):
                     slots.release()
-                for msg in msgs:
+                for i, msg in enumerate(msgs):
+                    if i >= free:
+                        # nats-py's fetch(n) may hand back more than n (its whole buffer): each
+                        # extra waits for a slot, so `concurrency` stays a hard limit.
+                        await slots.acquire()
                     task = asyncio.create_task(self._handle(spec, handler, msg, slots))
                     in_flight.add(task)
                     task.add_done_callback(in_flight.discard)
