@@ -155,7 +155,7 @@ class _Tee(io.TextIOBase):
 
 _TRACKER_LINE = re.compile(
     r"^(?P<route>/[oc]/ \([^)]*\))\s+(?P<rate>[\d.]+) req/s\s+p50\s+(?P<p50>[\d.]+) ms\s+"
-    r"p99\s+(?P<p99>[\d.]+) ms",
+    r"p99\s+(?P<p99>[\d.]+) ms(?:\s+(?P<cpu>[\d.]+) hits/CPU-s)?",
     re.M,
 )
 TRACKER_GOAL = 2000.0
@@ -173,8 +173,9 @@ def part_tracker(_: argparse.Namespace) -> list[Row]:
     rows = [
         Row(
             "tracker",
-            f"{m['route']} one core: req/s, p99",
-            f"{float(m['rate']):,.0f}/s, p99 {float(m['p99']):.1f} ms",
+            f"{m['route']} one core: req/s, p99" + (", hits per CPU-second" if m["cpu"] else ""),
+            f"{float(m['rate']):,.0f}/s, p99 {float(m['p99']):.1f} ms"
+            + (f", {float(m['cpu']):,.0f} hits/CPU-s" if m["cpu"] else ""),
             f">= {TRACKER_GOAL:,.0f}/s",
             verdict(float(m["rate"]) >= TRACKER_GOAL),
         )

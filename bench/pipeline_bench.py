@@ -164,6 +164,29 @@ def cpu_seconds(root: int) -> dict[str, float]:
     return totals
 
 
+def schedstat(pid: int) -> tuple[float, float]:
+    """(seconds on CPU, seconds runnable but waiting for a CPU) of ``pid``'s main thread --
+    Kannon's event loop. The second figure shows how much other load held it back."""
+    try:
+        with open(f"/proc/{pid}/schedstat", encoding="ascii") as f:
+            on_cpu, waiting, _ = f.read().split()
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    return int(on_cpu) / 1e9, int(waiting) / 1e9
+
+
+def cpu_pressure_seconds() -> float:
+    """Total time (s) some runnable task on this machine waited for a CPU (PSI), 0 if absent."""
+    try:
+        with open("/proc/pressure/cpu", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("some "):
+                    return int(line.rsplit("total=", 1)[1]) / 1e6
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
+
+
 class TreeMemory(threading.Thread):
     """Samples the RSS and PSS sums of a process tree until stopped (or ``max_seconds``)."""
 
@@ -385,6 +408,10 @@ class Bulk:
     cpu: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
     complete: bool = False
+    loop_on_cpu_s: float = 0.0
+    loop_waiting_s: float = 0.0
+    cpu_pressure: float = 0.0
+    """Share of the wall time some task on this machine waited for a CPU (PSI "some")."""
     probe_ms_p50: float = 0.0
     probe_ms_max: float = 0.0
     smtp_mean_ms: float = 0.0
@@ -449,6 +476,7 @@ async def measure_bulk(
     before = {p.name for p in sink.message_files()}
     request = client.request(0, recipients, "bulk")
     cpu_before = cpu_seconds(kannon.pid)
+    sched_before, pressure_before = schedstat(kannon.pid), cpu_pressure_seconds()
     metrics_before = await asyncio.to_thread(scrape_metrics, kannon.health_port)
     probes: list[float] = []
     started = time.time()
@@ -486,6 +514,10 @@ async def measure_bulk(
         await asyncio.sleep(POLL_BULK)
     bulk.wall_s = time.time() - started
     cpu_after = cpu_seconds(kannon.pid)
+    sched_after = schedstat(kannon.pid)
+    bulk.loop_on_cpu_s = sched_after[0] - sched_before[0]
+    bulk.loop_waiting_s = sched_after[1] - sched_before[1]
+    bulk.cpu_pressure = (cpu_pressure_seconds() - pressure_before) / bulk.wall_s
     bulk.cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_after.items()}
     if probes:
         bulk.probe_ms_p50 = statistics.median(probes) * 1000
@@ -742,7 +774,26 @@ def _rows(f: dict[str, Any]) -> list[Row]:
             f"{bulk['probe_ms_p50']:.0f}/{bulk['probe_ms_max']:.0f} ms",
         )
     )
+    rows.append(
+        Row(
+            "pipeline",
+            "bulk: Kannon loop on CPU / waiting for CPU; machine CPU pressure",
+            f"{bulk['loop_on_cpu_s']:.0f} s / {bulk['loop_waiting_s']:.0f} s of "
+            f"{bulk['wall_s']:.0f} s; {bulk['cpu_pressure']:.0%}",
+        )
+    )
     cpu = bulk["cpu"]
+    python_cpu = cpu.get("kannon (python)", 0.0)
+    if python_cpu > 0 and bulk["received"]:
+        per = python_cpu / bulk["received"] * 1000
+        total = sum(cpu.values()) / bulk["received"] * 1000
+        rows.append(
+            Row(
+                "pipeline",
+                "CPU per Delivery: Kannon process (whole tree) -> 1-core ceiling",
+                f"{per:.1f} ms ({total:.1f} ms) -> {1000 / per:,.0f}/s",
+            )
+        )
     if cpu and bulk["wall_s"] > 0:
         top = sorted(cpu.items(), key=lambda kv: -kv[1])[:3]
         rows.append(
