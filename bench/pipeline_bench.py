@@ -550,6 +550,7 @@ class Options:
     kannon_args: list[str] = field(default_factory=list)
     profile: str | None = None
     keep: bool = False
+    aiosmtpd: bool = False
 
 
 def _say(text: str) -> None:
@@ -616,7 +617,7 @@ def run(opts: Options) -> tuple[dict[str, Any], list[Row]]:
     try:
         # Every child starts before gRPC runs in this process (see tests/e2e/pipeline.py).
         dns.add_mx(RCPT_DOMAIN, MX_HOST, 10).add_host(MX_HOST, "127.0.0.1").start()
-        sink = start_sink(root, root / "received")
+        sink = start_sink(root, root / "received", aiosmtpd=opts.aiosmtpd)
         _say(f"SMTP peer: {sink.kind} on 127.0.0.1:{sink.port}, DNS: dnsmasq on {dns.address}")
         boot = time.monotonic()
         kannon = start_kannon(root, dns, sink, opts.kannon_args)
@@ -829,6 +830,9 @@ def parse_options(argv: list[str] | None = None) -> tuple[Options, bool]:
     )
     parser.add_argument("--profile", metavar="FILE", help="py-spy raw profile of the bulk run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--aiosmtpd", action="store_true", help="deliver to the aiosmtpd sink, not smtp-sink"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     opts = Options(
@@ -839,6 +843,7 @@ def parse_options(argv: list[str] | None = None) -> tuple[Options, bool]:
         kannon_args=args.kannon_arg,
         profile=args.profile,
         keep=args.keep,
+        aiosmtpd=args.aiosmtpd,
     )
     return opts, bool(args.json)
 

@@ -84,9 +84,12 @@ class Sink:
         self.process.stop(timeout=10)
 
 
-def start_sink(log_dir: Path, dump_dir: Path | None = None, *, backlog: int = 256) -> Sink:
-    """Start Postfix's smtp-sink (or the aiosmtpd fallback) on a free loopback port."""
-    binary = find_postfix_tool("smtp-sink")
+def start_sink(
+    log_dir: Path, dump_dir: Path | None = None, *, backlog: int = 256, aiosmtpd: bool = False
+) -> Sink:
+    """Start Postfix's smtp-sink (or, without Postfix or when asked, the aiosmtpd fallback) on a
+    free loopback port."""
+    binary = None if aiosmtpd else find_postfix_tool("smtp-sink")
     port = free_port()
     if dump_dir is not None:
         dump_dir.mkdir(parents=True, exist_ok=True)
