@@ -84,3 +84,50 @@ def test_bounce_parse_prints_one_json_line_per_recipient() -> None:
             "reason",
             "hard_bounce",
         } <= set(line)
+
+
+async def test_domain_dns_prints_the_records_to_publish(database_url: str) -> None:
+    from datetime import UTC, datetime
+
+    from kannon.db.domains import insert_domain
+    from kannon.db.pool import create_pool
+    from kannon.envelope.dkim import generate_dkim_keypair
+
+    private, public = generate_dkim_keypair()
+    pool = await create_pool(database_url)
+    try:
+        await insert_domain(
+            pool,
+            name="mail.example.com",
+            dkim_private_key=private,
+            dkim_public_key=public,
+            dkim_selector="smtp",
+            now=datetime.now(UTC),
+        )
+    finally:
+        await pool.close()
+    result = run(
+        "domain",
+        "dns",
+        "mail.example.com",
+        "--database-url",
+        database_url,
+        "--sender-hostname",
+        "kannon.example.com",
+        "--smtp-domain",
+        "kannon.example.com",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(
+        line.startswith("TXT")
+        and "smtp._domainkey.mail.example.com" in line
+        and f"p={public}" in line
+        for line in lines
+    ), lines
+    assert any(
+        line.startswith("TXT") and "v=spf1 a:kannon.example.com -all" in line for line in lines
+    ), lines
+    assert any(line.startswith("MX") and "kannon.example.com" in line for line in lines), lines
+    missing = run("domain", "dns", "nope.example.com", "--database-url", database_url)
+    assert missing.returncode == 1 and "not found" in missing.stderr
