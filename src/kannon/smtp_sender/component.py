@@ -42,6 +42,7 @@ from kannon.config import Settings, require
 from kannon.envelope.ids import parse_email_id
 from kannon.model.outcome import Outcome, domain_of_batch
 from kannon.runtime.component import Life
+from kannon.runtime.logs import obfuscate
 from kannon.smtp_sender.delivery import Deliverer, Relay, SmtpDeliverer
 from kannon.smtp_sender.demo import DemoDeliverer
 from kannon.smtp_sender.mx import MxResolver
@@ -197,7 +198,7 @@ class SmtpSender:
         if parsed is None:
             log.error(
                 "dropping Envelope with an email id that is not ours",
-                extra={"kv": {"seq": message.stream_seq, "email_id": job.email_id}},
+                extra={"kv": {"seq": message.stream_seq, "recipient": obfuscate(job.recipient)}},
             )
             return Result.term()
         _, batch_id = parsed
@@ -217,7 +218,7 @@ class SmtpSender:
                     extra={
                         "kv": {
                             "seq": message.stream_seq,
-                            "email_id": job.email_id,
+                            "recipient": obfuscate(job.recipient),
                             "delivered_count": message.num_delivered,
                         }
                     },
@@ -233,7 +234,9 @@ class SmtpSender:
                 TAKEN_OVER.inc()
                 log.warning(
                     "previous attempt died mid-send; sending again",
-                    extra={"kv": {"seq": message.stream_seq, "email_id": job.email_id}},
+                    extra={
+                        "kv": {"seq": message.stream_seq, "recipient": obfuscate(job.recipient)}
+                    },
                 )
 
         loop = asyncio.get_running_loop()
@@ -317,7 +320,7 @@ class SmtpSender:
         job: envelope.SendJob, message: BusMessage, result: SendResult, outcome: Outcome
     ) -> None:
         kv = {
-            "email_id": job.email_id,
+            "recipient": obfuscate(job.recipient),
             "seq": message.stream_seq,
             "outcome": outcome.type,
             "code": result.code,
