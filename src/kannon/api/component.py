@@ -56,6 +56,8 @@ STATS_V1_NAMES = ("kannon.StatsApiV1", "kannon.stats.apiv1.StatsApiV1Service")
 STATS_V2_NAME = "kannon.stats.apiv2.StatsApiV2"
 SERVICE_NAMES = (*MAILER_NAMES, *ADMIN_NAMES, HZ_NAME, *STATS_V1_NAMES, STATS_V2_NAME)
 HEALTH_NAME = "grpc.health.v1.Health"
+# How often gRPC health re-checks the database.
+HEALTH_INTERVAL = 5.0
 
 # The alias services' stubs import only the original's message modules, never the alias files
 # themselves; reflection serves from the default descriptor pool, so load those files into it.
@@ -83,6 +85,7 @@ class ApiComponent:
         self.pool = pool
         self.port: int | None = None
         """The bound port, known once `run` has called `life.ready()` (api.port 0 = any)."""
+        self._hz: HZService | None = None
 
     def _server(self) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
         size = self.settings.api.max_message_size
@@ -99,7 +102,7 @@ class ApiComponent:
         mailer = MailerService(self.settings, self.pool, auth)
         admin = AdminService(self.settings, self.pool)
         stats = StatsService(self.pool, auth)
-        hz = HZService(self.pool)
+        hz = self._hz = HZService(self.pool)
         registrations: list[tuple[Register, object]] = [
             (mailerapiv1_pb2_grpc.add_MailerServicer_to_server, mailer),
             (mailerapiv1service_pb2_grpc.add_MailerApiV1ServiceServicer_to_server, mailer),
@@ -118,6 +121,24 @@ class ApiComponent:
             (*SERVICE_NAMES, HEALTH_NAME, reflection.SERVICE_NAME), server
         )
         return server, health_servicer
+
+    async def _follow_database(self, life: Life, servicer: health.aio.HealthServicer) -> None:
+        """Keep gRPC health in step with the database until stopping: a Kubernetes gRPC probe
+        then takes an API that cannot reach PostgreSQL out of rotation."""
+        assert self._hz is not None
+        serving = True
+        while not await life.sleep(HEALTH_INTERVAL):
+            failing = await self._hz.failing_checks()
+            if bool(failing) == serving:
+                serving = not failing
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if serving
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                for service in ("", *SERVICE_NAMES):
+                    await servicer.set(service, status)
+                log.warning("gRPC health changed", extra={"kv": {"serving": serving, **failing}})
 
     async def run(self, life: Life) -> None:
         api = self.settings.api
@@ -141,7 +162,7 @@ class ApiComponent:
                 )
             log.info("gRPC API listening on %s", listen_address(api.host, port))
             life.ready()
-            await life.stopping.wait()
+            await self._follow_database(life, health_servicer)
         finally:
             await health_servicer.enter_graceful_shutdown()
             await server.stop(DRAIN_GRACE)
