@@ -334,3 +334,75 @@ async def test_cleanup_runs_once_at_start(pool: asyncpg.Pool, bus: Bus) -> None:
     life.stopping.set()
     await asyncio.wait_for(task, 10)
     assert await stats_rows(pool) == []
+
+
+async def test_a_batch_counts_each_new_event_once(pool: asyncpg.Pool) -> None:
+    stored = outcome(Delivered(), email="old@x.io", event_id="delivered.old")
+    assert await stats_store.record_event(pool, stored, {"delivered": {}})
+    same_content = outcome(Delivered(), email="twin@x.io", event_id="delivered.twin-1")
+    batch = [
+        outcome(Accepted(), email="a@x.io"),
+        stored,  # stored earlier
+        outcome(Accepted(), email="b@x.io", at=T + timedelta(hours=1)),
+        same_content,
+        outcome(Delivered(), email="twin@x.io", event_id="delivered.twin-2"),  # same content
+        outcome(Accepted(), email="a@x.io"),  # same event id as the first
+        outcome(Opened("ua", "ip"), email="a@x.io", event_id="opened.a"),
+    ]
+    results = await stats_store.record_events(pool, [(e, {}) for e in batch])
+    assert results == [True, False, True, True, False, False, True]
+    assert len(await stats_rows(pool)) == 5
+    ten, eleven = datetime(2025, 6, 1, 10), datetime(2025, 6, 1, 11)
+    assert await aggregates(pool) == {
+        (DOMAIN, ten, "accepted"): 1,
+        (DOMAIN, eleven, "accepted"): 1,
+        (DOMAIN, ten, "delivered"): 2,  # old@ and one twin
+        (DOMAIN, ten, "opened"): 1,
+    }
+    # The whole batch again: nothing is new, nothing is counted.
+    assert await stats_store.record_events(pool, [(e, {}) for e in batch]) == [False] * 7
+    assert sum((await aggregates(pool)).values()) == 5
+    assert await stats_store.record_events(pool, []) == []
+
+
+async def test_an_event_the_database_refuses_fails_alone(pool: asyncpg.Pool, bus: Bus) -> None:
+    # PostgreSQL text cannot hold NUL: this event can never be stored. Handled together with
+    # good ones, it must not take them down with it.
+    events = [
+        outcome(Accepted(), email="a@x.io"),
+        outcome(Rejected("invalid address"), email="nul\x00@x.io"),
+        outcome(Accepted(), email="b@x.io"),
+    ]
+    worker = make_worker(pool, bus)
+    messages = [
+        BusMessage(stats_subject(e.type), encode(e), e.event_id, 1, i)
+        for i, e in enumerate(events, start=1)
+    ]
+    results = await asyncio.gather(*(worker.handle(m) for m in messages), return_exceptions=True)
+    assert isinstance(results[1], stats_store.EventRefused)
+    assert [results[0], results[2]] == [Result.ack(), Result.ack()]
+    assert sorted(row["email"] for row in await stats_rows(pool)) == ["a@x.io", "b@x.io"]
+    assert await aggregates(pool) == {(DOMAIN, datetime(2025, 6, 1, 10), "accepted"): 2}
+
+
+async def test_a_backlog_is_recorded_in_batches_and_acked(
+    pool: asyncpg.Pool, bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    count = 600  # more than one fetch and more than one statement
+    for i in range(count):
+        await publish_outcome(bus, outcome(Delivered(), email=f"{i}@x.io"))
+    worker = make_worker(pool, bus)
+    sizes: list[int] = []
+    real = stats_store.record_events
+
+    async def counted(p: asyncpg.Pool, events: Any) -> list[bool]:
+        sizes.append(len(events))
+        return await real(p, events)
+
+    monkeypatch.setattr(stats_store, "record_events", counted)
+    handled = await run_until_handled(worker, count)
+    assert all(result.verdict is Verdict.ACK for _, result in handled)
+    assert sum(sizes) == count
+    assert len(sizes) < count / 10  # batched, not one statement per event
+    assert await aggregates(pool) == {(DOMAIN, datetime(2025, 6, 1, 10), "delivered"): count}
+    assert await ack_state(bus) == (0, 0)

@@ -7,6 +7,10 @@ double-counted redeliveries, spec §3.4). A duplicate — a redelivery after a l
 event re-published after a crash — hits a unique index, is ignored, and is acked: it counts once.
 A payload that is not a Stats message is terminated (logged), never retried; a database failure
 raises, and the bus loop Naks the message so it comes back later.
+
+Handlers still see one message each and ack it only once its event is committed, but the writes
+are coalesced (`batcher.Coalescer`): the events of concurrent handlers go into the database in
+one statement. An event PostgreSQL refuses is retried alone, so it cannot fail its neighbours.
 """
 
 from __future__ import annotations
@@ -14,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
@@ -25,21 +29,27 @@ from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result
 from kannon.bus.subjects import STATS_DURABLE, STATS_STREAM, STATS_SUBJECTS
 from kannon.config import Settings
 from kannon.db import stats_store
-from kannon.model.outcome import domain_of_batch
+from kannon.model.outcome import Outcome, domain_of_batch
 from kannon.runtime.component import Life
+from kannon.stats.batcher import Coalescer
 from kannon.wire.stats import UndecodableEvent, data_json, decode
 
 if TYPE_CHECKING:
     import asyncpg
+
+# An event to store: the outcome and the protojson of its StatsData.
+Event = tuple[Outcome, Mapping[str, Any]]
 
 log = logging.getLogger("kannon.stats")
 
 RECORDED = Counter("kannon_stats_events_total", "Outcome events handled", ["type", "result"])
 DELETED = Counter("kannon_stats_retention_deleted_total", "Rows deleted by retention", ["table"])
 
-# Handlers in flight at once: each is one short transaction, so a few overlap network waits
-# without exhausting the shared connection pool.
-CONCURRENCY = 8
+# Handlers in flight at once. They mostly wait for a batched write (one connection at a time),
+# so many can: this bounds the batch size and how many events wait unacked in memory.
+CONCURRENCY = 256
+# Events per statement: a few hundred rows keep one statement well under the ack deadline.
+MAX_BATCH = 256
 
 
 def utc_now() -> datetime:
@@ -67,6 +77,7 @@ class StatsWorker:
         self._pool = pool
         self._bus = bus
         self._clock = clock
+        self._writes: Coalescer[Event, bool] = Coalescer(self._record, max_items=MAX_BATCH)
 
     @property
     def consumer(self) -> ConsumerSpec:
@@ -77,6 +88,7 @@ class StatsWorker:
             ack_wait=self._settings.nats.ack_wait,
             max_deliver=self._settings.nats.max_deliver,
             concurrency=CONCURRENCY,
+            batch=CONCURRENCY,
         )
 
     async def run(self, life: Life) -> None:
@@ -98,9 +110,27 @@ class StatsWorker:
         if not outcome.domain:
             # Every publisher sets it; a missing one can still be recovered from the Batch id.
             outcome = dataclasses.replace(outcome, domain=domain_of_batch(outcome.batch_id))
-        inserted = await stats_store.record_event(self._pool, outcome, data_json(outcome.detail))
+        inserted = await self._writes.submit((outcome, data_json(outcome.detail)))
         RECORDED.labels(outcome.type, "recorded" if inserted else "duplicate").inc()
         return Result.ack()
+
+    async def _record(self, events: list[Event]) -> list[bool | BaseException]:
+        """One batch of events in one statement; one by one if PostgreSQL refuses the batch,
+        so that only the offending event fails (and is redelivered)."""
+        try:
+            return list(await stats_store.record_events(self._pool, events))
+        except stats_store.EventRefused as exc:
+            if len(events) == 1:
+                _log_refused(events[0], exc)
+                return [exc]
+        results: list[bool | BaseException] = []
+        for event in events:
+            try:
+                results.append(await stats_store.record_event(self._pool, *event))
+            except stats_store.EventRefused as exc:
+                _log_refused(event, exc)
+                results.append(exc)
+        return results
 
     async def cleanup(self) -> CleanupCounts:
         """Delete events older than stats.retention and expired tracking-token keys."""
@@ -125,3 +155,10 @@ class StatsWorker:
                 log.exception("retention cleanup failed")
             if await life.sleep(self._settings.stats.cleanup_interval.total_seconds()):
                 return
+
+
+def _log_refused(event: Event, exc: Exception) -> None:
+    log.error(
+        "stats event refused by the database; it will be redelivered",
+        extra={"kv": {"type": event[0].type, "batch": event[0].batch_id, "error": str(exc)}},
+    )
