@@ -6,6 +6,8 @@
   comes only from a verified click token, so the Tracker is no open redirect; an open token
   presented at ``/c/`` (or the reverse) is refused.
 * Unknown, tampered or expired tokens, and tokens whose Batch id has no domain: 404, no event.
+* HEAD is answered like GET but publishes nothing: link scanners and prefetchers send it, and
+  they neither show the pixel nor follow the link for a reader.
 * ``GET /healthz``: 200 while serving.
 
 Every hit is an event of its own (engagement repeats: a reader opens a mail twice), so event ids
@@ -115,7 +117,8 @@ class TrackerRoutes:
             _OPEN_NOT_FOUND.inc()
             return not_found()
         user_agent = request.headers.get("user-agent", "")[:MAX_USER_AGENT]
-        await self._report(claim, Opened(user_agent, self._client_ip(request)))
+        if request.method == "GET":  # a HEAD (link scanners, prefetchers) shows nobody anything
+            await self._report(claim, Opened(user_agent, self._client_ip(request)))
         _OPEN_OK.inc()
         return Response(PIXEL_GIF, media_type="image/gif", headers=NO_CACHE)
 
@@ -125,7 +128,8 @@ class TrackerRoutes:
             _CLICK_NOT_FOUND.inc()
             return not_found()
         user_agent = request.headers.get("user-agent", "")[:MAX_USER_AGENT]
-        await self._report(claim, Clicked(user_agent, self._client_ip(request), claim.url))
+        if request.method == "GET":  # a HEAD is a link checker, not a reader following the link
+            await self._report(claim, Clicked(user_agent, self._client_ip(request), claim.url))
         _CLICK_OK.inc()
         return Response(
             status_code=307, headers={"Location": location_header(claim.url), **NO_CACHE}
