@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import multiprocessing
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -139,23 +140,35 @@ async def test_each_due_delivery_becomes_one_signed_envelope_on_the_sending_stre
     assert await dispatcher(pool, bus, clock).cycle() == 1
 
 
+@pytest.mark.parametrize("build_workers", [0, 2])
 async def test_a_backlog_larger_than_a_publish_chunk_is_published_whole(
-    pool: asyncpg.Pool, bus: Bus, monkeypatch: pytest.MonkeyPatch
+    pool: asyncpg.Pool,
+    bus: Bus,
+    keypair: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    build_workers: int,
 ) -> None:
     monkeypatch.setattr(dispatcher_module, "PUBLISH_CHUNK", 7)
     recipients = [f"r{i}@example.org" for i in range(30)]
-    await add(pool, recipients)
-    worker = dispatcher(pool, bus, Clock(T0), batch_size=25)
-    assert await worker.cycle() == 25
-    assert await worker.cycle() == 5
-    assert await worker.cycle() == 0
+    await add(pool, recipients, fields={"name": "R"})
+    worker = dispatcher(pool, bus, Clock(T0), batch_size=25, build_workers=build_workers)
+    async with worker.build_processes():
+        assert len(multiprocessing.active_children()) == build_workers
+        assert await worker.cycle() == 25
+        assert await worker.cycle() == 5
+        assert await worker.cycle() == 0
     published = await envelopes(bus)
     assert sorted(p.job.recipient for p in published) == sorted(recipients)
     assert {row["status"] for row in (await rows(pool)).values()} == {"sending"}
+    for item in published:
+        assert dkim_verifies(item.job.body, keypair[1])
+        assert parse(item.job.body)["Subject"] == "Hello R"
+        assert item.msg_id == f"{make_email_id(BATCH, item.job.recipient)}.0"
 
 
+@pytest.mark.parametrize("build_workers", [0, 1])
 async def test_headers_to_cc_and_attachments_come_from_the_batch(
-    pool: asyncpg.Pool, bus: Bus, keypair: tuple[str, str]
+    pool: asyncpg.Pool, bus: Bus, keypair: tuple[str, str], build_workers: int
 ) -> None:
     other = "msg_withparts@k.example.com"
     await store_batch(
@@ -166,7 +179,9 @@ async def test_headers_to_cc_and_attachments_come_from_the_batch(
         headers={"to": ["list@example.org"], "cc": ["boss@example.org"]},
     )
     await add(pool, ["member@example.org"], batch_id=other, fields={"name": "M"})
-    assert await dispatcher(pool, bus, Clock(T0)).cycle() == 1
+    worker = dispatcher(pool, bus, Clock(T0), build_workers=build_workers)
+    async with worker.build_processes():
+        assert await worker.cycle() == 1
     [item] = await envelopes(bus)
     assert item.job.recipient == "member@example.org"  # RCPT stays the Delivery's Recipient
     message = parse(item.job.body)
@@ -495,6 +510,9 @@ async def test_run_consumes_outcomes_dispatches_and_drains_on_stop(
         )
 
     await wait_for(settled, what="outcomes applied and the new Delivery dispatched")
+    # The default dispatcher.build_workers: one build process while running, none after.
+    assert len(multiprocessing.active_children()) == 1
     life.stopping.set()
     await asyncio.wait_for(task, 15)
+    assert multiprocessing.active_children() == []
     assert [p.job.recipient for p in await envelopes(bus)] == ["new@example.org"]

@@ -167,6 +167,7 @@ ListenPort = Annotated[int, BeforeValidator(_int_in(0, 65535)), Kind("port")]
 RemotePort = Annotated[int, BeforeValidator(_int_in(1, 65535)), Kind("port")]
 Count = Annotated[int, BeforeValidator(_int_in(1)), Kind("int")]
 Replicas = Annotated[int, BeforeValidator(_int_in(1, 5)), Kind("int")]  # JetStream's maximum
+Workers = Annotated[int, BeforeValidator(_int_in(0, 64)), Kind("int")]  # 0 = none, work inline
 Duration = Annotated[timedelta, BeforeValidator(_positive_duration), Kind("duration")]
 Size = Annotated[int, BeforeValidator(_positive_size), Kind("size")]
 Bool = Annotated[bool, BeforeValidator(parse_bool), Kind("bool")]
@@ -310,6 +311,9 @@ class DispatcherSettings(_Section):
 
     batch_size: Count = _key(200, "Deliveries the dispatcher claims per batch")
     idle_interval: Duration = _key("1s", "Dispatcher poll interval while nothing is due")
+    build_workers: Workers = _key(
+        1, "Processes building and signing Envelopes beside the event loop (0 = in the loop)"
+    )
     claim_timeout: Duration = _key(
         "10m", "Age after which an unfinished dispatcher claim is retaken"
     )

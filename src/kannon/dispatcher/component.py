@@ -5,9 +5,11 @@ Loops (all in `run`, which calls `life.ready()` once every one of them runs):
 
 * dispatch (`cycle()`, looped by `run_cycles`): claim up to `dispatcher.batch_size` due
   Deliveries (scheduled → sending), load the sending data of their Batches once (one query), build
-  each Envelope (the pure `envelope` package) and publish it with PubAck and
-  `Nats-Msg-Id = <email id>.<attempt>`, concurrently in chunks. A Delivery whose build or publish
-  fails is rescheduled with backoff like a temporary delivery failure, never left claimed
+  each Envelope (the pure `envelope` package, through a `builder.Builder`: in worker processes
+  when `dispatcher.build_workers` > 0, else in this thread with yields to the loop) and publish it
+  with PubAck and `Nats-Msg-Id = <email id>.<attempt>`, concurrently in chunks; the next chunk is
+  built while the current one is published. A Delivery whose build or publish fails is
+  rescheduled with backoff like a temporary delivery failure, never left claimed
   (spec §4.4 QUIRK, fixed as at HEAD §8);
 * `dispatcher-delivered` / `dispatcher-bounced`: the Delivery ended, delete its row;
 * `dispatcher-error`: reschedule with backoff and jitter, recording the reply when a server
@@ -31,12 +33,13 @@ boundary randomness), so tests move time instead of sleeping.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -58,8 +61,15 @@ from kannon.config import ConfigError, Settings, require
 from kannon.db import deliveries
 from kannon.db.sending_data import SendingData, load_sending_data
 from kannon.db.tracking_keys import signing_key
+from kannon.dispatcher.builder import (
+    BatchJob,
+    Builder,
+    Built,
+    InlineBuilder,
+    Item,
+    ProcessBuilder,
+)
 from kannon.envelope.bounce import make_bounce_address
-from kannon.envelope.build import Envelope, EnvelopeSpec, build_envelope
 from kannon.envelope.dkim import DkimSigner
 from kannon.envelope.tokens import TrackingKey
 from kannon.model.delivery import SENDING, PoolDelivery
@@ -67,7 +77,6 @@ from kannon.model.outcome import Bounced, Errored, Failed, Outcome
 from kannon.model.retry import JITTER_MAX, JITTER_MIN, RetryPolicy
 from kannon.runtime.component import Life, run_cycles
 from kannon.runtime.logs import obfuscate
-from kannon.wire import envelope as wire_envelope
 from kannon.wire.stats import UndecodableEvent, decode, publish_outcome
 
 if TYPE_CHECKING:
@@ -180,9 +189,16 @@ class BuildError(Exception):
 class _BatchParts:
     """What one cycle derives once per Batch, shared by all its Deliveries."""
 
-    data: SendingData
+    job: BatchJob
     signer: DkimSigner
-    attachments: list[tuple[str, bytes]]
+
+
+@dataclass
+class _Chunk:
+    """A chunk after building: what to publish, and what failed to build (with why)."""
+
+    built: list[tuple[PoolDelivery, Built]] = field(default_factory=list)
+    failed: list[tuple[PoolDelivery, str]] = field(default_factory=list)
 
 
 class Dispatcher:
@@ -218,6 +234,8 @@ class Dispatcher:
         # Parsing a key costs more than signing with it: one signer per Domain, replaced when
         # the stored selector or key changes.
         self._signers: dict[str, tuple[tuple[str, str], DkimSigner]] = {}
+        # Replaced by a ProcessBuilder while `build_processes()` is entered (as `run` does).
+        self._builder: Builder = InlineBuilder()
 
     @property
     def reclaim_interval(self) -> timedelta:
@@ -233,7 +251,7 @@ class Dispatcher:
             (self.consumer(DISPATCHER_ERROR_DURABLE, ERROR), self.handle_error),
         ]
         ready = [asyncio.Event() for _ in consumers]
-        async with asyncio.TaskGroup() as tasks:
+        async with self.build_processes(), asyncio.TaskGroup() as tasks:
             for (spec, handler), event in zip(consumers, ready, strict=True):
                 tasks.create_task(
                     self._bus.consume(spec, handler, life.stopping, on_ready=event.set)
@@ -245,6 +263,22 @@ class Dispatcher:
             # run_cycles returns between cycles once stopping is set; the consumers return
             # after their in-flight handlers finished: that is the drain.
             await run_cycles(life, self.cycle, self._settings.idle_interval, on_error=_log_error)
+
+    @contextlib.asynccontextmanager
+    async def build_processes(self) -> AsyncIterator[None]:
+        """Build in `dispatcher.build_workers` worker processes while inside; the workers are
+        stopped on the way out. With 0 workers, builds stay in this process."""
+        workers = self._settings.build_workers
+        if workers == 0:
+            yield
+            return
+        previous = self._builder
+        async with ProcessBuilder(workers) as builder:
+            self._builder = builder
+            try:
+                yield
+            finally:
+                self._builder = previous
 
     def consumer(self, durable: str, stat_type: str) -> ConsumerSpec:
         return ConsumerSpec(
@@ -278,24 +312,54 @@ class Dispatcher:
             except Exception:
                 log.exception("could not release dispatch claims; Reclaim will retake them")
             raise
-        batches = self._prepare_batches(data)
+        batches = self._prepare_batches(data, key, now)
+        chunks = [
+            claimed[start : start + PUBLISH_CHUNK]
+            for start in range(0, len(claimed), PUBLISH_CHUNK)
+        ]
         failure: BaseException | None = None
-        for start in range(0, len(claimed), PUBLISH_CHUNK):
-            chunk = claimed[start : start + PUBLISH_CHUNK]
-            try:
-                await self._dispatch_chunk(chunk, batches, key, now)
-            except Exception as exc:  # the other chunks still get their turn
-                failure = failure or exc
+        building: asyncio.Task[_Chunk] | None = asyncio.create_task(
+            self._build_chunk(chunks[0], batches, now)
+        )
+        try:
+            for index in range(len(chunks)):
+                assert building is not None
+                current, building = building, None
+                try:
+                    chunk = await current
+                except Exception as exc:  # the other chunks still get their turn
+                    failure = failure or exc
+                    chunk = None
+                if index + 1 < len(chunks):
+                    # Built (by a worker, or between the publishes' awaits) while this one is
+                    # published.
+                    building = asyncio.create_task(
+                        self._build_chunk(chunks[index + 1], batches, now)
+                    )
+                if chunk is None:
+                    continue
+                try:
+                    await self._publish_chunk(chunk, now)
+                except Exception as exc:
+                    failure = failure or exc
+        finally:
+            if building is not None:
+                # Cancelled mid-cycle: let it through; Reclaim retakes the claims.
+                building.cancel()
+                with contextlib.suppress(BaseException):
+                    await building
         if failure is not None:
             raise failure
         return len(claimed)
 
-    def _prepare_batches(self, data: dict[str, SendingData]) -> dict[str, _BatchParts | str]:
+    def _prepare_batches(
+        self, data: dict[str, SendingData], key: TrackingKey, now: datetime
+    ) -> dict[str, _BatchParts | str]:
         """Per Batch: its parts, or why none of its Envelopes can be built."""
         parts: dict[str, _BatchParts | str] = {}
         for batch_id, batch in data.items():
             try:
-                parts[batch_id] = self._batch_parts(batch)
+                parts[batch_id] = self._batch_parts(batch, key, now)
             except BuildError as exc:
                 parts[batch_id] = str(exc)
                 log.warning(
@@ -304,7 +368,7 @@ class Dispatcher:
                 )
         return parts
 
-    def _batch_parts(self, batch: SendingData) -> _BatchParts:
+    def _batch_parts(self, batch: SendingData, key: TrackingKey, now: datetime) -> _BatchParts:
         if batch.html is None:
             raise BuildError(f"template {batch.template_id} no longer exists")
         if batch.dkim_private_key is None or batch.dkim_selector is None:
@@ -313,7 +377,26 @@ class Dispatcher:
             attachments = batch.attachment_bytes()
         except ValueError as exc:
             raise BuildError(str(exc)) from None
-        return _BatchParts(batch, self._signer(batch), attachments)
+        # Parsed here even when workers build: a bad key fails the Batch once, up front.
+        signer = self._signer(batch)
+        job = BatchJob(
+            domain=batch.domain,
+            dkim_selector=batch.dkim_selector,
+            dkim_private_key=batch.dkim_private_key,
+            sender_email=batch.sender_email,
+            sender_alias=batch.sender_alias,
+            subject=batch.subject,
+            html=batch.html,
+            attachments=tuple(attachments),
+            headers_to=batch.headers_to,
+            headers_cc=batch.headers_cc,
+            tracker_base_url=self._tracker_base,
+            tracking_key=key,
+            token_expires_at=now + self._token_ttl,
+            bounce_secret=self._secret,
+            now=now,
+        )
+        return _BatchParts(job, signer)
 
     def _signer(self, batch: SendingData) -> DkimSigner:
         assert batch.dkim_private_key is not None and batch.dkim_selector is not None
@@ -328,69 +411,65 @@ class Dispatcher:
         self._signers[batch.domain] = (fingerprint, signer)
         return signer
 
-    def build(
-        self, delivery: PoolDelivery, parts: _BatchParts, key: TrackingKey, now: datetime
-    ) -> Envelope:
-        """The signed Envelope of one Delivery; BuildError when its data cannot make one."""
-        batch = parts.data
-        assert batch.html is not None
-        spec = EnvelopeSpec(
+    def _item(self, delivery: PoolDelivery, job: BatchJob, now: datetime) -> Item:
+        return Item(
             batch_id=delivery.message_id,
-            domain=batch.domain,
-            sender_email=batch.sender_email,
-            sender_alias=batch.sender_alias,
-            subject=batch.subject,
-            html=batch.html,
             recipient=delivery.email,
-            dkim=parts.signer,
-            tracker_base_url=self._tracker_base,
-            tracking_key=key,
-            token_expires_at=now + self._token_ttl,
-            bounce_secret=self._secret,
-            now=now,
             fields=delivery.fields,
-            attachments=parts.attachments,
-            headers_to=batch.headers_to,
-            headers_cc=batch.headers_cc,
             # False on the last attempt the budget allows: a 4xx then ends as Bounced at once.
             should_retry=self._policy.should_retry(
                 delivery.original_scheduled_time, delivery.send_attempts_cnt, now
             ),
-            boundary_seed=self._boundary_seed() if parts.attachments else b"",
+            boundary_seed=self._boundary_seed() if job.attachments else b"",
         )
-        try:
-            return build_envelope(spec)
-        except ValueError as exc:
-            raise BuildError(str(exc)) from None
 
-    async def _dispatch_chunk(
-        self,
-        chunk: Sequence[PoolDelivery],
-        batches: dict[str, _BatchParts | str],
-        key: TrackingKey,
-        now: datetime,
-    ) -> None:
-        built: list[tuple[PoolDelivery, Envelope]] = []
-        failed: list[tuple[PoolDelivery, str]] = []
+    async def _build_chunk(
+        self, chunk: Sequence[PoolDelivery], batches: dict[str, _BatchParts | str], now: datetime
+    ) -> _Chunk:
+        """Build the Envelopes of a chunk, one builder call per Batch in it."""
+        result = _Chunk()
+        groups: dict[str, tuple[_BatchParts, list[PoolDelivery]]] = {}
         for delivery in chunk:
             parts = batches.get(delivery.message_id, "the Batch no longer exists")
             if isinstance(parts, str):
-                failed.append((delivery, parts))
-                continue
-            try:
-                built.append((delivery, self.build(delivery, parts, key, now)))
-            except BuildError as exc:
-                failed.append((delivery, str(exc)))
+                result.failed.append((delivery, parts))
+            else:
+                groups.setdefault(delivery.message_id, (parts, []))[1].append(delivery)
+        outputs = await asyncio.gather(
+            *(self._build_group(parts, group, now) for parts, group in groups.values()),
+            return_exceptions=True,
+        )
+        for (_, group), output in zip(groups.values(), outputs, strict=True):
+            if isinstance(output, BaseException):
+                raise output
+            for delivery, built in zip(group, output, strict=True):
+                if isinstance(built, Built):
+                    result.built.append((delivery, built))
+                    continue
+                result.failed.append((delivery, built))
                 log.warning(
                     "cannot build an Envelope",
                     extra={
                         "kv": {
                             "batch": delivery.message_id,
                             "recipient": obfuscate(delivery.email),
-                            "reason": str(exc),
+                            "reason": built,
                         }
                     },
                 )
+        return result
+
+    async def _build_group(
+        self, parts: _BatchParts, group: Sequence[PoolDelivery], now: datetime
+    ) -> list[Built | str]:
+        items = [self._item(delivery, parts.job, now) for delivery in group]
+        results = await self._builder.build(parts.job, items, parts.signer)
+        if len(results) != len(items):
+            raise RuntimeError(f"builder returned {len(results)} results for {len(items)} items")
+        return results
+
+    async def _publish_chunk(self, chunk: _Chunk, now: datetime) -> None:
+        built, failed = chunk.built, chunk.failed
         DISPATCHED.labels("build_failed").inc(len(failed))
         results = await asyncio.gather(
             *(self._publish(delivery, env) for delivery, env in built), return_exceptions=True
@@ -417,18 +496,10 @@ class Dispatcher:
                 if isinstance(outcome, BaseException):
                     raise outcome
 
-    async def _publish(self, delivery: PoolDelivery, env: Envelope) -> None:
-        job = wire_envelope.SendJob(
-            email_id=env.email_id,
-            sender=env.sender,
-            recipient=env.recipient,
-            return_path=env.return_path,
-            body=env.body,
-            should_retry=env.should_retry,
-        )
+    async def _publish(self, delivery: PoolDelivery, env: Built) -> None:
         await self._bus.publish(
             SENDING_SUBJECT,
-            wire_envelope.encode(job),
+            env.payload,
             envelope_msg_id(env.email_id, delivery.send_attempts_cnt),
         )
 

@@ -1,0 +1,261 @@
+"""Building the Dispatcher's Envelopes off the event loop: in this process with regular yields,
+or in worker processes (`dispatcher.build_workers`).
+
+Building and DKIM-signing an Envelope costs about 1 ms of CPU. Done inline for a whole chunk it
+stalled the event loop (every other Component in `kannon standalone`) for 100 ms at a time, and
+it kept the whole pipeline on one core. So the Dispatcher hands each chunk to a `Builder`:
+
+* `InlineBuilder` builds in the loop's thread but yields to the loop every few Envelopes;
+* `ProcessBuilder` builds in a `ProcessPoolExecutor` whose workers use another core while the loop
+  publishes the previous chunk and serves the other Components.
+
+What crosses the process boundary is plain, picklable data (`BatchJob`, `Item`) and comes back as
+the encoded `kannon.sending` payload (`Built`): the Dispatcher's process does not even serialise
+the Envelope. A `DkimSigner` holds a parsed OpenSSL key, which cannot be pickled, so a job carries
+the key material and each worker keeps its own signers, parsed once per (Domain, selector, key).
+
+Randomness (MIME boundary seeds) and the clock are decided by the Dispatcher and passed in, so a
+worker builds exactly what an inline build would.
+
+Workers ignore SIGINT and SIGTERM: the Dispatcher owns their lifetime and shuts the pool down when
+it stops (a Ctrl-C reaches the whole foreground process group; a worker dying under a chunk would
+only cost a fallback). On Linux they also get SIGKILL when the Dispatcher's process dies, so a
+killed Kannon leaves no worker behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from kannon.envelope.build import EnvelopeSpec, build_envelope
+from kannon.envelope.dkim import DkimSigner
+from kannon.envelope.tokens import TrackingKey
+from kannon.wire import envelope as wire_envelope
+
+log = logging.getLogger("kannon.dispatcher")
+
+# Inline builds between two yields to the loop: ~1 ms each, so the loop stalls a few ms at most.
+YIELD_EVERY = 4
+# Signers a worker keeps (one per Domain in use): a parsed RSA key is a few KB.
+SIGNER_CACHE = 256
+
+
+@dataclass(frozen=True, slots=True)
+class BatchJob:
+    """What every Envelope of one Batch in one dispatch cycle shares."""
+
+    domain: str
+    dkim_selector: str
+    dkim_private_key: str = field(repr=False)
+    sender_email: str
+    sender_alias: str
+    subject: str
+    html: str
+    attachments: tuple[tuple[str, bytes], ...]
+    headers_to: tuple[str, ...]
+    headers_cc: tuple[str, ...]
+    tracker_base_url: str | None
+    tracking_key: TrackingKey
+    token_expires_at: datetime
+    bounce_secret: bytes = field(repr=False)
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One Delivery's part of the build."""
+
+    batch_id: str
+    recipient: str
+    fields: Mapping[str, str]
+    should_retry: bool
+    boundary_seed: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    """A built Envelope as published: its email id and the encoded `EmailToSend`."""
+
+    email_id: str
+    payload: bytes
+
+
+# Per item: the Envelope, or why it cannot be built (the build's ValueError, as text).
+BuildResult = Built | str
+
+
+def build_items(
+    job: BatchJob, items: Sequence[Item], signer: DkimSigner | None = None
+) -> list[BuildResult]:
+    """Build and sign the Envelopes of `items`. Runs in a worker process or inline; `signer`
+    (the caller's parsed key) saves a worker's cache lookup when given."""
+    if signer is None:
+        try:
+            signer = _cached_signer(job)
+        except ValueError as exc:
+            return [f"DKIM key of domain {job.domain}: {exc}"] * len(items)
+    return [_build_one(job, item, signer) for item in items]
+
+
+def _build_one(job: BatchJob, item: Item, signer: DkimSigner) -> BuildResult:
+    spec = EnvelopeSpec(
+        batch_id=item.batch_id,
+        domain=job.domain,
+        sender_email=job.sender_email,
+        sender_alias=job.sender_alias,
+        subject=job.subject,
+        html=job.html,
+        recipient=item.recipient,
+        dkim=signer,
+        tracker_base_url=job.tracker_base_url,
+        tracking_key=job.tracking_key,
+        token_expires_at=job.token_expires_at,
+        bounce_secret=job.bounce_secret,
+        now=job.now,
+        fields=item.fields,
+        attachments=job.attachments,
+        headers_to=job.headers_to,
+        headers_cc=job.headers_cc,
+        should_retry=item.should_retry,
+        boundary_seed=item.boundary_seed,
+    )
+    try:
+        env = build_envelope(spec)
+    except ValueError as exc:
+        return str(exc)
+    payload = wire_envelope.encode(
+        wire_envelope.SendJob(
+            email_id=env.email_id,
+            sender=env.sender,
+            recipient=env.recipient,
+            return_path=env.return_path,
+            body=env.body,
+            should_retry=env.should_retry,
+        )
+    )
+    return Built(env.email_id, payload)
+
+
+# A worker process's signers; in the Dispatcher's own process the Dispatcher passes its own.
+_signers: OrderedDict[tuple[str, str, str], DkimSigner] = OrderedDict()
+
+
+def _cached_signer(job: BatchJob) -> DkimSigner:
+    key = (job.domain, job.dkim_selector, job.dkim_private_key)
+    signer = _signers.get(key)
+    if signer is None:
+        signer = DkimSigner(job.domain, job.dkim_selector, job.dkim_private_key)
+        _signers[key] = signer
+        while len(_signers) > SIGNER_CACHE:
+            _signers.popitem(last=False)
+    else:
+        _signers.move_to_end(key)
+    return signer
+
+
+class Builder(Protocol):
+    async def build(
+        self, job: BatchJob, items: Sequence[Item], signer: DkimSigner
+    ) -> list[BuildResult]: ...
+
+
+class InlineBuilder:
+    """Builds in the event loop's thread, yielding to the loop every `YIELD_EVERY` Envelopes."""
+
+    async def build(
+        self, job: BatchJob, items: Sequence[Item], signer: DkimSigner
+    ) -> list[BuildResult]:
+        results: list[BuildResult] = []
+        for start in range(0, len(items), YIELD_EVERY):
+            if start:
+                await asyncio.sleep(0)  # let the other Components run between builds
+            results += build_items(job, items[start : start + YIELD_EVERY], signer)
+        return results
+
+
+def _worker_init(parent: int) -> None:
+    # See the module docstring: the Dispatcher stops its workers, signals to the group do not.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(0)  # the Dispatcher died before the death signal was armed
+
+
+def _warm_up() -> int:
+    return os.getpid()
+
+
+class ProcessBuilder:
+    """Builds in `workers` processes; use as an async context manager (starts and stops them).
+
+    Should the pool break (a worker killed by the OOM killer, say), the chunk at hand is built
+    inline and a new pool replaces the broken one: no Delivery notices.
+    """
+
+    def __init__(self, workers: int) -> None:
+        if workers < 1:
+            raise ValueError("a ProcessBuilder needs at least one worker")
+        self.workers = workers
+        self._executor: ProcessPoolExecutor | None = None
+        self._inline = InlineBuilder()
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        # spawn, not fork: forking a process that runs gRPC, NATS and asyncio threads is unsafe.
+        return ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(os.getpid(),),
+        )
+
+    async def __aenter__(self) -> ProcessBuilder:
+        self._executor = self._new_executor()
+        # Start every worker now (they import the envelope package, ~0.3 s), not under the first
+        # chunk; and fail at start, not mid-run, if processes cannot be started here.
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(self._executor, _warm_up) for _ in range(self.workers))
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            # Waits for the chunk being built (milliseconds) and for the workers to exit, in a
+            # thread so the loop keeps draining the other Components meanwhile.
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+
+    async def build(
+        self, job: BatchJob, items: Sequence[Item], signer: DkimSigner
+    ) -> list[BuildResult]:
+        executor = self._executor
+        if executor is None:
+            raise RuntimeError("ProcessBuilder used outside `async with`")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(executor, build_items, job, list(items))
+        except BrokenProcessPool:
+            log.error("envelope build workers died; restarting them, building this chunk inline")
+            if self._executor is executor:
+                self._executor = self._new_executor()
+                executor.shutdown(wait=False, cancel_futures=True)
+            return await self._inline.build(job, items, signer)
