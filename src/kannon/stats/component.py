@@ -9,8 +9,9 @@ A payload that is not a Stats message is terminated (logged), never retried; a d
 raises, and the bus loop Naks the message so it comes back later.
 
 Handlers still see one message each and ack it only once its event is committed, but the writes
-are coalesced (`batcher.Coalescer`): the events of concurrent handlers go into the database in
-one statement. An event PostgreSQL refuses is retried alone, so it cannot fail its neighbours.
+are coalesced (`kannon.db.batching.Coalescer`): the events of concurrent handlers go into the
+database in one statement. An event PostgreSQL refuses is retried alone, so it cannot fail its
+neighbours.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result
 from kannon.bus.subjects import STATS_DURABLE, STATS_STREAM, STATS_SUBJECTS
 from kannon.config import Settings
 from kannon.db import stats_store
+from kannon.db.batching import Coalescer
 from kannon.model.outcome import Outcome, domain_of_batch
 from kannon.runtime.component import Life
-from kannon.stats.batcher import Coalescer
 from kannon.wire.stats import UndecodableEvent, data_json, decode
 
 if TYPE_CHECKING:

@@ -1,10 +1,11 @@
-"""Coalescing of concurrent single-item calls into batched writes, for the Stats worker.
+"""Coalescing of concurrent single-row writes into batched statements, for bus handlers that
+write to the database: the Stats worker (events) and the Dispatcher (ended Deliveries).
 
-The bus hands events to handlers one at a time (bounded concurrency, one ack each). Writing each
-event in its own transaction cost a round trip or four per event; instead every handler submits
-its item here and waits, and one writer task writes whatever has accumulated in one call. While
-that call is in flight the next items accumulate, so under load batches grow by themselves and at
-idle a lone item is written at once: there is no timer, hence no added latency.
+The bus hands messages to handlers one at a time (bounded concurrency, one ack each). Writing
+each one in its own statement or transaction cost a round trip or four per message; instead every
+handler submits its item here and waits, and one writer task writes whatever has accumulated in
+one call. While that call is in flight the next items accumulate, so under load batches grow by
+themselves and at idle a lone item is written at once: there is no timer, hence no added latency.
 
 A handler's `submit` returns only after the write holding its item finished, so the handler acks
 after the commit, as before. A failed write fails every item of that batch (each handler then

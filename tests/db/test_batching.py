@@ -1,5 +1,5 @@
-"""The Stats worker's Coalescer: concurrent submits share one write, one write runs at a time,
-results and failures reach exactly their own submitters, and no submitter is left hanging."""
+"""The Coalescer behind batched writes: concurrent submits share one write, one write runs at a
+time, results and failures reach exactly their own submitters, and no submitter is left hanging."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from kannon.stats.batcher import Coalescer
+from kannon.db.batching import Coalescer
 
 
 class Store:
