@@ -197,6 +197,16 @@ async def test_delete_by_recipient_reports_whether_it_removed_a_row(pool: asyncp
     assert await deliveries.count_by_status(pool) == {SENDING: 1}
 
 
+async def test_delete_by_recipients_removes_many_in_one_call(pool: asyncpg.Pool) -> None:
+    await add(pool, ["a@x.io", "b@x.io", "c@x.io"], status=SENDING)
+    pairs = [(BATCH, "a@x.io"), (BATCH, "gone@x.io"), (BATCH, "c@x.io"), (BATCH, "a@x.io")]
+    assert await deliveries.delete_by_recipients(pool, pairs) == [True, False, True, False]
+    assert await deliveries.count_by_status(pool) == {SENDING: 1}
+    assert await deliveries.get(pool, BATCH, "b@x.io") is not None
+    assert await deliveries.delete_by_recipients(pool, pairs) == [False] * 4
+    assert await deliveries.delete_by_recipients(pool, []) == []
+
+
 async def test_reclaim_returns_only_stale_claims(pool: asyncpg.Pool) -> None:
     await add(pool, ["v-stale@x.io"], status=VALIDATING, claimed_at=NOW - timedelta(minutes=6))
     await add(pool, ["v-fresh@x.io"], status=VALIDATING, claimed_at=NOW - timedelta(minutes=4))

@@ -23,6 +23,7 @@ from kannon.bus.subjects import (
     stats_subject,
 )
 from kannon.config import ConfigError, Settings
+from kannon.db import deliveries
 from kannon.db.pool import create_pool
 from kannon.dispatcher import component as dispatcher_module
 from kannon.dispatcher.component import Dispatcher, end_event_id
@@ -370,6 +371,32 @@ async def test_delivered_and_bounced_delete_the_row_and_a_repeat_changes_nothing
     assert set(await rows(pool)) == {"keep@example.org"}
     garbage = BusMessage("kannon.stats.delivered", b"\xff\x00garbage", None, 1, 9)
     assert (await worker.handle_finished(garbage)).verdict is Verdict.TERM
+
+
+async def test_concurrent_endings_share_one_delete_and_are_acked_after_it(
+    pool: asyncpg.Pool, bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipients = [f"d{i}@example.org" for i in range(5)]
+    await add(pool, [*recipients, "keep@example.org"], status="sending")
+    worker = dispatcher(pool, bus, Clock(T0))
+    calls: list[int] = []
+    real = deliveries.delete_by_recipients
+
+    async def counted(p: asyncpg.Pool, pairs: list[tuple[str, str]]) -> list[bool]:
+        calls.append(len(pairs))
+        result = await real(p, pairs)
+        assert set(await rows(pool)) == {"keep@example.org"}  # committed when the write returns
+        return result
+
+    monkeypatch.setattr(deliveries, "delete_by_recipients", counted)
+    messages = [
+        outcome_message(Outcome(BATCH, DOMAIN, email, T0, Delivered(), f"delivered.{email}"))
+        for email in [*recipients, recipients[0]]  # the last one is a redelivery
+    ]
+    results = await asyncio.gather(*(worker.handle_finished(m) for m in messages))
+    assert [r.verdict for r in results] == [Verdict.ACK] * 6
+    assert calls == [6]
+    assert set(await rows(pool)) == {"keep@example.org"}
 
 
 async def test_an_error_with_a_reply_reschedules_and_records_the_reply(

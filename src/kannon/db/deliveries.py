@@ -257,6 +257,31 @@ async def delete_by_recipient(pool: asyncpg.Pool, message_id: str, email: str) -
     return _count(status) == 1
 
 
+async def delete_by_recipients(
+    pool: asyncpg.Pool, recipients: Sequence[tuple[str, str]]
+) -> list[bool]:
+    """`delete_by_recipient` for many (message_id, email) pairs in one statement; per pair,
+    whether it removed a row (a pair given twice removes it once)."""
+    if not recipients:
+        return []
+    rows = await pool.fetch(
+        """
+        DELETE FROM sending_pool_emails AS p
+        USING unnest($1::varchar[], $2::varchar[]) AS t(message_id, email)
+        WHERE p.message_id = t.message_id AND p.email = t.email
+        RETURNING p.message_id, p.email
+        """,
+        [message_id for message_id, _ in recipients],
+        [email for _, email in recipients],
+    )
+    gone = {(row["message_id"], row["email"]) for row in rows}
+    result = []
+    for pair in recipients:
+        result.append(pair in gone)
+        gone.discard(pair)
+    return result
+
+
 async def reclaim_stale(
     pool: asyncpg.Pool,
     now: datetime,

@@ -11,7 +11,8 @@ Loops (all in `run`, which calls `life.ready()` once every one of them runs):
   built while the current one is published. A Delivery whose build or publish fails is
   rescheduled with backoff like a temporary delivery failure, never left claimed
   (spec §4.4 QUIRK, fixed as at HEAD §8);
-* `dispatcher-delivered` / `dispatcher-bounced`: the Delivery ended, delete its row;
+* `dispatcher-delivered` / `dispatcher-bounced`: the Delivery ended, delete its row (the rows of
+  concurrently handled events go in one DELETE, `kannon.db.batching`);
 * `dispatcher-error`: reschedule with backoff and jitter, recording the reply when a server
   answered (code ≥ 200);
 * Reclaim, on a timer: claims older than `dispatcher.claim_timeout` (a Dispatcher died between
@@ -59,6 +60,7 @@ from kannon.bus.subjects import (
 )
 from kannon.config import ConfigError, Settings, require
 from kannon.db import deliveries
+from kannon.db.batching import Coalescer
 from kannon.db.sending_data import SendingData, load_sending_data
 from kannon.db.tracking_keys import signing_key
 from kannon.dispatcher.builder import (
@@ -106,6 +108,9 @@ RECLAIMED = Counter(
 PUBLISH_CHUNK = 100
 # Outcome handlers in flight per consumer: each is one or two short queries.
 CONSUMER_CONCURRENCY = 8
+# Delivered/Bounced handlers in flight: they wait for a shared, batched DELETE (one statement
+# for all of them instead of one per event), so many can; this bounds the batch.
+FINISHED_CONCURRENCY = 256
 RECLAIM_PAGE = 1000
 BOUNDARY_SEED_BYTES = 12
 
@@ -236,6 +241,9 @@ class Dispatcher:
         self._signers: dict[str, tuple[tuple[str, str], DkimSigner]] = {}
         # Replaced by a ProcessBuilder while `build_processes()` is entered (as `run` does).
         self._builder: Builder = InlineBuilder()
+        self._finished: Coalescer[tuple[str, str], bool] = Coalescer(
+            self._delete_finished, max_items=FINISHED_CONCURRENCY
+        )
 
     @property
     def reclaim_interval(self) -> timedelta:
@@ -246,8 +254,14 @@ class Dispatcher:
 
     async def run(self, life: Life) -> None:
         consumers: list[tuple[ConsumerSpec, Callable[[BusMessage], Awaitable[Result]]]] = [
-            (self.consumer(DISPATCHER_DELIVERED_DURABLE, DELIVERED), self.handle_finished),
-            (self.consumer(DISPATCHER_BOUNCED_DURABLE, BOUNCED), self.handle_finished),
+            (
+                self.consumer(DISPATCHER_DELIVERED_DURABLE, DELIVERED, FINISHED_CONCURRENCY),
+                self.handle_finished,
+            ),
+            (
+                self.consumer(DISPATCHER_BOUNCED_DURABLE, BOUNCED, FINISHED_CONCURRENCY),
+                self.handle_finished,
+            ),
             (self.consumer(DISPATCHER_ERROR_DURABLE, ERROR), self.handle_error),
         ]
         ready = [asyncio.Event() for _ in consumers]
@@ -280,14 +294,17 @@ class Dispatcher:
             finally:
                 self._builder = previous
 
-    def consumer(self, durable: str, stat_type: str) -> ConsumerSpec:
+    def consumer(
+        self, durable: str, stat_type: str, concurrency: int = CONSUMER_CONCURRENCY
+    ) -> ConsumerSpec:
         return ConsumerSpec(
             durable=durable,
             stream=STATS_STREAM,
             subject=stats_subject(stat_type),
             ack_wait=self._nats.ack_wait,
             max_deliver=self._nats.max_deliver,
-            concurrency=CONSUMER_CONCURRENCY,
+            concurrency=concurrency,
+            batch=max(concurrency, ConsumerSpec.batch),
         )
 
     # -- dispatch ----------------------------------------------------------------------------
@@ -572,8 +589,12 @@ class Dispatcher:
         outcome = self._decode(message)
         if outcome is None:
             return Result.term()
-        await deliveries.delete_by_recipient(self._pool, outcome.batch_id, outcome.recipient)
+        # Acked once the row is gone: the batched DELETE holding it has committed.
+        await self._finished.submit((outcome.batch_id, outcome.recipient))
         return Result.ack()
+
+    async def _delete_finished(self, recipients: list[tuple[str, str]]) -> list[bool]:
+        return await deliveries.delete_by_recipients(self._pool, recipients)
 
     async def handle_error(self, message: BusMessage) -> Result:
         """Errored: another attempt later, or the end of the Delivery when the budget is spent."""
