@@ -95,3 +95,31 @@ def test_max_items_must_be_positive() -> None:
 
     with pytest.raises(ValueError, match="max_items"):
         Coalescer(write, max_items=0)
+
+
+async def test_a_full_batch_does_not_wait_for_the_linger() -> None:
+    store = Store()
+    coalescer = Coalescer(store.write, max_items=3, linger=3600)
+    first = asyncio.create_task(coalescer.submit(0))
+    await asyncio.sleep(0)  # the writer starts lingering for company
+    assert store.calls == []
+    assert list(await asyncio.gather(first, coalescer.submit(2), coalescer.submit(4))) == [
+        0,
+        20,
+        40,
+    ]
+    assert store.calls == [[0, 2, 4]]
+
+
+async def test_items_arriving_while_lingering_share_the_write() -> None:
+    store = Store()
+    coalescer = Coalescer(store.write, max_items=100, linger=0.05)
+    first = asyncio.create_task(coalescer.submit(0))
+    await asyncio.sleep(0)  # a later loop iteration: without a linger 0 would go alone
+    assert list(await asyncio.gather(first, coalescer.submit(2))) == [0, 20]
+    assert store.calls == [[0, 2]]
+
+
+def test_linger_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="linger"):
+        Coalescer(Store().write, max_items=1, linger=-1)

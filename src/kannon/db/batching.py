@@ -5,7 +5,8 @@ The bus hands messages to handlers one at a time (bounded concurrency, one ack e
 each one in its own statement or transaction cost a round trip or four per message; instead every
 handler submits its item here and waits, and one writer task writes whatever has accumulated in
 one call. While that call is in flight the next items accumulate, so under load batches grow by
-themselves and at idle a lone item is written at once: there is no timer, hence no added latency.
+themselves. Items that trickle in (a few hundred a second: each would find the writer idle and go
+alone) are held up to `linger` seconds for company; a full batch never waits.
 
 A handler's `submit` returns only after the write holding its item finished, so the handler acks
 after the commit, as before. A failed write fails every item of that batch (each handler then
@@ -29,18 +30,26 @@ class Coalescer(Generic[T, R]):
     call at a time. `write` returns one result per item, in order; an exception in that list
     is raised by that item's `submit` only."""
 
-    def __init__(self, write: Write[T, R], *, max_items: int) -> None:
+    def __init__(self, write: Write[T, R], *, max_items: int, linger: float = 0.0) -> None:
         if max_items < 1:
             raise ValueError("max_items must be at least 1")
+        if linger < 0:
+            raise ValueError("linger must not be negative")
         self._write = write
         self._max_items = max_items
+        self._linger = linger
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._writer: asyncio.Task[None] | None = None
+        # Set while the writer lingers: resolved early once a full batch is waiting.
+        self._full: asyncio.Future[None] | None = None
 
     async def submit(self, item: T) -> R:
         """Write `item` with whatever else is waiting; returns its result once written."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
+        full = self._full
+        if full is not None and len(self._pending) >= self._max_items and not full.done():
+            full.set_result(None)
         if self._writer is None:
             # Scheduled after the handlers already runnable (the rest of a fetched batch), so
             # they get to add their items before the first write.
@@ -51,6 +60,8 @@ class Coalescer(Generic[T, R]):
         batch: list[tuple[T, asyncio.Future[R]]] = []
         try:
             while self._pending:
+                if self._linger and len(self._pending) < self._max_items:
+                    await self._wait_for_more()
                 batch = self._pending[: self._max_items]
                 del self._pending[: self._max_items]
                 try:
@@ -74,9 +85,29 @@ class Coalescer(Generic[T, R]):
                 batch = []
         finally:
             self._writer = None
+            self._full = None
             # Cancelled (shutdown past the grace period): no waiter may hang on a write that
             # will not happen. Their messages are redelivered, duplicates counting once.
             for _, future in batch + self._pending:
                 if not future.done():
                     future.cancel()
             self._pending.clear()
+
+    async def _wait_for_more(self) -> None:
+        """Give a trickle of items `linger` seconds to make a bigger batch (a full one goes at
+        once). Items that arrive one by one (events at a few hundred a second) would otherwise
+        each be written alone, a round trip apiece."""
+        loop = asyncio.get_running_loop()
+        full: asyncio.Future[None] = loop.create_future()
+        self._full = full
+        timer = loop.call_later(self._linger, _resolve, full)
+        try:
+            await full
+        finally:
+            timer.cancel()
+            self._full = None
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -51,6 +51,10 @@ DELETED = Counter("kannon_stats_retention_deleted_total", "Rows deleted by reten
 CONCURRENCY = 256
 # Events per statement: a few hundred rows keep one statement well under the ack deadline.
 MAX_BATCH = 256
+# How long a lone event waits for others to share its statement. Events trickle in (two per
+# Delivery, as SMTP transactions finish): without a wait nearly every one went alone. 20 ms is
+# unnoticeable in the stats and makes batches of ~10 at a few hundred Deliveries a second.
+WRITE_LINGER = 0.02
 
 
 def utc_now() -> datetime:
@@ -78,7 +82,9 @@ class StatsWorker:
         self._pool = pool
         self._bus = bus
         self._clock = clock
-        self._writes: Coalescer[Event, bool] = Coalescer(self._record, max_items=MAX_BATCH)
+        self._writes: Coalescer[Event, bool] = Coalescer(
+            self._record, max_items=MAX_BATCH, linger=WRITE_LINGER
+        )
 
     @property
     def consumer(self) -> ConsumerSpec:
