@@ -17,8 +17,8 @@ from json.encoder import encode_basestring
 
 import asyncpg
 
-from kannon.db.domains import to_db_time
 from kannon.db.templates import insert_template
+from kannon.db.times import to_db_time
 from kannon.model.batch import BatchPlan
 from kannon.model.template import Template
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
+from kannon.db.times import from_db_time, to_db_time
 from kannon.model.delivery import SCHEDULED, SENDING, TO_VALIDATE, VALIDATING, PoolDelivery
 
 _NAMES = (
@@ -56,17 +57,6 @@ class ReclaimCounts:
         return self.validating + self.sending
 
 
-def to_db_time(value: datetime) -> datetime:
-    """Naive UTC, as the timestamp columns store it."""
-    if value.tzinfo is None:
-        return value
-    return value.astimezone(UTC).replace(tzinfo=None)
-
-
-def _from_db_time(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC)
-
-
 def _fields(value: Any) -> Mapping[str, str]:
     # The pool's codec decodes jsonb; a raw connection without it hands over the JSON text.
     if isinstance(value, str):
@@ -85,10 +75,10 @@ def _delivery(row: asyncpg.Record) -> PoolDelivery:
         domain=row["domain"],
         status=row["status"],
         send_attempts_cnt=row["send_attempts_cnt"],
-        original_scheduled_time=_from_db_time(row["original_scheduled_time"]),
-        scheduled_time=_from_db_time(row["scheduled_time"]),
+        original_scheduled_time=from_db_time(row["original_scheduled_time"]),
+        scheduled_time=from_db_time(row["scheduled_time"]),
         fields=_fields(row["fields"]),
-        claimed_at=_from_db_time(claimed_at) if claimed_at is not None else None,
+        claimed_at=from_db_time(claimed_at) if claimed_at is not None else None,
         last_reply_code=row["last_reply_code"],
         last_reply_msg=row["last_reply_msg"],
     )

@@ -7,24 +7,14 @@ database's `now()` follows the server's TimeZone setting, which is not ours to a
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
+from kannon.db.times import from_db_time, to_db_time
 from kannon.model.domain import Domain
 from kannon.model.errors import Conflict
-
-
-def to_db_time(value: datetime) -> datetime:
-    """Aware (any zone) or naive-UTC datetime -> naive UTC, the form the columns hold."""
-    if value.tzinfo is None:
-        return value
-    return value.astimezone(UTC).replace(tzinfo=None)
-
-
-def from_db_time(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC)
 
 
 def _domain(row: Any) -> Domain:

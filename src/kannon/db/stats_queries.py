@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from kannon.db.domains import from_db_time, to_db_time
+from kannon.db.times import from_db_time, to_db_time
 
 
 @dataclass(frozen=True)

@@ -15,23 +15,18 @@ Events are recorded a batch at a time, in one statement per batch: one transacti
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
+from kannon.db.times import to_db_time
 from kannon.model.outcome import Outcome
-
-
-def _naive_utc(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        return value
-    return value.astimezone(UTC).replace(tzinfo=None)
 
 
 def hour_bucket(timestamp: datetime) -> datetime:
     """Start of the UTC hour holding `timestamp` (naive UTC, as aggregated_stats stores it)."""
-    return _naive_utc(timestamp).replace(minute=0, second=0, microsecond=0)
+    return to_db_time(timestamp).replace(minute=0, second=0, microsecond=0)
 
 
 class EventRefused(Exception):
@@ -87,7 +82,7 @@ async def record_events(
     order = sorted(range(len(events)), key=lambda i: events[i][0].event_id)
     rows = [events[i] for i in order]
     keys: list[EventKey] = [
-        (o.type, o.recipient, o.batch_id, o.domain, _naive_utc(o.timestamp)) for o, _ in rows
+        (o.type, o.recipient, o.batch_id, o.domain, to_db_time(o.timestamp)) for o, _ in rows
     ]
     try:
         stored = await pool.fetch(
@@ -124,7 +119,7 @@ async def delete_stats_before(pool: asyncpg.Pool, cutoff: datetime, *, page: int
     """Delete `stats` rows older than `cutoff`, `page` rows per transaction so a large backlog
     never holds long locks; returns how many were deleted. Aggregates are kept (as the
     original does): they are small and are the long-term history."""
-    naive = _naive_utc(cutoff)
+    naive = to_db_time(cutoff)
     total = 0
     while True:
         status = await pool.execute(
@@ -145,6 +140,6 @@ async def delete_stats_before(pool: asyncpg.Pool, cutoff: datetime, *, page: int
 async def delete_expired_stats_keys(pool: asyncpg.Pool, now: datetime) -> int:
     """Delete tracking-token keys that expired (no token they signed can still verify)."""
     status = await pool.execute(
-        "DELETE FROM stats_keys WHERE expiration_time < $1", _naive_utc(now)
+        "DELETE FROM stats_keys WHERE expiration_time < $1", to_db_time(now)
     )
     return int(status.rsplit(" ", 1)[-1])

@@ -11,7 +11,7 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
-from kannon.db.domains import from_db_time, to_db_time
+from kannon.db.times import from_db_time, to_db_time
 from kannon.model.template import PERSISTENT, Template
 
 _COLUMNS = "template_id, domain, html, title, type::text AS type, created_at, updated_at"

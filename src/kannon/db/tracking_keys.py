@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import base64
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 
+from kannon.db.times import to_db_time
 from kannon.envelope.tokens import TrackingKey
 
 ALGORITHM = "hmac-sha256"
-
-
-def _naive(value: datetime) -> datetime:
-    return value.astimezone(UTC).replace(tzinfo=None)
 
 
 async def signing_key(pool: asyncpg.Pool, now: datetime, token_ttl: timedelta) -> TrackingKey:
@@ -33,7 +30,7 @@ async def signing_key(pool: asyncpg.Pool, now: datetime, token_ttl: timedelta) -
             "SELECT id, private_key FROM stats_keys WHERE public_key = $1"
             " AND expiration_time > $2 ORDER BY creation_time DESC LIMIT 1",
             ALGORITHM,
-            _naive(now + token_ttl),
+            to_db_time(now + token_ttl),
         )
         if row is None:
             kid = "key_" + secrets.token_hex(12)
@@ -44,8 +41,8 @@ async def signing_key(pool: asyncpg.Pool, now: datetime, token_ttl: timedelta) -
                 kid,
                 base64.b64encode(secret).decode(),
                 ALGORITHM,
-                _naive(now),
-                _naive(now + 2 * token_ttl),
+                to_db_time(now),
+                to_db_time(now + 2 * token_ttl),
             )
             return TrackingKey(kid, secret)
     return TrackingKey(row["id"], base64.b64decode(row["private_key"]))
@@ -56,6 +53,6 @@ async def verification_keys(pool: asyncpg.Pool, now: datetime) -> dict[str, byte
     rows = await pool.fetch(
         "SELECT id, private_key FROM stats_keys WHERE public_key = $1 AND expiration_time > $2",
         ALGORITHM,
-        _naive(now),
+        to_db_time(now),
     )
     return {r["id"]: base64.b64decode(r["private_key"]) for r in rows}

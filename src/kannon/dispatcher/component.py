@@ -41,7 +41,7 @@ import random
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
@@ -77,6 +77,7 @@ from kannon.envelope.tokens import TrackingKey
 from kannon.model.delivery import SENDING, PoolDelivery
 from kannon.model.outcome import Bounced, Errored, Failed, Outcome
 from kannon.model.retry import JITTER_MAX, JITTER_MIN, RetryPolicy
+from kannon.runtime.clock import utc_now
 from kannon.runtime.component import Life, run_cycles
 from kannon.runtime.logs import obfuscate
 from kannon.wire.stats import UndecodableEvent, decode, publish_outcome
@@ -119,10 +120,6 @@ BOUNDARY_SEED_BYTES = 12
 
 WHILE_DISPATCHING = "dispatching"
 WHILE_SENDING = "sending"
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def draw_jitter() -> float:

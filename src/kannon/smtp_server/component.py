@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import AnyStr
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -37,6 +37,7 @@ from kannon.config import ConfigError, Settings, require
 from kannon.config.values import parse_listen_address
 from kannon.dsn import parse_message
 from kannon.envelope.bounce import parse_bounce_address
+from kannon.runtime.clock import utc_now
 from kannon.runtime.component import Life
 from kannon.runtime.logs import obfuscate
 from kannon.smtp_server.inbound import bounces_of, report_message_id
@@ -60,10 +61,6 @@ ACCEPTED = "250 2.0.0 Report accepted"
 RETRY_LATER = "451 4.3.0 Report not recorded, please try again later"
 SHUTTING_DOWN = b"421 4.3.2 Service shutting down\r\n"
 DEFAULT_GRACE = timedelta(seconds=10)
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class _Session(SMTP):

@@ -21,7 +21,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
@@ -32,6 +32,7 @@ from kannon.config import Settings
 from kannon.db import stats_store
 from kannon.db.batching import Coalescer
 from kannon.model.outcome import Outcome, domain_of_batch
+from kannon.runtime.clock import utc_now
 from kannon.runtime.component import Life
 from kannon.wire.stats import UndecodableEvent, data_json, decode
 
@@ -55,10 +56,6 @@ MAX_BATCH = 256
 # Delivery, as SMTP transactions finish): without a wait nearly every one went alone. 20 ms is
 # unnoticeable in the stats and makes batches of ~10 at a few hundred Deliveries a second.
 WRITE_LINGER = 0.02
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,12 @@ import uvicorn
 from kannon.bus.client import Bus
 from kannon.config import Settings
 from kannon.db.tracking_keys import verification_keys
+from kannon.runtime.clock import utc_now
 from kannon.runtime.component import Life
 from kannon.tracker.app import TrackerRoutes, build_app
 from kannon.tracker.client_ip import ClientAddress
 from kannon.tracker.events import EventSink
-from kannon.tracker.keys import KeyCache, utc_now
+from kannon.tracker.keys import KeyCache
 
 log = logging.getLogger("kannon.tracker")
 

@@ -13,11 +13,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from prometheus_client import Counter
 
 from kannon.envelope.tokens import ClickClaim, OpenClaim, verify_token
+from kannon.runtime.clock import utc_now
 
 log = logging.getLogger("kannon.tracker")
 
@@ -29,10 +30,6 @@ KEY_LOADS = Counter(
 
 KeyLoader = Callable[[datetime], Awaitable[Mapping[str, bytes]]]
 Claim = OpenClaim | ClickClaim
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class _KidProbe(Mapping[str, bytes]):

@@ -16,7 +16,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
@@ -26,6 +26,7 @@ from kannon.db import deliveries
 from kannon.model.address import InvalidAddress, parse_address
 from kannon.model.delivery import PoolDelivery
 from kannon.model.outcome import Accepted, Outcome, Rejected
+from kannon.runtime.clock import utc_now
 from kannon.runtime.component import Life, run_cycles
 from kannon.runtime.logs import obfuscate
 from kannon.wire.stats import Publisher, publish_outcome
@@ -41,10 +42,6 @@ VALIDATED = Counter(
 RECLAIMED = Counter(
     "kannon_validator_reclaimed_total", "Abandoned validation claims returned to the Pool"
 )
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def event_id(kind: str, message_id: str, email: str) -> str:
