@@ -120,3 +120,24 @@ def test_sigterm_drains_and_exits_zero() -> None:
     out, _ = proc.communicate(timeout=10)
     assert "drained" in out
     assert proc.returncode == 0
+
+
+async def test_run_every_runs_at_once_survives_errors_and_stops() -> None:
+    from datetime import timedelta
+
+    from kannon.runtime.component import run_every
+
+    life = Life("housekeeping")
+    runs: list[int] = []
+    errors: list[BaseException] = []
+
+    async def job() -> None:
+        runs.append(len(runs))
+        if len(runs) == 1:
+            raise RuntimeError("first run fails")
+        if len(runs) == 3:
+            life.stopping.set()
+
+    await asyncio.wait_for(run_every(life, timedelta(0), job, errors.append), timeout=5)
+    assert runs == [0, 1, 2]
+    assert [str(e) for e in errors] == ["first run fails"]

@@ -78,7 +78,7 @@ from kannon.model.delivery import SENDING, PoolDelivery
 from kannon.model.outcome import Bounced, Errored, Failed, Outcome
 from kannon.model.retry import JITTER_MAX, JITTER_MIN, RetryPolicy
 from kannon.runtime.clock import utc_now
-from kannon.runtime.component import Life, run_cycles
+from kannon.runtime.component import Life, run_cycles, run_every
 from kannon.runtime.logs import obfuscate
 from kannon.wire.stats import UndecodableEvent, decode, publish_outcome
 
@@ -646,13 +646,7 @@ class Dispatcher:
 
     async def _reclaim_loop(self, life: Life) -> None:
         # Once at start (a previous instance may have died mid-cycle), then on a timer.
-        while not life.stopping.is_set():
-            try:
-                await self.reclaim()
-            except Exception as exc:
-                _log_error(exc)
-            if await life.sleep(self.reclaim_interval.total_seconds()):
-                return
+        await run_every(life, self.reclaim_interval, self.reclaim, _log_error)
 
 
 def _log_error(exc: BaseException) -> None:

@@ -71,3 +71,23 @@ async def run_cycles(
             done = 0
         if done == 0 and await life.sleep(idle.total_seconds()):
             return
+
+
+async def run_every(
+    life: Life,
+    interval: timedelta,
+    job: Callable[[], Awaitable[object]],
+    on_error: Callable[[BaseException], None],
+) -> None:
+    """Run `job` now and then every `interval` until stopping (reclaims, retention, ...).
+
+    A failing run is reported to `on_error` and tried again at the next tick: housekeeping can
+    wait, the Component's real work must not stop for it.
+    """
+    while not life.stopping.is_set():
+        try:
+            await job()
+        except Exception as exc:
+            on_error(exc)
+        if await life.sleep(interval.total_seconds()):
+            return

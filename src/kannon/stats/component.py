@@ -33,7 +33,7 @@ from kannon.db import stats_store
 from kannon.db.batching import Coalescer
 from kannon.model.outcome import Outcome, domain_of_batch
 from kannon.runtime.clock import utc_now
-from kannon.runtime.component import Life
+from kannon.runtime.component import Life, run_every
 from kannon.wire.stats import UndecodableEvent, data_json, decode
 
 if TYPE_CHECKING:
@@ -152,13 +152,12 @@ class StatsWorker:
     async def _cleanup_loop(self, life: Life) -> None:
         # Once at start, then every stats.cleanup_interval. A failure is logged and retried at
         # the next tick: retention can wait, recording events must not stop for it.
-        while not life.stopping.is_set():
-            try:
-                await self.cleanup()
-            except Exception:
-                log.exception("retention cleanup failed")
-            if await life.sleep(self._settings.stats.cleanup_interval.total_seconds()):
-                return
+        await run_every(
+            life,
+            self._settings.stats.cleanup_interval,
+            self.cleanup,
+            lambda exc: log.error("retention cleanup failed", exc_info=exc),
+        )
 
 
 def _log_refused(event: Event, exc: Exception) -> None:

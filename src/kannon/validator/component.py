@@ -27,7 +27,7 @@ from kannon.model.address import InvalidAddress, parse_address
 from kannon.model.delivery import PoolDelivery
 from kannon.model.outcome import Accepted, Outcome, Rejected
 from kannon.runtime.clock import utc_now
-from kannon.runtime.component import Life, run_cycles
+from kannon.runtime.component import Life, run_cycles, run_every
 from kannon.runtime.logs import obfuscate
 from kannon.wire.stats import Publisher, publish_outcome
 
@@ -169,13 +169,7 @@ class Validator:
 
     async def _reclaim_loop(self, life: Life) -> None:
         # Once at start (a previous instance may have died mid-cycle), then on a timer.
-        while not life.stopping.is_set():
-            try:
-                await self.reclaim()
-            except Exception as exc:
-                _log_error(exc)
-            if await life.sleep(self.reclaim_interval.total_seconds()):
-                return
+        await run_every(life, self.reclaim_interval, self.reclaim, _log_error)
 
 
 def _log_error(exc: BaseException) -> None:
