@@ -33,6 +33,7 @@ import yaml
 import kannon
 from kannon.config import COMPONENTS, add_cli_flags, iter_keys, load_settings
 from kannon.config.model import Settings
+from kannon.envelope.bounce import make_bounce_address
 from kannon.runtime.health import HealthRegistry, HealthServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -565,6 +566,9 @@ def test_compose_kannon_yaml_has_only_known_keys_and_loads() -> None:
     assert settings.api.port == PUBLISHED["api"][0]
     assert settings.tracker.port == PUBLISHED["tracker"][0]
     assert settings.health.port == HEALTH_PORT
+    # The dispatcher and smtp refuse to boot with a bounce secret shorter than 16 bytes.
+    assert settings.secret_key is not None
+    make_bounce_address("msg_x@demo.example", "a@b.example", settings.secret_key.encode())
 
 
 def test_compose_runs_postgres_nats_and_a_one_shot_migration(compose: dict[str, Any]) -> None:
