@@ -131,3 +131,13 @@ async def test_domain_dns_prints_the_records_to_publish(database_url: str) -> No
     assert any(line.startswith("MX") and "kannon.example.com" in line for line in lines), lines
     missing = run("domain", "dns", "nope.example.com", "--database-url", database_url)
     assert missing.returncode == 1 and "not found" in missing.stderr
+
+
+def test_unreachable_database_at_boot_is_one_line_and_exit_1() -> None:
+    from kannon.runtime.processes import free_port
+
+    url = f"postgresql://kannon@127.0.0.1:{free_port()}/kannon"
+    result = run("--run-api", "--database-url", url, "--health-port", "0")
+    assert result.returncode == 1
+    assert "cannot start component" in result.stderr and "api" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
-from kannon.config import Settings
+from kannon.config import ConfigError, Settings
 from kannon.runtime.component import Component
 from kannon.runtime.health import HealthRegistry, HealthServer
 from kannon.runtime.resources import Resources
@@ -24,8 +24,7 @@ Builder = Callable[[Settings, Resources], Awaitable[Component]]
 
 
 def _builders() -> dict[str, Builder]:
-    """Builders of the Components that exist; imported lazily so a process loads only its own."""
-    builders: dict[str, Builder] = {}
+    """One builder per Component; imported lazily so a process loads only its own."""
 
     async def api(settings: Settings, resources: Resources) -> Component:
         from kannon.api.component import ApiComponent
@@ -63,41 +62,15 @@ def _builders() -> dict[str, Builder]:
 
         return StatsWorker(settings, await resources.pool(), await resources.bus())
 
-    for name, builder in (
-        ("api", api),
-        ("validator", validator),
-        ("dispatcher", dispatcher),
-        ("sender", sender),
-        ("smtp", smtp),
-        ("tracker", tracker),
-        ("stats", stats),
-    ):
-        builders[name] = builder
-    return builders
-
-
-def available_components() -> list[str]:
-    """Components whose package is present in this build."""
-    import importlib.util
-
-    modules = {
-        "api": "kannon.api.component",
-        "validator": "kannon.validator.component",
-        "dispatcher": "kannon.dispatcher.component",
-        "sender": "kannon.smtp_sender.component",
-        "smtp": "kannon.smtp_server.component",
-        "tracker": "kannon.tracker.component",
-        "stats": "kannon.stats.component",
+    return {
+        "api": api,
+        "validator": validator,
+        "dispatcher": dispatcher,
+        "sender": sender,
+        "smtp": smtp,
+        "tracker": tracker,
+        "stats": stats,
     }
-    found = []
-    for name in COMPONENT_ORDER:
-        try:
-            spec = importlib.util.find_spec(modules[name])
-        except ModuleNotFoundError:
-            spec = None
-        if spec is not None:
-            found.append(name)
-    return found
 
 
 async def run_components(
@@ -119,17 +92,29 @@ async def run_components(
     server = HealthServer(health, settings.health.host, settings.health.port)
     builders = _builders()
     try:
-        components = [await builders[name](settings, resources) for name in names]
+        components: list[Component] = []
+        for name in names:
+            try:
+                components.append(await builders[name](settings, resources))
+            except ConfigError:
+                raise
+            except Exception as exc:
+                # Unreachable database or NATS at boot: one clear line, not a traceback.
+                log.error(
+                    "cannot start component",
+                    extra={"kv": {"component": name, "error": f"{type(exc).__name__}: {exc}"}},
+                )
+                return 1
         await server.start()
         resources.add_closer("health", server.close)
         if on_started is not None:
             on_started(server)
         log.info("starting components", extra={"kv": {"components": ",".join(names)}})
         outcome = await supervise(components, health=health, grace=grace, stop=stop)
-        for name, exc in outcome.failures.items():
+        for name, failure in outcome.failures.items():
             log.error(
                 "component ended with an error",
-                extra={"kv": {"component": name, "error": repr(exc)}},
+                extra={"kv": {"component": name, "error": repr(failure)}},
             )
         return outcome.exit_code
     finally:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import asyncpg
 
-from kannon.app import available_components, run_components
+from kannon.app import COMPONENT_ORDER, run_components
 from kannon.bus.embedded import start_nats
 from kannon.config import Settings
 from kannon.db.embedded import EmbeddedPostgres, start_postgres
@@ -78,7 +78,7 @@ async def run_standalone(settings: Settings, *, stop: asyncio.Event | None = Non
         applied = await migrate(settings.database_url)
         if applied:
             log.info("migrations applied", extra={"kv": {"count": len(applied)}})
-        names = available_components()
+        names = list(COMPONENT_ORDER)
         return await run_components(
             settings,
             names,
