@@ -271,9 +271,22 @@ def test_every_manifest_validates_strictly(version: str) -> None:
 
 @pytest.mark.parametrize("path", [K8S, STANDALONE], ids=["fleet", "standalone"])
 def test_kustomizations_render_to_valid_manifests(path: Path, tmp_path: Path) -> None:
+    # What holds without kustomize: every listed file exists, generated config files load as
+    # Kannon settings, and every image the kustomization retags is used by some manifest.
+    kustomization = yaml.safe_load((path / "kustomization.yaml").read_text(encoding="utf-8"))
+    manifests = "".join(
+        (path / name).read_text(encoding="utf-8") for name in kustomization["resources"]
+    )
+    for generator in kustomization.get("configMapGenerator", []):
+        for name in generator["files"]:
+            load_settings({}, {}, config_path=str(path / name))
+    for image in kustomization.get("images", []):
+        assert f"image: {image['name']}" in manifests, image["name"]
+    # kubectl is not part of Kannon's install (it is on the machines this was written on):
+    # where it exists, also render the kustomization and validate the result strictly.
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.skip("kubectl (with its built-in kustomize) is not installed")
+        return
     rendered = subprocess.run(
         [kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60, check=False
     )
