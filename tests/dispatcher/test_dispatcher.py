@@ -543,3 +543,32 @@ async def test_run_consumes_outcomes_dispatches_and_drains_on_stop(
     await asyncio.wait_for(task, 15)
     assert multiprocessing.active_children() == []
     assert [p.job.recipient for p in await envelopes(bus)] == ["new@example.org"]
+
+
+async def test_a_late_error_about_an_earlier_attempt_leaves_the_attempt_in_flight_alone(
+    pool: asyncpg.Pool, bus: Bus
+) -> None:
+    """Attempt 1 is in flight; a redelivered Errored about attempt 0 must not reschedule it (that
+    would send attempt 1's Envelope again). The event names the kannon.sending message it answers,
+    whose Nats-Msg-Id carries the attempt."""
+    from kannon.bus.subjects import SENDING_SUBJECT
+    from kannon.dispatcher.component import envelope_msg_id
+    from kannon.envelope.ids import make_email_id
+
+    email = "late@example.org"
+    await add(pool, [email], status="sending", attempts=1)
+    worker = dispatcher(pool, bus, Clock(T0))
+    email_id = make_email_id(BATCH, email)
+    old_seq = await bus.publish(SENDING_SUBJECT, b"attempt 0", envelope_msg_id(email_id, 0))
+    new_seq = await bus.publish(SENDING_SUBJECT, b"attempt 1", envelope_msg_id(email_id, 1))
+
+    def error_about(seq: int) -> BusMessage:
+        outcome = Outcome(BATCH, DOMAIN, email, T0, Errored(451, "later"), f"error.{seq}")
+        return outcome_message(outcome)
+
+    assert (await worker.handle_error(error_about(old_seq))).verdict is Verdict.ACK
+    row = (await rows(pool))[email]
+    assert (row["status"], row["send_attempts_cnt"]) == ("sending", 1)
+    assert (await worker.handle_error(error_about(new_seq))).verdict is Verdict.ACK
+    row = (await rows(pool))[email]
+    assert (row["status"], row["send_attempts_cnt"]) == ("scheduled", 2)

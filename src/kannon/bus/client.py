@@ -162,6 +162,14 @@ class Bus:
         PUBLISHED.labels(subject).inc()
         return int(ack.seq)
 
+    async def stored_msg_id(self, stream: str, seq: int) -> str | None:
+        """The Nats-Msg-Id of message `seq` of `stream`, or None once it has aged out."""
+        try:
+            msg = await self.js.get_msg(stream, seq)
+        except nats.js.errors.NotFoundError:
+            return None
+        return (msg.headers or {}).get("Nats-Msg-Id")
+
     async def check(self) -> None:
         if not self.nc.is_connected:
             raise RuntimeError(f"not connected (status {self.nc._status})")

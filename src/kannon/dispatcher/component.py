@@ -54,6 +54,7 @@ from kannon.bus.subjects import (
     DISPATCHER_DELIVERED_DURABLE,
     DISPATCHER_ERROR_DURABLE,
     ERROR,
+    SENDING_STREAM,
     SENDING_SUBJECT,
     STATS_STREAM,
     stats_subject,
@@ -103,6 +104,10 @@ ENDED = Counter(
 RECLAIMED = Counter(
     "kannon_dispatcher_reclaimed_total", "Abandoned dispatch claims returned to the Pool"
 )
+STALE_ERRORS = Counter(
+    "kannon_dispatcher_stale_errors_total",
+    "Errored events about an earlier attempt than the one in flight, ignored",
+)
 
 # Envelopes published at once: enough to hide the PubAck round trip, few enough that one
 # cycle does not hold thousands of built messages in memory.
@@ -142,6 +147,19 @@ def envelope_msg_id(email_id: str, attempt: int) -> str:
     """Nats-Msg-Id of an Envelope: the same attempt published twice is stored once, while a
     retry (a new attempt) is a new message."""
     return f"{email_id}.{attempt}"
+
+
+def attempt_of_envelope_msg_id(msg_id: str) -> int | None:
+    _, dot, attempt = msg_id.rpartition(".")
+    return int(attempt) if dot and attempt.isdigit() else None
+
+
+def sending_seq_of_event(event_id: str | None) -> int | None:
+    """The `kannon.sending` sequence an SMTPSender outcome answers (its id is `<type>.<seq>`)."""
+    if not event_id:
+        return None
+    _, dot, seq = event_id.rpartition(".")
+    return int(seq) if dot and seq.isdigit() else None
 
 
 def end_event_id(kind: str, batch_id: str, email: str) -> str:
@@ -612,6 +630,11 @@ class Dispatcher:
         if delivery is None or delivery.status != SENDING:
             # Gone (ended), or an earlier copy of this event already rescheduled it.
             return Result.ack()
+        if await self._answers_an_older_attempt(message, delivery):
+            # A late copy about an attempt already rescheduled, while a newer one is in flight:
+            # rescheduling now would send the newer attempt's Envelope a second time.
+            STALE_ERRORS.inc()
+            return Result.ack()
         # Code 0 means no server answered (DNS, connection): keep the last real reply instead.
         reply = (detail.code, detail.message) if detail.code >= 200 else None
         await self.retry_or_end(
@@ -622,6 +645,20 @@ class Dispatcher:
             reply=reply,
         )
         return Result.ack()
+
+    async def _answers_an_older_attempt(self, message: BusMessage, delivery: PoolDelivery) -> bool:
+        """Whether this Errored answers an Envelope of an earlier attempt than the one in flight.
+
+        The event names the `kannon.sending` message it answers; that message's Nats-Msg-Id
+        carries the attempt number. When the message has aged out of the stream (24 h) or the id
+        is not ours, the event is taken as current, as before.
+        """
+        seq = sending_seq_of_event(message.msg_id)
+        if seq is None:
+            return False
+        msg_id = await self._bus.stored_msg_id(SENDING_STREAM, seq)
+        attempt = attempt_of_envelope_msg_id(msg_id) if msg_id else None
+        return attempt is not None and attempt < delivery.send_attempts_cnt
 
     # -- reclaim -----------------------------------------------------------------------------
 
