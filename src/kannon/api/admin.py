@@ -111,29 +111,34 @@ class AdminService:
         template_id = check_template_id(request.template_id)
         check_html(request.html)
         check_title(request.title)
-        template = await templates.update_template(
-            self.pool, template_id, html=request.html, title=request.title, now=datetime.now(UTC)
+        template = _found_template(
+            await templates.update_template(
+                self.pool,
+                template_id,
+                html=request.html,
+                title=request.title,
+                now=datetime.now(UTC),
+            ),
+            template_id,
         )
-        if template is None:
-            raise NotFound(f"template_id: {template_id!r} not found")
         return pb.UpdateTemplateRes(template=wire.template_pb(template))
 
     @rpc
     async def DeleteTemplate(self, request: Any, context: Any) -> Any:
         self.guard.check(context)
         template_id = check_template_id(request.template_id)
-        template = await templates.delete_template(self.pool, template_id)
-        if template is None:
-            raise NotFound(f"template_id: {template_id!r} not found")
+        template = _found_template(
+            await templates.delete_template(self.pool, template_id), template_id
+        )
         return pb.DeleteTemplateRes(template=wire.template_pb(template))
 
     @rpc
     async def GetTemplate(self, request: Any, context: Any) -> Any:
         self.guard.check(context)
         template_id = check_template_id(request.template_id)
-        template = await templates.get_template(self.pool, template_id)
-        if template is None:
-            raise NotFound(f"template_id: {template_id!r} not found")
+        template = _found_template(
+            await templates.get_template(self.pool, template_id), template_id
+        )
         return pb.GetTemplateRes(template=wire.template_pb(template))
 
     @rpc
@@ -204,3 +209,9 @@ class AdminService:
         if key is None:
             raise NotFound(f"id: no API key {key_id!r} in domain {domain!r}")
         return pb.DeactivateAPIKeyResponse(api_key=wire.api_key_pb(key))
+
+
+def _found_template(template: Template | None, template_id: str) -> Template:
+    if template is None:
+        raise NotFound(f"template_id: {template_id!r} not found")
+    return template

@@ -114,8 +114,8 @@ async def claim_for_validation(pool: asyncpg.Pool, limit: int, now: datetime) ->
     return [_delivery(row) for row in rows]
 
 
-async def mark_validated(pool: asyncpg.Pool, ids: Sequence[int]) -> int:
-    """validating → scheduled; returns how many rows were still claimed for validation."""
+async def _move(pool: asyncpg.Pool, ids: Sequence[int], source: str, target: str) -> int:
+    """source → target for the given rows still in `source`; returns how many moved."""
     if not ids:
         return 0
     status = await pool.execute(
@@ -123,11 +123,16 @@ async def mark_validated(pool: asyncpg.Pool, ids: Sequence[int]) -> int:
         UPDATE sending_pool_emails SET status = $1, claimed_at = NULL
         WHERE id = ANY($2::int[]) AND status = $3
         """,
-        SCHEDULED,
+        target,
         list(ids),
-        VALIDATING,
+        source,
     )
     return _count(status)
+
+
+async def mark_validated(pool: asyncpg.Pool, ids: Sequence[int]) -> int:
+    """validating → scheduled; returns how many rows were still claimed for validation."""
+    return await _move(pool, ids, VALIDATING, SCHEDULED)
 
 
 async def delete(pool: asyncpg.Pool, ids: Sequence[int]) -> int:
@@ -143,18 +148,7 @@ async def delete(pool: asyncpg.Pool, ids: Sequence[int]) -> int:
 async def release_validation(pool: asyncpg.Pool, ids: Sequence[int]) -> int:
     """validating → to_validate now, for claims the Validator could not finish (e.g. the bus
     refused the event), rather than waiting for the Reclaim timeout."""
-    if not ids:
-        return 0
-    status = await pool.execute(
-        """
-        UPDATE sending_pool_emails SET status = $1, claimed_at = NULL
-        WHERE id = ANY($2::int[]) AND status = $3
-        """,
-        TO_VALIDATE,
-        list(ids),
-        VALIDATING,
-    )
-    return _count(status)
+    return await _move(pool, ids, VALIDATING, TO_VALIDATE)
 
 
 async def claim_for_dispatch(pool: asyncpg.Pool, limit: int, now: datetime) -> list[PoolDelivery]:
@@ -326,6 +320,24 @@ async def reclaim_stale(
                 SCHEDULED,
             )
     return ReclaimCounts(validating=_count(validating), sending=_count(sending))
+
+
+async def reclaim_all_stale(
+    pool: asyncpg.Pool,
+    now: datetime,
+    validating_timeout: timedelta | None,
+    sending_timeout: timedelta | None,
+    *,
+    page: int = 1000,
+) -> ReclaimCounts:
+    """`reclaim_stale` page after page until no status fills a page; the summed counts."""
+    validating = sending = 0
+    while True:
+        counts = await reclaim_stale(pool, now, validating_timeout, sending_timeout, limit=page)
+        validating += counts.validating
+        sending += counts.sending
+        if counts.validating < page and counts.sending < page:
+            return ReclaimCounts(validating=validating, sending=sending)
 
 
 async def get(pool: asyncpg.Pool, message_id: str, email: str) -> PoolDelivery | None:

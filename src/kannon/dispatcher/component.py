@@ -664,18 +664,14 @@ class Dispatcher:
 
     async def reclaim(self) -> int:
         """Return dispatch claims older than dispatcher.claim_timeout to scheduled."""
-        total = 0
-        while True:
-            counts = await deliveries.reclaim_stale(
-                self._pool,
-                self._clock(),
-                validating_timeout=None,  # validation claims are the Validator's to reclaim
-                sending_timeout=self._settings.claim_timeout,
-                limit=RECLAIM_PAGE,
-            )
-            total += counts.sending
-            if counts.sending < RECLAIM_PAGE:
-                break
+        counts = await deliveries.reclaim_all_stale(
+            self._pool,
+            self._clock(),
+            validating_timeout=None,  # validation claims are the Validator's to reclaim
+            sending_timeout=self._settings.claim_timeout,
+            page=RECLAIM_PAGE,
+        )
+        total = counts.sending
         if total:
             RECLAIMED.inc(total)
             log.warning("reclaimed abandoned dispatch claims", extra={"kv": {"count": total}})

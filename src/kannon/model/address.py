@@ -36,22 +36,26 @@ class Address:
         return f"{self.local}@{self.domain}"
 
 
+def ascii_domain(name: str) -> str:
+    """Lower-case A-label form of a name, one trailing dot dropped (DNS is case-insensitive and
+    `example.com.` is the same name); raises idna.IDNAError for an invalid non-ASCII name."""
+    if name.endswith("."):
+        name = name[:-1]
+    if not name.isascii():
+        name = idna.encode(name, uts46=True).decode("ascii")
+    return name.lower()
+
+
 def normalize_domain(domain: str) -> str:
     """Lower-case A-label form of a domain name, or InvalidAddress."""
     if not domain:
         raise InvalidAddress("the domain is empty")
     if domain.startswith("[") or domain.endswith("]"):
         raise InvalidAddress("address literals are not accepted")
-    if domain.endswith("."):
-        domain = domain[:-1]
-    if not domain.isascii():
-        try:
-            domain = idna.encode(domain, uts46=True).decode("ascii")
-        except idna.IDNAError as exc:
-            raise InvalidAddress(
-                f"the domain is not a valid internationalised name: {exc}"
-            ) from None
-    domain = domain.lower()
+    try:
+        domain = ascii_domain(domain)
+    except idna.IDNAError as exc:
+        raise InvalidAddress(f"the domain is not a valid internationalised name: {exc}") from None
     if len(domain) > MAX_DOMAIN:
         raise InvalidAddress("the domain is longer than 253 characters")
     labels = domain.split(".")

@@ -16,6 +16,7 @@ from datetime import datetime
 
 import idna
 
+from kannon.model.address import ascii_domain
 from kannon.model.errors import InvalidArgument
 
 MAX_DOMAIN_NAME = 253  # DNS limit; the column allows 254
@@ -51,16 +52,12 @@ def canonical_domain_name(value: str, field: str = "domain") -> str:
     name = value.strip()
     if not name:
         raise InvalidArgument(f"{field}: a domain name is required")
-    if name.endswith("."):
-        name = name[:-1]
-    if not name.isascii():
-        try:
-            name = idna.encode(name, uts46=True).decode("ascii")
-        except idna.IDNAError as exc:
-            raise InvalidArgument(
-                f"{field}: {value!r} is not a valid internationalised domain name ({exc})"
-            ) from None
-    name = name.lower()
+    try:
+        name = ascii_domain(name)
+    except idna.IDNAError as exc:
+        raise InvalidArgument(
+            f"{field}: {value!r} is not a valid internationalised domain name ({exc})"
+        ) from None
     if len(name) > MAX_DOMAIN_NAME:
         raise InvalidArgument(
             f"{field}: the domain name is longer than {MAX_DOMAIN_NAME} characters"

@@ -149,19 +149,13 @@ class Validator:
 
     async def reclaim(self) -> int:
         """Return validation claims older than validator.claim_timeout to `to_validate`."""
-        total = 0
-        page = 1000
-        while True:
-            counts = await deliveries.reclaim_stale(
-                self._pool,
-                self._clock(),
-                validating_timeout=self._settings.claim_timeout,
-                sending_timeout=None,  # dispatch claims are the Dispatcher's to reclaim
-                limit=page,
-            )
-            total += counts.validating
-            if counts.validating < page:
-                break
+        counts = await deliveries.reclaim_all_stale(
+            self._pool,
+            self._clock(),
+            validating_timeout=self._settings.claim_timeout,
+            sending_timeout=None,  # dispatch claims are the Dispatcher's to reclaim
+        )
+        total = counts.validating
         if total:
             RECLAIMED.inc(total)
             log.warning("reclaimed abandoned validation claims", extra={"kv": {"count": total}})
