@@ -23,6 +23,7 @@ import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -173,11 +174,24 @@ class SmtpDeliverer:
 
     async def _via_host(self, host: str, job: SendJob, recipient: str, trace: _Trace) -> SendResult:
         key = f"{host}:{self.port}"
+        return await self._send_on(
+            key, lambda: self._open_mx(host, key, trace), job, recipient, trace
+        )
+
+    async def _send_on(
+        self,
+        key: str,
+        open_new: Callable[[], Awaitable[Connection | SendResult]],
+        job: SendJob,
+        recipient: str,
+        trace: _Trace,
+    ) -> SendResult:
+        """One transaction on a reused session for `key`, or on a new one from `open_new`."""
         for _ in range(2):
             conn = await self._reusable(key)
             reused = conn is not None
             if conn is None:
-                opened = await self._open_mx(host, key, trace)
+                opened = await open_new()
                 if isinstance(opened, SendResult):
                     return opened
                 conn = opened
@@ -244,19 +258,9 @@ class SmtpDeliverer:
         self, relay: Relay, job: SendJob, recipient: str, trace: _Trace
     ) -> SendResult:
         key = f"relay:{relay.host}:{relay.port}"
-        for _ in range(2):
-            conn = await self._reusable(key)
-            reused = conn is not None
-            if conn is None:
-                opened = await self._connect_relay(relay, key, trace)
-                if isinstance(opened, SendResult):
-                    return opened
-                conn = opened
-            result = await self._transact(conn, job, recipient, trace)
-            if reused and result.kind is Kind.NO_ANSWER and not result.possibly_delivered:
-                continue
-            return result
-        return result
+        return await self._send_on(
+            key, lambda: self._connect_relay(relay, key, trace), job, recipient, trace
+        )
 
     async def _connect_relay(
         self, relay: Relay, key: str, trace: _Trace
