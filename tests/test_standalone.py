@@ -51,6 +51,13 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return "?"
+
+
 def _healthz(port: int) -> tuple[int, dict[str, object]]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
@@ -102,14 +109,14 @@ def test_standalone_boots_serves_healthz_and_stops_cleanly() -> None:
         checks = body["checks"]
         assert isinstance(checks, dict)
         assert checks["db"] == "ok" and checks["nats"] == "ok"
-        children = _descendants(proc.pid)
+        children = {pid: _cmdline(pid) for pid in _descendants(proc.pid)}
         assert len(children) >= 2  # nats-server and postgres
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, out
         assert "kannon standalone: api" in out
-        leftovers = [pid for pid in children if _alive(pid)]
-        assert leftovers == [], f"children still running after SIGINT: {leftovers}"
+        leftovers = {pid: cmd for pid, cmd in children.items() if _alive(pid)}
+        assert leftovers == {}, f"children still running after SIGINT: {leftovers}"
     finally:
         if proc.poll() is None:
             proc.kill()

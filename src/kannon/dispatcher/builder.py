@@ -21,6 +21,10 @@ Workers ignore SIGINT and SIGTERM: the Dispatcher owns their lifetime and shuts 
 it stops (a Ctrl-C reaches the whole foreground process group; a worker dying under a chunk would
 only cost a fallback). On Linux they also get SIGKILL when the Dispatcher's process dies, so a
 killed Kannon leaves no worker behind.
+
+The spawn context also starts multiprocessing's resource tracker, a child process that otherwise
+lives until this process has exited and then quits on its own a moment later. Standalone promises
+that no child outlives it, so stopping the builder stops (and waits for) the tracker too.
 """
 
 from __future__ import annotations
@@ -200,6 +204,19 @@ def _worker_init(parent: int) -> None:
         os._exit(0)  # the Dispatcher died before the death signal was armed
 
 
+def _stop_resource_tracker() -> None:
+    """Stop multiprocessing's resource tracker and reap it; the next pool starts a new one.
+
+    Called once the pool is shut down, when its semaphores have been unregistered; `_stop` (a
+    private method of CPython 3.8+) closes the tracker's pipe and waits for it to exit.
+    """
+    from multiprocessing import resource_tracker
+
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)
+    if stop is not None:
+        stop()
+
+
 def _warm_up() -> int:
     return os.getpid()
 
@@ -243,6 +260,8 @@ class ProcessBuilder:
             # Waits for the chunk being built (milliseconds) and for the workers to exit, in a
             # thread so the loop keeps draining the other Components meanwhile.
             await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+            del executor
+            await asyncio.to_thread(_stop_resource_tracker)
 
     async def build(
         self, job: BatchJob, items: Sequence[Item], signer: DkimSigner
