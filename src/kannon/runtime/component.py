@@ -12,6 +12,9 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Protocol
 
+CYCLE_ERROR_BACKOFF_MAX = 5.0
+"""Longest pause between two failing cycles of a polling worker (seconds)."""
+
 
 class Life:
     """What the supervisor tells a Component (stop now) and what it hears back (I'm ready)."""
@@ -58,18 +61,27 @@ async def run_cycles(
     """Loop a polling worker's `cycle()` (which returns how much work it did) until stopping.
 
     Sleeps only when a cycle found nothing to do, so a backlog drains at full speed. An error in
-    a cycle is reported to `on_error` and retried after the idle interval when `on_error` is
-    given; otherwise it propagates and fails the Component.
+    a cycle is reported to `on_error` and retried when `on_error` is given — after the idle
+    interval, doubling with each further failure up to `CYCLE_ERROR_BACKOFF_MAX`, so an outage
+    is not hammered five times a second; otherwise it propagates and fails the Component.
     """
+    failures = 0
     while not life.stopping.is_set():
         try:
             done = await cycle()
+            failures = 0
         except Exception as exc:
             if on_error is None:
                 raise
             on_error(exc)
             done = 0
-        if done == 0 and await life.sleep(idle.total_seconds()):
+            failures += 1
+        if done:
+            continue
+        pause = idle.total_seconds()
+        if failures:
+            pause = min(pause * 2 ** min(failures - 1, 16), CYCLE_ERROR_BACKOFF_MAX)
+        if await life.sleep(pause):
             return
 
 

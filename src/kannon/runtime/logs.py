@@ -1,10 +1,13 @@
-"""Structured logging for every process: one `key=value` line per event on stderr."""
+"""Structured logging for every process: one `key=value` line per event on stderr, with repeated
+warnings and errors folded (`log_flood`)."""
 
 from __future__ import annotations
 
 import logging
 import sys
 import time
+
+from kannon.runtime import log_flood
 
 
 class _KeyValueFormatter(logging.Formatter):
@@ -28,6 +31,7 @@ class _KeyValueFormatter(logging.Formatter):
 def setup_logging(debug: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_KeyValueFormatter())
+    log_flood.install(handler)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
