@@ -55,9 +55,15 @@ SAMPLES: dict[str, Sample] = {
 }
 
 
+# Keys with a narrower range than their type.
+KEY_SAMPLES: dict[str, Sample] = {
+    "dispatcher.claim_timeout": Sample("3m", "3m", timedelta(minutes=3)),  # at most 5m
+}
+
+
 def _sample(info: KeyInfo) -> Sample:
     assert info.type_name in SAMPLES, f"add a sample value for type {info.type_name!r} ({info.key})"
-    sample = SAMPLES[info.type_name]
+    sample = KEY_SAMPLES.get(info.key, SAMPLES[info.type_name])
     assert Settings().value_of(info.key) != sample.expected, f"sample for {info.key} is its default"
     return sample
 

@@ -252,6 +252,15 @@ def test_backoff_min_above_backoff_max_is_rejected(load: Loader) -> None:
     assert "dispatcher.backoff_max (6h)" in message
 
 
+def test_a_dispatch_claim_timeout_beyond_the_duplicate_window_is_rejected(load: Loader) -> None:
+    assert load(env={"K_DISPATCHER_CLAIM_TIMEOUT": "5m"}).dispatcher.claim_timeout.seconds == 300
+    with pytest.raises(ConfigError) as info:
+        load(env={"K_DISPATCHER_CLAIM_TIMEOUT": "10m"})
+    message = str(info.value)
+    assert message.startswith("invalid value for dispatcher.claim_timeout")
+    assert "duplicate window" in message
+
+
 # ---------------------------------------------------------------------------------------------
 # Config file lookup.
 

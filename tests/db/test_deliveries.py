@@ -12,7 +12,7 @@ import pytest
 
 from kannon.db import deliveries
 from kannon.db.pool import create_pool
-from kannon.model.delivery import SCHEDULED, SENDING, TO_VALIDATE, VALIDATING
+from kannon.model.delivery import QUEUED, SCHEDULED, SENDING, TO_VALIDATE, VALIDATING
 
 NOW = datetime(2025, 5, 1, 10, 0, tzinfo=UTC)
 BATCH = "msg_testbatch@k.example.com"
@@ -221,6 +221,7 @@ async def test_reclaim_returns_only_stale_claims(pool: asyncpg.Pool) -> None:
     await add(pool, ["s-fresh@x.io"], status=SENDING, claimed_at=NOW - timedelta(minutes=9))
     await add(pool, ["s-null@x.io"], status=SENDING)  # claimed by something that did not stamp
     await add(pool, ["waiting@x.io"], scheduled=NOW - timedelta(days=1))
+    await add(pool, ["queued@x.io"], status=QUEUED)  # published: never a stale claim
     counts = await deliveries.reclaim_stale(pool, NOW, timedelta(minutes=5), timedelta(minutes=10))
     assert (counts.validating, counts.sending, counts.total) == (1, 2, 3)
     assert await statuses(pool) == {
@@ -230,11 +231,13 @@ async def test_reclaim_returns_only_stale_claims(pool: asyncpg.Pool) -> None:
         "s-fresh@x.io": SENDING,
         "s-null@x.io": SCHEDULED,
         "waiting@x.io": TO_VALIDATE,
+        "queued@x.io": QUEUED,
     }
     v = await deliveries.get(pool, BATCH, "v-stale@x.io")
     s = await deliveries.get(pool, BATCH, "s-stale@x.io")
     assert v is not None and (v.send_attempts_cnt, v.claimed_at) == (0, None)
-    assert s is not None and (s.send_attempts_cnt, s.claimed_at) == (3, None)
+    # The same attempt: a reclaimed claim's Envelope, if published after all, is the same one.
+    assert s is not None and (s.send_attempts_cnt, s.claimed_at) == (2, None)
     # Due at once: the next dispatch claim takes it.
     assert "s-stale@x.io" in {d.email for d in await deliveries.claim_for_dispatch(pool, 10, NOW)}
     again = await deliveries.reclaim_stale(pool, NOW, timedelta(minutes=5), timedelta(minutes=10))
@@ -307,3 +310,64 @@ async def test_reclaim_leaves_a_status_alone_when_its_timeout_is_none(pool: asyn
     only_sending = await deliveries.reclaim_stale(pool, NOW, None, timedelta(minutes=5))
     assert (only_sending.validating, only_sending.sending) == (0, 1)
     assert await statuses(pool) == {"v@x.io": TO_VALIDATE, "s@x.io": SCHEDULED}
+
+
+async def test_publish_moves_a_claim_to_queued_only_for_the_attempt_it_published(
+    pool: asyncpg.Pool,
+) -> None:
+    await add(pool, ["a@x.io", "b@x.io", "c@x.io"], status=SCHEDULED)
+    claimed = {d.email: d for d in await deliveries.claim_for_dispatch(pool, 10, NOW)}
+    # b's outcome came first and rescheduled it (attempt 1); c's claim went back to the Pool.
+    assert await deliveries.reschedule(pool, claimed["b@x.io"].id, NOW, 451, "later", attempt=0)
+    assert await deliveries.release_dispatch(pool, [claimed["c@x.io"].id]) == 1
+    published = [(claimed[e].id, 0, seq) for seq, e in enumerate(["a@x.io", "b@x.io", "c@x.io"])]
+    assert await deliveries.mark_queued(pool, published, NOW) == 1
+    a = await deliveries.get(pool, BATCH, "a@x.io")
+    assert a is not None
+    assert (a.status, a.claimed_at, a.queued_at, a.envelope_seq) == (QUEUED, None, NOW, 0)
+    assert await statuses(pool) == {"a@x.io": QUEUED, "b@x.io": SCHEDULED, "c@x.io": SCHEDULED}
+    # An error about another attempt than the row's changes nothing; about its own, it retries.
+    assert not await deliveries.reschedule(pool, a.id, NOW, 451, "x", attempt=1)
+    assert await deliveries.reschedule(pool, a.id, NOW, 451, "x", attempt=0)
+    a = await deliveries.get(pool, BATCH, "a@x.io")
+    assert a is not None
+    assert (a.status, a.send_attempts_cnt, a.envelope_seq) == (SCHEDULED, 1, None)
+    assert a.queued_at is None
+
+
+async def test_a_released_publish_keeps_its_attempt_and_comes_due_later(
+    pool: asyncpg.Pool,
+) -> None:
+    await add(pool, ["a@x.io"], status=SCHEDULED, attempts=3)
+    [d] = await deliveries.claim_for_dispatch(pool, 10, NOW)
+    later = NOW + timedelta(seconds=10)
+    assert await deliveries.release_dispatch(pool, [d.id], later) == 1
+    again = await deliveries.get(pool, BATCH, "a@x.io")
+    assert again is not None
+    assert (again.status, again.send_attempts_cnt, again.scheduled_time) == (SCHEDULED, 3, later)
+    assert await deliveries.claim_for_dispatch(pool, 10, NOW) == []
+
+
+async def test_lost_in_queue_lists_only_envelopes_that_can_no_longer_be_sent(
+    pool: asyncpg.Pool,
+) -> None:
+    await add(pool, ["acked@x.io", "pending@x.io", "gone@x.io", "young@x.io"], status=QUEUED)
+    for email, seq, age in [
+        ("acked@x.io", 5, 120),
+        ("pending@x.io", 9, 120),
+        ("gone@x.io", 2, 120),
+        ("young@x.io", 4, 10),
+    ]:
+        await pool.execute(
+            "UPDATE sending_pool_emails SET queued_at = $1, envelope_seq = $2 WHERE email = $3",
+            (NOW - timedelta(seconds=age)).replace(tzinfo=None),
+            seq,
+            email,
+        )
+    cutoff = NOW - timedelta(minutes=1)
+    # The SMTPSender acknowledged everything up to 5 (young@ too, but it may still hear back).
+    lost = await deliveries.lost_in_queue(pool, cutoff, 5, 1, 10)
+    assert sorted(d.email for d in lost) == ["acked@x.io", "gone@x.io"]
+    # Nothing acknowledged, but the stream no longer holds anything below 3.
+    lost = await deliveries.lost_in_queue(pool, cutoff, 0, 3, 10)
+    assert [d.email for d in lost] == ["gone@x.io"]

@@ -8,16 +8,20 @@ import asyncio
 import base64
 import multiprocessing
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 import pytest
+from nats.js.api import AckPolicy, ConsumerConfig
+from prometheus_client import REGISTRY
 
 from kannon.bus.client import Bus, BusMessage, Verdict
 from kannon.bus.subjects import (
     DISPATCHER_BOUNCED_DURABLE,
     DISPATCHER_DELIVERED_DURABLE,
     DISPATCHER_ERROR_DURABLE,
+    SENDER_DURABLE,
+    SENDING_STREAM,
     SENDING_SUBJECT,
     STATS_STREAM,
     stats_subject,
@@ -26,11 +30,12 @@ from kannon.config import ConfigError, Settings
 from kannon.db import deliveries
 from kannon.db.pool import create_pool
 from kannon.dispatcher import component as dispatcher_module
-from kannon.dispatcher.component import Dispatcher, end_event_id
+from kannon.dispatcher.component import Dispatcher
 from kannon.envelope.bounce import parse_bounce_address
 from kannon.envelope.dkim import generate_dkim_keypair
 from kannon.envelope.ids import make_email_id
 from kannon.envelope.tokens import verify_click, verify_open
+from kannon.model.event_ids import delivery_event_id as end_event_id
 from kannon.model.outcome import Bounced, Delivered, Errored, Failed, Outcome
 from kannon.runtime.component import Life
 from kannon.wire.stats import encode, publish_outcome
@@ -133,8 +138,12 @@ async def test_each_due_delivery_becomes_one_signed_envelope_on_the_sending_stre
         assert verify_open(opened, keys, T0 + timedelta(hours=2160)) is None
 
     state = await rows(pool)
-    assert state["ann@example.org"]["status"] == "sending"
-    assert state["ann@example.org"]["claimed_at"] == T0.replace(tzinfo=None)
+    # Published: queued with its stream sequence, no longer a claim Reclaim could retake.
+    assert state["ann@example.org"]["status"] == "queued"
+    assert state["ann@example.org"]["claimed_at"] is None
+    assert state["ann@example.org"]["queued_at"] == T0.replace(tzinfo=None)
+    seqs = {row["envelope_seq"] for row in state.values() if row["status"] == "queued"}
+    assert seqs == set(range(1, len(seqs) + 1))
     assert state["later@example.org"]["status"] == "scheduled"
     assert await dispatcher(pool, bus, clock).cycle() == 0  # nothing else is due
     clock.advance(timedelta(minutes=1))
@@ -160,7 +169,7 @@ async def test_a_backlog_larger_than_a_publish_chunk_is_published_whole(
         assert await worker.cycle() == 0
     published = await envelopes(bus)
     assert sorted(p.job.recipient for p in published) == sorted(recipients)
-    assert {row["status"] for row in (await rows(pool)).values()} == {"sending"}
+    assert {row["status"] for row in (await rows(pool)).values()} == {"queued"}
     for item in published:
         assert dkim_verifies(item.job.body, keypair[1])
         assert parse(item.job.body)["Subject"] == "Hello R"
@@ -310,34 +319,79 @@ async def test_a_deleted_domain_is_a_build_failure_naming_the_domain(
 
 
 class RefusingBus(Bus):
-    """The real bus, except that Envelopes are refused while `refuse` is set."""
+    """The real bus, except that Envelopes are refused while `refuse` is set (or, with
+    `refusals`, that many times)."""
 
     refuse = True
+    refusals: int | None = None
 
     async def publish(self, subject: str, payload: bytes, msg_id: str) -> int:
-        if self.refuse and subject == SENDING_SUBJECT:
-            raise ConnectionError("no responders")
+        if subject == SENDING_SUBJECT:
+            if self.refusals is not None:
+                if self.refusals > 0:
+                    self.refusals -= 1
+                    raise ConnectionError("no responders")
+            elif self.refuse:
+                raise ConnectionError("no responders")
         return await super().publish(subject, payload, msg_id)
 
 
-async def test_a_refused_publish_reschedules_instead_of_stranding_the_delivery(
-    pool: asyncpg.Pool, bus: Bus
+async def test_a_bus_blip_costs_a_publish_retry_not_an_attempt(
+    pool: asyncpg.Pool, bus: Bus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(dispatcher_module, "PUBLISH_RETRY_DELAY", 0.001)
+    await add(pool, ["a@example.org"])
+    refusing = RefusingBus(bus.nc)
+    refusing.refusals = dispatcher_module.PUBLISH_TRIES - 1  # the last try gets through
+    retries = REGISTRY.get_sample_value("kannon_dispatcher_publish_retries_total") or 0.0
+    assert await dispatcher(pool, refusing, Clock(T0)).cycle() == 1
+    [published] = await envelopes(bus)
+    assert published.msg_id.endswith(".0")
+    row = (await rows(pool))["a@example.org"]
+    assert (row["status"], row["send_attempts_cnt"]) == ("queued", 0)
+    after = REGISTRY.get_sample_value("kannon_dispatcher_publish_retries_total") or 0.0
+    assert after - retries == dispatcher_module.PUBLISH_TRIES - 1
+
+
+async def test_a_refused_publish_goes_back_to_the_pool_under_the_same_attempt(
+    pool: asyncpg.Pool, bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dispatcher_module, "PUBLISH_RETRY_DELAY", 0.001)
     await add(pool, ["a@example.org", "b@example.org"])
     refusing = RefusingBus(bus.nc)
     clock = Clock(T0)
     worker = dispatcher(pool, refusing, clock)
     assert await worker.cycle() == 2
     state = await rows(pool)
-    assert {(r["status"], r["send_attempts_cnt"]) for r in state.values()} == {("scheduled", 1)}
+    # Nothing was sent: no attempt is charged, and it is due again in a few seconds, not after
+    # a retry backoff.
+    later = (T0 + dispatcher_module.PUBLISH_RETRY_LATER).replace(tzinfo=None)
+    assert {(r["status"], r["send_attempts_cnt"], r["scheduled_time"]) for r in state.values()} == {
+        ("scheduled", 0, later)
+    }
     assert await envelopes(bus) == []
+    assert await worker.cycle() == 0
 
     refusing.refuse = False
-    clock.advance(RETRY)
+    clock.advance(dispatcher_module.PUBLISH_RETRY_LATER)
     assert await worker.cycle() == 2
     published = await envelopes(bus)
     assert sorted(p.job.recipient for p in published) == ["a@example.org", "b@example.org"]
-    assert {p.msg_id.rsplit(".", 1)[1] for p in published} == {"1"}  # the second attempt
+    assert {p.msg_id.rsplit(".", 1)[1] for p in published} == {"0"}
+
+
+async def test_a_publish_refused_after_the_retry_window_ends_the_delivery_failed(
+    pool: asyncpg.Pool, bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dispatcher_module, "PUBLISH_RETRY_DELAY", 0.001)
+    await add(pool, ["a@example.org"])
+    worker = dispatcher(pool, RefusingBus(bus.nc), Clock(T0 + timedelta(hours=25)))
+    assert await worker.cycle() == 1
+    assert await rows(pool) == {}
+    [(subject, outcome)] = await events(bus)
+    assert subject == "kannon.stats.failed"
+    assert isinstance(outcome.detail, Failed)
+    assert "publishing" in outcome.detail.reason
 
 
 async def test_claims_are_released_untouched_when_the_sending_data_cannot_be_read(
@@ -476,25 +530,107 @@ async def test_errors_for_deliveries_that_are_gone_are_acked_and_bad_ones_termin
 # -- reclaim -------------------------------------------------------------------------------------
 
 
-async def test_reclaim_returns_only_stale_dispatch_claims(pool: asyncpg.Pool, bus: Bus) -> None:
-    await add(pool, ["stale@example.org"], status="sending", claimed_at=T0 - timedelta(minutes=11))
-    await add(pool, ["fresh@example.org"], status="sending", claimed_at=T0 - timedelta(minutes=9))
+async def test_reclaim_returns_only_stale_dispatch_claims_under_the_same_attempt(
+    pool: asyncpg.Pool, bus: Bus
+) -> None:
+    await add(pool, ["stale@example.org"], status="sending", claimed_at=T0 - timedelta(minutes=2))
+    await add(pool, ["fresh@example.org"], status="sending", claimed_at=T0 - timedelta(seconds=30))
     await add(
         pool, ["validating@example.org"], status="validating", claimed_at=T0 - timedelta(hours=1)
     )
-    worker = dispatcher(pool, bus, Clock(T0))  # claim_timeout defaults to 10m
-    assert worker.reclaim_interval == timedelta(minutes=5)
+    await add(pool, ["queued@example.org"], status="queued", attempts=2)
+    await pool.execute(
+        "UPDATE sending_pool_emails SET queued_at = $1, envelope_seq = 7 WHERE status = 'queued'",
+        (T0 - timedelta(hours=3)).replace(tzinfo=None),
+    )
+    worker = dispatcher(pool, bus, Clock(T0))  # claim_timeout defaults to 1m
+    assert worker.reclaim_interval == timedelta(seconds=30)
     assert await worker.reclaim() == 1
     state = await rows(pool)
-    assert (
-        state["stale@example.org"]["status"],
-        state["stale@example.org"]["send_attempts_cnt"],
-    ) == (
-        "scheduled",
-        1,
-    )
+    stale = state["stale@example.org"]
+    # Same attempt: its Envelope, if it was published after all, is published again under the
+    # same Nats-Msg-Id, and the stream drops the copy.
+    assert (stale["status"], stale["send_attempts_cnt"]) == ("scheduled", 0)
     assert state["fresh@example.org"]["status"] == "sending"
     assert state["validating@example.org"]["status"] == "validating"
+    # Published Envelopes are never reclaimed, however long they wait in the stream.
+    assert state["queued@example.org"]["status"] == "queued"
+
+    # At start every claim is a dead Dispatcher's: taken back at once, not after the timeout.
+    assert await worker.reclaim(everything=True) == 1
+    assert (await rows(pool))["fresh@example.org"]["status"] == "scheduled"
+
+
+async def _queue(pool: asyncpg.Pool, email: str, seq: int, queued_at: datetime) -> None:
+    await add(pool, [email], status="queued")
+    await pool.execute(
+        "UPDATE sending_pool_emails SET queued_at = $1, envelope_seq = $2 WHERE email = $3",
+        queued_at.replace(tzinfo=None),
+        seq,
+        email,
+    )
+
+
+async def _sender_acks(bus: Bus, count: int) -> None:
+    """The SMTPSender's durable consumer takes and acknowledges the first `count` Envelopes."""
+    await bus.js.add_consumer(
+        SENDING_STREAM,
+        ConsumerConfig(
+            durable_name=SENDER_DURABLE,
+            filter_subject=SENDING_SUBJECT,
+            ack_policy=AckPolicy.EXPLICIT,
+        ),
+    )
+    sub = await bus.js.pull_subscribe_bind(durable=SENDER_DURABLE, stream=SENDING_STREAM)
+    for msg in await sub.fetch(count, timeout=5):
+        await msg.ack_sync()
+    await sub.unsubscribe()
+
+
+async def test_a_queued_envelope_is_retried_only_once_it_can_no_longer_be_sent(
+    pool: asyncpg.Pool, bus: Bus
+) -> None:
+    """An Envelope the SMTPSender acknowledged without its outcome reaching the Dispatcher (the
+    event was dead-lettered) is a lost attempt: retried. One still waiting in the stream — however
+    long — is not touched, nor is any while an outcome is still pending for the Dispatcher."""
+    seqs = [await bus.publish(SENDING_SUBJECT, b"x", f"env-{i}") for i in range(3)]
+    await _sender_acks(bus, 1)
+    long_ago = T0 - timedelta(hours=2)
+    await _queue(pool, "acked@example.org", seqs[0], long_ago)
+    await _queue(pool, "waiting@example.org", seqs[1], long_ago)
+    await _queue(pool, "just-acked@example.org", seqs[0], T0 - timedelta(seconds=10))
+    worker = dispatcher(pool, bus, Clock(T0))
+
+    # An outcome still waits for a Dispatcher consumer: it may be this row's; nothing moves.
+    await bus.js.add_consumer(
+        STATS_STREAM,
+        ConsumerConfig(
+            durable_name=DISPATCHER_DELIVERED_DURABLE,
+            filter_subject=stats_subject("delivered"),
+            ack_policy=AckPolicy.EXPLICIT,
+        ),
+    )
+    await publish_outcome(
+        bus, Outcome(BATCH, DOMAIN, "other@example.org", T0, Delivered(), "delivered.x.0")
+    )
+    assert await worker.requeue_lost() == 0
+    await bus.js.delete_consumer(STATS_STREAM, DISPATCHER_DELIVERED_DURABLE)
+
+    assert await worker.requeue_lost() == 1
+    state = await rows(pool)
+    acked = state["acked@example.org"]
+    assert (acked["status"], acked["send_attempts_cnt"], acked["envelope_seq"]) == (
+        "scheduled",
+        1,
+        None,
+    )
+    assert state["waiting@example.org"]["status"] == "queued"  # can still be sent
+    assert state["just-acked@example.org"]["status"] == "queued"  # younger than claim_timeout
+
+    # The stream no longer holds the waiting one (aged out, or purged): it can never be sent.
+    await bus.js.purge_stream(SENDING_STREAM)
+    assert await worker.requeue_lost() == 1
+    assert (await rows(pool))["waiting@example.org"]["send_attempts_cnt"] == 1
 
 
 # -- configuration and lifecycle -----------------------------------------------------------------
@@ -510,7 +646,9 @@ def test_a_missing_or_short_secret_key_fails_at_boot(secret: str | None) -> None
 async def test_run_consumes_outcomes_dispatches_and_drains_on_stop(
     pool: asyncpg.Pool, bus: Bus
 ) -> None:
-    await add(pool, ["done@example.org", "retry@example.org"], status="sending", claimed_at=T0)
+    # Published by a predecessor; a claim it left is taken back at start and dispatched again.
+    await add(pool, ["done@example.org", "retry@example.org"], status="queued")
+    await add(pool, ["left@example.org"], status="sending", claimed_at=T0)
     worker = dispatcher(pool, bus, Clock(T0))
     life = Life(worker.name)
     task = asyncio.create_task(worker.run(life))
@@ -533,7 +671,8 @@ async def test_run_consumes_outcomes_dispatches_and_drains_on_stop(
         return (
             "done@example.org" not in state
             and state["retry@example.org"]["status"] == "scheduled"
-            and state["new@example.org"]["status"] == "sending"
+            and state["new@example.org"]["status"] == "queued"
+            and state["left@example.org"]["status"] == "queued"
         )
 
     await wait_for(settled, what="outcomes applied and the new Delivery dispatched")
@@ -542,33 +681,35 @@ async def test_run_consumes_outcomes_dispatches_and_drains_on_stop(
     life.stopping.set()
     await asyncio.wait_for(task, 15)
     assert multiprocessing.active_children() == []
-    assert [p.job.recipient for p in await envelopes(bus)] == ["new@example.org"]
+    published = sorted(p.job.recipient for p in await envelopes(bus))
+    assert published == ["left@example.org", "new@example.org"]
 
 
 async def test_a_late_error_about_an_earlier_attempt_leaves_the_attempt_in_flight_alone(
     pool: asyncpg.Pool, bus: Bus
 ) -> None:
     """Attempt 1 is in flight; a redelivered Errored about attempt 0 must not reschedule it (that
-    would send attempt 1's Envelope again). The event names the kannon.sending message it answers,
-    whose Nats-Msg-Id carries the attempt."""
-    from kannon.bus.subjects import SENDING_SUBJECT
-    from kannon.dispatcher.component import envelope_msg_id
+    would send attempt 1's Envelope again). The event's id names the attempt it answers."""
     from kannon.envelope.ids import make_email_id
+    from kannon.model.event_ids import envelope_msg_id, send_outcome_id
 
     email = "late@example.org"
-    await add(pool, [email], status="sending", attempts=1)
+    await add(pool, [email], status="queued", attempts=1)
     worker = dispatcher(pool, bus, Clock(T0))
     email_id = make_email_id(BATCH, email)
-    old_seq = await bus.publish(SENDING_SUBJECT, b"attempt 0", envelope_msg_id(email_id, 0))
-    new_seq = await bus.publish(SENDING_SUBJECT, b"attempt 1", envelope_msg_id(email_id, 1))
 
-    def error_about(seq: int) -> BusMessage:
-        outcome = Outcome(BATCH, DOMAIN, email, T0, Errored(451, "later"), f"error.{seq}")
+    def error_about(attempt: int) -> BusMessage:
+        event_id = send_outcome_id("error", envelope_msg_id(email_id, attempt), 99)
+        outcome = Outcome(BATCH, DOMAIN, email, T0, Errored(451, "later"), event_id)
         return outcome_message(outcome)
 
-    assert (await worker.handle_error(error_about(old_seq))).verdict is Verdict.ACK
+    assert (await worker.handle_error(error_about(0))).verdict is Verdict.ACK
     row = (await rows(pool))[email]
-    assert (row["status"], row["send_attempts_cnt"]) == ("sending", 1)
-    assert (await worker.handle_error(error_about(new_seq))).verdict is Verdict.ACK
+    assert (row["status"], row["send_attempts_cnt"]) == ("queued", 1)
+    assert (await worker.handle_error(error_about(1))).verdict is Verdict.ACK
+    row = (await rows(pool))[email]
+    assert (row["status"], row["send_attempts_cnt"]) == ("scheduled", 2)
+    # A second copy of the error about attempt 1 now answers an attempt no longer in flight.
+    assert (await worker.handle_error(error_about(1))).verdict is Verdict.ACK
     row = (await rows(pool))[email]
     assert (row["status"], row["send_attempts_cnt"]) == ("scheduled", 2)

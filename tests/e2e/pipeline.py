@@ -33,6 +33,7 @@ import grpc
 
 from kannon.api.component import ApiComponent
 from kannon.bus.client import Bus
+from kannon.bus.subjects import STATS_DURABLE, STATS_STREAM
 from kannon.config import Settings, load_settings
 from kannon.db.domains import insert_domain
 from kannon.db.pool import create_pool
@@ -276,7 +277,9 @@ class Pipeline:
 
     async def stats(self, batch_id: str) -> list[StatsRow]:
         rows = await self.pool.fetch(
-            "SELECT type, email, data FROM stats WHERE message_id = $1 ORDER BY id", batch_id
+            # Event time: Stats stores concurrently handled events in any order.
+            "SELECT type, email, data FROM stats WHERE message_id = $1 ORDER BY timestamp, id",
+            batch_id,
         )
         return [StatsRow(r["type"], r["email"], r["data"]) for r in rows]
 
@@ -287,12 +290,15 @@ class Pipeline:
         return {r["email"]: r for r in rows}
 
     async def wait_until_settled(self, batch_id: str, recipients: int) -> list[StatsRow]:
-        """Wait until every Recipient has a terminal event stored and the Pool holds nothing
-        of the Batch; return the Batch's stats rows."""
+        """Wait until every Recipient has a terminal event stored, the Pool holds nothing of the
+        Batch and Stats has stored every event published so far; return the Batch's stats rows."""
 
         async def settled() -> bool:
             ended = {r.email for r in await self.stats(batch_id) if r.type in TERMINAL}
-            return len(ended) >= recipients and not await self.pool_rows(batch_id)
+            if len(ended) < recipients or await self.pool_rows(batch_id):
+                return False
+            info = await self.bus.js.consumer_info(STATS_STREAM, STATS_DURABLE)
+            return not info.num_pending and not info.num_ack_pending
 
         await wait_for(settled, what=f"{recipients} terminal outcomes of {batch_id}")
         return await self.stats(batch_id)

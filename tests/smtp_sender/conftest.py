@@ -15,6 +15,7 @@ from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result
 from kannon.bus.subjects import SENDING_SUBJECT, STATS_STREAM, STATS_SUBJECTS
 from kannon.config import Settings
 from kannon.envelope.ids import make_email_id
+from kannon.model.event_ids import envelope_msg_id, send_guard_key, send_outcome_id
 from kannon.model.outcome import Outcome
 from kannon.runtime.component import Life
 from kannon.smtp_sender.component import SmtpSender
@@ -75,17 +76,31 @@ def mx_for(dns: DnsServer, *domains: str) -> DnsServer:
     return dns.start()
 
 
-async def publish(bus: Bus, job: SendJob, msg_id: str | None = None) -> int:
-    """Publish an Envelope on kannon.sending; returns its stream sequence."""
+async def publish(bus: Bus, job: SendJob, attempt: int | None = None) -> int:
+    """Publish an Envelope on kannon.sending, as the Dispatcher does (`Nats-Msg-Id`
+    `<email id>.<attempt>`, a fresh attempt unless given); returns its stream sequence."""
     payload = envelope.encode(job)
-    return await bus.publish(SENDING_SUBJECT, payload, msg_id or f"t-{next(_msg_ids)}")
+    if attempt is None:
+        attempt = next(_attempts)
+    return await bus.publish(SENDING_SUBJECT, payload, envelope_msg_id(job.email_id, attempt))
 
 
-_msg_ids = itertools.count(1)
+_attempts = itertools.count(1000)
 
 
-def bus_message(job: SendJob, seq: int) -> BusMessage:
-    return BusMessage(SENDING_SUBJECT, envelope.encode(job), None, 1, seq)
+def bus_message(job: SendJob, seq: int, attempt: int = 0) -> BusMessage:
+    msg_id = envelope_msg_id(job.email_id, attempt)
+    return BusMessage(SENDING_SUBJECT, envelope.encode(job), msg_id, 1, seq)
+
+
+def outcome_id(kind: str, job: SendJob, attempt: int) -> str:
+    """The event id the SMTPSender gives the outcome of `job` published as `attempt`."""
+    return send_outcome_id(kind, envelope_msg_id(job.email_id, attempt), 0)
+
+
+def guard_key(job: SendJob, seq: int, attempt: int = 0) -> str:
+    """The send-guard key of `job` published as `attempt` at stream sequence `seq`."""
+    return send_guard_key(envelope_msg_id(job.email_id, attempt), seq, job.email_id)
 
 
 class Outcomes:

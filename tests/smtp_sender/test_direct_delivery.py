@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from kannon.bus.client import Bus
 from kannon.model.outcome import Bounced, Delivered, Errored
-from kannon.smtp_sender.component import SmtpSender, guard_key
+from kannon.smtp_sender.component import SmtpSender
 from tests.peers.dns import DnsServer
 from tests.peers.fixtures import SinkFactory
 from tests.peers.smtp_sink import SmtpSink
@@ -15,9 +15,11 @@ from tests.smtp_sender.conftest import (
     HOSTNAME,
     TENANT,
     Outcomes,
+    guard_key,
     make_job,
     make_settings,
     mx_for,
+    outcome_id,
     publish,
     running,
 )
@@ -29,11 +31,11 @@ async def test_delivers_to_the_mx_from_dns(
     mx_for(dns_server)
     job = make_job("alice@example.test")
     async with running(SmtpSender(make_settings(dns=dns_server, port=smtp_sink.port), bus)):
-        seq = await publish(bus, job)
+        await publish(bus, job, attempt=0)
         [event] = await outcomes.wait(1)
 
     assert event.detail == Delivered()
-    assert event.event_id == f"delivered.{seq}"
+    assert event.event_id == outcome_id("delivered", job, 0)
     assert (event.batch_id, event.domain, event.recipient) == (
         BATCH_ID,
         TENANT,
@@ -64,12 +66,13 @@ async def test_null_mx_bounces_550_without_connecting(
 ) -> None:
     dns_server.add_null_mx("nomail.test").add_host("nomail.test", "127.0.0.1").start()
     async with running(SmtpSender(make_settings(dns=dns_server, port=smtp_sink.port), bus)):
-        seq = await publish(bus, make_job("carol@nomail.test"))
+        job = make_job("carol@nomail.test")
+        await publish(bus, job, attempt=3)
         [event] = await outcomes.wait(1)
     assert isinstance(event.detail, Bounced)
     assert (event.detail.permanent, event.detail.code) == (True, 550)
     assert "null MX" in event.detail.message
-    assert event.event_id == f"bounced.{seq}"
+    assert event.event_id == outcome_id("bounced", job, 3)
     assert smtp_sink.connections == 0
 
 
@@ -112,12 +115,12 @@ async def test_4xx_twice_then_delivered_on_the_third_envelope(
 ) -> None:
     mx_for(dns_server)
     recipient = "transient.x2.erin@example.test"
-    seqs = []
+    job = make_job(recipient)
     async with running(SmtpSender(make_settings(dns=dns_server, port=smtp_sink.port), bus)):
-        for attempt in range(1, 4):
+        for attempt in range(3):
             # The Dispatcher would re-publish after a backoff; the test does it at once.
-            seqs.append(await publish(bus, make_job(recipient)))
-            await outcomes.wait(attempt)
+            await publish(bus, job, attempt=attempt)
+            await outcomes.wait(attempt + 1)
     first, second, third = outcomes.items
     assert first.detail == second.detail
     assert isinstance(first.detail, Errored)
@@ -125,9 +128,9 @@ async def test_4xx_twice_then_delivered_on_the_third_envelope(
     assert "4.7.1" in first.detail.message
     assert third.detail == Delivered()
     assert [e.event_id for e in outcomes.items] == [
-        f"error.{seqs[0]}",
-        f"error.{seqs[1]}",
-        f"delivered.{seqs[2]}",
+        outcome_id("error", job, 0),
+        outcome_id("error", job, 1),
+        outcome_id("delivered", job, 2),
     ]
     assert smtp_sink.attempts(recipient) == 3
     assert len(smtp_sink.messages_to(recipient)) == 1
@@ -151,7 +154,7 @@ async def test_a_server_that_never_answers_is_errored_with_code_0_and_the_claim_
     mx_for(dns_server)
     job = make_job("never.gina@example.test", should_retry=False)
     async with running(SmtpSender(make_settings(dns=dns_server, port=smtp_sink.port), bus)):
-        seq = await publish(bus, job)
+        seq = await publish(bus, job, attempt=0)
         [event] = await outcomes.wait(1)
     # No answer is never a bounce, not even on the last attempt: the Dispatcher decides Failed.
     assert isinstance(event.detail, Errored)
@@ -160,7 +163,7 @@ async def test_a_server_that_never_answers_is_errored_with_code_0_and_the_claim_
     assert smtp_sink.attempts("never.gina@example.test") == 1
     # Nothing can have reached the server, so a redelivery of this Envelope may send again.
     guard = await bus.sent_guard()
-    assert await guard.claim(guard_key(seq, job.email_id)) is None
+    assert await guard.claim(guard_key(job, seq)) is None
 
 
 async def test_refused_connection_and_dns_failure_are_errored_with_code_0(

@@ -25,6 +25,7 @@ from tests.smtp_sender.conftest import (
     make_job,
     make_settings,
     mx_for,
+    outcome_id,
     publish,
     running,
 )
@@ -38,7 +39,8 @@ async def test_graceful_stop_finishes_the_send_in_flight_then_closes_sessions(
     life = Life(sender.name)
     task = asyncio.create_task(sender.run(life))
     await asyncio.wait_for(life.wait_ready(), 10)
-    seq = await publish(bus, make_job("hold.kim@example.test"))
+    job = make_job("hold.kim@example.test")
+    await publish(bus, job, attempt=0)
     await asyncio.wait_for(smtp_sink.held.wait(), 10)  # the remote is mid-transaction
 
     life.stopping.set()
@@ -47,7 +49,7 @@ async def test_graceful_stop_finishes_the_send_in_flight_then_closes_sessions(
 
     [event] = await outcomes.wait(1)
     assert event.detail == Delivered()
-    assert event.event_id == f"delivered.{seq}"
+    assert event.event_id == outcome_id("delivered", job, 0)
     info = await bus.js.consumer_info(SENDING_STREAM, SENDER_DURABLE)
     assert info.num_ack_pending == 0  # acked before run() returned
     assert smtp_sink.stats.quits == 1
@@ -60,15 +62,17 @@ async def test_demo_sender_publishes_real_outcomes_without_any_network(
     # No hostname, no DNS, and the only SMTP server around must stay untouched.
     settings = make_settings(port=smtp_sink.port, demo_sender=True, hostname=None)
     async with running(SmtpSender(settings, bus)):
-        ok_seq = await publish(bus, make_job("demo@example.test"))
+        ok = make_job("demo@example.test")
+        await publish(bus, ok, attempt=0)
         await outcomes.wait(1)
-        bad_seq = await publish(bus, make_job("someone.error@example.test"))
+        bad = make_job("someone.error@example.test")
+        await publish(bus, bad, attempt=0)
         events = await outcomes.wait(2)
     delivered, bounced = events
     assert delivered.detail == Delivered()
-    assert delivered.event_id == f"delivered.{ok_seq}"
+    assert delivered.event_id == outcome_id("delivered", ok, 0)
     assert bounced.detail == Bounced(permanent=True, code=512, message="error sending email")
-    assert bounced.event_id == f"bounced.{bad_seq}"
+    assert bounced.event_id == outcome_id("bounced", bad, 0)
     assert smtp_sink.connections == 0
 
 

@@ -16,9 +16,11 @@ from tests.peers.smtp_sink import SmtpSink
 from tests.smtp_sender.conftest import (
     Outcomes,
     bus_message,
+    guard_key,
     make_job,
     make_settings,
     mx_for,
+    outcome_id,
     publish,
     running,
 )
@@ -35,14 +37,19 @@ async def test_handling_the_same_message_twice_sends_once(
         second = await sender.handle(bus_message(job, seq=4242))
         assert (first.verdict, second.verdict) == (Verdict.ACK, Verdict.ACK)
         assert len(smtp_sink.messages) == 1
-        # The same Envelope under another stream sequence is a new send (a Dispatcher retry).
-        third = await sender.handle(bus_message(job, seq=4243))
+        # The same attempt under another stream sequence (a Dispatcher that reclaimed its claim
+        # published it again after the duplicate window) is not sent again either...
+        copy = await sender.handle(bus_message(job, seq=4300))
+        assert copy.verdict is Verdict.ACK
+        assert len(smtp_sink.messages) == 1
+        # ...while the next attempt (a retry) is a new send.
+        third = await sender.handle(bus_message(job, seq=4243, attempt=1))
     finally:
         await sender.deliverer.close()
     assert third.verdict is Verdict.ACK
     assert len(smtp_sink.messages) == 2
     info = await bus.js.stream_info(STATS_STREAM)
-    assert info.state.messages == 2  # delivered.4242 (once) and delivered.4243
+    assert info.state.messages == 2  # attempt 0's outcome (once) and attempt 1's
 
 
 class _LosesFirstAck(SmtpSender):
@@ -68,7 +75,8 @@ async def test_jetstream_redelivery_of_a_sent_envelope_is_acked_without_sending(
     mx_for(dns_server)
     sender = _LosesFirstAck(make_settings(dns=dns_server, port=smtp_sink.port), bus)
     async with running(sender):
-        seq = await publish(bus, make_job("redelivered@example.test"))
+        job = make_job("redelivered@example.test")
+        seq = await publish(bus, job, attempt=0)
         await asyncio.wait_for(sender.redelivered.wait(), 20)
     [(first, _), (second, result)] = sender.seen
     assert (first.stream_seq, second.stream_seq) == (seq, seq)
@@ -77,7 +85,7 @@ async def test_jetstream_redelivery_of_a_sent_envelope_is_acked_without_sending(
     assert len(smtp_sink.messages) == 1
     [event] = await outcomes.wait(1)
     assert event.detail == Delivered()
-    assert event.event_id == f"delivered.{seq}"
+    assert event.event_id == outcome_id("delivered", job, 0)
     info = await bus.js.consumer_info(SENDING_STREAM, SENDER_DURABLE)
     assert info.num_ack_pending == 0
     assert info.num_pending == 0
@@ -141,13 +149,11 @@ async def test_redelivery_after_a_death_mid_send_sends_again_and_publishes_once(
     """Only the claim is there (the previous sender died between claim and result): whether the
     remote server got it is unknown, so it is sent again rather than lost; a second redelivery
     then finds the recorded outcome and sends nothing."""
-    from kannon.smtp_sender.component import guard_key
-
     mx_for(dns_server)
     sender = SmtpSender(make_settings(dns=dns_server, port=smtp_sink.port), bus)
     job = make_job("takeover@example.test")
     guard = await bus.sent_guard()
-    assert await guard.claim(guard_key(777, job.email_id)) is None  # the dead sender's claim
+    assert await guard.claim(guard_key(job, 777)) is None  # the dead sender's claim
     try:
         first = await sender.handle(bus_message(job, seq=777))
         second = await sender.handle(bus_message(job, seq=777))

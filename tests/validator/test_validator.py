@@ -16,9 +16,10 @@ from kannon.config import Settings, ValidatorSettings
 from kannon.db import deliveries
 from kannon.db.pool import create_pool
 from kannon.model.delivery import SCHEDULED, TO_VALIDATE, VALIDATING
+from kannon.model.event_ids import delivery_event_id as event_id
 from kannon.model.outcome import Accepted, Outcome, Rejected
 from kannon.runtime.component import Life
-from kannon.validator.component import Validator, event_id, judge
+from kannon.validator.component import Validator, judge
 from kannon.wire.stats import decode, publish_outcome
 
 T0 = datetime(2025, 6, 1, 8, 0, tzinfo=UTC)

@@ -3,6 +3,13 @@
 Publishing always goes through JetStream and waits for the PubAck, with a `Nats-Msg-Id` so a
 retried publish inside the stream's duplicate window is stored once. Consumers are durable pull
 consumers with explicit acks; `consume()` is the one loop every Component uses.
+
+No message is ever dropped silently (ADR 0026). The server redelivers without limit; a handler
+that fails is retried after a delay that doubles per delivery up to `ConsumerSpec.max_retry_delay`,
+for as long as its failure is transient (database or bus unreachable: an outage of any length).
+A message that cannot be handled — the handler says so with `Result.term()`, or it kept failing
+for another reason `max_deliver` times — is copied to the dead-letter stream
+(`kannon.deadletter.<durable>`) with a log line and a metric, and only then terminated.
 """
 
 from __future__ import annotations
@@ -11,7 +18,8 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import Awaitable, Callable
+import random
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -34,7 +42,13 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
-from kannon.bus.subjects import SENT_GUARD_BUCKET, STREAMS, StreamSpec
+from kannon.bus.subjects import (
+    DEAD_LETTER_STREAM,
+    SENT_GUARD_BUCKET,
+    STREAMS,
+    StreamSpec,
+    dead_letter_subject,
+)
 
 log = logging.getLogger("kannon.bus")
 
@@ -42,9 +56,37 @@ PUBLISHED = Counter("kannon_bus_published_total", "Messages published with a Pub
 HANDLED = Counter(
     "kannon_bus_handled_total", "Messages handled by consumers", ["durable", "result"]
 )
+DEAD_LETTERS = Counter(
+    "kannon_bus_dead_letters_total",
+    "Messages no handler could handle, copied to the dead-letter stream",
+    ["durable", "reason"],  # refused (the handler terminated it), failing (kept failing)
+)
+HANDLER_FAILURES = Counter(
+    "kannon_bus_handler_failures_total",
+    "Handler failures; the message is retried after a growing delay",
+    ["durable", "kind"],  # transient (database or bus unreachable), error
+)
 
-STREAM_MAX_AGE = timedelta(hours=24)
 DUPLICATE_WINDOW = timedelta(minutes=10)
+ERROR_HEADER_MAX = 500
+JITTER = 0.2
+
+
+def is_bus_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` means NATS (or the network) is unreachable right now, not a bad message."""
+    return isinstance(
+        exc,
+        nats.errors.ConnectionClosedError
+        | nats.errors.NoServersError
+        | nats.errors.TimeoutError
+        | nats.errors.StaleConnectionError
+        | nats.errors.OutboundBufferLimitError
+        | nats.js.errors.ServiceUnavailableError
+        | nats.js.errors.NoStreamResponseError
+        | TimeoutError
+        | ConnectionError
+        | OSError,
+    )
 
 
 class Verdict(enum.Enum):
@@ -64,6 +106,7 @@ class Result:
 
     @classmethod
     def nak(cls, delay: float | None = None) -> Result:
+        """Redeliver after `delay` seconds; None: after the consumer's growing backoff."""
         return cls(Verdict.NAK, delay)
 
     @classmethod
@@ -89,10 +132,24 @@ class ConsumerSpec:
     subject: str
     ack_wait: timedelta = timedelta(seconds=30)
     max_deliver: int = 100
+    """Deliveries after which a message whose handler keeps failing with a non-transient error
+    goes to the dead-letter stream. Transient failures are retried without limit."""
     batch: int = 50
     concurrency: int = 1
-    # Delay before a Nak'ed or failed message comes back.
     retry_delay: timedelta = timedelta(seconds=5)
+    """Delay before a failed message comes back the first time; it doubles per delivery."""
+    max_retry_delay: timedelta = timedelta(minutes=1)
+    transient: Callable[[BaseException], bool] = lambda exc: False
+    """Which handler failures, besides the bus's own (`is_bus_unavailable`), mean "not now" (an
+    outage) rather than "not this message", e.g. the database being unreachable."""
+
+    def backoff(self, num_delivered: int, jitter: float = 0.0) -> float:
+        """Seconds before delivery `num_delivered + 1`: retry_delay · 2^(n-1), capped, ±jitter."""
+        exponent = min(max(num_delivered - 1, 0), 30)
+        delay = min(
+            self.retry_delay.total_seconds() * (1 << exponent), self.max_retry_delay.total_seconds()
+        )
+        return max(0.0, delay * (1 + jitter))
 
 
 Handler = Callable[[BusMessage], Awaitable[Result]]
@@ -145,7 +202,7 @@ class Bus:
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             discard=DiscardPolicy.OLD,
-            max_age=STREAM_MAX_AGE.total_seconds(),
+            max_age=timedelta(hours=spec.max_age_hours).total_seconds(),
             duplicate_window=DUPLICATE_WINDOW.total_seconds(),
             num_replicas=replicas,
         )
@@ -162,13 +219,32 @@ class Bus:
         PUBLISHED.labels(subject).inc()
         return int(ack.seq)
 
-    async def stored_msg_id(self, stream: str, seq: int) -> str | None:
-        """The Nats-Msg-Id of message `seq` of `stream`, or None once it has aged out."""
+    async def first_seq(self, stream: str) -> int:
+        """The sequence of the oldest message `stream` still holds (older ones aged out)."""
+        info = await self.js.stream_info(stream)
+        return int(info.state.first_seq)
+
+    async def ack_floor(self, stream: str, durable: str) -> int:
+        """The stream sequence up to which `durable` has acknowledged (or terminated) every
+        message it was given; 0 when the consumer does not exist yet."""
         try:
-            msg = await self.js.get_msg(stream, seq)
+            info = await self.js.consumer_info(stream, durable)
         except nats.js.errors.NotFoundError:
-            return None
-        return (msg.headers or {}).get("Nats-Msg-Id")
+            return 0
+        floor = info.ack_floor
+        return int(floor.stream_seq or 0) if floor is not None else 0
+
+    async def consumers_idle(self, stream: str, durables: Sequence[str]) -> bool:
+        """True when none of `durables` has a message waiting or unacknowledged (a consumer
+        that does not exist yet has nothing of its own pending either)."""
+        for durable in durables:
+            try:
+                info = await self.js.consumer_info(stream, durable)
+            except nats.js.errors.NotFoundError:
+                continue
+            if (info.num_pending or 0) or (info.num_ack_pending or 0):
+                return False
+        return True
 
     async def check(self) -> None:
         if not self.nc.is_connected:
@@ -208,8 +284,9 @@ class Bus:
     ) -> None:
         """Durable pull-consume `spec.subject` until `stopping` is set, then drain in-flight work.
 
-        Up to `spec.concurrency` handlers run at once. A handler's Result decides ack/nak/term;
-        an exception is logged and the message comes back after `spec.retry_delay`.
+        Up to `spec.concurrency` handlers run at once. A handler's Result decides ack/nak/term
+        (term: to the dead-letter stream first); an exception is logged and the message comes
+        back after the spec's growing backoff (see the module docstring).
         """
         config = ConsumerConfig(
             name=spec.durable,
@@ -218,7 +295,9 @@ class Bus:
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=spec.ack_wait.total_seconds(),
-            max_deliver=spec.max_deliver,
+            # Unlimited: the server would drop a message silently at its limit. Ours is applied
+            # in `_handle`, which dead-letters instead (transient failures never count).
+            max_deliver=-1,
             max_ack_pending=max(1000, spec.concurrency * 4),
         )
         await self.js.add_consumer(spec.stream, config)
@@ -278,12 +357,20 @@ class Bus:
             )
             try:
                 result = await handler(message)
-            except Exception:
-                log.exception(
-                    "handler failed; message will be redelivered",
-                    extra={"kv": {"durable": spec.durable, "subject": msg.subject}},
+            except Exception as exc:
+                error = self._after_failure(spec, message, exc)
+                result = (
+                    Result.nak()
+                    if error is None
+                    else await self._dead_letter(spec, message, "failing", error)
                 )
-                result = Result.nak(spec.retry_delay.total_seconds())
+            else:
+                if result.verdict is Verdict.TERM:
+                    result = await self._dead_letter(
+                        spec, message, "refused", "the handler cannot handle it"
+                    )
+            if result.verdict is Verdict.NAK and result.delay is None:
+                result = Result.nak(spec.backoff(message.num_delivered, _jitter()))
             HANDLED.labels(spec.durable, result.verdict.value).inc()
             try:
                 if result.verdict is Verdict.ACK:
@@ -298,6 +385,77 @@ class Bus:
                 )
         finally:
             slots.release()
+
+    @staticmethod
+    def _after_failure(spec: ConsumerSpec, message: BusMessage, exc: Exception) -> str | None:
+        """A handler raised: None to retry later, or — a non-transient failure for the
+        `max_deliver`th time — the error to dead-letter the message with."""
+        transient = is_bus_unavailable(exc) or spec.transient(exc)
+        HANDLER_FAILURES.labels(spec.durable, "transient" if transient else "error").inc()
+        kv = {
+            "durable": spec.durable,
+            "subject": message.subject,
+            "seq": message.stream_seq,
+            "delivered": message.num_delivered,
+        }
+        if transient:
+            # One line per outage, not per message: the flood filter folds repeats (ADR 0026).
+            log.warning("handler failed; will retry", extra={"kv": {**kv, "error": _one_line(exc)}})
+            return None
+        if message.num_delivered >= spec.max_deliver:
+            return _one_line(exc)
+        log.error("handler failed; will retry", exc_info=exc, extra={"kv": kv})
+        return None
+
+    async def _dead_letter(
+        self, spec: ConsumerSpec, message: BusMessage, reason: str, error: str
+    ) -> Result:
+        """Copy `message` to the dead-letter stream, then terminate it; should the copy fail,
+        keep the message (it comes back later) rather than lose it."""
+        headers = {
+            "Nats-Msg-Id": f"dl.{spec.stream}.{message.stream_seq}.{spec.durable}",
+            "Kannon-Stream": spec.stream,
+            "Kannon-Subject": message.subject,
+            "Kannon-Seq": str(message.stream_seq),
+            "Kannon-Durable": spec.durable,
+            "Kannon-Deliveries": str(message.num_delivered),
+            "Kannon-Reason": reason,
+            "Kannon-Error": error[:ERROR_HEADER_MAX],
+        }
+        if message.msg_id:
+            headers["Kannon-Msg-Id"] = message.msg_id
+        try:
+            await self.js.publish(dead_letter_subject(spec.durable), message.data, headers=headers)
+        except Exception as exc:
+            log.warning(
+                "could not dead-letter a message; keeping it",
+                extra={"kv": {"durable": spec.durable, "error": _one_line(exc)}},
+            )
+            return Result.nak(spec.backoff(message.num_delivered, _jitter()))
+        DEAD_LETTERS.labels(spec.durable, reason).inc()
+        log.error(
+            "message dead-lettered",
+            extra={
+                "kv": {
+                    "durable": spec.durable,
+                    "subject": message.subject,
+                    "seq": message.stream_seq,
+                    "delivered": message.num_delivered,
+                    "reason": reason,
+                    "error": error,
+                    "dead_letter_stream": DEAD_LETTER_STREAM,
+                }
+            },
+        )
+        return Result.term()
+
+
+def _jitter() -> float:
+    return random.uniform(-JITTER, JITTER)  # spreads retries after an outage; not a secret
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
 class SentGuard:

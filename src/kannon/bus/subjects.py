@@ -11,6 +11,10 @@ STATS_STREAM = "kannon-stats"
 STATS_SUBJECTS = "kannon.stats.*"
 STATS_PREFIX = "kannon.stats."
 
+DEAD_LETTER_STREAM = "kannon-deadletter"
+DEAD_LETTER_SUBJECTS = "kannon.deadletter.>"
+DEAD_LETTER_PREFIX = "kannon.deadletter."
+
 SENT_GUARD_BUCKET = "kannon-sent-envelopes"
 
 # Outcome types, as the original names them (subject suffix, stats.type, aggregated type).
@@ -31,16 +35,28 @@ def stats_subject(stat_type: str) -> str:
     return STATS_PREFIX + stat_type
 
 
+def dead_letter_subject(durable: str) -> str:
+    """Where a message no handler of `durable` could handle is kept for an operator."""
+    return DEAD_LETTER_PREFIX + durable
+
+
 @dataclass(frozen=True)
 class StreamSpec:
     name: str
     subjects: tuple[str, ...]
     description: str
+    max_age_hours: int = 24
 
 
 STREAMS = (
     StreamSpec(SENDING_STREAM, (SENDING_SUBJECT,), "Envelopes waiting for the SMTPSender"),
     StreamSpec(STATS_STREAM, (STATS_SUBJECTS,), "Delivery outcome and engagement events"),
+    StreamSpec(
+        DEAD_LETTER_STREAM,
+        (DEAD_LETTER_SUBJECTS,),
+        "Messages no consumer could handle, kept for an operator",
+        max_age_hours=14 * 24,
+    ),
 )
 
 # Durable consumers (name → filter subject).

@@ -308,6 +308,9 @@ class ValidatorSettings(_Section):
     claim_timeout: Duration = _key("5m", "Age after which an unfinished validator claim is retaken")
 
 
+MAX_DISPATCH_CLAIM_TIMEOUT = timedelta(minutes=5)
+
+
 class DispatcherSettings(_Section):
     """Dispatcher: builds Envelopes and schedules retries."""
 
@@ -316,13 +319,27 @@ class DispatcherSettings(_Section):
     build_workers: Workers = _key(
         1, "Processes building and signing Envelopes beside the event loop (0 = in the loop)"
     )
+    # A reclaimed claim is dispatched again under the same Nats-Msg-Id, which the stream drops
+    # as a duplicate only inside its 10-minute window: the timeout stays well within it (ADR 0025).
     claim_timeout: Duration = _key(
-        "10m", "Age after which an unfinished dispatcher claim is retaken"
+        "1m",
+        "Age after which a dispatch claim not yet published is retaken (at most 5m)",
     )
     retry_window: Duration = _key("24h", "How long a delivery is retried before it fails")
     backoff_base: Duration = _key("2m", "Base delay of the exponential retry backoff")
     backoff_min: Duration = _key("5m", "Shortest delay before a retry")
     backoff_max: Duration = _key("6h", "Longest delay before a retry")
+
+    @model_validator(mode="after")
+    def _claim_timeout_inside_duplicate_window(self) -> DispatcherSettings:
+        if self.claim_timeout > MAX_DISPATCH_CLAIM_TIMEOUT:
+            raise CrossKeyError(
+                "dispatcher.claim_timeout",
+                f"{format_duration(self.claim_timeout)} is above the limit of "
+                f"{format_duration(MAX_DISPATCH_CLAIM_TIMEOUT)} (a reclaimed claim relies on the "
+                "stream's 10-minute duplicate window)",
+            )
+        return self
 
     @model_validator(mode="after")
     def _backoff_bounds_ordered(self) -> DispatcherSettings:
@@ -340,7 +357,11 @@ class NatsSettings(_Section):
 
     stream_replicas: Replicas = _key(1, "Replicas of the JetStream streams (1..5)")
     ack_wait: Duration = _key("30s", "Ack deadline of the stats event consumers")
-    max_deliver: Count = _key(100, "Max deliveries of one JetStream message")
+    max_deliver: Count = _key(
+        100,
+        "Failed handlings after which a message goes to the dead-letter stream "
+        "(outages are retried without limit)",
+    )
     sending_ack_wait: Duration = _key(
         "5m", "Ack deadline of the sending consumer (must outlast an SMTP transaction)"
     )

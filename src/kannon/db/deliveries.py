@@ -25,7 +25,15 @@ from typing import Any
 import asyncpg
 
 from kannon.db.times import from_db_time, to_db_time
-from kannon.model.delivery import SCHEDULED, SENDING, TO_VALIDATE, VALIDATING, PoolDelivery
+from kannon.model.delivery import (
+    IN_FLIGHT_STATUSES,
+    QUEUED,
+    SCHEDULED,
+    SENDING,
+    TO_VALIDATE,
+    VALIDATING,
+    PoolDelivery,
+)
 
 _NAMES = (
     "id",
@@ -40,6 +48,8 @@ _NAMES = (
     "claimed_at",
     "last_reply_code",
     "last_reply_msg",
+    "queued_at",
+    "envelope_seq",
 )
 _COLUMNS = ", ".join(_NAMES)
 _P_COLUMNS = ", ".join("p." + name for name in _NAMES)  # RETURNING of an UPDATE ... FROM
@@ -68,6 +78,7 @@ def _fields(value: Any) -> Mapping[str, str]:
 
 def _delivery(row: asyncpg.Record) -> PoolDelivery:
     claimed_at = row["claimed_at"]
+    queued_at = row["queued_at"]
     return PoolDelivery(
         id=row["id"],
         message_id=row["message_id"],
@@ -81,6 +92,8 @@ def _delivery(row: asyncpg.Record) -> PoolDelivery:
         claimed_at=from_db_time(claimed_at) if claimed_at is not None else None,
         last_reply_code=row["last_reply_code"],
         last_reply_msg=row["last_reply_msg"],
+        queued_at=from_db_time(queued_at) if queued_at is not None else None,
+        envelope_seq=row["envelope_seq"],
     )
 
 
@@ -177,19 +190,53 @@ async def claim_for_dispatch(pool: asyncpg.Pool, limit: int, now: datetime) -> l
     return [_delivery(row) for row in rows]
 
 
-async def release_dispatch(pool: asyncpg.Pool, ids: Sequence[int]) -> int:
-    """sending → scheduled, same due time and attempt count, for claims a Dispatcher could not
-    even start on (its database or bus failed before any Envelope was built), rather than
-    waiting for the Reclaim timeout and charging an attempt that was never made."""
+async def release_dispatch(
+    pool: asyncpg.Pool, ids: Sequence[int], at: datetime | None = None
+) -> int:
+    """sending → scheduled, same attempt count, due at `at` (None: keep its due time), for claims
+    a Dispatcher could not finish: its database or bus failed before the Envelope was built, or
+    the publish failed. No attempt is charged, and the retry publishes the same `Nats-Msg-Id`,
+    so should the failed publish have been stored after all, the stream drops the second copy."""
     if not ids:
         return 0
     status = await pool.execute(
         """
-        UPDATE sending_pool_emails SET status = $1, claimed_at = NULL
+        UPDATE sending_pool_emails
+        SET status = $1, claimed_at = NULL,
+            scheduled_time = COALESCE($4::timestamp, scheduled_time)
         WHERE id = ANY($2::int[]) AND status = $3
         """,
         SCHEDULED,
         list(ids),
+        SENDING,
+        to_db_time(at) if at is not None else None,
+    )
+    return _count(status)
+
+
+async def mark_queued(
+    pool: asyncpg.Pool, published: Sequence[tuple[int, int, int]], now: datetime
+) -> int:
+    """sending → queued for Deliveries whose Envelope the stream has stored.
+
+    `published` holds (row id, attempt, stream sequence) per Envelope. A row changes only while it
+    is still claimed for that attempt: an outcome may already have ended or rescheduled it (the
+    SMTPSender can be faster than this update). Returns how many rows moved.
+    """
+    if not published:
+        return 0
+    status = await pool.execute(
+        """
+        UPDATE sending_pool_emails AS p
+        SET status = $1, claimed_at = NULL, queued_at = $2, envelope_seq = t.seq
+        FROM unnest($3::int[], $4::int[], $5::bigint[]) AS t(id, attempt, seq)
+        WHERE p.id = t.id AND p.status = $6 AND p.send_attempts_cnt = t.attempt
+        """,
+        QUEUED,
+        to_db_time(now),
+        [row_id for row_id, _, _ in published],
+        [attempt for _, attempt, _ in published],
+        [seq for _, _, seq in published],
         SENDING,
     )
     return _count(status)
@@ -201,33 +248,38 @@ async def reschedule(
     at: datetime,
     reply_code: int | None,
     reply_msg: str | None,
+    *,
+    attempt: int | None = None,
 ) -> bool:
-    """sending → scheduled at `at`, one more attempt counted; False when the Delivery is not
-    being sent (gone, or already rescheduled by an earlier copy of the same event).
+    """sending|queued → scheduled at `at`, one more attempt counted; False when no attempt of the
+    Delivery is under way (gone, or already rescheduled by an earlier copy of the same event).
 
-    `key` is the row id or `(message_id, email)`. `reply_code`/`reply_msg` record what a remote
-    server last answered; pass None when none answered (connection failure, build failure) so
-    the last real reply is kept: it decides between Bounced and Failed when the budget is spent.
+    `key` is the row id or `(message_id, email)`; `attempt`, when given, must be the row's
+    current attempt (the one that failed). `reply_code`/`reply_msg` record what a remote server
+    last answered; pass None when none answered (connection failure, build failure) so the last
+    real reply is kept: it decides between Bounced and Failed when the budget is spent.
     """
     args: list[object]
     if isinstance(key, int):
-        where, args = "id = $6", [key]
+        where, args = "id = $7", [key]
     else:
-        where, args = "message_id = $6 AND email = $7", [key[0], key[1]]
+        where, args = "message_id = $7 AND email = $8", [key[0], key[1]]
     status = await pool.execute(
         f"""
         UPDATE sending_pool_emails
         SET status = $1, scheduled_time = $2, send_attempts_cnt = send_attempts_cnt + 1,
-            claimed_at = NULL,
+            claimed_at = NULL, queued_at = NULL, envelope_seq = NULL,
             last_reply_code = CASE WHEN $3::int IS NULL THEN last_reply_code ELSE $3::int END,
             last_reply_msg = CASE WHEN $3::int IS NULL THEN last_reply_msg ELSE $4::varchar END
-        WHERE {where} AND status = $5
+        WHERE {where} AND status = ANY($5::varchar[])
+            AND ($6::int IS NULL OR send_attempts_cnt = $6::int)
         """,
         SCHEDULED,
         to_db_time(at),
         reply_code,
         reply_msg,
-        SENDING,
+        sorted(IN_FLIGHT_STATUSES),
+        attempt,
         *args,
     )
     return _count(status) == 1
@@ -275,11 +327,13 @@ async def reclaim_stale(
     limit: int = 1000,
 ) -> ReclaimCounts:
     """Return abandoned claims to the queue: validating → to_validate after
-    `validating_timeout`, sending → scheduled (+1 attempt; due at once, its time is past) after
+    `validating_timeout`, sending → scheduled (same attempt; due at once, its time is past) after
     `sending_timeout`. A None timeout leaves that status alone (each Component reclaims its own).
 
     At most `limit` rows per status per call (short transactions); call again while the counts
-    reach `limit`. A sending claim costs an attempt because its Envelope may have been sent.
+    reach `limit`. A reclaimed dispatch claim keeps its attempt: if its Envelope was published
+    after all, dispatching it again publishes the same `Nats-Msg-Id`, which the stream drops
+    (claims are reclaimed well inside its duplicate window); `queued` rows are never touched.
     """
     db_now = to_db_time(now)
     validating = sending = "UPDATE 0"
@@ -310,8 +364,7 @@ async def reclaim_stale(
                     LIMIT $3
                     FOR UPDATE SKIP LOCKED
                 )
-                UPDATE sending_pool_emails AS p
-                SET status = $4, claimed_at = NULL, send_attempts_cnt = p.send_attempts_cnt + 1
+                UPDATE sending_pool_emails AS p SET status = $4, claimed_at = NULL
                 FROM stale WHERE p.id = stale.id
                 """,
                 SENDING,
@@ -338,6 +391,32 @@ async def reclaim_all_stale(
         sending += counts.sending
         if counts.validating < page and counts.sending < page:
             return ReclaimCounts(validating=validating, sending=sending)
+
+
+async def lost_in_queue(
+    pool: asyncpg.Pool,
+    queued_before: datetime,
+    acked_up_to: int,
+    first_in_stream: int,
+    limit: int,
+) -> list[PoolDelivery]:
+    """Queued Deliveries whose Envelope can no longer be sent: the SMTPSender has acknowledged
+    every Envelope up to `acked_up_to` (the consumer's ack floor), and the stream no longer holds
+    those below `first_in_stream`. Only rows queued before `queued_before` are considered."""
+    rows = await pool.fetch(
+        f"""
+        SELECT {_COLUMNS} FROM sending_pool_emails
+        WHERE status = $1 AND queued_at < $2 AND (envelope_seq <= $3 OR envelope_seq < $4)
+        ORDER BY queued_at
+        LIMIT $5
+        """,
+        QUEUED,
+        to_db_time(queued_before),
+        acked_up_to,
+        first_in_stream,
+        limit,
+    )
+    return [_delivery(row) for row in rows]
 
 
 async def get(pool: asyncpg.Pool, message_id: str, email: str) -> PoolDelivery | None:

@@ -8,15 +8,23 @@ Loops (all in `run`, which calls `life.ready()` once every one of them runs):
   each Envelope (the pure `envelope` package, through a `builder.Builder`: in worker processes
   when `dispatcher.build_workers` > 0, else in this thread with yields to the loop) and publish it
   with PubAck and `Nats-Msg-Id = <email id>.<attempt>`, concurrently in chunks; the next chunk is
-  built while the current one is published. A Delivery whose build or publish fails is
-  rescheduled with backoff like a temporary delivery failure, never left claimed
-  (spec §4.4 QUIRK, fixed as at HEAD §8);
+  built while the current one is published. Once the stream has stored an Envelope (PubAck) its
+  row moves to `queued`, with the stream sequence: from then on only an outcome moves it. A
+  publish that fails is retried for a moment (same `Nats-Msg-Id`), then handed back to the Pool
+  under the same attempt, due a little later; a build that fails is rescheduled with backoff
+  like a temporary delivery failure. Nothing is left claimed (spec §4.4 QUIRK, fixed as at
+  HEAD §8);
 * `dispatcher-delivered` / `dispatcher-bounced`: the Delivery ended, delete its row (the rows of
   concurrently handled events go in one DELETE, `kannon.db.batching`);
 * `dispatcher-error`: reschedule with backoff and jitter, recording the reply when a server
-  answered (code ≥ 200);
-* Reclaim, on a timer: claims older than `dispatcher.claim_timeout` (a Dispatcher died between
-  claim and publish, or an outcome event was lost) go back to scheduled.
+  answered (code ≥ 200) — only when the error answers the attempt in flight (its event id names
+  the attempt);
+* Reclaim (ADR 0025): at start every dispatch claim goes back to scheduled at once (a Dispatcher
+  that died left them), then, on a timer, claims older than `dispatcher.claim_timeout`. A claim
+  keeps its attempt number, so an Envelope that was published after all is published again
+  under the same `Nats-Msg-Id` and the stream drops the copy. `queued` rows are left alone while
+  their Envelope can still be sent; one whose Envelope the SMTPSender has acknowledged (or the
+  stream no longer holds) with no outcome pending anywhere lost its outcome, and is retried.
 
 When the retry budget (`model.retry.RetryPolicy`) has no room for another attempt the Delivery
 ends here: Bounced(permanent=False) with the last reply if a remote server ever answered, else
@@ -25,7 +33,8 @@ a deterministic event id: a crash in between leaves the row, the redo publishes 
 the stream drops as a duplicate and Stats counts once; the other order could lose the event.
 
 The three consumers are idempotent: an event whose Delivery is gone (or, for errors, no longer
-being sent, i.e. an earlier copy already rescheduled it) is acked and changes nothing.
+in flight, i.e. an earlier copy already rescheduled it) is acked and changes nothing. A database
+outage makes them retry with growing delays for as long as it lasts (ADR 0026).
 
 The clock and the jitter source are constructor parameters (so are the retry policy and the
 boundary randomness), so tests move time instead of sleeping.
@@ -35,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import random
 import secrets
@@ -46,7 +54,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
 
-from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result
+from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result, is_bus_unavailable
 from kannon.bus.subjects import (
     BOUNCED,
     DELIVERED,
@@ -54,6 +62,7 @@ from kannon.bus.subjects import (
     DISPATCHER_DELIVERED_DURABLE,
     DISPATCHER_ERROR_DURABLE,
     ERROR,
+    SENDER_DURABLE,
     SENDING_STREAM,
     SENDING_SUBJECT,
     STATS_STREAM,
@@ -62,6 +71,7 @@ from kannon.bus.subjects import (
 from kannon.config import ConfigError, Settings, require
 from kannon.db import deliveries
 from kannon.db.batching import Coalescer
+from kannon.db.errors import is_database_unavailable
 from kannon.db.sending_data import SendingData, load_sending_data
 from kannon.db.tracking_keys import signing_key
 from kannon.dispatcher.builder import (
@@ -75,7 +85,8 @@ from kannon.dispatcher.builder import (
 from kannon.envelope.bounce import make_bounce_address
 from kannon.envelope.dkim import DkimSigner
 from kannon.envelope.tokens import TrackingKey
-from kannon.model.delivery import SENDING, PoolDelivery
+from kannon.model.delivery import IN_FLIGHT_STATUSES, PoolDelivery
+from kannon.model.event_ids import attempt_of_send_outcome, delivery_event_id, envelope_msg_id
 from kannon.model.outcome import Bounced, Errored, Failed, Outcome
 from kannon.model.retry import JITTER_MAX, JITTER_MIN, RetryPolicy
 from kannon.runtime.clock import utc_now
@@ -93,6 +104,10 @@ DISPATCHED = Counter(
     "Claimed Deliveries by what dispatching them came to",
     ["result"],  # published, build_failed, publish_failed
 )
+PUBLISH_RETRIES = Counter(
+    "kannon_dispatcher_publish_retries_total",
+    "Envelope publishes tried again after the bus did not answer",
+)
 RESCHEDULED = Counter(
     "kannon_dispatcher_rescheduled_total", "Deliveries rescheduled for another attempt", ["cause"]
 )
@@ -103,6 +118,10 @@ ENDED = Counter(
 )
 RECLAIMED = Counter(
     "kannon_dispatcher_reclaimed_total", "Abandoned dispatch claims returned to the Pool"
+)
+LOST_IN_QUEUE = Counter(
+    "kannon_dispatcher_lost_in_queue_total",
+    "Queued Deliveries whose Envelope left the stream without an outcome, retried",
 )
 STALE_ERRORS = Counter(
     "kannon_dispatcher_stale_errors_total",
@@ -122,9 +141,17 @@ FINISHED_CONCURRENCY = 256
 FINISHED_LINGER = 0.02
 RECLAIM_PAGE = 1000
 BOUNDARY_SEED_BYTES = 12
+# A publish the bus did not answer is tried again this many times, the delay doubling from the
+# first: a NATS restart or leader change takes a second or two, not a retry backoff.
+PUBLISH_TRIES = 4
+PUBLISH_RETRY_DELAY = 0.25
+# After that the claim goes back to the Pool, same attempt, due again this much later.
+PUBLISH_RETRY_LATER = timedelta(seconds=10)
 
 WHILE_DISPATCHING = "dispatching"
+WHILE_PUBLISHING = "publishing"
 WHILE_SENDING = "sending"
+WHILE_QUEUED = "queued"
 
 
 def draw_jitter() -> float:
@@ -141,35 +168,6 @@ def retry_policy(settings: Settings) -> RetryPolicy:
     return RetryPolicy(
         window=d.retry_window, base=d.backoff_base, min=d.backoff_min, max=d.backoff_max
     )
-
-
-def envelope_msg_id(email_id: str, attempt: int) -> str:
-    """Nats-Msg-Id of an Envelope: the same attempt published twice is stored once, while a
-    retry (a new attempt) is a new message."""
-    return f"{email_id}.{attempt}"
-
-
-def attempt_of_envelope_msg_id(msg_id: str) -> int | None:
-    _, dot, attempt = msg_id.rpartition(".")
-    return int(attempt) if dot and attempt.isdigit() else None
-
-
-def sending_seq_of_event(event_id: str | None) -> int | None:
-    """The `kannon.sending` sequence an SMTPSender outcome answers (its id is `<type>.<seq>`)."""
-    if not event_id:
-        return None
-    _, dot, seq = event_id.rpartition(".")
-    return int(seq) if dot and seq.isdigit() else None
-
-
-def end_event_id(kind: str, batch_id: str, email: str) -> str:
-    """Deterministic id of the terminal event the Dispatcher publishes for a Delivery.
-
-    A Delivery ends once, so (kind, Batch, Recipient) identifies it; the Recipient enters as a
-    digest because it is not ours to put in a NATS header verbatim.
-    """
-    digest = hashlib.sha256(email.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    return f"{kind}.{batch_id}.{digest}"
 
 
 def budget_spent(
@@ -200,7 +198,7 @@ def budget_spent(
         recipient=delivery.email,
         timestamp=now,
         detail=detail,
-        event_id=end_event_id(detail.type, delivery.message_id, delivery.email),
+        event_id=delivery_event_id(detail.type, delivery.message_id, delivery.email),
     )
 
 
@@ -288,6 +286,8 @@ class Dispatcher:
                 tasks.create_task(
                     self._bus.consume(spec, handler, life.stopping, on_ready=event.set)
                 )
+            # Before our own first claim: every claim there is now a dead Dispatcher's.
+            await self._reclaim_at_start()
             tasks.create_task(self._reclaim_loop(life))
             # A consumer that cannot be created fails the TaskGroup, which cancels this wait.
             await asyncio.gather(*(event.wait() for event in ready))
@@ -323,6 +323,7 @@ class Dispatcher:
             max_deliver=self._nats.max_deliver,
             concurrency=concurrency,
             batch=max(concurrency, ConsumerSpec.batch),
+            transient=is_database_unavailable,
         )
 
     # -- dispatch ----------------------------------------------------------------------------
@@ -509,16 +510,22 @@ class Dispatcher:
         results = await asyncio.gather(
             *(self._publish(delivery, env) for delivery, env in built), return_exceptions=True
         )
-        published = 0
+        queued: list[tuple[int, int, int]] = []
+        unpublished: list[tuple[PoolDelivery, Exception]] = []
         for (delivery, _), result in zip(built, results, strict=True):
             if isinstance(result, Exception):
-                failed.append((delivery, f"publish failed: {result!r}"))
-                DISPATCHED.labels("publish_failed").inc()
+                unpublished.append((delivery, result))
             elif isinstance(result, BaseException):
                 raise result  # cancelled: let it through, Reclaim retakes the claim
             else:
-                published += 1
-        DISPATCHED.labels("published").inc(published)
+                queued.append((delivery.id, delivery.send_attempts_cnt, result))
+        DISPATCHED.labels("published").inc(len(queued))
+        DISPATCHED.labels("publish_failed").inc(len(unpublished))
+        # Should this fail (database gone), the rows stay claimed: Reclaim hands them out again
+        # under the same attempt, and the stream drops the second copy of each Envelope.
+        await deliveries.mark_queued(self._pool, queued, self._clock())
+        if unpublished:
+            await self._publish_failed(unpublished, now)
         if failed:
             outcomes = await asyncio.gather(
                 *(
@@ -531,12 +538,54 @@ class Dispatcher:
                 if isinstance(outcome, BaseException):
                     raise outcome
 
-    async def _publish(self, delivery: PoolDelivery, env: Built) -> None:
-        await self._bus.publish(
-            SENDING_SUBJECT,
-            env.payload,
-            envelope_msg_id(env.email_id, delivery.send_attempts_cnt),
+    async def _publish(self, delivery: PoolDelivery, env: Built) -> int:
+        """Publish an Envelope; its stream sequence. A bus that does not answer gets a few more
+        tries, under the same `Nats-Msg-Id`: a publish that was stored after all is not stored
+        twice."""
+        msg_id = envelope_msg_id(env.email_id, delivery.send_attempts_cnt)
+        delay = PUBLISH_RETRY_DELAY
+        for tries_left in range(PUBLISH_TRIES - 1, -1, -1):
+            try:
+                return await self._bus.publish(SENDING_SUBJECT, env.payload, msg_id)
+            except Exception as exc:
+                if not tries_left or not is_bus_unavailable(exc):
+                    raise
+                PUBLISH_RETRIES.inc()
+                log.warning(
+                    "publishing an Envelope failed; trying again",
+                    extra={"kv": {"error": repr(exc), "retry_in": delay}},
+                )
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _publish_failed(
+        self, unpublished: Sequence[tuple[PoolDelivery, Exception]], now: datetime
+    ) -> None:
+        """Envelopes the bus would not take: back to the Pool under the same attempt (nothing
+        was sent), due a little later; a Delivery whose retry budget is spent ends Failed."""
+        log.warning(
+            "could not publish Envelopes; they go back to the Pool",
+            extra={
+                "kv": {
+                    "count": len(unpublished),
+                    "retry_in": PUBLISH_RETRY_LATER.total_seconds(),
+                    "error": repr(unpublished[0][1]),
+                }
+            },
         )
+        release: list[int] = []
+        for delivery, exc in unpublished:
+            if now < self._policy.deadline(delivery.original_scheduled_time):
+                release.append(delivery.id)
+                continue
+            error = f"publish failed: {exc!r}"
+            await self._end(
+                budget_spent(delivery, now, where=WHILE_PUBLISHING, error=error), delivery
+            )
+        if release:
+            RESCHEDULED.labels(WHILE_PUBLISHING).inc(len(release))
+            await deliveries.release_dispatch(self._pool, release, now + PUBLISH_RETRY_LATER)
 
     # -- retries and endings -----------------------------------------------------------------
 
@@ -559,7 +608,9 @@ class Dispatcher:
         )
         if at is not None:
             code, message = reply if reply is not None else (None, None)
-            if await deliveries.reschedule(self._pool, delivery.id, at, code, message):
+            if await deliveries.reschedule(
+                self._pool, delivery.id, at, code, message, attempt=delivery.send_attempts_cnt
+            ):
                 RESCHEDULED.labels(where).inc()
             return True
         await self._end(
@@ -627,12 +678,14 @@ class Dispatcher:
             )
             return Result.term()
         delivery = await deliveries.get(self._pool, outcome.batch_id, outcome.recipient)
-        if delivery is None or delivery.status != SENDING:
+        if delivery is None or delivery.status not in IN_FLIGHT_STATUSES:
             # Gone (ended), or an earlier copy of this event already rescheduled it.
             return Result.ack()
-        if await self._answers_an_older_attempt(message, delivery):
+        attempt = attempt_of_send_outcome(message.msg_id)
+        if attempt is not None and attempt != delivery.send_attempts_cnt:
             # A late copy about an attempt already rescheduled, while a newer one is in flight:
-            # rescheduling now would send the newer attempt's Envelope a second time.
+            # rescheduling now would send the newer attempt's Envelope a second time. (An id
+            # that names no attempt, from an older SMTPSender, is taken as current.)
             STALE_ERRORS.inc()
             return Result.ack()
         # Code 0 means no server answered (DNS, connection): keep the last real reply instead.
@@ -646,29 +699,18 @@ class Dispatcher:
         )
         return Result.ack()
 
-    async def _answers_an_older_attempt(self, message: BusMessage, delivery: PoolDelivery) -> bool:
-        """Whether this Errored answers an Envelope of an earlier attempt than the one in flight.
-
-        The event names the `kannon.sending` message it answers; that message's Nats-Msg-Id
-        carries the attempt number. When the message has aged out of the stream (24 h) or the id
-        is not ours, the event is taken as current, as before.
-        """
-        seq = sending_seq_of_event(message.msg_id)
-        if seq is None:
-            return False
-        msg_id = await self._bus.stored_msg_id(SENDING_STREAM, seq)
-        attempt = attempt_of_envelope_msg_id(msg_id) if msg_id else None
-        return attempt is not None and attempt < delivery.send_attempts_cnt
-
     # -- reclaim -----------------------------------------------------------------------------
 
-    async def reclaim(self) -> int:
-        """Return dispatch claims older than dispatcher.claim_timeout to scheduled."""
+    async def reclaim(self, *, everything: bool = False) -> int:
+        """Return dispatch claims older than dispatcher.claim_timeout (`everything`: all of them,
+        as at start, when any claim can only be a dead Dispatcher's or soon published anyway)
+        to scheduled, under the same attempt."""
         counts = await deliveries.reclaim_all_stale(
             self._pool,
             self._clock(),
             validating_timeout=None,  # validation claims are the Validator's to reclaim
-            sending_timeout=self._settings.claim_timeout,
+            # "Everything": older than a second from now, i.e. every claim made until now.
+            sending_timeout=-timedelta(seconds=1) if everything else self._settings.claim_timeout,
             page=RECLAIM_PAGE,
         )
         total = counts.sending
@@ -677,9 +719,56 @@ class Dispatcher:
             log.warning("reclaimed abandoned dispatch claims", extra={"kv": {"count": total}})
         return total
 
+    async def requeue_lost(self) -> int:
+        """Retry the queued Deliveries whose Envelope can no longer be sent and whose outcome
+        can no longer come: the SMTPSender has acknowledged the Envelope (or the stream dropped
+        it) and none of this Dispatcher's outcome consumers has anything pending.
+
+        The reads go in that order: an outcome is published before its Envelope is acknowledged,
+        so once the consumers are idle after the ack floor was read, every outcome about those
+        Envelopes has been applied, and a row still queued lost its outcome (dead-lettered).
+        """
+        now = self._clock()
+        acked = await self._bus.ack_floor(SENDING_STREAM, SENDER_DURABLE)
+        first = await self._bus.first_seq(SENDING_STREAM)
+        durables = (
+            DISPATCHER_DELIVERED_DURABLE,
+            DISPATCHER_BOUNCED_DURABLE,
+            DISPATCHER_ERROR_DURABLE,
+        )
+        if not await self._bus.consumers_idle(STATS_STREAM, durables):
+            return 0
+        lost = await deliveries.lost_in_queue(
+            self._pool, now - self._settings.claim_timeout, acked, first, RECLAIM_PAGE
+        )
+        for delivery in lost:
+            await self.retry_or_end(
+                delivery,
+                now,
+                where=WHILE_QUEUED,
+                error="its Envelope left the queue without an outcome",
+            )
+        if lost:
+            LOST_IN_QUEUE.inc(len(lost))
+            log.warning(
+                "queued Deliveries lost their outcome; retrying them",
+                extra={"kv": {"count": len(lost)}},
+            )
+        return len(lost)
+
+    async def _reclaim_at_start(self) -> None:
+        try:
+            await self.reclaim(everything=True)
+        except Exception as exc:  # the database may still be starting: the timer catches up
+            _log_error(exc)
+
+    async def housekeeping(self) -> None:
+        await self.reclaim()
+        await self.requeue_lost()
+
     async def _reclaim_loop(self, life: Life) -> None:
         # Once at start (a previous instance may have died mid-cycle), then on a timer.
-        await run_every(life, self.reclaim_interval, self.reclaim, _log_error)
+        await run_every(life, self.reclaim_interval, self.housekeeping, _log_error)
 
 
 def _log_error(exc: BaseException) -> None:

@@ -4,10 +4,18 @@ The Pool's state machine (transitions live in `kannon.db.deliveries` and nowhere
 
     to_validate --claim--> validating --valid--> scheduled --claim (due)--> sending
     validating --invalid--> (row deleted, Rejected)
-    sending --Delivered/Bounced/Failed--> (row deleted)
-    sending --Errored / build or publish failure--> scheduled (+1 attempt, later time)
-    validating --claim older than the timeout--> to_validate          (Reclaim)
-    sending    --claim older than the timeout--> scheduled (+1 attempt) (Reclaim)
+    sending --Envelope published (PubAck)--> queued
+    sending --build failure--> scheduled (+1 attempt, later time)
+    sending --publish failure--> scheduled (same attempt, a little later)
+    sending|queued --Delivered/Bounced/Failed--> (row deleted)
+    sending|queued --Errored about the attempt in flight--> scheduled (+1 attempt, later time)
+    queued --its Envelope left the stream without an outcome--> scheduled (+1 attempt)
+    validating --claim older than the timeout--> to_validate            (Reclaim)
+    sending    --claim older than the timeout--> scheduled (same attempt) (Reclaim)
+
+An attempt is published at most once: a reclaimed claim is dispatched again under the same attempt
+number, so JetStream's duplicate window drops a second copy of an Envelope that did get published,
+and a `queued` row is never reclaimed while its Envelope can still be sent (ADR 0025).
 
 Times are timezone-aware UTC datetimes; the database stores them as naive UTC.
 """
@@ -25,10 +33,14 @@ VALIDATING = "validating"
 SCHEDULED = "scheduled"
 """Valid address; waiting until scheduled_time for the Dispatcher."""
 SENDING = "sending"
-"""Claimed by a Dispatcher (claimed_at set); its Envelope is built, published or being sent."""
+"""Claimed by a Dispatcher (claimed_at set): its Envelope is being built and published."""
+QUEUED = "queued"
+"""Envelope published on `kannon.sending` (queued_at, envelope_seq set): waiting for its outcome."""
 
-STATUSES = frozenset({TO_VALIDATE, VALIDATING, SCHEDULED, SENDING})
+STATUSES = frozenset({TO_VALIDATE, VALIDATING, SCHEDULED, SENDING, QUEUED})
 CLAIMED_STATUSES = frozenset({VALIDATING, SENDING})
+IN_FLIGHT_STATUSES = frozenset({SENDING, QUEUED})
+"""An attempt is under way: an outcome about it may arrive."""
 
 
 @dataclass(frozen=True)
@@ -54,3 +66,7 @@ class PoolDelivery:
     last_reply_code: int | None = None
     """Code of the last reply a remote server actually gave (None: no server ever answered)."""
     last_reply_msg: str | None = None
+    queued_at: datetime | None = None
+    """When its Envelope was published (status queued)."""
+    envelope_seq: int | None = None
+    """The `kannon-sending` stream sequence of its published Envelope (status queued)."""

@@ -4,19 +4,23 @@ Per Envelope (one JetStream message):
 
 1. decode `EmailToSend`; an undecodable payload or an email id that is not ours is terminated
    (it will never get better) and logged;
-2. claim the send guard `<stream seq>.<sha256(email_id) hex[:16]>` in the `kannon-sent-envelopes`
-   KV bucket. A redelivered message (the ack got lost, the process died after sending) finds
-   the outcome recorded there and republishes it without sending again; one that finds only the
-   claim knows the previous attempt died mid-send and sends again (at most one duplicate, never
-   a lost mail). The guard fails open: with the KV store unreachable we would rather risk a
-   duplicate than stop delivering;
+2. claim the send guard of the Envelope's attempt (`model.event_ids.send_guard_key`: its
+   `Nats-Msg-Id` `<email id>.<attempt>`) in the `kannon-sent-envelopes` KV bucket. Any copy of
+   the same attempt — redelivered because the ack got lost or the process died after sending,
+   or published again by a Dispatcher that reclaimed its claim — finds the outcome recorded
+   there and republishes it without sending again; one that finds only the claim knows the
+   previous try died mid-send and sends again (at most one duplicate, never a lost mail). The
+   guard fails open: with the KV store unreachable we would rather risk a duplicate than stop
+   delivering;
 3. deliver (MX or relay, `delivery.py`; or the demo sender); record the outcome in the guard when
    the message may have reached a server, else release the claim so a redelivery may try again;
-4. publish Delivered / Bounced / Errored on `kannon.stats.<type>` with event id
-   `<type>.<stream seq>`: a redelivered Envelope publishes the same id, which JetStream
-   de-duplicates and Stats counts once;
+4. publish Delivered / Bounced / Errored on `kannon.stats.<type>` with the event id of the
+   attempt (`model.event_ids.send_outcome_id`): every copy publishes the same id, which
+   JetStream de-duplicates and Stats counts once, and which tells the Dispatcher which attempt
+   an error answers;
 5. ack after the PubAck. When publishing fails the outcome is kept in memory and the message is
-   nak'ed: its redelivery publishes the remembered outcome instead of sending again.
+   nak'ed (growing delays): its redelivery publishes the remembered outcome instead of sending
+   again.
 
 The ack deadline (`nats.sending_ack_wait`) must outlast a whole delivery; every delivery is cut
 off at 80% of it so the ack still arrives in time.
@@ -26,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -40,6 +43,7 @@ from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result, SentGuard
 from kannon.bus.subjects import SENDER_DURABLE, SENDING_STREAM, SENDING_SUBJECT
 from kannon.config import Settings, require
 from kannon.envelope.ids import parse_email_id
+from kannon.model.event_ids import send_guard_key, send_outcome_id
 from kannon.model.outcome import Outcome, domain_of_batch
 from kannon.runtime.component import Life
 from kannon.runtime.logs import obfuscate
@@ -73,6 +77,7 @@ IDLE_TIMEOUT = 10.0
 MAX_MESSAGES_PER_CONNECTION = 100
 # Outcomes whose publish failed, waiting for their Envelope's redelivery.
 UNPUBLISHED_MAX = 10_000
+# First delay before an Envelope whose outcome could not be published comes back (it doubles).
 PUBLISH_RETRY_DELAY = timedelta(seconds=2)
 DEADLINE_SHARE = 0.8
 
@@ -85,15 +90,6 @@ class Guard(Protocol):
     async def record(self, key: str, value: bytes) -> None: ...
 
     async def release(self, key: str) -> None: ...
-
-
-def guard_key(stream_seq: int, email_id: str) -> str:
-    digest = hashlib.sha256(email_id.encode("utf-8")).hexdigest()[:16]
-    return f"{stream_seq}.{digest}"
-
-
-def event_id(outcome_type: str, stream_seq: int) -> str:
-    return f"{outcome_type}.{stream_seq}"
 
 
 class SmtpSender:
@@ -202,7 +198,7 @@ class SmtpSender:
             )
             return Result.term()
         _, batch_id = parsed
-        key = guard_key(message.stream_seq, job.email_id)
+        key = send_guard_key(message.msg_id, message.stream_seq, job.email_id)
 
         remembered = self._unpublished.pop(key, None)
         if remembered is not None:
@@ -225,7 +221,11 @@ class SmtpSender:
                 )
                 recorded = wire_stats.decode(state)
                 return await self._publish(
-                    key, replace(recorded, event_id=event_id(recorded.type, message.stream_seq))
+                    key,
+                    replace(
+                        recorded,
+                        event_id=send_outcome_id(recorded.type, message.msg_id, message.stream_seq),
+                    ),
                 )
             if state is not None:
                 # CLAIMED: the previous attempt died mid-send (a redelivery comes only after the
@@ -258,7 +258,7 @@ class SmtpSender:
             recipient=job.recipient,
             timestamp=self._now(),
             detail=detail,
-            event_id=event_id(detail.type, message.stream_seq),
+            event_id=send_outcome_id(detail.type, message.msg_id, message.stream_seq),
         )
         OUTCOMES.labels(detail.type).inc()
         self._log(job, message, result, outcome)
@@ -277,7 +277,7 @@ class SmtpSender:
             self._unpublished[key] = outcome
             while len(self._unpublished) > UNPUBLISHED_MAX:
                 self._unpublished.popitem(last=False)
-            return Result.nak(PUBLISH_RETRY_DELAY.total_seconds())
+            return Result.nak()  # after the consumer's growing backoff
         return Result.ack()
 
     async def _claim(self, key: str) -> bytes | None:

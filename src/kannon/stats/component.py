@@ -31,6 +31,7 @@ from kannon.bus.subjects import STATS_DURABLE, STATS_STREAM, STATS_SUBJECTS
 from kannon.config import Settings
 from kannon.db import stats_store
 from kannon.db.batching import Coalescer
+from kannon.db.errors import is_database_unavailable
 from kannon.model.outcome import Outcome, domain_of_batch
 from kannon.runtime.clock import utc_now
 from kannon.runtime.component import Life, run_every
@@ -93,6 +94,7 @@ class StatsWorker:
             max_deliver=self._settings.nats.max_deliver,
             concurrency=CONCURRENCY,
             batch=CONCURRENCY,
+            transient=is_database_unavailable,
         )
 
     async def run(self, life: Life) -> None:
@@ -106,7 +108,7 @@ class StatsWorker:
             outcome = decode(msg.data, msg.msg_id)
         except UndecodableEvent as exc:
             log.error(
-                "undecodable stats event dropped",
+                "undecodable stats event",
                 extra={"kv": {"subject": msg.subject, "seq": msg.stream_seq, "error": str(exc)}},
             )
             RECORDED.labels("unknown", "undecodable").inc()

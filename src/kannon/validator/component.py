@@ -13,7 +13,6 @@ never sent). A publish the bus refuses releases the claim at once, so it is retr
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -25,6 +24,7 @@ from kannon.config import Settings
 from kannon.db import deliveries
 from kannon.model.address import InvalidAddress, parse_address
 from kannon.model.delivery import PoolDelivery
+from kannon.model.event_ids import delivery_event_id
 from kannon.model.outcome import Accepted, Outcome, Rejected
 from kannon.runtime.clock import utc_now
 from kannon.runtime.component import Life, run_cycles, run_every
@@ -44,16 +44,6 @@ RECLAIMED = Counter(
 )
 
 
-def event_id(kind: str, message_id: str, email: str) -> str:
-    """Deterministic id of a Delivery's validation event (its Nats-Msg-Id and stats.event_id).
-
-    The Recipient enters as a digest: an address that failed validation can hold anything,
-    CR/LF included, which must not reach a NATS header.
-    """
-    digest = hashlib.sha256(email.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    return f"{kind}.{message_id}.{digest}"
-
-
 def judge(delivery: PoolDelivery, now: datetime) -> Outcome:
     """Accepted or Rejected (with the reason) for one Delivery."""
     detail: Accepted | Rejected
@@ -69,7 +59,7 @@ def judge(delivery: PoolDelivery, now: datetime) -> Outcome:
         recipient=delivery.email,
         timestamp=now,
         detail=detail,
-        event_id=event_id(detail.type, delivery.message_id, delivery.email),
+        event_id=delivery_event_id(detail.type, delivery.message_id, delivery.email),
     )
 
 

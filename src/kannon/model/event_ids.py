@@ -1,0 +1,81 @@
+"""Identifiers that make a publish idempotent: the `Nats-Msg-Id` of an Envelope and the ids of the
+outcome events the Validator, the Dispatcher and the SMTPSender publish.
+
+An event id is both the event's `Nats-Msg-Id` (JetStream drops a second publish inside the
+duplicate window) and `stats.event_id` (Stats stores an event once). So the same happening must
+always get the same id, and two different happenings never one id (ADR 0006, ADR 0025):
+
+* an Envelope is identified by its Delivery's email id and its **attempt** (the Pool row's
+  `send_attempts_cnt` when it was dispatched): the same attempt published twice is one message,
+  a retry is a new one;
+* an SMTPSender outcome answers one attempt, so its id is (type, email id, attempt): a second copy
+  of the same attempt — redelivered, or republished by a Dispatcher that reclaimed the claim —
+  publishes the same id, and the Dispatcher reads the attempt back to ignore a late error about
+  an attempt that is no longer the one in flight;
+* a Delivery is validated once and ends once, so those events are (type, Batch, Recipient).
+
+Recipients and email ids enter as digests: an address can hold anything, and none of it belongs in
+a NATS header verbatim. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+_DIGEST_CHARS = 32
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:_DIGEST_CHARS]
+
+
+def envelope_msg_id(email_id: str, attempt: int) -> str:
+    """`Nats-Msg-Id` of an Envelope: `<email id>.<attempt>`."""
+    return f"{email_id}.{attempt}"
+
+
+def parse_envelope_msg_id(msg_id: str | None) -> tuple[str, int] | None:
+    """(email id, attempt) of an Envelope's `Nats-Msg-Id`, or None when it is not one of ours."""
+    if not msg_id:
+        return None
+    email_id, dot, attempt = msg_id.rpartition(".")
+    if not dot or not email_id or not attempt.isdigit():
+        return None
+    return email_id, int(attempt)
+
+
+def send_guard_key(envelope_id: str | None, stream_seq: int, email_id: str) -> str:
+    """Key of an Envelope in the SMTPSender's send guard.
+
+    Keyed by the Envelope's attempt (its `Nats-Msg-Id`) so that any copy of one attempt finds
+    what the first did; an Envelope without our `Nats-Msg-Id` falls back to its stream sequence.
+    """
+    parsed = parse_envelope_msg_id(envelope_id)
+    if parsed is not None:
+        return f"a.{_digest(parsed[0])}.{parsed[1]}"
+    return f"{stream_seq}.{_digest(email_id)[:16]}"
+
+
+def send_outcome_id(outcome_type: str, envelope_id: str | None, stream_seq: int) -> str:
+    """Id of the outcome the SMTPSender publishes for an Envelope: `<type>.<digest>.<attempt>`,
+    or `<type>.<stream seq>` for an Envelope without our `Nats-Msg-Id`."""
+    parsed = parse_envelope_msg_id(envelope_id)
+    if parsed is None:
+        return f"{outcome_type}.{stream_seq}"
+    return f"{outcome_type}.{_digest(parsed[0])}.{parsed[1]}"
+
+
+def attempt_of_send_outcome(event_id: str | None) -> int | None:
+    """The attempt an SMTPSender outcome answers, or None when its id does not say."""
+    if not event_id:
+        return None
+    parts = event_id.split(".")
+    if len(parts) != 3 or len(parts[1]) != _DIGEST_CHARS or not parts[2].isdigit():
+        return None
+    return int(parts[2])
+
+
+def delivery_event_id(kind: str, batch_id: str, recipient: str) -> str:
+    """Id of an event that happens once per Delivery (validated, rejected, ended by the
+    Dispatcher): `<type>.<Batch id>.<digest of the Recipient>`."""
+    return f"{kind}.{batch_id}.{_digest(recipient)}"
