@@ -9,7 +9,7 @@ import json
 import pytest
 
 from kannon.dsn import BouncedRecipient, is_hard_bounce, parse_message
-from kannon.dsn.codes import find_codes, find_command, status_reason
+from kannon.dsn.codes import find_codes, find_command, prefer_status, status_reason
 from kannon.dsn.taxonomy import Evidence, classify
 
 
@@ -364,6 +364,30 @@ def test_codes_prefer_the_innermost_failure() -> None:
     assert (codes.status, codes.reply) == ("4.4.2", "421")
     transcript = find_codes("451 4.3.0 Error: queue file write error\n221 2.0.0 Bye")
     assert (transcript.status, transcript.reply) == ("4.3.0", "451")
+
+
+@pytest.mark.parametrize(
+    ("field", "quoted", "reply", "chosen"),
+    [
+        ("5.1.1", "", "", "5.1.1"),
+        ("", "5.7.1", "554", "5.7.1"),
+        # The reporting MTA's verdict stands between two equally specific codes.
+        ("5.4.7", "5.4.1", "", "5.4.7"),
+        # ... but not over a more specific one, nor as a catch-all.
+        ("5.0.0", "5.7.1", "554", "5.7.1"),
+        ("5.4.0", "5.4.4", "", "5.4.4"),
+        ("5.7.1", "5.0.0", "550", "5.7.1"),
+        ("4.4.7", "4.4.2", "421", "4.4.2"),
+        ("5.3.0", "5.2.2", "552", "5.2.2"),
+        ("5.1.1", "5.2.2", "552", "5.2.2"),
+        # Classes disagree: the reply code's class settles it; without one the field wins.
+        ("5.4.7", "4.4.2", "421", "4.4.2"),
+        ("4.4.1", "5.1.1", "450", "4.4.1"),
+        ("5.4.7", "4.4.1", "", "5.4.7"),
+    ],
+)
+def test_status_field_versus_quoted_code(field: str, quoted: str, reply: str, chosen: str) -> None:
+    assert prefer_status(field, quoted, reply) == chosen
 
 
 def test_codes_ignore_ip_addresses_and_versions() -> None:

@@ -73,6 +73,42 @@ def find_codes(text: str, *, want_success: bool = False) -> Codes:
     return Codes(status, reply)
 
 
+def _specificity(status: str) -> int:
+    """2 for a fully specific code, 1 for "X.Y.0" or "X.0.Z", 0 for "X.0.0"."""
+    _, subject, detail = status.split(".")
+    if subject == "0" and detail == "0":
+        return 0
+    return 1 if "0" in (subject, detail) else 2
+
+
+# Status: field values that reporting MTAs use as catch-alls, so a specific code quoted from the
+# remote server says more: 4.4.7 (gave up, for whatever reason), 4.7.0 (too many errors), 5.3.x
+# (the reporting system's own trouble) and X.5.x (protocol errors, often a relay's wrapper).
+_CATCH_ALL_FIELD: Final = re.compile(r"^(?:4\.4\.7|4\.7\.0|5\.3\.\d+|[45]\.5\.[1245])$")
+
+
+def prefer_status(field: str, quoted: str, reply: str) -> str:
+    """Choose between a report's Status: field and the status code quoted in its diagnostic text.
+
+    The Status: field is the reporting MTA's considered verdict, so it wins by default; the
+    quoted code wins when it is the more specific of two, when the field is a catch-all, and
+    when the two disagree on the class and the remote's reply code sides with the quoted one.
+    """
+    if not field or not quoted or field == quoted:
+        return field or quoted
+    if field[0] != quoted[0] and reply[:1] in (field[0], quoted[0]):
+        return field if reply[0] == field[0] else quoted
+    (field_rank, quoted_rank) = (_specificity(field), _specificity(quoted))
+    if field_rank != quoted_rank:
+        return field if field_rank > quoted_rank else quoted
+    if _CATCH_ALL_FIELD.match(field):
+        return quoted
+    if field == "5.1.1" and quoted_rank == 2 and not quoted.startswith("5.5."):
+        # A mailbox-level code from the remote refines the generic "bad mailbox" mapping.
+        return quoted
+    return field
+
+
 # Which SMTP command a rejection answered, as MTAs phrase it. Order does not matter: the last
 # mention in a recipient's text wins, because transcripts list commands in the order sent.
 _COMMAND_PATTERNS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (

@@ -3,8 +3,8 @@
 Order of evidence, most to least trustworthy: an Amazon SES JSON event, an ARF feedback report,
 RFC 3464 delivery-status fields (in their own MIME part, or pasted into text), then the
 human-readable text of a non-standard bounce, then auto-reply markers. For each bounced recipient
-the status and reply codes come from the diagnostic text when it quotes the remote server, and the
-reason from `taxonomy.classify`.
+the status is the Status: field or the code the diagnostic text quotes from the remote server,
+whichever `codes.prefer_status` finds more telling, and the reason comes from `taxonomy.classify`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,13 @@ from email.message import Message
 from typing import Final
 
 from kannon.dsn.address import all_addresses, extract_address, is_plausible_recipient
-from kannon.dsn.codes import find_codes, find_command, normalize_status, status_comment
+from kannon.dsn.codes import (
+    find_codes,
+    find_command,
+    normalize_status,
+    prefer_status,
+    status_comment,
+)
 from kannon.dsn.layouts import TextHit, TextScan, scan
 from kannon.dsn.mime import collect, header, parse_bytes, split_original
 from kannon.dsn.model import BouncedRecipient, DsnReport, Kind, is_hard_bounce
@@ -159,12 +165,12 @@ def _codes_and_status(
 ) -> tuple[str, str]:
     """Status and reply code for one recipient.
 
-    The code the remote server quoted in its reply wins over the reporting MTA's Status: field,
-    which is often a generic X.0.0 or a re-mapped code. With no code at all only the class is
-    known: from the reply code, else from the action.
+    The Status: field and the code quoted from the remote server are weighed by
+    `codes.prefer_status`. With no code at all only the class is known: from the reply code,
+    else from the action.
     """
     codes = find_codes(diagnostic, want_success=success)
-    status = codes.status or field_status
+    status = prefer_status(field_status, codes.status, codes.reply)
     if success and not status.startswith("2"):
         status = "2.0.0"
     if not status:
