@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kannon.dsn import DsnReport, parse_message
+from kannon.dsn import DsnReport, is_hard_bounce, parse_message
 
 SPLIT_SALT = "kannon-dsn-split-v1/"
 HELDOUT_PERCENT = 28
@@ -48,6 +48,9 @@ class Score:
     total: int = 0
     class_and_hard: int = 0
     exact: int = 0
+    #: (a) again, judging the classifier's opinion (`is_hard_bounce(reason, status)`) instead of
+    #: `hard_bounce`, which also needs confidence: the gap is what confidence withholds.
+    class_and_opinion: int = 0
     #: Recipients called hard bounces that are not: each one would suppress a live address.
     wrong_hard: int = 0
     #: Recipients that are hard bounces but were not called so (suppression merely delayed).
@@ -60,6 +63,10 @@ class Score:
         return self.class_and_hard / self.total if self.total else 0.0
 
     @property
+    def a_opinion(self) -> float:
+        return self.class_and_opinion / self.total if self.total else 0.0
+
+    @property
     def b(self) -> float:
         return self.exact / self.total if self.total else 0.0
 
@@ -67,6 +74,7 @@ class Score:
         return (
             f"{self.files} files, {self.total} recipients: (a) class + hard/soft {self.a:.1%}, "
             f"(b) exact {self.b:.1%}, wrong hard {self.wrong_hard}, missed hard {self.missed_hard}"
+            f" (a with the unconfident opinion as verdict: {self.a_opinion:.1%})"
         )
 
 
@@ -95,8 +103,12 @@ def score(
                 result.confusion[(entry["reason"], "<missing>")] += 1
                 result.missed_hard += bool(entry["hard_bounce"])
                 continue
-            if got.status[:1] == entry["status"][:1] and got.hard_bounce == entry["hard_bounce"]:
+            same_class = got.status[:1] == entry["status"][:1]
+            if same_class and got.hard_bounce == entry["hard_bounce"]:
                 result.class_and_hard += 1
+            opinion = got.action != "delayed" and is_hard_bounce(got.reason, got.status)
+            if same_class and opinion == entry["hard_bounce"]:
+                result.class_and_opinion += 1
             if got.hard_bounce and not entry["hard_bounce"]:
                 result.wrong_hard += 1
             if entry["hard_bounce"] and not got.hard_bounce:

@@ -68,6 +68,7 @@ def test_failed_recipient_with_diagnostic_code() -> None:
             reason="userunknown",
             hard_bounce=True,
             permanent=True,
+            confident=True,
         )
     ]
 
@@ -623,3 +624,124 @@ Original-Rcpt-To: bob@isp.example
     report = parse_message(raw)
     assert report.kind == "feedback"
     assert [r.recipient for r in report.recipients] == ["bob@isp.example"]
+
+
+# --- confidence: hard_bounce only on evidence that agrees with itself (ADR 0023) ----------------
+
+
+def _one(status: str, diagnostic: str, action: str = "failed") -> BouncedRecipient:
+    block = f"""
+Final-Recipient: rfc822; someone@example.org
+Action: {action}
+Status: {status}
+Diagnostic-Code: smtp; {diagnostic}
+"""
+    (recipient,) = parse_message(dsn(block)).recipients
+    return recipient
+
+
+@pytest.mark.parametrize(
+    ("status", "diagnostic", "reason", "confident", "hard"),
+    [
+        # Code and words agree, at RCPT: the address is dead.
+        (
+            "5.1.1",
+            "550 5.1.1 <someone@example.org>: Recipient address rejected: User unknown "
+            "(in reply to RCPT TO command)",
+            "userunknown",
+            True,
+            True,
+        ),
+        (
+            "5.0.0",
+            "550 sorry, no such user (in reply to RCPT TO command)",
+            "userunknown",
+            True,
+            True,
+        ),
+        # A policy code with "user unknown" words: the server may be hiding a block.
+        (
+            "5.7.1",
+            "550 5.7.1 user unknown (in reply to RCPT TO command)",
+            "userunknown",
+            False,
+            False,
+        ),
+        # A mailbox code says the mailbox exists.
+        (
+            "5.2.1",
+            "550 5.2.1 user unknown (in reply to RCPT TO command)",
+            "userunknown",
+            False,
+            False,
+        ),
+        # The code alone, nothing said: one witness.
+        ("5.1.1", "550 5.1.1 https://support.example/answer/6596", "userunknown", False, False),
+        # Transient: the reporting MTA kept its options open.
+        (
+            "4.1.1",
+            "450 4.1.1 <someone@example.org>: Recipient address rejected: unverified "
+            "address: host mx said: 550 5.1.1 user unknown",
+            "userunknown",
+            False,
+            False,
+        ),
+        # After DATA with a generic code: a content filter's disguise, not a dead address.
+        ("5.0.0", "550 user unknown (in reply to end of DATA command)", "filtered", True, False),
+        # "Try again later" is a passing condition.
+        (
+            "5.0.0",
+            "550 Host or domain name not found, try again later",
+            "hostunknown",
+            False,
+            False,
+        ),
+        ("5.1.2", "550 5.1.2 Host or domain name not found", "hostunknown", True, True),
+        ("5.1.10", "556 5.1.10 Recipient address has null MX", "notaccept", True, True),
+        # Soft reasons are confident or not by the same agreement, never hard.
+        ("5.2.2", "552 5.2.2 Mailbox full", "mailboxfull", True, False),
+    ],
+)
+def test_hard_bounce_needs_agreeing_evidence(
+    status: str, diagnostic: str, reason: str, confident: bool, hard: bool
+) -> None:
+    recipient = _one(status, diagnostic)
+    assert (recipient.reason, recipient.confident, recipient.hard_bounce) == (
+        reason,
+        confident,
+        hard,
+    )
+
+
+def _text_bounce(preamble: str, line: str) -> bytes:
+    return f"""From: Mail Delivery System <MAILER-DAEMON@mta.example.net>
+To: sender@example.com
+Subject: Mail delivery failed: returning message to sender
+
+{preamble}
+
+  someone@example.org
+    {line}
+""".encode()
+
+
+def test_text_only_bounce_is_hard_only_on_the_reporting_systems_own_finding() -> None:
+    exim = (
+        "This message was created automatically by mail delivery software.\n\n"
+        "A message that you sent could not be delivered to one or more of its\n"
+        "recipients. This is a permanent error. The following address(es) failed:"
+    )
+    plain = "A message that you sent could not be delivered to one or more of its recipients."
+    (unrouteable,) = parse_message(_text_bounce(exim, "Unrouteable address")).recipients
+    (no_domain,) = parse_message(_text_bounce(plain, "Domain does not exist")).recipients
+    (bare,) = parse_message(_text_bounce(plain, "User unknown")).recipients
+    assert (unrouteable.reason, unrouteable.hard_bounce) == ("hostunknown", True)
+    # The MTA's own DNS lookup, in a failure report: final even without the word "permanent".
+    assert (no_domain.reason, no_domain.hard_bounce) == ("hostunknown", True)
+    # A bare "user unknown" with no code and no dialogue: reported, but not acted on.
+    assert (bare.reason, bare.confident, bare.hard_bounce) == ("userunknown", False, False)
+
+
+def test_delay_warning_with_dead_address_words_is_not_hard() -> None:
+    recipient = _one("4.1.1", "450 4.1.1 user unknown", action="delayed")
+    assert (recipient.reason, recipient.hard_bounce) == ("userunknown", False)

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from kannon.dsn.codes import status_reason
+from kannon.dsn.codes import is_generic, status_reason
 
 
 def _rx(*parts: str) -> re.Pattern[str]:
@@ -482,6 +482,13 @@ class Evidence:
     command: str = ""
     action: str = ""
     diagnostic_type: str = ""
+    #: The report itself says the failure is permanent: a 5xx reply or 5.x.x status it quotes or
+    #: carries in its Status: field, or its own words ("this is a permanent error"), with no
+    #: transient code beside it. A status merely defaulted from the action does not count.
+    permanent: bool = False
+    #: A code (Status: field, quoted status or reply) states the class; false when the class
+    #: comes from the action alone, as in bounces that quote no SMTP dialogue.
+    coded: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -587,6 +594,95 @@ def _phase_one(text: str, ev: Evidence, by_status: str) -> Verdict | None:
         if by_status == reason or matches(reason, text):
             return Verdict(reason, "text")
     return None
+
+
+# Reasons that say something other than "the address is dead"; finding one of them in the words
+# of a rejection classified as a dead address means the rejection is not unambiguous.
+_CONTRARY_TO_DEAD: Final[tuple[str, ...]] = (
+    "mailboxfull",
+    "suspend",
+    "norelaying",
+    "authfailure",
+    "badreputation",
+    "speeding",
+    "filtered",
+    "spamdetected",
+    "policyviolation",
+    "rejected",
+    "toomanyconn",
+    "blocked",
+    "virusdetected",
+    "networkerror",
+    "systemerror",
+)
+# A passing condition. ("Check the address and try again" is advice to the sender, not one.)
+_TRANSIENT_WORDS_RE: Final = re.compile(
+    r"(?:try|retry) (?:again )?later|temporar|deferred|will (?:be )?retr|try again in"
+)
+# Codes that state a refused domain (RFC 7505 null MX, RFC 7504 "does not accept mail").
+_NOTACCEPT_CODES: Final = frozenset({"5.1.10", "5.7.27"})
+_NOTACCEPT_REPLIES: Final = frozenset({"521", "556"})
+_DEAD_REASONS: Final = frozenset({"userunknown", "hostunknown", "hasmoved", "notaccept"})
+# Enhanced codes that agree with a dead-address reason beyond the one `status_reason` gives:
+# the address-status family (X.1.x; Exchange answers an unknown recipient with 5.1.10), the
+# routing codes a missing domain produces, and the "other" codes of the network, mail-system and
+# protocol subjects, which say nothing either way. Mailbox (X.2.x), content (X.6.x) and policy
+# (X.7.x) codes do contradict: the mailbox exists, or the message was the problem.
+_AGREEING_CODES: Final[dict[str, re.Pattern[str]]] = {
+    "userunknown": re.compile(r"5\.1\.(?:0|1|3|10)$|5\.[345]\.0$"),
+    "hostunknown": re.compile(r"5\.1\.2$|5\.4\.[04]$|5\.[35]\.0$"),
+    "hasmoved": re.compile(r"5\.1\.6$|5\.[345]\.0$"),
+    "notaccept": re.compile(r"5\.1\.10$|5\.7\.27$|5\.4\.[04]$|5\.[35]\.0$"),
+}
+
+
+def is_confident(reason: str, ev: Evidence) -> bool:
+    """Whether a reason rests on evidence that agrees with itself, so that acting on it (above
+    all, suppressing a "dead" address for good) is safe.
+
+    Confident means: the words say this reason, no code contradicts them (a code for another
+    reason does; a generic X.0.0 or no enhanced code does not), and the words say nothing else
+    as well. A dead address needs more: the report must state the failure is permanent, the
+    rejection must not have answered DATA (content filters say "no such user" too), and nothing
+    may suggest a passing condition ("try again later").
+    """
+    text = normalize_text(ev.text)
+    definitive = reason == "userunknown" and matches("userunknown_definitive", text)
+    said = matches(reason, text) or definitive
+    if reason == "filtered":
+        # A filter's refusal is usually worded as "no such user" (see `classify`).
+        said = said or matches("userunknown", text)
+    by_status = status_reason(ev.status)
+    agreeing = _AGREEING_CODES.get(reason)
+    code_specific = by_status == reason or bool(agreeing and agreeing.match(ev.status))
+    code_agrees = code_specific or by_status == "" or is_generic(ev.status)
+    if reason == "notaccept" and (
+        ev.status in _NOTACCEPT_CODES or ev.reply_code in _NOTACCEPT_REPLIES
+    ):
+        # The code alone is specific: it exists for nothing else.
+        said = code_agrees = True
+    if not (said and code_agrees):
+        return False
+    if reason not in _DEAD_REASONS:
+        return True
+    # A report that quotes no code at all is the reporting system's own finding: its directory
+    # says the user does not exist, or its DNS lookup that the domain does not. A failure report
+    # stating that is final; a bare "user unknown" with nothing behind it is not (content
+    # filters and forwarders say it too).
+    own_finding = (
+        not ev.coded
+        and ev.action == "failed"
+        and (definitive or reason in ("hostunknown", "notaccept"))
+    )
+    if not (ev.permanent or own_finding) or ev.action == "delayed" or ev.command == "MAIL":
+        return False
+    if ev.command == "DATA" and not (code_specific and by_status == reason):
+        # After DATA only an address code (5.1.1 "bad mailbox") outweighs the suspicion of a
+        # content filter; transcripts also go on to DATA after the RCPT that failed.
+        return False
+    if _TRANSIENT_WORDS_RE.search(text):
+        return False
+    return not any(matches(other, text) for other in _CONTRARY_TO_DEAD)
 
 
 def _fallback(text: str, ev: Evidence, by_status: str) -> Verdict:
