@@ -8,7 +8,9 @@ of sha256("kannon-dsn-split-v1/" + name), read as a big-endian integer, are belo
 scored in aggregate and its messages are not read while writing rules (ADR 0023).
 
 Scores are per expected recipient, matched by its `index`:
-(a) status class and hard-bounce verdict both right;
+(a) status class and hard-bounce verdict both right: the classifier's verdict
+    (`is_hard_bounce(reason, status)`, never for a delay), and, strictly, `hard_bounce` itself,
+    which is also false where the classifier is not confident;
 (b) exact status and reason right, where sisimai's internal "X.0.9xx" codes (its pseudo-code for
     a report that states no status) count as class-only.
 """
@@ -72,9 +74,10 @@ class Score:
 
     def summary(self) -> str:
         return (
-            f"{self.files} files, {self.total} recipients: (a) class + hard/soft {self.a:.1%}, "
-            f"(b) exact {self.b:.1%}, wrong hard {self.wrong_hard}, missed hard {self.missed_hard}"
-            f" (a with the unconfident opinion as verdict: {self.a_opinion:.1%})"
+            f"{self.files} files, {self.total} recipients: (a) class + hard/soft "
+            f"{self.a_opinion:.1%} (strict, hard_bounce alone: {self.a:.1%}), "
+            f"(b) exact {self.b:.1%}; hard_bounce wrongly true {self.wrong_hard}, "
+            f"wrongly false {self.missed_hard}"
         )
 
 

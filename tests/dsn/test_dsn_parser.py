@@ -745,3 +745,28 @@ def test_text_only_bounce_is_hard_only_on_the_reporting_systems_own_finding() ->
 def test_delay_warning_with_dead_address_words_is_not_hard() -> None:
     recipient = _one("4.1.1", "450 4.1.1 user unknown", action="delayed")
     assert (recipient.reason, recipient.hard_bounce) == ("userunknown", False)
+
+
+def test_transcript_command_is_the_one_before_the_first_failure() -> None:
+    transcript = (
+        "... while talking to mx.example.org.:\n>>> RCPT To:<a@example.org>\n"
+        "<<< 550 5.1.1 <a@example.org>... User unknown\n>>> DATA\n<<< 503 5.0.0 Need RCPT\n"
+    )
+    assert find_command(transcript) == "RCPT"
+    assert find_command("550 5.1.1 user unknown (in response to RCPT TO command)") == "RCPT"
+    assert find_command("550 rejected during DATA") == "DATA"
+
+
+@pytest.mark.parametrize(
+    ("status", "diagnostic", "reason"),
+    [
+        ("5.0.0", "Network error on destination MXs", "networkerror"),
+        ("4.4.3", "CNAME lookup failed temporarily. (#4.4.3)", "networkerror"),
+        ("4.4.3", "Name server timeout", "networkerror"),
+        ("5.4.310", "550 5.4.310 DNS domain example.org does not exist", "hostunknown"),
+        ("5.1.10", "Domain example.org does not accept mail (nullMX)", "notaccept"),
+        ("5.0.0", "Message expired: queue lifetime exceeded", "expired"),
+    ],
+)
+def test_network_dns_and_expiry_phrases(status: str, diagnostic: str, reason: str) -> None:
+    assert _one(status, diagnostic).reason == reason

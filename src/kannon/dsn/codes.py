@@ -115,7 +115,8 @@ _COMMAND_PATTERNS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
     (
         "RCPT",
         re.compile(
-            r"in reply to RCPT TO|after (?:pipelined )?RCPT TO|after RCPT command|RCPT TO response"
+            r"in (?:reply|response) to RCPT TO|after (?:pipelined )?RCPT TO|after RCPT command"
+            r"|RCPT TO response|during RCPT(?: TO)?\b"
             r"|(?:>>>|<<<) ?RCPT TO"
             r"|\[RCPT_TO\]|SMTP:RCPT|like our RCPT TO|does not like recipient"
             r"|(?:server|host) (?:has )?rejected (?:the )?(?:recipient )?address"
@@ -126,7 +127,8 @@ _COMMAND_PATTERNS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
     (
         "MAIL",
         re.compile(
-            r"in reply to MAIL FROM|after (?:pipelined )?MAIL FROM|(?:>>>|<<<) ?MAIL FROM"
+            r"in (?:reply|response) to MAIL FROM|after (?:pipelined )?MAIL FROM"
+            r"|(?:>>>|<<<) ?MAIL FROM|during MAIL(?: FROM)?\b"
             r"|\[MAIL_FROM\]|SMTP:MAIL"
             r"|sender was rejected|like our MAIL FROM|SMTP command\s*\n[\s\-]*MAIL\b",
             re.IGNORECASE,
@@ -135,7 +137,8 @@ _COMMAND_PATTERNS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
     (
         "DATA",
         re.compile(
-            r"in reply to (?:end of )?DATA|after (?:end of data|(?:pipelined )?DATA)|>>> DATA"
+            r"in (?:reply|response) to (?:the )?(?:end of )?DATA"
+            r"|after (?:end of data|(?:pipelined )?DATA)|>>> DATA|during DATA\b"
             r"|our final DATA|failed after I sent the message|\(DATA\)|SMTP:DATA"
             r"|\[(?:BODY|DATA|END_OF_MESSAGE)\]"
             r"|SMTP command\s*\n[\s\-]*DATA\b",
@@ -158,8 +161,39 @@ _COMMAND_PATTERNS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
 )
 
 
+# One step of a session transcript (Sendmail, Courier, ...): ">>> RCPT To:<a@b>", "<<< 550 ...".
+_TRANSCRIPT_RE: Final = re.compile(r"^\s*(?:>>>\s*(\.|[A-Za-z]+)|<<<\s*([245])\d\d)", re.MULTILINE)
+_TRANSCRIPT_COMMANDS: Final = {
+    "rcpt": "RCPT",
+    "mail": "MAIL",
+    "data": "DATA",
+    ".": "DATA",
+    "ehlo": "EHLO",
+    "helo": "EHLO",
+    "starttls": "STARTTLS",
+}
+
+
+def _transcript_command(text: str) -> str:
+    """The command sent just before the first failure reply of a transcript, else "".
+
+    Transcripts go on after the failure (a rejected RCPT is followed by DATA and its "503 need
+    RCPT"), so the last command mentioned is not the one that failed.
+    """
+    sent = ""
+    for match in _TRANSCRIPT_RE.finditer(text):
+        if match.group(1):
+            sent = _TRANSCRIPT_COMMANDS.get(match.group(1).lower(), "")
+        elif match.group(2) in ("4", "5") and sent:
+            return sent
+    return ""
+
+
 def find_command(text: str) -> str:
     """The SMTP command a rejection in `text` answered ("RCPT", "MAIL", "DATA", ...), else ""."""
+    from_transcript = _transcript_command(text)
+    if from_transcript:
+        return from_transcript
     best = ""
     best_at = -1
     for name, pattern in _COMMAND_PATTERNS:

@@ -122,7 +122,7 @@ PATTERNS: Final[dict[str, re.Pattern[str]]] = {
         r"throttl(?:ed|ing)",
     ),
     "notaccept": _rx(
-        r"null mx",
+        r"null ?mx",
         r"no mx record",
         r"couldn'?t find a mail exchanger",
         r"(?:host|domain|host/domain) does not accept (?:any )?mail",
@@ -265,6 +265,10 @@ PATTERNS: Final[dict[str, re.Pattern[str]]] = {
         r"(?:^|[^\d])553 .{1,80} does not exist",
         r"illegal host/domain name",
         r"mx records? point to non-?existent hosts?",
+        r"dns domain .{1,80} does not exist",
+        r"non-?existent domain",
+        r"no such host\b",
+        r"unknown (?:mail )?domain\b",
     ),
     "spamdetected": _rx(
         r"\bspam\b.{0,30}(?:detected|rejected|blocked|refused|content|classification|score|filter"
@@ -370,6 +374,11 @@ PATTERNS: Final[dict[str, re.Pattern[str]]] = {
         r"network (?:is )?unreachable",
         r"host lookup did not complete",
         r"lost connection with",
+        r"network error",
+        r"lookup failed temporarily",
+        r"temporary (?:dns|name ?server|lookup|name resolution) (?:failure|error)",
+        r"name ?server (?:timeout|failure)",
+        r"servfail",
     ),
     "systemfull": _rx(
         r"insufficient (?:disk |system )?(?:space|storage)",
@@ -395,6 +404,9 @@ PATTERNS: Final[dict[str, re.Pattern[str]]] = {
         r"unable to deliver in \d+",
         r"retry timeout exceeded",
         r"cannot send message (?:for|within) \d+",
+        r"queue (?:life)?time (?:exceeded|expired)",
+        r"maximum (?:queue |delivery )?(?:time|lifetime) (?:exceeded|reached)",
+        r"has not been delivered (?:for|within|after) \d+",
     ),
     "failedstarttls": _rx(
         r"starttls",
