@@ -698,6 +698,30 @@ Diagnostic-Code: smtp; {diagnostic}
         ),
         ("5.1.2", "550 5.1.2 Host or domain name not found", "hostunknown", True, True),
         ("5.1.10", "556 5.1.10 Recipient address has null MX", "notaccept", True, True),
+        # The directory's own words outweigh a misused code (Exchange Online's 5.4.1)...
+        (
+            "5.4.1",
+            "550 5.4.1 Recipient address rejected: Access denied. AS(201806281)",
+            "userunknown",
+            True,
+            True,
+        ),
+        # ... but not a mailbox or policy code.
+        (
+            "5.7.1",
+            "550 5.7.1 Recipient address rejected: Access denied",
+            "userunknown",
+            False,
+            False,
+        ),
+        # X.7.x is the catch-all of policy refusals: it agrees with a block list's words.
+        (
+            "5.7.1",
+            "554 5.7.1 Client host [192.0.2.1] blocked using zen.spamhaus.org",
+            "blocked",
+            True,
+            False,
+        ),
         # Soft reasons are confident or not by the same agreement, never hard.
         ("5.2.2", "552 5.2.2 Mailbox full", "mailboxfull", True, False),
     ],

@@ -65,6 +65,9 @@ _STATED_PERMANENT: Final = re.compile(
     r"|i'?ve given up|i have given up|will not be retried|no further attempts",
     re.IGNORECASE,
 )
+_STATED_TEMPORARY: Final = re.compile(
+    r"temporar(?:y|ily)|try (?:again )?later|transient (?:error|failure)", re.IGNORECASE
+)
 _ARF_FIELDS: Final = re.compile(r"^Feedback-Type:\s*[a-z\-]+\s*$", re.IGNORECASE | re.MULTILINE)
 _ARF_AGENT: Final = re.compile(r"^(?:User-Agent|Version):", re.IGNORECASE | re.MULTILINE)
 _SENDER_CONTEXT: Final = re.compile(
@@ -196,8 +199,12 @@ def _codes_and_status(diagnostic: str, field_status: str, action: str, success: 
     if not status:
         if codes.reply[:1] in ("4", "5"):
             status = f"{codes.reply[0]}.0.0"
+        elif action == "delayed" or _STATED_TEMPORARY.search(diagnostic):
+            # No code, but the words call the condition passing: an MTA that gave up on a
+            # "temporarily suspended" delivery failed on a transient cause, not a permanent one.
+            status = "4.0.0"
         else:
-            status = "4.0.0" if action == "delayed" else "5.0.0"
+            status = "5.0.0"
     stated = [c for c in (field_status, codes.status, codes.reply) if c]
     coded_permanent = None
     if stated:

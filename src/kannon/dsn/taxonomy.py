@@ -591,6 +591,8 @@ def _phase_one(text: str, ev: Evidence, by_status: str) -> Verdict | None:
         command == "MAIL"
         or (command == "DATA" and by_status != "userunknown")
         or by_status in ("", "securityerror", "systemerror")
+        # X.1.0 is "other address status": the sender's address as much as the recipient's.
+        or ev.status.endswith(".1.0")
     ):
         return Verdict("rejected", "text")
 
@@ -645,7 +647,29 @@ _AGREEING_CODES: Final[dict[str, re.Pattern[str]]] = {
     "hostunknown": re.compile(r"5\.1\.2$|5\.4\.[04]$|5\.[35]\.0$"),
     "hasmoved": re.compile(r"5\.1\.6$|5\.[345]\.0$"),
     "notaccept": re.compile(r"5\.1\.10$|5\.7\.27$|5\.4\.[04]$|5\.[35]\.0$"),
+    # Soft reasons: X.2.1 is "mailbox disabled"; X.7.x is the catch-all of policy refusals.
+    "suspend": re.compile(r"[45]\.2\.1$"),
+    **{
+        reason: re.compile(r"[45]\.7\.\d+$")
+        for reason in (
+            "authfailure",
+            "badreputation",
+            "blocked",
+            "failedstarttls",
+            "norelaying",
+            "policyviolation",
+            "rejected",
+            "requireptr",
+            "spamdetected",
+            "speeding",
+            "toomanyconn",
+            "virusdetected",
+        )
+    },
 }
+# Codes that contradict even the recipient directory's own "no such user": the mailbox exists
+# (X.2.x), the content (X.6.x) or a policy (X.7.x) was the problem.
+_CONTRARY_TO_DIRECTORY: Final = re.compile(r"[45]\.[267]\.")
 
 
 def is_confident(reason: str, ev: Evidence) -> bool:
@@ -668,6 +692,9 @@ def is_confident(reason: str, ev: Evidence) -> bool:
     agreeing = _AGREEING_CODES.get(reason)
     code_specific = by_status == reason or bool(agreeing and agreeing.match(ev.status))
     code_agrees = code_specific or by_status == "" or is_generic(ev.status)
+    if definitive and not _CONTRARY_TO_DIRECTORY.match(ev.status):
+        # Exchange Online answers "Recipient address rejected: Access denied" with 5.4.1.
+        code_agrees = True
     if reason == "notaccept" and (
         ev.status in _NOTACCEPT_CODES or ev.reply_code in _NOTACCEPT_REPLIES
     ):
