@@ -794,3 +794,19 @@ def test_transcript_command_is_the_one_before_the_first_failure() -> None:
 )
 def test_network_dns_and_expiry_phrases(status: str, diagnostic: str, reason: str) -> None:
     assert _one(status, diagnostic).reason == reason
+
+
+@pytest.mark.parametrize(
+    "diagnostic",
+    [
+        "550 Addressee unknown",
+        "550 Unknown address error",
+        "550 Invalid email address",
+        "550 Empfaenger unbekannt",
+        "550 usuario desconocido",
+        "550 utente sconosciuto",
+    ],
+)
+def test_more_ways_to_say_no_such_user(diagnostic: str) -> None:
+    recipient = _one("5.0.0", f"{diagnostic} (in reply to RCPT TO command)")
+    assert (recipient.reason, recipient.hard_bounce) == ("userunknown", True)

@@ -162,6 +162,15 @@ PATTERNS: Final[dict[str, re.Pattern[str]]] = {
         r"sorry, (?:user unknown|no mailbox)",
         r"(?:user|recipient) (?:unknown|not found) in ",
         r"bad destination (?:mailbox|address)",
+        r"addressee unknown",
+        r"unknown (?:e-?mail )?address\b",
+        r"invalid e-?mail address",
+        r"no such e-?mail",
+        r"unknown local user|local user .{0,40}(?:unknown|not known)",
+        r"(?:empf(?:ae|ä)nger|benutzer|adresse) (?:ist )?unbekannt",
+        r"unbekannte[rn]? (?:empf(?:ae|ä)nger|benutzer)",
+        r"usuario (?:desconocido|inexistente|no existe)",
+        r"(?:utente|destinatario|indirizzo) (?:sconosciuto|inesistente)",
     ),
     # Said by the recipient's own directory, not echoed from an SMTP dialogue: proof enough
     # whatever command was running.
