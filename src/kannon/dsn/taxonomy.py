@@ -685,11 +685,13 @@ def is_confident(reason: str, ev: Evidence) -> bool:
     """Whether a reason rests on evidence that agrees with itself, so that acting on it (above
     all, suppressing a "dead" address for good) is safe.
 
-    Confident means: the words say this reason, no code contradicts them (a code for another
-    reason does; a generic X.0.0 or no enhanced code does not), and the words say nothing else
-    as well. A dead address needs more: the report must state the failure is permanent, the
-    rejection must not have answered DATA (content filters say "no such user" too), and nothing
-    may suggest a passing condition ("try again later").
+    Confident means: the words say this reason and no code contradicts them (a code for another
+    reason does; a generic X.0.0, an agreeing code of `_AGREEING_CODES` or no enhanced code does
+    not). A dead address needs more (ADR 0023): the failure is stated as permanent (by a code,
+    in words, or as the reporting system's own directory or DNS finding in a report quoting no
+    code), the rejection did not answer MAIL, nor DATA unless an address code says so (content
+    filters say "no such user" too), nothing suggests a passing condition ("try again later")
+    and the words name no other cause as well.
     """
     text = normalize_text(ev.text)
     definitive = reason == "userunknown" and matches("userunknown_definitive", text)
