@@ -9,7 +9,16 @@ from pathlib import Path
 from kannon.dsn.cli import main
 
 HELDOUT = Path(__file__).parent / "heldout"
-KEYS = {"file", "recipient", "action", "status", "reply_code", "reason", "hard_bounce"}
+KEYS = {
+    "file",
+    "recipient",
+    "action",
+    "status",
+    "reply_code",
+    "reason",
+    "hard_bounce",
+    "confident",
+}
 
 
 def _run(*args: str) -> tuple[int, list[dict[str, object]], str]:
@@ -23,9 +32,12 @@ def test_one_line_per_bounced_recipient() -> None:
     path = str(HELDOUT / "exim-two-recipients.eml")
     code, lines, err = _run(path)
     assert (code, err) == (0, "")
-    assert [(line["recipient"], line["reason"], line["hard_bounce"]) for line in lines] == [
-        ("carol@mx.receiver.example", "userunknown", True),
-        ("dan@mx.receiver.example", "mailboxfull", False),
+    assert [
+        (line["recipient"], line["reason"], line["hard_bounce"], line["confident"])
+        for line in lines
+    ] == [
+        ("carol@mx.receiver.example", "userunknown", True, True),
+        ("dan@mx.receiver.example", "mailboxfull", False, True),
     ]
     assert all(set(line) >= KEYS and line["file"] == path for line in lines)
 

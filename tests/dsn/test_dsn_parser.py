@@ -9,7 +9,7 @@ import json
 import pytest
 
 from kannon.dsn import BouncedRecipient, is_hard_bounce, parse_message
-from kannon.dsn.codes import find_codes, find_command, status_reason
+from kannon.dsn.codes import find_codes, find_command, prefer_status, status_reason
 from kannon.dsn.taxonomy import Evidence, classify
 
 
@@ -68,6 +68,7 @@ def test_failed_recipient_with_diagnostic_code() -> None:
             reason="userunknown",
             hard_bounce=True,
             permanent=True,
+            confident=True,
         )
     ]
 
@@ -366,6 +367,30 @@ def test_codes_prefer_the_innermost_failure() -> None:
     assert (transcript.status, transcript.reply) == ("4.3.0", "451")
 
 
+@pytest.mark.parametrize(
+    ("field", "quoted", "reply", "chosen"),
+    [
+        ("5.1.1", "", "", "5.1.1"),
+        ("", "5.7.1", "554", "5.7.1"),
+        # The reporting MTA's verdict stands between two equally specific codes.
+        ("5.4.7", "5.4.1", "", "5.4.7"),
+        # ... but not over a more specific one, nor as a catch-all.
+        ("5.0.0", "5.7.1", "554", "5.7.1"),
+        ("5.4.0", "5.4.4", "", "5.4.4"),
+        ("5.7.1", "5.0.0", "550", "5.7.1"),
+        ("4.4.7", "4.4.2", "421", "4.4.2"),
+        ("5.3.0", "5.2.2", "552", "5.2.2"),
+        ("5.1.1", "5.2.2", "552", "5.2.2"),
+        # Classes disagree: the reply code's class settles it; without one the field wins.
+        ("5.4.7", "4.4.2", "421", "4.4.2"),
+        ("4.4.1", "5.1.1", "450", "4.4.1"),
+        ("5.4.7", "4.4.1", "", "5.4.7"),
+    ],
+)
+def test_status_field_versus_quoted_code(field: str, quoted: str, reply: str, chosen: str) -> None:
+    assert prefer_status(field, quoted, reply) == chosen
+
+
 def test_codes_ignore_ip_addresses_and_versions() -> None:
     codes = find_codes("deferred from 192.0.2.5 see 4.16.55.1 (Exim 4.72)")
     assert (codes.status, codes.reply) == ("", "")
@@ -599,3 +624,189 @@ Original-Rcpt-To: bob@isp.example
     report = parse_message(raw)
     assert report.kind == "feedback"
     assert [r.recipient for r in report.recipients] == ["bob@isp.example"]
+
+
+# --- confidence: hard_bounce only on evidence that agrees with itself (ADR 0023) ----------------
+
+
+def _one(status: str, diagnostic: str, action: str = "failed") -> BouncedRecipient:
+    block = f"""
+Final-Recipient: rfc822; someone@example.org
+Action: {action}
+Status: {status}
+Diagnostic-Code: smtp; {diagnostic}
+"""
+    (recipient,) = parse_message(dsn(block)).recipients
+    return recipient
+
+
+@pytest.mark.parametrize(
+    ("status", "diagnostic", "reason", "confident", "hard"),
+    [
+        # Code and words agree, at RCPT: the address is dead.
+        (
+            "5.1.1",
+            "550 5.1.1 <someone@example.org>: Recipient address rejected: User unknown "
+            "(in reply to RCPT TO command)",
+            "userunknown",
+            True,
+            True,
+        ),
+        (
+            "5.0.0",
+            "550 sorry, no such user (in reply to RCPT TO command)",
+            "userunknown",
+            True,
+            True,
+        ),
+        # A policy code with "user unknown" words: the server may be hiding a block.
+        (
+            "5.7.1",
+            "550 5.7.1 user unknown (in reply to RCPT TO command)",
+            "userunknown",
+            False,
+            False,
+        ),
+        # A mailbox code says the mailbox exists.
+        (
+            "5.2.1",
+            "550 5.2.1 user unknown (in reply to RCPT TO command)",
+            "userunknown",
+            False,
+            False,
+        ),
+        # The code alone, nothing said: one witness.
+        ("5.1.1", "550 5.1.1 https://support.example/answer/6596", "userunknown", False, False),
+        # Transient: the reporting MTA kept its options open.
+        (
+            "4.1.1",
+            "450 4.1.1 <someone@example.org>: Recipient address rejected: unverified "
+            "address: host mx said: 550 5.1.1 user unknown",
+            "userunknown",
+            False,
+            False,
+        ),
+        # After DATA with a generic code: a content filter's disguise, not a dead address.
+        ("5.0.0", "550 user unknown (in reply to end of DATA command)", "filtered", True, False),
+        # "Try again later" is a passing condition.
+        (
+            "5.0.0",
+            "550 Host or domain name not found, try again later",
+            "hostunknown",
+            False,
+            False,
+        ),
+        ("5.1.2", "550 5.1.2 Host or domain name not found", "hostunknown", True, True),
+        ("5.1.10", "556 5.1.10 Recipient address has null MX", "notaccept", True, True),
+        # The directory's own words outweigh a misused code (Exchange Online's 5.4.1)...
+        (
+            "5.4.1",
+            "550 5.4.1 Recipient address rejected: Access denied. AS(201806281)",
+            "userunknown",
+            True,
+            True,
+        ),
+        # ... but not a mailbox or policy code.
+        (
+            "5.7.1",
+            "550 5.7.1 Recipient address rejected: Access denied",
+            "userunknown",
+            False,
+            False,
+        ),
+        # X.7.x is the catch-all of policy refusals: it agrees with a block list's words.
+        (
+            "5.7.1",
+            "554 5.7.1 Client host [192.0.2.1] blocked using zen.spamhaus.org",
+            "blocked",
+            True,
+            False,
+        ),
+        # Soft reasons are confident or not by the same agreement, never hard.
+        ("5.2.2", "552 5.2.2 Mailbox full", "mailboxfull", True, False),
+    ],
+)
+def test_hard_bounce_needs_agreeing_evidence(
+    status: str, diagnostic: str, reason: str, confident: bool, hard: bool
+) -> None:
+    recipient = _one(status, diagnostic)
+    assert (recipient.reason, recipient.confident, recipient.hard_bounce) == (
+        reason,
+        confident,
+        hard,
+    )
+
+
+def _text_bounce(preamble: str, line: str) -> bytes:
+    return f"""From: Mail Delivery System <MAILER-DAEMON@mta.example.net>
+To: sender@example.com
+Subject: Mail delivery failed: returning message to sender
+
+{preamble}
+
+  someone@example.org
+    {line}
+""".encode()
+
+
+def test_text_only_bounce_is_hard_only_on_the_reporting_systems_own_finding() -> None:
+    exim = (
+        "This message was created automatically by mail delivery software.\n\n"
+        "A message that you sent could not be delivered to one or more of its\n"
+        "recipients. This is a permanent error. The following address(es) failed:"
+    )
+    plain = "A message that you sent could not be delivered to one or more of its recipients."
+    (unrouteable,) = parse_message(_text_bounce(exim, "Unrouteable address")).recipients
+    (no_domain,) = parse_message(_text_bounce(plain, "Domain does not exist")).recipients
+    (bare,) = parse_message(_text_bounce(plain, "User unknown")).recipients
+    assert (unrouteable.reason, unrouteable.hard_bounce) == ("hostunknown", True)
+    # The MTA's own DNS lookup, in a failure report: final even without the word "permanent".
+    assert (no_domain.reason, no_domain.hard_bounce) == ("hostunknown", True)
+    # A bare "user unknown" with no code and no dialogue: reported, but not acted on.
+    assert (bare.reason, bare.confident, bare.hard_bounce) == ("userunknown", False, False)
+
+
+def test_delay_warning_with_dead_address_words_is_not_hard() -> None:
+    recipient = _one("4.1.1", "450 4.1.1 user unknown", action="delayed")
+    assert (recipient.reason, recipient.hard_bounce) == ("userunknown", False)
+
+
+def test_transcript_command_is_the_one_before_the_first_failure() -> None:
+    transcript = (
+        "... while talking to mx.example.org.:\n>>> RCPT To:<a@example.org>\n"
+        "<<< 550 5.1.1 <a@example.org>... User unknown\n>>> DATA\n<<< 503 5.0.0 Need RCPT\n"
+    )
+    assert find_command(transcript) == "RCPT"
+    assert find_command("550 5.1.1 user unknown (in response to RCPT TO command)") == "RCPT"
+    assert find_command("550 rejected during DATA") == "DATA"
+
+
+@pytest.mark.parametrize(
+    ("status", "diagnostic", "reason"),
+    [
+        ("5.0.0", "Network error on destination MXs", "networkerror"),
+        ("4.4.3", "CNAME lookup failed temporarily. (#4.4.3)", "networkerror"),
+        ("4.4.3", "Name server timeout", "networkerror"),
+        ("5.4.310", "550 5.4.310 DNS domain example.org does not exist", "hostunknown"),
+        ("5.1.10", "Domain example.org does not accept mail (nullMX)", "notaccept"),
+        ("5.0.0", "Message expired: queue lifetime exceeded", "expired"),
+    ],
+)
+def test_network_dns_and_expiry_phrases(status: str, diagnostic: str, reason: str) -> None:
+    assert _one(status, diagnostic).reason == reason
+
+
+@pytest.mark.parametrize(
+    "diagnostic",
+    [
+        "550 Addressee unknown",
+        "550 Unknown address error",
+        "550 Invalid email address",
+        "550 Empfaenger unbekannt",
+        "550 usuario desconocido",
+        "550 utente sconosciuto",
+    ],
+)
+def test_more_ways_to_say_no_such_user(diagnostic: str) -> None:
+    recipient = _one("5.0.0", f"{diagnostic} (in reply to RCPT TO command)")
+    assert (recipient.reason, recipient.hard_bounce) == ("userunknown", True)

@@ -27,6 +27,7 @@ def report_lines(path: str, report: DsnReport) -> list[dict[str, Any]]:
             "reply_code": r.reply_code,
             "reason": r.reason,
             "hard_bounce": r.hard_bounce,
+            "confident": r.confident,
             "kind": report.kind,
         }
         for r in recipients

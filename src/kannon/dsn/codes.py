@@ -73,13 +73,50 @@ def find_codes(text: str, *, want_success: bool = False) -> Codes:
     return Codes(status, reply)
 
 
+def _specificity(status: str) -> int:
+    """2 for a fully specific code, 1 for "X.Y.0" or "X.0.Z", 0 for "X.0.0"."""
+    _, subject, detail = status.split(".")
+    if subject == "0" and detail == "0":
+        return 0
+    return 1 if "0" in (subject, detail) else 2
+
+
+# Status: field values that reporting MTAs use as catch-alls, so a specific code quoted from the
+# remote server says more: 4.4.7 (gave up, for whatever reason), 4.7.0 (too many errors), 5.3.x
+# (the reporting system's own trouble) and X.5.x (protocol errors, often a relay's wrapper).
+_CATCH_ALL_FIELD: Final = re.compile(r"^(?:4\.4\.7|4\.7\.0|5\.3\.\d+|[45]\.5\.[1245])$")
+
+
+def prefer_status(field: str, quoted: str, reply: str) -> str:
+    """Choose between a report's Status: field and the status code quoted in its diagnostic text.
+
+    The Status: field is the reporting MTA's considered verdict, so it wins by default; the
+    quoted code wins when it is the more specific of two, when the field is a catch-all, and
+    when the two disagree on the class and the remote's reply code sides with the quoted one.
+    """
+    if not field or not quoted or field == quoted:
+        return field or quoted
+    if field[0] != quoted[0] and reply[:1] in (field[0], quoted[0]):
+        return field if reply[0] == field[0] else quoted
+    (field_rank, quoted_rank) = (_specificity(field), _specificity(quoted))
+    if field_rank != quoted_rank:
+        return field if field_rank > quoted_rank else quoted
+    if _CATCH_ALL_FIELD.match(field):
+        return quoted
+    if field == "5.1.1" and quoted_rank == 2 and not quoted.startswith("5.5."):
+        # A mailbox-level code from the remote refines the generic "bad mailbox" mapping.
+        return quoted
+    return field
+
+
 # Which SMTP command a rejection answered, as MTAs phrase it. Order does not matter: the last
 # mention in a recipient's text wins, because transcripts list commands in the order sent.
 _COMMAND_PATTERNS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
     (
         "RCPT",
         re.compile(
-            r"in reply to RCPT TO|after (?:pipelined )?RCPT TO|after RCPT command|RCPT TO response"
+            r"in (?:reply|response) to RCPT TO|after (?:pipelined )?RCPT TO|after RCPT command"
+            r"|RCPT TO response|during RCPT(?: TO)?\b"
             r"|(?:>>>|<<<) ?RCPT TO"
             r"|\[RCPT_TO\]|SMTP:RCPT|like our RCPT TO|does not like recipient"
             r"|(?:server|host) (?:has )?rejected (?:the )?(?:recipient )?address"
@@ -90,7 +127,8 @@ _COMMAND_PATTERNS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
     (
         "MAIL",
         re.compile(
-            r"in reply to MAIL FROM|after (?:pipelined )?MAIL FROM|(?:>>>|<<<) ?MAIL FROM"
+            r"in (?:reply|response) to MAIL FROM|after (?:pipelined )?MAIL FROM"
+            r"|(?:>>>|<<<) ?MAIL FROM|during MAIL(?: FROM)?\b"
             r"|\[MAIL_FROM\]|SMTP:MAIL"
             r"|sender was rejected|like our MAIL FROM|SMTP command\s*\n[\s\-]*MAIL\b",
             re.IGNORECASE,
@@ -99,7 +137,8 @@ _COMMAND_PATTERNS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
     (
         "DATA",
         re.compile(
-            r"in reply to (?:end of )?DATA|after (?:end of data|(?:pipelined )?DATA)|>>> DATA"
+            r"in (?:reply|response) to (?:the )?(?:end of )?DATA"
+            r"|after (?:end of data|(?:pipelined )?DATA)|>>> DATA|during DATA\b"
             r"|our final DATA|failed after I sent the message|\(DATA\)|SMTP:DATA"
             r"|\[(?:BODY|DATA|END_OF_MESSAGE)\]"
             r"|SMTP command\s*\n[\s\-]*DATA\b",
@@ -122,8 +161,39 @@ _COMMAND_PATTERNS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
 )
 
 
+# One step of a session transcript (Sendmail, Courier, ...): ">>> RCPT To:<a@b>", "<<< 550 ...".
+_TRANSCRIPT_RE: Final = re.compile(r"^\s*(?:>>>\s*(\.|[A-Za-z]+)|<<<\s*([245])\d\d)", re.MULTILINE)
+_TRANSCRIPT_COMMANDS: Final = {
+    "rcpt": "RCPT",
+    "mail": "MAIL",
+    "data": "DATA",
+    ".": "DATA",
+    "ehlo": "EHLO",
+    "helo": "EHLO",
+    "starttls": "STARTTLS",
+}
+
+
+def _transcript_command(text: str) -> str:
+    """The command sent just before the first failure reply of a transcript, else "".
+
+    Transcripts go on after the failure (a rejected RCPT is followed by DATA and its "503 need
+    RCPT"), so the last command mentioned is not the one that failed.
+    """
+    sent = ""
+    for match in _TRANSCRIPT_RE.finditer(text):
+        if match.group(1):
+            sent = _TRANSCRIPT_COMMANDS.get(match.group(1).lower(), "")
+        elif match.group(2) in ("4", "5") and sent:
+            return sent
+    return ""
+
+
 def find_command(text: str) -> str:
     """The SMTP command a rejection in `text` answered ("RCPT", "MAIL", "DATA", ...), else ""."""
+    from_transcript = _transcript_command(text)
+    if from_transcript:
+        return from_transcript
     best = ""
     best_at = -1
     for name, pattern in _COMMAND_PATTERNS:

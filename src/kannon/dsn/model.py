@@ -75,8 +75,14 @@ class BouncedRecipient:
 
     `status` is an RFC 3463 enhanced status code; when the report carried none, only its class is
     known and the code is "5.0.0"/"4.0.0" (RFC 3463's "other undefined status"). Non-bounce entries
-    (feedback, vacation) carry an empty status. `hard_bounce` follows `is_hard_bounce`, except
-    that a delay warning (action "delayed") is never hard: the MTA has not given up yet.
+    (feedback, vacation) carry an empty status.
+
+    `confident` says the reason rests on evidence that agrees with itself: the words of the
+    diagnostic name it and no code contradicts them (and, for a dead address, the report states
+    the failure is permanent; see `taxonomy.is_confident`). `hard_bounce` is the verdict to act
+    on, e.g. by suppressing the address: `is_hard_bounce(reason, status)` and `confident`, and
+    never for a delay warning (action "delayed"), where the MTA has not given up yet. A dead
+    address reason without confidence is reported as such, with `hard_bounce` false.
     """
 
     recipient: str
@@ -89,6 +95,7 @@ class BouncedRecipient:
     reason: str = "undefined"
     hard_bounce: bool = False
     permanent: bool = False
+    confident: bool = False
 
 
 @dataclass(frozen=True, slots=True)

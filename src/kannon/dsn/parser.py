@@ -3,18 +3,25 @@
 Order of evidence, most to least trustworthy: an Amazon SES JSON event, an ARF feedback report,
 RFC 3464 delivery-status fields (in their own MIME part, or pasted into text), then the
 human-readable text of a non-standard bounce, then auto-reply markers. For each bounced recipient
-the status and reply codes come from the diagnostic text when it quotes the remote server, and the
-reason from `taxonomy.classify`.
+the status is the Status: field or the code the diagnostic text quotes from the remote server,
+whichever `codes.prefer_status` finds more telling, and the reason comes from `taxonomy.classify`.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, replace
 from email.message import Message
 from typing import Final
 
 from kannon.dsn.address import all_addresses, extract_address, is_plausible_recipient
-from kannon.dsn.codes import find_codes, find_command, normalize_status, status_comment
+from kannon.dsn.codes import (
+    find_codes,
+    find_command,
+    normalize_status,
+    prefer_status,
+    status_comment,
+)
 from kannon.dsn.layouts import TextHit, TextScan, scan
 from kannon.dsn.mime import collect, header, parse_bytes, split_original
 from kannon.dsn.model import BouncedRecipient, DsnReport, Kind, is_hard_bounce
@@ -29,7 +36,14 @@ from kannon.dsn.special import (
     ses_notification,
     ses_records,
 )
-from kannon.dsn.taxonomy import Evidence, Verdict, classify, matches, normalize_text
+from kannon.dsn.taxonomy import (
+    Evidence,
+    Verdict,
+    classify,
+    is_confident,
+    matches,
+    normalize_text,
+)
 
 _SUCCESS_ACTIONS: Final = frozenset({"delivered", "relayed", "expanded"})
 _DELAY_SUBJECT: Final = re.compile(r"\(delay\)|delayed|^warning:", re.IGNORECASE)
@@ -44,6 +58,15 @@ _BODY_BOUNCE: Final = re.compile(
     r"|unable to deliver|failed to deliver|did not reach|transcript of session|delivery failure"
     r"|loop alert|duplicated message-id|no valid recipients|error delivering",
     re.IGNORECASE,
+)
+# A report saying in words that it has given up for good (Exim, qmail, Gmail, OpenSMTPD, ...).
+_STATED_PERMANENT: Final = re.compile(
+    r"permanent (?:error|failure|fatal error)|failed permanently|permanently failed"
+    r"|i'?ve given up|i have given up|will not be retried|no further attempts",
+    re.IGNORECASE,
+)
+_STATED_TEMPORARY: Final = re.compile(
+    r"temporar(?:y|ily)|try (?:again )?later|transient (?:error|failure)", re.IGNORECASE
 )
 _ARF_FIELDS: Final = re.compile(r"^Feedback-Type:\s*[a-z\-]+\s*$", re.IGNORECASE | re.MULTILINE)
 _ARF_AGENT: Final = re.compile(r"^(?:User-Agent|Version):", re.IGNORECASE | re.MULTILINE)
@@ -154,44 +177,62 @@ def _sender_addresses(msg: Message, originals: list[Message], body: str) -> froz
     return frozenset(found)
 
 
-def _codes_and_status(
-    diagnostic: str, field_status: str, action: str, success: bool
-) -> tuple[str, str]:
+@dataclass(frozen=True, slots=True)
+class _Status:
+    status: str
+    reply: str
+    #: True/False when a code the report states gives the class, None when only the action does.
+    coded_permanent: bool | None
+
+
+def _codes_and_status(diagnostic: str, field_status: str, action: str, success: bool) -> _Status:
     """Status and reply code for one recipient.
 
-    The code the remote server quoted in its reply wins over the reporting MTA's Status: field,
-    which is often a generic X.0.0 or a re-mapped code. With no code at all only the class is
-    known: from the reply code, else from the action.
+    The Status: field and the code quoted from the remote server are weighed by
+    `codes.prefer_status`. With no code at all only the class is known: from the reply code,
+    else from the action.
     """
     codes = find_codes(diagnostic, want_success=success)
-    status = codes.status or field_status
+    status = prefer_status(field_status, codes.status, codes.reply)
     if success and not status.startswith("2"):
         status = "2.0.0"
     if not status:
         if codes.reply[:1] in ("4", "5"):
             status = f"{codes.reply[0]}.0.0"
+        elif action == "delayed" or _STATED_TEMPORARY.search(diagnostic):
+            # No code, but the words call the condition passing: an MTA that gave up on a
+            # "temporarily suspended" delivery failed on a transient cause, not a permanent one.
+            status = "4.0.0"
         else:
-            status = "4.0.0" if action == "delayed" else "5.0.0"
-    return status, codes.reply
+            status = "5.0.0"
+    stated = [c for c in (field_status, codes.status, codes.reply) if c]
+    coded_permanent = None
+    if stated:
+        # Permanent only when no stated code is transient: "450 4.1.1 ... said: 550 5.1.1" is
+        # the reporting MTA keeping its options open.
+        coded_permanent = status.startswith("5") and not any(c.startswith("4") for c in stated)
+    return _Status(status, codes.reply, coded_permanent)
 
 
-def _verdict(ev: Evidence, context: str) -> Verdict:
-    """Classify; when nothing specific was found, read the surrounding text too."""
+def _is_permanent(found: _Status, action: str, report_text: str) -> bool:
+    """Whether the report states the failure is permanent (see `Evidence.permanent`)."""
+    if found.coded_permanent is not None:
+        return found.coded_permanent
+    return action == "failed" and _STATED_PERMANENT.search(report_text) is not None
+
+
+def _verdict(ev: Evidence, context: str) -> tuple[Verdict, Evidence]:
+    """Classify; when nothing specific was found, read the surrounding text too. Returns the
+    verdict and the evidence it rests on."""
     verdict = classify(ev)
     if verdict.basis == "fallback" and context.strip():
-        wider = classify(
-            Evidence(
-                text=f"{ev.text}\n{context}",
-                status=ev.status,
-                reply_code=ev.reply_code,
-                command=ev.command or find_command(context),
-                action=ev.action,
-                diagnostic_type=ev.diagnostic_type,
-            )
+        wider_ev = replace(
+            ev, text=f"{ev.text}\n{context}", command=ev.command or find_command(context)
         )
+        wider = classify(wider_ev)
         if wider.basis != "fallback" or (wider.reason, verdict.reason) == ("onhold", "undefined"):
-            return wider
-    return verdict
+            return wider, wider_ev
+    return verdict, ev
 
 
 def _build(
@@ -204,6 +245,7 @@ def _build(
     diagnostic: str,
     remote_mta: str,
     reason: str,
+    confident: bool,
 ) -> BouncedRecipient:
     return BouncedRecipient(
         recipient=recipient,
@@ -214,8 +256,10 @@ def _build(
         diagnostic=" ".join(diagnostic.split())[:2000],
         remote_mta=remote_mta,
         reason=reason,
+        confident=confident,
         # A delay warning is not a verdict: the MTA is still trying, so nothing is suppressed yet.
-        hard_bounce=action != "delayed" and is_hard_bounce(reason, status),
+        # An address is called dead only on evidence that agrees with itself (ADR 0023).
+        hard_bounce=action != "delayed" and confident and is_hard_bounce(reason, status),
         permanent=status.startswith("5"),
     )
 
@@ -234,32 +278,37 @@ def _from_record(record: DsnRecord, text_scan: TextScan, count: int) -> BouncedR
     field_status = normalize_status(record.status)
     action = record.action or "failed"
     success = action in _SUCCESS_ACTIONS or field_status.startswith("2")
-    status, reply = _codes_and_status(diagnostic, field_status, action, success)
+    found = _codes_and_status(diagnostic, field_status, action, success)
     command = find_command(f"{diagnostic}\n{hit_text}\n{record.status}")
+    summary = f"{hit_text}\n{text_scan.preamble}"
     evidence = Evidence(
         text=f"{diagnostic}\n{status_comment(record.status)}",
-        status=status,
-        reply_code=reply,
+        status=found.status,
+        reply_code=found.reply,
         command=command,
         action=action,
         diagnostic_type=record.diagnostic_type,
+        permanent=_is_permanent(found, action, summary),
+        coded=found.coded_permanent is not None,
     )
-    verdict = _verdict(evidence, f"{hit_text}\n{text_scan.preamble}")
+    verdict, evidence = _verdict(evidence, summary)
     if verdict.reason in ("filtered", "onhold") and matches(
-        "userunknown_definitive", normalize_text(f"{hit_text}\n{text_scan.preamble}")
+        "userunknown_definitive", normalize_text(summary)
     ):
         # The reporting MTA's own summary says the address does not exist; it saw the dialogue
         # the terse Diagnostic-Code leaves out.
         verdict = Verdict("userunknown", "text")
+        evidence = replace(evidence, text=summary, command="")
     return _build(
         address,
         original=record.original_recipient,
         action=action,
-        status=status,
-        reply=reply,
+        status=found.status,
+        reply=found.reply,
         diagnostic=diagnostic,
         remote_mta=record.remote_mta or _remote_host(hit_text),
         reason=verdict.reason,
+        confident=is_confident(verdict.reason, evidence),
     )
 
 
@@ -296,25 +345,28 @@ def _from_text(
         if not (own.status or own.reply) and (preamble_codes.status or preamble_codes.reply):
             # Layouts that state the error before listing the recipients (MailMarshal, Notes).
             text = f"{text}\n{text_scan.preamble}"
-        status, reply = _codes_and_status(text, "", action, success=False)
+        found = _codes_and_status(text, "", action, success=False)
         evidence = Evidence(
             text=text,
-            status=status,
-            reply_code=reply,
+            status=found.status,
+            reply_code=found.reply,
             command=find_command(text),
             action=action,
+            permanent=_is_permanent(found, action, body),
+            coded=found.coded_permanent is not None,
         )
-        verdict = _verdict(evidence, text_scan.preamble)
+        verdict, evidence = _verdict(evidence, text_scan.preamble)
         out.append(
             _build(
                 hit.address,
                 original="",
                 action=action,
-                status=status,
-                reply=reply,
+                status=found.status,
+                reply=found.reply,
                 diagnostic=text,
                 remote_mta=_remote_host(text),
                 reason=verdict.reason,
+                confident=is_confident(verdict.reason, evidence),
             )
         )
     return out
@@ -341,33 +393,40 @@ def _from_ses(obj: dict[str, object], notes: list[str]) -> DsnReport:
         field_status = normalize_status(rec.get("status", ""))
         if not field_status and rec.get("transient"):
             field_status = "4.0.0"
-        status, reply = _codes_and_status(rec.get("diagnostic", ""), field_status, action, success)
+        found = _codes_and_status(rec.get("diagnostic", ""), field_status, action, success)
+        diagnostic = rec.get("diagnostic", "")
+        evidence = Evidence(
+            text=diagnostic,
+            status=found.status,
+            reply_code=found.reply,
+            command=find_command(diagnostic),
+            action=action,
+            diagnostic_type="smtp",
+            # SES states permanence in bounceType when the remote's reply does not.
+            permanent=found.coded_permanent
+            if found.coded_permanent is not None
+            else bool(rec.get("permanent")),
+            coded=found.coded_permanent is not None,
+        )
         if success:
             reason = "delivered"
         else:
-            diagnostic = rec.get("diagnostic", "")
-            evidence = Evidence(
-                text=diagnostic,
-                status=status,
-                reply_code=reply,
-                command=find_command(diagnostic),
-                action=action,
-                diagnostic_type="smtp",
-            )
             verdict = classify(evidence)
             reason = verdict.reason
             if verdict.basis == "fallback":
+                # SES's sub-type alone is one witness: it names a reason, nothing corroborates it.
                 reason = SES_SUBTYPE_REASONS.get(rec.get("subtype", ""), reason)
         out.append(
             _build(
                 extract_address(rec.get("recipient", "")),
                 original="",
                 action=action,
-                status=status,
-                reply=reply or rec.get("reply", ""),
-                diagnostic=rec.get("diagnostic", ""),
+                status=found.status,
+                reply=found.reply or rec.get("reply", ""),
+                diagnostic=diagnostic,
                 remote_mta=rec.get("remote_mta", ""),
                 reason=reason,
+                confident=is_confident(reason, evidence),
             )
         )
     return DsnReport(kind=_kind(out) if out else "unknown", recipients=out, notes=notes)

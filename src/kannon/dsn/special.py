@@ -147,7 +147,7 @@ def ses_records(obj: dict[str, Any]) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
     if kind == "Bounce":
         bounce = obj.get("bounce") or {}
-        transient = str(bounce.get("bounceType", "")).lower() == "transient"
+        bounce_type = str(bounce.get("bounceType", "")).lower()
         for item in bounce.get("bouncedRecipients") or []:
             if not isinstance(item, dict):
                 continue
@@ -158,7 +158,8 @@ def ses_records(obj: dict[str, Any]) -> list[dict[str, str]]:
                     "status": str(item.get("status", "") or ""),
                     "diagnostic": str(item.get("diagnosticCode", "") or ""),
                     "remote_mta": str(bounce.get("remoteMtaIp", "") or ""),
-                    "transient": "yes" if transient else "",
+                    "transient": "yes" if bounce_type == "transient" else "",
+                    "permanent": "yes" if bounce_type == "permanent" else "",
                     "subtype": str(bounce.get("bounceSubType", "") or ""),
                 }
             )

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from kannon.dsn.codes import status_reason
+from kannon.dsn.codes import is_generic, status_reason
 
 
 def _rx(*parts: str) -> re.Pattern[str]:
@@ -122,7 +122,7 @@ PATTERNS: Final[dict[str, re.Pattern[str]]] = {
         r"throttl(?:ed|ing)",
     ),
     "notaccept": _rx(
-        r"null mx",
+        r"null ?mx",
         r"no mx record",
         r"couldn'?t find a mail exchanger",
         r"(?:host|domain|host/domain) does not accept (?:any )?mail",
@@ -162,6 +162,15 @@ PATTERNS: Final[dict[str, re.Pattern[str]]] = {
         r"sorry, (?:user unknown|no mailbox)",
         r"(?:user|recipient) (?:unknown|not found) in ",
         r"bad destination (?:mailbox|address)",
+        r"addressee unknown",
+        r"unknown (?:e-?mail )?address\b",
+        r"invalid e-?mail address",
+        r"no such e-?mail",
+        r"unknown local user|local user .{0,40}(?:unknown|not known)",
+        r"(?:empf(?:ae|ä)nger|benutzer|adresse) (?:ist )?unbekannt",
+        r"unbekannte[rn]? (?:empf(?:ae|ä)nger|benutzer)",
+        r"usuario (?:desconocido|inexistente|no existe)",
+        r"(?:utente|destinatario|indirizzo) (?:sconosciuto|inesistente)",
     ),
     # Said by the recipient's own directory, not echoed from an SMTP dialogue: proof enough
     # whatever command was running.
@@ -265,6 +274,10 @@ PATTERNS: Final[dict[str, re.Pattern[str]]] = {
         r"(?:^|[^\d])553 .{1,80} does not exist",
         r"illegal host/domain name",
         r"mx records? point to non-?existent hosts?",
+        r"dns domain .{1,80} does not exist",
+        r"non-?existent domain",
+        r"no such host\b",
+        r"unknown (?:mail )?domain\b",
     ),
     "spamdetected": _rx(
         r"\bspam\b.{0,30}(?:detected|rejected|blocked|refused|content|classification|score|filter"
@@ -370,6 +383,11 @@ PATTERNS: Final[dict[str, re.Pattern[str]]] = {
         r"network (?:is )?unreachable",
         r"host lookup did not complete",
         r"lost connection with",
+        r"network error",
+        r"lookup failed temporarily",
+        r"temporary (?:dns|name ?server|lookup|name resolution) (?:failure|error)",
+        r"name ?server (?:timeout|failure)",
+        r"servfail",
     ),
     "systemfull": _rx(
         r"insufficient (?:disk |system )?(?:space|storage)",
@@ -395,6 +413,9 @@ PATTERNS: Final[dict[str, re.Pattern[str]]] = {
         r"unable to deliver in \d+",
         r"retry timeout exceeded",
         r"cannot send message (?:for|within) \d+",
+        r"queue (?:life)?time (?:exceeded|expired)",
+        r"maximum (?:queue |delivery )?(?:time|lifetime) (?:exceeded|reached)",
+        r"has not been delivered (?:for|within|after) \d+",
     ),
     "failedstarttls": _rx(
         r"starttls",
@@ -482,6 +503,13 @@ class Evidence:
     command: str = ""
     action: str = ""
     diagnostic_type: str = ""
+    #: The report itself says the failure is permanent: a 5xx reply or 5.x.x status it quotes or
+    #: carries in its Status: field, or its own words ("this is a permanent error"), with no
+    #: transient code beside it. A status merely defaulted from the action does not count.
+    permanent: bool = False
+    #: A code (Status: field, quoted status or reply) states the class; false when the class
+    #: comes from the action alone, as in bounces that quote no SMTP dialogue.
+    coded: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -572,6 +600,8 @@ def _phase_one(text: str, ev: Evidence, by_status: str) -> Verdict | None:
         command == "MAIL"
         or (command == "DATA" and by_status != "userunknown")
         or by_status in ("", "securityerror", "systemerror")
+        # X.1.0 is "other address status": the sender's address as much as the recipient's.
+        or ev.status.endswith(".1.0")
     ):
         return Verdict("rejected", "text")
 
@@ -587,6 +617,122 @@ def _phase_one(text: str, ev: Evidence, by_status: str) -> Verdict | None:
         if by_status == reason or matches(reason, text):
             return Verdict(reason, "text")
     return None
+
+
+# Reasons that say something other than "the address is dead"; finding one of them in the words
+# of a rejection classified as a dead address means the rejection is not unambiguous.
+_CONTRARY_TO_DEAD: Final[tuple[str, ...]] = (
+    "mailboxfull",
+    "suspend",
+    "norelaying",
+    "authfailure",
+    "badreputation",
+    "speeding",
+    "filtered",
+    "spamdetected",
+    "policyviolation",
+    "rejected",
+    "toomanyconn",
+    "blocked",
+    "virusdetected",
+    "networkerror",
+    "systemerror",
+)
+# A passing condition. ("Check the address and try again" is advice to the sender, not one.)
+_TRANSIENT_WORDS_RE: Final = re.compile(
+    r"(?:try|retry) (?:again )?later|temporar|deferred|will (?:be )?retr|try again in"
+)
+# Codes that state a refused domain (RFC 7505 null MX, RFC 7504 "does not accept mail").
+_NOTACCEPT_CODES: Final = frozenset({"5.1.10", "5.7.27"})
+_NOTACCEPT_REPLIES: Final = frozenset({"521", "556"})
+_DEAD_REASONS: Final = frozenset({"userunknown", "hostunknown", "hasmoved", "notaccept"})
+# Enhanced codes that agree with a dead-address reason beyond the one `status_reason` gives:
+# the address-status family (X.1.x; Exchange answers an unknown recipient with 5.1.10), the
+# routing codes a missing domain produces, and the "other" codes of the network, mail-system and
+# protocol subjects, which say nothing either way. Mailbox (X.2.x), content (X.6.x) and policy
+# (X.7.x) codes do contradict: the mailbox exists, or the message was the problem.
+_AGREEING_CODES: Final[dict[str, re.Pattern[str]]] = {
+    "userunknown": re.compile(r"5\.1\.(?:0|1|3|10)$|5\.[345]\.0$"),
+    "hostunknown": re.compile(r"5\.1\.2$|5\.4\.[04]$|5\.[35]\.0$"),
+    "hasmoved": re.compile(r"5\.1\.6$|5\.[345]\.0$"),
+    "notaccept": re.compile(r"5\.1\.10$|5\.7\.27$|5\.4\.[04]$|5\.[35]\.0$"),
+    # Soft reasons: X.2.1 is "mailbox disabled"; X.7.x is the catch-all of policy refusals.
+    "suspend": re.compile(r"[45]\.2\.1$"),
+    **{
+        reason: re.compile(r"[45]\.7\.\d+$")
+        for reason in (
+            "authfailure",
+            "badreputation",
+            "blocked",
+            "failedstarttls",
+            "norelaying",
+            "policyviolation",
+            "rejected",
+            "requireptr",
+            "spamdetected",
+            "speeding",
+            "toomanyconn",
+            "virusdetected",
+        )
+    },
+}
+# Codes that contradict even the recipient directory's own "no such user": the mailbox exists
+# (X.2.x), the content (X.6.x) or a policy (X.7.x) was the problem.
+_CONTRARY_TO_DIRECTORY: Final = re.compile(r"[45]\.[267]\.")
+
+
+def is_confident(reason: str, ev: Evidence) -> bool:
+    """Whether a reason rests on evidence that agrees with itself, so that acting on it (above
+    all, suppressing a "dead" address for good) is safe.
+
+    Confident means: the words say this reason and no code contradicts them (a code for another
+    reason does; a generic X.0.0, an agreeing code of `_AGREEING_CODES` or no enhanced code does
+    not). A dead address needs more (ADR 0023): the failure is stated as permanent (by a code,
+    in words, or as the reporting system's own directory or DNS finding in a report quoting no
+    code), the rejection did not answer MAIL, nor DATA unless an address code says so (content
+    filters say "no such user" too), nothing suggests a passing condition ("try again later")
+    and the words name no other cause as well.
+    """
+    text = normalize_text(ev.text)
+    definitive = reason == "userunknown" and matches("userunknown_definitive", text)
+    said = matches(reason, text) or definitive
+    if reason == "filtered":
+        # A filter's refusal is usually worded as "no such user" (see `classify`).
+        said = said or matches("userunknown", text)
+    by_status = status_reason(ev.status)
+    agreeing = _AGREEING_CODES.get(reason)
+    code_specific = by_status == reason or bool(agreeing and agreeing.match(ev.status))
+    code_agrees = code_specific or by_status == "" or is_generic(ev.status)
+    if definitive and not _CONTRARY_TO_DIRECTORY.match(ev.status):
+        # Exchange Online answers "Recipient address rejected: Access denied" with 5.4.1.
+        code_agrees = True
+    if reason == "notaccept" and (
+        ev.status in _NOTACCEPT_CODES or ev.reply_code in _NOTACCEPT_REPLIES
+    ):
+        # The code alone is specific: it exists for nothing else.
+        said = code_agrees = True
+    if not (said and code_agrees):
+        return False
+    if reason not in _DEAD_REASONS:
+        return True
+    # A report that quotes no code at all is the reporting system's own finding: its directory
+    # says the user does not exist, or its DNS lookup that the domain does not. A failure report
+    # stating that is final; a bare "user unknown" with nothing behind it is not (content
+    # filters and forwarders say it too).
+    own_finding = (
+        not ev.coded
+        and ev.action == "failed"
+        and (definitive or reason in ("hostunknown", "notaccept"))
+    )
+    if not (ev.permanent or own_finding) or ev.action == "delayed" or ev.command == "MAIL":
+        return False
+    if ev.command == "DATA" and not (code_specific and by_status == reason):
+        # After DATA only an address code (5.1.1 "bad mailbox") outweighs the suspicion of a
+        # content filter; transcripts also go on to DATA after the RCPT that failed.
+        return False
+    if _TRANSIENT_WORDS_RE.search(text):
+        return False
+    return not any(matches(other, text) for other in _CONTRARY_TO_DEAD)
 
 
 def _fallback(text: str, ev: Evidence, by_status: str) -> Verdict:
