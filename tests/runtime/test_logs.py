@@ -58,7 +58,10 @@ def test_tracebacks_stay_on_one_line() -> None:
 
 
 def test_plain_text_is_unchanged() -> None:
-    assert escape("report accepted: 250 2.0.0 ok (é, 日本)") == "report accepted: 250 2.0.0 ok (é, 日本)"
+    assert (
+        escape("report accepted: 250 2.0.0 ok (é, 日本)")
+        == "report accepted: 250 2.0.0 ok (é, 日本)"
+    )
 
 
 def test_obfuscate_masks_the_local_part() -> None:

@@ -146,7 +146,37 @@ async def test_hostile_report_is_handled_quickly_and_the_tracker_keeps_answering
 
     # Nothing else stalled or broke: the genuine report was recorded (once), and a new one is.
     other = sent_message(signer, f"other@{DOMAIN}")
-    assert (await asyncio.to_thread(_send, smtp_and_tracker.smtp_port, other.bounce_address,
-                                    postfix_dsn(other)))[0] == 250
+    assert (
+        await asyncio.to_thread(
+            _send, smtp_and_tracker.smtp_port, other.bounce_address, postfix_dsn(other)
+        )
+    )[0] == 250
     events = await read_events(bus, "kannon.stats.bounced", 2)
     assert {e.recipient for e in events} == {sent.recipient, other.recipient}
+    # Every client above hung up after QUIT: an ordinary end, no error in the process's log.
+    assert b"level=error" not in smtp_and_tracker.child.log_path.read_bytes()
+
+
+async def test_control_characters_from_a_client_are_escaped_in_the_log(
+    smtp_and_tracker: SmtpAndTracker,
+) -> None:
+    # aiosmtpd logs an unrecognised command as it came (a warning, shown in production).
+    def script() -> tuple[int, bytes]:
+        with smtplib.SMTP("127.0.0.1", smtp_and_tracker.smtp_port, timeout=15) as client:
+            client.ehlo("mx.far.example")
+            client.send(b"\x1b[2J\x1b[31mFORGED\rlevel=error msg=pwned\x07\r\n")
+            return client.getreply()
+
+    code, _ = await asyncio.to_thread(script)
+    assert code == 500
+    log_path = smtp_and_tracker.child.log_path
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while b"FORGED" not in log_path.read_bytes():
+        assert loop.time() < deadline, "the unrecognised command was not logged"
+        await asyncio.sleep(0.05)
+    logged = log_path.read_bytes()
+    line = next(x for x in logged.splitlines() if b"FORGED" in x)
+    # (aiosmtpd logs the command word only, upper-cased)
+    assert b'unrecognised: \\x1b[2J\\x1b[31MFORGED\\rLEVEL=ERROR"' in line
+    assert not [b for b in logged if b < 0x20 and b != 0x0A], "raw control bytes in the log"

@@ -149,7 +149,7 @@ class _Session(SMTP):
 
     def _session_expired(self) -> None:
         if self._paused:
-            # A report is being processed: its reply goes out first (see resume_timeout).
+            # A report is being processed: its reply goes out first (see smtp_DATA).
             self._expired = True
             return
         self._close_expired()
@@ -218,6 +218,8 @@ class _Session(SMTP):
         status = await self._call_handler_hook("DATA")
         self.envelope = self._create_envelope()  # as aiosmtpd's post-DATA state
         await self.push("250 OK" if status is MISSING else status)
+        if self._expired:
+            self._close_expired()  # the time limit passed while the report was processed
 
     async def _read_message(self) -> tuple[bytes, bool]:
         """The message up to (not including) the final ".\r\n"; and whether it was too big.
@@ -262,9 +264,6 @@ class _Session(SMTP):
         self._paused = False
         if self.transport is not None:
             self._reset_timeout()
-        if self._expired:
-            # After the reply the caller is about to write (it writes before yielding).
-            self.loop.call_soon(self._close_expired)
 
     async def push(self, status: AnyStr) -> None:
         try:
