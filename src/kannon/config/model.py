@@ -275,6 +275,12 @@ class SmtpSettings(_Section):
     write_timeout: Duration = _key("10s", "SMTP write timeout")
     max_payload: Size = _key("1024kb", "Max SMTP message size")
     max_recipients: Count = _key(50, "Max recipients per SMTP message")
+    max_sessions: Count = _key(
+        100, "Max concurrent SMTP sessions; more are answered 421 and closed"
+    )
+    max_session_time: Duration = _key(
+        "10m", "Longest an SMTP session may last in all (a slow client is closed with 421)"
+    )
 
 
 class TrackerSettings(_Section):

@@ -18,7 +18,10 @@ DOMAIN: Final = (
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}|\[[0-9.:A-Fa-f]+\]"
 )
 ADDRESS: Final = rf"(?:{LOCAL}|=\?[^\s?]+\?[BbQq]\?[^\s?]*\?=)@(?:{DOMAIN})"
-ADDRESS_RE: Final = re.compile(rf"(?<![\w.\-+=/]){ADDRESS}(?![\w\-])")
+# An address starts where a run of local-part characters starts. Without the lookbehind on all
+# of them, a long run of "!" or "#" was tried from each of its positions, 128 characters ahead
+# each time (3.5 s per MB of such text, holding the GIL).
+ADDRESS_RE: Final = re.compile(rf"(?<![\w.!#$%&'*+/=?^`{{|}}~\-]){ADDRESS}(?![\w\-])")
 
 
 def normalize(address: str) -> str:

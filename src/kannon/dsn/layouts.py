@@ -19,7 +19,7 @@ from typing import Final
 from kannon.dsn.address import ADDRESS, is_plausible_recipient, normalize
 
 _A: Final = rf"[<\"'\[]?(?P<addr>{ADDRESS})[>\"'\]]?"
-_BULLET: Final = r"(?:[*\-\u2022>]+\s*)?"
+_BULLET: Final = r"(?:[*\-\u2022>]++\s*)?"
 # "550 5.1.1 <addr>... User unknown": a Sendmail summary line, complete on its own.
 _CODE_HEAD: Final = re.compile(
     r"^\s*(?:[<>]{3}\s*)?[245]\d\d[ \-]+(?:#?[245]\.\d\.\d+\s+)?"

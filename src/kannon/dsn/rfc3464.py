@@ -132,7 +132,8 @@ def _strip_type(value: str) -> tuple[str, str]:
 
 def looks_like_status_fields(text: str) -> bool:
     """Whether plain text contains pasted RFC 3464 per-recipient fields."""
+    # [ \t]*, not \s*: \s* crosses line ends and went quadratic on runs of blank lines.
     return bool(
-        re.search(r"^\s*(?:final|original)-recipient\s*:", text, re.I | re.M)
-        and re.search(r"^\s*(?:action|status)\s*:", text, re.I | re.M)
+        re.search(r"^[ \t]*(?:final|original)-recipient[ \t]*:", text, re.I | re.M)
+        and re.search(r"^[ \t]*(?:action|status)[ \t]*:", text, re.I | re.M)
     )

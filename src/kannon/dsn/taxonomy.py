@@ -478,7 +478,8 @@ _CONTINUATION_RE: Final = re.compile(
     r"(?<=\s)[245]\d\d-(?:[245]\.\d\.\d+ +)?|(?<=[a-z,;] )[245]\d\d [245]\.\d\.\d+ "
 )
 _SPACE_RE: Final = re.compile(r"\s+")
-_ADDRESS_ONLY_RE: Final = re.compile(r"\S+@\S+")
+# Starts only where a word starts: from every position inside a long word it went quadratic.
+_ADDRESS_ONLY_RE: Final = re.compile(r"(?<!\S)\S+@\S+")
 
 
 def normalize_text(text: str) -> str:

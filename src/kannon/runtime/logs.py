@@ -9,19 +9,40 @@ import time
 
 from kannon.runtime import log_flood
 
+# What a client sends ends up in log lines (an SMTP command, an address, a header). Control
+# characters are shown escaped so that no client can split a line (CR, LF), rewrite or recolour
+# a terminal (ESC, BS) or reorder text (bidi overrides and line separators).
+_CONTROL: dict[int, str] = {
+    code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))
+}
+_CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+_CONTROL.update({code: f"\\u{code:04x}" for code in (0x2028, 0x2029, *range(0x202A, 0x202F))})
+_CONTROL.update({code: f"\\u{code:04x}" for code in range(0x2066, 0x206A)})
+# Inside msg="...": backslash and double quote too, so the field stays one unambiguous value.
+_QUOTED: dict[int, str] = {**_CONTROL, ord("\\"): "\\\\", ord('"'): '\\"'}
+
+
+def escape(text: str, *, quoted: bool = False) -> str:
+    """``text`` with control characters escaped (and ``"`` and ``\\`` when ``quoted``)."""
+    return text.translate(_QUOTED if quoted else _CONTROL)
+
 
 class _KeyValueFormatter(logging.Formatter):
+    """The one place log lines are formatted: every Component's, and the libraries' too."""
+
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        msg = record.getMessage().replace("\n", "\\n")
+        msg = escape(record.getMessage(), quoted=True)
         line = (
             f"ts={ts}.{int(record.msecs):03d}Z level={record.levelname.lower()} "
             f'logger={record.name} msg="{msg}"'
         )
         extra = getattr(record, "kv", None)
         if isinstance(extra, dict):
+            # repr() escapes a string's control characters already; other values are escaped.
             line += "".join(
-                f" {k}={v!r}" if isinstance(v, str) else f" {k}={v}" for k, v in extra.items()
+                f" {k}={v!r}" if isinstance(v, str) else f" {k}={escape(str(v))}"
+                for k, v in extra.items()
             )
         if record.exc_info:
             line += " exc=" + repr(self.formatException(record.exc_info))
