@@ -28,6 +28,10 @@ def root() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _cmdline(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -61,8 +65,7 @@ async def test_connections_need_the_password_kept_in_a_0600_file(root: Path) -> 
         assert _mode(root / "data.log") == 0o600
         assert (root / "data" / "pg_hba.conf").read_text() == HBA_CONF
         # Not on the server's command line, which every local user can read.
-        cmdline = Path(f"/proc/{server.process.pid}/cmdline").read_bytes()
-        assert server.password.encode() not in cmdline
+        assert server.password.encode() not in _cmdline(server.process.pid)
         await _check_locked(server)
         assert server.password not in repr(server)
     finally:
