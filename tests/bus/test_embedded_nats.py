@@ -54,3 +54,22 @@ def test_the_token_lives_in_a_private_config_file_only(server: EmbeddedNats) -> 
     cmdline = Path(f"/proc/{server.process.pid}/cmdline").read_bytes()
     assert server.token.encode() not in cmdline
     assert server.token not in repr(server)
+
+
+async def test_a_process_refuses_a_bus_smaller_than_nats_max_payload(server: EmbeddedNats) -> None:
+    from kannon.runtime.health import HealthRegistry
+    from kannon.runtime.resources import Resources
+
+    too_big = Resources(
+        HealthRegistry(), database_url=None, nats_url=server.url, max_payload=1024 * 1024
+    )
+    with pytest.raises(RuntimeError, match=r"nats\.max_payload is 1048576 bytes .* at most 262144"):
+        await too_big.bus()
+    await too_big.close()
+    matching = Resources(
+        HealthRegistry(), database_url=None, nats_url=server.url, max_payload=256 * 1024
+    )
+    try:
+        assert (await matching.bus()).nc.max_payload == 256 * 1024
+    finally:
+        await matching.close()
