@@ -237,6 +237,9 @@ class ApiSettings(_Section):
         "64mb", "Max gRPC request size, attachments and all recipients included"
     )
     max_recipients: Count = _key(100000, "Max recipients in one send request")
+    max_concurrent_rpcs: Count = _key(
+        64, "Calls the API serves at once; more are refused at once with RESOURCE_EXHAUSTED"
+    )
 
 
 class RelaySettings(_Section):
