@@ -225,3 +225,29 @@ def test_the_largest_recipient_is_named(signer: DkimSigner) -> None:
 @pytest.mark.parametrize("length", [0, 1, 2, 3, 56, 57, 58, 1000, 70_001])
 def test_base64_size_is_exact(length: int) -> None:
     assert base64_size(length) == len(base64_body(b"\xff" * length))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_quick_bound_under_a_limit_is_still_a_bound(seed: int) -> None:
+    case = _case(random.Random(seed))
+    common: dict[str, object] = {
+        "html": case["html"],
+        "subject": case["subject"],
+        "domain": DOMAIN,
+        "batch_id": BATCH_ID,
+        "sender_email": f"news@{DOMAIN}",
+        "sender_alias": case["alias"],
+        "recipients": case["recipients"],
+        "attachments": {name: len(data) for name, data in case["attachments"]},  # type: ignore[attr-defined]
+        "headers_to": case["headers_to"],
+        "headers_cc": case["headers_cc"],
+        "tracker_base_url": BASE,
+        "tracking_kid_bytes": len(KID),
+    }
+    exact = estimate_largest_envelope(**common)  # type: ignore[arg-type]
+    quick = estimate_largest_envelope(**common, limit=10**9)  # type: ignore[arg-type]
+    assert exact is not None and quick is not None
+    assert quick.size >= exact.size
+    # Near the limit the exact bound decides.
+    tight = estimate_largest_envelope(**common, limit=exact.size)  # type: ignore[arg-type]
+    assert tight is not None and tight.size == exact.size

@@ -74,6 +74,7 @@ def check_envelope_size(
         headers_cc=plan.headers["cc"],
         tracker_base_url=settings.tracker.base_url,
         tracking_kid_bytes=KID_LENGTH,
+        limit=limit,
     )
     if largest is None or largest.size <= limit:
         return

@@ -30,7 +30,7 @@ Pure: all inputs are passed in.
 from __future__ import annotations
 
 import html as _html
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from kannon.envelope import mime
@@ -99,6 +99,22 @@ def _escaped(value: str) -> int:
     return _utf8(_html.escape(value, quote=True))
 
 
+def _links_in(value: str) -> int:
+    return value.lower().count("<a")
+
+
+def _six_per_char(value: str) -> int:
+    return 6 * len(value)
+
+
+def _four_per_char(value: str) -> int:
+    return 4 * len(value)
+
+
+def _half_per_char(value: str) -> int:
+    return len(value) // 2
+
+
 def _addresses(addresses: Sequence[str]) -> int:
     return sum(_utf8(a) + 4 for a in addresses) + 8
 
@@ -142,15 +158,20 @@ def estimate_largest_envelope(
     batch_id: str,
     sender_email: str,
     sender_alias: str,
-    recipients: Iterable[tuple[str, Mapping[str, str]]],
+    recipients: Sequence[tuple[str, Mapping[str, str]]],
     attachments: Mapping[str, int],
     headers_to: Sequence[str],
     headers_cc: Sequence[str],
     tracker_base_url: str | None,
     tracking_kid_bytes: int,
+    limit: int | None = None,
 ) -> EnvelopeEstimate | None:
     """Bound the Envelope of every Recipient (email, fields) and return the largest; None when
-    there are no Recipients. ``attachments`` maps filenames to their decoded sizes."""
+    there are no Recipients. ``attachments`` maps filenames to their decoded sizes.
+
+    With a ``limit``, a coarser bound that is already within it is returned as is (it is still
+    an upper bound); the exact bound is computed only when needed to decide against the limit.
+    """
     shape = _shape(html, subject)
     batch = _utf8(batch_id)
     if tracker_base_url:
@@ -184,8 +205,14 @@ def estimate_largest_envelope(
     )
     to_header = _addresses(headers_to) if headers_to else 0
 
-    best: EnvelopeEstimate | None = None
-    for email, fields in recipients:
+    def bound(
+        email: str,
+        fields: Mapping[str, str],
+        escaped_bytes: Callable[[str], int],
+        raw_bytes: Callable[[str], int],
+        links_in: Callable[[str], int],
+    ) -> tuple[int, int]:
+        """(Envelope bound, HTML part bound) of one Recipient, values measured as given."""
         rcpt = _utf8(email)
         rendered_growth = 0  # bytes field values add to the HTML (before encoding)
         insertions = 0
@@ -196,11 +223,11 @@ def estimate_largest_envelope(
             if value is None:
                 continue  # the placeholder stays as written: already in the template
             if escaped:
-                rendered_growth += escaped * _escaped(value)
+                rendered_growth += escaped * escaped_bytes(value)
             if raw:
-                value_bytes = _utf8(value)
+                value_bytes = raw_bytes(value)
                 rendered_growth += raw * value_bytes
-                links_in_value = value.lower().count("<a")
+                links_in_value = links_in(value)
                 raw_links += raw * links_in_value
                 raw_link_bytes += raw * value_bytes if links_in_value else 0
             insertions += escaped + raw
@@ -210,7 +237,7 @@ def estimate_largest_envelope(
             for name, (escaped, raw) in shape.href_fields.items():
                 value = fields.get(name)
                 if value is not None:
-                    href_bytes += escaped * _escaped(value) + raw * _utf8(value)
+                    href_bytes += escaped * escaped_bytes(value) + raw * raw_bytes(value)
             claims = _TOKEN_FIXED + tracking_kid_bytes + batch + rcpt
             links = shape.links + raw_links
             # Per link: base + "/c/" + base64url(claims + url) replaces the url.
@@ -222,7 +249,7 @@ def estimate_largest_envelope(
         for name, (escaped, raw) in shape.subject_fields.items():
             value = fields.get(name)
             if value is not None:
-                subject_bytes += (escaped + raw) * _utf8(value)
+                subject_bytes += (escaped + raw) * raw_bytes(value)
         size = (
             fixed
             + html_qp
@@ -235,6 +262,30 @@ def estimate_largest_envelope(
             + 2  # the email id again in Nats-Msg-Id
             + rcpt  # EmailToSend.to
         )
-        if best is None or size > best.size:
-            best = EnvelopeEstimate(size, email, html_qp, attachment_parts)
-    return best
+        return size, html_qp
+
+    def largest() -> EnvelopeEstimate | None:
+        best: EnvelopeEstimate | None = None
+        for email, fields in recipients:
+            size, html_qp = bound(email, fields, _escaped, _utf8, _links_in)
+            if best is None or size > best.size:
+                best = EnvelopeEstimate(size, email, html_qp, attachment_parts)
+        return best
+
+    if not recipients:
+        return None
+    if limit is not None:
+        # First a bound for all at once: the longest address with, for each field, its longest
+        # value, measured by string length alone (a character is at most 4 UTF-8 bytes, at most
+        # 6 once HTML-escaped, and "<a" takes two). It is above every Recipient's bound and costs
+        # a few C-level passes; only when it is over `limit` is each Recipient measured exactly.
+        names = {*shape.html_fields, *shape.href_fields, *shape.subject_fields}
+        longest = {
+            name: "x" * max(len(fields.get(name) or "") for _, fields in recipients)
+            for name in names
+        }
+        email = max((email for email, _ in recipients), key=_utf8)
+        size, html_qp = bound(email, longest, _six_per_char, _four_per_char, _half_per_char)
+        if size <= limit:
+            return EnvelopeEstimate(size, email, html_qp, attachment_parts)
+    return largest()
