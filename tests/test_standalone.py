@@ -1,11 +1,15 @@
 """`kannon standalone` boots with nothing but the package installed (its own nats-server and
-PostgreSQL children), answers /healthz, and leaves no child process behind after SIGINT."""
+PostgreSQL children, each asking for a credential kept in a 0600 file), answers /healthz, prints
+its endpoints with credentials masked, and leaves no child process behind after SIGINT."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -13,6 +17,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+import asyncpg
+import nats
+import nats.errors
+import pytest
 
 from kannon.runtime.processes import free_port
 
@@ -66,6 +75,30 @@ def _healthz(port: int) -> tuple[int, dict[str, object]]:
         return exc.code, json.loads(exc.read())
 
 
+def _check_credentials(data: Path, children: dict[int, str]) -> list[str]:
+    """The embedded servers' credentials are in 0600 files, on no command line, and required."""
+    password_file, nats_conf = data / "postgres.password", data / "nats.conf"
+    for path in (password_file, nats_conf, data / "secret_key"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    password = password_file.read_text().strip()
+    token = re.search(r'token: "([0-9a-f]+)"', nats_conf.read_text())
+    assert token is not None
+    assert not [cmd for cmd in children.values() if password in cmd or token.group(1) in cmd]
+    pg_port = int((data / "postgres" / "postmaster.pid").read_text().splitlines()[3])
+    nats_port = int(re.search(r'listen: "127.0.0.1:(\d+)"', nats_conf.read_text()).group(1))  # type: ignore[union-attr]
+
+    async def refused() -> None:
+        with pytest.raises(asyncpg.InvalidPasswordError):
+            await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{pg_port}/kannon", timeout=10)
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await nats.connect(
+                f"nats://127.0.0.1:{nats_port}", allow_reconnect=False, connect_timeout=5
+            )
+
+    asyncio.run(refused())
+    return [password, token.group(1)]
+
+
 def test_standalone_boots_serves_healthz_and_stops_cleanly() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="kannon-standalone-", dir="/tmp"))
     data_dir.chmod(0o755)  # PostgreSQL runs as an unprivileged user when the tests run as root
@@ -111,10 +144,15 @@ def test_standalone_boots_serves_healthz_and_stops_cleanly() -> None:
         assert checks["db"] == "ok" and checks["nats"] == "ok"
         children = {pid: _cmdline(pid) for pid in _descendants(proc.pid)}
         assert len(children) >= 2  # nats-server and postgres
+        secrets = _check_credentials(data_dir / "data", children)
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, out
         assert "kannon standalone: api" in out
+        # The endpoints are printed with their credentials masked.
+        assert "kannon standalone: database postgresql://postgres:***@127.0.0.1:" in out
+        assert "kannon standalone: nats     nats://***@127.0.0.1:" in out
+        assert not [secret for secret in secrets if secret in out]
         leftovers = {pid: cmd for pid, cmd in children.items() if _alive(pid)}
         assert leftovers == {}, f"children still running after SIGINT: {leftovers}"
     finally:

@@ -88,6 +88,7 @@ async def run_components(
         database_url=settings.database_url,
         nats_url=settings.nats_url,
         stream_replicas=settings.nats.stream_replicas,
+        max_payload=settings.nats.max_payload,
     )
     server = HealthServer(health, settings.health.host, settings.health.port)
     builders = _builders()

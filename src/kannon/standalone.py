@@ -2,6 +2,11 @@
 no `database_url` is configured, its own PostgreSQL child, both under the data directory.
 
 Children are stopped (by PID) after the Components have drained, in reverse order of start.
+
+Both children ask for a credential that only this user can read (ADR 0022): PostgreSQL the
+superuser password in `postgres.password`, nats-server a per-start token in `nats.conf`, each
+0600 in the data directory, alongside the 0600 `secret_key`. The endpoints printed at start show
+URLs with their credentials masked.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ import asyncpg
 from kannon.app import COMPONENT_ORDER, run_components
 from kannon.bus.embedded import start_nats
 from kannon.config import Settings
+from kannon.config.values import mask_url
 from kannon.db.embedded import EmbeddedPostgres, start_postgres
 from kannon.db.migrate import migrate
 from kannon.runtime.health import HealthServer
+from kannon.runtime.processes import write_private_file
 
 log = logging.getLogger("kannon.standalone")
 
@@ -28,10 +35,10 @@ def _secret(data_dir: Path) -> str:
     """The HMAC secret for bounce addresses, generated once and kept with the data."""
     path = data_dir / "secret_key"
     if path.exists():
+        path.chmod(0o600)
         return path.read_text().strip()
     value = secrets.token_urlsafe(32)
-    path.write_text(value + "\n")
-    path.chmod(0o600)
+    write_private_file(path, value + "\n")
     return value
 
 
@@ -55,8 +62,9 @@ def _print_endpoints(settings: Settings, names: list[str], health: HealthServer)
     if "smtp" in names:
         lines.append(f"smtp     smtp://{settings.smtp.address} (inbound bounces)")
     lines.append(f"health   http://127.0.0.1:{health.port}/healthz  metrics /metrics")
-    lines.append(f"nats     {settings.nats_url}")
-    lines.append(f"database {settings.database_url}")
+    # The URLs carry the embedded servers' credentials: those stay in the 0600 files.
+    lines.append(f"nats     {mask_url(settings.nats_url or '')}")
+    lines.append(f"database {mask_url(settings.database_url or '')}")
     for line in lines:
         print(f"kannon standalone: {line}", flush=True)
 
@@ -64,7 +72,9 @@ def _print_endpoints(settings: Settings, names: list[str], health: HealthServer)
 async def run_standalone(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
     data_dir = Path(settings.data_dir).expanduser().resolve()  # noqa: ASYNC240 - boot only
     data_dir.mkdir(parents=True, exist_ok=True)
-    nats_server = await asyncio.to_thread(start_nats, data_dir / "nats")
+    nats_server = await asyncio.to_thread(
+        start_nats, data_dir / "nats", max_payload=settings.nats.max_payload
+    )
     pg: EmbeddedPostgres | None = None
     try:
         update: dict[str, object] = {"nats_url": nats_server.url}

@@ -33,11 +33,12 @@ SENDING_HOST = "mail.kannon.test"
 BOUNCE_HOST = "bounce.kannon.test"
 
 
-def make_settings(**api: Any) -> Settings:
+def make_settings(nats: dict[str, Any] | None = None, **api: Any) -> Settings:
     api_values = {"port": 0, "host": "127.0.0.1", "admin_token": ADMIN_TOKEN, **api}
     return Settings.model_validate(
         {
             "api": api_values,
+            "nats": nats or {},
             "sender": {"hostname": SENDING_HOST},
             "smtp": {"domain": BOUNCE_HOST},
             "tracker": {"base_url": "https://track.{domain}"},

@@ -255,13 +255,14 @@ async def test_invalid_addresses_are_rejected_and_mixed_case_and_idn_ones_delive
         assert by_email[rcpt] == ["rejected"], rcpt
         [row] = [r for r in rows if r.email == rcpt]
         assert reason in row.data["rejected"]["reason"], (rcpt, row.data)
-    # RCPT carries the domain in its canonical ASCII form (lower case, IDN as A-label, so no
-    # SMTPUTF8 is needed); the local part keeps its case, as RFC 5321 requires.
+    # Intake stores the canonical spelling (ADR 0020): domain lower case, IDN as A-label (so
+    # no SMTPUTF8 is needed); the local part keeps its case, as RFC 5321 requires. Outcomes,
+    # RCPT and the To header all use it.
     rcpt_to = {valid[0]: "Mixed.Case@example.test", valid[1]: "idn@xn--bcher-kva.test"}
     for rcpt in valid:
-        assert by_email[rcpt] == ["accepted", "delivered"], rcpt
+        assert by_email[rcpt_to[rcpt]] == ["accepted", "delivered"], rcpt
         [received] = smtp_sink.messages_to(rcpt_to[rcpt])
         assert received.rcpt_tos == (rcpt_to[rcpt],)
-        assert parse(received.data)["To"] == rcpt
+        assert parse(received.data)["To"] == rcpt_to[rcpt]
         assert pipeline.dkim_verify(received.data)
     assert len(smtp_sink.messages) == len(valid)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import quopri
+import unicodedata
 from email.header import decode_header, make_header
 from email.utils import getaddresses
 
@@ -141,6 +142,14 @@ def test_address_list_needs_one() -> None:
         ("   ", "attachment"),
         ("ré port.pdf", "ré port.pdf"),
         ("e\u0301.txt", "é.txt"),  # NFC
+        # RFC 2047 encoded words are decoded before the check, as clients decode them.
+        ("=?utf-8?b?aW52b2ljZeKArmZkcC5leGU=?=", "invoicefdp.exe"),
+        ("=?UTF-8?Q?invoice=E2=80=AEfdp.exe?=", "invoicefdp.exe"),
+        ("=?utf-8?q?r=C3=A9sum=C3=A9?= 2024.pdf", "résumé 2024.pdf"),
+        # Encoded twice: decoded twice.
+        ("=?utf-8?b?PT91dGYtOD9iP2FXNTJiMmxqWmVLQXJtWmtjQzVsZUdVPT89?=", "invoicefdp.exe"),
+        # Undecodable: no encoded word is left for a client to decode.
+        ("=?x-no-such-charset?b?aGk=?=.txt", "x-no-such-charset?b?aGk=.txt"),
     ],
 )
 def test_sanitise_filename(filename: str, expected: str) -> None:
@@ -204,6 +213,20 @@ def test_boundary_cannot_collide_with_content() -> None:
         line for line in body.split(b"\r\n") if line.startswith(f"--{boundary}".encode())
     ]
     assert delimiter_lines == [f"--{boundary}".encode()] * 2 + [f"--{boundary}--".encode()]
+
+
+@pytest.mark.parametrize(
+    "filename",
+    ["=?utf-8?b?aW52b2ljZeKArmZkcC5leGU=?=", "=?utf-8?q?invoice=E2=80=AE?=fdp.exe"],
+)
+def test_a_client_never_sees_a_hidden_override_in_an_encoded_word_filename(filename: str) -> None:
+    headers, body = mime.attachment_part(filename, b"MZ")
+    part = email.message_from_bytes(
+        mime.serialise_headers(headers) + b"\r\n" + body, policy=email.policy.default
+    )
+    shown = part.get_filename()
+    assert shown is not None and shown.endswith("fdp.exe")
+    assert not [ch for ch in shown if unicodedata.category(ch) in ("Cf", "Cc")]
 
 
 def test_long_non_ascii_filename_uses_rfc2231_continuations() -> None:

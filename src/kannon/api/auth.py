@@ -6,16 +6,28 @@
   compared in constant time. Without a configured token only loopback peers are served — the
   original left the Admin API open to anyone reaching the port; a deployment sets a token.
 * HZ, health and reflection are open (probes and tooling must work without credentials).
+
+:class:`EarlyAuth`, a server interceptor, makes these decisions from the call's metadata
+*before* the request body is received: a refused caller costs no message buffering or parsing
+(up to `api.max_message_size` each). It hands the resolved tenant to the handler in a context
+variable (grpc.aio runs an interceptor and its handler in one `contextvars.Context`). The Admin
+API's loopback-only mode needs the peer address, which interceptors do not see: that case, and
+every case again as defence in depth, is checked by the handlers themselves.
 """
 
 from __future__ import annotations
 
+import contextvars
 import hmac
 import ipaddress
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+import grpc
+
+from kannon.api.errors import failure_status
 from kannon.db.apikeys import find_key_by_hash
 from kannon.model.apikey import AUTH_FAILED, parse_basic_authorization
 from kannon.model.errors import PermissionDenied, Unauthenticated
@@ -35,13 +47,21 @@ ADMIN_TOKEN_FAILED = (
 )
 
 
-def metadata(context: Any) -> dict[str, str]:
-    """The call's text metadata, keys lower-cased (gRPC already lower-cases them; HTTP/2 too)."""
+# The tenant EarlyAuth resolved for the current call (unset outside an intercepted call).
+_tenant: contextvars.ContextVar[str] = contextvars.ContextVar("kannon_api_tenant")
+
+
+def _text_metadata(pairs: Iterable[tuple[str, Any]] | None) -> dict[str, str]:
     result: dict[str, str] = {}
-    for key, value in context.invocation_metadata() or ():
+    for key, value in pairs or ():
         if isinstance(value, str):
             result[key.lower()] = value
     return result
+
+
+def metadata(context: Any) -> dict[str, str]:
+    """The call's text metadata, keys lower-cased (gRPC already lower-cases them; HTTP/2 too)."""
+    return _text_metadata(context.invocation_metadata())
 
 
 def is_loopback_peer(peer: str) -> bool:
@@ -110,9 +130,63 @@ class ApiKeyAuth:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def tenant(self, context: Any) -> str:
-        credentials = parse_basic_authorization(metadata(context).get("authorization"))
+    async def tenant_of(self, headers: dict[str, str]) -> str:
+        credentials = parse_basic_authorization(headers.get("authorization"))
         key = await find_key_by_hash(self.pool, credentials.domain, credentials.key_hash)
         if key is None or not key.usable_at(datetime.now(UTC)):
             raise Unauthenticated(AUTH_FAILED)
         return key.domain
+
+    async def tenant(self, context: Any) -> str:
+        """The call's tenant: as EarlyAuth resolved it, else (a handler called without the
+        interceptor) looked up now."""
+        resolved = _tenant.get(None)
+        if resolved is not None:
+            return resolved
+        return await self.tenant_of(metadata(context))
+
+
+Continuation = Callable[[Any], Awaitable[Any]]
+
+
+def _refusal(code: Any, details: str) -> Any:
+    """A handler that answers `code` without receiving the request: declared request-streaming,
+    so grpc.aio never reads a message for it (a unary handler's request is read first)."""
+
+    async def refuse(request_iterator: Any, context: Any) -> Any:
+        await context.abort(code, details)
+
+    return grpc.stream_unary_rpc_method_handler(refuse)
+
+
+class EarlyAuth(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
+    """Authenticates calls from their metadata before the body is read (see module docstring).
+
+    `api_key_services` and `admin_services` are full service names (`package.Service`).
+    """
+
+    def __init__(
+        self,
+        auth: ApiKeyAuth,
+        admin_token: str | None,
+        *,
+        api_key_services: Iterable[str],
+        admin_services: Iterable[str],
+    ) -> None:
+        self.auth = auth
+        self.admin_token = admin_token
+        self.api_key_services = frozenset(api_key_services)
+        self.admin_services = frozenset(admin_services)
+
+    async def intercept_service(self, continuation: Continuation, details: Any) -> Any:
+        service = details.method.rpartition("/")[0].lstrip("/")
+        try:
+            if service in self.api_key_services:
+                headers = _text_metadata(details.invocation_metadata)
+                _tenant.set(await self.auth.tenant_of(headers))
+            elif service in self.admin_services and self.admin_token is not None:
+                headers = _text_metadata(details.invocation_metadata)
+                check_admin(self.admin_token, headers, peer="")
+        except Exception as exc:
+            return _refusal(*failure_status(exc, details.method))
+        return await continuation(details)

@@ -22,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from kannon.api.admin import AdminService
-from kannon.api.auth import ApiKeyAuth
+from kannon.api.auth import ApiKeyAuth, EarlyAuth
 from kannon.api.hz import HZService
 from kannon.api.mailer import MailerService
 from kannon.api.stats import StatsService
@@ -88,17 +88,29 @@ class ApiComponent:
         self._hz: HZService | None = None
 
     def _server(self) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-        size = self.settings.api.max_message_size
+        api = self.settings.api
+        size = api.max_message_size
+        auth = ApiKeyAuth(self.pool)
         server = grpc.aio.server(
+            # Refuses calls without valid credentials before their body is read.
+            interceptors=[
+                EarlyAuth(
+                    auth,
+                    api.admin_token,
+                    api_key_services=(*MAILER_NAMES, *STATS_V1_NAMES, STATS_V2_NAME),
+                    admin_services=ADMIN_NAMES,
+                )
+            ],
+            # Bounds the calls (and so the request messages) held in memory at once.
+            maximum_concurrent_rpcs=api.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", size),
                 ("grpc.max_send_message_length", size),
                 # grpcio enables SO_REUSEPORT by default, so a second server on a taken port
                 # would start and silently share it; an operator wants the boot error instead.
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
-        auth = ApiKeyAuth(self.pool)
         mailer = MailerService(self.settings, self.pool, auth)
         admin = AdminService(self.settings, self.pool)
         stats = StatsService(self.pool, auth)

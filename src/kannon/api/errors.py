@@ -1,9 +1,13 @@
-"""KannonError -> gRPC status translation, and the Internal path for real server faults.
+"""Exception -> gRPC status translation at the API edge, in one place for every handler.
 
-A caller's mistake gets its own status code with the error's message (which names the field).
-Anything else is a fault of ours: it is logged with a fresh correlation id, and the caller gets
-INTERNAL with the same id and no internals, so an operator can find the log line from a
-client's report.
+* A caller's mistake (a ``KannonError``) gets its own status code with the error's message, which
+  names the field.
+* A database outage (:func:`kannon.db.pool.is_outage`: connection refused or lost, pool closed,
+  "cannot connect now", too many connections, ...) gets UNAVAILABLE, the code gRPC clients and
+  their retry policies treat as "try again later". Nothing was written: intake is one transaction.
+* Anything else is a fault of ours: it is logged with a fresh correlation id, and the caller gets
+  INTERNAL with the same id and no internals, so an operator can find the log line from a
+  client's report.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from kannon.db.pool import is_outage
 from kannon.model.errors import (
     Conflict,
     InvalidArgument,
@@ -50,6 +55,31 @@ def new_correlation_id() -> str:
     return secrets.token_hex(8)
 
 
+def failure_status(exc: Exception, method: str) -> tuple[Any, str]:
+    """The status code and details a failed call answers with; logs what an operator needs."""
+    if isinstance(exc, KannonError):
+        log.debug("%s refused: %s", method, exc)
+        return status_code(exc), str(exc)
+    correlation_id = new_correlation_id()
+    if is_outage(exc):
+        # Expected during a database restart or failover: one line, no traceback.
+        log.warning(
+            "%s: database unavailable [correlation id %s]: %s: %s",
+            method,
+            correlation_id,
+            type(exc).__name__,
+            exc,
+        )
+        return grpc.StatusCode.UNAVAILABLE, (
+            f"the database is unavailable, nothing was changed; retry later "
+            f"(correlation id {correlation_id})"
+        )
+    log.error("%s failed [correlation id %s]", method, correlation_id, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, (
+        f"internal server error (correlation id {correlation_id}); the server log has the details"
+    )
+
+
 def rpc(method: Handler[S]) -> Handler[S]:
     """Wrap a unary handler `(self, request, context)` with the error translation."""
 
@@ -59,16 +89,8 @@ def rpc(method: Handler[S]) -> Handler[S]:
             return await method(self, request, context)
         except grpc.aio.AbortError:
             raise
-        except KannonError as exc:
-            log.debug("%s refused: %s", method.__name__, exc)
-            await context.abort(status_code(exc), str(exc))
-        except Exception:
-            correlation_id = new_correlation_id()
-            log.exception("%s failed [correlation id %s]", method.__name__, correlation_id)
-            await context.abort(
-                grpc.StatusCode.INTERNAL,
-                f"internal server error (correlation id {correlation_id}); "
-                "the server log has the details",
-            )
+        except Exception as exc:
+            code, details = failure_status(exc, method.__name__)
+            await context.abort(code, details)
 
     return handler

@@ -4,8 +4,10 @@ SendHTML and SendTemplate turn one call into one Batch with a Delivery per Recip
 Steps (spec §4.2 without its QUIRKs): authenticate the tenant by API key; pick the template —
 SendHTML always stores its HTML as a new transient template, SendTemplate uses the tenant's
 template or, when global fields change its HTML, a transient copy with them baked in; check the
-request (:func:`kannon.model.batch.plan_batch`); write template, Batch and Deliveries in one
-transaction. Nothing is written when any step fails.
+request (:func:`kannon.model.batch.plan_batch`); refuse a Batch whose largest Envelope could not
+travel on the bus (:func:`kannon.envelope.size.estimate_largest_envelope` against
+`nats.max_payload`, ADR 0021); write template, Batch and Deliveries in one transaction. Nothing is
+written when any step fails.
 """
 
 from __future__ import annotations
@@ -19,11 +21,19 @@ from kannon.api.errors import rpc
 from kannon.config import Settings
 from kannon.db.batches import create_batch, deliveries_csv
 from kannon.db.templates import get_template
+from kannon.db.tracking_keys import KID_LENGTH
 from kannon.envelope.ids import make_batch_id
-from kannon.envelope.render import apply_global_fields
+from kannon.envelope.render import apply_global_fields, placeholder_names
+from kannon.envelope.size import estimate_largest_envelope
 from kannon.ids import new_template_id, new_token
-from kannon.model.batch import BatchPlan, check_no_nul, check_recipient_count, plan_batch
-from kannon.model.errors import NotFound
+from kannon.model.batch import (
+    BatchPlan,
+    SendRequest,
+    check_no_nul,
+    check_recipient_count,
+    plan_batch,
+)
+from kannon.model.errors import InvalidArgument, NotFound
 from kannon.model.template import TRANSIENT, Template, check_html, check_template_id
 from kannon.wire import api as wire
 
@@ -46,8 +56,39 @@ def transient_template(domain: str, html: str, now: datetime) -> Template:
     )
 
 
+def check_envelope_size(
+    plan: BatchPlan, request: SendRequest, html: str, settings: Settings
+) -> None:
+    """Refuse the Batch when its largest Envelope might exceed what the bus carries."""
+    limit = settings.nats.max_payload
+    largest = estimate_largest_envelope(
+        html=html,
+        subject=plan.subject,
+        domain=plan.domain,
+        batch_id=plan.batch_id,
+        sender_email=plan.sender_email,
+        sender_alias=plan.sender_alias,
+        recipients=plan.deliveries,
+        attachments={a.filename.strip(): len(a.content) for a in request.attachments},
+        headers_to=plan.headers["to"],
+        headers_cc=plan.headers["cc"],
+        tracker_base_url=settings.tracker.base_url,
+        tracking_kid_bytes=KID_LENGTH,
+        limit=limit,
+    )
+    if largest is None or largest.size <= limit:
+        return
+    raise InvalidArgument(
+        f"message too large: the Envelope for recipient {largest.recipient!r} would be up to "
+        f"{largest.size} bytes (HTML {largest.html}, attachments {largest.attachments}, "
+        f"encoded), over the {limit} bytes the message bus carries (nats.max_payload); "
+        "send smaller attachments or HTML, or link to large files"
+    )
+
+
 class MailerService:
     def __init__(self, settings: Settings, pool: asyncpg.Pool, auth: ApiKeyAuth) -> None:
+        self.settings = settings
         self.pool = pool
         self.auth = auth
         self.max_recipients = settings.api.max_recipients
@@ -60,20 +101,23 @@ class MailerService:
         return fields
 
     def _prepare(
-        self, message: Any, tenant: str, template_id: str, now: datetime
+        self, message: Any, tenant: str, template_id: str, html: str, now: datetime
     ) -> tuple[BatchPlan, bytes]:
+        request = wire.send_request(message)
         plan = plan_batch(
-            wire.send_request(message),
+            request,
             tenant=tenant,
             batch_id=make_batch_id(new_token(), tenant),
             template_id=template_id,
             now=now,
             max_recipients=self.max_recipients,
+            subject_fields=placeholder_names(request.subject),
         )
+        check_envelope_size(plan, request, html, self.settings)
         return plan, deliveries_csv(plan)
 
     async def _send(
-        self, message: Any, tenant: str, template_id: str, template: Template | None
+        self, message: Any, tenant: str, template_id: str, html: str, template: Template | None
     ) -> Any:
         now = datetime.now(UTC)
         if len(message.recipients) >= OFF_LOOP_RECIPIENTS:
@@ -81,10 +125,10 @@ class MailerService:
             # thread the event loop keeps serving other calls (and, in standalone, the other
             # Components) meanwhile.
             plan, encoded = await asyncio.to_thread(
-                self._prepare, message, tenant, template_id, now
+                self._prepare, message, tenant, template_id, html, now
             )
         else:
-            plan, encoded = self._prepare(message, tenant, template_id, now)
+            plan, encoded = self._prepare(message, tenant, template_id, html, now)
         await create_batch(self.pool, plan, template, now, encoded)
         return wire.send_res_pb(plan)
 
@@ -95,7 +139,7 @@ class MailerService:
         check_html(message.html)
         html = apply_global_fields(message.html, global_fields)
         template = transient_template(tenant, html, datetime.now(UTC))
-        return await self._send(message, tenant, template.template_id, template)
+        return await self._send(message, tenant, template.template_id, html, template)
 
     @rpc
     async def SendTemplate(self, message: Any, context: Any) -> Any:
@@ -109,6 +153,6 @@ class MailerService:
             raise NotFound(f"template_id: no template {template_id!r} in domain {tenant!r}")
         html = apply_global_fields(stored.html, global_fields)
         if html == stored.html:
-            return await self._send(message, tenant, stored.template_id, None)
+            return await self._send(message, tenant, stored.template_id, html, None)
         template = transient_template(tenant, html, datetime.now(UTC))
-        return await self._send(message, tenant, template.template_id, template)
+        return await self._send(message, tenant, template.template_id, html, template)

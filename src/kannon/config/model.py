@@ -233,8 +233,13 @@ class ApiSettings(_Section):
     admin_token: OptionalText = _key(
         None, "Token guarding the Admin API (domains, templates, API keys)", secret=True
     )
-    max_message_size: Size = _key("64mb", "Max gRPC request size, attachments included")
+    max_message_size: Size = _key(
+        "64mb", "Max gRPC request size, attachments and all recipients included"
+    )
     max_recipients: Count = _key(100000, "Max recipients in one send request")
+    max_concurrent_rpcs: Count = _key(
+        64, "Calls the API serves at once; more are refused at once with RESOURCE_EXHAUSTED"
+    )
 
 
 class RelaySettings(_Section):
@@ -358,8 +363,24 @@ class DispatcherSettings(_Section):
         return self
 
 
+def _bus_payload(value: object) -> int:
+    size = _positive_size(value)
+    if size > 64 * 1024 * 1024:
+        raise ValueError(f"{show_value(value)} is over 64mb, the most nats-server accepts")
+    return size
+
+
+BusPayload = Annotated[int, BeforeValidator(_bus_payload), Kind("size")]
+
+
 class NatsSettings(_Section):
     """JetStream streams and consumers."""
+
+    max_payload: BusPayload = _key(
+        "1mb",
+        "Largest message the NATS server carries (its max_payload): Batches whose Envelopes "
+        "would be larger are refused at intake; standalone's nats-server uses it",
+    )
 
     stream_replicas: Replicas = _key(1, "Replicas of the JetStream streams (1..5)")
     ack_wait: Duration = _key("30s", "Ack deadline of the stats event consumers")
@@ -380,7 +401,7 @@ class Settings(_Section):
         None, "PostgreSQL connection string", shown="(required)", secret=True
     )
     nats_url: OptionalText = _key(
-        None, "NATS server URL (standalone embeds its own)", shown="(required)"
+        None, "NATS server URL (standalone embeds its own)", shown="(required)", secret=True
     )
     debug: Bool = _key(False, "Enable debug logging")
     data_dir: DataPath = _key(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import urllib.parse
 from datetime import timedelta
 
 _TRUE = frozenset({"true", "1", "yes"})
@@ -68,6 +69,26 @@ def show_value(value: object) -> str:
         return json.dumps(value, ensure_ascii=False, default=str)
     except (TypeError, ValueError):
         return repr(value).replace("\n", "\\n")
+
+
+_SECRET_QUERY = re.compile(r"((?:^|[?&])(?:password|pass|token|auth_token)=)[^&]*", re.IGNORECASE)
+
+
+def mask_url(url: str) -> str:
+    """`url` fit to print: a password in the user info, a bare NATS token (``nats://<token>@``)
+    and ``password=`` / ``token=`` query parameters replaced by ``***``."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        if colon:
+            userinfo = f"{user}:***"
+        elif parts.scheme.lower() in ("nats", "tls", "ws", "wss"):
+            userinfo = "***"  # NATS reads a lone user name as the auth token
+        netloc = f"{userinfo}@{hostport}"
+    query = _SECRET_QUERY.sub(r"\1***", parts.query)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def parse_bool(value: object) -> bool:

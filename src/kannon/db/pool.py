@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 import asyncpg
+import asyncpg.exceptions as pg_errors
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -49,3 +50,42 @@ async def check_pool(pool: asyncpg.Pool) -> None:
         value: Any = await conn.fetchval("SELECT 1", timeout=5)
     if value != 1:
         raise RuntimeError(f"database answered SELECT 1 with {value!r}")
+
+
+# Server-side errors that say "not now" rather than "never": the server is going down, starting,
+# out of connection slots, or (after a failover) a read-only standby.
+_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable, timed out (TimeoutError is an OSError)
+    pg_errors.PostgresConnectionError,  # SQLSTATE class 08, and "connection was closed"
+    pg_errors.AdminShutdownError,  # 57P01
+    pg_errors.CrashShutdownError,  # 57P02
+    pg_errors.CannotConnectNowError,  # 57P03: starting up, shutting down, in recovery
+    pg_errors.TooManyConnectionsError,  # 53300
+    pg_errors.ReadOnlySQLTransactionError,  # 25006: connected to a standby
+)
+# asyncpg raises plain InterfaceErrors with these texts for connections and pools that are gone;
+# every other InterfaceError is a misuse of the driver, i.e. a bug.
+_GONE_TEXTS = ("connection is closed", "pool is closing", "pool is closed")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when `exc` (or what it was raised from) says the database is unreachable or not
+    serving right now, so a caller should retry later — not that the request or our code is wrong.
+
+    Covers connection refused / reset / timed out (OSError, TimeoutError included), connections
+    lost mid-query, pool acquisition on a closed pool, and the server's own "cannot connect now",
+    shutdown and too-many-connections answers. Constraint violations, syntax errors, data errors
+    and driver misuse are not outages.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _OUTAGE_ERRORS):
+            return True
+        if isinstance(current, pg_errors.InterfaceError) and any(
+            text in str(current) for text in _GONE_TEXTS
+        ):
+            return True
+        current = current.__cause__
+    return False

@@ -19,6 +19,10 @@ from kannon.db.times import to_db_time
 from kannon.envelope.tokens import TrackingKey
 
 ALGORITHM = "hmac-sha256"
+KID_PREFIX = "key_"
+KID_RANDOM_BYTES = 12
+# Length of every key id this module mints (the API's Envelope size bound counts on it).
+KID_LENGTH = len(KID_PREFIX) + 2 * KID_RANDOM_BYTES
 
 
 async def signing_key(pool: asyncpg.Pool, now: datetime, token_ttl: timedelta) -> TrackingKey:
@@ -33,7 +37,7 @@ async def signing_key(pool: asyncpg.Pool, now: datetime, token_ttl: timedelta) -
             to_db_time(now + token_ttl),
         )
         if row is None:
-            kid = "key_" + secrets.token_hex(12)
+            kid = KID_PREFIX + secrets.token_hex(KID_RANDOM_BYTES)
             secret = secrets.token_bytes(32)
             await conn.execute(
                 "INSERT INTO stats_keys (id, private_key, public_key, creation_time,"

@@ -71,7 +71,7 @@ from kannon.bus.subjects import (
 from kannon.config import ConfigError, Settings, require
 from kannon.db import deliveries
 from kannon.db.batching import Coalescer
-from kannon.db.errors import is_database_unavailable
+from kannon.db.pool import is_outage
 from kannon.db.sending_data import SendingData, load_sending_data
 from kannon.db.tracking_keys import signing_key
 from kannon.dispatcher.builder import (
@@ -323,7 +323,7 @@ class Dispatcher:
             max_deliver=self._nats.max_deliver,
             concurrency=concurrency,
             batch=max(concurrency, ConsumerSpec.batch),
-            transient=is_database_unavailable,
+            transient=is_outage,
         )
 
     # -- dispatch ----------------------------------------------------------------------------

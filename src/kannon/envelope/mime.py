@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.errors
+import email.header
 import functools
 import mimetypes
 import re
@@ -196,14 +198,37 @@ def base64_body(data: bytes) -> bytes:
     return base64.encodebytes(data).replace(b"\n", b"\r\n")
 
 
+# Decoding rounds before giving up on a name that keeps yielding encoded words (nested encoding).
+_DECODE_ROUNDS = 4
+
+
+def decode_encoded_words(text: str) -> str:
+    """``text`` with RFC 2047 encoded words (``=?utf-8?b?...?=``) decoded, as mail clients show
+    filenames. Nested encodings are decoded too; what still looks like one after a few rounds, or
+    cannot be decoded, loses its ``=?`` so that no client decodes it either."""
+    for _ in range(_DECODE_ROUNDS):
+        if "=?" not in text:
+            return text
+        try:
+            decoded = str(email.header.make_header(email.header.decode_header(text)))
+        except (email.errors.HeaderParseError, LookupError, UnicodeError, ValueError):
+            break
+        if decoded == text:
+            return text
+        text = decoded
+    return text.replace("=?", "")
+
+
 def sanitise_filename(filename: str) -> str:
     """Return a safe attachment filename: no path, control/format chars, quotes or backslashes.
 
     Format characters (Unicode Cf) include the right-to-left override used to disguise
-    ``invoice\\u202efdp.exe`` as ``invoiceexe.pdf``. Empty results become ``attachment``; long
-    names are shortened keeping the extension.
+    ``invoice\\u202efdp.exe`` as ``invoiceexe.pdf``. Encoded words are decoded first: clients
+    decode ``=?utf-8?b?aW52b2ljZeKArmZkcC5leGU=?=`` in a filename parameter and would show the
+    override hidden inside. Empty results become ``attachment``; long names are shortened
+    keeping the extension.
     """
-    name = unicodedata.normalize("NFC", filename)
+    name = unicodedata.normalize("NFC", decode_encoded_words(filename))
     name = re.split(r"[/\\]", name)[-1]
     name = "".join(
         ch

@@ -73,3 +73,19 @@ def placeholder_names(template: str) -> set[str]:
         (m.group(1) if m.group(1) is not None else m.group(2)).strip(" ")
         for m in _PLACEHOLDER.finditer(template)
     }
+
+
+def placeholder_counts(template: str) -> dict[str, tuple[int, int]]:
+    """Return, per field name, how often ``template`` uses it as ``{{ x }}`` and as ``{{{ x }}}``
+    (in that order): what a value of that field adds to a rendered document."""
+    counts: dict[str, tuple[int, int]] = {}
+    for m in _PLACEHOLDER.finditer(template):
+        if m.group(1) is not None:
+            name = m.group(1).strip(" ")
+            escaped, raw = counts.get(name, (0, 0))
+            counts[name] = (escaped, raw + 1)
+        else:
+            name = m.group(2).strip(" ")
+            escaped, raw = counts.get(name, (0, 0))
+            counts[name] = (escaped + 1, raw)
+    return counts

@@ -142,3 +142,16 @@ def apply_tracking(
     return insert_open_pixel(
         tracked, f"{base_url}/o/{sign_open(key, batch_id, recipient, expires_at)}"
     )
+
+
+def tracked_hrefs(html: str) -> list[str]:
+    """The decoded URLs of every link ``rewrite_links`` would track in ``html``, in order (one
+    entry per link, repeats included): what the Envelope size estimate needs to know."""
+    found: list[str] = []
+
+    def record(url: str) -> str:
+        found.append(url)
+        return url
+
+    rewrite_links(html, record)
+    return found

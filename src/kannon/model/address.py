@@ -4,11 +4,17 @@ Policy, stricter than the RFC where real mail systems are: a dot-atom local part
 characters only (no quoted local parts, no SMTPUTF8), a domain name of at least two labels whose
 top-level label is alphabetic or an IDNA A-label, no address literals. Case is preserved in the
 local part and folded in the domain; internationalised domains are converted to their A-label form.
+
+:func:`canonical_recipient` is the one spelling a Recipient is stored, deduplicated and sent under
+(ADR 0020): domain lower-cased, IDNA A-label, trailing dot dropped; invisible format characters
+(zero-width space, joiners, bidi marks, soft hyphen, BOM) removed. The local part keeps its case:
+RFC 5321 lets the receiving system decide whether ``Ada`` and ``ada`` differ.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 import idna
@@ -44,6 +50,37 @@ def ascii_domain(name: str) -> str:
     if not name.isascii():
         name = idna.encode(name, uts46=True).decode("ascii")
     return name.lower()
+
+
+# ZERO WIDTH NON-JOINER / JOINER are legitimate inside some IDNA labels (RFC 5892 CONTEXTJ, e.g.
+# Persian); in a domain they are left for IDNA to accept or refuse.
+_JOINERS = frozenset("\u200c\u200d")
+
+
+def _without_invisible(text: str, keep: frozenset[str] = frozenset()) -> str:
+    """`text` without Unicode format characters (category Cf), except those in `keep`."""
+    return "".join(ch for ch in text if ch in keep or unicodedata.category(ch) != "Cf")
+
+
+def canonical_recipient(value: str) -> str:
+    """The canonical spelling of a Recipient address (see the module docstring).
+
+    Never raises: an address that stays invalid is returned in its cleaned form for the
+    Validator to reject with a reason. ``value`` is expected trimmed.
+    """
+    local, at, domain = value.rpartition("@")
+    if not at:
+        return value
+    if value.isascii():  # nearly every address: what ascii_domain does, without the call
+        return f"{local}@{domain.removesuffix('.').lower()}"
+    # Pasted lists carry these invisibly; no mailbox contains them (local parts are ASCII).
+    local = _without_invisible(local)
+    domain = _without_invisible(domain, _JOINERS)
+    try:
+        domain = ascii_domain(domain)
+    except UnicodeError:  # idna.IDNAError is one; the Validator gives the reason
+        domain = domain.removesuffix(".").lower()
+    return f"{local}@{domain}"
 
 
 def normalize_domain(domain: str) -> str:

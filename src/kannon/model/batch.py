@@ -6,8 +6,12 @@ Batch row and its Deliveries, ready to be written in one transaction:
 * the sender address must parse and belong to the tenant Domain or a parent of it
   (PermissionDenied otherwise); subject, alias and custom header values may not contain CR/LF
   (header injection); every error names the request field it is about;
-* Recipients are trimmed, blank ones skipped, duplicates (case-insensitive) collapse into the
-  first one — a common mistake in mailing lists, not worth failing the call for;
+* Recipients are trimmed and canonicalised (:func:`kannon.model.address.canonical_recipient`:
+  domain lower-cased and IDNA-encoded, trailing dot dropped, invisible characters removed), blank
+  ones skipped; duplicates collapse into the first one, comparing the canonical form
+  case-insensitively (ADR 0020) — a common mistake in mailing lists, not worth failing the call for;
+* a field that the subject uses may not contain CR or LF for any Recipient: the Subject header
+  could not be built (InvalidArgument naming the Recipient and the field);
 * a Recipient that cannot be stored or can never be delivered (longer than RFC 5321 allows, or
   containing NUL) is *rejected at intake* and reported back; address syntax is otherwise the
   Validator's job, which reports through the normal outcome events.
@@ -18,12 +22,17 @@ Pure: no I/O; ids, `now` and limits are passed in.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from kannon.model.address import MAX_ADDRESS, InvalidAddress, parse_address
+from kannon.model.address import (
+    MAX_ADDRESS,
+    InvalidAddress,
+    canonical_recipient,
+    parse_address,
+)
 from kannon.model.domain import sender_domain_allowed
 from kannon.model.errors import InvalidArgument, PermissionDenied
 
@@ -167,34 +176,46 @@ def _attachments(attachments: Sequence[AttachmentIn]) -> dict[str, str]:
     return result
 
 
-def _has_nul(fields: Mapping[str, str]) -> bool:
-    # Two C-level joins instead of a Python-level loop per field.
-    return "\x00" in "".join(fields) or "\x00" in "".join(fields.values())
+def _check_subject_fields(
+    index: int, email: str, fields: Mapping[str, str], subject_fields: Collection[str]
+) -> None:
+    for name in subject_fields:
+        value = fields.get(name)
+        if value is not None and ("\r" in value or "\n" in value):
+            raise InvalidArgument(
+                f"recipients[{index}].fields[{name!r}] (recipient {email!r}): contains CR or LF, "
+                "and the subject uses this field; a header cannot hold a line break"
+            )
 
 
 def _recipients(
-    recipients: Sequence[RecipientIn],
+    recipients: Sequence[RecipientIn], subject_fields: Collection[str] = ()
 ) -> tuple[list[Delivery], list[Rejection], int]:
     # The hot loop of a large Batch: kept to plain operations on locals.
     deliveries: list[Delivery] = []
     rejected: list[Rejection] = []
     seen: set[str] = set()
     given = 0
-    for raw, fields in recipients:
-        email = raw.strip()
-        if not email:
+    for index, (raw, fields) in enumerate(recipients):
+        given_email = raw.strip()
+        if not given_email:
             continue
         given += 1
+        email = canonical_recipient(given_email)
         key = email.lower()
         if key in seen:
             continue
         seen.add(key)
+        values = "".join(fields.values()) if fields else ""
+        if subject_fields and ("\r" in values or "\n" in values):
+            # Rare: only then look at which field holds the line break.
+            _check_subject_fields(index, given_email, fields, subject_fields)
         if len(email) > MAX_ADDRESS:
-            rejected.append(Rejection(email, REJECT_TOO_LONG))
+            rejected.append(Rejection(given_email, REJECT_TOO_LONG))
         elif "\x00" in email:
-            rejected.append(Rejection(email, REJECT_INVALID_EMAIL))
-        elif fields and _has_nul(fields):
-            rejected.append(Rejection(email, REJECT_INVALID_FIELDS))
+            rejected.append(Rejection(given_email, REJECT_INVALID_EMAIL))
+        elif "\x00" in values or (fields and "\x00" in "".join(fields)):
+            rejected.append(Rejection(given_email, REJECT_INVALID_FIELDS))
         else:
             deliveries.append(Delivery(email, fields))
     return deliveries, rejected, given
@@ -216,9 +237,11 @@ def plan_batch(
     template_id: str,
     now: datetime,
     max_recipients: int,
+    subject_fields: Collection[str] = (),
 ) -> BatchPlan:
     """Validate `request` for `tenant` and return the Batch with its Deliveries.
 
+    `subject_fields` are the field names the subject's placeholders use.
     Raises InvalidArgument / PermissionDenied naming the offending field.
     """
     check_recipient_count(len(request.recipients), max_recipients)
@@ -230,7 +253,7 @@ def plan_batch(
     }
     attachments = _attachments(request.attachments)
     check_no_nul(request.global_fields, "global_fields")
-    deliveries, rejected, given = _recipients(request.recipients)
+    deliveries, rejected, given = _recipients(request.recipients, subject_fields)
     if given == 0:
         raise InvalidArgument("recipients: at least one non-blank recipient email is required")
     scheduled = request.scheduled_time if request.scheduled_time is not None else now

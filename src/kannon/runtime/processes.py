@@ -32,6 +32,17 @@ def port_accepts(host: str, port: int) -> bool:
     return False
 
 
+def write_private_file(path: Path, text: str) -> None:
+    """Write `text` to `path`, readable and writable by this user only (0600) from the first byte
+    (credentials and server configurations holding them)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an existing file keeps its old mode through O_CREAT
+        os.write(fd, text.encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
 def child_argv(argv: Sequence[str], *, uid: int | None = None, gid: int | None = None) -> list[str]:
     """Wrap `argv` so the child dies with its parent and, when asked, runs as uid/gid.
 

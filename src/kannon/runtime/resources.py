@@ -32,12 +32,14 @@ class Resources:
         nats_url: str | None,
         stream_replicas: int = 1,
         pool_max_size: int = 10,
+        max_payload: int | None = None,
     ) -> None:
         self.health = health
         self.database_url = database_url
         self.nats_url = nats_url
         self.stream_replicas = stream_replicas
         self.pool_max_size = pool_max_size
+        self.max_payload = max_payload
         self._pool: asyncpg.Pool | None = None
         self._bus: Bus | None = None
         self._lock = asyncio.Lock()
@@ -68,6 +70,15 @@ class Resources:
                 from kannon.bus.client import Bus
 
                 bus = await Bus.connect(self.nats_url)
+                server_max = bus.nc.max_payload
+                if self.max_payload is not None and server_max < self.max_payload:
+                    # The API would accept Envelopes that can never be published (ADR 0021).
+                    await bus.close()
+                    raise RuntimeError(
+                        f"nats.max_payload is {self.max_payload} bytes but the NATS server "
+                        f"carries at most {server_max}: set nats.max_payload to {server_max} "
+                        "or raise the server's max_payload to match"
+                    )
                 await bus.ensure_streams(replicas=self.stream_replicas)
                 self._bus = bus
                 self.health.add_check("nats", bus.check)

@@ -31,7 +31,7 @@ from kannon.bus.subjects import STATS_DURABLE, STATS_STREAM, STATS_SUBJECTS
 from kannon.config import Settings
 from kannon.db import stats_store
 from kannon.db.batching import Coalescer
-from kannon.db.errors import is_database_unavailable
+from kannon.db.pool import is_outage
 from kannon.model.outcome import Outcome, domain_of_batch
 from kannon.runtime.clock import utc_now
 from kannon.runtime.component import Life, run_every
@@ -94,7 +94,7 @@ class StatsWorker:
             max_deliver=self._settings.nats.max_deliver,
             concurrency=CONCURRENCY,
             batch=CONCURRENCY,
-            transient=is_database_unavailable,
+            transient=is_outage,
         )
 
     async def run(self, life: Life) -> None:
