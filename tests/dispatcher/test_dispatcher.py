@@ -394,6 +394,29 @@ async def test_a_publish_refused_after_the_retry_window_ends_the_delivery_failed
     assert "publishing" in outcome.detail.reason
 
 
+async def test_an_envelope_larger_than_the_bus_accepts_ends_failed_at_once(
+    pool: asyncpg.Pool, bus: Bus
+) -> None:
+    """Intake refuses such Batches (ADR 0021), but a bus whose max_payload was lowered after
+    intake must not leave the Delivery retrying for 24 h: it ends Failed, saying why."""
+    big = "msg_big@k.example.com"
+    await store_batch(
+        pool,
+        batch_id=big,
+        template_id="template_big@k.example.com",
+        attachments={"big.bin": base64.b64encode(bytes(2 * 1024 * 1024)).decode()},
+    )
+    await add(pool, ["big@example.org"], batch_id=big, fields={"name": "B"})
+    assert bus.nc.max_payload < 2 * 1024 * 1024  # the test server's default, 1 MiB
+    assert await dispatcher(pool, bus, Clock(T0)).cycle() == 1
+    assert await rows(pool) == {}
+    assert await envelopes(bus) == []
+    [(subject, outcome)] = await events(bus)
+    assert subject == "kannon.stats.failed"
+    assert isinstance(outcome.detail, Failed)
+    assert "max_payload" in outcome.detail.reason
+
+
 async def test_claims_are_released_untouched_when_the_sending_data_cannot_be_read(
     pool: asyncpg.Pool, bus: Bus, monkeypatch: pytest.MonkeyPatch
 ) -> None:

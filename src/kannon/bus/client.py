@@ -89,6 +89,12 @@ def is_bus_unavailable(exc: BaseException) -> bool:
     )
 
 
+def is_too_large(exc: BaseException) -> bool:
+    """Whether a publish failed because the message exceeds the server's max_payload: trying
+    again cannot help."""
+    return isinstance(exc, nats.errors.MaxPayloadError)
+
+
 class Verdict(enum.Enum):
     ACK = "ack"
     NAK = "nak"

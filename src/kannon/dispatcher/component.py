@@ -54,7 +54,14 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
 
-from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result, is_bus_unavailable
+from kannon.bus.client import (
+    Bus,
+    BusMessage,
+    ConsumerSpec,
+    Result,
+    is_bus_unavailable,
+    is_too_large,
+)
 from kannon.bus.subjects import (
     BOUNCED,
     DELIVERED,
@@ -192,6 +199,18 @@ def budget_spent(
         detail = Bounced(permanent=False, code=code, message=message)
     else:
         detail = Failed(f"retry budget exhausted while {where}: {error}")
+    return Outcome(
+        batch_id=delivery.message_id,
+        domain=delivery.domain,
+        recipient=delivery.email,
+        timestamp=now,
+        detail=detail,
+        event_id=delivery_event_id(detail.type, delivery.message_id, delivery.email),
+    )
+
+
+def _too_large(delivery: PoolDelivery, now: datetime, exc: BaseException) -> Outcome:
+    detail = Failed(f"the Envelope is larger than the bus accepts (nats max_payload): {exc}")
     return Outcome(
         batch_id=delivery.message_id,
         domain=delivery.domain,
@@ -576,6 +595,11 @@ class Dispatcher:
         )
         release: list[int] = []
         for delivery, exc in unpublished:
+            if is_too_large(exc):
+                # Intake refuses such Batches (ADR 0021); the bus's limit was lowered since.
+                # No later attempt can succeed: the Delivery ends now instead of in 24 h.
+                await self._end(_too_large(delivery, now, exc), delivery)
+                continue
             if now < self._policy.deadline(delivery.original_scheduled_time):
                 release.append(delivery.id)
                 continue
