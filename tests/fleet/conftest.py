@@ -31,18 +31,20 @@ async def start_fleet(
     bus: Bus,  # fresh streams and send-guard bucket for this test
     dns_server: DnsServer,  # noqa: F811
 ) -> AsyncIterator[StartFleet]:
-    """`await start_fleet(sink_port=..., options={flag: value})` → a healthy Fleet. dnsmasq is
-    started here (with the recipients' MX) unless the test started it already."""
+    """`await start_fleet(sink_port=..., options={flag: value})` → a healthy Fleet (optionally
+    `database_url=`/`nats_url=` of the test's own servers, `components=` a subset). dnsmasq must
+    be started by the test (with the recipients' MX) first."""
     workdir = Path(tempfile.mkdtemp(prefix="kannon-fleet-", dir="/tmp"))
     fleets: list[Fleet] = []
 
     async def start(*, sink_port: int, options: dict[str, str] | None = None, **kw: Any) -> Fleet:
         if dns_server.port == 0:
             raise AssertionError("start dns_server (with add_recipient_dns) before the fleet")
+        # A test with servers of its own (to stop and start them) passes their URLs.
+        kw.setdefault("database_url", database_url)
+        kw.setdefault("nats_url", nats_url)
         fleet = await Fleet.start(
             workdir / str(len(fleets)),
-            database_url=database_url,
-            nats_url=nats_url,
             dns=dns_server,
             sink_port=sink_port,
             options=options,

@@ -85,7 +85,7 @@ def server_config(
     )
 
 
-def _jetstream_ready(monitor_port: int) -> bool:
+def jetstream_ready(monitor_port: int) -> bool:
     url = f"http://127.0.0.1:{monitor_port}/healthz?js-enabled-only=true"
     try:
         with urllib.request.urlopen(url, timeout=0.5) as response:
@@ -122,5 +122,5 @@ def start_nats(
     log_path.touch(mode=0o600)
     log_path.chmod(0o600)
     child = start_child("nats-server", [str(find_binary()), "-c", str(conf)], log_path)
-    wait_until(child, lambda: _jetstream_ready(monitor_port), timeout, "JetStream ready")
+    wait_until(child, lambda: jetstream_ready(monitor_port), timeout, "JetStream ready")
     return EmbeddedNats(child, port, monitor_port, store_dir, token, max_payload)
