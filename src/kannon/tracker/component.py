@@ -103,6 +103,9 @@ class Tracker:
             log_level="warning",
             lifespan="off",
             access_log=False,
+            # Our handler, not uvicorn's own: its lines get the one format, control characters
+            # escaped and repeats folded like every other line of the process.
+            log_config=None,
             # The client address is ours to work out (trusted_proxies); uvicorn would otherwise
             # rewrite it from X-Forwarded-For for its own idea of trusted peers.
             proxy_headers=False,
