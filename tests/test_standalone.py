@@ -23,7 +23,9 @@ import nats
 import nats.errors
 import pytest
 
+from kannon.app import COMPONENT_ORDER
 from kannon.runtime.processes import free_port
+from kannon.standalone import process_groups
 
 KANNON = str(Path(sys.executable).parent / "kannon")
 
@@ -123,6 +125,9 @@ def test_standalone_boots_serves_healthz_and_stops_cleanly() -> None:
         "--sender-demo-sender",
         "--sender-hostname",
         "kannon.test",
+        # The SMTPSender in a second process, as `auto` does on two cores or more.
+        "--standalone-processes",
+        "api,validator,dispatcher,smtp,tracker,stats;sender",
     ]
     proc = subprocess.Popen(
         argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -142,19 +147,85 @@ def test_standalone_boots_serves_healthz_and_stops_cleanly() -> None:
         checks = body["checks"]
         assert isinstance(checks, dict)
         assert checks["db"] == "ok" and checks["nats"] == "ok"
+        assert checks["process:sender"] == "ok"
         children = {pid: _cmdline(pid) for pid in _descendants(proc.pid)}
-        assert len(children) >= 2  # nats-server and postgres
+        assert len(children) >= 3  # nats-server, postgres and the sender's process
+        [sender] = [cmd for cmd in children.values() if cmd.endswith("kannon --run-sender")]
+        assert "--run-api" not in sender
         secrets = _check_credentials(data_dir / "data", children)
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, out
         assert "kannon standalone: api" in out
+        assert "kannon standalone: process  sender (pid " in out
         # The endpoints are printed with their credentials masked.
         assert "kannon standalone: database postgresql://postgres:***@127.0.0.1:" in out
         assert "kannon standalone: nats     nats://***@127.0.0.1:" in out
         assert not [secret for secret in secrets if secret in out]
         leftovers = {pid: cmd for pid, cmd in children.items() if _alive(pid)}
         assert leftovers == {}, f"children still running after SIGINT: {leftovers}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["rm", "-rf", str(data_dir)], check=False)
+
+
+def test_auto_puts_the_sender_in_a_process_of_its_own_when_there_are_two_cores() -> None:
+    everything = list(COMPONENT_ORDER)
+    assert process_groups("auto", 1) == [everything]
+    assert process_groups("auto", 2) == [[c for c in everything if c != "sender"], ["sender"]]
+    assert process_groups("api,stats;sender", 8) == [["api", "stats"], ["sender"]]
+
+
+def test_a_component_process_that_dies_stops_standalone_with_a_failure() -> None:
+    """A child that exits by itself fails standalone as a crashing Component would: everything
+    else stops, nothing is left running, the exit code says so."""
+    data_dir = Path(tempfile.mkdtemp(prefix="kannon-standalone-", dir="/tmp"))
+    data_dir.chmod(0o755)
+    health_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("K_")}
+    env["HOME"] = str(data_dir)
+    argv = [
+        KANNON,
+        "standalone",
+        "--data-dir",
+        str(data_dir / "data"),
+        "--api-port",
+        str(free_port()),
+        "--tracker-port",
+        str(free_port()),
+        "--smtp-address",
+        f"127.0.0.1:{free_port()}",
+        "--health-host",
+        "127.0.0.1",
+        "--health-port",
+        str(health_port),
+        "--sender-demo-sender",
+        "--standalone-processes",
+        "api,validator,dispatcher,smtp,tracker,stats;sender",
+    ]
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 90
+        status = 0
+        while time.monotonic() < deadline and proc.poll() is None and status != 200:
+            try:
+                status, _ = _healthz(health_port)
+            except OSError:
+                status = 0
+            time.sleep(0.2)
+        assert status == 200, proc.poll()
+        children = {pid: _cmdline(pid) for pid in _descendants(proc.pid)}
+        [sender] = [pid for pid, cmd in children.items() if cmd.endswith("--run-sender")]
+        os.kill(sender, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 1, out
+        assert "process:sender" in out and "exited with code -9" in out
+        leftovers = {pid: cmd for pid, cmd in children.items() if _alive(pid)}
+        assert leftovers == {}, f"children still running: {leftovers}"
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from kannon.config import ConfigError, Settings
 from kannon.runtime.component import Component
 from kannon.runtime.health import HealthRegistry, HealthServer
+from kannon.runtime.process_group import ProcessGroup
 from kannon.runtime.resources import Resources
 from kannon.runtime.supervisor import supervise
 
@@ -80,8 +81,13 @@ async def run_components(
     stop: asyncio.Event | None = None,
     on_started: Callable[[HealthServer], None] | None = None,
     grace: float = 30.0,
+    children: Sequence[ProcessGroup] = (),
 ) -> int:
-    """Build and run `names` in this process until a signal or a failure; returns the exit code."""
+    """Build and run `names` in this process until a signal or a failure; returns the exit code.
+
+    `children` (standalone's other processes) run under the same supervisor, each as one
+    Component, and their health is part of this process's /healthz.
+    """
     health = HealthRegistry()
     resources = Resources(
         health,
@@ -106,11 +112,22 @@ async def run_components(
                     extra={"kv": {"component": name, "error": f"{type(exc).__name__}: {exc}"}},
                 )
                 return 1
+        for child in children:
+            components.append(child)
+            health.add_check(child.name, child.check)
         await server.start()
         resources.add_closer("health", server.close)
         if on_started is not None:
             on_started(server)
-        log.info("starting components", extra={"kv": {"components": ",".join(names)}})
+        log.info(
+            "starting components",
+            extra={
+                "kv": {
+                    "components": ",".join(names),
+                    "processes": ";".join("+".join(c.components) for c in children) or None,
+                }
+            },
+        )
         outcome = await supervise(components, health=health, grace=grace, stop=stop)
         for name, failure in outcome.failures.items():
             log.error(

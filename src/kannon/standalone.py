@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -21,11 +22,13 @@ import asyncpg
 
 from kannon.app import COMPONENT_ORDER, run_components
 from kannon.bus.embedded import start_nats
-from kannon.config import Settings
+from kannon.config import Settings, environment_of
+from kannon.config.model import parse_process_groups
 from kannon.config.values import mask_url
 from kannon.db.embedded import EmbeddedPostgres, start_postgres
 from kannon.db.migrate import migrate
 from kannon.runtime.health import HealthServer
+from kannon.runtime.process_group import ProcessGroup
 from kannon.runtime.processes import write_private_file
 
 log = logging.getLogger("kannon.standalone")
@@ -53,7 +56,27 @@ async def _ensure_database(pg: EmbeddedPostgres, name: str) -> str:
     return pg.url(name)
 
 
-def _print_endpoints(settings: Settings, names: list[str], health: HealthServer) -> None:
+def process_groups(spec: str, cores: int) -> list[list[str]]:
+    """The Components of each of standalone's processes; the first group runs in standalone's
+    own process. `auto` (ADR 0040): everything in one process on one core; with more, the
+    SMTPSender — the most CPU per Delivery — in a second process."""
+    if spec != "auto":
+        return parse_process_groups(spec)
+    if cores < 2:
+        return [list(COMPONENT_ORDER)]
+    return [[name for name in COMPONENT_ORDER if name != "sender"], ["sender"]]
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _print_endpoints(
+    settings: Settings, names: list[str], health: HealthServer, children: list[ProcessGroup]
+) -> None:
     lines = []
     if "api" in names:
         lines.append(f"api      grpc://127.0.0.1:{settings.api.port} (gRPC, plaintext)")
@@ -62,6 +85,11 @@ def _print_endpoints(settings: Settings, names: list[str], health: HealthServer)
     if "smtp" in names:
         lines.append(f"smtp     smtp://{settings.smtp.address} (inbound bounces)")
     lines.append(f"health   http://127.0.0.1:{health.port}/healthz  metrics /metrics")
+    for child in children:
+        lines.append(
+            f"process  {'+'.join(child.components)} (pid {child.pid}): "
+            f"http://127.0.0.1:{child.health_port}/healthz  metrics /metrics"
+        )
     # The URLs carry the embedded servers' credentials: those stay in the 0600 files.
     lines.append(f"nats     {mask_url(settings.nats_url or '')}")
     lines.append(f"database {mask_url(settings.database_url or '')}")
@@ -88,12 +116,18 @@ async def run_standalone(settings: Settings, *, stop: asyncio.Event | None = Non
         applied = await migrate(settings.database_url)
         if applied:
             log.info("migrations applied", extra={"kv": {"count": len(applied)}})
-        names = list(COMPONENT_ORDER)
+        own, *others = process_groups(settings.standalone.processes, usable_cores())
+        environ = environment_of(settings)
+        children = [ProcessGroup(group, environ) for group in others]
+        names = [name for name in COMPONENT_ORDER if name in own]
         return await run_components(
             settings,
             names,
             stop=stop,
-            on_started=lambda health: _print_endpoints(settings, names, health),
+            on_started=lambda health: _print_endpoints(
+                settings, [*names, *(n for c in children for n in c.components)], health, children
+            ),
+            children=children,
         )
     finally:
         if pg is not None:

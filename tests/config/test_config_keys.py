@@ -52,6 +52,11 @@ SAMPLES: dict[str, Sample] = {
     "url": Sample("https://t.example.com", "https://t.example.com", "https://t.example.com"),
     "address": Sample("127.0.0.1:2525", "127.0.0.1:2525", "127.0.0.1:2525"),
     "starttls|tls|none": Sample("tls", "tls", "tls"),
+    "groups": Sample(
+        "api,validator;dispatcher,stats;sender,smtp,tracker",
+        "api,validator;dispatcher,stats;sender,smtp,tracker",
+        "api,validator;dispatcher,stats;sender,smtp,tracker",
+    ),
 }
 
 

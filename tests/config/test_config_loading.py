@@ -467,3 +467,27 @@ def test_require_names_key_env_and_flag_when_unset(
 def test_require_rejects_unknown_keys() -> None:
     with pytest.raises(LookupError):
         require(Settings(), "no.such_key")
+
+
+def test_environment_of_settings_reads_back_to_the_same_settings(load: Loader) -> None:
+    """How standalone hands its resolved settings to the processes it starts."""
+    from kannon.config import environment_of
+
+    settings = load(
+        yaml_text=(
+            "database_url: postgresql://k:s3cret@db:5432/kannon\n"
+            "secret_key: a-long-random-secret-value\n"
+            "dispatcher:\n  idle_interval: 150ms\n  claim_timeout: 1m30s\n"
+            "sender:\n  dns_servers: 127.0.0.1:5353, 10.0.0.1\n  demo_sender: true\n"
+            "smtp:\n  max_payload: 2mb\n"
+            "standalone:\n  processes: api,validator,dispatcher,smtp,tracker,stats;sender\n"
+            "run-api: true\n"
+        )
+    )
+    environ = environment_of(settings)
+    assert "K_RUN_API" not in environ and "K_CONFIG" not in environ
+    assert environ["K_DISPATCHER_IDLE_INTERVAL"] == "150ms"
+    load.default_file.unlink()  # from the environment alone
+    again = load(env=environ)
+    assert again == settings.model_copy(update={"run_api": False})
+    assert environment_of(Settings()) == environment_of(load(env=environment_of(Settings())))

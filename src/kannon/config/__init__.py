@@ -17,6 +17,7 @@ from kannon.config.loader import (
     DEPRECATED_ALIASES,
     DeprecatedAlias,
     add_cli_flags,
+    environment_of,
     load_settings,
     require,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "ValidatorSettings",
     "add_cli_flags",
     "env_name",
+    "environment_of",
     "flag_name",
     "format_duration",
     "iter_keys",

@@ -29,6 +29,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ from kannon.config.model import (
     flag_name,
     key_specs,
 )
-from kannon.config.values import show_value
+from kannon.config.values import format_duration, show_value
 
 LOG = logging.getLogger("kannon.config")
 
@@ -182,6 +183,30 @@ def load_settings(
         return Settings.model_validate(nested)
     except ValidationError as exc:
         raise _model_error(exc, merged) from None
+
+
+def environment_of(settings: Settings) -> dict[str, str]:
+    """`settings` as `K_` variables that `load_settings` reads back to the same values — how
+    standalone hands its resolved configuration (embedded servers' URLs, generated secret) to
+    the Component processes it starts. The `run-*` keys and `config` are left out: the caller
+    chooses the Components, and nothing is read from a file."""
+    environ: dict[str, str] = {}
+    for key, spec in key_specs().items():
+        if key.startswith("run-"):
+            continue
+        value = settings.value_of(key)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, timedelta):
+            text = format_duration(value)
+        elif isinstance(value, tuple):
+            text = ",".join(str(item) for item in value)
+        else:
+            text = str(value)
+        environ[spec.info.env] = text
+    return environ
 
 
 def require(settings: Settings, key: str, *, needed_by: str | None = None) -> Any:

@@ -394,6 +394,53 @@ class NatsSettings(_Section):
     )
 
 
+def _process_groups(value: object) -> str:
+    """`auto`, or groups of Component names: `api,stats;sender` (each Component exactly once)."""
+    text = _text(value).strip()
+    if text == "auto":
+        return text
+    groups = parse_process_groups(text)
+    seen = [name for group in groups for name in group]
+    unknown = sorted(set(seen) - set(COMPONENTS))
+    if unknown:
+        raise ValueError(
+            f"unknown component(s) {', '.join(unknown)}; known: {', '.join(COMPONENTS)}"
+        )
+    twice = sorted({name for name in seen if seen.count(name) > 1})
+    if twice:
+        raise ValueError(f"component(s) {', '.join(twice)} in more than one group")
+    missing = [name for name in COMPONENTS if name not in seen]
+    if missing:
+        raise ValueError(f"component(s) {', '.join(missing)} in no group")
+    return ";".join(",".join(group) for group in groups)
+
+
+def parse_process_groups(text: str) -> list[list[str]]:
+    """`a,b;c` → [["a", "b"], ["c"]] (spaces ignored); empty groups are refused."""
+    groups = [
+        [name.strip() for name in part.split(",") if name.strip()] for part in text.split(";")
+    ]
+    if not groups or any(not group for group in groups):
+        raise ValueError(
+            "empty process group: write groups of component names, e.g. api,stats;sender"
+        )
+    return groups
+
+
+ProcessGroups = Annotated[str, BeforeValidator(_process_groups), Kind("groups")]
+
+
+class StandaloneSettings(_Section):
+    """How `kannon standalone` lays its Components out over processes."""
+
+    processes: ProcessGroups = _key(
+        "auto",
+        "Standalone's processes: auto (by core count) or ';'-separated groups of Components, "
+        "e.g. api,validator,dispatcher,smtp,tracker,stats;sender (the first runs in the "
+        "standalone process itself)",
+    )
+
+
 class Settings(_Section):
     """All of Kannon's configuration, immutable once loaded (see ``load_settings``)."""
 
@@ -422,6 +469,7 @@ class Settings(_Section):
     validator: ValidatorSettings = Field(default_factory=ValidatorSettings)
     dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
     nats: NatsSettings = Field(default_factory=NatsSettings)
+    standalone: StandaloneSettings = Field(default_factory=StandaloneSettings)
     run_api: Bool = _key(False, "Run the gRPC API server", yaml_name="run-api")
     run_smtp: Bool = _key(False, "Run the inbound SMTP (bounce) server", yaml_name="run-smtp")
     run_sender: Bool = _key(False, "Run the outbound SMTP sender", yaml_name="run-sender")
