@@ -285,7 +285,9 @@ def start_kannon(root: Path, dns: DnsServer, sink: Sink, extra: list[str]) -> Ka
 
     wait_until(child, database_announced, BOOT_TIMEOUT, "printing its endpoints")
     wait_until(child, lambda: _healthy(health_port), BOOT_TIMEOUT, "healthy")
-    return Kannon(child, api_port, health_port, found["url"])
+    # The printed URL masks the password (ADR 0022); it is in the data directory's 0600 file.
+    password = (data_dir / "postgres.password").read_text().strip()
+    return Kannon(child, api_port, health_port, found["url"].replace("***", password, 1))
 
 
 # -- the caller's side -------------------------------------------------------------------------
