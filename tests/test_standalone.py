@@ -112,6 +112,8 @@ def test_standalone_boots_serves_healthz_and_stops_cleanly() -> None:
         str(data_dir / "data"),
         "--api-port",
         str(free_port()),
+        "--api-http-port",
+        str(free_port()),
         "--tracker-port",
         str(free_port()),
         "--smtp-address",

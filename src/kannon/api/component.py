@@ -6,13 +6,16 @@ existing clients work unchanged, and the README's (`kannon.mailer.apiv1.MailerAp
 `kannon.admin.apiv1.AdminApiV1Service`, `kannon.stats.apiv1.StatsApiV1Service`) so the documented
 grpcurl commands work — the same handler objects behind both. Plus `grpc.health.v1.Health` and
 server reflection (v1alpha, the only version grpcio serves), so tools need no .proto files.
+The same servicers also answer the Connect protocol and gRPC-Web on `api.http_port`
+(:mod:`kannon.api.connect`, ADR 0030), behind the same :class:`CallGate`.
 
-Lifecycle: bind, start, `life.ready()`, serve until `life.stopping`, then report NOT_SERVING
-and drain in-flight calls for up to :data:`DRAIN_GRACE` seconds.
+Lifecycle: bind both ports, start, `life.ready()`, serve until `life.stopping`, then report
+NOT_SERVING and drain in-flight calls on both for up to :data:`DRAIN_GRACE` seconds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -22,7 +25,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from kannon.api.admin import AdminService
-from kannon.api.auth import ApiKeyAuth, EarlyAuth
+from kannon.api.auth import ApiKeyAuth, CallGate, EarlyAuth
+from kannon.api.connect import build_app
 from kannon.api.hz import HZService
 from kannon.api.mailer import MailerService
 from kannon.api.stats import StatsService
@@ -40,6 +44,7 @@ from kannon.pb.mailer.apiv1 import mailerapiv1_pb2_grpc
 from kannon.pb.stats.apiv1 import statsapiv1_pb2_grpc
 from kannon.pb.stats.apiv2 import statsapiv2_pb2_grpc
 from kannon.runtime.component import Life
+from kannon.runtime.http_server import HttpServer
 
 if TYPE_CHECKING:
     # Types only: asyncpg is imported at run time by kannon.db alone.
@@ -85,22 +90,26 @@ class ApiComponent:
         self.pool = pool
         self.port: int | None = None
         """The bound port, known once `run` has called `life.ready()` (api.port 0 = any)."""
+        self.http_port: int | None = None
+        """The bound Connect/gRPC-Web port, known once ready (api.http_port 0 = any)."""
         self._hz: HZService | None = None
+        self._auth = ApiKeyAuth(pool)
+        self._gate = CallGate(
+            self._auth,
+            settings.api.admin_token,
+            api_key_services=(*MAILER_NAMES, *STATS_V1_NAMES, STATS_V2_NAME),
+            admin_services=ADMIN_NAMES,
+        )
+        self._services: dict[str, object] = {}
+        """Service name → servicer, for both listeners."""
 
     def _server(self) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
         api = self.settings.api
         size = api.max_message_size
-        auth = ApiKeyAuth(self.pool)
+        auth = self._auth
         server = grpc.aio.server(
             # Refuses calls without valid credentials before their body is read.
-            interceptors=[
-                EarlyAuth(
-                    auth,
-                    api.admin_token,
-                    api_key_services=(*MAILER_NAMES, *STATS_V1_NAMES, STATS_V2_NAME),
-                    admin_services=ADMIN_NAMES,
-                )
-            ],
+            interceptors=[EarlyAuth(self._gate)],
             # Bounds the calls (and so the request messages) held in memory at once.
             maximum_concurrent_rpcs=api.max_concurrent_rpcs,
             options=[
@@ -127,6 +136,13 @@ class ApiComponent:
         ]
         for register, servicer in registrations:
             register(servicer, server)
+        self._services = {
+            **dict.fromkeys(MAILER_NAMES, mailer),
+            **dict.fromkeys(ADMIN_NAMES, admin),
+            HZ_NAME: hz,
+            **dict.fromkeys(STATS_V1_NAMES, stats),
+            STATS_V2_NAME: stats,
+        }
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -163,6 +179,24 @@ class ApiComponent:
         if not port:  # older grpcio versions return 0 instead of raising
             raise RuntimeError(f"api: cannot listen on {address} (api.host / api.port)")
         self.port = port
+        http = HttpServer(
+            build_app(
+                self._services,
+                self._gate,
+                max_bytes=api.max_message_size,
+                max_concurrent=api.max_concurrent_rpcs,
+            ),
+            name="api-http",
+            grace=DRAIN_GRACE,
+        )
+        try:
+            self.http_port = await http.start(api.host, api.http_port)
+        except OSError as exc:
+            await server.stop(None)
+            raise RuntimeError(
+                f"api: cannot listen on {listen_address(api.host, api.http_port)} "
+                f"(api.host / api.http_port): {exc}"
+            ) from exc
         await server.start()
         try:
             for service in ("", *SERVICE_NAMES):
@@ -173,8 +207,15 @@ class ApiComponent:
                     "set K_API_ADMIN_TOKEN to manage Domains from elsewhere"
                 )
             log.info("gRPC API listening on %s", listen_address(api.host, port))
+            log.info(
+                "Connect and gRPC-Web API listening on %s",
+                listen_address(api.host, self.http_port),
+            )
             life.ready()
-            await self._follow_database(life, health_servicer)
+            async with asyncio.TaskGroup() as tasks:
+                http_down = tasks.create_task(http.wait_stopped())
+                await self._follow_database(life, health_servicer)
+                http_down.cancel()
         finally:
             await health_servicer.enter_graceful_shutdown()
-            await server.stop(DRAIN_GRACE)
+            await asyncio.gather(server.stop(DRAIN_GRACE), http.stop())

@@ -229,7 +229,10 @@ class ApiSettings(_Section):
     """gRPC API (Mailer, Admin, Stats)."""
 
     port: ListenPort = _key(50051, "gRPC API port")
-    host: Text = _key("0.0.0.0", "gRPC API listen address")
+    host: Text = _key("0.0.0.0", "gRPC API listen address (also of api.http_port)")
+    http_port: ListenPort = _key(
+        50052, "Connect and gRPC-Web API port (HTTP/1.1; JSON or binary; same services)"
+    )
     admin_token: OptionalText = _key(
         None, "Token guarding the Admin API (domains, templates, API keys)", secret=True
     )
