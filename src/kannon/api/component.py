@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -31,6 +32,7 @@ from kannon.api.hz import HZService
 from kannon.api.mailer import MailerService
 from kannon.api.stats import StatsService
 from kannon.config import Settings
+from kannon.db.idempotency import delete_expired
 from kannon.pb.admin.apiv1 import adminapiv1_pb2_grpc, hz_pb2_grpc
 from kannon.pb.aliases import (
     adminapiv1service_pb2,
@@ -43,7 +45,7 @@ from kannon.pb.aliases import (
 from kannon.pb.mailer.apiv1 import mailerapiv1_pb2_grpc
 from kannon.pb.stats.apiv1 import statsapiv1_pb2_grpc
 from kannon.pb.stats.apiv2 import statsapiv2_pb2_grpc
-from kannon.runtime.component import Life
+from kannon.runtime.component import Life, run_every
 from kannon.runtime.http_server import HttpServer
 
 if TYPE_CHECKING:
@@ -63,6 +65,8 @@ SERVICE_NAMES = (*MAILER_NAMES, *ADMIN_NAMES, HZ_NAME, *STATS_V1_NAMES, STATS_V2
 HEALTH_NAME = "grpc.health.v1.Health"
 # How often gRPC health re-checks the database.
 HEALTH_INTERVAL = 5.0
+# How often idempotency keys older than api.idempotency_window are deleted.
+KEY_CLEANUP_INTERVAL = timedelta(minutes=10)
 
 # The alias services' stubs import only the original's message modules, never the alias files
 # themselves; reflection serves from the default descriptor pool, so load those files into it.
@@ -168,6 +172,9 @@ class ApiComponent:
                     await servicer.set(service, status)
                 log.warning("gRPC health changed", extra={"kv": {"serving": serving, **failing}})
 
+    async def _forget_idempotency_keys(self) -> None:
+        await delete_expired(self.pool, datetime.now(UTC) - self.settings.api.idempotency_window)
+
     async def run(self, life: Life) -> None:
         api = self.settings.api
         server, health_servicer = self._server()
@@ -214,6 +221,14 @@ class ApiComponent:
             life.ready()
             async with asyncio.TaskGroup() as tasks:
                 http_down = tasks.create_task(http.wait_stopped())
+                tasks.create_task(
+                    run_every(
+                        life,
+                        KEY_CLEANUP_INTERVAL,
+                        self._forget_idempotency_keys,
+                        lambda exc: log.warning("idempotency key cleanup failed: %s", exc),
+                    )
+                )
                 await self._follow_database(life, health_servicer)
                 http_down.cancel()
         finally:

@@ -243,6 +243,9 @@ class ApiSettings(_Section):
     max_concurrent_rpcs: Count = _key(
         64, "Calls the API serves at once; more are refused at once with RESOURCE_EXHAUSTED"
     )
+    idempotency_window: Duration = _key(
+        "24h", "How long a send's idempotency-key answers repeats with the first response"
+    )
 
 
 class RelaySettings(_Section):
