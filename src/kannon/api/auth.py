@@ -5,6 +5,7 @@
 * Admin: ``api.admin_token`` as ``authorization: Bearer <token>`` or ``x-kannon-admin-token``,
   compared in constant time. Without a configured token only loopback peers are served — the
   original left the Admin API open to anyone reaching the port; a deployment sets a token.
+* Webhooks: either of the two; an API key reaches its own Domain only.
 * HZ, health and reflection are open (probes and tooling must work without credentials).
 
 :class:`EarlyAuth`, a server interceptor, makes these decisions from the call's metadata
@@ -117,6 +118,11 @@ def check_admin(token: str | None, headers: dict[str, str], peer: str) -> None:
         raise Unauthenticated(ADMIN_TOKEN_FAILED)
 
 
+def uses_basic(headers: dict[str, str]) -> bool:
+    """Whether the call presents Domain API key credentials (else: the operator's)."""
+    return headers.get("authorization", "").strip().lower().startswith("basic ")
+
+
 class AdminGuard:
     def __init__(self, token: str | None) -> None:
         self.token = token
@@ -175,15 +181,23 @@ class CallGate:
         *,
         api_key_services: Iterable[str],
         admin_services: Iterable[str],
+        either_services: Iterable[str] = (),
     ) -> None:
         self.auth = auth
         self.admin_token = admin_token
         self.api_key_services = frozenset(api_key_services)
         self.admin_services = frozenset(admin_services)
+        self.either_services = frozenset(either_services)
+        """Services taking the operator token or a Domain API key (Basic)."""
 
     async def check(self, service: str, headers: dict[str, str]) -> None:
         """Raise unless `headers` may call `service`; remember the tenant for the handler."""
-        if service in self.api_key_services:
+        if service in self.either_services:
+            if uses_basic(headers):
+                _tenant.set(await self.auth.tenant_of(headers))
+            elif self.admin_token is not None:
+                check_admin(self.admin_token, headers, peer="")
+        elif service in self.api_key_services:
             _tenant.set(await self.auth.tenant_of(headers))
         elif service in self.admin_services and self.admin_token is not None:
             check_admin(self.admin_token, headers, peer="")

@@ -31,6 +31,7 @@ from kannon.api.connect import build_app
 from kannon.api.hz import HZService
 from kannon.api.mailer import MailerService
 from kannon.api.stats import StatsService
+from kannon.api.webhooks import WebhooksService
 from kannon.config import Settings
 from kannon.db.idempotency import delete_expired
 from kannon.pb.admin.apiv1 import adminapiv1_pb2_grpc, hz_pb2_grpc
@@ -45,6 +46,7 @@ from kannon.pb.aliases import (
 from kannon.pb.mailer.apiv1 import mailerapiv1_pb2_grpc
 from kannon.pb.stats.apiv1 import statsapiv1_pb2_grpc
 from kannon.pb.stats.apiv2 import statsapiv2_pb2_grpc
+from kannon.pb.webhooks.apiv1 import webhooksapiv1_pb2_grpc
 from kannon.runtime.component import Life, run_every
 from kannon.runtime.http_server import HttpServer
 
@@ -61,7 +63,16 @@ ADMIN_NAMES = ("pkg.kannon.admin.apiv1.Api", "kannon.admin.apiv1.AdminApiV1Servi
 HZ_NAME = "pkg.kannon.admin.apiv1.HZService"
 STATS_V1_NAMES = ("kannon.StatsApiV1", "kannon.stats.apiv1.StatsApiV1Service")
 STATS_V2_NAME = "kannon.stats.apiv2.StatsApiV2"
-SERVICE_NAMES = (*MAILER_NAMES, *ADMIN_NAMES, HZ_NAME, *STATS_V1_NAMES, STATS_V2_NAME)
+# Kannon's own addition: one name only (the original had no webhooks).
+WEBHOOKS_NAME = "kannon.webhooks.apiv1.WebhooksApiV1Service"
+SERVICE_NAMES = (
+    *MAILER_NAMES,
+    *ADMIN_NAMES,
+    HZ_NAME,
+    *STATS_V1_NAMES,
+    STATS_V2_NAME,
+    WEBHOOKS_NAME,
+)
 HEALTH_NAME = "grpc.health.v1.Health"
 # How often gRPC health re-checks the database.
 HEALTH_INTERVAL = 5.0
@@ -103,6 +114,7 @@ class ApiComponent:
             settings.api.admin_token,
             api_key_services=(*MAILER_NAMES, *STATS_V1_NAMES, STATS_V2_NAME),
             admin_services=ADMIN_NAMES,
+            either_services=(WEBHOOKS_NAME,),
         )
         self._services: dict[str, object] = {}
         """Service name → servicer, for both listeners."""
@@ -128,6 +140,7 @@ class ApiComponent:
         admin = AdminService(self.settings, self.pool)
         stats = StatsService(self.pool, auth)
         hz = self._hz = HZService(self.pool)
+        webhooks = WebhooksService(self.settings, self.pool, auth)
         registrations: list[tuple[Register, object]] = [
             (mailerapiv1_pb2_grpc.add_MailerServicer_to_server, mailer),
             (mailerapiv1service_pb2_grpc.add_MailerApiV1ServiceServicer_to_server, mailer),
@@ -137,6 +150,7 @@ class ApiComponent:
             (statsapiv1_pb2_grpc.add_StatsApiV1Servicer_to_server, stats),
             (statsapiv1service_pb2_grpc.add_StatsApiV1ServiceServicer_to_server, stats),
             (statsapiv2_pb2_grpc.add_StatsApiV2Servicer_to_server, stats),
+            (webhooksapiv1_pb2_grpc.add_WebhooksApiV1ServiceServicer_to_server, webhooks),
         ]
         for register, servicer in registrations:
             register(servicer, server)
@@ -146,6 +160,7 @@ class ApiComponent:
             HZ_NAME: hz,
             **dict.fromkeys(STATS_V1_NAMES, stats),
             STATS_V2_NAME: stats,
+            WEBHOOKS_NAME: webhooks,
         }
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -43,6 +43,7 @@ COMPONENTS: tuple[str, ...] = (
     "smtp",
     "tracker",
     "stats",
+    "webhooks",
 )
 """Component names in the fixed order they are started by ``selected_components``."""
 
@@ -315,6 +316,25 @@ class StatsSettings(_Section):
     cleanup_interval: Duration = _key("10m", "How often stats older than the retention are deleted")
 
 
+class WebhooksSettings(_Section):
+    """Outcome webhooks: signed POSTs of every outcome event to each Domain's endpoints."""
+
+    allow_http: Bool = _key(False, "Allow http:// endpoint URLs (https only otherwise)")
+    allow_private: Bool = _key(
+        False,
+        "Allow endpoints on loopback, private, link-local and metadata addresses (tests only)",
+    )
+    timeout: Duration = _key("10s", "Time limit of one POST to an endpoint, answer included")
+    retry_window: Duration = _key("24h", "How long a failing event is retried before giving up")
+    backoff_min: Duration = _key("5s", "Delay before the first retry; doubles per attempt")
+    backoff_max: Duration = _key("1h", "Longest delay between two attempts")
+    endpoint_concurrency: Count = _key(
+        8, "POSTs in flight at once to one endpoint (per webhooks process)"
+    )
+    retention: Duration = _key("168h", "How long deliveries and attempts are kept for listing")
+    idle_interval: Duration = _key("200ms", "Poll interval for due retries while idle")
+
+
 class ValidatorSettings(_Section):
     """Recipient validation worker."""
 
@@ -425,6 +445,7 @@ class Settings(_Section):
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     tracker: TrackerSettings = Field(default_factory=TrackerSettings)
     stats: StatsSettings = Field(default_factory=StatsSettings)
+    webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
     validator: ValidatorSettings = Field(default_factory=ValidatorSettings)
     dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
     nats: NatsSettings = Field(default_factory=NatsSettings)
@@ -435,6 +456,7 @@ class Settings(_Section):
     run_validator: Bool = _key(False, "Run the validator worker", yaml_name="run-validator")
     run_tracker: Bool = _key(False, "Run the open/click tracker", yaml_name="run-tracker")
     run_stats: Bool = _key(False, "Run the stats worker", yaml_name="run-stats")
+    run_webhooks: Bool = _key(False, "Run the outcome webhooks worker", yaml_name="run-webhooks")
 
     def selected_components(self) -> list[str]:
         """Names of the components whose run-* key is true, in :data:`COMPONENTS` order."""
