@@ -334,6 +334,16 @@ class WebhooksSettings(_Section):
     retention: Duration = _key("168h", "How long deliveries and attempts are kept for listing")
     idle_interval: Duration = _key("200ms", "Poll interval for due retries while idle")
 
+    @model_validator(mode="after")
+    def _backoff_bounds_ordered(self) -> WebhooksSettings:
+        if self.backoff_min > self.backoff_max:
+            raise CrossKeyError(
+                "webhooks.backoff_min",
+                f"{format_duration(self.backoff_min)} is greater than webhooks.backoff_max "
+                f"({format_duration(self.backoff_max)})",
+            )
+        return self
+
 
 class ValidatorSettings(_Section):
     """Recipient validation worker."""

@@ -91,10 +91,18 @@ class WebhookClient:
         except InvalidArgument as exc:
             raise RefusedAddress(str(exc)) from None
         session = self._open()
-        async with asyncio.timeout(timeout):
-            async with session.post(url, data=body, headers=headers, allow_redirects=False) as res:
-                content = await res.content.read(MAX_RESPONSE_BYTES)
-                return Answer(res.status, content)
+        try:
+            async with asyncio.timeout(timeout):
+                async with session.post(
+                    url, data=body, headers=headers, allow_redirects=False
+                ) as res:
+                    content = await res.content.read(MAX_RESPONSE_BYTES)
+                    return Answer(res.status, content)
+        except aiohttp.ClientConnectorError as exc:
+            # aiohttp wraps the resolver's refusal; report it as what it is.
+            if isinstance(exc.os_error, RefusedAddress):
+                raise exc.os_error from None
+            raise
 
     async def close(self) -> None:
         if self._session is not None:
