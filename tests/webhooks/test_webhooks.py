@@ -187,7 +187,7 @@ async def test_events_arrive_signed_per_standard_webhooks(pool: asyncpg.Pool, bu
         ids = {h["webhook-id"] for h, _, _ in hook.requests}
         assert webhook_id("delivered.hooktest.1") in ids
         # A wrong secret does not verify.
-        with pytest.raises(Exception, match="(?i)signature"):
+        with pytest.raises(Exception, match=r"(?i)signature"):
             Webhook(new_webhook_secret()).verify(hook.requests[0][1], hook.requests[0][0])
         attempts, total = await store.list_attempts(pool, DOMAIN, endpoint.id, offset=0, limit=10)
         assert total == 2 and all(a.status_code == 200 for a in attempts)
