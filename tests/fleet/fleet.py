@@ -43,7 +43,16 @@ BIN = Path(sys.executable).parent
 KANNON = str(BIN / "kannon")
 BUF = str(BIN / "buf")
 
-COMPONENTS = ("api", "validator", "dispatcher", "sender", "smtp", "tracker", "stats")
+COMPONENTS = (
+    "api",
+    "validator",
+    "dispatcher",
+    "sender",
+    "smtp",
+    "tracker",
+    "stats",
+    "webhooks",
+)
 
 TENANT = "tenant.test"
 SENDER_EMAIL = f"news@{TENANT}"
