@@ -23,7 +23,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-
 from kannon.bus.client import Bus
 from kannon.bus.embedded import start_nats
 from kannon.config import Settings
@@ -40,6 +39,8 @@ from kannon.webhooks.component import WebhooksWorker
 from kannon.wire.stats import publish_outcome
 
 GOAL = 1000.0
+# POSTs in flight to the one endpoint (webhooks.endpoint_concurrency; the default is 8).
+CONCURRENCY = 64
 DOMAIN = "bench.example"
 
 RECEIVER = """
@@ -104,7 +105,14 @@ async def run(database_url: str, nats_url: str, receiver_port: int, events: int)
         for start in range(0, events, 500):
             await asyncio.gather(*publishes[start : start + 500])
         settings = Settings.model_validate(
-            {"webhooks": {"allow_http": True, "allow_private": True, "idle_interval": "20ms"}}
+            {
+                "webhooks": {
+                    "allow_http": True,
+                    "allow_private": True,
+                    "idle_interval": "20ms",
+                    "endpoint_concurrency": CONCURRENCY,
+                }
+            }
         )
         worker = WebhooksWorker(settings, pool, bus)
         life = Life("webhooks")
