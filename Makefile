@@ -58,7 +58,7 @@ bench: install bench-deps
 
 images:
 	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || { echo "make images needs a Docker engine"; exit 1; }
-	for c in base api validator dispatcher sender smtp tracker stats migrate; do \
+	for c in base api validator dispatcher sender smtp tracker stats webhooks migrate; do \
 	  docker build -f services/Dockerfile --target $$c -t kannon-$$c:dev . || exit 1; done
 
 clean:

@@ -6,7 +6,8 @@ Parts, run in this order by ``python -m bench`` (or one by one: ``python -m benc
 * ``api``      -- SendHTML intake of 10k / 100k recipients (bench/api_bench.py);
 * ``pipeline`` -- standalone Kannon end to end into a loopback SMTP sink, next to the loopback
   SMTP limit measured with Postfix's smtp-source (bench/pipeline_bench.py, bench/smtp_limit.py);
-* ``tracker``  -- open/click hits per second on one core (bench/tracker_bench.py).
+* ``tracker``  -- open/click hits per second on one core (bench/tracker_bench.py);
+* ``webhooks`` -- outcome events signed and POSTed per second on one core (bench/webhooks_bench.py).
 
 Every part reports its figures as :class:`Row` values; ``python -m bench`` prints them as one
 summary table at the end.

@@ -1,6 +1,7 @@
 """``python -m bench [PART ...]`` (``make bench``): run the benchmark parts, then one summary table.
 
-Parts, in this order: ``envelope``, ``api``, ``pipeline``, ``tracker`` (all when none is named).
+Parts, in this order: ``envelope``, ``api``, ``pipeline``, ``tracker``, ``webhooks`` (all when none
+is named).
 Each part runs in a child process of its own (``python -m bench --child PART``), so one part's
 gRPC threads, event loop and memory cannot disturb the next, and a part that hangs is stopped
 by its PID after a time limit. A part whose module is missing (bench/api_bench.py,
@@ -39,9 +40,9 @@ from typing import Any, TextIO
 
 from bench import Row, check, verdict
 
-PARTS = ("envelope", "api", "pipeline", "tracker")
+PARTS = ("envelope", "api", "pipeline", "tracker", "webhooks")
 # Seconds each part may take before it is stopped (SIGTERM, then SIGKILL 30 s later).
-TIME_LIMITS = {"envelope": 180, "api": 420, "pipeline": 720, "tracker": 300}
+TIME_LIMITS = {"envelope": 180, "api": 420, "pipeline": 720, "tracker": 300, "webhooks": 300}
 ENVELOPE_BUILDS = 2000
 DKIM_GOAL_MS = 1.0
 API_GOAL_S = 0.5
@@ -188,11 +189,38 @@ def part_tracker(_: argparse.Namespace) -> list[Row]:
     return rows
 
 
+_WEBHOOKS_LINE = re.compile(r"webhooks one core: (?P<rate>[\d,]+) events/s")
+
+
+def part_webhooks(_: argparse.Namespace) -> list[Row]:
+    module = _module("webhooks_bench")
+    if module is None:
+        return [Row("webhooks", "events/s (bench/webhooks_bench.py)", "not present", "", "skipped")]
+    print("[webhooks] bench/webhooks_bench.py main()")
+    tee = _Tee(sys.stdout)
+    with contextlib.redirect_stdout(tee):
+        code = _call_main(module.main)
+    found = _WEBHOOKS_LINE.search(tee.copy.getvalue())
+    if found is None or code not in (0, None):
+        return [Row("webhooks", "webhooks_bench", f"exit {code!r}", "", check(False))]
+    rate = float(found["rate"].replace(",", ""))
+    return [
+        Row(
+            "webhooks",
+            "outcome events signed and POSTed to a local receiver, one core",
+            f"{rate:,.0f}/s",
+            f">= {module.GOAL:,.0f}/s",
+            verdict(rate >= module.GOAL),
+        )
+    ]
+
+
 RUNNERS: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
     "envelope": part_envelope,
     "api": part_api,
     "pipeline": part_pipeline,
     "tracker": part_tracker,
+    "webhooks": part_webhooks,
 }
 
 

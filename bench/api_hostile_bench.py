@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 "K_DATABASE_URL": pg.url(),
                 "K_API_HOST": "127.0.0.1",
                 "K_API_PORT": str(api_port),
+                "K_API_HTTP_PORT": str(free_port()),
                 "K_HEALTH_HOST": "127.0.0.1",
                 "K_HEALTH_PORT": str(health_port),
                 "K_API_ADMIN_TOKEN": "bench-token",

@@ -264,6 +264,7 @@ def start_kannon(root: Path, dns: DnsServer, sink: Sink, extra: list[str]) -> Ka
         str(Path(sys.executable).parent / "kannon"),
         *("standalone", "--config", str(config), "--data-dir", str(data_dir)),
         *("--api-host", "127.0.0.1", "--api-port", str(api_port)),
+        *("--api-http-port", str(free_port())),
         *("--api-admin-token", ADMIN_TOKEN),
         *("--health-host", "127.0.0.1", "--health-port", str(health_port)),
         *("--tracker-host", "127.0.0.1", "--tracker-port", str(free_port())),

@@ -114,6 +114,8 @@ def test_standalone_boots_serves_healthz_and_stops_cleanly() -> None:
         str(data_dir / "data"),
         "--api-port",
         str(free_port()),
+        "--api-http-port",
+        str(free_port()),
         "--tracker-port",
         str(free_port()),
         "--smtp-address",
@@ -127,7 +129,7 @@ def test_standalone_boots_serves_healthz_and_stops_cleanly() -> None:
         "kannon.test",
         # The SMTPSender in a second process, as `auto` does on two cores or more.
         "--standalone-processes",
-        "api,validator,dispatcher,smtp,tracker,stats;sender",
+        "api,validator,dispatcher,smtp,tracker,stats,webhooks;sender",
     ]
     proc = subprocess.Popen(
         argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -203,7 +205,7 @@ def test_a_component_process_that_dies_stops_standalone_with_a_failure() -> None
         str(health_port),
         "--sender-demo-sender",
         "--standalone-processes",
-        "api,validator,dispatcher,smtp,tracker,stats;sender",
+        "api,validator,dispatcher,smtp,tracker,stats,webhooks;sender",
     ]
     proc = subprocess.Popen(
         argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

@@ -19,7 +19,16 @@ from kannon.runtime.supervisor import supervise
 
 log = logging.getLogger("kannon.app")
 
-COMPONENT_ORDER = ("api", "validator", "dispatcher", "sender", "smtp", "tracker", "stats")
+COMPONENT_ORDER = (
+    "api",
+    "validator",
+    "dispatcher",
+    "sender",
+    "smtp",
+    "tracker",
+    "stats",
+    "webhooks",
+)
 
 Builder = Callable[[Settings, Resources], Awaitable[Component]]
 
@@ -63,6 +72,11 @@ def _builders() -> dict[str, Builder]:
 
         return StatsWorker(settings, await resources.pool(), await resources.bus())
 
+    async def webhooks(settings: Settings, resources: Resources) -> Component:
+        from kannon.webhooks.component import WebhooksWorker
+
+        return WebhooksWorker(settings, await resources.pool(), await resources.bus())
+
     return {
         "api": api,
         "validator": validator,
@@ -71,6 +85,7 @@ def _builders() -> dict[str, Builder]:
         "smtp": smtp,
         "tracker": tracker,
         "stats": stats,
+        "webhooks": webhooks,
     }
 
 

@@ -115,8 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check_required(settings: Settings, names: Sequence[str]) -> None:
     """Fail at boot, naming the key, when a selected Component lacks a required setting."""
-    needs_db = {"api", "validator", "dispatcher", "tracker", "stats"}
-    needs_nats = {"validator", "dispatcher", "sender", "smtp", "tracker", "stats"}
+    needs_db = {"api", "validator", "dispatcher", "tracker", "stats", "webhooks"}
+    needs_nats = {"validator", "dispatcher", "sender", "smtp", "tracker", "stats", "webhooks"}
     if needs_db & set(names):
         require(settings, "database_url")
     if needs_nats & set(names):

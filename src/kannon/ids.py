@@ -7,7 +7,8 @@ Formats follow the original (spec §4.1) so ids look the same to existing client
   of the original's cuid2 ids); the Batch id is ``msg_<token>@<domain>``
   (:func:`kannon.envelope.ids.make_batch_id`);
 * Template id ``template_<token>@<domain>``, API key id ``key_<token>``;
-* API key plaintext ``k_`` + 64 characters of ``[A-Za-z0-9]``.
+* API key plaintext ``k_`` + 64 characters of ``[A-Za-z0-9]``;
+* webhook endpoint id ``whe_<token>``, signing secret ``whsec_<base64 of 32 bytes>``.
 
 ``secrets`` rather than ``random``: API keys are credentials, and guessable Batch or Template ids
 would let one tenant probe another's.
@@ -15,6 +16,7 @@ would let one tenant probe another's.
 
 from __future__ import annotations
 
+import base64
 import secrets
 import string
 
@@ -37,6 +39,15 @@ def new_template_id(domain: str) -> str:
 
 def new_api_key_id() -> str:
     return f"key_{new_token()}"
+
+
+def new_webhook_endpoint_id() -> str:
+    return f"whe_{new_token()}"
+
+
+def new_webhook_secret() -> str:
+    """A Standard Webhooks signing secret: `whsec_` + base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def new_api_key() -> str:

@@ -80,6 +80,9 @@ def _print_endpoints(
     lines = []
     if "api" in names:
         lines.append(f"api      grpc://127.0.0.1:{settings.api.port} (gRPC, plaintext)")
+        lines.append(
+            f"api      http://127.0.0.1:{settings.api.http_port} (Connect and gRPC-Web, HTTP)"
+        )
     if "tracker" in names:
         lines.append(f"tracker  http://127.0.0.1:{settings.tracker.port}")
     if "smtp" in names:

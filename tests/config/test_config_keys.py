@@ -53,9 +53,9 @@ SAMPLES: dict[str, Sample] = {
     "address": Sample("127.0.0.1:2525", "127.0.0.1:2525", "127.0.0.1:2525"),
     "starttls|tls|none": Sample("tls", "tls", "tls"),
     "groups": Sample(
-        "api,validator;dispatcher,stats;sender,smtp,tracker",
-        "api,validator;dispatcher,stats;sender,smtp,tracker",
-        "api,validator;dispatcher,stats;sender,smtp,tracker",
+        "api,validator;dispatcher,stats,webhooks;sender,smtp,tracker",
+        "api,validator;dispatcher,stats,webhooks;sender,smtp,tracker",
+        "api,validator;dispatcher,stats,webhooks;sender,smtp,tracker",
     ),
 }
 

@@ -480,7 +480,8 @@ def test_environment_of_settings_reads_back_to_the_same_settings(load: Loader) -
             "dispatcher:\n  idle_interval: 150ms\n  claim_timeout: 1m30s\n"
             "sender:\n  dns_servers: 127.0.0.1:5353, 10.0.0.1\n  demo_sender: true\n"
             "smtp:\n  max_payload: 2mb\n"
-            "standalone:\n  processes: api,validator,dispatcher,smtp,tracker,stats;sender\n"
+            "standalone:\n  processes: api,validator,dispatcher,smtp,tracker,stats,webhooks;"
+            "sender\n"
             "run-api: true\n"
         )
     )

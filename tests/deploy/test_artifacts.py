@@ -47,11 +47,13 @@ STANDALONE = K8S / "overlays" / "standalone"
 CONFIG_IN_CONTAINER = "/etc/kannon/kannon.yaml"
 
 # What each Component needs (the product's contract; the sender never touches the database).
-NEEDS_DB = {"api", "validator", "dispatcher", "tracker", "stats"}
-NEEDS_NATS = {"validator", "dispatcher", "sender", "smtp", "tracker", "stats"}
+NEEDS_DB = {"api", "validator", "dispatcher", "tracker", "stats", "webhooks"}
+NEEDS_NATS = {"validator", "dispatcher", "sender", "smtp", "tracker", "stats", "webhooks"}
 NEEDS_SECRET_KEY = {"dispatcher", "smtp"}
 # Port each Component serves besides health.port, as published: (container port, public port).
 PUBLISHED = {"api": (50051, 50051), "tracker": (8080, 8080), "smtp": (2525, 25)}
+# Further ports: the api's Connect/gRPC-Web listener (ADR 0030).
+ALSO_PUBLISHED = {"api": {(50052, 50052)}}
 HEALTH_PORT = 9090
 IMAGE_TARGETS = ("base", *COMPONENTS, "migrate")
 # Secret `kannon`: env var -> key.
@@ -373,6 +375,7 @@ def test_each_component_image_runs_only_that_component(
     assert entrypoint[1:] == [f"--run-{component}"], entrypoint
     assert exec_form(effective(stages, component, "CMD")) == ["--config", CONFIG_IN_CONTAINER]
     ports = {HEALTH_PORT} | ({PUBLISHED[component][0]} if component in PUBLISHED else set())
+    ports |= {inside for inside, _ in ALSO_PUBLISHED.get(component, set())}
     assert exposed(stages, component) == ports
     title = [v for i, v in stages[component].instructions if i == "LABEL"]
     assert any(f'org.opencontainers.image.title="kannon-{component}"' in v for v in title)
@@ -632,7 +635,9 @@ def test_each_compose_service_runs_its_component(
     if component in NEEDS_NATS:
         assert depends["nats"] == "service_healthy"
     published = {_published(port) for port in service.get("ports", [])}
-    assert published == ({PUBLISHED[component]} if component in PUBLISHED else set())
+    assert published == ({PUBLISHED[component]} if component in PUBLISHED else set()) | (
+        ALSO_PUBLISHED.get(component, set())
+    )
 
 
 def test_compose_has_no_stray_kannon_services(compose: dict[str, Any]) -> None:
@@ -766,6 +771,7 @@ def test_each_component_has_a_locked_down_deployment_running_it(
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["health"] == settings.health.port == HEALTH_PORT
     served = {PUBLISHED[component][0]} if component in PUBLISHED else set()
+    served |= {inside for inside, _ in ALSO_PUBLISHED.get(component, set())}
     assert set(ports.values()) == {HEALTH_PORT} | served
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         spec = container[probe]
@@ -785,10 +791,12 @@ def test_services_publish_the_component_ports(
     container_ports = {
         p["name"]: p["containerPort"] for p in pods["spec"]["containers"][0]["ports"]
     }
-    (port,) = service["spec"]["ports"]
-    target = port["targetPort"]
-    target = container_ports[target] if isinstance(target, str) else target
-    assert (target, port["port"]) == PUBLISHED[component]
+    published = set()
+    for port in service["spec"]["ports"]:
+        target = port["targetPort"]
+        target = container_ports[target] if isinstance(target, str) else target
+        published.add((target, port["port"]))
+    assert published == {PUBLISHED[component]} | ALSO_PUBLISHED.get(component, set())
 
 
 def test_the_migrate_job_runs_migrations_with_the_database_secret(

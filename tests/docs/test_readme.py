@@ -54,7 +54,7 @@ def _healthy(port: int) -> bool:
 def test_readme_walkthrough_runs_verbatim() -> None:
     script = readme_example()
     assert "KANNON=127.0.0.1:50051" in script
-    api_port, health_port = free_port(), free_port()
+    api_port, http_port, health_port = free_port(), free_port(), free_port()
     data_dir = Path(tempfile.mkdtemp(prefix="kannon-readme-", dir="/tmp"))
     data_dir.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("K_")}
@@ -67,6 +67,8 @@ def test_readme_walkthrough_runs_verbatim() -> None:
             str(data_dir / "data"),
             "--api-port",
             str(api_port),
+            "--api-http-port",
+            str(http_port),
             "--api-admin-token",
             "change-me",
             "--tracker-port",
@@ -93,6 +95,7 @@ def test_readme_walkthrough_runs_verbatim() -> None:
             time.sleep(0.2)
         auth_file = data_dir / "auth"
         run = script.replace("KANNON=127.0.0.1:50051", f"KANNON=127.0.0.1:{api_port}")
+        run = run.replace("KANNON_HTTP=127.0.0.1:50052", f"KANNON_HTTP=127.0.0.1:{http_port}")
         run += f'\nprintf "%s" "$AUTH" > {auth_file}\n'
         result = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", run],
@@ -103,7 +106,8 @@ def test_readme_walkthrough_runs_verbatim() -> None:
             check=False,
         )
         assert result.returncode == 0, result.stdout + result.stderr
-        domain, batch, stats = json_documents(result.stdout)
+        domain, batch, receipt, stats = json_documents(result.stdout)
+        assert receipt["messageId"].endswith("@mail.example.com") and receipt != batch
         assert domain["domain"] == "mail.example.com" and domain["dkimPubKey"]
         assert batch["messageId"].startswith("msg_") and batch["messageId"].endswith(
             "@mail.example.com"

@@ -92,6 +92,7 @@ def pipeline_settings(
         "secret_key": SECRET,
         "api_host": "127.0.0.1",
         "api_port": "0",
+        "api_http_port": "0",
         "api_admin_token": ADMIN_TOKEN,
         "sender_hostname": SENDER_HOSTNAME,
         "sender_dns_servers": dns_server.address,

@@ -43,7 +43,16 @@ BIN = Path(sys.executable).parent
 KANNON = str(BIN / "kannon")
 BUF = str(BIN / "buf")
 
-COMPONENTS = ("api", "validator", "dispatcher", "sender", "smtp", "tracker", "stats")
+COMPONENTS = (
+    "api",
+    "validator",
+    "dispatcher",
+    "sender",
+    "smtp",
+    "tracker",
+    "stats",
+    "webhooks",
+)
 
 TENANT = "tenant.test"
 SENDER_EMAIL = f"news@{TENANT}"
@@ -222,6 +231,7 @@ class Fleet:
     options: dict[str, str] = field(default_factory=dict)
     """Flags given to every process (after the shared ones), e.g. {"--sender-max-jobs": "8"}."""
     api_port: int = 0
+    api_http_port: int = 0
     tracker_port: int = 0
     smtp_port: int = 0
     processes: dict[str, FleetProcess] = field(default_factory=dict)
@@ -271,6 +281,7 @@ class Fleet:
         argv += ["--health-host", "127.0.0.1", "--health-port", str(health_port)]
         if component == "api":
             argv += ["--api-host", "127.0.0.1", "--api-port", str(self.api_port)]
+            argv += ["--api-http-port", str(self.api_http_port)]
         elif component == "tracker":
             argv += ["--tracker-host", "127.0.0.1", "--tracker-port", str(self.tracker_port)]
         elif component == "smtp":
@@ -327,6 +338,7 @@ class Fleet:
             sink_port=sink_port,
             options=dict(options or {}),
             api_port=free_port(),
+            api_http_port=free_port(),
             tracker_port=free_port(),
             smtp_port=free_port(),
         )

@@ -5,6 +5,7 @@
 * Admin: ``api.admin_token`` as ``authorization: Bearer <token>`` or ``x-kannon-admin-token``,
   compared in constant time. Without a configured token only loopback peers are served — the
   original left the Admin API open to anyone reaching the port; a deployment sets a token.
+* Webhooks: either of the two; an API key reaches its own Domain only.
 * HZ, health and reflection are open (probes and tooling must work without credentials).
 
 :class:`EarlyAuth`, a server interceptor, makes these decisions from the call's metadata
@@ -28,6 +29,7 @@ from urllib.parse import unquote
 import grpc
 
 from kannon.api.errors import failure_status
+from kannon.api.metrics import REQUESTS
 from kannon.db.apikeys import find_key_by_hash
 from kannon.model.apikey import AUTH_FAILED, parse_basic_authorization
 from kannon.model.errors import PermissionDenied, Unauthenticated
@@ -51,7 +53,7 @@ ADMIN_TOKEN_FAILED = (
 _tenant: contextvars.ContextVar[str] = contextvars.ContextVar("kannon_api_tenant")
 
 
-def _text_metadata(pairs: Iterable[tuple[str, Any]] | None) -> dict[str, str]:
+def text_metadata(pairs: Iterable[tuple[str, Any]] | None) -> dict[str, str]:
     result: dict[str, str] = {}
     for key, value in pairs or ():
         if isinstance(value, str):
@@ -61,7 +63,7 @@ def _text_metadata(pairs: Iterable[tuple[str, Any]] | None) -> dict[str, str]:
 
 def metadata(context: Any) -> dict[str, str]:
     """The call's text metadata, keys lower-cased (gRPC already lower-cases them; HTTP/2 too)."""
-    return _text_metadata(context.invocation_metadata())
+    return text_metadata(context.invocation_metadata())
 
 
 def is_loopback_peer(peer: str) -> bool:
@@ -116,6 +118,11 @@ def check_admin(token: str | None, headers: dict[str, str], peer: str) -> None:
         raise Unauthenticated(ADMIN_TOKEN_FAILED)
 
 
+def uses_basic(headers: dict[str, str]) -> bool:
+    """Whether the call presents Domain API key credentials (else: the operator's)."""
+    return headers.get("authorization", "").strip().lower().startswith("basic ")
+
+
 class AdminGuard:
     def __init__(self, token: str | None) -> None:
         self.token = token
@@ -159,9 +166,11 @@ def _refusal(code: Any, details: str) -> Any:
     return grpc.stream_unary_rpc_method_handler(refuse)
 
 
-class EarlyAuth(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
-    """Authenticates calls from their metadata before the body is read (see module docstring).
+class CallGate:
+    """Which credentials each service needs, decided from a call's headers alone.
 
+    Shared by the gRPC interceptor (:class:`EarlyAuth`) and the Connect/gRPC-Web listener
+    (:mod:`kannon.api.connect`), so both protocols refuse the same callers the same way.
     `api_key_services` and `admin_services` are full service names (`package.Service`).
     """
 
@@ -172,21 +181,39 @@ class EarlyAuth(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
         *,
         api_key_services: Iterable[str],
         admin_services: Iterable[str],
+        either_services: Iterable[str] = (),
     ) -> None:
         self.auth = auth
         self.admin_token = admin_token
         self.api_key_services = frozenset(api_key_services)
         self.admin_services = frozenset(admin_services)
+        self.either_services = frozenset(either_services)
+        """Services taking the operator token or a Domain API key (Basic)."""
+
+    async def check(self, service: str, headers: dict[str, str]) -> None:
+        """Raise unless `headers` may call `service`; remember the tenant for the handler."""
+        if service in self.either_services:
+            if uses_basic(headers):
+                _tenant.set(await self.auth.tenant_of(headers))
+            elif self.admin_token is not None:
+                check_admin(self.admin_token, headers, peer="")
+        elif service in self.api_key_services:
+            _tenant.set(await self.auth.tenant_of(headers))
+        elif service in self.admin_services and self.admin_token is not None:
+            check_admin(self.admin_token, headers, peer="")
+
+
+class EarlyAuth(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
+    """Authenticates gRPC calls from their metadata before the body is read (module docstring)."""
+
+    def __init__(self, gate: CallGate) -> None:
+        self.gate = gate
 
     async def intercept_service(self, continuation: Continuation, details: Any) -> Any:
-        service = details.method.rpartition("/")[0].lstrip("/")
+        service, _, method = details.method.lstrip("/").rpartition("/")
+        REQUESTS.labels("grpc", "proto", method).inc()
         try:
-            if service in self.api_key_services:
-                headers = _text_metadata(details.invocation_metadata)
-                _tenant.set(await self.auth.tenant_of(headers))
-            elif service in self.admin_services and self.admin_token is not None:
-                headers = _text_metadata(details.invocation_metadata)
-                check_admin(self.admin_token, headers, peer="")
+            await self.gate.check(service, text_metadata(details.invocation_metadata))
         except Exception as exc:
             return _refusal(*failure_status(exc, details.method))
         return await continuation(details)

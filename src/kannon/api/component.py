@@ -6,15 +6,19 @@ existing clients work unchanged, and the README's (`kannon.mailer.apiv1.MailerAp
 `kannon.admin.apiv1.AdminApiV1Service`, `kannon.stats.apiv1.StatsApiV1Service`) so the documented
 grpcurl commands work — the same handler objects behind both. Plus `grpc.health.v1.Health` and
 server reflection (v1alpha, the only version grpcio serves), so tools need no .proto files.
+The same servicers also answer the Connect protocol and gRPC-Web on `api.http_port`
+(:mod:`kannon.api.connect`, ADR 0030), behind the same :class:`CallGate`.
 
-Lifecycle: bind, start, `life.ready()`, serve until `life.stopping`, then report NOT_SERVING
-and drain in-flight calls for up to :data:`DRAIN_GRACE` seconds.
+Lifecycle: bind both ports, start, `life.ready()`, serve until `life.stopping`, then report
+NOT_SERVING and drain in-flight calls on both for up to :data:`DRAIN_GRACE` seconds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -22,11 +26,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from kannon.api.admin import AdminService
-from kannon.api.auth import ApiKeyAuth, EarlyAuth
+from kannon.api.auth import ApiKeyAuth, CallGate, EarlyAuth
+from kannon.api.connect import build_app
 from kannon.api.hz import HZService
 from kannon.api.mailer import MailerService
 from kannon.api.stats import StatsService
+from kannon.api.webhooks import WebhooksService
 from kannon.config import Settings
+from kannon.db.idempotency import delete_expired
 from kannon.pb.admin.apiv1 import adminapiv1_pb2_grpc, hz_pb2_grpc
 from kannon.pb.aliases import (
     adminapiv1service_pb2,
@@ -39,7 +46,9 @@ from kannon.pb.aliases import (
 from kannon.pb.mailer.apiv1 import mailerapiv1_pb2_grpc
 from kannon.pb.stats.apiv1 import statsapiv1_pb2_grpc
 from kannon.pb.stats.apiv2 import statsapiv2_pb2_grpc
-from kannon.runtime.component import Life
+from kannon.pb.webhooks.apiv1 import webhooksapiv1_pb2_grpc
+from kannon.runtime.component import Life, run_every
+from kannon.runtime.http_server import HttpServer
 
 if TYPE_CHECKING:
     # Types only: asyncpg is imported at run time by kannon.db alone.
@@ -54,10 +63,21 @@ ADMIN_NAMES = ("pkg.kannon.admin.apiv1.Api", "kannon.admin.apiv1.AdminApiV1Servi
 HZ_NAME = "pkg.kannon.admin.apiv1.HZService"
 STATS_V1_NAMES = ("kannon.StatsApiV1", "kannon.stats.apiv1.StatsApiV1Service")
 STATS_V2_NAME = "kannon.stats.apiv2.StatsApiV2"
-SERVICE_NAMES = (*MAILER_NAMES, *ADMIN_NAMES, HZ_NAME, *STATS_V1_NAMES, STATS_V2_NAME)
+# Kannon's own addition: one name only (the original had no webhooks).
+WEBHOOKS_NAME = "kannon.webhooks.apiv1.WebhooksApiV1Service"
+SERVICE_NAMES = (
+    *MAILER_NAMES,
+    *ADMIN_NAMES,
+    HZ_NAME,
+    *STATS_V1_NAMES,
+    STATS_V2_NAME,
+    WEBHOOKS_NAME,
+)
 HEALTH_NAME = "grpc.health.v1.Health"
 # How often gRPC health re-checks the database.
 HEALTH_INTERVAL = 5.0
+# How often idempotency keys older than api.idempotency_window are deleted.
+KEY_CLEANUP_INTERVAL = timedelta(minutes=10)
 
 # The alias services' stubs import only the original's message modules, never the alias files
 # themselves; reflection serves from the default descriptor pool, so load those files into it.
@@ -85,22 +105,27 @@ class ApiComponent:
         self.pool = pool
         self.port: int | None = None
         """The bound port, known once `run` has called `life.ready()` (api.port 0 = any)."""
+        self.http_port: int | None = None
+        """The bound Connect/gRPC-Web port, known once ready (api.http_port 0 = any)."""
         self._hz: HZService | None = None
+        self._auth = ApiKeyAuth(pool)
+        self._gate = CallGate(
+            self._auth,
+            settings.api.admin_token,
+            api_key_services=(*MAILER_NAMES, *STATS_V1_NAMES, STATS_V2_NAME),
+            admin_services=ADMIN_NAMES,
+            either_services=(WEBHOOKS_NAME,),
+        )
+        self._services: dict[str, object] = {}
+        """Service name → servicer, for both listeners."""
 
     def _server(self) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
         api = self.settings.api
         size = api.max_message_size
-        auth = ApiKeyAuth(self.pool)
+        auth = self._auth
         server = grpc.aio.server(
             # Refuses calls without valid credentials before their body is read.
-            interceptors=[
-                EarlyAuth(
-                    auth,
-                    api.admin_token,
-                    api_key_services=(*MAILER_NAMES, *STATS_V1_NAMES, STATS_V2_NAME),
-                    admin_services=ADMIN_NAMES,
-                )
-            ],
+            interceptors=[EarlyAuth(self._gate)],
             # Bounds the calls (and so the request messages) held in memory at once.
             maximum_concurrent_rpcs=api.max_concurrent_rpcs,
             options=[
@@ -115,6 +140,7 @@ class ApiComponent:
         admin = AdminService(self.settings, self.pool)
         stats = StatsService(self.pool, auth)
         hz = self._hz = HZService(self.pool)
+        webhooks = WebhooksService(self.settings, self.pool, auth)
         registrations: list[tuple[Register, object]] = [
             (mailerapiv1_pb2_grpc.add_MailerServicer_to_server, mailer),
             (mailerapiv1service_pb2_grpc.add_MailerApiV1ServiceServicer_to_server, mailer),
@@ -124,9 +150,18 @@ class ApiComponent:
             (statsapiv1_pb2_grpc.add_StatsApiV1Servicer_to_server, stats),
             (statsapiv1service_pb2_grpc.add_StatsApiV1ServiceServicer_to_server, stats),
             (statsapiv2_pb2_grpc.add_StatsApiV2Servicer_to_server, stats),
+            (webhooksapiv1_pb2_grpc.add_WebhooksApiV1ServiceServicer_to_server, webhooks),
         ]
         for register, servicer in registrations:
             register(servicer, server)
+        self._services = {
+            **dict.fromkeys(MAILER_NAMES, mailer),
+            **dict.fromkeys(ADMIN_NAMES, admin),
+            HZ_NAME: hz,
+            **dict.fromkeys(STATS_V1_NAMES, stats),
+            STATS_V2_NAME: stats,
+            WEBHOOKS_NAME: webhooks,
+        }
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -152,6 +187,9 @@ class ApiComponent:
                     await servicer.set(service, status)
                 log.warning("gRPC health changed", extra={"kv": {"serving": serving, **failing}})
 
+    async def _forget_idempotency_keys(self) -> None:
+        await delete_expired(self.pool, datetime.now(UTC) - self.settings.api.idempotency_window)
+
     async def run(self, life: Life) -> None:
         api = self.settings.api
         server, health_servicer = self._server()
@@ -163,6 +201,24 @@ class ApiComponent:
         if not port:  # older grpcio versions return 0 instead of raising
             raise RuntimeError(f"api: cannot listen on {address} (api.host / api.port)")
         self.port = port
+        http = HttpServer(
+            build_app(
+                self._services,
+                self._gate,
+                max_bytes=api.max_message_size,
+                max_concurrent=api.max_concurrent_rpcs,
+            ),
+            name="api-http",
+            grace=DRAIN_GRACE,
+        )
+        try:
+            self.http_port = await http.start(api.host, api.http_port)
+        except OSError as exc:
+            await server.stop(None)
+            raise RuntimeError(
+                f"api: cannot listen on {listen_address(api.host, api.http_port)} "
+                f"(api.host / api.http_port): {exc}"
+            ) from exc
         await server.start()
         try:
             for service in ("", *SERVICE_NAMES):
@@ -173,8 +229,23 @@ class ApiComponent:
                     "set K_API_ADMIN_TOKEN to manage Domains from elsewhere"
                 )
             log.info("gRPC API listening on %s", listen_address(api.host, port))
+            log.info(
+                "Connect and gRPC-Web API listening on %s",
+                listen_address(api.host, self.http_port),
+            )
             life.ready()
-            await self._follow_database(life, health_servicer)
+            async with asyncio.TaskGroup() as tasks:
+                http_down = tasks.create_task(http.wait_stopped())
+                tasks.create_task(
+                    run_every(
+                        life,
+                        KEY_CLEANUP_INTERVAL,
+                        self._forget_idempotency_keys,
+                        lambda exc: log.warning("idempotency key cleanup failed: %s", exc),
+                    )
+                )
+                await self._follow_database(life, health_servicer)
+                http_down.cancel()
         finally:
             await health_servicer.enter_graceful_shutdown()
-            await server.stop(DRAIN_GRACE)
+            await asyncio.gather(server.stop(DRAIN_GRACE), http.stop())

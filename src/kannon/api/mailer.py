@@ -8,18 +8,26 @@ request (:func:`kannon.model.batch.plan_batch`); refuse a Batch whose largest En
 travel on the bus (:func:`kannon.envelope.size.estimate_largest_envelope` against
 `nats.max_payload`, ADR 0021); write template, Batch and Deliveries in one transaction. Nothing is
 written when any step fails.
+
+With an `idempotency-key` (gRPC metadata or HTTP header), a repeat of the same request within
+`api.idempotency_window` answers the first response and writes nothing; the same key with another
+request is refused (ALREADY_EXISTS). The key's row is written in the intake transaction, so two
+racing calls create one Batch (ADR 0031).
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from kannon.api.auth import ApiKeyAuth
+from kannon.api.auth import ApiKeyAuth, metadata
 from kannon.api.errors import rpc
+from kannon.api.metrics import IDEMPOTENT_REPLAYS
 from kannon.config import Settings
 from kannon.db.batches import create_batch, deliveries_csv
+from kannon.db.idempotency import KeyTaken, find_call
 from kannon.db.templates import get_template
 from kannon.db.tracking_keys import KID_LENGTH
 from kannon.envelope.ids import make_batch_id
@@ -34,6 +42,13 @@ from kannon.model.batch import (
     plan_batch,
 )
 from kannon.model.errors import InvalidArgument, NotFound
+from kannon.model.idempotency import (
+    HEADER,
+    IdempotencyClaim,
+    check_key,
+    fingerprint,
+    replayed_response,
+)
 from kannon.model.template import TRANSIENT, Template, check_html, check_template_id
 from kannon.wire import api as wire
 
@@ -42,6 +57,17 @@ if TYPE_CHECKING:
     import asyncpg
 
 OFF_LOOP_RECIPIENTS = 5_000
+
+
+@dataclass(frozen=True)
+class Call:
+    """One send call: who, when, and its idempotency key with the request's fingerprint."""
+
+    method: str
+    tenant: str
+    key: str | None
+    fingerprint: bytes
+    now: datetime
 
 
 def transient_template(domain: str, html: str, now: datetime) -> Template:
@@ -100,6 +126,18 @@ class MailerService:
         check_no_nul(fields, "global_fields")
         return fields
 
+    async def _replay(self, call: Call) -> Any | None:
+        """The first response of this call's idempotency key, if any (Conflict: another body)."""
+        if call.key is None:
+            return None
+        since = call.now - self.settings.api.idempotency_window
+        stored = await find_call(self.pool, call.tenant, call.key, since)
+        if stored is None:
+            return None
+        response = replayed_response(stored, call.fingerprint, call.key)
+        IDEMPOTENT_REPLAYS.labels(call.method).inc()
+        return wire.send_res_from_bytes(response)
+
     def _prepare(
         self, message: Any, tenant: str, template_id: str, html: str, now: datetime
     ) -> tuple[BatchPlan, bytes]:
@@ -117,9 +155,9 @@ class MailerService:
         return plan, deliveries_csv(plan)
 
     async def _send(
-        self, message: Any, tenant: str, template_id: str, html: str, template: Template | None
+        self, call: Call, message: Any, template_id: str, html: str, template: Template | None
     ) -> Any:
-        now = datetime.now(UTC)
+        now, tenant = call.now, call.tenant
         if len(message.recipients) >= OFF_LOOP_RECIPIENTS:
             # Checking and encoding 100,000 Recipients takes about a second of CPU; in a
             # thread the event loop keeps serving other calls (and, in standalone, the other
@@ -129,21 +167,56 @@ class MailerService:
             )
         else:
             plan, encoded = self._prepare(message, tenant, template_id, html, now)
-        await create_batch(self.pool, plan, template, now, encoded)
-        return wire.send_res_pb(plan)
+        response = wire.send_res_pb(plan)
+        claim = None
+        if call.key is not None:
+            claim = IdempotencyClaim(
+                tenant, call.key, call.fingerprint, response.SerializeToString()
+            )
+        try:
+            await create_batch(
+                self.pool,
+                plan,
+                template,
+                now,
+                encoded,
+                idempotency=claim,
+                idempotency_since=now - self.settings.api.idempotency_window,
+            )
+        except KeyTaken:
+            # A concurrent call with the same key committed first: answer as it did.
+            replayed = await self._replay(call)
+            if replayed is None:  # pragma: no cover - the winner's row is committed
+                raise
+            return replayed
+        return response
+
+    async def _call(self, method: str, message: Any, context: Any) -> Call:
+        tenant = await self.auth.tenant(context)
+        key = check_key(metadata(context).get(HEADER))
+        digest = b""
+        if key is not None:
+            digest = fingerprint(method, message.SerializeToString(deterministic=True))
+        return Call(method, tenant, key, digest, datetime.now(UTC))
 
     @rpc
     async def SendHTML(self, message: Any, context: Any) -> Any:
-        tenant = await self.auth.tenant(context)
+        call = await self._call("SendHTML", message, context)
+        if (replayed := await self._replay(call)) is not None:
+            return replayed
+        tenant = call.tenant
         global_fields = self._global_fields(message)
         check_html(message.html)
         html = apply_global_fields(message.html, global_fields)
-        template = transient_template(tenant, html, datetime.now(UTC))
-        return await self._send(message, tenant, template.template_id, html, template)
+        template = transient_template(tenant, html, call.now)
+        return await self._send(call, message, template.template_id, html, template)
 
     @rpc
     async def SendTemplate(self, message: Any, context: Any) -> Any:
-        tenant = await self.auth.tenant(context)
+        call = await self._call("SendTemplate", message, context)
+        if (replayed := await self._replay(call)) is not None:
+            return replayed
+        tenant = call.tenant
         global_fields = self._global_fields(message)
         template_id = check_template_id(message.template_id)
         # Only the tenant's own templates: another Domain's id is "not found", not "forbidden",
@@ -153,6 +226,6 @@ class MailerService:
             raise NotFound(f"template_id: no template {template_id!r} in domain {tenant!r}")
         html = apply_global_fields(stored.html, global_fields)
         if html == stored.html:
-            return await self._send(message, tenant, stored.template_id, html, None)
-        template = transient_template(tenant, html, datetime.now(UTC))
-        return await self._send(message, tenant, template.template_id, html, template)
+            return await self._send(call, message, stored.template_id, html, None)
+        template = transient_template(tenant, html, call.now)
+        return await self._send(call, message, template.template_id, html, template)

@@ -28,6 +28,11 @@ OPENED = "opened"
 CLICKED = "clicked"
 STAT_TYPES = (ACCEPTED, REJECTED, DELIVERED, BOUNCED, ERROR, FAILED, OPENED, CLICKED)
 
+# Outcome types webhook endpoints receive: every stat type but `error`, which is one failed
+# attempt of a Delivery that will be retried, not an outcome (ADR 0032). Derived, so a type added
+# to STAT_TYPES reaches webhooks without more code.
+WEBHOOK_EVENT_TYPES = tuple(t for t in STAT_TYPES if t != ERROR)
+
 
 def stats_subject(stat_type: str) -> str:
     if stat_type not in STAT_TYPES:
@@ -65,3 +70,4 @@ DISPATCHER_DELIVERED_DURABLE = "dispatcher-delivered"
 DISPATCHER_BOUNCED_DURABLE = "dispatcher-bounced"
 DISPATCHER_ERROR_DURABLE = "dispatcher-error"
 STATS_DURABLE = "kannon-stats-logs"
+WEBHOOKS_DURABLE = "kannon-webhooks"

@@ -43,6 +43,7 @@ COMPONENTS: tuple[str, ...] = (
     "smtp",
     "tracker",
     "stats",
+    "webhooks",
 )
 """Component names in the fixed order they are started by ``selected_components``."""
 
@@ -229,7 +230,10 @@ class ApiSettings(_Section):
     """gRPC API (Mailer, Admin, Stats)."""
 
     port: ListenPort = _key(50051, "gRPC API port")
-    host: Text = _key("0.0.0.0", "gRPC API listen address")
+    host: Text = _key("0.0.0.0", "gRPC API listen address (also of api.http_port)")
+    http_port: ListenPort = _key(
+        50052, "Connect and gRPC-Web API port (HTTP/1.1; JSON or binary; same services)"
+    )
     admin_token: OptionalText = _key(
         None, "Token guarding the Admin API (domains, templates, API keys)", secret=True
     )
@@ -239,6 +243,9 @@ class ApiSettings(_Section):
     max_recipients: Count = _key(100000, "Max recipients in one send request")
     max_concurrent_rpcs: Count = _key(
         64, "Calls the API serves at once; more are refused at once with RESOURCE_EXHAUSTED"
+    )
+    idempotency_window: Duration = _key(
+        "24h", "How long a send's idempotency-key answers repeats with the first response"
     )
 
 
@@ -307,6 +314,35 @@ class StatsSettings(_Section):
 
     retention: Duration = _key("8760h", "How long stats events are kept")
     cleanup_interval: Duration = _key("10m", "How often stats older than the retention are deleted")
+
+
+class WebhooksSettings(_Section):
+    """Outcome webhooks: signed POSTs of every outcome event to each Domain's endpoints."""
+
+    allow_http: Bool = _key(False, "Allow http:// endpoint URLs (https only otherwise)")
+    allow_private: Bool = _key(
+        False,
+        "Allow endpoints on loopback, private, link-local and metadata addresses (tests only)",
+    )
+    timeout: Duration = _key("10s", "Time limit of one POST to an endpoint, answer included")
+    retry_window: Duration = _key("24h", "How long a failing event is retried before giving up")
+    backoff_min: Duration = _key("5s", "Delay before the first retry; doubles per attempt")
+    backoff_max: Duration = _key("1h", "Longest delay between two attempts")
+    endpoint_concurrency: Count = _key(
+        8, "POSTs in flight at once to one endpoint (per webhooks process)"
+    )
+    retention: Duration = _key("168h", "How long deliveries and attempts are kept for listing")
+    idle_interval: Duration = _key("200ms", "Poll interval for due retries while idle")
+
+    @model_validator(mode="after")
+    def _backoff_bounds_ordered(self) -> WebhooksSettings:
+        if self.backoff_min > self.backoff_max:
+            raise CrossKeyError(
+                "webhooks.backoff_min",
+                f"{format_duration(self.backoff_min)} is greater than webhooks.backoff_max "
+                f"({format_duration(self.backoff_max)})",
+            )
+        return self
 
 
 class ValidatorSettings(_Section):
@@ -436,7 +472,7 @@ class StandaloneSettings(_Section):
     processes: ProcessGroups = _key(
         "auto",
         "Standalone's processes: auto (by core count) or ';'-separated groups of Components, "
-        "e.g. api,validator,dispatcher,smtp,tracker,stats;sender (the first runs in the "
+        "e.g. api,validator,dispatcher,smtp,tracker,stats,webhooks;sender (the first runs in the "
         "standalone process itself)",
     )
 
@@ -466,6 +502,7 @@ class Settings(_Section):
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     tracker: TrackerSettings = Field(default_factory=TrackerSettings)
     stats: StatsSettings = Field(default_factory=StatsSettings)
+    webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
     validator: ValidatorSettings = Field(default_factory=ValidatorSettings)
     dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
     nats: NatsSettings = Field(default_factory=NatsSettings)
@@ -477,6 +514,7 @@ class Settings(_Section):
     run_validator: Bool = _key(False, "Run the validator worker", yaml_name="run-validator")
     run_tracker: Bool = _key(False, "Run the open/click tracker", yaml_name="run-tracker")
     run_stats: Bool = _key(False, "Run the stats worker", yaml_name="run-stats")
+    run_webhooks: Bool = _key(False, "Run the outcome webhooks worker", yaml_name="run-webhooks")
 
     def selected_components(self) -> list[str]:
         """Names of the components whose run-* key is true, in :data:`COMPONENTS` order."""

@@ -17,9 +17,11 @@ from json.encoder import encode_basestring
 
 import asyncpg
 
+from kannon.db.idempotency import claim_key
 from kannon.db.templates import insert_template
 from kannon.db.times import to_db_time
 from kannon.model.batch import BatchPlan
+from kannon.model.idempotency import IdempotencyClaim
 from kannon.model.template import Template
 
 TO_VALIDATE = "to_validate"
@@ -71,13 +73,23 @@ async def create_batch(
     transient_template: Template | None,
     now: datetime,
     encoded: bytes | None = None,
+    *,
+    idempotency: IdempotencyClaim | None = None,
+    idempotency_since: datetime | None = None,
 ) -> None:
     """Write the Batch, its transient template (if any) and its Deliveries, all or nothing.
 
     `encoded` is `deliveries_csv(plan)` when the caller already built it (off the event loop).
+    With `idempotency`, its key row is written first in the same transaction (replacing one
+    older than `idempotency_since`); `kannon.db.idempotency.KeyTaken` when another call holds
+    the key, and then nothing is written.
     """
     data = encoded if encoded is not None else deliveries_csv(plan)
     async with pool.acquire() as conn, conn.transaction():
+        if idempotency is not None:
+            assert idempotency_since is not None
+            # First: a racing call with the same key waits here for the winner's commit.
+            await claim_key(conn, idempotency, now, idempotency_since)
         if transient_template is not None:
             await insert_template(conn, transient_template)
         await conn.execute(

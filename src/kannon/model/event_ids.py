@@ -79,3 +79,9 @@ def delivery_event_id(kind: str, batch_id: str, recipient: str) -> str:
     """Id of an event that happens once per Delivery (validated, rejected, ended by the
     Dispatcher): `<type>.<Batch id>.<digest of the Recipient>`."""
     return f"{kind}.{batch_id}.{_digest(recipient)}"
+
+
+def webhook_id(event_id: str) -> str:
+    """The Standard Webhooks `webhook-id` of an outcome event: the same for every attempt and
+    replay of it (receivers deduplicate on it), header-safe whatever the event id holds."""
+    return "msg_" + _digest("webhook:" + event_id)

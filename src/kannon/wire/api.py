@@ -168,6 +168,10 @@ def send_request(message: Any) -> SendRequest:
     )
 
 
+def send_res_from_bytes(data: bytes) -> Any:
+    return mailer_pb.SendRes.FromString(data)
+
+
 def send_res_pb(plan: BatchPlan) -> Any:
     res = mailer_pb.SendRes(
         message_id=plan.batch_id,

@@ -1,0 +1,167 @@
+"""Webhooks throughput: outcome events per second POSTed, signed, to a fast local receiver by one
+webhooks worker on one core.
+
+Starts its own PostgreSQL (embedded binaries) and nats-server, a receiver process (aiohttp,
+answering 204, pinned to the other core), one Domain with one endpoint; publishes N Delivered
+events on `kannon.stats.delivered` first, then runs the WebhooksWorker in this process pinned to
+core 0 and times how long until every delivery row is `delivered` (consume, INSERT, claim, sign,
+POST, record). Everything listens on 127.0.0.1 and is stopped by PID.
+
+    .venv/bin/python -m bench.webhooks_bench [--events 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from kannon.bus.client import Bus
+from kannon.bus.embedded import start_nats
+from kannon.config import Settings
+from kannon.db import webhooks as store
+from kannon.db.embedded import start_postgres
+from kannon.db.migrate import migrate
+from kannon.db.pool import create_pool
+from kannon.ids import new_webhook_secret
+from kannon.model.outcome import Delivered, Outcome
+from kannon.model.webhooks import Endpoint
+from kannon.runtime.component import Life
+from kannon.runtime.processes import free_port
+from kannon.webhooks.component import WebhooksWorker
+from kannon.wire.stats import publish_outcome
+
+GOAL = 1000.0
+# POSTs in flight to the one endpoint (webhooks.endpoint_concurrency; the default is 8).
+CONCURRENCY = 64
+DOMAIN = "bench.example"
+
+RECEIVER = """
+import sys
+from aiohttp import web
+async def hook(request):
+    await request.read()
+    return web.Response(status=204)
+app = web.Application()
+app.router.add_post("/hook", hook)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+def _pin(core: int) -> None:
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {core})
+
+
+async def _wait_port(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def run(database_url: str, nats_url: str, receiver_port: int, events: int) -> float:
+    pool = await create_pool(database_url, max_size=8)
+    bus = await Bus.connect(nats_url, name="kannon-bench")
+    try:
+        await bus.ensure_streams()
+        await pool.execute(
+            "INSERT INTO domains (domain, dkim_private_key, dkim_public_key) VALUES ($1, 'k', 'k')",
+            DOMAIN,
+        )
+        now = datetime.now(UTC)
+        endpoint = Endpoint(
+            "whe_bench", DOMAIN, f"http://127.0.0.1:{receiver_port}/hook", (), True, "", now, now
+        )
+        await store.insert_endpoint(pool, endpoint, new_webhook_secret())
+        await _wait_port(receiver_port)
+        publishes = [
+            publish_outcome(
+                bus,
+                Outcome(
+                    batch_id=f"msg_bench@{DOMAIN}",
+                    domain=DOMAIN,
+                    recipient=f"r{i}@example.org",
+                    timestamp=now,
+                    detail=Delivered(),
+                    event_id=f"delivered.bench.{i}",
+                ),
+            )
+            for i in range(events)
+        ]
+        for start in range(0, events, 500):
+            await asyncio.gather(*publishes[start : start + 500])
+        settings = Settings.model_validate(
+            {
+                "webhooks": {
+                    "allow_http": True,
+                    "allow_private": True,
+                    "idle_interval": "20ms",
+                    "endpoint_concurrency": CONCURRENCY,
+                }
+            }
+        )
+        worker = WebhooksWorker(settings, pool, bus)
+        life = Life("webhooks")
+        began = time.perf_counter()
+        task = asyncio.create_task(worker.run(life))
+        while True:
+            done = await pool.fetchval(
+                "SELECT count(*) FROM webhook_deliveries WHERE status = 'delivered'"
+            )
+            if done >= events:
+                break
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.05)
+        took = time.perf_counter() - began
+        life.stopping.set()
+        await task
+        return events / took
+    finally:
+        await bus.close()
+        await pool.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20000)
+    args = parser.parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="kannon-bench-webhooks-", dir="/tmp"))
+    root.chmod(0o755)
+    pg = start_postgres(root / "pg", fast=True)
+    nats = start_nats(root / "nats")
+    port = free_port()
+    receiver = subprocess.Popen(
+        [sys.executable, "-c", RECEIVER, str(port)],
+        preexec_fn=(lambda: _pin(1)) if hasattr(os, "sched_setaffinity") else None,  # noqa: PLW1509
+    )
+    try:
+        asyncio.run(migrate(pg.url()))
+        _pin(0)
+        rate = asyncio.run(run(pg.url(), nats.url, port, args.events))
+        print(f"webhooks one core: {rate:,.0f} events/s ({args.events} events, goal {GOAL:,.0f})")
+        return 0
+    finally:
+        receiver.terminate()
+        receiver.wait(10)
+        nats.stop()
+        pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

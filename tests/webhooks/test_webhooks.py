@@ -1,0 +1,312 @@
+"""Webhooks end to end against real PostgreSQL, nats-server and HTTP receivers the tests start:
+outcome events published on the bus reach the endpoints signed per Standard Webhooks (verified
+with the `standardwebhooks` library), a receiver that fails for a while gets every event after
+dedup by webhook-id, a dead endpoint does not delay a healthy one, non-public addresses are
+refused without webhooks.allow_private, a failing endpoint is given up after the window."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import web
+from standardwebhooks.webhooks import Webhook
+
+from kannon.bus.client import Bus
+from kannon.bus.subjects import STAT_TYPES, WEBHOOK_EVENT_TYPES
+from kannon.config import Settings
+from kannon.db import webhooks as store
+from kannon.db.pool import create_pool
+from kannon.ids import new_webhook_endpoint_id, new_webhook_secret
+from kannon.model.event_ids import webhook_id
+from kannon.model.outcome import Bounced, Delivered, Errored, Outcome
+from kannon.model.webhooks import Endpoint
+from kannon.runtime.component import Life
+from kannon.webhooks.component import WebhooksWorker
+from kannon.wire.stats import publish_outcome
+
+DOMAIN = "hooks.example"
+BATCH = f"msg_hookbatch@{DOMAIN}"
+
+
+@dataclass
+class Receiver:
+    """An HTTP endpoint on loopback recording every request; `respond` decides the answer."""
+
+    respond: Callable[[Receiver], Awaitable[int]]
+    requests: list[tuple[dict[str, str], bytes, int]] = field(default_factory=list)
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def delivered_ids(self) -> list[str]:
+        return [h["webhook-id"] for h, _, status in self.requests if 200 <= status < 300]
+
+
+async def always(status: int) -> Callable[[Receiver], Awaitable[int]]:
+    async def respond(_: Receiver) -> int:
+        return status
+
+    return respond
+
+
+@contextlib.asynccontextmanager
+async def receiver(respond: Callable[[Receiver], Awaitable[int]]) -> AsyncIterator[Receiver]:
+    state = Receiver(respond)
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        status = await state.respond(state)
+        state.requests.append(({k.lower(): v for k, v in request.headers.items()}, body, status))
+        return web.Response(status=status, text="ok" if status < 300 else "nope")
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    # A hanging handler must not hold the test's teardown for aiohttp's default 60 s.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    state.port = runner.addresses[0][1]
+    try:
+        yield state
+    finally:
+        await runner.cleanup()
+
+
+def settings(**webhooks: Any) -> Settings:
+    values = {
+        "allow_http": True,
+        "allow_private": True,
+        "backoff_min": "100ms",
+        "backoff_max": "500ms",
+        "timeout": "2s",
+        "idle_interval": "50ms",
+        **webhooks,
+    }
+    return Settings.model_validate({"webhooks": values, "nats": {"ack_wait": "10s"}})
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    created = await create_pool(database_url, max_size=8)
+    await created.execute(
+        """INSERT INTO domains (domain, dkim_private_key, dkim_public_key)
+           VALUES ($1, 'k', 'k')""",
+        DOMAIN,
+    )
+    yield created
+    await created.close()
+
+
+async def add_endpoint(pool: asyncpg.Pool, url: str, *types: str) -> tuple[Endpoint, str]:
+    now = datetime.now(UTC)
+    endpoint = Endpoint(
+        id=new_webhook_endpoint_id(),
+        domain=DOMAIN,
+        url=url,
+        event_types=tuple(types),
+        enabled=True,
+        description="",
+        created_at=now,
+        updated_at=now,
+    )
+    secret = new_webhook_secret()
+    await store.insert_endpoint(pool, endpoint, secret)
+    return endpoint, secret
+
+
+@contextlib.asynccontextmanager
+async def running(worker: WebhooksWorker) -> AsyncIterator[WebhooksWorker]:
+    life = Life("webhooks")
+    task = asyncio.create_task(worker.run(life))
+    ready = asyncio.create_task(life.wait_ready())
+    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()
+    try:
+        yield worker
+    finally:
+        life.stopping.set()
+        await asyncio.wait_for(task, 60)
+
+
+def outcome(i: int, detail: Any = None) -> Outcome:
+    return Outcome(
+        batch_id=BATCH,
+        domain=DOMAIN,
+        recipient=f"r{i}@example.org",
+        timestamp=datetime.now(UTC),
+        detail=detail or Delivered(),
+        event_id=f"delivered.hooktest.{i}",
+    )
+
+
+async def until(check: Callable[[], Any], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check() if asyncio.iscoroutinefunction(check) else not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_events_arrive_signed_per_standard_webhooks(pool: asyncpg.Pool, bus: Bus) -> None:
+    async with receiver(await always(200)) as hook:
+        endpoint, secret = await add_endpoint(pool, hook.url)
+        _, other_secret = await add_endpoint(pool, hook.url + "?only=bounced", "bounced")
+        async with running(WebhooksWorker(settings(), pool, bus)):
+            await publish_outcome(bus, outcome(1))
+            bounced = outcome(2, Bounced(permanent=True, code=550, message="no such user"))
+            bounced = Outcome(**{**bounced.__dict__, "event_id": "bounced.hooktest.2"})
+            await publish_outcome(bus, bounced)
+            # Not an outcome: one failed attempt that will be retried.
+            await publish_outcome(bus, outcome(3, Errored(code=451, message="later")))
+            await until(lambda: len(hook.requests) >= 3, 30, "three POSTs")
+            await asyncio.sleep(0.3)  # nothing more may come (the error event is not sent)
+        assert len(hook.requests) == 3
+        verified = []
+        for headers, body, _ in hook.requests:
+            # The reference library checks id, timestamp and v1 signature with the right secret.
+            try:
+                verified.append(Webhook(secret).verify(body, headers))
+            except Exception:
+                verified.append(Webhook(other_secret).verify(body, headers))
+        kinds = sorted(event["type"] for event in verified)
+        assert kinds == ["bounced", "bounced", "delivered"]
+        delivered = next(e for e in verified if e["type"] == "delivered")
+        assert delivered["data"]["email"] == "r1@example.org"
+        assert delivered["data"]["message_id"] == BATCH
+        ids = {h["webhook-id"] for h, _, _ in hook.requests}
+        assert webhook_id("delivered.hooktest.1") in ids
+        # A wrong secret does not verify.
+        with pytest.raises(Exception, match=r"(?i)signature"):
+            Webhook(new_webhook_secret()).verify(hook.requests[0][1], hook.requests[0][0])
+        attempts, total = await store.list_attempts(pool, DOMAIN, endpoint.id, offset=0, limit=10)
+        assert total == 2 and all(a.status_code == 200 for a in attempts)
+
+
+async def test_a_receiver_that_fails_for_a_while_gets_every_event(
+    pool: asyncpg.Pool, bus: Bus
+) -> None:
+    started = time.monotonic()
+
+    async def flaky(_: Receiver) -> int:
+        return 503 if time.monotonic() - started < 1.5 else 200
+
+    async with receiver(flaky) as hook:
+        await add_endpoint(pool, hook.url)
+        async with running(WebhooksWorker(settings(), pool, bus)):
+            for i in range(60):
+                await publish_outcome(bus, outcome(i))
+            expected = {webhook_id(f"delivered.hooktest.{i}") for i in range(60)}
+            await until(lambda: set(hook.delivered_ids()) >= expected, 60, "every event")
+        assert any(status == 503 for _, _, status in hook.requests)  # it did fail for a while
+        assert set(hook.delivered_ids()) == expected  # exactly once after dedup by webhook-id
+        rows = await pool.fetch("SELECT status, attempts FROM webhook_deliveries")
+        assert {r["status"] for r in rows} == {"delivered"} and len(rows) == 60
+        assert max(r["attempts"] for r in rows) >= 2
+
+
+async def test_a_dead_endpoint_does_not_delay_a_healthy_one(pool: asyncpg.Pool, bus: Bus) -> None:
+    async def hang(_: Receiver) -> int:
+        await asyncio.sleep(3600)
+        return 200
+
+    async with receiver(hang) as dead, receiver(await always(204)) as healthy:
+        await add_endpoint(pool, dead.url)
+        await add_endpoint(pool, healthy.url)
+        config = settings(timeout="5s", endpoint_concurrency=4)
+        async with running(WebhooksWorker(config, pool, bus)):
+            began = time.monotonic()
+            for i in range(100):
+                await publish_outcome(bus, outcome(i))
+            await until(lambda: len(healthy.delivered_ids()) >= 100, 30, "the healthy endpoint")
+            took = time.monotonic() - began
+            # The dead one needs 100 / 4 × 5 s ≈ 2 min for its first attempts alone.
+            pending = await pool.fetchval(
+                """SELECT count(*) FROM webhook_deliveries d JOIN webhook_endpoints e
+                   ON e.id = d.endpoint_id WHERE e.url = $1 AND d.attempts = 0""",
+                dead.url,
+            )
+        assert took < 30 and pending > 50, (took, pending)
+
+
+async def test_non_public_addresses_are_refused_without_allow_private(
+    pool: asyncpg.Pool, bus: Bus
+) -> None:
+    async with receiver(await always(200)) as hook:
+        # `localhost` is a name: refused when it resolves, at the POST.
+        endpoint, _ = await add_endpoint(pool, f"http://localhost:{hook.port}/hook")
+        literal, _ = await add_endpoint(pool, hook.url)
+        config = settings(
+            allow_private=False, retry_window="1s", backoff_min="2s", backoff_max="2s"
+        )
+        async with running(WebhooksWorker(config, pool, bus)):
+            await publish_outcome(bus, outcome(1))
+
+            async def both_given_up() -> bool:
+                return bool(
+                    await pool.fetchval(
+                        "SELECT count(*) = 2 FROM webhook_deliveries WHERE status = 'given_up'"
+                    )
+                )
+
+            await until(both_given_up, 30, "both deliveries given up")
+        assert hook.requests == []
+        for ep in (endpoint, literal):
+            attempts, _ = await store.list_attempts(pool, DOMAIN, ep.id, offset=0, limit=5)
+            assert attempts and attempts[0].status_code is None
+            assert attempts[0].error.startswith("refused:"), attempts[0].error
+            assert "non-public" in attempts[0].error or "loopback" in attempts[0].error
+
+
+async def test_given_up_after_the_retry_window(pool: asyncpg.Pool, bus: Bus) -> None:
+    async with receiver(await always(500)) as hook:
+        endpoint, _ = await add_endpoint(pool, hook.url)
+        config = settings(retry_window="1s", backoff_min="200ms")
+        async with running(WebhooksWorker(config, pool, bus)):
+            await publish_outcome(bus, outcome(7))
+
+            async def given_up() -> bool:
+                return bool(
+                    await pool.fetchval(
+                        "SELECT count(*) FROM webhook_deliveries WHERE status = 'given_up'"
+                    )
+                )
+
+            await until(given_up, 30, "given up")
+        attempts, total = await store.list_attempts(pool, DOMAIN, endpoint.id, offset=0, limit=50)
+        assert total >= 2 and total == len(hook.requests)
+        assert all(a.status_code == 500 and a.error == "HTTP 500" for a in attempts)
+        assert attempts[0].response == "nope" and attempts[0].delivery_status == "given_up"
+
+
+async def test_a_redelivered_event_is_posted_once(pool: asyncpg.Pool, bus: Bus) -> None:
+    async with receiver(await always(200)) as hook:
+        await add_endpoint(pool, hook.url)
+        worker = WebhooksWorker(settings(), pool, bus)
+        async with running(worker):
+            event = outcome(5)
+            await publish_outcome(bus, event)
+            await until(lambda: len(hook.requests) >= 1, 30, "the POST")
+            # The same event handled again (a redelivery after a lost ack): no second row.
+            from kannon.bus.client import BusMessage
+            from kannon.wire.stats import encode
+
+            again = BusMessage("kannon.stats.delivered", encode(event), event.event_id, 2, 1)
+            await worker.handle(again)
+            await asyncio.sleep(0.3)
+        assert len(hook.requests) == 1
+
+
+def test_event_types_follow_the_stat_types() -> None:
+    # Data-driven: a type added to STAT_TYPES (complained, unsubscribed) is sent without code.
+    assert set(WEBHOOK_EVENT_TYPES) == set(STAT_TYPES) - {"error"}
