@@ -63,6 +63,7 @@ SAMPLES: dict[str, Sample] = {
 # Keys with a narrower range than their type.
 KEY_SAMPLES: dict[str, Sample] = {
     "dispatcher.claim_timeout": Sample("3m", "3m", timedelta(minutes=3)),  # at most 5m
+    "webhooks.backoff_min": Sample("30m", "30m", timedelta(minutes=30)),  # below backoff_max
 }
 
 

@@ -434,6 +434,7 @@ def test_all_components_selected(load: Loader) -> None:
         "smtp",
         "tracker",
         "stats",
+        "webhooks",
     ]
 
 

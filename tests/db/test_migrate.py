@@ -21,6 +21,10 @@ EXPECTED_TABLES = {
     "aggregated_stats",
     "stats_keys",
     "kannon_migrations",
+    "idempotency_keys",
+    "webhook_endpoints",
+    "webhook_deliveries",
+    "webhook_attempts",
 }
 
 
