@@ -378,8 +378,6 @@ def test_addition(
     assert got == expected
 
 
-
-
 def test_keyword_named_fields_are_reachable(ours: DescriptorPool) -> None:
     """`from` is a Python keyword: it works through getattr/constructor kwargs."""
     email = message_class(ours, "pkg.kannon.mailer.types.EmailToSend")(**{"from": "a@b.test"})

@@ -62,6 +62,7 @@ REJECT_UNSUBSCRIBE_URL_UNRESOLVED = "unsubscribe_url_unresolved"
 # The one placeholder of an unsubscribe URL template every Recipient can fill.
 EMAIL_FIELD = "email"
 
+NO_POLICY = TrackingPolicy()
 # A tracking policy as the wire states it: (opens, links) enum numbers, 0 = unstated.
 WirePolicy = tuple[int, int]
 
@@ -126,7 +127,7 @@ class BatchPlan:
     scheduled_time: datetime  # aware, UTC
     deliveries: list[Delivery]
     rejected: list[Rejection]
-    tracking: TrackingPolicy = TrackingPolicy()  # what the Batch stated (messages.tracking)
+    tracking: TrackingPolicy = NO_POLICY  # what the Batch stated (messages.tracking)
 
 
 def _check_header_text(value: str, field: str) -> None:

@@ -174,9 +174,7 @@ def check_batch_policy(policy: TrackingPolicy, ceiling: TrackingPolicy) -> None:
         )
 
 
-def token_identity(
-    mode: TrackingMode, recipient: str, domain: str, pseudonym: str
-) -> str | None:
+def token_identity(mode: TrackingMode, recipient: str, domain: str, pseudonym: str) -> str | None:
     """Who a tracking token of this channel names: None when the channel is off."""
     if not mode.tracks:
         return None
