@@ -68,7 +68,7 @@ def check_envelope_size(
         batch_id=plan.batch_id,
         sender_email=plan.sender_email,
         sender_alias=plan.sender_alias,
-        recipients=plan.deliveries,
+        recipients=[(d.email, d.fields) for d in plan.deliveries],
         attachments={a.filename.strip(): len(a.content) for a in request.attachments},
         headers_to=plan.headers["to"],
         headers_cc=plan.headers["cc"],

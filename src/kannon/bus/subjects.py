@@ -26,7 +26,18 @@ ERROR = "error"
 FAILED = "failed"
 OPENED = "opened"
 CLICKED = "clicked"
-STAT_TYPES = (ACCEPTED, REJECTED, DELIVERED, BOUNCED, ERROR, FAILED, OPENED, CLICKED)
+UNSUBSCRIBED = "unsubscribed"
+STAT_TYPES = (
+    ACCEPTED,
+    REJECTED,
+    DELIVERED,
+    BOUNCED,
+    ERROR,
+    FAILED,
+    OPENED,
+    CLICKED,
+    UNSUBSCRIBED,
+)
 
 
 def stats_subject(stat_type: str) -> str:

@@ -99,6 +99,9 @@ class TrackingPolicy:
             links=_mode_or(value.get("links"), base.links),
         )
 
+    def uses(self, mode: TrackingMode) -> bool:
+        return mode in (self.opens, self.links)
+
     @property
     def is_stated(self) -> bool:
         return self.opens is not TrackingMode.UNSPECIFIED or (
