@@ -161,6 +161,22 @@ async def get_domain(pool: asyncpg.Pool | asyncpg.Connection, name: str) -> Doma
     return _domain(row, (await _keys_of(pool, [name])).get(name, []))
 
 
+async def sending_policy(
+    pool: asyncpg.Pool | asyncpg.Connection, name: str
+) -> tuple[TrackingPolicy, bool] | None:
+    """What intake needs of a Domain: its Tracking Policy ceiling and whether it serves one-click
+    unsubscribes itself; None when there is no such Domain."""
+    row = await pool.fetchrow(
+        "SELECT tracking, one_click_unsubscribe FROM domains WHERE domain = $1", name
+    )
+    if row is None:
+        return None
+    return (
+        TrackingPolicy.from_json(_json(row["tracking"]), DEFAULT_CEILING),
+        row["one_click_unsubscribe"],
+    )
+
+
 async def list_domains(pool: asyncpg.Pool) -> list[Domain]:
     rows = await pool.fetch(f"SELECT {_COLUMNS} FROM domains ORDER BY id")
     keys = await _keys_of(pool, [row["domain"] for row in rows])
