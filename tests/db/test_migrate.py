@@ -21,6 +21,9 @@ EXPECTED_TABLES = {
     "aggregated_stats",
     "stats_keys",
     "kannon_migrations",
+    # Issue 11 (migration 0005): DKIM keys and their rotation, anonymous engagement event ids.
+    "dkim_keys",
+    "anonymous_events",
 }
 
 
@@ -76,6 +79,10 @@ async def test_original_columns_and_additions_exist(database_url: str) -> None:
         ("stats", "data"),
         ("aggregated_stats", "count"),
         ("stats_keys", "expiration_time"),
+        # The Tracking Policy columns of the original's HEAD (spec §8).
+        ("domains", "tracking"),
+        ("sending_pool_emails", "tracking"),
+        ("messages", "tracking"),
     ]:
         assert needed in cols, needed
 
