@@ -65,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
         "dns", parents=[common], help="print the DNS records to publish for a Domain"
     )
     dns.add_argument("name")
+    check = domain_sub.add_parser(
+        "check",
+        parents=[common],
+        help="look the Domain's records up in DNS (sender.dns_servers): ok, missing or wrong; "
+        "confirms pending DKIM keys whose record is published",
+    )
+    check.add_argument("name")
     return parser
 
 
@@ -92,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if ns.command == "migrate":
             return asyncio.run(_migrate(settings, ns.status))
+        if ns.command == "domain" and ns.domain_command == "check":
+            return asyncio.run(_domain_check(settings, ns.name))
         if ns.command == "domain":
             return asyncio.run(_domain_dns(settings, ns.name))
         if ns.command == "standalone":
@@ -161,6 +170,34 @@ async def _domain_dns(settings: Settings, name: str) -> int:
     for record in records:
         print(f"{record.type:<5} {record.name:<40} {record.value}   ; {record.purpose}")
     return 0
+
+
+async def _domain_check(settings: Settings, name: str) -> int:
+    """Exit 0 when every check is ok, 1 when one is not (or there is no such Domain)."""
+    from datetime import UTC, datetime
+
+    from kannon.db.domains import get_domain
+    from kannon.db.pool import create_pool
+    from kannon.dns_records import check_domain_dns
+
+    canonical = name.strip().lower().removesuffix(".")
+    pool = await create_pool(require(settings, "database_url"), max_size=1)
+    try:
+        domain = await get_domain(pool, canonical)
+        if domain is None:
+            print(f"kannon: domain {name!r} not found", file=sys.stderr)
+            return 1
+        checks, confirmed = await check_domain_dns(pool, settings, domain, datetime.now(UTC))
+    finally:
+        await pool.close()
+    for check in checks:
+        print(f"{check.status:<8} {check.kind:<10} {check.name}: {check.detail}")
+        if check.status != "ok":
+            record = check.expected
+            print(f"         publish: {record.type} {record.name} {record.value}")
+    for key in confirmed:
+        print(f"confirmed DKIM key {key.selector} ({key.algorithm}): it signs from now on")
+    return 0 if all(c.status == "ok" for c in checks) else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,6 +25,9 @@ EXPECTED_TABLES = {
     "webhook_endpoints",
     "webhook_deliveries",
     "webhook_attempts",
+    # Issue 11 (migration 0005): DKIM keys and their rotation, anonymous engagement event ids.
+    "dkim_keys",
+    "anonymous_events",
 }
 
 
@@ -80,6 +83,10 @@ async def test_original_columns_and_additions_exist(database_url: str) -> None:
         ("stats", "data"),
         ("aggregated_stats", "count"),
         ("stats_keys", "expiration_time"),
+        # The Tracking Policy columns of the original's HEAD (spec §8).
+        ("domains", "tracking"),
+        ("sending_pool_emails", "tracking"),
+        ("messages", "tracking"),
     ]:
         assert needed in cols, needed
 

@@ -40,8 +40,7 @@ def keypair() -> tuple[str, str]:
 def job(keypair: tuple[str, str], **changes: object) -> BatchJob:
     values: dict[str, object] = {
         "domain": DOMAIN,
-        "dkim_selector": SELECTOR,
-        "dkim_private_key": keypair[0],
+        "dkim_keys": ((SELECTOR, keypair[0]),),
         "sender_email": "news@k.example.com",
         "sender_alias": "Kannon News",
         "subject": "Hello {{ name }}",
@@ -75,8 +74,8 @@ def items(count: int) -> list[Item]:
     return made
 
 
-def signer(keypair: tuple[str, str]) -> DkimSigner:
-    return DkimSigner(DOMAIN, SELECTOR, keypair[0])
+def signer(keypair: tuple[str, str]) -> list[DkimSigner]:
+    return [DkimSigner(DOMAIN, SELECTOR, keypair[0])]
 
 
 def children() -> set[int]:
@@ -196,7 +195,7 @@ def test_workers_die_with_the_process_that_started_them(tmp_path: Path) -> None:
 def test_a_job_with_an_unusable_key_fails_each_item_with_the_reason(
     keypair: tuple[str, str],
 ) -> None:
-    results = build_items(job(keypair, dkim_private_key="not a key"), items(2))
+    results = build_items(job(keypair, dkim_keys=((SELECTOR, "not a key"),)), items(2))
     assert len(results) == 3
     assert all(isinstance(r, str) and r.startswith(f"DKIM key of domain {DOMAIN}") for r in results)
 

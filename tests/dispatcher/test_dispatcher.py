@@ -28,6 +28,7 @@ from kannon.bus.subjects import (
 )
 from kannon.config import ConfigError, Settings
 from kannon.db import deliveries
+from kannon.db.domains import NewKey, add_pending_keys, confirm_keys
 from kannon.db.pool import create_pool
 from kannon.dispatcher import component as dispatcher_module
 from kannon.dispatcher.component import Dispatcher
@@ -35,6 +36,7 @@ from kannon.envelope.bounce import parse_bounce_address
 from kannon.envelope.dkim import generate_dkim_keypair
 from kannon.envelope.ids import make_email_id
 from kannon.envelope.tokens import verify_click, verify_open
+from kannon.model.domain import RSA_SHA256
 from kannon.model.event_ids import delivery_event_id as end_event_id
 from kannon.model.outcome import Bounced, Delivered, Errored, Failed, Outcome
 from kannon.runtime.component import Life
@@ -228,12 +230,10 @@ async def test_the_dkim_key_is_parsed_once_per_domain_and_replaced_when_it_chang
     first = worker._signers[DOMAIN][1]
     await worker.cycle()
     assert worker._signers[DOMAIN][1] is first
+    # A rotation: the new key (selector k2) confirmed with no grace, so the old one retires.
     private, public = generate_dkim_keypair()
-    await pool.execute(
-        "UPDATE domains SET dkim_private_key = $1, dkim_public_key = $2, dkim_selector = 'k2'",
-        private,
-        public,
-    )
+    await add_pending_keys(pool, DOMAIN, [NewKey("k2", RSA_SHA256, private, public)], T0)
+    assert await confirm_keys(pool, DOMAIN, "k2", T0, timedelta(0))
     await add(pool, ["three@example.org"])
     await worker.cycle()
     assert worker._signers[DOMAIN][1] is not first

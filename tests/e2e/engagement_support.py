@@ -27,8 +27,11 @@ from typing import Any
 
 from kannon.bus.client import Bus
 from kannon.bus.subjects import STATS_STREAM
+from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
+from kannon.pb.admin.apiv1 import adminapiv1_pb2_grpc
 from kannon.pb.stats.apiv1 import statsapiv1_pb2 as stats_pb
 from kannon.pb.stats.apiv1 import statsapiv1_pb2_grpc
+from kannon.pb.tracking.types import tracking_pb2
 from kannon.smtp_server.component import SmtpServer
 from kannon.tracker.component import Tracker
 from tests.e2e.conftest import Launch
@@ -192,3 +195,19 @@ async def submit_report(port: int, rcpt: str, body: bytes) -> Conversation:
             return Conversation(rcpt_reply, client.docmd("DATA"))
 
     return await asyncio.to_thread(run)
+
+
+async def admin(pipeline: Pipeline, method: str, request: Any) -> Any:
+    """One Admin API call with the operator token, through the real gRPC client."""
+    from tests.e2e.pipeline import ADMIN_TOKEN
+
+    stub: Any = adminapiv1_pb2_grpc.ApiStub(pipeline.channel)  # type: ignore[no-untyped-call]
+    md = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+    return await getattr(stub, method)(request, metadata=md)
+
+
+async def set_tracking_ceiling(pipeline: Pipeline, opens: int, links: int) -> Any:
+    """SetTrackingPolicy for the tenant Domain (modes as the wire's numbers)."""
+    policy = tracking_pb2.TrackingPolicy(opens=opens, links=links)  # type: ignore[arg-type]
+    request = admin_pb.SetTrackingPolicyReq(domain=TENANT, tracking=policy)
+    return (await admin(pipeline, "SetTrackingPolicy", request)).domain

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,11 +36,16 @@ from kannon.api.component import ApiComponent
 from kannon.bus.client import Bus
 from kannon.bus.subjects import STATS_DURABLE, STATS_STREAM
 from kannon.config import Settings, load_settings
-from kannon.db.domains import insert_domain
+from kannon.db.domains import NewKey, insert_domain
 from kannon.db.pool import create_pool
 from kannon.dispatcher.component import Dispatcher
-from kannon.envelope.dkim import dns_txt_value, generate_dkim_keypair
-from kannon.model.domain import DEFAULT_DKIM_SELECTOR, dkim_record_name
+from kannon.envelope.dkim import (
+    ED25519_SHA256,
+    dns_txt_value,
+    generate_dkim_keypair,
+    generate_ed25519_keypair,
+)
+from kannon.model.domain import DEFAULT_DKIM_SELECTOR, DEFAULT_ED25519_SELECTOR, dkim_record_name
 from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
 from kannon.pb.admin.apiv1 import adminapiv1_pb2_grpc
 from kannon.pb.mailer.apiv1 import mailerapiv1_pb2 as mailer_pb
@@ -167,16 +173,25 @@ class Pipeline:
         sink: SmtpSink,
         clock: Callable[[], datetime] | None = None,
         jitter: Callable[[], float] | None = None,
+        extra_dns: Callable[[DnsServer], None] | None = None,
         **overrides: str,
     ) -> Pipeline:
         # The tenant's key exists before any server starts: dnsmasq must be started before
         # gRPC runs in this process (forking next to live gRPC threads can abort the child), and
         # it reads its records only at start.
         private_key, public_key = await asyncio.to_thread(generate_dkim_keypair)
+        # As CreateDomain does: an Ed25519 key beside the RSA one, both signing.
+        ed_private, ed_public = generate_ed25519_keypair()
         add_recipient_dns(dns_server)
         dns_server.add_txt(
             dkim_record_name(DEFAULT_DKIM_SELECTOR, TENANT), dns_txt_value(public_key)
         )
+        dns_server.add_txt(
+            dkim_record_name(DEFAULT_ED25519_SELECTOR, TENANT),
+            dns_txt_value(ed_public, ED25519_SHA256),
+        )
+        if extra_dns is not None:
+            extra_dns(dns_server)
         dns_server.start()
         settings = pipeline_settings(
             database_url=database_url,
@@ -193,6 +208,9 @@ class Pipeline:
             dkim_public_key=public_key,
             dkim_selector=DEFAULT_DKIM_SELECTOR,
             now=datetime.now(UTC),
+            extra_keys=[
+                NewKey(DEFAULT_ED25519_SELECTOR, ED25519_SHA256, ed_private, ed_public),
+            ],
         )
         api = ApiComponent(settings, pool)
         running_api = await start_component(api)
@@ -222,9 +240,11 @@ class Pipeline:
         md = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
         # What the Admin API tells the operator to publish is what dnsmasq serves.
         domain = (await admin.GetDomain(admin_pb.GetDomainReq(domain=TENANT), metadata=md)).domain
-        [record] = [r for r in domain.dns_records if "._domainkey." in r.name]
-        answer = self.dns.resolver().resolve(record.name, "TXT")
-        assert b"".join(b"".join(r.strings) for r in answer).decode() == record.value
+        records = [r for r in domain.dns_records if "._domainkey." in r.name]
+        assert len(records) == 2  # RSA and Ed25519
+        for record in records:
+            answer = self.dns.resolver().resolve(record.name, "TXT")
+            assert b"".join(b"".join(r.strings) for r in answer).decode() == record.value
         key = await admin.CreateAPIKey(
             admin_pb.CreateAPIKeyRequest(domain=TENANT, name="e2e"), metadata=md
         )
@@ -345,3 +365,22 @@ class Pipeline:
             return b"".join(b"".join(rdata.strings) for rdata in answer)
 
         return bool(dkim.verify(message, dnsfunc=dnsfunc))
+
+    def dkim_verify_each(self, message: bytes) -> list[tuple[str, bool]]:
+        """Every DKIM-Signature of `message` in order: (selector, dkimpy's verdict), each key
+        looked up in dnsmasq like any receiver would."""
+        resolver = self.dns.resolver()
+
+        def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
+            try:
+                answer = resolver.resolve(name.decode("ascii").rstrip("."), "TXT")
+            except dns.exception.DNSException:
+                return b""
+            return b"".join(b"".join(rdata.strings) for rdata in answer)
+
+        verifier = dkim.DKIM(message)
+        found = re.findall(rb"^DKIM-Signature:[^\r]*?\bs=([^;]+);", message, re.MULTILINE)
+        return [
+            (selector.decode(), bool(verifier.verify(idx=i, dnsfunc=dnsfunc)))
+            for i, selector in enumerate(found)
+        ]

@@ -28,12 +28,14 @@ from tests.e2e.engagement_support import (
     dsn,
     get_stats,
     launch_engaged,
+    set_tracking_ceiling,
     stored_events,
     submit_report,
 )
 from tests.e2e.pipeline import RCPT_DOMAIN, TENANT, Pipeline
 from tests.peers.smtp_sink import ReceivedMessage, SmtpSink
 
+FULL = 5  # TRACKING_MODE_FULL
 LANDING = "https://shop.example.org/deal?id=7&ref=mail"
 MAILTO = f"mailto:help@{TENANT}?subject=Question"
 UNTRACKED = f"https://{TENANT}/account?u=42"
@@ -91,6 +93,8 @@ async def test_pixel_and_click_of_a_delivered_message_show_in_get_stats(
 ) -> None:
     engaged = await launch_engaged(launch)
     pipeline, base = engaged.pipeline, engaged.tracker_base
+    # Full tracking (IP and user agent kept) needs the Domain's ceiling raised from identified.
+    await set_tracking_ceiling(pipeline, FULL, FULL)
     rcpt = f"ann@{RCPT_DOMAIN}"
     batch, received = await deliver(engaged, smtp_sink, rcpt)
     assert await stored_events(bus) == 2

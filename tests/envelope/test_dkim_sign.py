@@ -109,7 +109,7 @@ def test_signature_tags(signer: DkimSigner) -> None:
     assert tags["d"] == DOMAIN
     assert tags["s"] == SELECTOR
     assert tags["t"] == str(int(NOW.timestamp()))
-    assert tags["h"] == "from:from:to:cc:subject"
+    assert tags["h"] == "from:from:to:cc:subject:list-unsubscribe:list-unsubscribe-post"
     assert len(base64.b64decode(tags["b"])) == 256  # RSA-2048
     assert max(len(line) for line in signed.split(b"\r\n")) <= 78
 
@@ -207,4 +207,6 @@ def test_bad_domain_or_selector(domain: str, selector: str, dkim_keypair: tuple[
 
 
 def test_repr_hides_key(signer: DkimSigner) -> None:
-    assert repr(signer) == f"DkimSigner(domain={DOMAIN!r}, selector={SELECTOR!r})"
+    assert repr(signer) == (
+        f"DkimSigner(domain={DOMAIN!r}, selector={SELECTOR!r}, algorithm='rsa-sha256')"
+    )

@@ -77,10 +77,14 @@ async def test_seven_processes_deliver_a_batch_through_the_readme_calls_and_stop
     # 1. CreateDomain; publish the DKIM record it tells the operator to publish.
     domain = await fleet.create_domain(TENANT)
     assert domain["domain"] == TENANT
-    [dkim_record] = [r for r in domain["dnsRecords"] if "._domainkey." in r["name"]]
-    assert dkim_record["name"] == f"{domain['dkimSelector']}._domainkey.{TENANT}"
-    assert domain["dkimPubKey"] in dkim_record["value"]
-    dns_server.add_txt(dkim_record["name"], dkim_record["value"])
+    # Two keys, both signing: RSA (the Domain's dkimSelector) and Ed25519 (ADR 0035).
+    dkim_records = [r for r in domain["dnsRecords"] if "._domainkey." in r["name"]]
+    by_name = {r["name"]: r for r in dkim_records}
+    rsa_record = by_name[f"{domain['dkimSelector']}._domainkey.{TENANT}"]
+    assert domain["dkimPubKey"] in rsa_record["value"]
+    assert "k=ed25519" in by_name[f"smtp-ed25519._domainkey.{TENANT}"]["value"]
+    for record in dkim_records:
+        dns_server.add_txt(record["name"], record["value"])
     dns_server.restart()  # dnsmasq reads records at start; same port, so the sender keeps it
 
     # 2. CreateAPIKey; the plaintext key makes the Basic credentials.

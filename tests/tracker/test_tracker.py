@@ -39,6 +39,7 @@ from kannon.envelope import (
 )
 from kannon.ids import new_token
 from kannon.model.outcome import Clicked, Opened
+from kannon.model.tracking import TrackingMode, TrackingPolicy
 from kannon.tracker.app import PIXEL_GIF
 
 BOUNCE_SECRET = b"bounce-secret-for-tests-0123456789"
@@ -85,6 +86,8 @@ async def build_message(
             token_expires_at=now + TOKEN_TTL,
             bounce_secret=BOUNCE_SECRET,
             now=now,
+            # Full: these tests look at the IP address and user agent of each hit.
+            tracking=TrackingPolicy(TrackingMode.FULL, TrackingMode.FULL),
         )
     )
     return batch_id, html_of(envelope.body)
@@ -267,7 +270,9 @@ async def test_forwarded_for_only_from_trusted_proxies(
     now = datetime.now(UTC)
     key = await signing_key(pool, now, TOKEN_TTL)
     tracker = await start_tracker()
-    token = sign_open(key, make_batch_id(new_token(), DOMAIN), RECIPIENT, now + TOKEN_TTL)
+    token = sign_open(
+        key, make_batch_id(new_token(), DOMAIN), RECIPIENT, now + TOKEN_TTL, TrackingMode.FULL
+    )
     url = f"http://127.0.0.1:{tracker.port}/o/{token}"
     spoof = {"X-Forwarded-For": "198.51.100.7", "X-Real-IP": "198.51.100.8"}
     async with httpx.AsyncClient() as direct:

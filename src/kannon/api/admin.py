@@ -1,5 +1,12 @@
 """The Admin service (`pkg.kannon.admin.apiv1.Api` / `kannon.admin.apiv1.AdminApiV1Service`):
-Domains with their DKIM keys and DNS records, persistent templates, API keys.
+Domains with their DKIM keys and DNS records, persistent templates, API keys; a Domain's
+Tracking Policy ceiling and one-click unsubscribe endpoint; DKIM key rotation (ADR 0035) and the
+DNS check.
+
+A new Domain gets an RSA-2048 key (selector `smtp`) and an Ed25519 key (`smtp-ed25519`), both
+signing at once (the operator publishes them before sending). A rotation creates the next pair
+under new selectors, pending; ConfirmDkimKeys (or a CheckDomain that finds them published)
+makes them sign, and the keys they replace sign beside them for `dkim.rotation_grace`.
 
 Every method first checks the operator's credentials (:class:`kannon.api.auth.AdminGuard`).
 """
@@ -14,11 +21,23 @@ from kannon.api.auth import AdminGuard
 from kannon.api.errors import rpc
 from kannon.config import Settings
 from kannon.db import apikeys, domains, templates
-from kannon.dns_records import records_for_domain
-from kannon.envelope.dkim import generate_dkim_keypair
+from kannon.dns_records import check_domain_dns, dkim_record, records_for_domain
+from kannon.envelope.dkim import generate_dkim_keypair, generate_keypair
 from kannon.ids import new_api_key, new_api_key_id, new_template_id
 from kannon.model.apikey import ApiKey, check_expiry, check_key_id, check_name, hash_key, key_prefix
-from kannon.model.domain import DEFAULT_DKIM_SELECTOR, Domain, canonical_domain_name
+from kannon.model.domain import (
+    DEFAULT_DKIM_SELECTOR,
+    DEFAULT_ED25519_SELECTOR,
+    ED25519_SHA256,
+    KEY_ALGORITHMS,
+    PENDING,
+    RETIRED,
+    DkimKey,
+    Domain,
+    canonical_domain_name,
+    check_selector,
+    rotation_selectors,
+)
 from kannon.model.errors import Conflict, NotFound
 from kannon.model.template import PERSISTENT, Template, check_html, check_template_id, check_title
 from kannon.pb.admin.apiv1 import adminapiv1_pb2 as pb
@@ -40,7 +59,20 @@ class AdminService:
         self.guard = AdminGuard(settings.api.admin_token)
 
     def _domain_pb(self, domain: Domain) -> Any:
-        return wire.domain_pb(domain, records_for_domain(self.settings, domain))
+        now = datetime.now(UTC)
+        keys = [(k, dkim_record(k, now)) for k in domain.dkim_keys if k.status(now) != RETIRED]
+        return wire.domain_pb(domain, records_for_domain(self.settings, domain, now), keys, now)
+
+    def _keys_pb(self, keys: list[DkimKey]) -> list[Any]:
+        now = datetime.now(UTC)
+        return [wire.dkim_key_pb(k, dkim_record(k, now), now) for k in keys]
+
+    async def _found_domain(self, value: str) -> Domain:
+        name = canonical_domain_name(value)
+        domain = await domains.get_domain(self.pool, name)
+        if domain is None:
+            raise NotFound(f"domain: {name!r} not found")
+        return domain
 
     async def _existing_domain(self, value: str) -> str:
         name = canonical_domain_name(value)
@@ -74,6 +106,7 @@ class AdminService:
             raise Conflict(f"domain: {name!r} already exists")
         # RSA key generation takes tens of milliseconds of CPU: keep the event loop free.
         private_key, public_key = await asyncio.to_thread(generate_dkim_keypair)
+        ed_private, ed_public = generate_keypair(ED25519_SHA256)
         domain = await domains.insert_domain(
             self.pool,
             name=name,
@@ -81,8 +114,94 @@ class AdminService:
             dkim_public_key=public_key,
             dkim_selector=DEFAULT_DKIM_SELECTOR,
             now=datetime.now(UTC),
+            extra_keys=[
+                domains.NewKey(DEFAULT_ED25519_SELECTOR, ED25519_SHA256, ed_private, ed_public)
+            ],
         )
         return self._domain_pb(domain)
+
+    @rpc
+    async def SetTrackingPolicy(self, request: Any, context: Any) -> Any:
+        self.guard.check(context)
+        name = canonical_domain_name(request.domain)
+        ceiling = wire.ceiling_from_pb(request)
+        domain = await domains.set_tracking(self.pool, name, ceiling)
+        if domain is None:
+            raise NotFound(f"domain: {name!r} not found")
+        return pb.SetTrackingPolicyRes(domain=self._domain_pb(domain))
+
+    @rpc
+    async def SetOneClickUnsubscribe(self, request: Any, context: Any) -> Any:
+        self.guard.check(context)
+        name = canonical_domain_name(request.domain)
+        domain = await domains.set_one_click_unsubscribe(self.pool, name, request.enabled)
+        if domain is None:
+            raise NotFound(f"domain: {name!r} not found")
+        return pb.SetOneClickUnsubscribeRes(domain=self._domain_pb(domain))
+
+    # --- DKIM keys and DNS -------------------------------------------------------------------
+
+    @rpc
+    async def ListDkimKeys(self, request: Any, context: Any) -> Any:
+        self.guard.check(context)
+        domain = await self._found_domain(request.domain)
+        now = datetime.now(UTC)
+        keys = [k for k in domain.dkim_keys if request.include_retired or k.status(now) != RETIRED]
+        return pb.ListDkimKeysRes(keys=self._keys_pb(keys))
+
+    @rpc
+    async def RotateDkimKeys(self, request: Any, context: Any) -> Any:
+        self.guard.check(context)
+        domain = await self._found_domain(request.domain)
+        now = datetime.now(UTC)
+        pending = [k.selector for k in domain.dkim_keys if k.status(now) == PENDING]
+        if pending:
+            raise Conflict(
+                f"domain: {domain.name!r} already has keys waiting for confirmation "
+                f"({', '.join(pending)}): publish and confirm them first"
+            )
+        selectors = rotation_selectors(now)
+        new_keys = []
+        for algorithm in KEY_ALGORITHMS:
+            private_key, public_key = await asyncio.to_thread(generate_keypair, algorithm)
+            new_keys.append(
+                domains.NewKey(selectors[algorithm], algorithm, private_key, public_key)
+            )
+        keys = await domains.add_pending_keys(self.pool, domain.name, new_keys, now)
+        records = [dkim_record(k, now) for k in keys]
+        return pb.RotateDkimKeysRes(
+            keys=self._keys_pb(keys), dns_records=[wire.dns_record_pb(r) for r in records]
+        )
+
+    @rpc
+    async def ConfirmDkimKeys(self, request: Any, context: Any) -> Any:
+        self.guard.check(context)
+        domain = await self._found_domain(request.domain)
+        selector = check_selector(request.selector) if request.selector.strip() else None
+        keys = await domains.confirm_keys(
+            self.pool, domain.name, selector, datetime.now(UTC), self.settings.dkim.rotation_grace
+        )
+        if not keys:
+            what = f"selector {selector!r}" if selector else "any selector"
+            raise NotFound(f"selector: no pending DKIM key of {domain.name!r} at {what}")
+        return pb.ConfirmDkimKeysRes(keys=self._keys_pb(keys))
+
+    @rpc
+    async def CheckDomain(self, request: Any, context: Any) -> Any:
+        self.guard.check(context)
+        domain = await self._found_domain(request.domain)
+        checks, _ = await check_domain_dns(self.pool, self.settings, domain, datetime.now(UTC))
+        res = pb.CheckDomainRes(domain=domain.name, ok=all(c.status == "ok" for c in checks))
+        for check in checks:
+            res.checks.add(
+                kind=check.kind,
+                name=check.name,
+                status=check.status,
+                detail=check.detail,
+                expected=wire.dns_record_pb(check.expected),
+                found=list(check.found),
+            )
+        return res
 
     # --- Templates ---------------------------------------------------------------------------
 

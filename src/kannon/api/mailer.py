@@ -4,10 +4,12 @@ SendHTML and SendTemplate turn one call into one Batch with a Delivery per Recip
 Steps (spec §4.2 without its QUIRKs): authenticate the tenant by API key; pick the template —
 SendHTML always stores its HTML as a new transient template, SendTemplate uses the tenant's
 template or, when global fields change its HTML, a transient copy with them baked in; check the
-request (:func:`kannon.model.batch.plan_batch`); refuse a Batch whose largest Envelope could not
-travel on the bus (:func:`kannon.envelope.size.estimate_largest_envelope` against
-`nats.max_payload`, ADR 0021); write template, Batch and Deliveries in one transaction. Nothing is
-written when any step fails.
+request (:func:`kannon.model.batch.plan_batch`, which also resolves each Recipient's Tracking
+Policy under the Domain's ceiling; a one-click unsubscribe URL template is checked by
+:func:`kannon.envelope.unsubscribe.check_url_template` and gets the global fields baked in, as the
+HTML does); refuse a Batch whose largest Envelope could not travel on the bus
+(:func:`kannon.envelope.size.estimate_largest_envelope` against `nats.max_payload`, ADR 0021);
+write template, Batch and Deliveries in one transaction. Nothing is written when any step fails.
 
 With an `idempotency-key` (gRPC metadata or HTTP header), a repeat of the same request within
 `api.idempotency_window` answers the first response and writes nothing; the same key with another
@@ -18,21 +20,26 @@ racing calls create one Batch (ADR 0031).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from kannon.api.auth import ApiKeyAuth, metadata
 from kannon.api.errors import rpc
 from kannon.api.metrics import IDEMPOTENT_REPLAYS
 from kannon.config import Settings
 from kannon.db.batches import create_batch, deliveries_csv
+from kannon.db.domains import sending_policy
 from kannon.db.idempotency import KeyTaken, find_call
 from kannon.db.templates import get_template
 from kannon.db.tracking_keys import KID_LENGTH
 from kannon.envelope.ids import make_batch_id
-from kannon.envelope.render import apply_global_fields, placeholder_names
+from kannon.envelope.render import apply_global_fields, placeholder_names, render_text
 from kannon.envelope.size import estimate_largest_envelope
+from kannon.envelope.unsubscribe import check_url_template
 from kannon.ids import new_template_id, new_token
 from kannon.model.batch import (
     BatchPlan,
@@ -50,6 +57,7 @@ from kannon.model.idempotency import (
     replayed_response,
 )
 from kannon.model.template import TRANSIENT, Template, check_html, check_template_id
+from kannon.model.tracking import TrackingPolicy
 from kannon.wire import api as wire
 
 if TYPE_CHECKING:
@@ -83,7 +91,11 @@ def transient_template(domain: str, html: str, now: datetime) -> Template:
 
 
 def check_envelope_size(
-    plan: BatchPlan, request: SendRequest, html: str, settings: Settings
+    plan: BatchPlan,
+    request: SendRequest,
+    html: str,
+    settings: Settings,
+    builtin_unsubscribe: bool = False,
 ) -> None:
     """Refuse the Batch when its largest Envelope might exceed what the bus carries."""
     limit = settings.nats.max_payload
@@ -94,13 +106,15 @@ def check_envelope_size(
         batch_id=plan.batch_id,
         sender_email=plan.sender_email,
         sender_alias=plan.sender_alias,
-        recipients=plan.deliveries,
+        recipients=[(d.email, d.fields) for d in plan.deliveries],
         attachments={a.filename.strip(): len(a.content) for a in request.attachments},
         headers_to=plan.headers["to"],
         headers_cc=plan.headers["cc"],
         tracker_base_url=settings.tracker.base_url,
         tracking_kid_bytes=KID_LENGTH,
         limit=limit,
+        unsubscribe_url_template=request.one_click_url_template,
+        builtin_unsubscribe=builtin_unsubscribe,
     )
     if largest is None or largest.size <= limit:
         return
@@ -110,6 +124,19 @@ def check_envelope_size(
         f"encoded), over the {limit} bytes the message bus carries (nats.max_payload); "
         "send smaller attachments or HTML, or link to large files"
     )
+
+
+def one_click_template(template: str, global_fields: Mapping[str, str] | None) -> str:
+    """The caller's RFC 8058 URL template, checked, with the Batch's global fields baked in
+    (percent-encoded); InvalidArgument naming the field when it is no https URL."""
+    field = "one_click_unsubscribe.url_template"
+    try:
+        check_url_template(template)
+    except ValueError as exc:
+        raise InvalidArgument(f"{field}: {exc}") from None
+    if global_fields:
+        template = render_text(template, {k: quote(v, safe="") for k, v in global_fields.items()})
+    return template
 
 
 class MailerService:
@@ -138,10 +165,22 @@ class MailerService:
         IDEMPOTENT_REPLAYS.labels(call.method).inc()
         return wire.send_res_from_bytes(response)
 
-    def _prepare(
-        self, message: Any, tenant: str, template_id: str, html: str, now: datetime
+    def _prepare(  # noqa: PLR0917  (called positionally through asyncio.to_thread)
+        self,
+        message: Any,
+        tenant: str,
+        template_id: str,
+        html: str,
+        now: datetime,
+        domain: tuple[TrackingPolicy, bool],
     ) -> tuple[BatchPlan, bytes]:
+        ceiling, builtin_unsubscribe = domain
         request = wire.send_request(message)
+        unsubscribe_fields: set[str] = set()
+        if request.one_click_url_template is not None:
+            template = one_click_template(request.one_click_url_template, request.global_fields)
+            request = dataclasses.replace(request, one_click_url_template=template)
+            unsubscribe_fields = placeholder_names(template)
         plan = plan_batch(
             request,
             tenant=tenant,
@@ -150,23 +189,28 @@ class MailerService:
             now=now,
             max_recipients=self.max_recipients,
             subject_fields=placeholder_names(request.subject),
+            ceiling=ceiling,
+            unsubscribe_fields=unsubscribe_fields,
         )
-        check_envelope_size(plan, request, html, self.settings)
+        check_envelope_size(plan, request, html, self.settings, builtin_unsubscribe)
         return plan, deliveries_csv(plan)
 
     async def _send(
         self, call: Call, message: Any, template_id: str, html: str, template: Template | None
     ) -> Any:
         now, tenant = call.now, call.tenant
+        domain = await sending_policy(self.pool, tenant)
+        if domain is None:
+            raise NotFound(f"domain: {tenant!r} no longer exists")
         if len(message.recipients) >= OFF_LOOP_RECIPIENTS:
             # Checking and encoding 100,000 Recipients takes about a second of CPU; in a
             # thread the event loop keeps serving other calls (and, in standalone, the other
             # Components) meanwhile.
             plan, encoded = await asyncio.to_thread(
-                self._prepare, message, tenant, template_id, html, now
+                self._prepare, message, tenant, template_id, html, now, domain
             )
         else:
-            plan, encoded = self._prepare(message, tenant, template_id, html, now)
+            plan, encoded = self._prepare(message, tenant, template_id, html, now, domain)
         response = wire.send_res_pb(plan)
         claim = None
         if call.key is not None:

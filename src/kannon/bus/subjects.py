@@ -26,7 +26,18 @@ ERROR = "error"
 FAILED = "failed"
 OPENED = "opened"
 CLICKED = "clicked"
-STAT_TYPES = (ACCEPTED, REJECTED, DELIVERED, BOUNCED, ERROR, FAILED, OPENED, CLICKED)
+UNSUBSCRIBED = "unsubscribed"
+STAT_TYPES = (
+    ACCEPTED,
+    REJECTED,
+    DELIVERED,
+    BOUNCED,
+    ERROR,
+    FAILED,
+    OPENED,
+    CLICKED,
+    UNSUBSCRIBED,
+)
 
 # Outcome types webhook endpoints receive: every stat type but `error`, which is one failed
 # attempt of a Delivery that will be retried, not an outcome (ADR 0032). Derived, so a type added

@@ -477,6 +477,16 @@ class StandaloneSettings(_Section):
     )
 
 
+class DkimSettings(_Section):
+    """DKIM keys of the Domains."""
+
+    rotation_grace: Duration = _key(
+        "48h",
+        "How long a replaced DKIM key keeps signing beside its confirmed successor "
+        "(resolvers that cached the new selector's absence catch up meanwhile)",
+    )
+
+
 class Settings(_Section):
     """All of Kannon's configuration, immutable once loaded (see ``load_settings``)."""
 
@@ -507,6 +517,7 @@ class Settings(_Section):
     dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
     nats: NatsSettings = Field(default_factory=NatsSettings)
     standalone: StandaloneSettings = Field(default_factory=StandaloneSettings)
+    dkim: DkimSettings = Field(default_factory=DkimSettings)
     run_api: Bool = _key(False, "Run the gRPC API server", yaml_name="run-api")
     run_smtp: Bool = _key(False, "Run the inbound SMTP (bounce) server", yaml_name="run-smtp")
     run_sender: Bool = _key(False, "Run the outbound SMTP sender", yaml_name="run-sender")

@@ -11,6 +11,7 @@ CSV's "unquoted empty means NULL" rule never applies: every value is written quo
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Mapping
 from datetime import datetime
 from json.encoder import encode_basestring
@@ -23,6 +24,7 @@ from kannon.db.times import to_db_time
 from kannon.model.batch import BatchPlan
 from kannon.model.idempotency import IdempotencyClaim
 from kannon.model.template import Template
+from kannon.model.tracking import TrackingPolicy
 
 TO_VALIDATE = "to_validate"
 _json_str = encode_basestring  # JSON string literal, non-ASCII kept as is
@@ -34,6 +36,7 @@ _POOL_COLUMNS = [
     "original_scheduled_time",
     "message_id",
     "domain",
+    "tracking",
 ]
 
 
@@ -57,13 +60,19 @@ def deliveries_csv(plan: BatchPlan) -> bytes:
     one shared tail of constants, which makes 100,000 rows several times cheaper to produce.
     """
     scheduled = _quoted(to_db_time(plan.scheduled_time).isoformat(sep=" "))
-    tail = (
-        f",{TO_VALIDATE},{scheduled},{scheduled},{_quoted(plan.batch_id)},{_quoted(plan.domain)}\n"
+    head = (
+        f",{TO_VALIDATE},{scheduled},{scheduled},{_quoted(plan.batch_id)},{_quoted(plan.domain)},"
     )
-    lines = [
-        _quoted(delivery.email) + "," + _quoted(_fields_json(delivery.fields)) + tail
-        for delivery in plan.deliveries
-    ]
+    # A Batch has a handful of distinct policies: each row shares one of a few tails.
+    tails: dict[TrackingPolicy, str] = {}
+    lines = []
+    for delivery in plan.deliveries:
+        tail = tails.get(delivery.tracking)
+        if tail is None:
+            tail = tails[delivery.tracking] = (
+                head + _quoted(json.dumps(delivery.tracking.to_json())) + "\n"
+            )
+        lines.append(_quoted(delivery.email) + "," + _quoted(_fields_json(delivery.fields)) + tail)
     return "".join(lines).encode("utf-8")
 
 
@@ -94,8 +103,8 @@ async def create_batch(
             await insert_template(conn, transient_template)
         await conn.execute(
             """INSERT INTO messages (message_id, subject, sender_email, sender_alias, template_id,
-                                     domain, attachments, headers, created_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+                                     domain, attachments, headers, created_at, tracking)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
             plan.batch_id,
             plan.subject,
             plan.sender_email,
@@ -105,6 +114,7 @@ async def create_batch(
             plan.attachments,
             plan.headers,
             to_db_time(now),
+            plan.tracking.to_json(),
         )
         if data:
             await conn.copy_to_table(

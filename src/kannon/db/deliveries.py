@@ -34,6 +34,7 @@ from kannon.model.delivery import (
     VALIDATING,
     PoolDelivery,
 )
+from kannon.model.tracking import DEFAULT_CEILING, TrackingPolicy
 
 _NAMES = (
     "id",
@@ -50,6 +51,7 @@ _NAMES = (
     "last_reply_msg",
     "queued_at",
     "envelope_seq",
+    "tracking",
 )
 _COLUMNS = ", ".join(_NAMES)
 _P_COLUMNS = ", ".join("p." + name for name in _NAMES)  # RETURNING of an UPDATE ... FROM
@@ -94,6 +96,10 @@ def _delivery(row: asyncpg.Record) -> PoolDelivery:
         last_reply_msg=row["last_reply_msg"],
         queued_at=from_db_time(queued_at) if queued_at is not None else None,
         envelope_seq=row["envelope_seq"],
+        tracking=TrackingPolicy.from_json(
+            json.loads(tracking) if isinstance(tracking := row["tracking"], str) else tracking,
+            DEFAULT_CEILING,
+        ),
     )
 
 

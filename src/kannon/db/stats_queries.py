@@ -23,6 +23,7 @@ class StatRow:
     domain: str
     timestamp: datetime  # aware, UTC
     data: dict[str, Any]  # protojson of StatsData
+    tracking_mode: int = 0  # the wire's TrackingMode number (engagement events)
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ async def list_stats(
 ) -> tuple[list[StatRow], int]:
     """Events of `domain` with start <= timestamp < end, newest first, and their number."""
     rows = await pool.fetch(
-        """SELECT type, email, message_id, domain, timestamp, data FROM stats
+        """SELECT type, email, message_id, domain, timestamp, data, tracking_mode FROM stats
            WHERE domain = $1 AND timestamp >= $2 AND timestamp < $3
            ORDER BY timestamp DESC, id DESC LIMIT $4 OFFSET $5""",
         domain,
@@ -61,6 +62,7 @@ async def list_stats(
             domain=row["domain"],
             timestamp=from_db_time(row["timestamp"]),
             data=row["data"] if isinstance(row["data"], dict) else {},
+            tracking_mode=row["tracking_mode"],
         )
         for row in rows
     ], int(total)

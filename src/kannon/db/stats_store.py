@@ -10,6 +10,10 @@ double-counted aggregates, spec §3.4).
 
 Events are recorded a batch at a time, in one statement per batch: one transaction per event
 (two events per Delivery) made the Stats worker a fifth of standalone's CPU.
+
+Engagement events recorded under the ``anonymous`` Tracking Mode (ADR 0033) get no `stats` row:
+they are only counted. Their ids go into `anonymous_events` (with Domain, type and time, never a
+Recipient), which plays the unique index's part so a redelivered one still counts once.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ import asyncpg
 
 from kannon.db.times import to_db_time
 from kannon.model.outcome import Outcome
+from kannon.model.tracking import TrackingMode
+
+_ANONYMOUS = int(TrackingMode.ANONYMOUS)
 
 
 def hour_bucket(timestamp: datetime) -> datetime:
@@ -44,21 +51,33 @@ _RECORD_EVENTS = """
 WITH input AS (
     SELECT * FROM unnest(
         $1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::timestamp[],
-        $6::jsonb[], $7::varchar[]
-    ) WITH ORDINALITY AS t(type, email, message_id, domain, timestamp, data, event_id, ord)
+        $6::jsonb[], $7::varchar[], $8::smallint[]
+    ) WITH ORDINALITY
+        AS t(type, email, message_id, domain, timestamp, data, event_id, tracking_mode, ord)
 ), inserted AS (
-    INSERT INTO stats (type, email, message_id, domain, timestamp, data, event_id)
-    SELECT type, email, message_id, domain, timestamp, data, event_id FROM input ORDER BY ord
+    INSERT INTO stats (type, email, message_id, domain, timestamp, data, event_id, tracking_mode)
+    SELECT type, email, message_id, domain, timestamp, data, event_id, tracking_mode
+    FROM input WHERE tracking_mode <> $9 ORDER BY ord
     ON CONFLICT DO NOTHING
     RETURNING type, email, message_id, domain, timestamp
+), anonymous AS (
+    INSERT INTO anonymous_events (event_id, domain, type, timestamp)
+    SELECT COALESCE(event_id, 'anonymous.' || gen_random_uuid()::text), domain, type, timestamp
+    FROM input WHERE tracking_mode = $9 ORDER BY ord
+    ON CONFLICT DO NOTHING
+    RETURNING event_id, domain, type, timestamp
 ), counted AS (
     INSERT INTO aggregated_stats (domain, timestamp, type, count)
-    SELECT domain, date_trunc('hour', timestamp), type, count(*) FROM inserted
-    GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    SELECT domain, date_trunc('hour', timestamp), type, count(*) FROM (
+        SELECT domain, timestamp, type FROM inserted
+        UNION ALL SELECT domain, timestamp, type FROM anonymous
+    ) AS new GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
     ON CONFLICT (domain, timestamp, type)
     DO UPDATE SET count = aggregated_stats.count + EXCLUDED.count
 )
-SELECT type, email, message_id, domain, timestamp FROM inserted
+SELECT type, email, message_id, domain, timestamp, NULL::varchar AS event_id FROM inserted
+UNION ALL
+SELECT type, NULL, NULL, domain, timestamp, event_id FROM anonymous
 """
 
 EventKey = tuple[str, str, str, str, datetime]
@@ -94,14 +113,28 @@ async def record_events(
             [k[4] for k in keys],
             [dict(data) for _, data in rows],
             [o.event_id or None for o, _ in rows],
+            [int(o.tracking_mode) for o, _ in rows],
+            _ANONYMOUS,
         )
     except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
         raise EventRefused(str(exc)) from exc
-    # A stored row is identified by the unique (type, email, message_id, domain, timestamp).
-    new = {(r["type"], r["email"], r["message_id"], r["domain"], r["timestamp"]) for r in stored}
+    # A stored row is identified by the unique (type, email, message_id, domain, timestamp), an
+    # anonymous event by its id (one without an id was given a fresh one: it is always new).
+    new = {
+        (r["type"], r["email"], r["message_id"], r["domain"], r["timestamp"])
+        for r in stored
+        if r["event_id"] is None
+    }
+    new_anonymous = {r["event_id"] for r in stored if r["event_id"] is not None}
     result = [False] * len(events)
-    for position, key in zip(order, keys, strict=True):
-        if key in new:
+    for position, key, (outcome, _) in zip(order, keys, rows, strict=True):
+        if outcome.tracking_mode is TrackingMode.ANONYMOUS:
+            if not outcome.event_id:
+                result[position] = True
+            elif outcome.event_id in new_anonymous:
+                new_anonymous.discard(outcome.event_id)
+                result[position] = True
+        elif key in new:
             new.discard(key)  # a repeat of the key within this call is the duplicate
             result[position] = True
     return result
@@ -134,7 +167,9 @@ async def delete_stats_before(pool: asyncpg.Pool, cutoff: datetime, *, page: int
         deleted = int(status.rsplit(" ", 1)[-1])
         total += deleted
         if deleted < page:
-            return total
+            break
+    status = await pool.execute("DELETE FROM anonymous_events WHERE timestamp < $1", naive)
+    return total + int(status.rsplit(" ", 1)[-1])
 
 
 async def delete_expired_stats_keys(pool: asyncpg.Pool, now: datetime) -> int:

@@ -12,10 +12,11 @@ it kept the whole pipeline on one core. So the Dispatcher hands each chunk to a 
 What crosses the process boundary is plain, picklable data (`BatchJob`, `Item`) and comes back as
 the encoded `kannon.sending` payload (`Built`): the Dispatcher's process does not even serialise
 the Envelope. A `DkimSigner` holds a parsed OpenSSL key, which cannot be pickled, so a job carries
-the key material and each worker keeps its own signers, parsed once per (Domain, selector, key).
+the key material (every key the Domain signs with: RSA, Ed25519, and during a rotation the
+retiring ones) and each worker keeps its own signers, parsed once per (Domain, selector, key).
 
-Randomness (MIME boundary seeds) and the clock are decided by the Dispatcher and passed in, so a
-worker builds exactly what an inline build would.
+Randomness (MIME boundary seeds, pseudonymous tracking identities) and the clock are decided by
+the Dispatcher and passed in, so a worker builds exactly what an inline build would.
 
 Workers ignore SIGINT and SIGTERM: the Dispatcher owns their lifetime and shuts the pool down when
 it stops (a Ctrl-C reaches the whole foreground process group; a worker dying under a chunk would
@@ -47,13 +48,14 @@ from typing import Protocol
 from kannon.envelope.build import EnvelopeSpec, build_envelope
 from kannon.envelope.dkim import DkimSigner
 from kannon.envelope.tokens import TrackingKey
+from kannon.model.tracking import DEFAULT_CEILING, TrackingPolicy
 from kannon.wire import envelope as wire_envelope
 
 log = logging.getLogger("kannon.dispatcher")
 
 # Inline builds between two yields to the loop: ~1 ms each, so the loop stalls a few ms at most.
 YIELD_EVERY = 4
-# Signers a worker keeps (one per Domain in use): a parsed RSA key is a few KB.
+# Signers a worker keeps (two to four per Domain in use): a parsed RSA key is a few KB.
 SIGNER_CACHE = 256
 
 
@@ -62,8 +64,8 @@ class BatchJob:
     """What every Envelope of one Batch in one dispatch cycle shares."""
 
     domain: str
-    dkim_selector: str
-    dkim_private_key: str = field(repr=False)
+    dkim_keys: tuple[tuple[str, str], ...] = field(repr=False)
+    """(selector, base64 private key) of every key to sign with."""
     sender_email: str
     sender_alias: str
     subject: str
@@ -76,6 +78,8 @@ class BatchJob:
     token_expires_at: datetime
     bounce_secret: bytes = field(repr=False)
     now: datetime
+    unsubscribe_url_template: str | None = None
+    builtin_unsubscribe: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,8 @@ class Item:
     fields: Mapping[str, str]
     should_retry: bool
     boundary_seed: bytes
+    tracking: TrackingPolicy = DEFAULT_CEILING
+    pseudonym: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,19 +108,21 @@ BuildResult = Built | str
 
 
 def build_items(
-    job: BatchJob, items: Sequence[Item], signer: DkimSigner | None = None
+    job: BatchJob, items: Sequence[Item], signers: Sequence[DkimSigner] | None = None
 ) -> list[BuildResult]:
-    """Build and sign the Envelopes of `items`. Runs in a worker process or inline; `signer`
-    (the caller's parsed key) saves a worker's cache lookup when given."""
-    if signer is None:
+    """Build and sign the Envelopes of `items`. Runs in a worker process or inline; `signers`
+    (the caller's parsed keys) save a worker's cache lookups when given."""
+    if signers is None:
         try:
-            signer = _cached_signer(job)
+            signers = [_cached_signer(job.domain, *key) for key in job.dkim_keys]
         except ValueError as exc:
             return [f"DKIM key of domain {job.domain}: {exc}"] * len(items)
-    return [_build_one(job, item, signer) for item in items]
+    if not signers:
+        return [f"domain {job.domain} has no DKIM key to sign with"] * len(items)
+    return [_build_one(job, item, signers) for item in items]
 
 
-def _build_one(job: BatchJob, item: Item, signer: DkimSigner) -> BuildResult:
+def _build_one(job: BatchJob, item: Item, signers: Sequence[DkimSigner]) -> BuildResult:
     spec = EnvelopeSpec(
         batch_id=item.batch_id,
         domain=job.domain,
@@ -123,7 +131,7 @@ def _build_one(job: BatchJob, item: Item, signer: DkimSigner) -> BuildResult:
         subject=job.subject,
         html=job.html,
         recipient=item.recipient,
-        dkim=signer,
+        dkim=signers,
         tracker_base_url=job.tracker_base_url,
         tracking_key=job.tracking_key,
         token_expires_at=job.token_expires_at,
@@ -135,6 +143,10 @@ def _build_one(job: BatchJob, item: Item, signer: DkimSigner) -> BuildResult:
         headers_cc=job.headers_cc,
         should_retry=item.should_retry,
         boundary_seed=item.boundary_seed,
+        tracking=item.tracking,
+        pseudonym=item.pseudonym,
+        unsubscribe_url_template=job.unsubscribe_url_template,
+        builtin_unsubscribe=job.builtin_unsubscribe,
     )
     try:
         env = build_envelope(spec)
@@ -157,11 +169,11 @@ def _build_one(job: BatchJob, item: Item, signer: DkimSigner) -> BuildResult:
 _signers: OrderedDict[tuple[str, str, str], DkimSigner] = OrderedDict()
 
 
-def _cached_signer(job: BatchJob) -> DkimSigner:
-    key = (job.domain, job.dkim_selector, job.dkim_private_key)
+def _cached_signer(domain: str, selector: str, private_key: str) -> DkimSigner:
+    key = (domain, selector, private_key)
     signer = _signers.get(key)
     if signer is None:
-        signer = DkimSigner(job.domain, job.dkim_selector, job.dkim_private_key)
+        signer = DkimSigner(domain, selector, private_key)
         _signers[key] = signer
         while len(_signers) > SIGNER_CACHE:
             _signers.popitem(last=False)
@@ -172,7 +184,7 @@ def _cached_signer(job: BatchJob) -> DkimSigner:
 
 class Builder(Protocol):
     async def build(
-        self, job: BatchJob, items: Sequence[Item], signer: DkimSigner
+        self, job: BatchJob, items: Sequence[Item], signers: Sequence[DkimSigner]
     ) -> list[BuildResult]: ...
 
 
@@ -180,13 +192,13 @@ class InlineBuilder:
     """Builds in the event loop's thread, yielding to the loop every `YIELD_EVERY` Envelopes."""
 
     async def build(
-        self, job: BatchJob, items: Sequence[Item], signer: DkimSigner
+        self, job: BatchJob, items: Sequence[Item], signers: Sequence[DkimSigner]
     ) -> list[BuildResult]:
         results: list[BuildResult] = []
         for start in range(0, len(items), YIELD_EVERY):
             if start:
                 await asyncio.sleep(0)  # let the other Components run between builds
-            results += build_items(job, items[start : start + YIELD_EVERY], signer)
+            results += build_items(job, items[start : start + YIELD_EVERY], signers)
         return results
 
 
@@ -264,7 +276,7 @@ class ProcessBuilder:
             await asyncio.to_thread(_stop_resource_tracker)
 
     async def build(
-        self, job: BatchJob, items: Sequence[Item], signer: DkimSigner
+        self, job: BatchJob, items: Sequence[Item], signers: Sequence[DkimSigner]
     ) -> list[BuildResult]:
         executor = self._executor
         if executor is None:
@@ -277,4 +289,4 @@ class ProcessBuilder:
             if self._executor is executor:
                 self._executor = self._new_executor()
                 executor.shutdown(wait=False, cancel_futures=True)
-            return await self._inline.build(job, items, signer)
+            return await self._inline.build(job, items, signers)

@@ -96,6 +96,7 @@ from kannon.model.delivery import IN_FLIGHT_STATUSES, PoolDelivery
 from kannon.model.event_ids import attempt_of_send_outcome, delivery_event_id, envelope_msg_id
 from kannon.model.outcome import Bounced, Errored, Failed, Outcome
 from kannon.model.retry import JITTER_MAX, JITTER_MIN, RetryPolicy
+from kannon.model.tracking import PSEUDONYM_HEX, TrackingMode
 from kannon.runtime.clock import utc_now
 from kannon.runtime.component import Life, run_cycles, run_every
 from kannon.runtime.logs import obfuscate
@@ -170,6 +171,11 @@ def new_boundary_seed() -> bytes:
     return secrets.token_bytes(BOUNDARY_SEED_BYTES)
 
 
+def new_pseudonym() -> str:
+    """A pseudonymous tracking identity: random, never stored (ADR 0033)."""
+    return secrets.token_hex(PSEUDONYM_HEX // 2)
+
+
 def retry_policy(settings: Settings) -> RetryPolicy:
     d = settings.dispatcher
     return RetryPolicy(
@@ -230,7 +236,7 @@ class _BatchParts:
     """What one cycle derives once per Batch, shared by all its Deliveries."""
 
     job: BatchJob
-    signer: DkimSigner
+    signers: list[DkimSigner]
 
 
 @dataclass
@@ -271,9 +277,9 @@ class Dispatcher:
         self._jitter = jitter
         self._policy = policy if policy is not None else retry_policy(settings)
         self._boundary_seed = boundary_seed
-        # Parsing a key costs more than signing with it: one signer per Domain, replaced when
-        # the stored selector or key changes.
-        self._signers: dict[str, tuple[tuple[str, str], DkimSigner]] = {}
+        # Parsing a key costs more than signing with it: the signers of each Domain, replaced
+        # when the keys it signs with change (a rotation step).
+        self._signers: dict[str, tuple[tuple[tuple[str, str], ...], list[DkimSigner]]] = {}
         # Replaced by a ProcessBuilder while `build_processes()` is entered (as `run` does).
         self._builder: Builder = InlineBuilder()
         self._finished: Coalescer[tuple[str, str], bool] = Coalescer(
@@ -359,7 +365,7 @@ class Dispatcher:
         if not claimed:
             return 0
         try:
-            data = await load_sending_data(self._pool, [d.message_id for d in claimed])
+            data = await load_sending_data(self._pool, [d.message_id for d in claimed], now)
             key = await signing_key(self._pool, now, self._token_ttl)
         except BaseException:
             try:
@@ -426,18 +432,19 @@ class Dispatcher:
     def _batch_parts(self, batch: SendingData, key: TrackingKey, now: datetime) -> _BatchParts:
         if batch.html is None:
             raise BuildError(f"template {batch.template_id} no longer exists")
-        if batch.dkim_private_key is None or batch.dkim_selector is None:
+        if not batch.domain_exists:
             raise BuildError(f"domain {batch.domain} no longer exists")
+        if not batch.dkim_keys:
+            raise BuildError(f"domain {batch.domain} has no DKIM key to sign with")
         try:
             attachments = batch.attachment_bytes()
         except ValueError as exc:
             raise BuildError(str(exc)) from None
         # Parsed here even when workers build: a bad key fails the Batch once, up front.
-        signer = self._signer(batch)
+        signers = self._domain_signers(batch)
         job = BatchJob(
             domain=batch.domain,
-            dkim_selector=batch.dkim_selector,
-            dkim_private_key=batch.dkim_private_key,
+            dkim_keys=batch.dkim_keys,
             sender_email=batch.sender_email,
             sender_alias=batch.sender_alias,
             subject=batch.subject,
@@ -450,21 +457,22 @@ class Dispatcher:
             token_expires_at=now + self._token_ttl,
             bounce_secret=self._secret,
             now=now,
+            unsubscribe_url_template=batch.one_click_url_template,
+            builtin_unsubscribe=batch.builtin_unsubscribe,
         )
-        return _BatchParts(job, signer)
+        return _BatchParts(job, signers)
 
-    def _signer(self, batch: SendingData) -> DkimSigner:
-        assert batch.dkim_private_key is not None and batch.dkim_selector is not None
-        fingerprint = (batch.dkim_selector, batch.dkim_private_key)
+    def _domain_signers(self, batch: SendingData) -> list[DkimSigner]:
+        fingerprint = batch.dkim_keys
         cached = self._signers.get(batch.domain)
         if cached is not None and cached[0] == fingerprint:
             return cached[1]
         try:
-            signer = DkimSigner(batch.domain, batch.dkim_selector, batch.dkim_private_key)
+            signers = [DkimSigner(batch.domain, sel, key) for sel, key in batch.dkim_keys]
         except ValueError as exc:
             raise BuildError(f"DKIM key of domain {batch.domain}: {exc}") from None
-        self._signers[batch.domain] = (fingerprint, signer)
-        return signer
+        self._signers[batch.domain] = (fingerprint, signers)
+        return signers
 
     def _item(self, delivery: PoolDelivery, job: BatchJob, now: datetime) -> Item:
         return Item(
@@ -476,6 +484,9 @@ class Dispatcher:
                 delivery.original_scheduled_time, delivery.send_attempts_cnt, now
             ),
             boundary_seed=self._boundary_seed() if job.attachments else b"",
+            tracking=delivery.tracking,
+            # Drawn for each Envelope and stored nowhere (ADR 0033).
+            pseudonym=new_pseudonym() if delivery.tracking.uses(TrackingMode.PSEUDONYMOUS) else "",
         )
 
     async def _build_chunk(
@@ -518,7 +529,7 @@ class Dispatcher:
         self, parts: _BatchParts, group: Sequence[PoolDelivery], now: datetime
     ) -> list[Built | str]:
         items = [self._item(delivery, parts.job, now) for delivery in group]
-        results = await self._builder.build(parts.job, items, parts.signer)
+        results = await self._builder.build(parts.job, items, parts.signers)
         if len(results) != len(items):
             raise RuntimeError(f"builder returned {len(results)} results for {len(items)} items")
         return results

@@ -1,10 +1,16 @@
 """DKIM signing (RFC 6376) of built Envelopes, with OpenSSL through ``cryptography``.
 
-Owns: loading a Domain's key, relaxed/relaxed canonicalisation, the DKIM-Signature header, and
-generating new Domain key pairs with their DNS TXT value.
+Owns: loading a Domain's keys, relaxed/relaxed canonicalisation, the DKIM-Signature header, and
+generating new key pairs with their DNS TXT value.
 
-* ``a=rsa-sha256; c=relaxed/relaxed``; ``From`` is oversigned (listed once more than it occurs)
-  so nobody can add a second From after signing and have it shown instead.
+* Two algorithms: ``rsa-sha256`` (RSA-2048) and ``ed25519-sha256`` (RFC 8463: the Ed25519
+  signature of the SHA-256 digest of the signed data; the DNS ``p=`` is the raw 32-byte public
+  key). A message is signed by every key the Domain signs with, RSA first
+  (:func:`sign_all`): a verifier that knows only RSA still finds its signature at the top.
+* ``c=relaxed/relaxed``; ``From``, ``List-Unsubscribe`` and ``List-Unsubscribe-Post`` are
+  oversigned (listed once more than they occur, even when absent) so nobody can add a second
+  one after signing and have it shown or acted on instead (RFC 8058 §4 asks for the latter two
+  to be signed).
 * The private key is parsed once per ``DkimSigner`` (parsing PEM/DER costs more than a signature);
   one RSA-2048 signature is ~0.6 ms with OpenSSL, against ~8 ms with dkimpy's pure-Python RSA
   (dkimpy is used only by the tests, to verify independently).
@@ -15,7 +21,8 @@ generating new Domain key pairs with their DNS TXT value.
   the two readings never differ for what we send.
 
 Pure except ``generate_dkim_keypair``, which is random by nature (it asks the OS via OpenSSL).
-The signing time ``t=`` comes from the caller's ``now``.
+The signing time ``t=`` comes from the caller's ``now``. Private keys are stored as base64:
+PKCS#1 DER for RSA (the original's format), the raw 32-byte seed for Ed25519.
 """
 
 from __future__ import annotations
@@ -28,9 +35,16 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 Header = tuple[str, str]
+PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+
+RSA_SHA256 = "rsa-sha256"
+ED25519_SHA256 = "ed25519-sha256"
+ALGORITHMS = (RSA_SHA256, ED25519_SHA256)  # also the order signatures appear in a message
+_KEY_TYPE = {RSA_SHA256: "rsa", ED25519_SHA256: "ed25519"}
+_ED25519_SEED = 32
 
 # What we sign, in this order, when present. Content-Type and MIME-Version pin the structure;
 # X-Pool-Message-ID ties the signature to the Batch.
@@ -44,8 +58,10 @@ DEFAULT_SIGNED_HEADERS: tuple[str, ...] = (
     "MIME-Version",
     "Content-Type",
     "X-Pool-Message-ID",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
 )
-DEFAULT_OVERSIGNED: tuple[str, ...] = ("From",)
+DEFAULT_OVERSIGNED: tuple[str, ...] = ("From", "List-Unsubscribe", "List-Unsubscribe-Post")
 _MIN_KEY_BITS = 1024  # RFC 8301 §3.2: verifiers must refuse smaller keys
 _WSP_RUN = re.compile(rb"[ \t]+")
 _WSP_CHANGE = re.compile(rb"\t[ \t]*| [ \t]+")
@@ -80,20 +96,27 @@ def relaxed_body(body: bytes) -> bytes:
     return body[:end].rstrip(b" ") + b"\r\n"
 
 
-def _load_private_key(private_key: str | bytes) -> rsa.RSAPrivateKey:
+def _load_private_key(private_key: str | bytes) -> PrivateKey:
     data = private_key.encode("ascii") if isinstance(private_key, str) else private_key
     data = data.strip()
+    key: object
     try:
         if data.startswith(b"-----BEGIN"):
             key = serialization.load_pem_private_key(data, password=None)
         else:
-            # The Domain table stores base64(PKCS#1 DER); DER (either PKCS#1 or PKCS#8) loads.
+            # Stored keys are base64: PKCS#1 DER (RSA; PKCS#8 DER loads too) or a raw Ed25519
+            # seed of 32 bytes, which no DER key is.
             der = base64.b64decode(b"".join(data.split()), validate=True)
-            key = serialization.load_der_private_key(der, password=None)
+            if len(der) == _ED25519_SEED:
+                key = ed25519.Ed25519PrivateKey.from_private_bytes(der)
+            else:
+                key = serialization.load_der_private_key(der, password=None)
     except (ValueError, TypeError, binascii.Error) as exc:
         raise ValueError(f"cannot load DKIM private key: {exc}") from None
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key
     if not isinstance(key, rsa.RSAPrivateKey):
-        raise ValueError("DKIM private key must be RSA")
+        raise ValueError("DKIM private key must be RSA or Ed25519")
     if key.key_size < _MIN_KEY_BITS:
         raise ValueError(f"DKIM key of {key.key_size} bits is too small")
     return key
@@ -120,7 +143,7 @@ def _fold_b64(value: str) -> str:
 class DkimSigner:
     """Signs messages for one Domain with one selector; the key is parsed once, here."""
 
-    __slots__ = ("_key", "_oversigned", "_signed", "domain", "selector")
+    __slots__ = ("_key", "_oversigned", "_signed", "algorithm", "domain", "selector")
 
     def __init__(
         self,
@@ -138,21 +161,30 @@ class DkimSigner:
         self.domain = domain
         self.selector = selector
         self._key = _load_private_key(private_key)
+        self.algorithm = (
+            ED25519_SHA256 if isinstance(self._key, ed25519.Ed25519PrivateKey) else RSA_SHA256
+        )
         self._signed = tuple(h.lower() for h in signed_headers)
         self._oversigned = frozenset(h.lower() for h in oversigned)
 
     def __repr__(self) -> str:  # never show the key
-        return f"DkimSigner(domain={self.domain!r}, selector={self.selector!r})"
+        return (
+            f"DkimSigner(domain={self.domain!r}, selector={self.selector!r}, "
+            f"algorithm={self.algorithm!r})"
+        )
 
     def public_key_b64(self) -> str:
-        """The base64 SubjectPublicKeyInfo DER of this signer's key (the DNS ``p=`` value)."""
+        """The DNS ``p=`` value: base64 SubjectPublicKeyInfo DER (RSA) or the raw key (Ed25519)."""
         return _public_b64(self._key)
 
-    def sign(self, headers: Sequence[Header], body: bytes, now: datetime) -> Header:
+    def sign(
+        self, headers: Sequence[Header], body: bytes, now: datetime, body_hash: str | None = None
+    ) -> Header:
         """Return the ``("DKIM-Signature", value)`` field for a message.
 
         ``headers`` are ``(name, value)`` pairs in message order, ``value`` being exactly the
-        text after the colon (folding included); ``body`` is the CRLF body after the blank line.
+        text after the colon (folding included); ``body`` is the CRLF body after the blank line
+        (``body_hash``, when given, is its relaxed SHA-256 in base64, saving a second pass).
         The result is meant to be prepended to the header block.
         """
         if now.tzinfo is None or now.utcoffset() is None:
@@ -163,24 +195,29 @@ class DkimSigner:
         h_names: list[str] = []
         canon: list[bytes] = []
         for name in self._signed:
-            instances = by_name.get(name)
-            if not instances:
-                continue
+            instances = by_name.get(name, [])
             # RFC 6376 §5.4.2: repeated names take instances from the bottom up.
             for inst_name, inst_value in reversed(instances):
                 h_names.append(name)
                 canon.append(relaxed_header(inst_name, inst_value))
             if name in self._oversigned:
-                h_names.append(name)  # names no instance: contributes nothing, blocks additions
-        body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode("ascii")
+                # Names no instance (also when the field is absent): contributes nothing to the
+                # hash, and makes any field of that name added later break the signature.
+                h_names.append(name)
+        if body_hash is None:
+            body_hash = relaxed_body_hash(body)
         unsigned = (
-            f" v=1; a=rsa-sha256; c=relaxed/relaxed; d={self.domain}; s={self.selector};\r\n"
+            f" v=1; a={self.algorithm}; c=relaxed/relaxed; d={self.domain}; s={self.selector};\r\n"
             f"\tt={int(now.timestamp())};\r\n\th={_fold_names(h_names)};\r\n"
             f"\tbh={body_hash};\r\n\tb="
         )
         # The signature field itself is hashed last, with an empty b= and no trailing CRLF.
         canon.append(relaxed_header("DKIM-Signature", unsigned)[:-2])
-        signature = self._key.sign(b"".join(canon), padding.PKCS1v15(), hashes.SHA256())
+        if isinstance(self._key, ed25519.Ed25519PrivateKey):
+            # RFC 8463 §3: Ed25519 (PureEdDSA) over the SHA-256 digest, not over the data.
+            signature = self._key.sign(hashlib.sha256(b"".join(canon)).digest())
+        else:
+            signature = self._key.sign(b"".join(canon), padding.PKCS1v15(), hashes.SHA256())
         return "DKIM-Signature", unsigned + _fold_b64(base64.b64encode(signature).decode("ascii"))
 
     def sign_message(self, message: bytes, now: datetime) -> bytes:
@@ -202,7 +239,27 @@ class DkimSigner:
         return f"{name}:{value}\r\n".encode("ascii") + message
 
 
-def _public_b64(key: rsa.RSAPrivateKey) -> str:
+def relaxed_body_hash(body: bytes) -> str:
+    """The ``bh=`` value: base64 SHA-256 of the relaxed canonical body."""
+    return base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode("ascii")
+
+
+def sign_all(
+    signers: Sequence[DkimSigner], headers: Sequence[Header], body: bytes, now: datetime
+) -> list[Header]:
+    """One DKIM-Signature per signer, in message order: RSA ones first (then in the order
+    given). Each signs the same header fields, none signs another signature."""
+    body_hash = relaxed_body_hash(body)
+    ordered = sorted(signers, key=lambda s: ALGORITHMS.index(s.algorithm))
+    return [signer.sign(headers, body, now, body_hash) for signer in ordered]
+
+
+def _public_b64(key: PrivateKey) -> str:
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        raw = key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        return base64.b64encode(raw).decode("ascii")
     der = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -224,15 +281,39 @@ def generate_dkim_keypair(bits: int = 2048) -> tuple[str, str]:
     return base64.b64encode(private_der).decode("ascii"), _public_b64(key)
 
 
-def dns_txt_value(public_b64: str) -> str:
+def generate_ed25519_keypair() -> tuple[str, str]:
+    """Return a new ``(private base64 32-byte seed, public base64 32-byte key)`` (RFC 8463).
+
+    Random by nature, like ``generate_dkim_keypair``.
+    """
+    key = ed25519.Ed25519PrivateKey.generate()
+    seed = key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    return base64.b64encode(seed).decode("ascii"), _public_b64(key)
+
+
+def generate_keypair(algorithm: str) -> tuple[str, str]:
+    """A new ``(private, public)`` pair of `algorithm` in the stored formats."""
+    if algorithm == RSA_SHA256:
+        return generate_dkim_keypair()
+    if algorithm == ED25519_SHA256:
+        return generate_ed25519_keypair()
+    raise ValueError(f"unknown DKIM algorithm {algorithm!r}")
+
+
+def dns_txt_value(public_b64: str, algorithm: str = RSA_SHA256) -> str:
     """The TXT record value to publish at ``<selector>._domainkey.<domain>``.
 
     For RSA-2048 it is ~410 characters: DNS carries it as several <=255-byte strings of one
-    record (zone files and dnsmasq need it split; resolvers join the strings back).
+    record (zone files and dnsmasq need it split; resolvers join the strings back). Ed25519's
+    fits one string.
     """
     compact = "".join(public_b64.split())
     try:
         base64.b64decode(compact, validate=True)
     except binascii.Error:
         raise ValueError("public key is not base64") from None
-    return f"v=DKIM1; k=rsa; p={compact}"
+    if algorithm not in _KEY_TYPE:
+        raise ValueError(f"unknown DKIM algorithm {algorithm!r}")
+    return f"v=DKIM1; k={_KEY_TYPE[algorithm]}; p={compact}"

@@ -19,8 +19,12 @@ The bound follows :mod:`kannon.envelope.build` step by step, never below what it
 * Attachments: exact base64 with CRLF line breaks, plus each part's headers at their largest
   (filenames RFC 2231-encoded).
 * Headers: From, To/Cc, the Subject rendered with the Recipient's fields and RFC 2047-encoded,
-  Date, Message-ID, the fixed MIME headers, X-Pool-Message-ID, and a DKIM-Signature for keys up
+  Date, Message-ID, the fixed MIME headers, X-Pool-Message-ID, List-Unsubscribe(-Post) (the
+  Batch's URL template with every value percent-encoded, or Kannon's own ``/u/<token>``), and up
+  to four DKIM-Signatures (RSA and Ed25519, old and new key during a rotation) for RSA keys up
   to 4096 bits.
+* Tracking identities: a stand-in identity (``<32 hex>@track.<domain>``) may be longer than the
+  address it stands for; tokens are counted with the longer of the two.
 * Framing: the ``EmailToSend`` protobuf fields around the body and the NATS message headers
   (``Nats-Msg-Id``), which count against ``max_payload`` too.
 
@@ -34,7 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from kannon.envelope import mime
-from kannon.envelope.render import placeholder_counts
+from kannon.envelope.render import placeholder_counts, placeholder_names
 from kannon.envelope.tracking import tracked_hrefs, tracker_base
 
 # Bytes a quoted-printable encoder may write per input byte (=XX), and its line overhead:
@@ -54,6 +58,12 @@ _FIXED_HEADERS = 512
 # DKIM-Signature: b= of a 4096-bit key is 684 base64 characters; bh=, d=, s=, h= with From
 # oversigned, t=, tags and folding stay well under the rest.
 _DKIM_HEADER = 1400
+# Signatures on one message: RSA and Ed25519, each twice while a rotation's grace period runs.
+MAX_DKIM_SIGNATURES = 4
+# "List-Unsubscribe: <" ... ">" and "List-Unsubscribe-Post: List-Unsubscribe=One-Click", folded.
+_UNSUBSCRIBE_HEADERS = 96
+# "<32 hex>@track." in front of the Domain: the longest tracking identity besides the address.
+_STAND_IN = 32 + 7
 # Per MIME part: delimiter line and the headers of the HTML part or an attachment (without name).
 _PART_OVERHEAD = 256
 # Filenames are cut to 200 characters, at most 4 UTF-8 bytes each, percent-encoded (3 bytes per
@@ -165,6 +175,8 @@ def estimate_largest_envelope(
     tracker_base_url: str | None,
     tracking_kid_bytes: int,
     limit: int | None = None,
+    unsubscribe_url_template: str | None = None,
+    builtin_unsubscribe: bool = False,
 ) -> EnvelopeEstimate | None:
     """Bound the Envelope of every Recipient (email, fields) and return the largest; None when
     there are no Recipients. ``attachments`` maps filenames to their decoded sizes.
@@ -186,8 +198,11 @@ def estimate_largest_envelope(
             name_bytes = min(_utf8(filename), _MAX_FILENAME_BYTES)
             attachment_parts += _PART_OVERHEAD + 2 * (4 * name_bytes + 64) + base64_size(length)
 
+    unsubscribe_fields = (
+        placeholder_names(unsubscribe_url_template) if unsubscribe_url_template else set()
+    )
     fixed = (
-        _DKIM_HEADER
+        MAX_DKIM_SIGNATURES * _DKIM_HEADER
         + _FIXED_HEADERS
         + 8
         + encoded_words_size(_utf8(sender_alias))
@@ -214,6 +229,7 @@ def estimate_largest_envelope(
     ) -> tuple[int, int]:
         """(Envelope bound, HTML part bound) of one Recipient, values measured as given."""
         rcpt = _utf8(email)
+        identity = max(rcpt, _STAND_IN + _utf8(domain))
         rendered_growth = 0  # bytes field values add to the HTML (before encoding)
         insertions = 0
         raw_links = 0
@@ -238,13 +254,26 @@ def estimate_largest_envelope(
                 value = fields.get(name)
                 if value is not None:
                     href_bytes += escaped * escaped_bytes(value) + raw * raw_bytes(value)
-            claims = _TOKEN_FIXED + tracking_kid_bytes + batch + rcpt
+            claims = _TOKEN_FIXED + tracking_kid_bytes + batch + identity
             links = shape.links + raw_links
             # Per link: base + "/c/" + base64url(claims + url) replaces the url.
             per_link = base + 3 + (4 * claims) // 3 + 4
             added = links * per_link + (href_bytes + 2) // 3
             added += _PIXEL_TAG + base + 3 + (4 * claims) // 3 + 4
             html_qp += int(added * _LINE_FACTOR) + (links + 1) * _QP_SLACK
+        unsubscribe = 0
+        if unsubscribe_url_template is not None:
+            # Every value percent-encoded: 3 characters per UTF-8 byte.
+            unsubscribe = _UNSUBSCRIBE_HEADERS + _utf8(unsubscribe_url_template)
+            for name in unsubscribe_fields:
+                value = fields.get(name)
+                if name == "email" and (value is None or len(value) < len(email)):
+                    value = email  # the address fills it when no field does (or, bounding, may)
+                if value is not None:
+                    unsubscribe += 3 * unsubscribe_url_template.count(name) * raw_bytes(value)
+        elif builtin_unsubscribe and base is not None:
+            claims = _TOKEN_FIXED + tracking_kid_bytes + batch + rcpt
+            unsubscribe = _UNSUBSCRIBE_HEADERS + base + 3 + (4 * claims) // 3 + 4
         subject_bytes = shape.subject_bytes
         for name, (escaped, raw) in shape.subject_fields.items():
             value = fields.get(name)
@@ -252,6 +281,7 @@ def estimate_largest_envelope(
                 subject_bytes += (escaped + raw) * raw_bytes(value)
         size = (
             fixed
+            + unsubscribe
             + html_qp
             + encoded_words_size(subject_bytes)
             + (to_header or rcpt + 8)
@@ -279,7 +309,12 @@ def estimate_largest_envelope(
         # value, measured by string length alone (a character is at most 4 UTF-8 bytes, at most
         # 6 once HTML-escaped, and "<a" takes two). It is above every Recipient's bound and costs
         # a few C-level passes; only when it is over `limit` is each Recipient measured exactly.
-        names = {*shape.html_fields, *shape.href_fields, *shape.subject_fields}
+        names = {
+            *shape.html_fields,
+            *shape.href_fields,
+            *shape.subject_fields,
+            *unsubscribe_fields,
+        }
         longest = {
             name: "x" * max(len(fields.get(name) or "") for _, fields in recipients)
             for name in names

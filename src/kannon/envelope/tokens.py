@@ -1,13 +1,17 @@
-"""Tracking tokens: the signed, expiring claims behind ``/o/<token>`` and ``/c/<token>``.
+"""Tracking tokens: the signed, expiring claims behind ``/o/<token>``, ``/c/<token>`` and
+``/u/<token>`` (Kannon's own one-click unsubscribe endpoint).
 
-The Dispatcher signs one open token and one click token per link per Recipient; the Tracker
-verifies them on every hit. Both must be cheap and need no database round trip, so a token is
+The Dispatcher signs one open token and one click token per link per Recipient, and one
+unsubscribe token when the Domain serves unsubscribes itself; the Tracker verifies them on every
+hit. Both must be cheap and need no database round trip, so a token is
 an HMAC-SHA256 over a small binary claim set (the original's RSA-4096 JWT per link cost
 milliseconds each: too slow for bulk).
 
 Token = base64url without padding (safe in a URL path) of::
 
-    kind (1 byte: 0x01 open, 0x02 click)
+    kind (1 byte: low nibble 0x1 open, 0x2 click, 0x3 unsubscribe; high nibble the
+          Tracking Mode the event is recorded under, 0 for tokens from before policies
+          existed, which count as ``identified``, and always 0 for unsubscribe tokens)
     exp  (8 bytes, big-endian unix seconds)
     kid  (1-byte length + UTF-8)
     batch_id, recipient (each 2-byte length + UTF-8)
@@ -15,10 +19,12 @@ Token = base64url without padding (safe in a URL path) of::
     mac  (16 bytes: HMAC-SHA256(secret, DOMAIN || payload), truncated)
 
 The kind byte is inside the MAC, so an open token cannot be replayed as a click (which would
-turn the Tracker into an open redirect to whatever URL an attacker appended). The kid selects the
-secret, so keys can rotate: the Tracker keeps accepting old kids until their tokens expire.
-A 128-bit truncated MAC is far beyond online-forgery reach. Decoding is strict and canonical:
-any altered character yields a different byte string, and the MAC is compared in constant time.
+turn the Tracker into an open redirect to whatever URL an attacker appended), a click token
+cannot unsubscribe anybody, and nobody can raise the mode a token was minted with. The kid
+selects the secret, so keys can rotate: the Tracker keeps accepting old kids until their
+tokens expire. A 128-bit truncated MAC is far beyond online-forgery reach. Decoding is strict
+and canonical: any altered character yields a different byte string, and the MAC is compared in
+constant time.
 
 Pure: ``now`` and ``expires_at`` are passed in; datetimes must be timezone-aware.
 """
@@ -34,9 +40,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from kannon.model.tracking import TrackingMode
+
 _DOMAIN = b"kannon-tracking-token-v1\x00"
 _KIND_OPEN = 0x01
 _KIND_CLICK = 0x02
+_KIND_UNSUBSCRIBE = 0x03
+_KIND_MASK = 0x0F
+_MODE_SHIFT = 4
+# What a token without a mode (minted before Tracking Policies) is recorded under.
+LEGACY_MODE = TrackingMode.IDENTIFIED
 _MAC_LEN = 16
 _HEAD = struct.Struct(">BQ")
 _LEN8 = struct.Struct(">B")
@@ -67,8 +80,9 @@ class OpenClaim:
 
     kid: str
     batch_id: str
-    recipient: str
+    recipient: str  # the identity the mode allows: an address or a stand-in
     expires_at: datetime
+    mode: TrackingMode = LEGACY_MODE
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +94,20 @@ class ClickClaim:
     recipient: str
     url: str
     expires_at: datetime
+    mode: TrackingMode = LEGACY_MODE
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribeClaim:
+    """A verified unsubscribe token: this Recipient (the real address) of this Batch."""
+
+    kid: str
+    batch_id: str
+    recipient: str
+    expires_at: datetime
+
+
+Claim = OpenClaim | ClickClaim | UnsubscribeClaim
 
 
 def _unix(ts: datetime, what: str) -> int:
@@ -126,21 +154,61 @@ def _sign(
     return _b64encode(payload + _mac(key.secret, payload))
 
 
-def sign_open(key: TrackingKey, batch_id: str, recipient: str, expires_at: datetime) -> str:
-    """Return the token for the open pixel of ``recipient`` in ``batch_id``."""
+def _with_mode(kind: int, mode: TrackingMode) -> int:
+    if not mode.tracks:
+        raise ValueError(f"no tracking token is minted under mode {mode.label}")
+    return kind | (int(mode) << _MODE_SHIFT)
+
+
+def sign_open(
+    key: TrackingKey,
+    batch_id: str,
+    recipient: str,
+    expires_at: datetime,
+    mode: TrackingMode = LEGACY_MODE,
+) -> str:
+    """Return the token for the open pixel of ``recipient`` (the identity ``mode`` allows) in
+    ``batch_id``."""
     return _sign(
-        key, _KIND_OPEN, batch_id=batch_id, recipient=recipient, url="", expires_at=expires_at
+        key,
+        _with_mode(_KIND_OPEN, mode),
+        batch_id=batch_id,
+        recipient=recipient,
+        url="",
+        expires_at=expires_at,
     )
 
 
-def sign_click(
-    key: TrackingKey, batch_id: str, recipient: str, url: str, expires_at: datetime
+def sign_click(  # noqa: PLR0917  (the original four, plus the mode)
+    key: TrackingKey,
+    batch_id: str,
+    recipient: str,
+    url: str,
+    expires_at: datetime,
+    mode: TrackingMode = LEGACY_MODE,
 ) -> str:
     """Return the token for one tracked link; the Tracker will redirect only to ``url``."""
     if not url:
         raise ValueError("click token needs a url")
     return _sign(
-        key, _KIND_CLICK, batch_id=batch_id, recipient=recipient, url=url, expires_at=expires_at
+        key,
+        _with_mode(_KIND_CLICK, mode),
+        batch_id=batch_id,
+        recipient=recipient,
+        url=url,
+        expires_at=expires_at,
+    )
+
+
+def sign_unsubscribe(key: TrackingKey, batch_id: str, recipient: str, expires_at: datetime) -> str:
+    """Return the token of Kannon's one-click unsubscribe URL for ``recipient`` of ``batch_id``."""
+    return _sign(
+        key,
+        _KIND_UNSUBSCRIBE,
+        batch_id=batch_id,
+        recipient=recipient,
+        url="",
+        expires_at=expires_at,
     )
 
 
@@ -160,13 +228,11 @@ def _decode(token: str) -> bytes | None:
     return raw
 
 
-def verify_token(
-    token: str, keys: Mapping[str, bytes], now: datetime
-) -> OpenClaim | ClickClaim | None:
+def verify_token(token: str, keys: Mapping[str, bytes], now: datetime) -> Claim | None:
     """Return the claim of a valid token, or None.
 
-    None for: malformed or non-canonical encoding, unknown kid, bad MAC, unknown kind, expired
-    (``now >= exp``). ``keys`` maps kid to secret.
+    None for: malformed or non-canonical encoding, unknown kid, bad MAC, unknown kind or mode,
+    expired (``now >= exp``). ``keys`` maps kid to secret.
     """
     now_ts = _unix(now, "now")
     raw = _decode(token)
@@ -187,8 +253,17 @@ def verify_token(
     if secret is None or not hmac.compare_digest(mac, _mac(secret, payload)):
         return None
     # From here on the bytes are ours: the structure is trusted, only semantics are checked.
-    if exp <= now_ts or kind not in (_KIND_OPEN, _KIND_CLICK):
+    base, mode_number = kind & _KIND_MASK, kind >> _MODE_SHIFT
+    if exp <= now_ts or base not in (_KIND_OPEN, _KIND_CLICK, _KIND_UNSUBSCRIBE):
         return None
+    if mode_number == 0:
+        mode = LEGACY_MODE
+    elif base == _KIND_UNSUBSCRIBE or mode_number > TrackingMode.FULL:
+        return None
+    else:
+        mode = TrackingMode(mode_number)
+        if not mode.tracks:
+            return None
     try:
         (batch_len,) = _LEN16.unpack_from(payload, pos)
         pos += 2
@@ -204,11 +279,13 @@ def verify_token(
         return None
     if pos > len(payload):
         return None
-    if kind == _KIND_OPEN:
-        return None if url else OpenClaim(kid, batch_id, recipient, expires_at)
+    if base == _KIND_OPEN:
+        return None if url else OpenClaim(kid, batch_id, recipient, expires_at, mode)
+    if base == _KIND_UNSUBSCRIBE:
+        return None if url else UnsubscribeClaim(kid, batch_id, recipient, expires_at)
     if not url:
         return None
-    return ClickClaim(kid, batch_id, recipient, url, expires_at)
+    return ClickClaim(kid, batch_id, recipient, url, expires_at, mode)
 
 
 def verify_open(token: str, keys: Mapping[str, bytes], now: datetime) -> OpenClaim | None:
@@ -221,3 +298,11 @@ def verify_click(token: str, keys: Mapping[str, bytes], now: datetime) -> ClickC
     """Verify a token presented at ``/c/``: an open token there is refused."""
     claim = verify_token(token, keys, now)
     return claim if isinstance(claim, ClickClaim) else None
+
+
+def verify_unsubscribe(
+    token: str, keys: Mapping[str, bytes], now: datetime
+) -> UnsubscribeClaim | None:
+    """Verify a token presented at ``/u/``: open and click tokens there are refused."""
+    claim = verify_token(token, keys, now)
+    return claim if isinstance(claim, UnsubscribeClaim) else None

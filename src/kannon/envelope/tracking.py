@@ -15,6 +15,10 @@ attributes in any order, tags over several lines, any case). A tag it cannot rea
 authored: an untracked link is better than a broken one. ``<img src>`` and other tags are never
 touched.
 
+Each channel follows its own Tracking Mode (:mod:`kannon.model.tracking`): ``off`` leaves the
+links (or the body, for opens) exactly as authored; otherwise the tokens carry the mode and the
+identity it allows (the address, a stand-in, or the anonymous sentinel).
+
 Pure: tokens come from ``kannon.envelope.tokens`` with a caller-supplied key and expiry.
 """
 
@@ -25,7 +29,8 @@ import re
 from collections.abc import Callable
 from datetime import datetime
 
-from kannon.envelope.tokens import TrackingKey, sign_click, sign_open
+from kannon.envelope.tokens import LEGACY_MODE, TrackingKey, sign_click, sign_open
+from kannon.model.tracking import TrackingMode
 
 # Names and unquoted values may not contain "<" (browsers allow it, as a parse error): without
 # that, text like "<a <a <a ..." makes every "<a" scan to the end of the body (quadratic).
@@ -123,25 +128,33 @@ def apply_tracking(
     batch_id: str,
     recipient: str,
     expires_at: datetime,
+    links: TrackingMode = LEGACY_MODE,
+    opens: TrackingMode = LEGACY_MODE,
+    link_identity: str | None = None,
+    open_identity: str | None = None,
 ) -> str:
-    """Rewrite links and add the open pixel for one Recipient.
+    """Rewrite links and add the open pixel for one Recipient, each as its mode says.
 
-    ``base_url`` is already resolved (see ``tracker_base``). The same URL appearing twice gets
-    the same token (tokens are deterministic), so it is signed once.
+    ``base_url`` is already resolved (see ``tracker_base``). The tokens name ``*_identity``
+    (default: ``recipient``), which the caller derives from the mode. The same URL appearing
+    twice gets the same token (tokens are deterministic), so it is signed once.
     """
-    signed: dict[str, str] = {}
+    if links.tracks:
+        signed: dict[str, str] = {}
+        who = link_identity or recipient
 
-    def track(url: str) -> str:
-        link = signed.get(url)
-        if link is None:
-            token = sign_click(key, batch_id, recipient, url, expires_at)
-            link = signed[url] = f"{base_url}/c/{token}"
-        return link
+        def track(url: str) -> str:
+            link = signed.get(url)
+            if link is None:
+                token = sign_click(key, batch_id, who, url, expires_at, links)
+                link = signed[url] = f"{base_url}/c/{token}"
+            return link
 
-    tracked = rewrite_links(html, track)
-    return insert_open_pixel(
-        tracked, f"{base_url}/o/{sign_open(key, batch_id, recipient, expires_at)}"
-    )
+        html = rewrite_links(html, track)
+    if opens.tracks:
+        token = sign_open(key, batch_id, open_identity or recipient, expires_at, opens)
+        html = insert_open_pixel(html, f"{base_url}/o/{token}")
+    return html
 
 
 def tracked_hrefs(html: str) -> list[str]:

@@ -14,7 +14,12 @@ Batch row and its Deliveries, ready to be written in one transaction:
   could not be built (InvalidArgument naming the Recipient and the field);
 * a Recipient that cannot be stored or can never be delivered (longer than RFC 5321 allows, or
   containing NUL) is *rejected at intake* and reported back; address syntax is otherwise the
-  Validator's job, which reports through the normal outcome events.
+  Validator's job, which reports through the normal outcome events;
+* the Tracking Policy (:mod:`kannon.model.tracking`): a Batch above its Domain's ceiling fails the
+  call, a Recipient above it (or stating an unknown mode) is rejected alone, and each Delivery
+  gets the most restrictive stated policy, frozen;
+* a one-click unsubscribe URL template whose placeholders a Recipient's fields cannot fill
+  rejects that Recipient alone (`unsubscribe_url_unresolved`); `email` always resolves.
 
 Pure: no I/O; ids, `now` and limits are passed in.
 """
@@ -25,7 +30,7 @@ import base64
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from kannon.model.address import (
     MAX_ADDRESS,
@@ -35,6 +40,17 @@ from kannon.model.address import (
 )
 from kannon.model.domain import sender_domain_allowed
 from kannon.model.errors import InvalidArgument, PermissionDenied
+from kannon.model.tracking import (
+    DEFAULT_CEILING,
+    REJECT_TRACKING_ABOVE_CEILING,
+    REJECT_UNSUPPORTED_TRACKING_MODE,
+    TrackingMode,
+    TrackingPolicy,
+    above_ceiling,
+    check_batch_policy,
+    mode_from_number,
+    restrict,
+)
 
 MAX_ALIAS = 100  # messages.sender_alias is VARCHAR(100)
 MAX_FILENAME = 255
@@ -42,6 +58,13 @@ MAX_FILENAME = 255
 REJECT_TOO_LONG = "too_long"
 REJECT_INVALID_EMAIL = "invalid_email"
 REJECT_INVALID_FIELDS = "invalid_fields"
+REJECT_UNSUBSCRIBE_URL_UNRESOLVED = "unsubscribe_url_unresolved"
+# The one placeholder of an unsubscribe URL template every Recipient can fill.
+EMAIL_FIELD = "email"
+
+NO_POLICY = TrackingPolicy()
+# A tracking policy as the wire states it: (opens, links) enum numbers, 0 = unstated.
+WirePolicy = tuple[int, int]
 
 _HEADER_BREAKERS = ("\r", "\n", "\x00")
 
@@ -51,6 +74,7 @@ class RecipientIn(NamedTuple):
     # 100,000 of them and tuple construction is several times cheaper.
     email: str
     fields: Mapping[str, str]
+    tracking: WirePolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +96,14 @@ class SendRequest:
     headers_to: Sequence[str] = ()
     headers_cc: Sequence[str] = ()
     scheduled_time: datetime | None = None
+    tracking: WirePolicy | None = None
+    one_click_url_template: str | None = None
 
 
 class Delivery(NamedTuple):
     email: str
     fields: Mapping[str, str]
+    tracking: TrackingPolicy = DEFAULT_CEILING
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +121,13 @@ class BatchPlan:
     sender_alias: str
     template_id: str
     attachments: dict[str, str]  # filename -> base64, the messages.attachments layout
-    headers: dict[str, list[str]]  # {"to": [...], "cc": [...]}, the messages.headers layout
+    # {"to": [...], "cc": [...], "one_click_unsubscribe": {"url_template": ...}}, the
+    # messages.headers layout (the last key only when the caller gave a template)
+    headers: dict[str, Any]
     scheduled_time: datetime  # aware, UTC
     deliveries: list[Delivery]
     rejected: list[Rejection]
+    tracking: TrackingPolicy = NO_POLICY  # what the Batch stated (messages.tracking)
 
 
 def _check_header_text(value: str, field: str) -> None:
@@ -188,15 +218,57 @@ def _check_subject_fields(
             )
 
 
+def wire_policy(policy: WirePolicy, field: str) -> TrackingPolicy:
+    """A stated policy from its wire numbers; InvalidArgument naming `field` for unknown modes."""
+    return TrackingPolicy(
+        mode_from_number(policy[0], f"{field}.opens"),
+        mode_from_number(policy[1], f"{field}.links"),
+    )
+
+
+class _Policies:
+    """Per-Recipient policy resolution, memoised: a Batch has few distinct policies."""
+
+    def __init__(self, ceiling: TrackingPolicy, batch: TrackingPolicy) -> None:
+        self.ceiling = ceiling
+        self.default = restrict(ceiling, batch)
+        self._batch = batch
+        self._known: dict[WirePolicy, TrackingPolicy | str] = {}
+
+    def resolve(self, stated: WirePolicy | None) -> TrackingPolicy | str:
+        """The Delivery's policy, or the reason to reject the Recipient."""
+        if stated is None or stated == (0, 0):
+            return self.default
+        known = self._known.get(stated)
+        if known is None:
+            known = self._known[stated] = self._resolve(stated)
+        return known
+
+    def _resolve(self, stated: WirePolicy) -> TrackingPolicy | str:
+        try:
+            policy = TrackingPolicy(TrackingMode(stated[0]), TrackingMode(stated[1]))
+        except ValueError:
+            return REJECT_UNSUPPORTED_TRACKING_MODE
+        if above_ceiling(policy, self.ceiling):
+            return REJECT_TRACKING_ABOVE_CEILING
+        return restrict(self.ceiling, self._batch, policy)
+
+
 def _recipients(
-    recipients: Sequence[RecipientIn], subject_fields: Collection[str] = ()
+    recipients: Sequence[RecipientIn],
+    subject_fields: Collection[str] = (),
+    policies: _Policies | None = None,
+    unsubscribe_fields: Collection[str] = (),
 ) -> tuple[list[Delivery], list[Rejection], int]:
     # The hot loop of a large Batch: kept to plain operations on locals.
     deliveries: list[Delivery] = []
     rejected: list[Rejection] = []
     seen: set[str] = set()
     given = 0
-    for index, (raw, fields) in enumerate(recipients):
+    if policies is None:
+        policies = _Policies(DEFAULT_CEILING, TrackingPolicy())
+    default = policies.default
+    for index, (raw, fields, stated) in enumerate(recipients):
         given_email = raw.strip()
         if not given_email:
             continue
@@ -216,8 +288,16 @@ def _recipients(
             rejected.append(Rejection(given_email, REJECT_INVALID_EMAIL))
         elif "\x00" in values or (fields and "\x00" in "".join(fields)):
             rejected.append(Rejection(given_email, REJECT_INVALID_FIELDS))
+        elif unsubscribe_fields and any(
+            name not in fields for name in unsubscribe_fields if name != EMAIL_FIELD
+        ):
+            rejected.append(Rejection(given_email, REJECT_UNSUBSCRIBE_URL_UNRESOLVED))
         else:
-            deliveries.append(Delivery(email, fields))
+            policy = default if stated is None else policies.resolve(stated)
+            if isinstance(policy, str):
+                rejected.append(Rejection(given_email, policy))
+            else:
+                deliveries.append(Delivery(email, fields, policy))
     return deliveries, rejected, given
 
 
@@ -238,22 +318,37 @@ def plan_batch(
     now: datetime,
     max_recipients: int,
     subject_fields: Collection[str] = (),
+    ceiling: TrackingPolicy = DEFAULT_CEILING,
+    unsubscribe_fields: Collection[str] = (),
 ) -> BatchPlan:
     """Validate `request` for `tenant` and return the Batch with its Deliveries.
 
-    `subject_fields` are the field names the subject's placeholders use.
+    `subject_fields` are the field names the subject's placeholders use, `unsubscribe_fields`
+    those of the one-click unsubscribe URL template (checked by the caller, `envelope.unsubscribe`),
+    `ceiling` the Domain's Tracking Policy.
     Raises InvalidArgument / PermissionDenied naming the offending field.
     """
     check_recipient_count(len(request.recipients), max_recipients)
     sender_email = check_sender(request.sender_email, request.sender_alias, tenant)
     check_subject(request.subject)
-    headers = {
+    headers: dict[str, Any] = {
         "to": _header_addresses(request.headers_to, "headers.to"),
         "cc": _header_addresses(request.headers_cc, "headers.cc"),
     }
     attachments = _attachments(request.attachments)
     check_no_nul(request.global_fields, "global_fields")
-    deliveries, rejected, given = _recipients(request.recipients, subject_fields)
+    batch_policy = (
+        wire_policy(request.tracking, "tracking") if request.tracking else TrackingPolicy()
+    )
+    check_batch_policy(batch_policy, ceiling)
+    if request.one_click_url_template is not None:
+        headers["one_click_unsubscribe"] = {"url_template": request.one_click_url_template}
+    deliveries, rejected, given = _recipients(
+        request.recipients,
+        subject_fields,
+        _Policies(ceiling, batch_policy),
+        unsubscribe_fields if request.one_click_url_template is not None else (),
+    )
     if given == 0:
         raise InvalidArgument("recipients: at least one non-blank recipient email is required")
     scheduled = request.scheduled_time if request.scheduled_time is not None else now
@@ -269,4 +364,5 @@ def plan_batch(
         scheduled_time=scheduled.astimezone(UTC),
         deliveries=deliveries,
         rejected=rejected,
+        tracking=batch_policy,
     )

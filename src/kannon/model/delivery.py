@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from kannon.model.tracking import DEFAULT_CEILING, TrackingPolicy
+
 TO_VALIDATE = "to_validate"
 """Inserted by the API; waiting for the Validator."""
 VALIDATING = "validating"
@@ -70,3 +72,5 @@ class PoolDelivery:
     """When its Envelope was published (status queued)."""
     envelope_seq: int | None = None
     """The `kannon-sending` stream sequence of its published Envelope (status queued)."""
+    tracking: TrackingPolicy = DEFAULT_CEILING
+    """The Tracking Policy resolved at intake and frozen on the Delivery."""

@@ -12,7 +12,9 @@ always get the same id, and two different happenings never one id (ADR 0006, ADR
   of the same attempt — redelivered, or republished by a Dispatcher that reclaimed the claim —
   publishes the same id, and the Dispatcher reads the attempt back to ignore a late error about
   an attempt that is no longer the one in flight;
-* a Delivery is validated once and ends once, so those events are (type, Batch, Recipient).
+* a Delivery is validated once and ends once, so those events are (type, Batch, Recipient);
+* a Recipient unsubscribes from a Batch once, however often the URL is posted (a mail client
+  retrying, a reader pressing the button twice): (type, Batch, Recipient) too.
 
 Recipients and email ids enter as digests: an address can hold anything, and none of it belongs in
 a NATS header verbatim. Pure: no I/O.
@@ -85,3 +87,8 @@ def webhook_id(event_id: str) -> str:
     """The Standard Webhooks `webhook-id` of an outcome event: the same for every attempt and
     replay of it (receivers deduplicate on it), header-safe whatever the event id holds."""
     return "msg_" + _digest("webhook:" + event_id)
+
+
+def unsubscribed_event_id(batch_id: str, recipient: str) -> str:
+    """Id of the Unsubscribed event of a Recipient of a Batch (the same for every POST)."""
+    return delivery_event_id("unsubscribed", batch_id, recipient)

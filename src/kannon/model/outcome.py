@@ -2,14 +2,16 @@
 
 Accepted/Rejected come from the Validator, Delivered/Bounced/Errored from the SMTPSender (and
 Bounced also from the SMTPServer's inbound DSNs), Failed from the Dispatcher when the retry budget
-is spent, Opened/Clicked from the Tracker. Each event carries an `event_id` that is stable across
-retries of the same publish, so the bus stores it once and Stats counts it once.
+is spent, Opened/Clicked/Unsubscribed from the Tracker. Each event carries an `event_id` that is
+stable across retries of the same publish, so the bus stores it once and Stats counts it once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+
+from kannon.model.tracking import TrackingMode
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,17 @@ class Clicked:
     type = "clicked"
 
 
-Detail = Accepted | Rejected | Delivered | Bounced | Errored | Failed | Opened | Clicked
+@dataclass(frozen=True)
+class Unsubscribed:
+    """The Recipient asked for no more mail from the Domain (RFC 8058 one-click, or the button
+    of Kannon's unsubscribe page). Consumers (the suppression list) act on it."""
+
+    type = "unsubscribed"
+
+
+Detail = (
+    Accepted | Rejected | Delivered | Bounced | Errored | Failed | Opened | Clicked | Unsubscribed
+)
 
 TERMINAL_TYPES = frozenset({"rejected", "delivered", "bounced", "failed"})
 
@@ -82,6 +94,9 @@ class Outcome:
     timestamp: datetime
     detail: Detail
     event_id: str
+    # Opened/Clicked: the mode the event is recorded under (UNSPECIFIED for the other types,
+    # and for engagement events published before Tracking Policies existed).
+    tracking_mode: TrackingMode = TrackingMode.UNSPECIFIED
 
     @property
     def type(self) -> str:

@@ -39,6 +39,10 @@ class EventSink:
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
+    async def publish_now(self, outcome: Outcome) -> None:
+        """Publish and wait for the PubAck (for events a client must see stored, or retry)."""
+        await publish_outcome(self._publisher, outcome)
+
     async def _publish(self, outcome: Outcome) -> None:
         try:
             await publish_outcome(self._publisher, outcome)

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 from prometheus_client import Counter
 
-from kannon.envelope.tokens import ClickClaim, OpenClaim, verify_token
+from kannon.envelope.tokens import Claim, verify_token
 from kannon.runtime.clock import utc_now
 
 log = logging.getLogger("kannon.tracker")
@@ -29,7 +29,6 @@ KEY_LOADS = Counter(
 )
 
 KeyLoader = Callable[[datetime], Awaitable[Mapping[str, bytes]]]
-Claim = OpenClaim | ClickClaim
 
 
 class _KidProbe(Mapping[str, bytes]):

@@ -19,13 +19,15 @@ from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kannon.model.apikey import ApiKey
-from kannon.model.batch import AttachmentIn, BatchPlan, RecipientIn, SendRequest
-from kannon.model.domain import DnsRecord, Domain
+from kannon.model.batch import AttachmentIn, BatchPlan, RecipientIn, SendRequest, WirePolicy
+from kannon.model.domain import DkimKey, DnsRecord, Domain
 from kannon.model.errors import InvalidArgument
 from kannon.model.template import Template
+from kannon.model.tracking import TrackingPolicy, check_ceiling, mode_from_number
 from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
 from kannon.pb.mailer.apiv1 import mailerapiv1_pb2 as mailer_pb
 from kannon.pb.stats.types import stats_pb2 as stats_types_pb
+from kannon.pb.tracking.types import tracking_pb2
 from kannon.wire.stats import UndecodableEvent, data_pb, detail_from_json, timestamp_pb
 
 MAX_RANGE = timedelta(days=366)
@@ -47,6 +49,8 @@ class StatRow(Protocol):
     def timestamp(self) -> datetime: ...
     @property
     def data(self) -> dict[str, Any]: ...
+    @property
+    def tracking_mode(self) -> int: ...
 
 
 class Bucket(Protocol):
@@ -105,16 +109,61 @@ def time_range(message: Any) -> tuple[datetime, datetime]:
 # --- Admin -------------------------------------------------------------------------------------
 
 
-def domain_pb(domain: Domain, records: Sequence[DnsRecord]) -> Any:
+def policy_pb(policy: TrackingPolicy) -> Any:
+    # Enum values by name: what the generated constructor is typed to take.
+    return tracking_pb2.TrackingPolicy(
+        opens=f"TRACKING_MODE_{policy.opens.name}", links=f"TRACKING_MODE_{policy.links.name}"
+    )
+
+
+def wire_policy(message: Any, field: str = "tracking") -> WirePolicy | None:
+    """The (opens, links) numbers of an optional TrackingPolicy field; None when unset."""
+    if not message.HasField(field):
+        return None
+    policy = getattr(message, field)
+    return (int(policy.opens), int(policy.links))
+
+
+def dns_record_pb(record: DnsRecord) -> Any:
+    return admin_pb.DnsRecord(
+        type=record.type, name=record.name, value=record.value, purpose=record.purpose
+    )
+
+
+def dkim_key_pb(key: DkimKey, record: DnsRecord, now: datetime) -> Any:
+    msg = admin_pb.DkimKey(
+        selector=key.selector,
+        algorithm=key.algorithm,
+        status=key.status(now),
+        public_key=key.public_key,
+        dns_record=dns_record_pb(record),
+    )
+    msg.created_at.CopyFrom(timestamp_pb(key.created_at))
+    if key.confirmed_at is not None:
+        msg.confirmed_at.CopyFrom(timestamp_pb(key.confirmed_at))
+    if key.retire_at is not None:
+        msg.retire_at.CopyFrom(timestamp_pb(key.retire_at))
+    return msg
+
+
+def domain_pb(
+    domain: Domain,
+    records: Sequence[DnsRecord],
+    keys: Sequence[tuple[DkimKey, DnsRecord]] = (),
+    now: datetime | None = None,
+) -> Any:
     msg = admin_pb.Domain(
         domain=domain.name,
         dkim_pub_key=domain.dkim_public_key,
         dkim_selector=domain.dkim_selector,
+        tracking=policy_pb(domain.tracking),
+        one_click_unsubscribe=domain.one_click_unsubscribe,
     )
     for record in records:
-        msg.dns_records.add(
-            type=record.type, name=record.name, value=record.value, purpose=record.purpose
-        )
+        msg.dns_records.append(dns_record_pb(record))
+    when = now or datetime.now(UTC)
+    for key, record in keys:
+        msg.dkim_keys.append(dkim_key_pb(key, record, when))
     return msg
 
 
@@ -157,7 +206,11 @@ def send_request(message: Any) -> SendRequest:
         # One copy of each fields map into a dict: later steps read it twice, and reading a
         # protobuf map is slower than copying it once. Empty maps (the common case) share one.
         recipients=[
-            RecipientIn(r.email, dict(f) if (f := r.fields) else _NO_FIELDS)
+            RecipientIn(
+                r.email,
+                dict(f) if (f := r.fields) else _NO_FIELDS,
+                (int(r.tracking.opens), int(r.tracking.links)) if r.HasField("tracking") else None,
+            )
             for r in message.recipients
         ],
         attachments=[AttachmentIn(a.filename, a.content) for a in message.attachments],
@@ -165,6 +218,26 @@ def send_request(message: Any) -> SendRequest:
         headers_to=list(headers.to) if headers is not None else [],
         headers_cc=list(headers.cc) if headers is not None else [],
         scheduled_time=optional_datetime(message, "scheduled_time"),
+        tracking=wire_policy(message),
+        one_click_url_template=(
+            message.one_click_unsubscribe.url_template
+            if message.HasField("one_click_unsubscribe")
+            else None
+        ),
+    )
+
+
+def ceiling_from_pb(message: Any, field: str = "tracking") -> TrackingPolicy:
+    """A Domain ceiling from SetTrackingPolicyReq.tracking: both modes must be stated and known."""
+    if not message.HasField(field):
+        raise InvalidArgument(f"{field}: required (opens and links)")
+    policy = getattr(message, field)
+    return check_ceiling(
+        TrackingPolicy(
+            mode_from_number(int(policy.opens), f"{field}.opens"),
+            mode_from_number(int(policy.links), f"{field}.links"),
+        ),
+        field,
     )
 
 
@@ -192,6 +265,7 @@ def stats_pb(row: StatRow) -> Any:
     msg = stats_types_pb.Stats(
         message_id=row.message_id, domain=row.domain, email=row.email, type=row.type
     )
+    msg.tracking_mode = row.tracking_mode  # type: ignore[assignment]  # an enum number
     msg.timestamp.CopyFrom(timestamp_pb(row.timestamp))
     # A row this version cannot read (written by a newer one) is still listed, with its type
     # string, rather than failing the whole page.

@@ -20,7 +20,9 @@ from kannon.model.outcome import (
     Opened,
     Outcome,
     Rejected,
+    Unsubscribed,
 )
+from kannon.model.tracking import TrackingMode
 from kannon.pb.stats.types import stats_pb2 as pb
 
 
@@ -74,6 +76,8 @@ def data_pb(detail: Detail) -> pb.StatsData:
             data.clicked.user_agent = ua
             data.clicked.ip = ip
             data.clicked.url = url
+        case Unsubscribed():
+            data.unsubscribed.SetInParent()
     return data
 
 
@@ -105,6 +109,8 @@ def detail_from_pb(data: pb.StatsData) -> Detail:
         return Opened(data.opened.user_agent, data.opened.ip)
     if kind == "clicked":
         return Clicked(data.clicked.user_agent, data.clicked.ip, data.clicked.url)
+    if kind == "unsubscribed":
+        return Unsubscribed()
     raise UndecodableEvent(f"Stats.data has no known case ({kind!r})")
 
 
@@ -115,6 +121,8 @@ def outcome_pb(outcome: Outcome) -> pb.Stats:
         email=outcome.recipient,
         type=outcome.type,
         data=data_pb(outcome.detail),
+        # The enum by name: what the generated constructor is typed to take.
+        tracking_mode=f"TRACKING_MODE_{outcome.tracking_mode.name}",
     )
     msg.timestamp.CopyFrom(timestamp_pb(outcome.timestamp))
     return msg
@@ -138,7 +146,17 @@ def decode(payload: bytes, event_id: str | None = None) -> Outcome:
         timestamp=timestamp_from_pb(msg.timestamp),
         detail=detail,
         event_id=event_id or "",
+        tracking_mode=_mode(msg.tracking_mode),
     )
+
+
+def _mode(number: int) -> TrackingMode:
+    # A mode this version does not know (a newer publisher's) is recorded as unstated rather
+    # than refused: the event itself is still good.
+    try:
+        return TrackingMode(number)
+    except ValueError:
+        return TrackingMode.UNSPECIFIED
 
 
 def data_json(detail: Detail) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from kannon.pb.tracking.types import tracking_pb2 as _tracking_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -38,16 +39,144 @@ class CreateDomainRequest(_message.Message):
     def __init__(self, domain: _Optional[str] = ...) -> None: ...
 
 class Domain(_message.Message):
-    __slots__ = ("domain", "dkim_pub_key", "dkim_selector", "dns_records")
+    __slots__ = ("domain", "dkim_pub_key", "tracking", "dkim_selector", "dns_records", "one_click_unsubscribe", "dkim_keys")
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
     DKIM_PUB_KEY_FIELD_NUMBER: _ClassVar[int]
+    TRACKING_FIELD_NUMBER: _ClassVar[int]
     DKIM_SELECTOR_FIELD_NUMBER: _ClassVar[int]
     DNS_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    ONE_CLICK_UNSUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
+    DKIM_KEYS_FIELD_NUMBER: _ClassVar[int]
     domain: str
     dkim_pub_key: str
+    tracking: _tracking_pb2.TrackingPolicy
     dkim_selector: str
     dns_records: _containers.RepeatedCompositeFieldContainer[DnsRecord]
-    def __init__(self, domain: _Optional[str] = ..., dkim_pub_key: _Optional[str] = ..., dkim_selector: _Optional[str] = ..., dns_records: _Optional[_Iterable[_Union[DnsRecord, _Mapping]]] = ...) -> None: ...
+    one_click_unsubscribe: bool
+    dkim_keys: _containers.RepeatedCompositeFieldContainer[DkimKey]
+    def __init__(self, domain: _Optional[str] = ..., dkim_pub_key: _Optional[str] = ..., tracking: _Optional[_Union[_tracking_pb2.TrackingPolicy, _Mapping]] = ..., dkim_selector: _Optional[str] = ..., dns_records: _Optional[_Iterable[_Union[DnsRecord, _Mapping]]] = ..., one_click_unsubscribe: _Optional[bool] = ..., dkim_keys: _Optional[_Iterable[_Union[DkimKey, _Mapping]]] = ...) -> None: ...
+
+class DkimKey(_message.Message):
+    __slots__ = ("selector", "algorithm", "status", "public_key", "dns_record", "created_at", "confirmed_at", "retire_at")
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    DNS_RECORD_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMED_AT_FIELD_NUMBER: _ClassVar[int]
+    RETIRE_AT_FIELD_NUMBER: _ClassVar[int]
+    selector: str
+    algorithm: str
+    status: str
+    public_key: str
+    dns_record: DnsRecord
+    created_at: _timestamp_pb2.Timestamp
+    confirmed_at: _timestamp_pb2.Timestamp
+    retire_at: _timestamp_pb2.Timestamp
+    def __init__(self, selector: _Optional[str] = ..., algorithm: _Optional[str] = ..., status: _Optional[str] = ..., public_key: _Optional[str] = ..., dns_record: _Optional[_Union[DnsRecord, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., confirmed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retire_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class SetTrackingPolicyReq(_message.Message):
+    __slots__ = ("domain", "tracking")
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    TRACKING_FIELD_NUMBER: _ClassVar[int]
+    domain: str
+    tracking: _tracking_pb2.TrackingPolicy
+    def __init__(self, domain: _Optional[str] = ..., tracking: _Optional[_Union[_tracking_pb2.TrackingPolicy, _Mapping]] = ...) -> None: ...
+
+class SetTrackingPolicyRes(_message.Message):
+    __slots__ = ("domain",)
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    domain: Domain
+    def __init__(self, domain: _Optional[_Union[Domain, _Mapping]] = ...) -> None: ...
+
+class SetOneClickUnsubscribeReq(_message.Message):
+    __slots__ = ("domain", "enabled")
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    domain: str
+    enabled: bool
+    def __init__(self, domain: _Optional[str] = ..., enabled: _Optional[bool] = ...) -> None: ...
+
+class SetOneClickUnsubscribeRes(_message.Message):
+    __slots__ = ("domain",)
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    domain: Domain
+    def __init__(self, domain: _Optional[_Union[Domain, _Mapping]] = ...) -> None: ...
+
+class ListDkimKeysReq(_message.Message):
+    __slots__ = ("domain", "include_retired")
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_RETIRED_FIELD_NUMBER: _ClassVar[int]
+    domain: str
+    include_retired: bool
+    def __init__(self, domain: _Optional[str] = ..., include_retired: _Optional[bool] = ...) -> None: ...
+
+class ListDkimKeysRes(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[DkimKey]
+    def __init__(self, keys: _Optional[_Iterable[_Union[DkimKey, _Mapping]]] = ...) -> None: ...
+
+class RotateDkimKeysReq(_message.Message):
+    __slots__ = ("domain",)
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    domain: str
+    def __init__(self, domain: _Optional[str] = ...) -> None: ...
+
+class RotateDkimKeysRes(_message.Message):
+    __slots__ = ("keys", "dns_records")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    DNS_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[DkimKey]
+    dns_records: _containers.RepeatedCompositeFieldContainer[DnsRecord]
+    def __init__(self, keys: _Optional[_Iterable[_Union[DkimKey, _Mapping]]] = ..., dns_records: _Optional[_Iterable[_Union[DnsRecord, _Mapping]]] = ...) -> None: ...
+
+class ConfirmDkimKeysReq(_message.Message):
+    __slots__ = ("domain", "selector")
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    domain: str
+    selector: str
+    def __init__(self, domain: _Optional[str] = ..., selector: _Optional[str] = ...) -> None: ...
+
+class ConfirmDkimKeysRes(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[DkimKey]
+    def __init__(self, keys: _Optional[_Iterable[_Union[DkimKey, _Mapping]]] = ...) -> None: ...
+
+class CheckDomainReq(_message.Message):
+    __slots__ = ("domain",)
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    domain: str
+    def __init__(self, domain: _Optional[str] = ...) -> None: ...
+
+class CheckDomainRes(_message.Message):
+    __slots__ = ("domain", "checks", "ok")
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    domain: str
+    checks: _containers.RepeatedCompositeFieldContainer[DnsCheck]
+    ok: bool
+    def __init__(self, domain: _Optional[str] = ..., checks: _Optional[_Iterable[_Union[DnsCheck, _Mapping]]] = ..., ok: _Optional[bool] = ...) -> None: ...
+
+class DnsCheck(_message.Message):
+    __slots__ = ("kind", "name", "status", "detail", "expected", "found")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    name: str
+    status: str
+    detail: str
+    expected: DnsRecord
+    found: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., detail: _Optional[str] = ..., expected: _Optional[_Union[DnsRecord, _Mapping]] = ..., found: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DnsRecord(_message.Message):
     __slots__ = ("type", "name", "value", "purpose")

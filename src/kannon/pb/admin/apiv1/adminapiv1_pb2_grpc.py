@@ -94,6 +94,36 @@ class ApiStub:
                 request_serializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.DeactivateAPIKeyRequest.SerializeToString,
                 response_deserializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.DeactivateAPIKeyResponse.FromString,
                 _registered_method=True)
+        self.SetTrackingPolicy = channel.unary_unary(
+                '/pkg.kannon.admin.apiv1.Api/SetTrackingPolicy',
+                request_serializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.SetTrackingPolicyReq.SerializeToString,
+                response_deserializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.SetTrackingPolicyRes.FromString,
+                _registered_method=True)
+        self.SetOneClickUnsubscribe = channel.unary_unary(
+                '/pkg.kannon.admin.apiv1.Api/SetOneClickUnsubscribe',
+                request_serializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.SetOneClickUnsubscribeReq.SerializeToString,
+                response_deserializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.SetOneClickUnsubscribeRes.FromString,
+                _registered_method=True)
+        self.ListDkimKeys = channel.unary_unary(
+                '/pkg.kannon.admin.apiv1.Api/ListDkimKeys',
+                request_serializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.ListDkimKeysReq.SerializeToString,
+                response_deserializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.ListDkimKeysRes.FromString,
+                _registered_method=True)
+        self.RotateDkimKeys = channel.unary_unary(
+                '/pkg.kannon.admin.apiv1.Api/RotateDkimKeys',
+                request_serializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.RotateDkimKeysReq.SerializeToString,
+                response_deserializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.RotateDkimKeysRes.FromString,
+                _registered_method=True)
+        self.ConfirmDkimKeys = channel.unary_unary(
+                '/pkg.kannon.admin.apiv1.Api/ConfirmDkimKeys',
+                request_serializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.ConfirmDkimKeysReq.SerializeToString,
+                response_deserializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.ConfirmDkimKeysRes.FromString,
+                _registered_method=True)
+        self.CheckDomain = channel.unary_unary(
+                '/pkg.kannon.admin.apiv1.Api/CheckDomain',
+                request_serializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.CheckDomainReq.SerializeToString,
+                response_deserializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.CheckDomainRes.FromString,
+                _registered_method=True)
 
 
 class ApiServicer:
@@ -171,6 +201,45 @@ class ApiServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetTrackingPolicy(self, request, context):
+        """As the original's later HEAD: the Domain's Tracking Policy ceiling.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetOneClickUnsubscribe(self, request, context):
+        """Additions: Kannon's own one-click unsubscribe endpoint, DKIM keys and their rotation, and a
+        check of the Domain's DNS records.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDkimKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateDkimKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmDkimKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckDomain(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ApiServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -233,6 +302,36 @@ def add_ApiServicer_to_server(servicer, server):
                     servicer.DeactivateAPIKey,
                     request_deserializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.DeactivateAPIKeyRequest.FromString,
                     response_serializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.DeactivateAPIKeyResponse.SerializeToString,
+            ),
+            'SetTrackingPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTrackingPolicy,
+                    request_deserializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.SetTrackingPolicyReq.FromString,
+                    response_serializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.SetTrackingPolicyRes.SerializeToString,
+            ),
+            'SetOneClickUnsubscribe': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetOneClickUnsubscribe,
+                    request_deserializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.SetOneClickUnsubscribeReq.FromString,
+                    response_serializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.SetOneClickUnsubscribeRes.SerializeToString,
+            ),
+            'ListDkimKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDkimKeys,
+                    request_deserializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.ListDkimKeysReq.FromString,
+                    response_serializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.ListDkimKeysRes.SerializeToString,
+            ),
+            'RotateDkimKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateDkimKeys,
+                    request_deserializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.RotateDkimKeysReq.FromString,
+                    response_serializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.RotateDkimKeysRes.SerializeToString,
+            ),
+            'ConfirmDkimKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmDkimKeys,
+                    request_deserializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.ConfirmDkimKeysReq.FromString,
+                    response_serializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.ConfirmDkimKeysRes.SerializeToString,
+            ),
+            'CheckDomain': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckDomain,
+                    request_deserializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.CheckDomainReq.FromString,
+                    response_serializer=kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.CheckDomainRes.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -559,6 +658,168 @@ class Api:
             '/pkg.kannon.admin.apiv1.Api/DeactivateAPIKey',
             kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.DeactivateAPIKeyRequest.SerializeToString,
             kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.DeactivateAPIKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTrackingPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pkg.kannon.admin.apiv1.Api/SetTrackingPolicy',
+            kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.SetTrackingPolicyReq.SerializeToString,
+            kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.SetTrackingPolicyRes.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetOneClickUnsubscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pkg.kannon.admin.apiv1.Api/SetOneClickUnsubscribe',
+            kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.SetOneClickUnsubscribeReq.SerializeToString,
+            kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.SetOneClickUnsubscribeRes.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDkimKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pkg.kannon.admin.apiv1.Api/ListDkimKeys',
+            kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.ListDkimKeysReq.SerializeToString,
+            kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.ListDkimKeysRes.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateDkimKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pkg.kannon.admin.apiv1.Api/RotateDkimKeys',
+            kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.RotateDkimKeysReq.SerializeToString,
+            kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.RotateDkimKeysRes.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmDkimKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pkg.kannon.admin.apiv1.Api/ConfirmDkimKeys',
+            kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.ConfirmDkimKeysReq.SerializeToString,
+            kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.ConfirmDkimKeysRes.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckDomain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pkg.kannon.admin.apiv1.Api/CheckDomain',
+            kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.CheckDomainReq.SerializeToString,
+            kannon_dot_pb_dot_admin_dot_apiv1_dot_adminapiv1__pb2.CheckDomainRes.FromString,
             options,
             channel_credentials,
             insecure,

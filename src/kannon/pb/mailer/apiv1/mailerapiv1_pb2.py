@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from kannon.pb.mailer.types import send_pb2 as kannon_dot_pb_dot_mailer_dot_types_dot_send__pb2
+from kannon.pb.tracking.types import tracking_pb2 as kannon_dot_pb_dot_tracking_dot_types_dot_tracking__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(kannon/pb/mailer/apiv1/mailerapiv1.proto\x12\x17pkg.kannon.mailer.apiv1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!kannon/pb/mailer/types/send.proto\"/\n\nAttachment\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"\xf5\x03\n\x0bSendHTMLReq\x12/\n\x06sender\x18\x01 \x01(\x0b\x32\x1f.pkg.kannon.mailer.types.Sender\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x0c\n\x04html\x18\x04 \x01(\t\x12\x37\n\x0escheduled_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x88\x01\x01\x12\x36\n\nrecipients\x18\x06 \x03(\x0b\x32\".pkg.kannon.mailer.types.Recipient\x12\x38\n\x0b\x61ttachments\x18\x07 \x03(\x0b\x32#.pkg.kannon.mailer.apiv1.Attachment\x12M\n\rglobal_fields\x18\x08 \x03(\x0b\x32\x36.pkg.kannon.mailer.apiv1.SendHTMLReq.GlobalFieldsEntry\x12\x36\n\x07headers\x18\t \x01(\x0b\x32 .pkg.kannon.mailer.types.HeadersH\x01\x88\x01\x01\x1a\x33\n\x11GlobalFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x11\n\x0f_scheduled_timeB\n\n\x08_headersJ\x04\x08\x02\x10\x03J\x04\x08\n\x10\x0bJ\x04\x08\x0b\x10\x0c\"\x84\x04\n\x0fSendTemplateReq\x12/\n\x06sender\x18\x01 \x01(\x0b\x32\x1f.pkg.kannon.mailer.types.Sender\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x13\n\x0btemplate_id\x18\x04 \x01(\t\x12\x37\n\x0escheduled_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x88\x01\x01\x12\x36\n\nrecipients\x18\x06 \x03(\x0b\x32\".pkg.kannon.mailer.types.Recipient\x12\x38\n\x0b\x61ttachments\x18\x07 \x03(\x0b\x32#.pkg.kannon.mailer.apiv1.Attachment\x12Q\n\rglobal_fields\x18\x08 \x03(\x0b\x32:.pkg.kannon.mailer.apiv1.SendTemplateReq.GlobalFieldsEntry\x12\x36\n\x07headers\x18\t \x01(\x0b\x32 .pkg.kannon.mailer.types.HeadersH\x01\x88\x01\x01\x1a\x33\n\x11GlobalFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x11\n\x0f_scheduled_timeB\n\n\x08_headersJ\x04\x08\x02\x10\x03J\x04\x08\n\x10\x0bJ\x04\x08\x0b\x10\x0c\"\xdf\x01\n\x07SendRes\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x13\n\x0btemplate_id\x18\x02 \x01(\t\x12\x32\n\x0escheduled_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x04 \x01(\x05\x12\x16\n\x0erejected_count\x18\x05 \x01(\x05\x12G\n\x13rejected_recipients\x18\x06 \x03(\x0b\x32*.pkg.kannon.mailer.apiv1.RejectedRecipient\"2\n\x11RejectedRecipient\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xb8\x01\n\x06Mailer\x12R\n\x08SendHTML\x12$.pkg.kannon.mailer.apiv1.SendHTMLReq\x1a .pkg.kannon.mailer.apiv1.SendRes\x12Z\n\x0cSendTemplate\x12(.pkg.kannon.mailer.apiv1.SendTemplateReq\x1a .pkg.kannon.mailer.apiv1.SendResb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(kannon/pb/mailer/apiv1/mailerapiv1.proto\x12\x17pkg.kannon.mailer.apiv1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!kannon/pb/mailer/types/send.proto\x1a\'kannon/pb/tracking/types/tracking.proto\"/\n\nAttachment\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"\xa4\x05\n\x0bSendHTMLReq\x12/\n\x06sender\x18\x01 \x01(\x0b\x32\x1f.pkg.kannon.mailer.types.Sender\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x0c\n\x04html\x18\x04 \x01(\t\x12\x37\n\x0escheduled_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x88\x01\x01\x12\x36\n\nrecipients\x18\x06 \x03(\x0b\x32\".pkg.kannon.mailer.types.Recipient\x12\x38\n\x0b\x61ttachments\x18\x07 \x03(\x0b\x32#.pkg.kannon.mailer.apiv1.Attachment\x12M\n\rglobal_fields\x18\x08 \x03(\x0b\x32\x36.pkg.kannon.mailer.apiv1.SendHTMLReq.GlobalFieldsEntry\x12\x36\n\x07headers\x18\t \x01(\x0b\x32 .pkg.kannon.mailer.types.HeadersH\x01\x88\x01\x01\x12@\n\x08tracking\x18\n \x01(\x0b\x32).pkg.kannon.tracking.types.TrackingPolicyH\x02\x88\x01\x01\x12P\n\x15one_click_unsubscribe\x18\x0b \x01(\x0b\x32,.pkg.kannon.mailer.types.OneClickUnsubscribeH\x03\x88\x01\x01\x1a\x33\n\x11GlobalFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x11\n\x0f_scheduled_timeB\n\n\x08_headersB\x0b\n\t_trackingB\x18\n\x16_one_click_unsubscribeJ\x04\x08\x02\x10\x03\"\xb3\x05\n\x0fSendTemplateReq\x12/\n\x06sender\x18\x01 \x01(\x0b\x32\x1f.pkg.kannon.mailer.types.Sender\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x13\n\x0btemplate_id\x18\x04 \x01(\t\x12\x37\n\x0escheduled_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x88\x01\x01\x12\x36\n\nrecipients\x18\x06 \x03(\x0b\x32\".pkg.kannon.mailer.types.Recipient\x12\x38\n\x0b\x61ttachments\x18\x07 \x03(\x0b\x32#.pkg.kannon.mailer.apiv1.Attachment\x12Q\n\rglobal_fields\x18\x08 \x03(\x0b\x32:.pkg.kannon.mailer.apiv1.SendTemplateReq.GlobalFieldsEntry\x12\x36\n\x07headers\x18\t \x01(\x0b\x32 .pkg.kannon.mailer.types.HeadersH\x01\x88\x01\x01\x12@\n\x08tracking\x18\n \x01(\x0b\x32).pkg.kannon.tracking.types.TrackingPolicyH\x02\x88\x01\x01\x12P\n\x15one_click_unsubscribe\x18\x0b \x01(\x0b\x32,.pkg.kannon.mailer.types.OneClickUnsubscribeH\x03\x88\x01\x01\x1a\x33\n\x11GlobalFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x11\n\x0f_scheduled_timeB\n\n\x08_headersB\x0b\n\t_trackingB\x18\n\x16_one_click_unsubscribeJ\x04\x08\x02\x10\x03\"\xdf\x01\n\x07SendRes\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x13\n\x0btemplate_id\x18\x02 \x01(\t\x12\x32\n\x0escheduled_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x04 \x01(\x05\x12\x16\n\x0erejected_count\x18\x05 \x01(\x05\x12G\n\x13rejected_recipients\x18\x06 \x03(\x0b\x32*.pkg.kannon.mailer.apiv1.RejectedRecipient\"2\n\x11RejectedRecipient\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xb8\x01\n\x06Mailer\x12R\n\x08SendHTML\x12$.pkg.kannon.mailer.apiv1.SendHTMLReq\x1a .pkg.kannon.mailer.apiv1.SendRes\x12Z\n\x0cSendTemplate\x12(.pkg.kannon.mailer.apiv1.SendTemplateReq\x1a .pkg.kannon.mailer.apiv1.SendResb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,20 +38,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SENDHTMLREQ_GLOBALFIELDSENTRY']._serialized_options = b'8\001'
   _globals['_SENDTEMPLATEREQ_GLOBALFIELDSENTRY']._loaded_options = None
   _globals['_SENDTEMPLATEREQ_GLOBALFIELDSENTRY']._serialized_options = b'8\001'
-  _globals['_ATTACHMENT']._serialized_start=137
-  _globals['_ATTACHMENT']._serialized_end=184
-  _globals['_SENDHTMLREQ']._serialized_start=187
-  _globals['_SENDHTMLREQ']._serialized_end=688
-  _globals['_SENDHTMLREQ_GLOBALFIELDSENTRY']._serialized_start=588
-  _globals['_SENDHTMLREQ_GLOBALFIELDSENTRY']._serialized_end=639
-  _globals['_SENDTEMPLATEREQ']._serialized_start=691
-  _globals['_SENDTEMPLATEREQ']._serialized_end=1207
-  _globals['_SENDTEMPLATEREQ_GLOBALFIELDSENTRY']._serialized_start=588
-  _globals['_SENDTEMPLATEREQ_GLOBALFIELDSENTRY']._serialized_end=639
-  _globals['_SENDRES']._serialized_start=1210
-  _globals['_SENDRES']._serialized_end=1433
-  _globals['_REJECTEDRECIPIENT']._serialized_start=1435
-  _globals['_REJECTEDRECIPIENT']._serialized_end=1485
-  _globals['_MAILER']._serialized_start=1488
-  _globals['_MAILER']._serialized_end=1672
+  _globals['_ATTACHMENT']._serialized_start=178
+  _globals['_ATTACHMENT']._serialized_end=225
+  _globals['_SENDHTMLREQ']._serialized_start=228
+  _globals['_SENDHTMLREQ']._serialized_end=904
+  _globals['_SENDHTMLREQ_GLOBALFIELDSENTRY']._serialized_start=777
+  _globals['_SENDHTMLREQ_GLOBALFIELDSENTRY']._serialized_end=828
+  _globals['_SENDTEMPLATEREQ']._serialized_start=907
+  _globals['_SENDTEMPLATEREQ']._serialized_end=1598
+  _globals['_SENDTEMPLATEREQ_GLOBALFIELDSENTRY']._serialized_start=777
+  _globals['_SENDTEMPLATEREQ_GLOBALFIELDSENTRY']._serialized_end=828
+  _globals['_SENDRES']._serialized_start=1601
+  _globals['_SENDRES']._serialized_end=1824
+  _globals['_REJECTEDRECIPIENT']._serialized_start=1826
+  _globals['_REJECTEDRECIPIENT']._serialized_end=1876
+  _globals['_MAILER']._serialized_start=1879
+  _globals['_MAILER']._serialized_end=2063
 # @@protoc_insertion_point(module_scope)

@@ -2,6 +2,7 @@ import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from kannon.pb.mailer.types import send_pb2 as _send_pb2
+from kannon.pb.tracking.types import tracking_pb2 as _tracking_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -19,7 +20,7 @@ class Attachment(_message.Message):
     def __init__(self, filename: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
 
 class SendHTMLReq(_message.Message):
-    __slots__ = ("sender", "subject", "html", "scheduled_time", "recipients", "attachments", "global_fields", "headers")
+    __slots__ = ("sender", "subject", "html", "scheduled_time", "recipients", "attachments", "global_fields", "headers", "tracking", "one_click_unsubscribe")
     class GlobalFieldsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +36,8 @@ class SendHTMLReq(_message.Message):
     ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_FIELDS_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
+    TRACKING_FIELD_NUMBER: _ClassVar[int]
+    ONE_CLICK_UNSUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
     sender: _send_pb2.Sender
     subject: str
     html: str
@@ -43,10 +46,12 @@ class SendHTMLReq(_message.Message):
     attachments: _containers.RepeatedCompositeFieldContainer[Attachment]
     global_fields: _containers.ScalarMap[str, str]
     headers: _send_pb2.Headers
-    def __init__(self, sender: _Optional[_Union[_send_pb2.Sender, _Mapping]] = ..., subject: _Optional[str] = ..., html: _Optional[str] = ..., scheduled_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recipients: _Optional[_Iterable[_Union[_send_pb2.Recipient, _Mapping]]] = ..., attachments: _Optional[_Iterable[_Union[Attachment, _Mapping]]] = ..., global_fields: _Optional[_Mapping[str, str]] = ..., headers: _Optional[_Union[_send_pb2.Headers, _Mapping]] = ...) -> None: ...
+    tracking: _tracking_pb2.TrackingPolicy
+    one_click_unsubscribe: _send_pb2.OneClickUnsubscribe
+    def __init__(self, sender: _Optional[_Union[_send_pb2.Sender, _Mapping]] = ..., subject: _Optional[str] = ..., html: _Optional[str] = ..., scheduled_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recipients: _Optional[_Iterable[_Union[_send_pb2.Recipient, _Mapping]]] = ..., attachments: _Optional[_Iterable[_Union[Attachment, _Mapping]]] = ..., global_fields: _Optional[_Mapping[str, str]] = ..., headers: _Optional[_Union[_send_pb2.Headers, _Mapping]] = ..., tracking: _Optional[_Union[_tracking_pb2.TrackingPolicy, _Mapping]] = ..., one_click_unsubscribe: _Optional[_Union[_send_pb2.OneClickUnsubscribe, _Mapping]] = ...) -> None: ...
 
 class SendTemplateReq(_message.Message):
-    __slots__ = ("sender", "subject", "template_id", "scheduled_time", "recipients", "attachments", "global_fields", "headers")
+    __slots__ = ("sender", "subject", "template_id", "scheduled_time", "recipients", "attachments", "global_fields", "headers", "tracking", "one_click_unsubscribe")
     class GlobalFieldsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +67,8 @@ class SendTemplateReq(_message.Message):
     ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_FIELDS_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
+    TRACKING_FIELD_NUMBER: _ClassVar[int]
+    ONE_CLICK_UNSUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
     sender: _send_pb2.Sender
     subject: str
     template_id: str
@@ -70,7 +77,9 @@ class SendTemplateReq(_message.Message):
     attachments: _containers.RepeatedCompositeFieldContainer[Attachment]
     global_fields: _containers.ScalarMap[str, str]
     headers: _send_pb2.Headers
-    def __init__(self, sender: _Optional[_Union[_send_pb2.Sender, _Mapping]] = ..., subject: _Optional[str] = ..., template_id: _Optional[str] = ..., scheduled_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recipients: _Optional[_Iterable[_Union[_send_pb2.Recipient, _Mapping]]] = ..., attachments: _Optional[_Iterable[_Union[Attachment, _Mapping]]] = ..., global_fields: _Optional[_Mapping[str, str]] = ..., headers: _Optional[_Union[_send_pb2.Headers, _Mapping]] = ...) -> None: ...
+    tracking: _tracking_pb2.TrackingPolicy
+    one_click_unsubscribe: _send_pb2.OneClickUnsubscribe
+    def __init__(self, sender: _Optional[_Union[_send_pb2.Sender, _Mapping]] = ..., subject: _Optional[str] = ..., template_id: _Optional[str] = ..., scheduled_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recipients: _Optional[_Iterable[_Union[_send_pb2.Recipient, _Mapping]]] = ..., attachments: _Optional[_Iterable[_Union[Attachment, _Mapping]]] = ..., global_fields: _Optional[_Mapping[str, str]] = ..., headers: _Optional[_Union[_send_pb2.Headers, _Mapping]] = ..., tracking: _Optional[_Union[_tracking_pb2.TrackingPolicy, _Mapping]] = ..., one_click_unsubscribe: _Optional[_Union[_send_pb2.OneClickUnsubscribe, _Mapping]] = ...) -> None: ...
 
 class SendRes(_message.Message):
     __slots__ = ("message_id", "template_id", "scheduled_time", "accepted_count", "rejected_count", "rejected_recipients")

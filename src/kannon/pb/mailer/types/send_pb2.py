@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from kannon.pb.tracking.types import tracking_pb2 as kannon_dot_pb_dot_tracking_dot_types_dot_tracking__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!kannon/pb/mailer/types/send.proto\x12\x17pkg.kannon.mailer.types\"&\n\x06Sender\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\"\x89\x01\n\tRecipient\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12>\n\x06\x66ields\x18\x02 \x03(\x0b\x32..pkg.kannon.mailer.types.Recipient.FieldsEntry\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"!\n\x07Headers\x12\n\n\x02to\x18\x01 \x03(\t\x12\n\n\x02\x63\x63\x18\x02 \x03(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!kannon/pb/mailer/types/send.proto\x12\x17pkg.kannon.mailer.types\x1a\'kannon/pb/tracking/types/tracking.proto\"&\n\x06Sender\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\"\xd8\x01\n\tRecipient\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12>\n\x06\x66ields\x18\x02 \x03(\x0b\x32..pkg.kannon.mailer.types.Recipient.FieldsEntry\x12@\n\x08tracking\x18\x03 \x01(\x0b\x32).pkg.kannon.tracking.types.TrackingPolicyH\x00\x88\x01\x01\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_tracking\"!\n\x07Headers\x12\n\n\x02to\x18\x01 \x03(\t\x12\n\n\x02\x63\x63\x18\x02 \x03(\t\"+\n\x13OneClickUnsubscribe\x12\x14\n\x0curl_template\x18\x01 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +34,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RECIPIENT_FIELDSENTRY']._loaded_options = None
   _globals['_RECIPIENT_FIELDSENTRY']._serialized_options = b'8\001'
-  _globals['_SENDER']._serialized_start=62
-  _globals['_SENDER']._serialized_end=100
-  _globals['_RECIPIENT']._serialized_start=103
-  _globals['_RECIPIENT']._serialized_end=240
-  _globals['_RECIPIENT_FIELDSENTRY']._serialized_start=195
-  _globals['_RECIPIENT_FIELDSENTRY']._serialized_end=240
-  _globals['_HEADERS']._serialized_start=242
-  _globals['_HEADERS']._serialized_end=275
+  _globals['_SENDER']._serialized_start=103
+  _globals['_SENDER']._serialized_end=141
+  _globals['_RECIPIENT']._serialized_start=144
+  _globals['_RECIPIENT']._serialized_end=360
+  _globals['_RECIPIENT_FIELDSENTRY']._serialized_start=302
+  _globals['_RECIPIENT_FIELDSENTRY']._serialized_end=347
+  _globals['_HEADERS']._serialized_start=362
+  _globals['_HEADERS']._serialized_end=395
+  _globals['_ONECLICKUNSUBSCRIBE']._serialized_start=397
+  _globals['_ONECLICKUNSUBSCRIBE']._serialized_end=440
 # @@protoc_insertion_point(module_scope)

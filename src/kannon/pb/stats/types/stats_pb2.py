@@ -23,35 +23,38 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from kannon.pb.tracking.types import tracking_pb2 as kannon_dot_pb_dot_tracking_dot_types_dot_tracking__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!kannon/pb/stats/types/stats.proto\x12\x16pkg.kannon.stats.types\x1a\x1fgoogle/protobuf/timestamp.proto\"]\n\x0fStatsAggregated\x12\x0c\n\x04type\x18\x01 \x01(\t\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"\xae\x01\n\x05Stats\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64omain\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04type\x18\x05 \x01(\t\x12/\n\x04\x64\x61ta\x18\x06 \x01(\x0b\x32!.pkg.kannon.stats.types.StatsDataJ\x04\x08\x07\x10\x08\"\x13\n\x11StatsDataAccepted\"\x14\n\x12StatsDataDelivered\"!\n\x0fStatsDataFailed\x12\x0e\n\x06reason\x18\x01 \x01(\t\"#\n\x11StatsDataRejected\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x9b\x01\n\x10StatsDataBounced\x12\x11\n\tpermanent\x18\x01 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0b\n\x03msg\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x13\n\x0bhard_bounce\x18\x06 \x01(\x08\x12\x12\n\nremote_mta\x18\x07 \x01(\t\x12\x10\n\x08\x66rom_dsn\x18\x08 \x01(\x08\"+\n\x0eStatsDataError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0b\n\x03msg\x18\x02 \x01(\t\"1\n\x0fStatsDataOpened\x12\x12\n\nuser_agent\x18\x01 \x01(\t\x12\n\n\x02ip\x18\x02 \x01(\t\"?\n\x10StatsDataClicked\x12\x12\n\nuser_agent\x18\x01 \x01(\t\x12\n\n\x02ip\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\"\xfb\x03\n\tStatsData\x12=\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32).pkg.kannon.stats.types.StatsDataAcceptedH\x00\x12?\n\tdelivered\x18\x02 \x01(\x0b\x32*.pkg.kannon.stats.types.StatsDataDeliveredH\x00\x12\x39\n\x06\x66\x61iled\x18\x03 \x01(\x0b\x32\'.pkg.kannon.stats.types.StatsDataFailedH\x00\x12;\n\x07\x62ounced\x18\x04 \x01(\x0b\x32(.pkg.kannon.stats.types.StatsDataBouncedH\x00\x12\x39\n\x06opened\x18\x05 \x01(\x0b\x32\'.pkg.kannon.stats.types.StatsDataOpenedH\x00\x12;\n\x07\x63licked\x18\x06 \x01(\x0b\x32(.pkg.kannon.stats.types.StatsDataClickedH\x00\x12=\n\x08rejected\x18\x07 \x01(\x0b\x32).pkg.kannon.stats.types.StatsDataRejectedH\x00\x12\x37\n\x05\x65rror\x18\x08 \x01(\x0b\x32&.pkg.kannon.stats.types.StatsDataErrorH\x00\x42\x06\n\x04\x64\x61tab\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!kannon/pb/stats/types/stats.proto\x12\x16pkg.kannon.stats.types\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\'kannon/pb/tracking/types/tracking.proto\"]\n\x0fStatsAggregated\x12\x0c\n\x04type\x18\x01 \x01(\t\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"\xe8\x01\n\x05Stats\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64omain\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04type\x18\x05 \x01(\t\x12/\n\x04\x64\x61ta\x18\x06 \x01(\x0b\x32!.pkg.kannon.stats.types.StatsData\x12>\n\rtracking_mode\x18\x07 \x01(\x0e\x32\'.pkg.kannon.tracking.types.TrackingMode\"\x13\n\x11StatsDataAccepted\"\x14\n\x12StatsDataDelivered\"!\n\x0fStatsDataFailed\x12\x0e\n\x06reason\x18\x01 \x01(\t\"#\n\x11StatsDataRejected\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x9b\x01\n\x10StatsDataBounced\x12\x11\n\tpermanent\x18\x01 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0b\n\x03msg\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x13\n\x0bhard_bounce\x18\x06 \x01(\x08\x12\x12\n\nremote_mta\x18\x07 \x01(\t\x12\x10\n\x08\x66rom_dsn\x18\x08 \x01(\x08\"+\n\x0eStatsDataError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0b\n\x03msg\x18\x02 \x01(\t\"1\n\x0fStatsDataOpened\x12\x12\n\nuser_agent\x18\x01 \x01(\t\x12\n\n\x02ip\x18\x02 \x01(\t\"?\n\x10StatsDataClicked\x12\x12\n\nuser_agent\x18\x01 \x01(\t\x12\n\n\x02ip\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\"\x17\n\x15StatsDataUnsubscribed\"\xc2\x04\n\tStatsData\x12=\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32).pkg.kannon.stats.types.StatsDataAcceptedH\x00\x12?\n\tdelivered\x18\x02 \x01(\x0b\x32*.pkg.kannon.stats.types.StatsDataDeliveredH\x00\x12\x39\n\x06\x66\x61iled\x18\x03 \x01(\x0b\x32\'.pkg.kannon.stats.types.StatsDataFailedH\x00\x12;\n\x07\x62ounced\x18\x04 \x01(\x0b\x32(.pkg.kannon.stats.types.StatsDataBouncedH\x00\x12\x39\n\x06opened\x18\x05 \x01(\x0b\x32\'.pkg.kannon.stats.types.StatsDataOpenedH\x00\x12;\n\x07\x63licked\x18\x06 \x01(\x0b\x32(.pkg.kannon.stats.types.StatsDataClickedH\x00\x12=\n\x08rejected\x18\x07 \x01(\x0b\x32).pkg.kannon.stats.types.StatsDataRejectedH\x00\x12\x37\n\x05\x65rror\x18\x08 \x01(\x0b\x32&.pkg.kannon.stats.types.StatsDataErrorH\x00\x12\x45\n\x0cunsubscribed\x18\n \x01(\x0b\x32-.pkg.kannon.stats.types.StatsDataUnsubscribedH\x00\x42\x06\n\x04\x64\x61tab\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kannon.pb.stats.types.stats_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STATSAGGREGATED']._serialized_start=94
-  _globals['_STATSAGGREGATED']._serialized_end=187
-  _globals['_STATS']._serialized_start=190
-  _globals['_STATS']._serialized_end=364
-  _globals['_STATSDATAACCEPTED']._serialized_start=366
-  _globals['_STATSDATAACCEPTED']._serialized_end=385
-  _globals['_STATSDATADELIVERED']._serialized_start=387
-  _globals['_STATSDATADELIVERED']._serialized_end=407
-  _globals['_STATSDATAFAILED']._serialized_start=409
-  _globals['_STATSDATAFAILED']._serialized_end=442
-  _globals['_STATSDATAREJECTED']._serialized_start=444
-  _globals['_STATSDATAREJECTED']._serialized_end=479
-  _globals['_STATSDATABOUNCED']._serialized_start=482
-  _globals['_STATSDATABOUNCED']._serialized_end=637
-  _globals['_STATSDATAERROR']._serialized_start=639
-  _globals['_STATSDATAERROR']._serialized_end=682
-  _globals['_STATSDATAOPENED']._serialized_start=684
-  _globals['_STATSDATAOPENED']._serialized_end=733
-  _globals['_STATSDATACLICKED']._serialized_start=735
-  _globals['_STATSDATACLICKED']._serialized_end=798
-  _globals['_STATSDATA']._serialized_start=801
-  _globals['_STATSDATA']._serialized_end=1308
+  _globals['_STATSAGGREGATED']._serialized_start=135
+  _globals['_STATSAGGREGATED']._serialized_end=228
+  _globals['_STATS']._serialized_start=231
+  _globals['_STATS']._serialized_end=463
+  _globals['_STATSDATAACCEPTED']._serialized_start=465
+  _globals['_STATSDATAACCEPTED']._serialized_end=484
+  _globals['_STATSDATADELIVERED']._serialized_start=486
+  _globals['_STATSDATADELIVERED']._serialized_end=506
+  _globals['_STATSDATAFAILED']._serialized_start=508
+  _globals['_STATSDATAFAILED']._serialized_end=541
+  _globals['_STATSDATAREJECTED']._serialized_start=543
+  _globals['_STATSDATAREJECTED']._serialized_end=578
+  _globals['_STATSDATABOUNCED']._serialized_start=581
+  _globals['_STATSDATABOUNCED']._serialized_end=736
+  _globals['_STATSDATAERROR']._serialized_start=738
+  _globals['_STATSDATAERROR']._serialized_end=781
+  _globals['_STATSDATAOPENED']._serialized_start=783
+  _globals['_STATSDATAOPENED']._serialized_end=832
+  _globals['_STATSDATACLICKED']._serialized_start=834
+  _globals['_STATSDATACLICKED']._serialized_end=897
+  _globals['_STATSDATAUNSUBSCRIBED']._serialized_start=899
+  _globals['_STATSDATAUNSUBSCRIBED']._serialized_end=922
+  _globals['_STATSDATA']._serialized_start=925
+  _globals['_STATSDATA']._serialized_end=1503
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from kannon.pb.tracking.types import tracking_pb2 as _tracking_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Mapping as _Mapping
@@ -19,20 +20,22 @@ class StatsAggregated(_message.Message):
     def __init__(self, type: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., count: _Optional[int] = ...) -> None: ...
 
 class Stats(_message.Message):
-    __slots__ = ("message_id", "domain", "email", "timestamp", "type", "data")
+    __slots__ = ("message_id", "domain", "email", "timestamp", "type", "data", "tracking_mode")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
     EMAIL_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    TRACKING_MODE_FIELD_NUMBER: _ClassVar[int]
     message_id: str
     domain: str
     email: str
     timestamp: _timestamp_pb2.Timestamp
     type: str
     data: StatsData
-    def __init__(self, message_id: _Optional[str] = ..., domain: _Optional[str] = ..., email: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., type: _Optional[str] = ..., data: _Optional[_Union[StatsData, _Mapping]] = ...) -> None: ...
+    tracking_mode: _tracking_pb2.TrackingMode
+    def __init__(self, message_id: _Optional[str] = ..., domain: _Optional[str] = ..., email: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., type: _Optional[str] = ..., data: _Optional[_Union[StatsData, _Mapping]] = ..., tracking_mode: _Optional[_Union[_tracking_pb2.TrackingMode, str]] = ...) -> None: ...
 
 class StatsDataAccepted(_message.Message):
     __slots__ = ()
@@ -100,8 +103,12 @@ class StatsDataClicked(_message.Message):
     url: str
     def __init__(self, user_agent: _Optional[str] = ..., ip: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
 
+class StatsDataUnsubscribed(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class StatsData(_message.Message):
-    __slots__ = ("accepted", "delivered", "failed", "bounced", "opened", "clicked", "rejected", "error")
+    __slots__ = ("accepted", "delivered", "failed", "bounced", "opened", "clicked", "rejected", "error", "unsubscribed")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     DELIVERED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +117,7 @@ class StatsData(_message.Message):
     CLICKED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    UNSUBSCRIBED_FIELD_NUMBER: _ClassVar[int]
     accepted: StatsDataAccepted
     delivered: StatsDataDelivered
     failed: StatsDataFailed
@@ -118,4 +126,5 @@ class StatsData(_message.Message):
     clicked: StatsDataClicked
     rejected: StatsDataRejected
     error: StatsDataError
-    def __init__(self, accepted: _Optional[_Union[StatsDataAccepted, _Mapping]] = ..., delivered: _Optional[_Union[StatsDataDelivered, _Mapping]] = ..., failed: _Optional[_Union[StatsDataFailed, _Mapping]] = ..., bounced: _Optional[_Union[StatsDataBounced, _Mapping]] = ..., opened: _Optional[_Union[StatsDataOpened, _Mapping]] = ..., clicked: _Optional[_Union[StatsDataClicked, _Mapping]] = ..., rejected: _Optional[_Union[StatsDataRejected, _Mapping]] = ..., error: _Optional[_Union[StatsDataError, _Mapping]] = ...) -> None: ...
+    unsubscribed: StatsDataUnsubscribed
+    def __init__(self, accepted: _Optional[_Union[StatsDataAccepted, _Mapping]] = ..., delivered: _Optional[_Union[StatsDataDelivered, _Mapping]] = ..., failed: _Optional[_Union[StatsDataFailed, _Mapping]] = ..., bounced: _Optional[_Union[StatsDataBounced, _Mapping]] = ..., opened: _Optional[_Union[StatsDataOpened, _Mapping]] = ..., clicked: _Optional[_Union[StatsDataClicked, _Mapping]] = ..., rejected: _Optional[_Union[StatsDataRejected, _Mapping]] = ..., error: _Optional[_Union[StatsDataError, _Mapping]] = ..., unsubscribed: _Optional[_Union[StatsDataUnsubscribed, _Mapping]] = ...) -> None: ...
