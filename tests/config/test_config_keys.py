@@ -52,6 +52,7 @@ SAMPLES: dict[str, Sample] = {
     "url": Sample("https://t.example.com", "https://t.example.com", "https://t.example.com"),
     "address": Sample("127.0.0.1:2525", "127.0.0.1:2525", "127.0.0.1:2525"),
     "starttls|tls|none": Sample("tls", "tls", "tls"),
+    "email": Sample("FBL@Mail.example.com", "FBL@Mail.example.com", "fbl@mail.example.com"),
 }
 
 

@@ -20,6 +20,8 @@ EXPECTED_TABLES = {
     "stats",
     "aggregated_stats",
     "stats_keys",
+    "suppressions",
+    "suppression_soft_bounces",
     "kannon_migrations",
 }
 
@@ -76,6 +78,8 @@ async def test_original_columns_and_additions_exist(database_url: str) -> None:
         ("stats", "data"),
         ("aggregated_stats", "count"),
         ("stats_keys", "expiration_time"),
+        ("sending_pool_emails", "reject_reason"),
+        ("suppressions", "expires_at"),
     ]:
         assert needed in cols, needed
 

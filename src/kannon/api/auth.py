@@ -5,6 +5,8 @@
 * Admin: ``api.admin_token`` as ``authorization: Bearer <token>`` or ``x-kannon-admin-token``,
   compared in constant time. Without a configured token only loopback peers are served — the
   original left the Admin API open to anyone reaching the port; a deployment sets a token.
+* Suppression: either scheme (:class:`DomainOrAdmin`). Basic credentials limit the call to their
+  Domain; otherwise it is an operator's call, checked as the Admin API's.
 * HZ, health and reflection are open (probes and tooling must work without credentials).
 
 :class:`EarlyAuth`, a server interceptor, makes these decisions from the call's metadata
@@ -124,6 +126,11 @@ class AdminGuard:
         check_admin(self.token, metadata(context), context.peer())
 
 
+def is_basic(headers: dict[str, str]) -> bool:
+    """Whether the call presents Basic (API key) credentials rather than the operator's."""
+    return headers.get("authorization", "").strip().lower().startswith("basic ")
+
+
 class ApiKeyAuth:
     """Resolves a call's Basic credentials to the tenant Domain they are valid for."""
 
@@ -146,6 +153,22 @@ class ApiKeyAuth:
         return await self.tenant_of(metadata(context))
 
 
+class DomainOrAdmin:
+    """Services open to both schemes: a Domain's API key for its own Domain, the admin token
+    for any Domain."""
+
+    def __init__(self, auth: ApiKeyAuth, admin: AdminGuard) -> None:
+        self.auth = auth
+        self.admin = admin
+
+    async def scope(self, context: Any) -> str | None:
+        """The Domain the caller is limited to (its API key's), or None for the operator."""
+        if is_basic(metadata(context)):
+            return await self.auth.tenant(context)
+        self.admin.check(context)
+        return None
+
+
 Continuation = Callable[[Any], Awaitable[Any]]
 
 
@@ -162,7 +185,8 @@ def _refusal(code: Any, details: str) -> Any:
 class EarlyAuth(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
     """Authenticates calls from their metadata before the body is read (see module docstring).
 
-    `api_key_services` and `admin_services` are full service names (`package.Service`).
+    `api_key_services`, `admin_services` and `either_services` (API key or admin token) are
+    full service names (`package.Service`).
     """
 
     def __init__(
@@ -172,20 +196,25 @@ class EarlyAuth(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
         *,
         api_key_services: Iterable[str],
         admin_services: Iterable[str],
+        either_services: Iterable[str] = (),
     ) -> None:
         self.auth = auth
         self.admin_token = admin_token
         self.api_key_services = frozenset(api_key_services)
         self.admin_services = frozenset(admin_services)
+        self.either_services = frozenset(either_services)
 
     async def intercept_service(self, continuation: Continuation, details: Any) -> Any:
         service = details.method.rpartition("/")[0].lstrip("/")
         try:
-            if service in self.api_key_services:
-                headers = _text_metadata(details.invocation_metadata)
+            headers = _text_metadata(details.invocation_metadata)
+            api_key = service in self.api_key_services or (
+                service in self.either_services and is_basic(headers)
+            )
+            admin = service in self.admin_services or service in self.either_services
+            if api_key:
                 _tenant.set(await self.auth.tenant_of(headers))
-            elif service in self.admin_services and self.admin_token is not None:
-                headers = _text_metadata(details.invocation_metadata)
+            elif admin and self.admin_token is not None:
                 check_admin(self.admin_token, headers, peer="")
         except Exception as exc:
             return _refusal(*failure_status(exc, details.method))

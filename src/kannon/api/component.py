@@ -4,8 +4,10 @@ Names: the original's (`pkg.kannon.mailer.apiv1.Mailer`, `pkg.kannon.admin.apiv1
 `pkg.kannon.admin.apiv1.HZService`, `kannon.StatsApiV1`, `kannon.stats.apiv2.StatsApiV2`) so
 existing clients work unchanged, and the README's (`kannon.mailer.apiv1.MailerApiV1Service`,
 `kannon.admin.apiv1.AdminApiV1Service`, `kannon.stats.apiv1.StatsApiV1Service`) so the documented
-grpcurl commands work — the same handler objects behind both. Plus `grpc.health.v1.Health` and
-server reflection (v1alpha, the only version grpcio serves), so tools need no .proto files.
+grpcurl commands work — the same handler objects behind both. The Suppression service, which the
+original does not have, has only its README name
+(`kannon.suppression.apiv1.SuppressionApiV1Service`). Plus `grpc.health.v1.Health` and server
+reflection (v1alpha, the only version grpcio serves), so tools need no .proto files.
 
 Lifecycle: bind, start, `life.ready()`, serve until `life.stopping`, then report NOT_SERVING
 and drain in-flight calls for up to :data:`DRAIN_GRACE` seconds.
@@ -22,10 +24,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from kannon.api.admin import AdminService
-from kannon.api.auth import ApiKeyAuth, EarlyAuth
+from kannon.api.auth import AdminGuard, ApiKeyAuth, DomainOrAdmin, EarlyAuth
 from kannon.api.hz import HZService
 from kannon.api.mailer import MailerService
 from kannon.api.stats import StatsService
+from kannon.api.suppression import SuppressionService
 from kannon.config import Settings
 from kannon.pb.admin.apiv1 import adminapiv1_pb2_grpc, hz_pb2_grpc
 from kannon.pb.aliases import (
@@ -39,6 +42,7 @@ from kannon.pb.aliases import (
 from kannon.pb.mailer.apiv1 import mailerapiv1_pb2_grpc
 from kannon.pb.stats.apiv1 import statsapiv1_pb2_grpc
 from kannon.pb.stats.apiv2 import statsapiv2_pb2_grpc
+from kannon.pb.suppression.apiv1 import suppressionapiv1_pb2_grpc
 from kannon.runtime.component import Life
 
 if TYPE_CHECKING:
@@ -54,7 +58,15 @@ ADMIN_NAMES = ("pkg.kannon.admin.apiv1.Api", "kannon.admin.apiv1.AdminApiV1Servi
 HZ_NAME = "pkg.kannon.admin.apiv1.HZService"
 STATS_V1_NAMES = ("kannon.StatsApiV1", "kannon.stats.apiv1.StatsApiV1Service")
 STATS_V2_NAME = "kannon.stats.apiv2.StatsApiV2"
-SERVICE_NAMES = (*MAILER_NAMES, *ADMIN_NAMES, HZ_NAME, *STATS_V1_NAMES, STATS_V2_NAME)
+SUPPRESSION_NAME = "kannon.suppression.apiv1.SuppressionApiV1Service"
+SERVICE_NAMES = (
+    *MAILER_NAMES,
+    *ADMIN_NAMES,
+    HZ_NAME,
+    *STATS_V1_NAMES,
+    STATS_V2_NAME,
+    SUPPRESSION_NAME,
+)
 HEALTH_NAME = "grpc.health.v1.Health"
 # How often gRPC health re-checks the database.
 HEALTH_INTERVAL = 5.0
@@ -99,6 +111,7 @@ class ApiComponent:
                     api.admin_token,
                     api_key_services=(*MAILER_NAMES, *STATS_V1_NAMES, STATS_V2_NAME),
                     admin_services=ADMIN_NAMES,
+                    either_services=(SUPPRESSION_NAME,),
                 )
             ],
             # Bounds the calls (and so the request messages) held in memory at once.
@@ -114,6 +127,9 @@ class ApiComponent:
         mailer = MailerService(self.settings, self.pool, auth)
         admin = AdminService(self.settings, self.pool)
         stats = StatsService(self.pool, auth)
+        suppression = SuppressionService(
+            self.pool, DomainOrAdmin(auth, AdminGuard(api.admin_token))
+        )
         hz = self._hz = HZService(self.pool)
         registrations: list[tuple[Register, object]] = [
             (mailerapiv1_pb2_grpc.add_MailerServicer_to_server, mailer),
@@ -124,6 +140,10 @@ class ApiComponent:
             (statsapiv1_pb2_grpc.add_StatsApiV1Servicer_to_server, stats),
             (statsapiv1service_pb2_grpc.add_StatsApiV1ServiceServicer_to_server, stats),
             (statsapiv2_pb2_grpc.add_StatsApiV2Servicer_to_server, stats),
+            (
+                suppressionapiv1_pb2_grpc.add_SuppressionApiV1ServiceServicer_to_server,
+                suppression,
+            ),
         ]
         for register, servicer in registrations:
             register(servicer, server)

@@ -6,20 +6,25 @@ SendHTML always stores its HTML as a new transient template, SendTemplate uses t
 template or, when global fields change its HTML, a transient copy with them baked in; check the
 request (:func:`kannon.model.batch.plan_batch`); refuse a Batch whose largest Envelope could not
 travel on the bus (:func:`kannon.envelope.size.estimate_largest_envelope` against
-`nats.max_payload`, ADR 0021); write template, Batch and Deliveries in one transaction. Nothing is
-written when any step fails.
+`nats.max_payload`, ADR 0021); refuse the Recipients the Domain suppresses (one indexed lookup
+for the whole Batch, :func:`kannon.model.batch.apply_suppressions`, ADR 0027); write template,
+Batch and Deliveries in one transaction. Nothing is written when any step fails.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Counter
 
 from kannon.api.auth import ApiKeyAuth
 from kannon.api.errors import rpc
 from kannon.config import Settings
 from kannon.db.batches import create_batch, deliveries_csv
+from kannon.db.suppressions import suppressed_keys
 from kannon.db.templates import get_template
 from kannon.db.tracking_keys import KID_LENGTH
 from kannon.envelope.ids import make_batch_id
@@ -29,6 +34,7 @@ from kannon.ids import new_template_id, new_token
 from kannon.model.batch import (
     BatchPlan,
     SendRequest,
+    apply_suppressions,
     check_no_nul,
     check_recipient_count,
     plan_batch,
@@ -42,6 +48,12 @@ if TYPE_CHECKING:
     import asyncpg
 
 OFF_LOOP_RECIPIENTS = 5_000
+
+REJECTED = Counter(
+    "kannon_api_rejected_recipients_total",
+    "Recipients refused at intake (SendRes.rejected_recipients), by reason",
+    ["reason"],
+)
 
 
 def transient_template(domain: str, html: str, now: datetime) -> Template:
@@ -102,7 +114,8 @@ class MailerService:
 
     def _prepare(
         self, message: Any, tenant: str, template_id: str, html: str, now: datetime
-    ) -> tuple[BatchPlan, bytes]:
+    ) -> tuple[SendRequest, BatchPlan, list[str]]:
+        """The checked plan, and the suppression keys of its Deliveries (to look up)."""
         request = wire.send_request(message)
         plan = plan_batch(
             request,
@@ -114,6 +127,14 @@ class MailerService:
             subject_fields=placeholder_names(request.subject),
         )
         check_envelope_size(plan, request, html, self.settings)
+        # Delivery emails are canonical already: their key is the lower-cased spelling.
+        return request, plan, [delivery.email.lower() for delivery in plan.deliveries]
+
+    @staticmethod
+    def _finish(
+        request: SendRequest, plan: BatchPlan, suppressed: set[str]
+    ) -> tuple[BatchPlan, bytes]:
+        plan = apply_suppressions(plan, request.recipients, suppressed)
         return plan, deliveries_csv(plan)
 
     async def _send(
@@ -124,12 +145,18 @@ class MailerService:
             # Checking and encoding 100,000 Recipients takes about a second of CPU; in a
             # thread the event loop keeps serving other calls (and, in standalone, the other
             # Components) meanwhile.
-            plan, encoded = await asyncio.to_thread(
+            request, plan, keys = await asyncio.to_thread(
                 self._prepare, message, tenant, template_id, html, now
             )
+            suppressed = await suppressed_keys(self.pool, tenant, keys, now)
+            plan, encoded = await asyncio.to_thread(self._finish, request, plan, suppressed)
         else:
-            plan, encoded = self._prepare(message, tenant, template_id, html, now)
+            request, plan, keys = self._prepare(message, tenant, template_id, html, now)
+            suppressed = await suppressed_keys(self.pool, tenant, keys, now)
+            plan, encoded = self._finish(request, plan, suppressed)
         await create_batch(self.pool, plan, template, now, encoded)
+        for reason, count in collections.Counter(r.reason for r in plan.rejected).items():
+            REJECTED.labels(reason).inc(count)
         return wire.send_res_pb(plan)
 
     @rpc

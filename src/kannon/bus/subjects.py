@@ -26,7 +26,8 @@ ERROR = "error"
 FAILED = "failed"
 OPENED = "opened"
 CLICKED = "clicked"
-STAT_TYPES = (ACCEPTED, REJECTED, DELIVERED, BOUNCED, ERROR, FAILED, OPENED, CLICKED)
+COMPLAINED = "complained"
+STAT_TYPES = (ACCEPTED, REJECTED, DELIVERED, BOUNCED, ERROR, FAILED, OPENED, CLICKED, COMPLAINED)
 
 
 def stats_subject(stat_type: str) -> str:
@@ -65,3 +66,13 @@ DISPATCHER_DELIVERED_DURABLE = "dispatcher-delivered"
 DISPATCHER_BOUNCED_DURABLE = "dispatcher-bounced"
 DISPATCHER_ERROR_DURABLE = "dispatcher-error"
 STATS_DURABLE = "kannon-stats-logs"
+# The suppression list's consumers, one per outcome type that can suppress an address
+# (`kannon.stats.suppression.SUPPRESSING_TYPES`): `kannon-suppression-<type>`.
+SUPPRESSION_DURABLE_PREFIX = "kannon-suppression-"
+
+
+def suppression_durable(stat_type: str) -> str:
+    """Durable name of the suppression consumer of one outcome type."""
+    if stat_type not in STAT_TYPES:
+        raise ValueError(f"unknown stat type {stat_type!r}")
+    return SUPPRESSION_DURABLE_PREFIX + stat_type

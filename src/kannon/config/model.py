@@ -119,6 +119,22 @@ def _choice(*choices: str) -> Callable[[object], str]:
     return check
 
 
+def _optional_mailbox(value: object) -> str | None:
+    text = _optional_text(value)
+    if text is None:
+        return None
+    text = text.strip()
+    local, at, domain = text.rpartition("@")
+    if (
+        not at
+        or not local
+        or "." not in domain
+        or any(ch.isspace() or ch in "<>@" for ch in local + domain)
+    ):
+        raise ValueError(f"{show_value(value)} is not an email address (local@domain)")
+    return text.lower()
+
+
 def _path(value: object) -> Path:
     if isinstance(value, Path):
         return value
@@ -166,6 +182,7 @@ def _networks(value: object) -> tuple[str, ...]:
 ListenPort = Annotated[int, BeforeValidator(_int_in(0, 65535)), Kind("port")]
 RemotePort = Annotated[int, BeforeValidator(_int_in(1, 65535)), Kind("port")]
 Count = Annotated[int, BeforeValidator(_int_in(1)), Kind("int")]
+OptionalCount = Annotated[int, BeforeValidator(_int_in(0)), Kind("int")]  # 0 = off
 Replicas = Annotated[int, BeforeValidator(_int_in(1, 5)), Kind("int")]  # JetStream's maximum
 Workers = Annotated[int, BeforeValidator(_int_in(0, 64)), Kind("int")]  # 0 = none, work inline
 Duration = Annotated[timedelta, BeforeValidator(_positive_duration), Kind("duration")]
@@ -173,6 +190,7 @@ Size = Annotated[int, BeforeValidator(_positive_size), Kind("size")]
 Bool = Annotated[bool, BeforeValidator(parse_bool), Kind("bool")]
 Text = Annotated[str, BeforeValidator(_text), Kind("string")]
 OptionalText = Annotated[str | None, BeforeValidator(_optional_text), Kind("string")]
+OptionalMailbox = Annotated[str | None, BeforeValidator(_optional_mailbox), Kind("email")]
 DataPath = Annotated[Path, BeforeValidator(_path), Kind("path")]
 ListenAddress = Annotated[str, BeforeValidator(_listen_address), Kind("address")]
 HttpUrl = Annotated[str, BeforeValidator(_http_url), Kind("url")]
@@ -286,6 +304,11 @@ class SmtpSettings(_Section):
     max_session_time: Duration = _key(
         "10m", "Longest an SMTP session may last in all (a slow client is closed with 421)"
     )
+    feedback_address: OptionalMailbox = _key(
+        None,
+        "Address that also accepts ARF complaint reports (mailbox providers' feedback loops); "
+        "unset = complaints only at the bounce addresses",
+    )
 
 
 class TrackerSettings(_Section):
@@ -307,6 +330,19 @@ class StatsSettings(_Section):
 
     retention: Duration = _key("8760h", "How long stats events are kept")
     cleanup_interval: Duration = _key("10m", "How often stats older than the retention are deleted")
+
+
+class SuppressionSettings(_Section):
+    """The suppression list (ADR 0027)."""
+
+    soft_bounce_limit: OptionalCount = _key(
+        0,
+        "Soft bounces of one address within suppression.soft_bounce_window that suppress it "
+        "(0 = off: soft bounces never suppress)",
+    )
+    soft_bounce_window: Duration = _key(
+        "168h", "Window in which soft bounces count towards suppression.soft_bounce_limit"
+    )
 
 
 class ValidatorSettings(_Section):
@@ -419,6 +455,7 @@ class Settings(_Section):
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     tracker: TrackerSettings = Field(default_factory=TrackerSettings)
     stats: StatsSettings = Field(default_factory=StatsSettings)
+    suppression: SuppressionSettings = Field(default_factory=SuppressionSettings)
     validator: ValidatorSettings = Field(default_factory=ValidatorSettings)
     dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
     nats: NatsSettings = Field(default_factory=NatsSettings)

@@ -50,6 +50,7 @@ _NAMES = (
     "last_reply_msg",
     "queued_at",
     "envelope_seq",
+    "reject_reason",
 )
 _COLUMNS = ", ".join(_NAMES)
 _P_COLUMNS = ", ".join("p." + name for name in _NAMES)  # RETURNING of an UPDATE ... FROM
@@ -94,6 +95,7 @@ def _delivery(row: asyncpg.Record) -> PoolDelivery:
         last_reply_msg=row["last_reply_msg"],
         queued_at=from_db_time(queued_at) if queued_at is not None else None,
         envelope_seq=row["envelope_seq"],
+        reject_reason=row["reject_reason"],
     )
 
 

@@ -14,7 +14,10 @@ Batch row and its Deliveries, ready to be written in one transaction:
   could not be built (InvalidArgument naming the Recipient and the field);
 * a Recipient that cannot be stored or can never be delivered (longer than RFC 5321 allows, or
   containing NUL) is *rejected at intake* and reported back; address syntax is otherwise the
-  Validator's job, which reports through the normal outcome events.
+  Validator's job, which reports through the normal outcome events;
+* a Recipient on the Domain's suppression list is rejected with reason ``suppressed``
+  (:func:`apply_suppressions`, ADR 0027): reported back, kept in `BatchPlan.suppressed` so the
+  Pool carries it to the Validator, which publishes its Rejected event; it is never sent.
 
 Pure: no I/O; ids, `now` and limits are passed in.
 """
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -42,6 +45,7 @@ MAX_FILENAME = 255
 REJECT_TOO_LONG = "too_long"
 REJECT_INVALID_EMAIL = "invalid_email"
 REJECT_INVALID_FIELDS = "invalid_fields"
+REJECT_SUPPRESSED = "suppressed"
 
 _HEADER_BREAKERS = ("\r", "\n", "\x00")
 
@@ -98,6 +102,9 @@ class BatchPlan:
     scheduled_time: datetime  # aware, UTC
     deliveries: list[Delivery]
     rejected: list[Rejection]
+    suppressed: list[Delivery] = field(default_factory=list)
+    """Recipients refused because the Domain suppresses them: written to the Pool with
+    `reject_reason` "suppressed" so their Rejected event is published; never sent."""
 
 
 def _check_header_text(value: str, field: str) -> None:
@@ -270,3 +277,35 @@ def plan_batch(
         deliveries=deliveries,
         rejected=rejected,
     )
+
+
+def apply_suppressions(
+    plan: BatchPlan, recipients: Sequence[RecipientIn], suppressed: Collection[str]
+) -> BatchPlan:
+    """The plan with the Deliveries whose address is in `suppressed` (lower-cased canonical
+    addresses, `kannon.model.suppression.suppression_key`) refused as "suppressed".
+
+    Each is reported under the spelling the caller gave first (ADR 0020) and kept in
+    `suppressed` for the Pool. A Batch whose every Recipient is suppressed is still a Batch,
+    with nothing to send.
+    """
+    if not suppressed:
+        return plan
+    kept: list[Delivery] = []
+    refused: list[Delivery] = []
+    for delivery in plan.deliveries:
+        (refused if delivery.email.lower() in suppressed else kept).append(delivery)
+    if not refused:
+        return plan
+    given: dict[str, str] = {}
+    for raw, _ in recipients:
+        text = raw.strip()
+        if text:
+            key = canonical_recipient(text).lower()
+            if key in suppressed:
+                given.setdefault(key, text)
+    rejected = [
+        *plan.rejected,
+        *(Rejection(given.get(d.email.lower(), d.email), REJECT_SUPPRESSED) for d in refused),
+    ]
+    return replace(plan, deliveries=kept, rejected=rejected, suppressed=refused)

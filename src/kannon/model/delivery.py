@@ -3,7 +3,7 @@
 The Pool's state machine (transitions live in `kannon.db.deliveries` and nowhere else):
 
     to_validate --claim--> validating --valid--> scheduled --claim (due)--> sending
-    validating --invalid--> (row deleted, Rejected)
+    validating --invalid, or rejected at intake (reject_reason)--> (row deleted, Rejected)
     sending --Envelope published (PubAck)--> queued
     sending --build failure--> scheduled (+1 attempt, later time)
     sending --publish failure--> scheduled (same attempt, a little later)
@@ -70,3 +70,6 @@ class PoolDelivery:
     """When its Envelope was published (status queued)."""
     envelope_seq: int | None = None
     """The `kannon-sending` stream sequence of its published Envelope (status queued)."""
+    reject_reason: str = ""
+    """Set by intake for a Recipient it refused but still reports through the bus (a suppressed
+    address, ADR 0027): the Validator rejects it with this reason and it is never sent."""

@@ -2,7 +2,8 @@
 
 Accepted/Rejected come from the Validator, Delivered/Bounced/Errored from the SMTPSender (and
 Bounced also from the SMTPServer's inbound DSNs), Failed from the Dispatcher when the retry budget
-is spent, Opened/Clicked from the Tracker. Each event carries an `event_id` that is stable across
+is spent, Opened/Clicked from the Tracker, Complained from the SMTPServer's inbound ARF feedback
+reports. Each event carries an `event_id` that is stable across
 retries of the same publish, so the bus stores it once and Stats counts it once.
 """
 
@@ -69,7 +70,20 @@ class Clicked:
     type = "clicked"
 
 
-Detail = Accepted | Rejected | Delivered | Bounced | Errored | Failed | Opened | Clicked
+@dataclass(frozen=True)
+class Complained:
+    """The Recipient reported the message as unwanted (ARF, RFC 5965, Feedback-Type abuse)."""
+
+    feedback_type: str
+    user_agent: str = ""
+    source_ip: str = ""
+    arrival_date: str = ""
+    type = "complained"
+
+
+Detail = (
+    Accepted | Rejected | Delivered | Bounced | Errored | Failed | Opened | Clicked | Complained
+)
 
 TERMINAL_TYPES = frozenset({"rejected", "delivered", "bounced", "failed"})
 
