@@ -12,7 +12,9 @@ always get the same id, and two different happenings never one id (ADR 0006, ADR
   of the same attempt — redelivered, or republished by a Dispatcher that reclaimed the claim —
   publishes the same id, and the Dispatcher reads the attempt back to ignore a late error about
   an attempt that is no longer the one in flight;
-* a Delivery is validated once and ends once, so those events are (type, Batch, Recipient).
+* a Delivery is validated once and ends once, so those events are (type, Batch, Recipient);
+  so is a complaint: a Recipient complains about one Delivery once, however many copies of the
+  report arrive (`complained.<Batch>.<digest>`).
 
 Recipients and email ids enter as digests: an address can hold anything, and none of it belongs in
 a NATS header verbatim. Pure: no I/O.
