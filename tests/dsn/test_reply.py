@@ -10,10 +10,22 @@ from kannon.dsn.reply import classify_reply
 
 HARD = [
     # Postfix, Exim, Gmail, Exchange Online, Yahoo-style "no such user" at RCPT.
-    (550, "5.1.1 <ada@example.org>: Recipient address rejected: User unknown in virtual mailbox table", "RCPT"),
-    (550, "5.1.1 The email account that you tried to reach does not exist. Please try double-checking the recipient's email address for typos or unnecessary spaces.", "RCPT"),
+    (
+        550,
+        "5.1.1 <ada@example.org>: Recipient address rejected: User unknown in virtual mailbox table",
+        "RCPT",
+    ),
+    (
+        550,
+        "5.1.1 The email account that you tried to reach does not exist. Please try double-checking the recipient's email address for typos or unnecessary spaces.",
+        "RCPT",
+    ),
     (550, "5.1.1 RESOLVER.ADR.RecipNotFound; not found", "RCPT"),
-    (554, "delivery error: dd This user doesn't have a yahoo.com account (ada@yahoo.com) [0]", "RCPT"),
+    (
+        554,
+        "delivery error: dd This user doesn't have a yahoo.com account (ada@yahoo.com) [0]",
+        "RCPT",
+    ),
     (550, "No such user here", "RCPT"),
     (551, "5.1.6 User has moved; please try <ada@new.example>", "RCPT"),
     (550, "5.1.2 Host unknown: example.invalid", "RCPT"),
@@ -26,8 +38,16 @@ HARD = [
 SOFT = [
     # Policy, content and reputation refusals say nothing about the address.
     (550, "5.7.1 Message rejected as spam by Content Filtering", "DATA"),
-    (554, "5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org", "RCPT"),
-    (550, "5.7.1 Unauthenticated email from example.com is not accepted due to domain's DMARC policy", "DATA"),
+    (
+        554,
+        "5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org",
+        "RCPT",
+    ),
+    (
+        550,
+        "5.7.1 Unauthenticated email from example.com is not accepted due to domain's DMARC policy",
+        "DATA",
+    ),
     (550, "5.7.26 This message does not have authentication information", "DATA"),
     (552, "5.2.2 Mailbox full", "RCPT"),
     (550, "5.2.1 The email account that you tried to reach is disabled", "RCPT"),

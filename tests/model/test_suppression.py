@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from kannon.model.batch import (
-    BatchPlan,
     REJECT_SUPPRESSED,
+    BatchPlan,
     RecipientIn,
     Rejection,
     SendRequest,

@@ -7,6 +7,7 @@ import pytest
 from kannon.model.outcome import Bounced, Delivered, Errored
 from kannon.smtp_sender.result import SendResult, detail_for
 
+
 def bounced(
     permanent: bool, code: int, message: str, status: str, reason: str, *, hard: bool = False
 ) -> Bounced:

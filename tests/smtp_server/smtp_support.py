@@ -4,10 +4,10 @@ whose bounce address they go to, and readers of the events on the real bus."""
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from kannon.bus.client import Bus
 from kannon.bus.subjects import STATS_STREAM
@@ -22,7 +22,9 @@ from kannon.ids import new_token
 from kannon.model.outcome import Outcome
 from kannon.smtp_server.component import SmtpServer
 from kannon.wire.stats import decode
-from tests.shared_data import bounce_testdata
+from tests.peers.arf import ARF_SAMPLES, arf_report
+
+__all__ = ["ARF_SAMPLES", "arf_from_sample"]
 
 SECRET = "bounce-secret-for-the-smtp-tests-0123456789"
 DOMAIN = "k.example.com"
@@ -169,71 +171,9 @@ async def stored_events(bus: Bus) -> int:
 
 # --- ARF feedback reports ----------------------------------------------------------------------
 
-# Real feedback reports from shared/testdata (sisimai's set-of-emails): Return Path's FBL for a
-# webmail provider (arf-15, arf-21: Original-Mail-From and the whole returned message), abusix
-# (arf-17: Original-Rcpt-To, no Return-Path), Rackspace through Return Path (arf-25: recipient
-# hashed away, the returned message redacted to its headers here).
-ARF_SAMPLES = ("arf-15.eml", "arf-21.eml", "arf-17.eml", "arf-25.eml")
 
-
-def _boundary(head: str) -> str:
-    match = re.search(r'boundary="?([^";\r\n]+)"?', head, re.IGNORECASE)
-    assert match is not None, "sample has no MIME boundary"
-    return match.group(1)
-
-
-def _set_field(block: str, name: str, value: str | None) -> str:
-    """`block` (report fields) with every `name:` line removed and, unless None, one added."""
-    lines = [line for line in block.split("\n") if not line.lower().startswith(name.lower() + ":")]
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if value is not None:
-        lines.append(f"{name}: {value}")
-    return "\n".join(lines) + "\n\n"
-
-
-def arf_from_sample(
-    sample: str,
-    sent: Sent,
-    *,
-    original_rcpt_to: str | None = None,
-    redact_to: bool = False,
-    feedback_type: str | None = None,
-    original_mail_from: bool = True,
-    return_path: bool = True,
-) -> bytes:
-    """A real ARF report from shared/testdata, about ``sent`` instead of its own message.
-
-    The report's own parts stay as the provider wrote them; what names the original is ours:
-    Original-Mail-From (our bounce address), Original-Rcpt-To (as given, or left out), and the
-    returned message (our header block, behind the Return-Path the receiving MTA added; with
-    ``redact_to`` its To: is redacted, as many providers do).
-    """
-    raw = (bounce_testdata() / "emails" / sample).read_bytes().decode("utf-8")
-    raw = raw.replace("\r\n", "\n")
-    head, _, body = raw.partition("\n\n")
-    boundary = _boundary(head)
-    delimiter = f"--{boundary}"
-    chunks = body.split(delimiter)
-    original = sent.headers.decode().replace("\r\n", "\n")
-    if redact_to:
-        original = re.sub(r"(?m)^To: .*$", "To: redacted@example.org", original)
-    if return_path:
-        original = f"Return-Path: <{sent.bounce_address}>\n{original}"
-    for index, chunk in enumerate(chunks):
-        part_head, sep, part_body = chunk.partition("\n\n")
-        ctype = part_head.lower()
-        if "message/feedback-report" in ctype:
-            fields = _set_field(
-                part_body,
-                "Original-Mail-From",
-                f"<{sent.bounce_address}>" if original_mail_from else None,
-            )
-            fields = _set_field(fields, "Original-Rcpt-To", original_rcpt_to)
-            if feedback_type is not None:
-                fields = _set_field(fields, "Feedback-Type", feedback_type)
-            chunks[index] = part_head + sep + fields
-        elif "message/rfc822" in ctype or "rfc822-headers" in ctype:
-            chunks[index] = part_head + sep + original + "\n\nThanks for your order.\n\n"
-    message = head + "\n\n" + delimiter.join(chunks)
-    return message.replace("\n", "\r\n").encode("utf-8")
+def arf_from_sample(sample: str, sent: Sent, **options: Any) -> bytes:
+    """A real ARF report from shared/testdata about ``sent`` (see `tests.peers.arf`)."""
+    return arf_report(
+        sample, bounce_address=sent.bounce_address, original_headers=sent.headers, **options
+    )
