@@ -12,12 +12,14 @@ HARD = [
     # Postfix, Exim, Gmail, Exchange Online, Yahoo-style "no such user" at RCPT.
     (
         550,
-        "5.1.1 <ada@example.org>: Recipient address rejected: User unknown in virtual mailbox table",
+        "5.1.1 <ada@example.org>: Recipient address rejected: User unknown in virtual"
+        " mailbox table",
         "RCPT",
     ),
     (
         550,
-        "5.1.1 The email account that you tried to reach does not exist. Please try double-checking the recipient's email address for typos or unnecessary spaces.",
+        "5.1.1 The email account that you tried to reach does not exist. Please try"
+        " double-checking the recipient's email address for typos or unnecessary spaces.",
         "RCPT",
     ),
     (550, "5.1.1 RESOLVER.ADR.RecipNotFound; not found", "RCPT"),
