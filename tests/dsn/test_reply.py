@@ -1,4 +1,4 @@
-"""Which synchronous 5xx replies of a recipient's MX are hard bounces (ADR 0027): an
+"""Which synchronous 5xx replies of a recipient's MX are hard bounces (ADR 0029): an
 address-level verdict whose code and words agree, never a policy, content, reputation or
 mailbox-state refusal, nor a reply whose words say nothing of their own."""
 

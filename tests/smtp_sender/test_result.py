@@ -20,7 +20,7 @@ CASES = [
     # (result, should_retry, expected)
     (SendResult.delivered(250, "ok", "mx"), True, Delivered()),
     (SendResult.delivered(250, "ok", "mx"), False, Delivered()),
-    # An address-level 5xx at RCPT whose words agree: a hard bounce (ADR 0027).
+    # An address-level 5xx at RCPT whose words agree: a hard bounce (ADR 0029).
     (
         SendResult.refused(550, "5.1.1 <a@b.test>: User unknown", "mx", command="RCPT"),
         True,

@@ -1,7 +1,7 @@
 """The verdict on one SMTP reply that refused a message during the transaction (the SMTPSender's
 synchronous rejections), in the same terms as a DSN's: status, reason, confident, hard bounce.
 
-The rule (ADR 0027): a refusal is a hard bounce — the address itself is dead, so it may be
+The rule (ADR 0029): a refusal is a hard bounce — the address itself is dead, so it may be
 suppressed — only when
 
 * the reply is 5xx and its enhanced status code, if it gives one, is of class 5 too (a "550 4.2.2"

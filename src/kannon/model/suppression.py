@@ -3,7 +3,7 @@
 A **Suppression** is one address of one Domain with a reason:
 
 * ``hard_bounce``: a confident hard bounce (the address is dead: a 5xx such as "550 5.1.1 User
-  unknown" from the MX, or a DSN saying so; ADR 0023, ADR 0027);
+  unknown" from the MX, or a DSN saying so; ADR 0023, ADR 0029);
 * ``complaint``: the Recipient reported a message as spam (an ARF feedback report, ADR 0028);
 * ``unsubscribe``: the Recipient unsubscribed;
 * ``manual``: an operator or the Domain's own integration added it (API, CLI, import);

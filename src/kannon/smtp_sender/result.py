@@ -15,7 +15,7 @@ Bounced or Errored following DESIGN.md §3 "Sender":
 * Decided locally without asking a server (null MX, malformed address) → Bounced, permanent.
 
 A Bounced event carries the reply's status, reason and hard/soft verdict from
-`kannon.dsn.reply.classify_reply` (ADR 0027): `hard_bounce` — the address is dead and may be
+`kannon.dsn.reply.classify_reply` (ADR 0029): `hard_bounce` — the address is dead and may be
 suppressed — only for a confident address-level 5xx such as "550 5.1.1 User unknown" at RCPT,
 never for policy, content or reputation refusals.
 """
