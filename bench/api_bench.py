@@ -156,10 +156,10 @@ async def _run(database_url: str, repeat: int) -> dict[str, Any]:
         mailer = _stub(mailerapiv1_pb2_grpc.MailerStub, channel)
         await mailer.SendHTML(_request(10), metadata=md)  # warm up connections and caches
 
-        for size in SIZES:
-            results[str(size)] = await _timed(mailer, md, pool, size, repeat, suppressed=0)
+        results[str(SIZES[0])] = await _timed(mailer, md, pool, SIZES[0], repeat, suppressed=0)
 
-        # The same 10,000 with every tenth on the suppression list.
+        # The same 10,000 with every tenth on the suppression list, measured next to the plain
+        # run (before the 100,000 ones load the database); the list is emptied afterwards.
         now = datetime.now(UTC)
         listed = [
             manual(DOMAIN, f"user{i}@recipients.example", now)
@@ -169,6 +169,10 @@ async def _run(database_url: str, repeat: int) -> dict[str, Any]:
         results["10000_suppressed"] = await _timed(
             mailer, md, pool, SUPPRESSED_SIZE, repeat, suppressed=len(listed)
         )
+        await pool.execute("DELETE FROM suppressions WHERE domain = $1", DOMAIN)
+
+        for size in SIZES[1:]:
+            results[str(size)] = await _timed(mailer, md, pool, size, repeat, suppressed=0)
         met = True
         for name, label in (("10000", ""), ("10000_suppressed", ", 1,000 suppressed")):
             seconds = results[name]["median_s"]
