@@ -230,3 +230,23 @@ async def test_soft_bounces_are_counted_once_per_event_within_the_window(
     assert await record("s.3", NOW) == 2
     assert await suppressions.delete_soft_bounces_before(pool, NOW - timedelta(days=1)) == 1
     assert await pool.fetchval("SELECT count(*) FROM suppression_soft_bounces") == 1
+
+
+async def test_concurrent_soft_bounces_of_one_address_each_see_the_others(
+    pool: asyncpg.Pool,
+) -> None:
+    counts = await asyncio.gather(
+        *(
+            suppressions.record_soft_bounce(
+                pool,
+                domain=DOMAIN,
+                key="busy@x.org",
+                event_id=f"c.{i}",
+                bounced_at=NOW,
+                since=NOW - timedelta(days=1),
+            )
+            for i in range(6)
+        )
+    )
+    # Serialised: whatever the order, the counts are 1..6, so the limit is met exactly once.
+    assert sorted(counts) == [1, 2, 3, 4, 5, 6]

@@ -296,8 +296,16 @@ async def record_soft_bounce(
     since: datetime,
 ) -> int:
     """Remember one soft bounce of `key` (once per event id) and return how many of its soft
-    bounces happened at or after `since`. Older ones of the same address are dropped."""
+    bounces happened at or after `since`. Older ones of the same address are dropped.
+
+    Concurrent calls for one address are serialised (a transaction-scoped advisory lock on the
+    address): otherwise two bounces handled at once would each count only itself, and the
+    limit would be missed.
+    """
     async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1 || ' ' || $2, 0))", domain, key
+        )
         await conn.execute(
             """INSERT INTO suppression_soft_bounces (event_id, domain, address, bounced_at)
                VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING""",
