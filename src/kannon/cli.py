@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
         "confirms pending DKIM keys whose record is published",
     )
     check.add_argument("name")
+    from kannon.suppression_cli import add_parser as add_suppression_parser
+
+    add_suppression_parser(sub, common)
     return parser
 
 
@@ -103,6 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_domain_check(settings, ns.name))
         if ns.command == "domain":
             return asyncio.run(_domain_dns(settings, ns.name))
+        if ns.command == "suppression":
+            from kannon.suppression_cli import run as run_suppression
+
+            return asyncio.run(run_suppression(settings, ns))
         if ns.command == "standalone":
             from kannon.standalone import run_standalone
 

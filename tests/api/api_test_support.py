@@ -26,6 +26,7 @@ from kannon.pb.mailer.apiv1 import mailerapiv1_pb2_grpc
 from kannon.pb.mailer.types import send_pb2
 from kannon.pb.stats.apiv1 import statsapiv1_pb2_grpc
 from kannon.pb.stats.apiv2 import statsapiv2_pb2_grpc
+from kannon.pb.suppression.apiv1 import suppressionapiv1_pb2_grpc
 from kannon.runtime.component import Life
 
 ADMIN_TOKEN = "operator-secret-token"
@@ -78,6 +79,9 @@ class RunningApi:
 
     def hz(self) -> Any:
         return hz_pb2_grpc.HZServiceStub(self.channel)
+
+    def suppression(self) -> Any:
+        return suppressionapiv1_pb2_grpc.SuppressionApiV1ServiceStub(self.channel)
 
 
 @contextlib.asynccontextmanager

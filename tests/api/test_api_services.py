@@ -186,6 +186,7 @@ async def test_reflection_lists_every_service(api: RunningApi) -> None:
         "kannon.stats.apiv1.StatsApiV1Service",
         "kannon.stats.apiv2.StatsApiV2",
         "kannon.webhooks.apiv1.WebhooksApiV1Service",
+        "kannon.suppression.apiv1.SuppressionApiV1Service",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }

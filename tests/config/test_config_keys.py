@@ -57,6 +57,7 @@ SAMPLES: dict[str, Sample] = {
         "api,validator;dispatcher,stats,webhooks;sender,smtp,tracker",
         "api,validator;dispatcher,stats,webhooks;sender,smtp,tracker",
     ),
+    "email": Sample("FBL@Mail.example.com", "FBL@Mail.example.com", "fbl@mail.example.com"),
 }
 
 

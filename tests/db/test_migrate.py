@@ -20,6 +20,8 @@ EXPECTED_TABLES = {
     "stats",
     "aggregated_stats",
     "stats_keys",
+    "suppressions",
+    "suppression_soft_bounces",
     "kannon_migrations",
     "idempotency_keys",
     "webhook_endpoints",
@@ -87,6 +89,8 @@ async def test_original_columns_and_additions_exist(database_url: str) -> None:
         ("domains", "tracking"),
         ("sending_pool_emails", "tracking"),
         ("messages", "tracking"),
+        ("sending_pool_emails", "reject_reason"),
+        ("suppressions", "expires_at"),
     ]:
         assert needed in cols, needed
 

@@ -1,6 +1,7 @@
 """The README's API walkthrough, run verbatim (only the address is changed to a free port)
 against `kannon standalone` with the demo sender: every command must succeed, and the Batch must
-end as the README says (Ada Delivered, Bob Bounced)."""
+end as the README says (Ada Delivered, Bob Bounced). Then the suppression list's example, the
+README's second example block, in the same session."""
 
 from __future__ import annotations
 
@@ -23,12 +24,18 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def readme_example() -> str:
+def readme_examples() -> list[str]:
+    """Every block between the readme-example markers, in README order."""
     text = (ROOT / "README.md").read_text()
-    block = text.split("<!-- readme-example:begin -->", 1)[1].split(
-        "<!-- readme-example:end -->", 1
-    )[0]
-    return block.strip().removeprefix("```sh").removesuffix("```").strip()
+    blocks = [
+        part.split("<!-- readme-example:end -->", 1)[0]
+        for part in text.split("<!-- readme-example:begin -->")[1:]
+    ]
+    return [b.strip().removeprefix("```sh").removesuffix("```").strip() for b in blocks]
+
+
+def readme_example() -> str:
+    return readme_examples()[0]
 
 
 def json_documents(output: str) -> list[Any]:
@@ -139,6 +146,11 @@ def test_readme_walkthrough_runs_verbatim() -> None:
         assert ("ada@example.org", "accepted") in seen, seen
         assert ("ada@example.org", "delivered") in seen, seen
         assert ("bob.error@example.org", "bounced") in seen, seen
+
+        continued = prelude + f'AUTH="$(cat {auth_file})"\n' + readme_examples()[1]
+        check_suppression_example(
+            continued.replace("KANNON=127.0.0.1:50051", f"KANNON=127.0.0.1:{api_port}"), env
+        )
     finally:
         kannon.send_signal(signal.SIGINT)
         try:
@@ -148,6 +160,31 @@ def test_readme_walkthrough_runs_verbatim() -> None:
             out, _ = kannon.communicate()
         subprocess.run(["rm", "-rf", str(data_dir)], check=False)
     assert kannon.returncode == 0, out
+
+
+def check_suppression_example(script: str, env: dict[str, str]) -> None:
+    """The suppression list's example: each call's answer is the one the README describes."""
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    added, imported, listed, got, sent, removed = json_documents(result.stdout)
+    carol = {"domain": "mail.example.com", "address": "carol@example.org", "reason": "manual"}
+    assert carol.items() <= added["suppression"].items()
+    assert added["suppression"]["note"] == "asked us by phone"
+    assert imported["added"] == 2
+    assert [r["address"] for r in imported["rejected"]] == ["not-an-address"]
+    assert [e["address"] for e in listed["suppressions"]] == ["dave@example.org"]
+    assert listed["total"] == 1
+    assert got == added
+    assert sent["rejectedRecipients"] == [{"email": "carol@example.org", "reason": "suppressed"}]
+    assert "acceptedCount" not in sent  # 0: protojson leaves it out
+    assert removed == added
 
 
 def test_grpcurl_note_matches_the_buf_curl_commands() -> None:

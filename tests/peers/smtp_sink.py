@@ -5,6 +5,7 @@ Recipient grammar (on the local part, case-insensitive):
 
 ==================  ===========================================================================
 ``bounce.*``        ``550 5.1.1`` at RCPT, every time
+``policy.*``        ``554 5.7.1`` at RCPT (a blocklist refusal: a bounce, never a hard one)
 ``transient.xN.*``  ``451 4.7.1`` at RCPT for the first N attempts to that address, then 250
 ``never.*``         the connection is dropped at RCPT (no reply at all), every time
 ``hold.*``          RCPT waits until ``release_held()`` is called, then 250 (in-flight sends)
@@ -92,6 +93,11 @@ class _Handler:
         local = address.rpartition("@")[0].lower()
         if local.startswith("bounce."):
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        if local.startswith("policy."):
+            return (
+                "554 5.7.1 Service unavailable; Client host [127.0.0.1] blocked using "
+                "zen.spamhaus.org"
+            )
         transient = _TRANSIENT.match(local)
         if transient and sink.stats.rcpt_attempts[address.lower()] <= int(transient.group(1)):
             return f"451 4.7.1 <{address}>: Recipient address rejected: try again later"

@@ -71,7 +71,10 @@ async def test_demo_sender_publishes_real_outcomes_without_any_network(
     delivered, bounced = events
     assert delivered.detail == Delivered()
     assert delivered.event_id == outcome_id("delivered", ok, 0)
-    assert bounced.detail == Bounced(permanent=True, code=512, message="error sending email")
+    # Classified like any refusal: a bounce, never a hard one (nothing says the address is dead).
+    assert bounced.detail == Bounced(
+        permanent=True, code=512, message="error sending email", status="5.0.0", reason="onhold"
+    )
     assert bounced.event_id == outcome_id("bounced", bad, 0)
     assert smtp_sink.connections == 0
 

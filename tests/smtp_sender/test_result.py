@@ -7,14 +7,43 @@ import pytest
 from kannon.model.outcome import Bounced, Delivered, Errored
 from kannon.smtp_sender.result import SendResult, detail_for
 
+
+def bounced(
+    permanent: bool, code: int, message: str, status: str, reason: str, *, hard: bool = False
+) -> Bounced:
+    return Bounced(
+        permanent, code, message, status=status, reason=reason, hard_bounce=hard, remote_mta="mx"
+    )
+
+
 CASES = [
     # (result, should_retry, expected)
     (SendResult.delivered(250, "ok", "mx"), True, Delivered()),
     (SendResult.delivered(250, "ok", "mx"), False, Delivered()),
-    (SendResult.refused(550, "5.1.1 unknown", "mx"), True, Bounced(True, 550, "5.1.1 unknown")),
-    (SendResult.refused(554, "5.7.1 spam", "mx"), False, Bounced(True, 554, "5.7.1 spam")),
+    # An address-level 5xx at RCPT whose words agree: a hard bounce (ADR 0029).
+    (
+        SendResult.refused(550, "5.1.1 <a@b.test>: User unknown", "mx", command="RCPT"),
+        True,
+        bounced(True, 550, "5.1.1 <a@b.test>: User unknown", "5.1.1", "userunknown", hard=True),
+    ),
+    # A bare code with no words is a bounce, not proof the address is dead.
+    (
+        SendResult.refused(550, "5.1.1 unknown", "mx", command="RCPT"),
+        True,
+        bounced(True, 550, "5.1.1 unknown", "5.1.1", "userunknown"),
+    ),
+    # Policy and content refusals never say anything about the address.
+    (
+        SendResult.refused(554, "5.7.1 Message rejected as spam", "mx", command="DATA"),
+        False,
+        bounced(True, 554, "5.7.1 Message rejected as spam", "5.7.1", "spamdetected"),
+    ),
     (SendResult.refused(451, "4.7.1 later", "mx"), True, Errored(451, "4.7.1 later")),
-    (SendResult.refused(451, "4.7.1 later", "mx"), False, Bounced(False, 451, "4.7.1 later")),
+    (
+        SendResult.refused(451, "4.7.1 later", "mx"),
+        False,
+        bounced(False, 451, "4.7.1 later", "4.7.1", "blocked"),
+    ),
     # A reply outside 4xx/5xx is a protocol oddity: retried, never trusted as a verdict.
     (SendResult.refused(250, "odd", "mx"), False, Errored(250, "odd")),
     # Refusing the session says nothing about the Recipient.
@@ -24,11 +53,23 @@ CASES = [
     # No answer: code 0, whatever should_retry says (the Dispatcher decides Failed vs retry).
     (SendResult.no_answer("refused"), True, Errored(0, "refused")),
     (SendResult.no_answer("timeout", possibly_delivered=True), False, Errored(0, "timeout")),
-    (SendResult.local_bounce(550, "null MX"), True, Bounced(True, 550, "null MX")),
+    # A null MX (RFC 7505) is the domain saying it takes no mail: a dead address.
+    (
+        SendResult.local_bounce(550, "5.1.10 nomail.test accepts no mail (null MX, RFC 7505)"),
+        True,
+        Bounced(
+            True,
+            550,
+            "5.1.10 nomail.test accepts no mail (null MX, RFC 7505)",
+            status="5.1.10",
+            reason="notaccept",
+            hard_bounce=True,
+        ),
+    ),
     (
         SendResult.local_bounce(512, "error sending email"),
         False,
-        Bounced(True, 512, "error sending email"),
+        Bounced(True, 512, "error sending email", status="5.0.0", reason="onhold"),
     ),
 ]
 

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from kannon.bus.client import Bus
 from kannon.bus.subjects import STATS_STREAM
@@ -21,6 +22,9 @@ from kannon.ids import new_token
 from kannon.model.outcome import Outcome
 from kannon.smtp_server.component import SmtpServer
 from kannon.wire.stats import decode
+from tests.peers.arf import ARF_SAMPLES, arf_report
+
+__all__ = ["ARF_SAMPLES", "arf_from_sample"]
 
 SECRET = "bounce-secret-for-the-smtp-tests-0123456789"
 DOMAIN = "k.example.com"
@@ -163,3 +167,13 @@ async def stored_events(bus: Bus) -> int:
     """How many events the stats stream holds (the bus fixture starts it empty)."""
     info = await bus.js.stream_info(STATS_STREAM)
     return int(info.state.messages)
+
+
+# --- ARF feedback reports ----------------------------------------------------------------------
+
+
+def arf_from_sample(sample: str, sent: Sent, **options: Any) -> bytes:
+    """A real ARF report from shared/testdata about ``sent`` (see `tests.peers.arf`)."""
+    return arf_report(
+        sample, bounce_address=sent.bounce_address, original_headers=sent.headers, **options
+    )

@@ -399,40 +399,22 @@ async def test_client_that_does_not_read_replies_is_dropped_after_the_write_time
     assert await asyncio.to_thread(flood) == "dropped"
 
 
-def _arf_report(sent_to: str, complainer: str) -> bytes:
-    boundary = "arf-boundary-1"
-    return (
-        f"From: feedback@isp.example\r\nTo: {sent_to}\r\nSubject: Abuse report\r\n"
-        "Message-ID: <arf-1@isp.example>\r\nMIME-Version: 1.0\r\n"
-        f'Content-Type: multipart/report; report-type=feedback-report; boundary="{boundary}"\r\n'
-        f"\r\n--{boundary}\r\nContent-Type: text/plain\r\n\r\nThis is an abuse report.\r\n"
-        f"\r\n--{boundary}\r\nContent-Type: message/feedback-report\r\n\r\n"
-        "Feedback-Type: abuse\r\nUser-Agent: isp-fbl/1.0\r\nVersion: 1\r\n"
-        f"Original-Rcpt-To: {complainer}\r\n"
-        f"\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
-        f"From: news@{DOMAIN}\r\nTo: {complainer}\r\nSubject: Your order\r\n"
-        f"\r\n--{boundary}--\r\n"
-    ).encode()
-
-
-@pytest.mark.parametrize("kind", ["delivered", "relayed", "feedback"])
+# Feedback reports (complaints) have their own tests: test_complaints.py.
+@pytest.mark.parametrize("kind", ["delivered", "relayed"])
 async def test_non_bounce_reports_create_no_event(
     start_smtp: StartSmtp, bus: Bus, signer: DkimSigner, kind: str
 ) -> None:
     server = await start_smtp()
     sent = sent_message(signer, RECIPIENT)
-    if kind == "feedback":
-        body = _arf_report(sent.bounce_address, sent.recipient)
-    else:
-        record = {
-            "Final-Recipient": f"rfc822; {sent.recipient}",
-            "Action": kind,
-            "Status": "2.0.0",
-            "Remote-MTA": "dns; mx.example.org",
-            "Diagnostic-Code": "smtp; 250 2.0.0 Ok: queued as 4F2A1C",
-        }
-        body = postfix_dsn(sent, records=[record])
-    counted = "feedback" if kind == "feedback" else "delivered"
+    record = {
+        "Final-Recipient": f"rfc822; {sent.recipient}",
+        "Action": kind,
+        "Status": "2.0.0",
+        "Remote-MTA": "dns; mx.example.org",
+        "Diagnostic-Code": "smtp; 250 2.0.0 Ok: queued as 4F2A1C",
+    }
+    body = postfix_dsn(sent, records=[record])
+    counted = "delivered"
     before = reports_of_kind(counted)
     assert (await send(server.port, [sent.bounce_address], body))[0] == 250
     assert reports_of_kind(counted) == before + 1

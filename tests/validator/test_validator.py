@@ -144,6 +144,40 @@ async def test_valid_addresses_are_scheduled_and_invalid_ones_rejected_with_a_re
         assert "\r" not in msg_id and "\n" not in msg_id and " " not in msg_id
 
 
+async def test_a_recipient_refused_at_intake_is_rejected_with_its_reason_even_after_reclaim(
+    pool: asyncpg.Pool, bus: Bus
+) -> None:
+    # Intake writes a suppressed Recipient with reject_reason (ADR 0027); its address is valid.
+    await add(pool, ["kept@example.com", "gone@example.com"])
+    await pool.execute(
+        "UPDATE sending_pool_emails SET reject_reason = 'suppressed' WHERE email = $1",
+        "gone@example.com",
+    )
+    clock = Clock(T0)
+    worker = validator(pool, bus, clock, claim_timeout="5m")
+    # A Validator claims both and dies; the reclaimed row keeps its reason.
+    await deliveries.claim_for_validation(pool, 10, T0)
+    clock.now = T0 + timedelta(minutes=6)
+    assert await worker.reclaim() == 2
+    assert await worker.cycle() == 2
+    assert await statuses(pool) == {"kept@example.com": SCHEDULED}
+    by_recipient = {
+        outcome.recipient: (subject, outcome) for subject, _, outcome in await stream_events(bus)
+    }
+    assert by_recipient["gone@example.com"] == (
+        "kannon.stats.rejected",
+        Outcome(
+            batch_id=BATCH,
+            domain=DOMAIN,
+            recipient="gone@example.com",
+            timestamp=clock.now,
+            detail=Rejected("suppressed"),
+            event_id=event_id("rejected", BATCH, "gone@example.com"),
+        ),
+    )
+    assert by_recipient["kept@example.com"][1].detail == Accepted()
+
+
 async def test_a_backlog_of_1000_drains_by_repeated_cycles(pool: asyncpg.Pool, bus: Bus) -> None:
     emails = [f"user{i}@example.com" for i in range(1000)]
     await add(pool, emails)

@@ -25,6 +25,9 @@ SERVICE_MODULES = {
     "kannon.mailer.apiv1.MailerApiV1Service": "kannon.pb.aliases.mailerapiv1service_pb2_grpc",
     "kannon.admin.apiv1.AdminApiV1Service": "kannon.pb.aliases.adminapiv1service_pb2_grpc",
     "kannon.stats.apiv1.StatsApiV1Service": "kannon.pb.aliases.statsapiv1service_pb2_grpc",
+    "kannon.suppression.apiv1.SuppressionApiV1Service": (
+        "kannon.pb.suppression.apiv1.suppressionapiv1_pb2_grpc"
+    ),
 }
 
 # README name -> the original's name it stands for

@@ -5,7 +5,8 @@
 * Admin: ``api.admin_token`` as ``authorization: Bearer <token>`` or ``x-kannon-admin-token``,
   compared in constant time. Without a configured token only loopback peers are served — the
   original left the Admin API open to anyone reaching the port; a deployment sets a token.
-* Webhooks: either of the two; an API key reaches its own Domain only.
+* Webhooks and Suppression: either scheme; an API key reaches its own Domain only, the admin
+  token any Domain (:class:`DomainOrAdmin`).
 * HZ, health and reflection are open (probes and tooling must work without credentials).
 
 :class:`EarlyAuth`, a server interceptor, makes these decisions from the call's metadata
@@ -151,6 +152,22 @@ class ApiKeyAuth:
         if resolved is not None:
             return resolved
         return await self.tenant_of(metadata(context))
+
+
+class DomainOrAdmin:
+    """Services open to both schemes: a Domain's API key for its own Domain, the admin token
+    for any Domain."""
+
+    def __init__(self, auth: ApiKeyAuth, admin: AdminGuard) -> None:
+        self.auth = auth
+        self.admin = admin
+
+    async def scope(self, context: Any) -> str | None:
+        """The Domain the caller is limited to (its API key's), or None for the operator."""
+        if uses_basic(metadata(context)):
+            return await self.auth.tenant(context)
+        self.admin.check(context)
+        return None
 
 
 Continuation = Callable[[Any], Awaitable[Any]]

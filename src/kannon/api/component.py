@@ -4,10 +4,11 @@ Names: the original's (`pkg.kannon.mailer.apiv1.Mailer`, `pkg.kannon.admin.apiv1
 `pkg.kannon.admin.apiv1.HZService`, `kannon.StatsApiV1`, `kannon.stats.apiv2.StatsApiV2`) so
 existing clients work unchanged, and the README's (`kannon.mailer.apiv1.MailerApiV1Service`,
 `kannon.admin.apiv1.AdminApiV1Service`, `kannon.stats.apiv1.StatsApiV1Service`) so the documented
-grpcurl commands work — the same handler objects behind both. Plus `grpc.health.v1.Health` and
-server reflection (v1alpha, the only version grpcio serves), so tools need no .proto files.
-The same servicers also answer the Connect protocol and gRPC-Web on `api.http_port`
-(:mod:`kannon.api.connect`, ADR 0030), behind the same :class:`CallGate`.
+grpcurl commands work — the same handler objects behind both. The Webhooks and Suppression
+services, which the original does not have, have only their README names. Plus
+`grpc.health.v1.Health` and server reflection (v1alpha, the only version grpcio serves), so tools
+need no .proto files. The same servicers also answer the Connect protocol and gRPC-Web on
+`api.http_port` (:mod:`kannon.api.connect`, ADR 0030), behind the same :class:`CallGate`.
 
 Lifecycle: bind both ports, start, `life.ready()`, serve until `life.stopping`, then report
 NOT_SERVING and drain in-flight calls on both for up to :data:`DRAIN_GRACE` seconds.
@@ -26,11 +27,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from kannon.api.admin import AdminService
-from kannon.api.auth import ApiKeyAuth, CallGate, EarlyAuth
+from kannon.api.auth import AdminGuard, ApiKeyAuth, CallGate, DomainOrAdmin, EarlyAuth
 from kannon.api.connect import build_app
 from kannon.api.hz import HZService
 from kannon.api.mailer import MailerService
 from kannon.api.stats import StatsService
+from kannon.api.suppression import SuppressionService
 from kannon.api.webhooks import WebhooksService
 from kannon.config import Settings
 from kannon.db.idempotency import delete_expired
@@ -46,6 +48,7 @@ from kannon.pb.aliases import (
 from kannon.pb.mailer.apiv1 import mailerapiv1_pb2_grpc
 from kannon.pb.stats.apiv1 import statsapiv1_pb2_grpc
 from kannon.pb.stats.apiv2 import statsapiv2_pb2_grpc
+from kannon.pb.suppression.apiv1 import suppressionapiv1_pb2_grpc
 from kannon.pb.webhooks.apiv1 import webhooksapiv1_pb2_grpc
 from kannon.runtime.component import Life, run_every
 from kannon.runtime.http_server import HttpServer
@@ -63,8 +66,9 @@ ADMIN_NAMES = ("pkg.kannon.admin.apiv1.Api", "kannon.admin.apiv1.AdminApiV1Servi
 HZ_NAME = "pkg.kannon.admin.apiv1.HZService"
 STATS_V1_NAMES = ("kannon.StatsApiV1", "kannon.stats.apiv1.StatsApiV1Service")
 STATS_V2_NAME = "kannon.stats.apiv2.StatsApiV2"
-# Kannon's own addition: one name only (the original had no webhooks).
+# Kannon's own additions: one name only (the original had neither).
 WEBHOOKS_NAME = "kannon.webhooks.apiv1.WebhooksApiV1Service"
+SUPPRESSION_NAME = "kannon.suppression.apiv1.SuppressionApiV1Service"
 SERVICE_NAMES = (
     *MAILER_NAMES,
     *ADMIN_NAMES,
@@ -72,6 +76,7 @@ SERVICE_NAMES = (
     *STATS_V1_NAMES,
     STATS_V2_NAME,
     WEBHOOKS_NAME,
+    SUPPRESSION_NAME,
 )
 HEALTH_NAME = "grpc.health.v1.Health"
 # How often gRPC health re-checks the database.
@@ -114,7 +119,7 @@ class ApiComponent:
             settings.api.admin_token,
             api_key_services=(*MAILER_NAMES, *STATS_V1_NAMES, STATS_V2_NAME),
             admin_services=ADMIN_NAMES,
-            either_services=(WEBHOOKS_NAME,),
+            either_services=(WEBHOOKS_NAME, SUPPRESSION_NAME),
         )
         self._services: dict[str, object] = {}
         """Service name → servicer, for both listeners."""
@@ -139,6 +144,9 @@ class ApiComponent:
         mailer = MailerService(self.settings, self.pool, auth)
         admin = AdminService(self.settings, self.pool)
         stats = StatsService(self.pool, auth)
+        suppression = SuppressionService(
+            self.pool, DomainOrAdmin(auth, AdminGuard(api.admin_token))
+        )
         hz = self._hz = HZService(self.pool)
         webhooks = WebhooksService(self.settings, self.pool, auth)
         registrations: list[tuple[Register, object]] = [
@@ -151,6 +159,10 @@ class ApiComponent:
             (statsapiv1service_pb2_grpc.add_StatsApiV1ServiceServicer_to_server, stats),
             (statsapiv2_pb2_grpc.add_StatsApiV2Servicer_to_server, stats),
             (webhooksapiv1_pb2_grpc.add_WebhooksApiV1ServiceServicer_to_server, webhooks),
+            (
+                suppressionapiv1_pb2_grpc.add_SuppressionApiV1ServiceServicer_to_server,
+                suppression,
+            ),
         ]
         for register, servicer in registrations:
             register(servicer, server)

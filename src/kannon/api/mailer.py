@@ -9,7 +9,9 @@ Policy under the Domain's ceiling; a one-click unsubscribe URL template is check
 :func:`kannon.envelope.unsubscribe.check_url_template` and gets the global fields baked in, as the
 HTML does); refuse a Batch whose largest Envelope could not travel on the bus
 (:func:`kannon.envelope.size.estimate_largest_envelope` against `nats.max_payload`, ADR 0021);
-write template, Batch and Deliveries in one transaction. Nothing is written when any step fails.
+refuse the Recipients the Domain suppresses (one indexed lookup for the whole Batch,
+:func:`kannon.model.batch.apply_suppressions`, ADR 0027); write template, Batch and Deliveries in
+one transaction. Nothing is written when any step fails.
 
 With an `idempotency-key` (gRPC metadata or HTTP header), a repeat of the same request within
 `api.idempotency_window` answers the first response and writes nothing; the same key with another
@@ -20,12 +22,15 @@ racing calls create one Batch (ADR 0031).
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
+
+from prometheus_client import Counter
 
 from kannon.api.auth import ApiKeyAuth, metadata
 from kannon.api.errors import rpc
@@ -34,6 +39,7 @@ from kannon.config import Settings
 from kannon.db.batches import create_batch, deliveries_csv
 from kannon.db.domains import sending_policy
 from kannon.db.idempotency import KeyTaken, find_call
+from kannon.db.suppressions import suppressed_keys
 from kannon.db.templates import get_template
 from kannon.db.tracking_keys import KID_LENGTH
 from kannon.envelope.ids import make_batch_id
@@ -44,6 +50,7 @@ from kannon.ids import new_template_id, new_token
 from kannon.model.batch import (
     BatchPlan,
     SendRequest,
+    apply_suppressions,
     check_no_nul,
     check_recipient_count,
     plan_batch,
@@ -65,6 +72,12 @@ if TYPE_CHECKING:
     import asyncpg
 
 OFF_LOOP_RECIPIENTS = 5_000
+
+REJECTED = Counter(
+    "kannon_api_rejected_recipients_total",
+    "Recipients refused at intake (SendRes.rejected_recipients), by reason",
+    ["reason"],
+)
 
 
 @dataclass(frozen=True)
@@ -173,7 +186,8 @@ class MailerService:
         html: str,
         now: datetime,
         domain: tuple[TrackingPolicy, bool],
-    ) -> tuple[BatchPlan, bytes]:
+    ) -> tuple[SendRequest, BatchPlan, list[str]]:
+        """The checked plan, and the suppression keys of its Deliveries (to look up)."""
         ceiling, builtin_unsubscribe = domain
         request = wire.send_request(message)
         unsubscribe_fields: set[str] = set()
@@ -193,6 +207,14 @@ class MailerService:
             unsubscribe_fields=unsubscribe_fields,
         )
         check_envelope_size(plan, request, html, self.settings, builtin_unsubscribe)
+        # Delivery emails are canonical already: their key is the lower-cased spelling.
+        return request, plan, [delivery.email.lower() for delivery in plan.deliveries]
+
+    @staticmethod
+    def _finish(
+        request: SendRequest, plan: BatchPlan, suppressed: set[str]
+    ) -> tuple[BatchPlan, bytes]:
+        plan = apply_suppressions(plan, request.recipients, suppressed)
         return plan, deliveries_csv(plan)
 
     async def _send(
@@ -206,11 +228,15 @@ class MailerService:
             # Checking and encoding 100,000 Recipients takes about a second of CPU; in a
             # thread the event loop keeps serving other calls (and, in standalone, the other
             # Components) meanwhile.
-            plan, encoded = await asyncio.to_thread(
+            request, plan, keys = await asyncio.to_thread(
                 self._prepare, message, tenant, template_id, html, now, domain
             )
+            suppressed = await suppressed_keys(self.pool, tenant, keys, now)
+            plan, encoded = await asyncio.to_thread(self._finish, request, plan, suppressed)
         else:
-            plan, encoded = self._prepare(message, tenant, template_id, html, now, domain)
+            request, plan, keys = self._prepare(message, tenant, template_id, html, now, domain)
+            suppressed = await suppressed_keys(self.pool, tenant, keys, now)
+            plan, encoded = self._finish(request, plan, suppressed)
         response = wire.send_res_pb(plan)
         claim = None
         if call.key is not None:
@@ -233,6 +259,8 @@ class MailerService:
             if replayed is None:  # pragma: no cover - the winner's row is committed
                 raise
             return replayed
+        for reason, count in collections.Counter(r.reason for r in plan.rejected).items():
+            REJECTED.labels(reason).inc(count)
         return response
 
     async def _call(self, method: str, message: Any, context: Any) -> Call:

@@ -26,6 +26,7 @@ ERROR = "error"
 FAILED = "failed"
 OPENED = "opened"
 CLICKED = "clicked"
+COMPLAINED = "complained"
 UNSUBSCRIBED = "unsubscribed"
 STAT_TYPES = (
     ACCEPTED,
@@ -36,6 +37,7 @@ STAT_TYPES = (
     FAILED,
     OPENED,
     CLICKED,
+    COMPLAINED,
     UNSUBSCRIBED,
 )
 
@@ -82,3 +84,13 @@ DISPATCHER_BOUNCED_DURABLE = "dispatcher-bounced"
 DISPATCHER_ERROR_DURABLE = "dispatcher-error"
 STATS_DURABLE = "kannon-stats-logs"
 WEBHOOKS_DURABLE = "kannon-webhooks"
+# The suppression list's consumers, one per outcome type that can suppress an address
+# (`kannon.stats.suppression.SUPPRESSING_TYPES`): `kannon-suppression-<type>`.
+SUPPRESSION_DURABLE_PREFIX = "kannon-suppression-"
+
+
+def suppression_durable(stat_type: str) -> str:
+    """Durable name of the suppression consumer of one outcome type."""
+    if stat_type not in STAT_TYPES:
+        raise ValueError(f"unknown stat type {stat_type!r}")
+    return SUPPRESSION_DURABLE_PREFIX + stat_type

@@ -120,6 +120,22 @@ def _choice(*choices: str) -> Callable[[object], str]:
     return check
 
 
+def _optional_mailbox(value: object) -> str | None:
+    text = _optional_text(value)
+    if text is None:
+        return None
+    text = text.strip()
+    local, at, domain = text.rpartition("@")
+    if (
+        not at
+        or not local
+        or "." not in domain
+        or any(ch.isspace() or ch in "<>@" for ch in local + domain)
+    ):
+        raise ValueError(f"{show_value(value)} is not an email address (local@domain)")
+    return text.lower()
+
+
 def _path(value: object) -> Path:
     if isinstance(value, Path):
         return value
@@ -167,6 +183,7 @@ def _networks(value: object) -> tuple[str, ...]:
 ListenPort = Annotated[int, BeforeValidator(_int_in(0, 65535)), Kind("port")]
 RemotePort = Annotated[int, BeforeValidator(_int_in(1, 65535)), Kind("port")]
 Count = Annotated[int, BeforeValidator(_int_in(1)), Kind("int")]
+OptionalCount = Annotated[int, BeforeValidator(_int_in(0)), Kind("int")]  # 0 = off
 Replicas = Annotated[int, BeforeValidator(_int_in(1, 5)), Kind("int")]  # JetStream's maximum
 Workers = Annotated[int, BeforeValidator(_int_in(0, 64)), Kind("int")]  # 0 = none, work inline
 Duration = Annotated[timedelta, BeforeValidator(_positive_duration), Kind("duration")]
@@ -174,6 +191,7 @@ Size = Annotated[int, BeforeValidator(_positive_size), Kind("size")]
 Bool = Annotated[bool, BeforeValidator(parse_bool), Kind("bool")]
 Text = Annotated[str, BeforeValidator(_text), Kind("string")]
 OptionalText = Annotated[str | None, BeforeValidator(_optional_text), Kind("string")]
+OptionalMailbox = Annotated[str | None, BeforeValidator(_optional_mailbox), Kind("email")]
 DataPath = Annotated[Path, BeforeValidator(_path), Kind("path")]
 ListenAddress = Annotated[str, BeforeValidator(_listen_address), Kind("address")]
 HttpUrl = Annotated[str, BeforeValidator(_http_url), Kind("url")]
@@ -293,6 +311,11 @@ class SmtpSettings(_Section):
     max_session_time: Duration = _key(
         "10m", "Longest an SMTP session may last in all (a slow client is closed with 421)"
     )
+    feedback_address: OptionalMailbox = _key(
+        None,
+        "Address that also accepts ARF complaint reports (mailbox providers' feedback loops); "
+        "unset = complaints only at the bounce addresses",
+    )
 
 
 class TrackerSettings(_Section):
@@ -343,6 +366,19 @@ class WebhooksSettings(_Section):
                 f"({format_duration(self.backoff_max)})",
             )
         return self
+
+
+class SuppressionSettings(_Section):
+    """The suppression list (ADR 0027)."""
+
+    soft_bounce_limit: OptionalCount = _key(
+        0,
+        "Soft bounces of one address within suppression.soft_bounce_window that suppress it "
+        "(0 = off: soft bounces never suppress)",
+    )
+    soft_bounce_window: Duration = _key(
+        "168h", "Window in which soft bounces count towards suppression.soft_bounce_limit"
+    )
 
 
 class ValidatorSettings(_Section):
@@ -513,6 +549,7 @@ class Settings(_Section):
     tracker: TrackerSettings = Field(default_factory=TrackerSettings)
     stats: StatsSettings = Field(default_factory=StatsSettings)
     webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
+    suppression: SuppressionSettings = Field(default_factory=SuppressionSettings)
     validator: ValidatorSettings = Field(default_factory=ValidatorSettings)
     dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
     nats: NatsSettings = Field(default_factory=NatsSettings)

@@ -21,7 +21,7 @@ import asyncpg
 from kannon.db.idempotency import claim_key
 from kannon.db.templates import insert_template
 from kannon.db.times import to_db_time
-from kannon.model.batch import BatchPlan
+from kannon.model.batch import REJECT_SUPPRESSED, BatchPlan
 from kannon.model.idempotency import IdempotencyClaim
 from kannon.model.template import Template
 from kannon.model.tracking import TrackingPolicy
@@ -37,6 +37,7 @@ _POOL_COLUMNS = [
     "message_id",
     "domain",
     "tracking",
+    "reject_reason",
 ]
 
 
@@ -54,7 +55,8 @@ def _fields_json(fields: Mapping[str, str]) -> str:
 
 
 def deliveries_csv(plan: BatchPlan) -> bytes:
-    """The Deliveries as PostgreSQL CSV rows in `_POOL_COLUMNS` order.
+    """The Deliveries as PostgreSQL CSV rows in `_POOL_COLUMNS` order: those to send, then the
+    suppressed ones with their `reject_reason` (the Validator rejects them, ADR 0027).
 
     Built by hand rather than with the csv module: the per-row work is two quoted fields and
     one shared tail of constants, which makes 100,000 rows several times cheaper to produce.
@@ -64,15 +66,22 @@ def deliveries_csv(plan: BatchPlan) -> bytes:
         f",{TO_VALIDATE},{scheduled},{scheduled},{_quoted(plan.batch_id)},{_quoted(plan.domain)},"
     )
     # A Batch has a handful of distinct policies: each row shares one of a few tails.
-    tails: dict[TrackingPolicy, str] = {}
+    tails: dict[tuple[TrackingPolicy, str], str] = {}
     lines = []
-    for delivery in plan.deliveries:
-        tail = tails.get(delivery.tracking)
-        if tail is None:
-            tail = tails[delivery.tracking] = (
-                head + _quoted(json.dumps(delivery.tracking.to_json())) + "\n"
+    for deliveries, reason in ((plan.deliveries, ""), (plan.suppressed, REJECT_SUPPRESSED)):
+        for delivery in deliveries:
+            tail = tails.get((delivery.tracking, reason))
+            if tail is None:
+                tail = tails[delivery.tracking, reason] = (
+                    head
+                    + _quoted(json.dumps(delivery.tracking.to_json()))
+                    + ","
+                    + _quoted(reason)
+                    + "\n"
+                )
+            lines.append(
+                _quoted(delivery.email) + "," + _quoted(_fields_json(delivery.fields)) + tail
             )
-        lines.append(_quoted(delivery.email) + "," + _quoted(_fields_json(delivery.fields)) + tail)
     return "".join(lines).encode("utf-8")
 
 

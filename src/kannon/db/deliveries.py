@@ -52,6 +52,7 @@ _NAMES = (
     "queued_at",
     "envelope_seq",
     "tracking",
+    "reject_reason",
 )
 _COLUMNS = ", ".join(_NAMES)
 _P_COLUMNS = ", ".join("p." + name for name in _NAMES)  # RETURNING of an UPDATE ... FROM
@@ -100,6 +101,7 @@ def _delivery(row: asyncpg.Record) -> PoolDelivery:
             json.loads(tracking) if isinstance(tracking := row["tracking"], str) else tracking,
             DEFAULT_CEILING,
         ),
+        reject_reason=row["reject_reason"],
     )
 
 

@@ -5,7 +5,15 @@ SMTP reply codes in diagnostic text, the plain-text bounce layouts of the common
 feedback reports (RFC 5965), auto-replies (RFC 3834) and Amazon SES JSON notifications.
 """
 
-from kannon.dsn.model import REASONS, BouncedRecipient, DsnReport, Kind, is_hard_bounce
+from kannon.dsn.model import REASONS, BouncedRecipient, DsnReport, Feedback, Kind, is_hard_bounce
 from kannon.dsn.parser import parse_message
 
-__all__ = ["REASONS", "BouncedRecipient", "DsnReport", "Kind", "is_hard_bounce", "parse_message"]
+__all__ = [
+    "REASONS",
+    "BouncedRecipient",
+    "DsnReport",
+    "Feedback",
+    "Kind",
+    "is_hard_bounce",
+    "parse_message",
+]

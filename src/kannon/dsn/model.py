@@ -99,9 +99,32 @@ class BouncedRecipient:
 
 
 @dataclass(frozen=True, slots=True)
+class Feedback:
+    """What an ARF feedback report (RFC 5965) says about the message it complains about.
+
+    The report's own fields (Feedback-Type lower-cased, User-Agent, Source-IP, Arrival-Date,
+    Original-Mail-From, Original-Rcpt-To) and, from the returned original message or its
+    headers, its Return-Path, Message-ID and To values, raw as found (in report order, without
+    repeats). Nothing here is verified: the receiver decides what maps to one of its messages.
+    """
+
+    feedback_type: str = ""
+    user_agent: str = ""
+    source_ip: str = ""
+    arrival_date: str = ""
+    original_mail_from: tuple[str, ...] = ()
+    original_rcpt_to: tuple[str, ...] = ()
+    return_paths: tuple[str, ...] = ()
+    message_ids: tuple[str, ...] = ()
+    original_to: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class DsnReport:
-    """The parse of one inbound message. `notes` explain fallbacks taken, for operators."""
+    """The parse of one inbound message. `notes` explain fallbacks taken, for operators.
+    `feedback` is set for an ARF feedback report (kind "feedback")."""
 
     kind: Kind
     recipients: list[BouncedRecipient] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    feedback: Feedback | None = None

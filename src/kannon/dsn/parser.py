@@ -29,6 +29,7 @@ from kannon.dsn.rfc3464 import DsnRecord, looks_like_status_fields, parse_record
 from kannon.dsn.special import (
     SES_SUBTYPE_REASONS,
     autoreply_recipient,
+    feedback_of,
     feedback_recipients,
     looks_like_autoreply,
     looks_like_bounce,
@@ -108,7 +109,8 @@ def _parse_message(msg: Message, *, forwarded: bool) -> DsnReport:
     if pieces.feedback_reports or report_type == "feedback-report" or _pasted_arf(pieces.texts):
         reports = pieces.feedback_reports or [t for t in pieces.texts if _ARF_FIELDS.search(t)]
         recipients = feedback_recipients(reports, pieces.original_headers)
-        return DsnReport(kind="feedback", recipients=recipients, notes=notes)
+        feedback = feedback_of(reports, pieces.original_headers)
+        return DsnReport(kind="feedback", recipients=recipients, notes=notes, feedback=feedback)
 
     body, inline_original = split_original(pieces.body)
     originals = [*pieces.original_headers, *([inline_original] if inline_original else [])]

@@ -12,7 +12,7 @@ from typing import Any, Final
 from kannon.dsn.address import all_addresses, extract_address
 from kannon.dsn.codes import find_codes
 from kannon.dsn.mime import header
-from kannon.dsn.model import BouncedRecipient
+from kannon.dsn.model import BouncedRecipient, Feedback
 
 _AUTO_SUBJECT: Final = re.compile(
     r"^\s*(?:auto(?:matic|matische|matisch|matisk|matique)?[ \-_]?"
@@ -94,6 +94,57 @@ def feedback_recipients(reports: list[str], originals: list[Message]) -> list[Bo
     if not addresses:
         addresses = [""]
     return [BouncedRecipient(recipient=a, reason="feedback") for a in addresses]
+
+
+# Report fields read into `Feedback`; values are capped (a report is attacker-controlled).
+_FIELD_MAX: Final = 512
+_LIST_MAX: Final = 20
+
+
+def _report_fields(reports: list[str]) -> dict[str, list[str]]:
+    """Field name (lower-case) -> values, over every report part, unfolded."""
+    fields: dict[str, list[str]] = {}
+    for report in reports:
+        name = ""
+        for line in report.splitlines():
+            if line[:1] in (" ", "\t") and name:
+                values = fields[name]
+                values[-1] = (values[-1] + " " + line.strip())[:_FIELD_MAX]
+                continue
+            key, colon, value = line.partition(":")
+            if not colon or not key.strip() or " " in key.strip():
+                name = ""
+                continue
+            name = key.strip().lower()
+            fields.setdefault(name, []).append(value.strip()[:_FIELD_MAX])
+    return fields
+
+
+def _distinct(values: list[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(v for v in values if v))[:_LIST_MAX]
+
+
+def feedback_of(reports: list[str], originals: list[Message]) -> Feedback:
+    """The fields of ARF report parts and the identifying headers of the returned message."""
+    fields = _report_fields(reports)
+
+    def first(name: str) -> str:
+        return next((v for v in fields.get(name, []) if v), "")
+
+    def headers(name: str) -> list[str]:
+        return [" ".join(header(o, name).split())[:_FIELD_MAX] for o in originals]
+
+    return Feedback(
+        feedback_type=first("feedback-type").lower(),
+        user_agent=first("user-agent"),
+        source_ip=first("source-ip"),
+        arrival_date=first("arrival-date") or first("received-date"),
+        original_mail_from=_distinct(fields.get("original-mail-from", [])),
+        original_rcpt_to=_distinct(fields.get("original-rcpt-to", [])),
+        return_paths=_distinct(headers("Return-Path")),
+        message_ids=_distinct(headers("Message-ID")),
+        original_to=_distinct(headers("To")),
+    )
 
 
 # Some MTAs break lines longer than 998 octets with "!" + CRLF + space, corrupting JSON bodies.

@@ -20,6 +20,9 @@ Batch row and its Deliveries, ready to be written in one transaction:
   gets the most restrictive stated policy, frozen;
 * a one-click unsubscribe URL template whose placeholders a Recipient's fields cannot fill
   rejects that Recipient alone (`unsubscribe_url_unresolved`); `email` always resolves.
+* a Recipient on the Domain's suppression list is rejected with reason ``suppressed``
+  (:func:`apply_suppressions`, ADR 0027): reported back, kept in `BatchPlan.suppressed` so the
+  Pool carries it to the Validator, which publishes its Rejected event; it is never sent.
 
 Pure: no I/O; ids, `now` and limits are passed in.
 """
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -65,6 +68,7 @@ EMAIL_FIELD = "email"
 NO_POLICY = TrackingPolicy()
 # A tracking policy as the wire states it: (opens, links) enum numbers, 0 = unstated.
 WirePolicy = tuple[int, int]
+REJECT_SUPPRESSED = "suppressed"
 
 _HEADER_BREAKERS = ("\r", "\n", "\x00")
 
@@ -128,6 +132,9 @@ class BatchPlan:
     deliveries: list[Delivery]
     rejected: list[Rejection]
     tracking: TrackingPolicy = NO_POLICY  # what the Batch stated (messages.tracking)
+    suppressed: list[Delivery] = field(default_factory=list)
+    """Recipients refused because the Domain suppresses them: written to the Pool with
+    `reject_reason` "suppressed" so their Rejected event is published; never sent."""
 
 
 def _check_header_text(value: str, field: str) -> None:
@@ -366,3 +373,35 @@ def plan_batch(
         rejected=rejected,
         tracking=batch_policy,
     )
+
+
+def apply_suppressions(
+    plan: BatchPlan, recipients: Sequence[RecipientIn], suppressed: Collection[str]
+) -> BatchPlan:
+    """The plan with the Deliveries whose address is in `suppressed` (lower-cased canonical
+    addresses, `kannon.model.suppression.suppression_key`) refused as "suppressed".
+
+    Each is reported under the spelling the caller gave first (ADR 0020) and kept in
+    `suppressed` for the Pool. A Batch whose every Recipient is suppressed is still a Batch,
+    with nothing to send.
+    """
+    if not suppressed:
+        return plan
+    kept: list[Delivery] = []
+    refused: list[Delivery] = []
+    for delivery in plan.deliveries:
+        (refused if delivery.email.lower() in suppressed else kept).append(delivery)
+    if not refused:
+        return plan
+    given: dict[str, str] = {}
+    for recipient in recipients:
+        text = recipient.email.strip()
+        if text:
+            key = canonical_recipient(text).lower()
+            if key in suppressed:
+                given.setdefault(key, text)
+    rejected = [
+        *plan.rejected,
+        *(Rejection(given.get(d.email.lower(), d.email), REJECT_SUPPRESSED) for d in refused),
+    ]
+    return replace(plan, deliveries=kept, rejected=rejected, suppressed=refused)

@@ -3,7 +3,7 @@
 The Pool's state machine (transitions live in `kannon.db.deliveries` and nowhere else):
 
     to_validate --claim--> validating --valid--> scheduled --claim (due)--> sending
-    validating --invalid--> (row deleted, Rejected)
+    validating --invalid, or rejected at intake (reject_reason)--> (row deleted, Rejected)
     sending --Envelope published (PubAck)--> queued
     sending --build failure--> scheduled (+1 attempt, later time)
     sending --publish failure--> scheduled (same attempt, a little later)
@@ -74,3 +74,6 @@ class PoolDelivery:
     """The `kannon-sending` stream sequence of its published Envelope (status queued)."""
     tracking: TrackingPolicy = DEFAULT_CEILING
     """The Tracking Policy resolved at intake and frozen on the Delivery."""
+    reject_reason: str = ""
+    """Set by intake for a Recipient it refused but still reports through the bus (a suppressed
+    address, ADR 0027): the Validator rejects it with this reason and it is never sent."""

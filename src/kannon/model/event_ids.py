@@ -13,6 +13,8 @@ always get the same id, and two different happenings never one id (ADR 0006, ADR
   publishes the same id, and the Dispatcher reads the attempt back to ignore a late error about
   an attempt that is no longer the one in flight;
 * a Delivery is validated once and ends once, so those events are (type, Batch, Recipient);
+  so is a complaint: a Recipient complains about one Delivery once, however many copies of the
+  report arrive (`complained.<Batch>.<digest>`).
 * a Recipient unsubscribes from a Batch once, however often the URL is posted (a mail client
   retrying, a reader pressing the button twice): (type, Batch, Recipient) too.
 

@@ -2,8 +2,9 @@
 
 Accepted/Rejected come from the Validator, Delivered/Bounced/Errored from the SMTPSender (and
 Bounced also from the SMTPServer's inbound DSNs), Failed from the Dispatcher when the retry budget
-is spent, Opened/Clicked/Unsubscribed from the Tracker. Each event carries an `event_id` that is
-stable across retries of the same publish, so the bus stores it once and Stats counts it once.
+is spent, Opened/Clicked/Unsubscribed from the Tracker, Complained from the SMTPServer's inbound
+ARF feedback reports. Each event carries an `event_id` that is stable across retries of the same
+publish, so the bus stores it once and Stats counts it once.
 """
 
 from __future__ import annotations
@@ -72,6 +73,17 @@ class Clicked:
 
 
 @dataclass(frozen=True)
+class Complained:
+    """The Recipient reported the message as unwanted (ARF, RFC 5965, Feedback-Type abuse)."""
+
+    feedback_type: str
+    user_agent: str = ""
+    source_ip: str = ""
+    arrival_date: str = ""
+    type = "complained"
+
+
+@dataclass(frozen=True)
 class Unsubscribed:
     """The Recipient asked for no more mail from the Domain (RFC 8058 one-click, or the button
     of Kannon's unsubscribe page). Consumers (the suppression list) act on it."""
@@ -80,7 +92,16 @@ class Unsubscribed:
 
 
 Detail = (
-    Accepted | Rejected | Delivered | Bounced | Errored | Failed | Opened | Clicked | Unsubscribed
+    Accepted
+    | Rejected
+    | Delivered
+    | Bounced
+    | Errored
+    | Failed
+    | Opened
+    | Clicked
+    | Complained
+    | Unsubscribed
 )
 
 TERMINAL_TYPES = frozenset({"rejected", "delivered", "bounced", "failed"})

@@ -339,15 +339,20 @@ class SmtpDeliverer:
                 encoding = "utf-8"
             if client.supports_extension("8bitmime") and not job.body.isascii():
                 options.append("BODY=8BITMIME")
+            command = "MAIL"  # which reply refused the message decides hard or soft
             try:
                 await client.mail(job.return_path, options=options, encoding=encoding)
+                command = "RCPT"
                 await client.rcpt(recipient, encoding=encoding)
+                command = "DATA"
                 trace.in_data = True
                 reply = await client.data(job.body)
             except aiosmtplib.SMTPResponseException as exc:
                 trace.in_data = False
                 keep = True
-                return SendResult.refused(exc.code, exc.message, conn.remote, tls=conn.tls)
+                return SendResult.refused(
+                    exc.code, exc.message, conn.remote, tls=conn.tls, command=command
+                )
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 ambiguous = trace.in_data
                 trace.in_data = False

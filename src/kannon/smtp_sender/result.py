@@ -13,6 +13,11 @@ Bounced or Errored following DESIGN.md §3 "Sender":
 * No answer at all (DNS failure, refused or dropped connection, timeout) → Errored with code 0,
   whatever `should_retry` says: the Dispatcher decides between another try and Failed.
 * Decided locally without asking a server (null MX, malformed address) → Bounced, permanent.
+
+A Bounced event carries the reply's status, reason and hard/soft verdict from
+`kannon.dsn.reply.classify_reply` (ADR 0029): `hard_bounce` — the address is dead and may be
+suppressed — only for a confident address-level 5xx such as "550 5.1.1 User unknown" at RCPT,
+never for policy, content or reputation refusals.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from kannon.dsn.reply import classify_reply
 from kannon.model.outcome import Bounced, Delivered, Errored
 
 NO_ANSWER_CODE = 0
@@ -49,14 +55,18 @@ class SendResult:
     remote: str = ""
     """Which server answered ("mx.example.org[192.0.2.1]"), for logs."""
     tls: bool = False
+    command: str = ""
+    """The transaction command a REFUSED reply answered: MAIL, RCPT or DATA ("" otherwise)."""
 
     @classmethod
     def delivered(cls, code: int, message: str, remote: str, *, tls: bool = False) -> SendResult:
         return cls(Kind.DELIVERED, code, message, True, remote, tls)
 
     @classmethod
-    def refused(cls, code: int, message: str, remote: str, *, tls: bool = False) -> SendResult:
-        return cls(Kind.REFUSED, code, message, False, remote, tls)
+    def refused(
+        cls, code: int, message: str, remote: str, *, tls: bool = False, command: str = ""
+    ) -> SendResult:
+        return cls(Kind.REFUSED, code, message, False, remote, tls, command)
 
     @classmethod
     def session_refused(cls, code: int, message: str, remote: str) -> SendResult:
@@ -78,16 +88,30 @@ class SendResult:
         return self.kind in (Kind.DELIVERED, Kind.REFUSED, Kind.SESSION_REFUSED)
 
 
+def bounced(result: SendResult, *, permanent: bool) -> Bounced:
+    """The Bounced event of a refusal, classified (status, reason, hard or soft)."""
+    verdict = classify_reply(result.code, result.message, command=result.command)
+    return Bounced(
+        permanent=permanent,
+        code=result.code,
+        message=result.message,
+        status=verdict.status,
+        reason=verdict.reason,
+        hard_bounce=permanent and verdict.hard_bounce,
+        remote_mta=result.remote,
+    )
+
+
 def detail_for(result: SendResult, should_retry: bool) -> Delivered | Bounced | Errored:
     if result.kind is Kind.DELIVERED:
         return Delivered()
     if result.kind is Kind.LOCAL_BOUNCE:
-        return Bounced(permanent=True, code=result.code, message=result.message)
+        return bounced(result, permanent=True)
     if result.kind is Kind.REFUSED:
         if 500 <= result.code < 600:
-            return Bounced(permanent=True, code=result.code, message=result.message)
+            return bounced(result, permanent=True)
         if 400 <= result.code < 500 and not should_retry:
-            return Bounced(permanent=False, code=result.code, message=result.message)
+            return bounced(result, permanent=False)
         return Errored(code=result.code, message=result.message)
     # SESSION_REFUSED and NO_ANSWER say nothing about the Recipient; a REFUSED reply outside
     # 4xx/5xx is a protocol oddity, retried rather than trusted.

@@ -1,18 +1,23 @@
-"""The SMTPServer Component: aiosmtpd on ``smtp.address``, accepting reports for bounce addresses.
+"""The SMTPServer Component: aiosmtpd on ``smtp.address``, accepting reports for bounce addresses
+and, when configured, at ``smtp.feedback_address``.
 
 Per session:
 
-* RCPT: only a bounce address whose HMAC tag verifies is accepted; anything else gets 550 5.7.1
-  right away (we relay nothing, and refusing at RCPT time means we never accept mail we would
-  have to bounce ourselves). More than ``smtp.max_recipients`` gets 452, so the client retries
-  the rest in a new transaction.
+* RCPT: only a bounce address whose HMAC tag verifies, or the feedback address (where mailbox
+  providers' feedback loops send ARF complaint reports), is accepted; anything else gets 550
+  5.7.1 right away (we relay nothing, and refusing at RCPT time means we never accept mail we
+  would have to bounce ourselves). More than ``smtp.max_recipients`` gets 452, so the client
+  retries the rest in a new transaction.
 * DATA: over ``smtp.max_payload`` is 552 (aiosmtpd, after reading the rest). The report is parsed
   by ``kannon.dsn``; each failed recipient that belongs to an accepted bounce address becomes a
   Bounced event published with a PubAck before we answer 250. If publishing fails the answer is
   451, so the remote MTA keeps the report and retries: nothing is lost, and the deterministic event
-  id keeps the retry from counting twice. Anything else (delays, success notices, complaints,
-  auto-replies, unreadable reports, reports about someone else) is answered 250 and logged: the
-  sender cannot fix it, and a 5xx would only bounce a bounce.
+  id keeps the retry from counting twice. An ARF feedback report of type abuse that maps to one
+  of our Deliveries through a verified bounce address becomes a Complained event, published the
+  same way (``smtp_server.complaints``, ADR 0028). Anything else (delays, success notices,
+  auto-replies, unreadable reports, reports about someone else, complaints that map to nothing)
+  is answered 250, logged and counted: the sender cannot fix it, and a 5xx would only bounce a
+  bounce.
 * Reading a report (MIME, parsing, matching recipients) is CPU work on attacker-controlled
   bytes: it runs in a worker thread of the Component's own, in time linear in the message and
   bounded by the parser's caps (ADR 0018). Python's ``re`` holds the GIL for a whole search, so
@@ -57,6 +62,11 @@ log = logging.getLogger("kannon.smtp_server")
 RCPTS = Counter("kannon_smtp_rcpt_total", "RCPT commands by result", ["result"])
 REPORTS = Counter("kannon_smtp_reports_total", "Messages received, by parsed kind", ["kind"])
 BOUNCES = Counter("kannon_smtp_bounces_published_total", "Bounced events published from reports")
+COMPLAINTS = Counter(
+    "kannon_smtp_complaints_total",
+    "ARF feedback reports received, by what came of them",
+    ["result"],  # published, not_abuse (another feedback type), unmapped (no Delivery of ours)
+)
 IGNORED = Counter(
     "kannon_smtp_report_items_ignored_total", "Report items that produced no Bounced event"
 )
@@ -295,9 +305,11 @@ class ReportHandler:
         max_recipients: int,
         publisher: Publisher,
         clock: Callable[[], datetime],
+        feedback_address: str | None = None,
     ) -> None:
         self.secret = secret
         self.max_recipients = max_recipients
+        self.feedback_address = feedback_address.lower() if feedback_address else None
         self.publisher = publisher
         self.clock = clock
         self.readers: ThreadPoolExecutor | None = None  # set while the server runs
@@ -316,17 +328,25 @@ class ReportHandler:
         if len(envelope.rcpt_tos) >= self.max_recipients:
             RCPTS.labels("too_many").inc()
             return TOO_MANY_RCPT
-        if parse_bounce_address(address, self.secret) is None:
+        if self._is_feedback_address(address):
+            RCPTS.labels("feedback").inc()
+        elif parse_bounce_address(address, self.secret) is None:
             RCPTS.labels("refused").inc()
             log.info(
                 "refused recipient",
                 extra={"kv": {"peer": str(session.peer), "rcpt": obfuscate(address)}},
             )
             return REFUSED_RCPT
-        RCPTS.labels("accepted").inc()
+        else:
+            RCPTS.labels("accepted").inc()
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 OK"
+
+    def _is_feedback_address(self, address: str) -> bool:
+        if self.feedback_address is None:
+            return False
+        return address.strip().strip("<>").strip().lower() == self.feedback_address
 
     async def handle_DATA(self, server: _Session, session: Session, envelope: Envelope) -> str:
         server.pause_timeout()
@@ -364,6 +384,8 @@ class ReportHandler:
             return ACCEPTED
         report, verdict = reading.report, reading.verdict
         REPORTS.labels(report.kind).inc()
+        if reading.complaint:
+            COMPLAINTS.labels(reading.complaint).inc()
         context.update(kind=report.kind, message_id=reading.message_id)
         if verdict.ignored:
             IGNORED.inc(len(verdict.ignored))
@@ -382,9 +404,10 @@ class ReportHandler:
             )
             return RETRY_LATER
         for outcome in verdict.outcomes:
-            BOUNCES.inc()
+            if outcome.type == "bounced":
+                BOUNCES.inc()
             log.info(
-                "bounce recorded",
+                "complaint recorded" if outcome.type == "complained" else "bounce recorded",
                 extra={
                     "kv": {
                         **context,
@@ -424,7 +447,9 @@ class SmtpServer:
         self.max_sessions = smtp.max_sessions
         self.max_session_time = smtp.max_session_time.total_seconds()
         self.grace = grace.total_seconds()
-        self.handler = ReportHandler(secret, smtp.max_recipients, bus, clock)
+        self.handler = ReportHandler(
+            secret, smtp.max_recipients, bus, clock, feedback_address=smtp.feedback_address
+        )
         self.sessions: set[_Session] = set()
 
     def _new_session(self) -> asyncio.Protocol:

@@ -1,4 +1,5 @@
 """From a received report to Bounced outcomes, without any SMTP: which Delivery, which event.
+(ARF feedback reports become Complained outcomes instead: `complaints.py`.)
 
 A report reaches us addressed to one or more bounce addresses (the RCPTs). Each verified bounce
 address names a Batch and carries a keyed hash of one Recipient; the report names recipients in
@@ -36,6 +37,7 @@ from kannon.dsn.address import all_addresses, extract_address
 from kannon.envelope.bounce import BounceAddress, parse_bounce_address
 from kannon.model.outcome import Bounced, Outcome
 from kannon.runtime.logs import obfuscate
+from kannon.smtp_server.complaints import complaints_of
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _NOT_FAILED_KINDS = frozenset({"feedback", "vacation", "delivered", "delayed"})
@@ -56,13 +58,19 @@ class Reading:
     report: DsnReport
     verdict: Verdict
     message_id: str
+    complaint: str = ""
+    """For a feedback report: published, not_abuse or unmapped (the complaints metric)."""
 
 
 def read_report(raw: bytes, rcpt_tos: Sequence[str], secret: bytes, now: datetime) -> Reading:
     """Everything the SMTPServer computes about one message, in one call for a worker thread."""
-    addresses = [a for a in (parse_bounce_address(r, secret) for r in rcpt_tos) if a is not None]
     report = parse_message(raw)
     message_id = report_message_id(raw)
+    if report.kind == "feedback":
+        complaint = complaints_of(report, rcpt_tos, secret, now)
+        verdict = Verdict(complaint.outcomes, complaint.ignored)
+        return Reading(report, verdict, message_id, complaint.result)
+    addresses = [a for a in (parse_bounce_address(r, secret) for r in rcpt_tos) if a is not None]
     return Reading(
         report, bounces_of(report, raw, addresses, secret, now, message_id=message_id), message_id
     )

@@ -1,5 +1,7 @@
 """The Stats Component: consumes every `kannon.stats.*` event into `stats` and the hourly
-`aggregated_stats` counters, and deletes events older than `stats.retention` on a timer.
+`aggregated_stats` counters, feeds the suppression list from the events that suppress an address
+(`kannon.stats.suppression`, its own durable consumers), and on a timer deletes events older than
+`stats.retention`, expired tracking keys and expired Suppressions.
 
 One durable consumer (`kannon-stats-logs`) does both writes in one transaction, so the raw log
 and the aggregates cannot drift apart (the original ran two consumers, and the aggregate one
@@ -35,6 +37,7 @@ from kannon.db.pool import is_outage
 from kannon.model.outcome import Outcome, domain_of_batch
 from kannon.runtime.clock import utc_now
 from kannon.runtime.component import Life, run_every
+from kannon.stats.suppression import SuppressionFeed
 from kannon.wire.stats import UndecodableEvent, data_json, decode
 
 if TYPE_CHECKING:
@@ -63,6 +66,8 @@ WRITE_LINGER = 0.02
 class CleanupCounts:
     stats: int
     stats_keys: int
+    suppressions: int = 0
+    soft_bounces: int = 0
 
 
 class StatsWorker:
@@ -83,6 +88,7 @@ class StatsWorker:
         self._writes: Coalescer[Event, bool] = Coalescer(
             self._record, max_items=MAX_BATCH, linger=WRITE_LINGER
         )
+        self.suppression = SuppressionFeed(settings, pool, bus, clock=clock)
 
     @property
     def consumer(self) -> ConsumerSpec:
@@ -98,9 +104,19 @@ class StatsWorker:
         )
 
     async def run(self, life: Life) -> None:
+        stats_ready, feed_ready = asyncio.Event(), asyncio.Event()
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._cleanup_loop(life))
-            await self._bus.consume(self.consumer, self.handle, life.stopping, on_ready=life.ready)
+            tasks.create_task(self.suppression.run(life, on_ready=feed_ready.set))
+            tasks.create_task(
+                self._bus.consume(
+                    self.consumer, self.handle, life.stopping, on_ready=stats_ready.set
+                )
+            )
+            # A consumer that cannot be created fails the TaskGroup, which cancels this wait.
+            await stats_ready.wait()
+            await feed_ready.wait()
+            life.ready()
 
     async def handle(self, msg: BusMessage) -> Result:
         """Record one event; Ack also when it was a duplicate, Term when it cannot be read."""
@@ -139,17 +155,25 @@ class StatsWorker:
         return results
 
     async def cleanup(self) -> CleanupCounts:
-        """Delete events older than stats.retention and expired tracking-token keys."""
+        """Delete events older than stats.retention, expired tracking-token keys, expired
+        Suppressions and soft bounces too old to count."""
         now = self._clock()
         stats = await stats_store.delete_stats_before(
             self._pool, now - self._settings.stats.retention
         )
         keys = await stats_store.delete_expired_stats_keys(self._pool, now)
-        DELETED.labels("stats").inc(stats)
-        DELETED.labels("stats_keys").inc(keys)
-        if stats or keys:
-            log.info("retention cleanup", extra={"kv": {"stats": stats, "stats_keys": keys}})
-        return CleanupCounts(stats=stats, stats_keys=keys)
+        suppressions, soft_bounces = await self.suppression.cleanup()
+        counts = CleanupCounts(stats, keys, suppressions, soft_bounces)
+        for table, count in (
+            ("stats", stats),
+            ("stats_keys", keys),
+            ("suppressions", suppressions),
+            ("suppression_soft_bounces", soft_bounces),
+        ):
+            DELETED.labels(table).inc(count)
+        if stats or keys or suppressions or soft_bounces:
+            log.info("retention cleanup", extra={"kv": dataclasses.asdict(counts)})
+        return counts
 
     async def _cleanup_loop(self, life: Life) -> None:
         # Once at start, then every stats.cleanup_interval. A failure is logged and retried at

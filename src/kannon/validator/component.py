@@ -1,5 +1,7 @@
 """The Validator Component: claims `to_validate` Deliveries, checks each Recipient address,
-schedules the valid ones (Accepted) and ends the invalid ones (Rejected, with the reason).
+schedules the valid ones (Accepted) and ends the invalid ones (Rejected, with the reason). A
+Delivery intake wrote with a `reject_reason` (a suppressed Recipient, ADR 0027) is Rejected with
+that reason without looking further: its refusal reaches Stats like any other.
 
 Order of effects, chosen so that a crash at any point loses nothing: the event is published
 (and its PubAck awaited) BEFORE the Pool row changes. A crash after the publish and before the
@@ -45,14 +47,18 @@ RECLAIMED = Counter(
 
 
 def judge(delivery: PoolDelivery, now: datetime) -> Outcome:
-    """Accepted or Rejected (with the reason) for one Delivery."""
+    """Accepted or Rejected (with the reason) for one Delivery. A Recipient intake already
+    refused (`reject_reason`, e.g. "suppressed") is Rejected with that reason."""
     detail: Accepted | Rejected
-    try:
-        parse_address(delivery.email)
-    except InvalidAddress as exc:
-        detail = Rejected(f"invalid address: {exc}")
+    if delivery.reject_reason:
+        detail = Rejected(delivery.reject_reason)
     else:
-        detail = Accepted()
+        try:
+            parse_address(delivery.email)
+        except InvalidAddress as exc:
+            detail = Rejected(f"invalid address: {exc}")
+        else:
+            detail = Accepted()
     return Outcome(
         batch_id=delivery.message_id,
         domain=delivery.domain,

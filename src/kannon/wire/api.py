@@ -1,4 +1,4 @@
-"""Admin, Mailer and Stats API messages <-> model types.
+"""Admin, Mailer, Stats and Suppression API messages <-> model types.
 
 Owns what the wire says beyond field layout: which fields are required, what `take=0` means
 (a default page, not an empty one), how Timestamps become aware UTC datetimes, and how stored
@@ -22,11 +22,13 @@ from kannon.model.apikey import ApiKey
 from kannon.model.batch import AttachmentIn, BatchPlan, RecipientIn, SendRequest, WirePolicy
 from kannon.model.domain import DkimKey, DnsRecord, Domain
 from kannon.model.errors import InvalidArgument
+from kannon.model.suppression import MANUAL, Suppression
 from kannon.model.template import Template
 from kannon.model.tracking import TrackingPolicy, check_ceiling, mode_from_number
 from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
 from kannon.pb.mailer.apiv1 import mailerapiv1_pb2 as mailer_pb
 from kannon.pb.stats.types import stats_pb2 as stats_types_pb
+from kannon.pb.suppression.apiv1 import suppressionapiv1_pb2 as suppression_pb
 from kannon.pb.tracking.types import tracking_pb2
 from kannon.wire.stats import UndecodableEvent, data_pb, detail_from_json, timestamp_pb
 
@@ -277,4 +279,27 @@ def stats_pb(row: StatRow) -> Any:
 def bucket_pb(bucket: Bucket) -> Any:
     msg = stats_types_pb.StatsAggregated(type=bucket.type, count=bucket.count)
     msg.timestamp.CopyFrom(timestamp_pb(bucket.timestamp))
+    return msg
+
+
+# --- Suppression -------------------------------------------------------------------------------
+
+
+def suppression_msg(item: Suppression) -> Any:
+    """A stored Suppression as the API shows it: a manual one's diagnostic is its note."""
+    msg = suppression_pb.Suppression(domain=item.domain, address=item.address, reason=item.reason)
+    msg.created_at.CopyFrom(timestamp_pb(item.created_at))
+    if item.expires_at is not None:
+        msg.expires_at.CopyFrom(timestamp_pb(item.expires_at))
+    if item.reason == MANUAL and not item.event_type:
+        msg.note = item.diagnostic
+    if item.event_type:
+        event = msg.event
+        event.type = item.event_type
+        event.status = item.status
+        event.reply_code = max(item.reply_code, 0)
+        event.diagnostic = item.diagnostic
+        event.message_id = item.message_id
+        if item.event_at is not None:
+            event.time.CopyFrom(timestamp_pb(item.event_at))
     return msg

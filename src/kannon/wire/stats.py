@@ -13,6 +13,7 @@ from kannon.model.outcome import (
     Accepted,
     Bounced,
     Clicked,
+    Complained,
     Delivered,
     Detail,
     Errored,
@@ -76,6 +77,12 @@ def data_pb(detail: Detail) -> pb.StatsData:
             data.clicked.user_agent = ua
             data.clicked.ip = ip
             data.clicked.url = url
+        case Complained():
+            c = data.complained
+            c.feedback_type = detail.feedback_type
+            c.user_agent = detail.user_agent
+            c.source_ip = detail.source_ip
+            c.arrival_date = detail.arrival_date
         case Unsubscribed():
             data.unsubscribed.SetInParent()
     return data
@@ -109,6 +116,9 @@ def detail_from_pb(data: pb.StatsData) -> Detail:
         return Opened(data.opened.user_agent, data.opened.ip)
     if kind == "clicked":
         return Clicked(data.clicked.user_agent, data.clicked.ip, data.clicked.url)
+    if kind == "complained":
+        c = data.complained
+        return Complained(c.feedback_type, c.user_agent, c.source_ip, c.arrival_date)
     if kind == "unsubscribed":
         return Unsubscribed()
     raise UndecodableEvent(f"Stats.data has no known case ({kind!r})")

@@ -103,12 +103,24 @@ class StatsDataClicked(_message.Message):
     url: str
     def __init__(self, user_agent: _Optional[str] = ..., ip: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
 
+class StatsDataComplained(_message.Message):
+    __slots__ = ("feedback_type", "user_agent", "source_ip", "arrival_date")
+    FEEDBACK_TYPE_FIELD_NUMBER: _ClassVar[int]
+    USER_AGENT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_IP_FIELD_NUMBER: _ClassVar[int]
+    ARRIVAL_DATE_FIELD_NUMBER: _ClassVar[int]
+    feedback_type: str
+    user_agent: str
+    source_ip: str
+    arrival_date: str
+    def __init__(self, feedback_type: _Optional[str] = ..., user_agent: _Optional[str] = ..., source_ip: _Optional[str] = ..., arrival_date: _Optional[str] = ...) -> None: ...
+
 class StatsDataUnsubscribed(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class StatsData(_message.Message):
-    __slots__ = ("accepted", "delivered", "failed", "bounced", "opened", "clicked", "rejected", "error", "unsubscribed")
+    __slots__ = ("accepted", "delivered", "failed", "bounced", "opened", "clicked", "rejected", "error", "complained", "unsubscribed")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     DELIVERED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +129,7 @@ class StatsData(_message.Message):
     CLICKED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    COMPLAINED_FIELD_NUMBER: _ClassVar[int]
     UNSUBSCRIBED_FIELD_NUMBER: _ClassVar[int]
     accepted: StatsDataAccepted
     delivered: StatsDataDelivered
@@ -126,5 +139,6 @@ class StatsData(_message.Message):
     clicked: StatsDataClicked
     rejected: StatsDataRejected
     error: StatsDataError
+    complained: StatsDataComplained
     unsubscribed: StatsDataUnsubscribed
-    def __init__(self, accepted: _Optional[_Union[StatsDataAccepted, _Mapping]] = ..., delivered: _Optional[_Union[StatsDataDelivered, _Mapping]] = ..., failed: _Optional[_Union[StatsDataFailed, _Mapping]] = ..., bounced: _Optional[_Union[StatsDataBounced, _Mapping]] = ..., opened: _Optional[_Union[StatsDataOpened, _Mapping]] = ..., clicked: _Optional[_Union[StatsDataClicked, _Mapping]] = ..., rejected: _Optional[_Union[StatsDataRejected, _Mapping]] = ..., error: _Optional[_Union[StatsDataError, _Mapping]] = ..., unsubscribed: _Optional[_Union[StatsDataUnsubscribed, _Mapping]] = ...) -> None: ...
+    def __init__(self, accepted: _Optional[_Union[StatsDataAccepted, _Mapping]] = ..., delivered: _Optional[_Union[StatsDataDelivered, _Mapping]] = ..., failed: _Optional[_Union[StatsDataFailed, _Mapping]] = ..., bounced: _Optional[_Union[StatsDataBounced, _Mapping]] = ..., opened: _Optional[_Union[StatsDataOpened, _Mapping]] = ..., clicked: _Optional[_Union[StatsDataClicked, _Mapping]] = ..., rejected: _Optional[_Union[StatsDataRejected, _Mapping]] = ..., error: _Optional[_Union[StatsDataError, _Mapping]] = ..., complained: _Optional[_Union[StatsDataComplained, _Mapping]] = ..., unsubscribed: _Optional[_Union[StatsDataUnsubscribed, _Mapping]] = ...) -> None: ...

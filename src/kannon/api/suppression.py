@@ -1,0 +1,173 @@
+"""The Suppression service (`kannon.suppression.apiv1.SuppressionApiV1Service`): a Domain's
+suppression list — list, get, add, remove, import (ADR 0027).
+
+Both schemes (:class:`kannon.api.auth.DomainOrAdmin`): a Domain's API key works on its own list
+only (an empty `domain` means its own; another Domain's is PermissionDenied, so a key can neither
+see nor change another Domain's list), the admin token on any Domain's (`domain` required, an
+unknown one is NotFound).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from kannon.api.auth import DomainOrAdmin
+from kannon.api.errors import rpc
+from kannon.db import domains, suppressions
+from kannon.model.address import canonical_recipient
+from kannon.model.domain import canonical_domain_name
+from kannon.model.errors import InvalidArgument, NotFound, PermissionDenied
+from kannon.model.suppression import (
+    Suppression,
+    check_expiry,
+    check_note,
+    check_reason,
+    manual,
+)
+from kannon.pb.suppression.apiv1 import suppressionapiv1_pb2 as pb
+from kannon.wire import api as wire
+
+if TYPE_CHECKING:
+    # Types only: asyncpg is imported at run time by kannon.db alone.
+    import asyncpg
+
+LIST_PAGE = 100
+MAX_PAGE = 1000
+MAX_IMPORT = 100_000
+OFF_LOOP_IMPORT = 5_000
+
+
+def checked_imports(
+    domain: str,
+    addresses: list[str],
+    now: datetime,
+    expires_at: datetime | None,
+    note: str,
+) -> tuple[list[Suppression], list[tuple[str, str]]]:
+    """The Suppressions of an import, and the entries refused (as given, why)."""
+    items: list[Suppression] = []
+    refused: list[tuple[str, str]] = []
+    for index, address in enumerate(addresses):
+        try:
+            items.append(
+                manual(
+                    domain,
+                    address,
+                    now,
+                    expires_at=expires_at,
+                    note=note,
+                    field=f"addresses[{index}]",
+                )
+            )
+        except InvalidArgument as exc:
+            refused.append((address, str(exc)))
+    return items, refused
+
+
+def _lookup_address(value: str) -> str:
+    text = value.strip()
+    if not text:
+        raise InvalidArgument("address: required")
+    return canonical_recipient(text)
+
+
+class SuppressionService:
+    def __init__(self, pool: asyncpg.Pool, access: DomainOrAdmin) -> None:
+        self.pool = pool
+        self.access = access
+
+    async def _domain(self, request: Any, context: Any) -> str:
+        """The Domain the call is about, checked against what the caller may access."""
+        scope = await self.access.scope(context)
+        given = request.domain.strip()
+        if scope is not None:
+            if given and (asked := canonical_domain_name(given)) != scope:
+                raise PermissionDenied(
+                    f"domain: the API key of {scope!r} cannot access the suppression list "
+                    f"of {asked!r}"
+                )
+            return scope
+        if not given:
+            raise InvalidArgument("domain: required when calling with the admin token")
+        name = canonical_domain_name(given)
+        if await domains.get_domain(self.pool, name) is None:
+            raise NotFound(f"domain: {name!r} not found")
+        return name
+
+    @rpc
+    async def ListSuppressions(self, request: Any, context: Any) -> Any:
+        domain = await self._domain(request, context)
+        reason = check_reason(request.reason, allow_empty=True)
+        page = wire.page(request.skip, request.take, default=LIST_PAGE, cap=MAX_PAGE)
+        found, total = await suppressions.list_suppressions(
+            self.pool,
+            domain,
+            datetime.now(UTC),
+            reason=reason,
+            prefix=request.address_prefix.strip(),
+            offset=page.offset,
+            limit=page.limit,
+        )
+        return pb.ListSuppressionsResponse(
+            suppressions=[wire.suppression_msg(s) for s in found], total=total
+        )
+
+    @rpc
+    async def GetSuppression(self, request: Any, context: Any) -> Any:
+        domain = await self._domain(request, context)
+        address = _lookup_address(request.address)
+        found = await suppressions.get(self.pool, domain, address, datetime.now(UTC))
+        if found is None:
+            raise NotFound(f"address: {address!r} is not suppressed for {domain!r}")
+        return pb.GetSuppressionResponse(suppression=wire.suppression_msg(found))
+
+    @rpc
+    async def AddSuppression(self, request: Any, context: Any) -> Any:
+        domain = await self._domain(request, context)
+        now = datetime.now(UTC)
+        item = manual(
+            domain,
+            request.address,
+            now,
+            expires_at=wire.optional_datetime(request, "expires_at"),
+            note=request.note,
+        )
+        added = await suppressions.add(self.pool, item, now)
+        return pb.AddSuppressionResponse(suppression=wire.suppression_msg(added))
+
+    @rpc
+    async def RemoveSuppression(self, request: Any, context: Any) -> Any:
+        domain = await self._domain(request, context)
+        address = _lookup_address(request.address)
+        removed = await suppressions.remove(self.pool, domain, address)
+        if removed is None:
+            raise NotFound(f"address: {address!r} is not suppressed for {domain!r}")
+        return pb.RemoveSuppressionResponse(suppression=wire.suppression_msg(removed))
+
+    @rpc
+    async def ImportSuppressions(self, request: Any, context: Any) -> Any:
+        domain = await self._domain(request, context)
+        count = len(request.addresses)
+        if count > MAX_IMPORT:
+            raise InvalidArgument(
+                f"addresses: {count} in one call, the maximum is {MAX_IMPORT}; "
+                "split them over several calls"
+            )
+        now = datetime.now(UTC)
+        expires_at = wire.optional_datetime(request, "expires_at")
+        # Checked once for the call: only the addresses are refused one by one.
+        check_expiry(expires_at, now)
+        check_note(request.note)
+        args = (domain, list(request.addresses), now, expires_at, request.note)
+        if count >= OFF_LOOP_IMPORT:
+            items, refused = await asyncio.to_thread(checked_imports, *args)
+        else:
+            items, refused = checked_imports(*args)
+        counts = await suppressions.import_suppressions(self.pool, domain, items)
+        return pb.ImportSuppressionsResponse(
+            added=counts.added,
+            already_suppressed=counts.present,
+            rejected=[pb.RejectedAddress(address=a, reason=r) for a, r in refused],
+        )

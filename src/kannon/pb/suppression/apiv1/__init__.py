@@ -1,0 +1,1 @@
+"""Generated protobuf/gRPC code (scripts/generate_proto.py); do not edit."""
