@@ -37,6 +37,7 @@ from kannon.model.suppression import (
     MANUAL,
     REASON_BY_TYPE,
     SOFT_BOUNCE_LIMIT,
+    UNSUBSCRIBE,
     canonical_address,
     check_reason,
     is_soft_bounce,
@@ -70,8 +71,12 @@ def event(detail: Detail, recipient: str = "Ada@Example.ORG") -> Outcome:
     )
 
 
-def test_the_suppressing_types_are_bounced_and_complained() -> None:
-    assert dict(REASON_BY_TYPE) == {"bounced": HARD_BOUNCE, "complained": COMPLAINT}
+def test_the_suppressing_types_are_bounced_complained_and_unsubscribed() -> None:
+    assert dict(REASON_BY_TYPE) == {
+        "bounced": HARD_BOUNCE,
+        "complained": COMPLAINT,
+        "unsubscribed": UNSUBSCRIBE,
+    }
 
 
 def test_a_confident_hard_bounce_suppresses_with_its_cause() -> None:
