@@ -101,51 +101,54 @@ def _check_credentials(data: Path, children: dict[int, str]) -> list[str]:
     return [password, token.group(1)]
 
 
-def test_standalone_boots_serves_healthz_and_stops_cleanly() -> None:
-    data_dir = Path(tempfile.mkdtemp(prefix="kannon-standalone-", dir="/tmp"))
-    data_dir.chmod(0o755)  # PostgreSQL runs as an unprivileged user when the tests run as root
-    health_port = free_port()
+def _start_standalone(data_dir: Path, health_port: int) -> subprocess.Popen[str]:
+    """`kannon standalone` on free loopback ports, the SMTPSender in a second process (as
+    `auto` does on two cores or more), its output captured."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("K_")}
     env["HOME"] = str(data_dir)  # no ~/.kannon.yaml from the developer's machine
     argv = [
         KANNON,
         "standalone",
-        "--data-dir",
-        str(data_dir / "data"),
-        "--api-port",
-        str(free_port()),
-        "--api-http-port",
-        str(free_port()),
-        "--tracker-port",
-        str(free_port()),
-        "--smtp-address",
-        f"127.0.0.1:{free_port()}",
-        "--health-host",
-        "127.0.0.1",
-        "--health-port",
-        str(health_port),
-        "--sender-demo-sender",
-        "--sender-hostname",
-        "kannon.test",
-        # The SMTPSender in a second process, as `auto` does on two cores or more.
-        "--standalone-processes",
-        "api,validator,dispatcher,smtp,tracker,stats,webhooks;sender",
+        *("--data-dir", str(data_dir / "data")),
+        *("--api-port", str(free_port()), "--api-http-port", str(free_port())),
+        *("--tracker-port", str(free_port())),
+        *("--smtp-address", f"127.0.0.1:{free_port()}"),
+        *("--health-host", "127.0.0.1", "--health-port", str(health_port)),
+        *("--sender-demo-sender", "--sender-hostname", "kannon.test"),
+        *("--standalone-processes", "api,validator,dispatcher,smtp,tracker,stats,webhooks;sender"),
     ]
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+
+
+def _wait_healthy(proc: subprocess.Popen[str], health_port: int) -> dict[str, object]:
+    """Poll /healthz until 200 (90 s at most, or until standalone exits); the body."""
+    deadline = time.monotonic() + 90
+    status, body = 0, dict[str, object]()
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            status, body = _healthz(health_port)
+        except OSError:
+            status = 0
+        if status == 200:
+            return body
+        time.sleep(0.2)
+    raise AssertionError((status, body, proc.poll()))
+
+
+def _new_data_dir() -> Path:
+    data_dir = Path(tempfile.mkdtemp(prefix="kannon-standalone-", dir="/tmp"))
+    data_dir.chmod(0o755)  # PostgreSQL runs as an unprivileged user when the tests run as root
+    return data_dir
+
+
+def test_standalone_boots_serves_healthz_and_stops_cleanly() -> None:
+    data_dir = _new_data_dir()
+    health_port = free_port()
+    proc = _start_standalone(data_dir, health_port)
     try:
-        deadline = time.monotonic() + 90
-        status, body = 0, {}
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                status, body = _healthz(health_port)
-            except OSError:
-                status = 0
-            if status == 200:
-                break
-            time.sleep(0.2)
-        assert status == 200, (status, body, proc.poll())
+        body = _wait_healthy(proc, health_port)
         checks = body["checks"]
         assert isinstance(checks, dict)
         assert checks["db"] == "ok" and checks["nats"] == "ok"
@@ -183,43 +186,11 @@ def test_auto_puts_the_sender_in_a_process_of_its_own_when_there_are_two_cores()
 def test_a_component_process_that_dies_stops_standalone_with_a_failure() -> None:
     """A child that exits by itself fails standalone as a crashing Component would: everything
     else stops, nothing is left running, the exit code says so."""
-    data_dir = Path(tempfile.mkdtemp(prefix="kannon-standalone-", dir="/tmp"))
-    data_dir.chmod(0o755)
+    data_dir = _new_data_dir()
     health_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("K_")}
-    env["HOME"] = str(data_dir)
-    argv = [
-        KANNON,
-        "standalone",
-        "--data-dir",
-        str(data_dir / "data"),
-        "--api-port",
-        str(free_port()),
-        "--tracker-port",
-        str(free_port()),
-        "--smtp-address",
-        f"127.0.0.1:{free_port()}",
-        "--health-host",
-        "127.0.0.1",
-        "--health-port",
-        str(health_port),
-        "--sender-demo-sender",
-        "--standalone-processes",
-        "api,validator,dispatcher,smtp,tracker,stats,webhooks;sender",
-    ]
-    proc = subprocess.Popen(
-        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    proc = _start_standalone(data_dir, health_port)
     try:
-        deadline = time.monotonic() + 90
-        status = 0
-        while time.monotonic() < deadline and proc.poll() is None and status != 200:
-            try:
-                status, _ = _healthz(health_port)
-            except OSError:
-                status = 0
-            time.sleep(0.2)
-        assert status == 200, proc.poll()
+        _wait_healthy(proc, health_port)
         children = {pid: _cmdline(pid) for pid in _descendants(proc.pid)}
         [sender] = [pid for pid, cmd in children.items() if cmd.endswith("--run-sender")]
         os.kill(sender, signal.SIGKILL)
