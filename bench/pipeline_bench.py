@@ -104,19 +104,40 @@ def _proc_table() -> dict[int, tuple[int, str]]:
     return table
 
 
-def process_tree(root: int) -> dict[int, str]:
-    """``root`` and all its descendants: pid -> comm."""
+def process_tree(*roots: int) -> dict[int, str]:
+    """``roots`` and all their descendants: pid -> comm."""
     table = _proc_table()
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in table.items():
         children.setdefault(ppid, []).append(pid)
     found: dict[int, str] = {}
-    todo = [root] if root in table else []
+    todo = [root for root in roots if root in table]
     while todo:
         pid = todo.pop()
         found[pid] = table[pid][1]
         todo.extend(children.get(pid, ()))
     return found
+
+
+def process_label(pid: int, comm: str) -> str:
+    """What a process of the Kannon tree is, for the per-process figures: `kannon standalone`,
+    `kannon sender` (a Component process), `build worker`, `postgres`, `nats-server`, ..."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return comm
+    if "standalone" in argv:
+        return "kannon standalone"
+    runs = [a.removeprefix("--run-") for a in argv if a.startswith("--run-")]
+    if runs:
+        return "kannon " + "+".join(runs)
+    joined = " ".join(argv)
+    if "resource_tracker" in joined:
+        return "mp resource tracker"
+    if "multiprocessing" in joined:
+        return "build worker"
+    return comm
 
 
 def _rss_bytes(pid: int) -> int:
@@ -149,17 +170,17 @@ def _status_kb(pid: int, key: str) -> int:
     return 0
 
 
-def cpu_seconds(root: int) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by each process of the tree, summed by name."""
+def cpu_seconds(*roots: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the processes of the trees, by label."""
     ticks = os.sysconf("SC_CLK_TCK")
     totals: dict[str, float] = {}
-    for pid, comm in process_tree(root).items():
+    for pid, comm in process_tree(*roots).items():
         try:
             with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
                 rest = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        name = "kannon (python)" if pid == root else comm
+        name = process_label(pid, comm)
         totals[name] = totals.get(name, 0.0) + (int(rest[11]) + int(rest[12])) / ticks
     return totals
 
@@ -188,44 +209,80 @@ def cpu_pressure_seconds() -> float:
 
 
 class TreeMemory(threading.Thread):
-    """Samples the RSS and PSS sums of a process tree until stopped (or ``max_seconds``)."""
+    """Samples the RSS and PSS sums of process trees until stopped (or ``max_seconds``), in all
+    and by process label (the peak of each label's RSS sum: PostgreSQL's backends share memory,
+    so its figure counts the shared part once per backend)."""
 
-    def __init__(self, root: int, interval: float = MEMORY_INTERVAL, max_seconds: float = 1800):
+    def __init__(
+        self, *roots: int, interval: float = MEMORY_INTERVAL, max_seconds: float = 1800
+    ) -> None:
         super().__init__(name="tree-memory", daemon=True)
-        self.root = root
+        self.roots = roots
         self.interval = interval
         self.max_samples = int(max_seconds / interval)
         self.peak_rss = 0
         self.peak_pss = 0
+        self.peak_rss_by_label: dict[str, int] = {}
         self.samples = 0
         self._stop_event = threading.Event()
 
     def run(self) -> None:
+        labels: dict[int, str] = {}
         while self.samples < self.max_samples and not self._stop_event.is_set():
-            pids = process_tree(self.root)
-            self.peak_rss = max(self.peak_rss, sum(_rss_bytes(p) for p in pids))
+            pids = process_tree(*self.roots)
+            by_label: dict[str, int] = {}
+            total = 0
+            for pid, comm in pids.items():
+                label = labels.get(pid) or labels.setdefault(pid, process_label(pid, comm))
+                rss = _rss_bytes(pid)
+                total += rss
+                by_label[label] = by_label.get(label, 0) + rss
+            self.peak_rss = max(self.peak_rss, total)
             self.peak_pss = max(self.peak_pss, sum(_pss_bytes(p) for p in pids))
+            for label, rss in by_label.items():
+                self.peak_rss_by_label[label] = max(self.peak_rss_by_label.get(label, 0), rss)
             self.samples += 1
             self._stop_event.wait(self.interval)
 
     def stop(self) -> None:
         self._stop_event.set()
-        self.join(timeout=5)
-
-
-# -- Kannon standalone as a child process ------------------------------------------------------
+        if self.is_alive():
+            self.join(timeout=5)
 
 
 @dataclass
 class Kannon:
+    """Kannon under test: standalone (one process and its children) or a fleet (a process per
+    Component beside nats-server and PostgreSQL started here)."""
+
     process: ChildProcess
+    """Standalone's process, or the fleet's api process: the event loop `schedstat` watches."""
     api_port: int
     health_port: int
     database_url: str
+    metrics_ports: list[int] = field(default_factory=list)
+    """Every Kannon process's /metrics (counters are summed over them)."""
+    others: list[ChildProcess] = field(default_factory=list)
+    """The fleet's other processes, servers last: stopped after `process`, in this order."""
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    @property
+    def roots(self) -> list[int]:
+        return [self.process.pid, *(p.pid for p in self.others)]
+
+    def stop(self) -> None:
+        for child in [self.process, *self.others]:
+            child.stop(timeout=60)
+
+    def metrics(self) -> dict[str, float]:
+        summed: dict[str, float] = {}
+        for port in self.metrics_ports or [self.health_port]:
+            for name, value in scrape_metrics(port).items():
+                summed[name] = summed.get(name, 0.0) + value
+        return summed
 
 
 def scrape_metrics(port: int) -> dict[str, float]:
@@ -288,7 +345,116 @@ def start_kannon(root: Path, dns: DnsServer, sink: Sink, extra: list[str]) -> Ka
     wait_until(child, lambda: _healthy(health_port), BOOT_TIMEOUT, "healthy")
     # The printed URL masks the password (ADR 0022); it is in the data directory's 0600 file.
     password = (data_dir / "postgres.password").read_text().strip()
-    return Kannon(child, api_port, health_port, found["url"].replace("***", password, 1))
+    # Standalone's other processes (ADR 0040) print their own health and metrics port.
+    ports = re.findall(
+        r"kannon standalone: process .*http://127\.0\.0\.1:(\d+)/healthz",
+        log.read_text(errors="replace"),
+    )
+    return Kannon(
+        child,
+        api_port,
+        health_port,
+        found["url"].replace("***", password, 1),
+        metrics_ports=[health_port, *(int(port) for port in ports)],
+    )
+
+
+COMPONENTS = ("api", "validator", "dispatcher", "sender", "smtp", "tracker", "stats", "webhooks")
+
+
+def start_fleet(root: Path, dns: DnsServer, sink: Sink, extra: list[str]) -> Kannon:
+    """Fleet mode: nats-server and PostgreSQL started here, `kannon migrate`, then one
+    `kannon --run-<component>` process per Component, configured as a deployment would (K_
+    variables for the secrets, flags for the rest)."""
+    from kannon.bus.embedded import start_nats
+    from kannon.db.embedded import start_postgres
+
+    nats_server = start_nats(root / "nats")
+    pg = start_postgres(root / "postgres")
+    servers = [nats_server.process, pg.process]
+    try:
+        database_url = _create_database(pg.url(), pg.url("kannon"))
+        kannon = str(Path(sys.executable).parent / "kannon")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("K_")}
+        env.update(
+            {
+                "HOME": str(root),
+                "K_CONFIG": os.devnull,
+                "K_DATABASE_URL": database_url,
+                "K_NATS_URL": nats_server.url,
+                "K_SECRET_KEY": "bench-secret-0123456789abcdef0123",
+                "K_API_ADMIN_TOKEN": ADMIN_TOKEN,
+            }
+        )
+        subprocess.run([kannon, "migrate"], env=env, check=True, capture_output=True)
+        api_port, health_ports = free_port(), {c: free_port() for c in COMPONENTS}
+        shared = [
+            *("--health-host", "127.0.0.1"),
+            *("--sender-hostname", SENDER_HOSTNAME, "--sender-dns-servers", dns.address),
+            *("--sender-smtp-port", str(sink.port)),
+            *extra,
+        ]
+        own = {
+            "api": [
+                "--api-host",
+                "127.0.0.1",
+                "--api-port",
+                str(api_port),
+                "--api-http-port",
+                str(free_port()),
+            ],
+            "tracker": ["--tracker-host", "127.0.0.1", "--tracker-port", str(free_port())],
+            "smtp": [
+                "--smtp-address",
+                f"127.0.0.1:{free_port()}",
+                "--smtp-domain",
+                "bounce.bench.test",
+            ],
+        }
+        children = {
+            c: start_child(
+                f"kannon {c}",
+                [
+                    kannon,
+                    f"--run-{c}",
+                    "--health-port",
+                    str(health_ports[c]),
+                    *shared,
+                    *own.get(c, []),
+                ],
+                root / f"kannon-{c}.log",
+                env=env,
+            )
+            for c in COMPONENTS
+        }
+        for c, child in children.items():
+            port = health_ports[c]
+            wait_until(child, lambda port=port: _healthy(port), BOOT_TIMEOUT, "healthy")
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    api = children.pop("api")
+    return Kannon(
+        api,
+        api_port,
+        health_ports["api"],
+        database_url,
+        metrics_ports=list(health_ports.values()),
+        others=[*children.values(), *servers],
+    )
+
+
+def _create_database(admin_url: str, url: str) -> str:
+    async def create() -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute('CREATE DATABASE "kannon"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return url
 
 
 # -- the caller's side -------------------------------------------------------------------------
@@ -420,6 +586,8 @@ class Bulk:
     smtp_mean_ms: float = 0.0
     smtp_connections: int = 0
     duplicates_skipped: int = 0
+    peak_rss_mib: dict[str, float] = field(default_factory=dict)
+    """Peak RSS during this run, by process label."""
 
     @property
     def rate(self) -> float:
@@ -477,10 +645,12 @@ async def measure_bulk(
 ) -> Bulk:
     bulk = Bulk(recipients)
     before = {p.name for p in sink.message_files()}
-    request = client.request(0, recipients, "bulk")
-    cpu_before = cpu_seconds(kannon.pid)
+    request = client.request(0, recipients, f"bulk{recipients}")
+    cpu_before = cpu_seconds(*kannon.roots)
     sched_before, pressure_before = schedstat(kannon.pid), cpu_pressure_seconds()
-    metrics_before = await asyncio.to_thread(scrape_metrics, kannon.health_port)
+    metrics_before = await asyncio.to_thread(kannon.metrics)
+    memory = TreeMemory(*kannon.roots)
+    memory.start()
     probes: list[float] = []
     started = time.time()
     response = await client.send(request)
@@ -516,7 +686,9 @@ async def measure_bulk(
             )
         await asyncio.sleep(POLL_BULK)
     bulk.wall_s = time.time() - started
-    cpu_after = cpu_seconds(kannon.pid)
+    memory.stop()
+    bulk.peak_rss_mib = {k: round(v / 2**20, 1) for k, v in memory.peak_rss_by_label.items()}
+    cpu_after = cpu_seconds(*kannon.roots)
     sched_after = schedstat(kannon.pid)
     bulk.loop_on_cpu_s = sched_after[0] - sched_before[0]
     bulk.loop_waiting_s = sched_after[1] - sched_before[1]
@@ -525,9 +697,7 @@ async def measure_bulk(
     if probes:
         bulk.probe_ms_p50 = statistics.median(probes) * 1000
         bulk.probe_ms_max = max(probes) * 1000
-    _metric_deltas(
-        bulk, metrics_before, await asyncio.to_thread(scrape_metrics, kannon.health_port)
-    )
+    _metric_deltas(bulk, metrics_before, await asyncio.to_thread(kannon.metrics))
     new = [p for p in sink.message_files() if p.name not in before]
     bulk.received = len(new)
     if new:
@@ -546,7 +716,8 @@ async def measure_bulk(
 
 @dataclass
 class Options:
-    recipients: int = 10_000
+    recipients: list[int] = field(default_factory=lambda: [10_000])
+    fleet: bool = False
     latency_samples: int = 50
     timeout: float = 300.0
     limit_messages: int = 20_000
@@ -572,7 +743,7 @@ def _start_profiler(pid: int, out: str) -> subprocess.Popen[bytes] | None:
 
 async def _drive(
     opts: Options, kannon: Kannon, sink: Sink, root: Path
-) -> tuple[Latency, Limit | None, Bulk]:
+) -> tuple[Latency, Limit | None, list[Bulk]]:
     client = await Client.connect(kannon.api_port)
     conn = await asyncpg.connect(kannon.database_url)
     try:
@@ -587,23 +758,27 @@ async def _drive(
         if limit is None:
             _say(f"smtp-source/smtp-sink not found, no SMTP limit: {INSTALL_HINT}")
         profiler = _start_profiler(kannon.pid, opts.profile) if opts.profile else None
-        _say(f"throughput: one SendHTML to {opts.recipients:,} recipients")
+        bulks = []
         try:
-            bulk = await measure_bulk(
-                client,
-                conn=conn,
-                sink=sink,
-                kannon=kannon,
-                recipients=opts.recipients,
-                timeout=opts.timeout,
-                progress=_say,
-            )
+            for size in opts.recipients:
+                _say(f"throughput: one SendHTML to {size:,} recipients")
+                bulks.append(
+                    await measure_bulk(
+                        client,
+                        conn=conn,
+                        sink=sink,
+                        kannon=kannon,
+                        recipients=size,
+                        timeout=opts.timeout,
+                        progress=_say,
+                    )
+                )
         finally:
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)
                 await asyncio.to_thread(profiler.wait, 30)
                 _say(f"py-spy profile (raw collapsed stacks) written to {opts.profile}")
-        return latency, limit, bulk
+        return latency, limit, bulks
     finally:
         await conn.close()
         await client.channel.close()
@@ -623,11 +798,13 @@ def run(opts: Options) -> tuple[dict[str, Any], list[Row]]:
         sink = start_sink(root, root / "received", aiosmtpd=opts.aiosmtpd)
         _say(f"SMTP peer: {sink.kind} on 127.0.0.1:{sink.port}, DNS: dnsmasq on {dns.address}")
         boot = time.monotonic()
-        kannon = start_kannon(root, dns, sink, opts.kannon_args)
-        _say(f"kannon standalone (pid {kannon.pid}) healthy in {time.monotonic() - boot:.1f} s")
-        memory = TreeMemory(kannon.pid)
+        start = start_fleet if opts.fleet else start_kannon
+        kannon = start(root, dns, sink, opts.kannon_args)
+        mode = "fleet" if opts.fleet else "standalone"
+        _say(f"kannon {mode} (pid {kannon.pid}) healthy in {time.monotonic() - boot:.1f} s")
+        memory = TreeMemory(*kannon.roots)
         memory.start()
-        latency, limit, bulk = asyncio.run(_drive(opts, kannon, sink, root))
+        latency, limit, bulks = asyncio.run(_drive(opts, kannon, sink, root))
         memory.stop()
         hwm_kb = _status_kb(kannon.pid, "VmHWM")
         figures = _figures(
@@ -635,7 +812,7 @@ def run(opts: Options) -> tuple[dict[str, Any], list[Row]]:
             sink=sink,
             latency=latency,
             limit=limit,
-            bulk=bulk,
+            bulks=bulks,
             memory=memory,
             hwm_kb=hwm_kb,
         )
@@ -644,7 +821,7 @@ def run(opts: Options) -> tuple[dict[str, Any], list[Row]]:
         if memory is not None:
             memory.stop()
         if kannon is not None:
-            kannon.process.stop(timeout=60)
+            kannon.stop()
             if kannon.process.popen.returncode not in (0, None):
                 _say(f"kannon exited with {kannon.process.popen.returncode}; log tail:")
                 print(kannon.process.log_tail(), flush=True)
@@ -663,7 +840,7 @@ def _figures(
     sink: Sink,
     latency: Latency,
     limit: Limit | None,
-    bulk: Bulk,
+    bulks: list[Bulk],
     memory: TreeMemory,
     hwm_kb: int,
 ) -> dict[str, Any]:
@@ -672,14 +849,24 @@ def _figures(
         "date": time.strftime("%Y-%m-%d"),
         "load_average": os.getloadavg(),
         "cpus": os.cpu_count(),
+        "mode": "fleet" if opts.fleet else "standalone",
         "smtp_peer": sink.kind,
         "kannon_args": opts.kannon_args,
         "latency_samples": len(latency.to_250),
         "latency_timeouts": latency.timeouts,
-        "bulk": {k: v for k, v in bulk.__dict__.items() if not isinstance(v, list)},
-        "deliveries_per_s": round(bulk.rate, 1),
+        "bulks": [
+            {
+                **{k: v for k, v in bulk.__dict__.items() if not isinstance(v, list)},
+                "deliveries_per_s": round(bulk.rate, 1),
+                "fraction_of_limit": round(bulk.rate / limit.rate, 4) if limit else None,
+            }
+            for bulk in bulks
+        ],
         "peak_rss_tree_mib": round(memory.peak_rss / mib, 1),
         "peak_pss_tree_mib": round(memory.peak_pss / mib, 1),
+        "peak_rss_by_process_mib": {
+            k: round(v / mib, 1) for k, v in memory.peak_rss_by_label.items()
+        },
         "kannon_python_hwm_mib": round(hwm_kb / 1024, 1),
     }
     if latency.to_250:
@@ -694,26 +881,25 @@ def _figures(
         figures["send_response_ms_p50"] = round(statistics.median(latency.to_response) * 1000, 1)
     if limit is not None:
         figures["smtp_limit"] = {"command": limit.command, "msgs_per_s": round(limit.rate)}
-        figures["fraction_of_limit"] = round(bulk.rate / limit.rate, 4)
     return figures
 
 
-def _rows(f: dict[str, Any]) -> list[Row]:
-    bulk = f["bulk"]
+def _bulk_rows(f: dict[str, Any], bulk: dict[str, Any]) -> list[Row]:
     n = bulk["recipients"]
     ok = bulk["complete"] and bulk["unique_received"] == n and bulk["received"] == n
-    rate = f["deliveries_per_s"]
+    rate = bulk["deliveries_per_s"]
+    mode = f["mode"]
     rows = [
         Row(
             "pipeline",
-            f"{n:,} recipients: Deliveries/s, API call -> last 250",
+            f"{mode}, {n:,} recipients: Deliveries/s, API call -> last 250",
             f"{rate:,.0f}/s ({bulk['last_250_s']:.1f} s)",
             f">= {GOAL_RATE:.0f}/s (product {PRODUCT_GOAL_RATE:,.0f}/s)",
             verdict(ok and rate >= GOAL_RATE),
         ),
         Row(
             "pipeline",
-            "received / unique / outcomes stored",
+            f"  {n:,}: received / unique / outcomes stored",
             f"{bulk['received']:,} / {bulk['unique_received']:,} / "
             + ", ".join(f"{k} {v:,}" for k, v in sorted(bulk["outcomes"].items())),
             f"{n:,} each, once",
@@ -721,12 +907,84 @@ def _rows(f: dict[str, Any]) -> list[Row]:
         ),
         Row(
             "pipeline",
-            "DKIM of received samples (dkimpy)",
+            f"  {n:,}: DKIM of received samples (dkimpy)",
             f"{bulk['dkim_valid']}/{bulk['dkim_checked']} valid",
             "all valid",
             check(bulk["dkim_checked"] > 0 and bulk["dkim_valid"] == bulk["dkim_checked"]),
         ),
     ]
+    if bulk.get("fraction_of_limit") is not None:
+        rows.append(
+            Row(
+                "pipeline",
+                f"  {n:,}: our rate / loopback SMTP limit",
+                f"{bulk['fraction_of_limit']:.1%}",
+            )
+        )
+    rows += [
+        Row(
+            "pipeline",
+            f"  {n:,}: SMTP time/Envelope, SMTP sessions, health-check p50/max",
+            f"{bulk['smtp_mean_ms']:.1f} ms, {bulk['smtp_connections']}, "
+            f"{bulk['probe_ms_p50']:.0f}/{bulk['probe_ms_max']:.0f} ms",
+        ),
+        Row(
+            "pipeline",
+            f"  {n:,}: main loop on CPU / waiting for CPU; machine CPU pressure",
+            f"{bulk['loop_on_cpu_s']:.0f} s / {bulk['loop_waiting_s']:.0f} s of "
+            f"{bulk['wall_s']:.0f} s; {bulk['cpu_pressure']:.0%}",
+        ),
+    ]
+    cpu, received = bulk["cpu"], bulk["received"]
+    if cpu and received:
+        total = sum(cpu.values()) / received * 1000
+        per = sorted(cpu.items(), key=lambda kv: -kv[1])
+        rows.append(
+            Row(
+                "pipeline",
+                f"  {n:,}: CPU per Delivery, whole tree (by process)",
+                f"{total:.2f} ms ("
+                + ", ".join(
+                    f"{k} {v / received * 1000:.2f}" for k, v in per if v / received > 0.00001
+                )
+                + ")",
+                "<= 3 ms",
+                verdict(total <= 3.0),
+            )
+        )
+    if bulk.get("peak_rss_mib"):
+        peaks = sorted(bulk["peak_rss_mib"].items(), key=lambda kv: -kv[1])
+        kannon_peaks = [v for k, v in peaks if k.startswith("kannon ") or k == "build worker"]
+        rows.append(
+            Row(
+                "pipeline",
+                f"  {n:,}: peak RSS by process (MiB)",
+                ", ".join(f"{k} {v:.0f}" for k, v in peaks),
+                "Kannon processes < 150 MiB",
+                verdict(bool(kannon_peaks) and max(kannon_peaks) < 150),
+            )
+        )
+    return rows
+
+
+def _rows(f: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for bulk in f["bulks"]:
+        rows += _bulk_rows(f, bulk)
+    rates = {b["recipients"]: b["deliveries_per_s"] for b in f["bulks"]}
+    if len(rates) > 1:
+        small, large = min(rates), max(rates)
+        if rates[small] > 0:
+            change = rates[large] / rates[small] - 1
+            rows.append(
+                Row(
+                    "pipeline",
+                    f"rate at {large:,} vs {small:,} recipients",
+                    f"{change:+.0%}",
+                    "within -10 %",
+                    verdict(change >= -0.10),
+                )
+            )
     if "latency_250_ms" in f:
         l250, lst = f["latency_250_ms"], f["latency_stored_ms"]
         rows += [
@@ -734,6 +992,8 @@ def _rows(f: dict[str, Any]) -> list[Row]:
                 "pipeline",
                 f"idle SendHTML -> 250 at sink p50/p99 ({f['latency_samples']} sends)",
                 f"{l250['p50']:.0f} / {l250['p99']:.0f} ms",
+                "p99 < 250 ms",
+                verdict(l250["p99"] < 250),
             ),
             Row(
                 "pipeline",
@@ -754,59 +1014,21 @@ def _rows(f: dict[str, Any]) -> list[Row]:
     rows.append(
         Row(
             "pipeline",
-            "peak RSS of Kannon tree (PSS) / Kannon python VmHWM",
+            "peak RSS of Kannon tree (PSS) / main Kannon process VmHWM",
             f"{f['peak_rss_tree_mib']:.0f} MiB ({f['peak_pss_tree_mib']:.0f}) / "
             f"{f['kannon_python_hwm_mib']:.0f} MiB",
         )
     )
     if "smtp_limit" in f:
-        rows += [
+        rows.append(
             Row(
                 "pipeline",
                 f"SMTP limit: {f['smtp_limit']['command'].rsplit(' ', 1)[0]}",
                 f"{f['smtp_limit']['msgs_per_s']:,} msg/s",
-            ),
-            Row("pipeline", "our rate / loopback SMTP limit", f"{f['fraction_of_limit']:.1%}"),
-        ]
+            )
+        )
     else:
         rows.append(Row("pipeline", "SMTP limit", "no smtp-source", verdict="skipped"))
-    rows.append(
-        Row(
-            "pipeline",
-            "bulk: SMTP time/Envelope, SMTP sessions, health-check p50/max",
-            f"{bulk['smtp_mean_ms']:.1f} ms, {bulk['smtp_connections']}, "
-            f"{bulk['probe_ms_p50']:.0f}/{bulk['probe_ms_max']:.0f} ms",
-        )
-    )
-    rows.append(
-        Row(
-            "pipeline",
-            "bulk: Kannon loop on CPU / waiting for CPU; machine CPU pressure",
-            f"{bulk['loop_on_cpu_s']:.0f} s / {bulk['loop_waiting_s']:.0f} s of "
-            f"{bulk['wall_s']:.0f} s; {bulk['cpu_pressure']:.0%}",
-        )
-    )
-    cpu = bulk["cpu"]
-    python_cpu = cpu.get("kannon (python)", 0.0)
-    if python_cpu > 0 and bulk["received"]:
-        per = python_cpu / bulk["received"] * 1000
-        total = sum(cpu.values()) / bulk["received"] * 1000
-        rows.append(
-            Row(
-                "pipeline",
-                "CPU per Delivery: Kannon process (whole tree) -> 1-core ceiling",
-                f"{per:.1f} ms ({total:.1f} ms) -> {1000 / per:,.0f}/s",
-            )
-        )
-    if cpu and bulk["wall_s"] > 0:
-        top = sorted(cpu.items(), key=lambda kv: -kv[1])[:3]
-        rows.append(
-            Row(
-                "pipeline",
-                "CPU during bulk run (cores busy)",
-                ", ".join(f"{k} {v / bulk['wall_s']:.2f}" for k, v in top),
-            )
-        )
     return rows
 
 
@@ -815,7 +1037,16 @@ def parse_options(argv: list[str] | None = None) -> tuple[Options, bool]:
     parser = argparse.ArgumentParser(
         prog="python -m bench.pipeline_bench", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--recipients", type=int, default=Options.recipients)
+    parser.add_argument(
+        "--recipients",
+        default="10000",
+        help="Batch size(s) of the bulk runs, comma-separated, e.g. 1000,10000,100000",
+    )
+    parser.add_argument(
+        "--fleet",
+        action="store_true",
+        help="run the Components as one process each (fleet mode) instead of standalone",
+    )
     parser.add_argument("--latency-samples", type=int, default=Options.latency_samples)
     parser.add_argument(
         "--timeout",
@@ -839,7 +1070,8 @@ def parse_options(argv: list[str] | None = None) -> tuple[Options, bool]:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     opts = Options(
-        recipients=args.recipients,
+        recipients=[int(n) for n in str(args.recipients).split(",") if n.strip()],
+        fleet=args.fleet,
         latency_samples=args.latency_samples,
         timeout=args.timeout,
         limit_messages=args.limit_messages,
