@@ -12,7 +12,7 @@ None of these Components holds an SMTP transaction, so none of their deaths may 
   validator's claim timeout is set short here, as it is its only way back);
 * stats — outcome events it took but did not acknowledge come back to its successor, which
   stores each once;
-* api, smtp and tracker — not on the Batch's path once it is accepted: the Batch goes on.
+* api, smtp, tracker and webhooks — not on the Batch's path once it is accepted: the Batch goes on.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ KILL_AT = 80  # messages received by the remote when the Component is killed
 
 @pytest.mark.parametrize(
     "victims",
-    [("dispatcher",), ("validator",), ("stats",), ("api", "smtp", "tracker")],
-    ids=["dispatcher", "validator", "stats", "api+smtp+tracker"],
+    [("dispatcher",), ("validator",), ("stats",), ("api", "smtp", "tracker", "webhooks")],
+    ids=["dispatcher", "validator", "stats", "api+smtp+tracker+webhooks"],
 )
 async def test_sigkill_mid_batch_costs_no_mail_and_no_duplicate(
     victims: tuple[str, ...],
