@@ -266,3 +266,18 @@ async def test_invalid_addresses_are_rejected_and_mixed_case_and_idn_ones_delive
         assert parse(received.data)["To"] == rcpt_to[rcpt]
         assert pipeline.dkim_verify(received.data)
     assert len(smtp_sink.messages) == len(valid)
+
+
+async def test_a_lone_mail_does_not_wait_for_the_poll_intervals(
+    launch: Launch, smtp_sink: SmtpSink
+) -> None:
+    """The Validator and the Dispatcher are woken by PostgreSQL notifications (ADR 0041): with
+    idle intervals of a minute, a send still reaches the remote MX in well under one."""
+    pipeline = await launch(validator_idle_interval="60s", dispatcher_idle_interval="60s")
+    # Both pollers are idle now, each in its 60 s wait.
+    for i in range(3):
+        rcpt = f"woken{i}@{RCPT_DOMAIN}"
+        await pipeline.send_html({rcpt: {"name": "W"}})
+        # 20 s on a loaded machine, far below the 60 s (twice) an idle poll would take.
+        await smtp_sink.wait_for_messages(i + 1, timeout=20)
+        assert smtp_sink.messages[-1].rcpt_tos == (rcpt,)

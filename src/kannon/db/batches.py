@@ -21,6 +21,7 @@ import asyncpg
 from kannon.db.idempotency import claim_key
 from kannon.db.templates import insert_template
 from kannon.db.times import to_db_time
+from kannon.db.wakeups import TO_VALIDATE_CHANNEL, notify
 from kannon.model.batch import REJECT_SUPPRESSED, BatchPlan
 from kannon.model.idempotency import IdempotencyClaim
 from kannon.model.template import Template
@@ -132,3 +133,5 @@ async def create_batch(
                 columns=_POOL_COLUMNS,
                 format="csv",
             )
+            # Delivered at commit: the Validator wakes to find the rows (ADR 0036).
+            await notify(conn, TO_VALIDATE_CHANNEL)

@@ -25,6 +25,7 @@ from typing import Any
 import asyncpg
 
 from kannon.db.times import from_db_time, to_db_time
+from kannon.db.wakeups import SCHEDULED_CHANNEL, notify
 from kannon.model.delivery import (
     IN_FLIGHT_STATUSES,
     QUEUED,
@@ -152,8 +153,12 @@ async def _move(pool: asyncpg.Pool, ids: Sequence[int], source: str, target: str
 
 
 async def mark_validated(pool: asyncpg.Pool, ids: Sequence[int]) -> int:
-    """validating → scheduled; returns how many rows were still claimed for validation."""
-    return await _move(pool, ids, VALIDATING, SCHEDULED)
+    """validating → scheduled; returns how many rows were still claimed for validation. The
+    Dispatcher is woken when any moved (ADR 0036)."""
+    moved = await _move(pool, ids, VALIDATING, SCHEDULED)
+    if moved:
+        await notify(pool, SCHEDULED_CHANNEL)
+    return moved
 
 
 async def delete(pool: asyncpg.Pool, ids: Sequence[int]) -> int:

@@ -81,6 +81,7 @@ from kannon.db.batching import Coalescer
 from kannon.db.pool import is_outage
 from kannon.db.sending_data import SendingData, load_sending_data
 from kannon.db.tracking_keys import signing_key
+from kannon.db.wakeups import SCHEDULED_CHANNEL, Listener
 from kannon.dispatcher.builder import (
     BatchJob,
     Builder,
@@ -319,7 +320,17 @@ class Dispatcher:
             life.ready()
             # run_cycles returns between cycles once stopping is set; the consumers return
             # after their in-flight handlers finished: that is the drain.
-            await run_cycles(life, self.cycle, self._settings.idle_interval, on_error=_log_error)
+            wake = Listener(self._pool, SCHEDULED_CHANNEL)
+            try:
+                await run_cycles(
+                    life,
+                    self.cycle,
+                    self._settings.idle_interval,
+                    on_error=_log_error,
+                    wake=wake,
+                )
+            finally:
+                await wake.close()
 
     @contextlib.asynccontextmanager
     async def build_processes(self) -> AsyncIterator[None]:

@@ -34,15 +34,24 @@ class Life:
     async def wait_ready(self) -> None:
         await self._ready.wait()
 
-    async def sleep(self, seconds: float) -> bool:
-        """Sleep unless asked to stop first; returns True when stopping."""
+    async def sleep(self, seconds: float, *, wake: asyncio.Event | None = None) -> bool:
+        """Sleep unless asked to stop first (or, with `wake`, until it is set); returns True
+        when stopping."""
         if self.stopping.is_set():
             return True
+        if wake is None:
+            try:
+                await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+            except TimeoutError:
+                return False
+            return True
+        waits = {asyncio.ensure_future(self.stopping.wait()), asyncio.ensure_future(wake.wait())}
         try:
-            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
-        except TimeoutError:
-            return False
-        return True
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+        return self.stopping.is_set()
 
 
 class Component(Protocol):
@@ -51,12 +60,21 @@ class Component(Protocol):
     async def run(self, life: Life) -> None: ...
 
 
+class Waker(Protocol):
+    """Something that can cut an idle wait short (`db.wakeups.Listener`)."""
+
+    event: asyncio.Event
+
+    async def ensure(self) -> None: ...
+
+
 async def run_cycles(
     life: Life,
     cycle: Callable[[], Awaitable[int]],
     idle: timedelta,
     *,
     on_error: Callable[[BaseException], None] | None = None,
+    wake: Waker | None = None,
 ) -> None:
     """Loop a polling worker's `cycle()` (which returns how much work it did) until stopping.
 
@@ -64,9 +82,14 @@ async def run_cycles(
     a cycle is reported to `on_error` and retried when `on_error` is given — after the idle
     interval, doubling with each further failure up to `CYCLE_ERROR_BACKOFF_MAX`, so an outage
     is not hammered five times a second; otherwise it propagates and fails the Component.
+
+    With `wake`, an idle wait ends as soon as its event is set (new work was announced); the
+    event is cleared before each cycle, so work announced during a cycle is not missed.
     """
     failures = 0
     while not life.stopping.is_set():
+        if wake is not None:
+            wake.event.clear()
         try:
             done = await cycle()
             failures = 0
@@ -81,7 +104,16 @@ async def run_cycles(
         pause = idle.total_seconds()
         if failures:
             pause = min(pause * 2 ** min(failures - 1, 16), CYCLE_ERROR_BACKOFF_MAX)
-        if await life.sleep(pause):
+        event = None
+        if wake is not None and not failures:
+            try:
+                await wake.ensure()
+                event = wake.event
+            except Exception as exc:
+                if on_error is None:
+                    raise
+                on_error(exc)
+        if await life.sleep(pause, wake=event):
             return
 
 

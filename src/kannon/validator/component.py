@@ -24,6 +24,7 @@ from prometheus_client import Counter
 
 from kannon.config import Settings
 from kannon.db import deliveries
+from kannon.db.wakeups import TO_VALIDATE_CHANNEL, Listener
 from kannon.model.address import InvalidAddress, parse_address
 from kannon.model.delivery import PoolDelivery
 from kannon.model.event_ids import delivery_event_id
@@ -93,10 +94,20 @@ class Validator:
         return self._settings.claim_timeout / 2
 
     async def run(self, life: Life) -> None:
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._reclaim_loop(life))
-            life.ready()
-            await run_cycles(life, self.cycle, self._settings.idle_interval, on_error=_log_error)
+        wake = Listener(self._pool, TO_VALIDATE_CHANNEL)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._reclaim_loop(life))
+                life.ready()
+                await run_cycles(
+                    life,
+                    self.cycle,
+                    self._settings.idle_interval,
+                    on_error=_log_error,
+                    wake=wake,
+                )
+        finally:
+            await wake.close()
 
     async def cycle(self) -> int:
         """Validate one batch; returns how many Deliveries it claimed (0 = the Pool is empty).
