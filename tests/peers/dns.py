@@ -116,6 +116,11 @@ class DnsServer:
         self._zones.add(_norm(name))
         return self
 
+    def set_txt(self, name: str, value: str) -> DnsServer:
+        """Replace every TXT record of `name` by this one (then `restart()` to serve it)."""
+        self._txt = [(n, v) for n, v in self._txt if n != _norm(name)]
+        return self.add_txt(name, value)
+
     def add_zone(self, zone: str) -> DnsServer:
         """Answer for everything below `zone` locally (unknown names: NXDOMAIN)."""
         self._zones.add(_norm(zone))

@@ -277,6 +277,18 @@ class RelaySettings(_Section):
     tls: RelayTLS = _key("starttls", "TLS mode for the relay connection")
 
 
+class MtaStsSettings(_Section):
+    """MTA-STS (RFC 8461) for direct MX delivery (ADR 0042)."""
+
+    enabled: Bool = _key(
+        False, "Honour recipient domains' MTA-STS policies (enforce defers, testing logs)"
+    )
+    ca_file: OptionalText = _key(
+        None, "PEM CA bundle trusted for MTA-STS policy hosts and MX certificates (unset = system)"
+    )
+    policy_port: RemotePort = _key(443, "Port of the https://mta-sts.<domain> policy hosts")
+
+
 class SenderSettings(_Section):
     """Outbound SMTP sender."""
 
@@ -292,6 +304,7 @@ class SenderSettings(_Section):
     connect_timeout: Duration = _key("15s", "Timeout connecting to a remote SMTP server")
     command_timeout: Duration = _key("60s", "Timeout of each command to a remote SMTP server")
     relay: RelaySettings = Field(default_factory=RelaySettings)
+    mta_sts: MtaStsSettings = Field(default_factory=MtaStsSettings)
 
 
 class SmtpSettings(_Section):

@@ -49,6 +49,7 @@ from kannon.runtime.component import Life
 from kannon.runtime.logs import obfuscate
 from kannon.smtp_sender.delivery import Deliverer, Relay, SmtpDeliverer
 from kannon.smtp_sender.demo import DemoDeliverer
+from kannon.smtp_sender.mta_sts import MtaSts
 from kannon.smtp_sender.mx import MxResolver
 from kannon.smtp_sender.pool import ConnectionPool
 from kannon.smtp_sender.result import SendResult, detail_for
@@ -130,10 +131,19 @@ class SmtpSender:
                 tls=sender.relay.tls,
             )
         connect_timeout = sender.connect_timeout.total_seconds()
+        resolver = MxResolver(sender.dns_servers, timeout=connect_timeout)
+        mta_sts = None
+        if sender.mta_sts.enabled and relay is None:  # the relay chooses its own way on
+            mta_sts = MtaSts(
+                resolver,
+                ca_file=sender.mta_sts.ca_file,
+                port=sender.mta_sts.policy_port,
+                timeout=connect_timeout,
+            )
         return SmtpDeliverer(
             hostname=hostname,
             port=sender.smtp_port,
-            resolver=MxResolver(sender.dns_servers, timeout=connect_timeout),
+            resolver=resolver,
             pool=ConnectionPool(
                 idle_timeout=idle_timeout,
                 max_idle=sender.max_jobs * 2,
@@ -143,6 +153,7 @@ class SmtpSender:
             command_timeout=sender.command_timeout.total_seconds(),
             deadline=settings.nats.sending_ack_wait.total_seconds() * DEADLINE_SHARE,
             relay=relay,
+            mta_sts=mta_sts,
         )
 
     def consumer_spec(self) -> ConsumerSpec:

@@ -14,7 +14,9 @@ no other host is tried then either.
 TLS to an MX is opportunistic, as is usual between MTAs: STARTTLS whenever offered, with
 certificate verification first; when the certificate does not verify, the session is redone
 with an unverified handshake (still encrypted) and a log line. The relay gets strict TLS: it
-receives our credentials.
+receives our credentials. A recipient domain's MTA-STS policy (`mta_sts.py`, when enabled) may
+narrow the MX hosts and, in `enforce` mode, make TLS mandatory and verified for them; such
+sessions are pooled apart from opportunistic ones.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Literal, Protocol
 import aiosmtplib
 from prometheus_client import Counter
 
+from kannon.smtp_sender.mta_sts import MtaSts, TlsRule
 from kannon.smtp_sender.mx import MxResolver, NullMx, Routes, ascii_domain
 from kannon.smtp_sender.pool import Connection, ConnectionPool
 from kannon.smtp_sender.result import Kind, SendResult
@@ -84,6 +87,7 @@ class SmtpDeliverer:
         command_timeout: float,
         deadline: float,
         relay: Relay | None = None,
+        mta_sts: MtaSts | None = None,
     ) -> None:
         self.hostname = hostname
         self.port = port
@@ -93,6 +97,7 @@ class SmtpDeliverer:
         self.command_timeout = command_timeout
         self.deadline = deadline
         self.relay = relay
+        self.mta_sts = mta_sts
         # Built once: loading the system trust store costs milliseconds per context.
         self._verified = ssl.create_default_context()
         self._unverified = ssl.create_default_context()
@@ -155,9 +160,15 @@ class SmtpDeliverer:
             )
         if not isinstance(lookup, Routes):
             return SendResult.no_answer(lookup.message)
+        hosts, rule = lookup.hosts, None
+        if self.mta_sts is not None:
+            plan = await self.mta_sts.plan(domain, hosts)
+            if plan.refusal:
+                return SendResult.no_answer(plan.refusal)
+            hosts, rule = plan.hosts, plan.rule
         failures: list[SendResult] = []
-        for host in lookup.hosts:
-            result = await self._via_host(host.name, job, recipient, trace)
+        for host in hosts:
+            result = await self._via_host(host.name, job, recipient, trace, rule)
             if result.kind in (Kind.NO_ANSWER, Kind.SESSION_REFUSED) and not (
                 result.possibly_delivered
             ):
@@ -172,10 +183,13 @@ class SmtpDeliverer:
         detail = "; ".join(f.message for f in failures) or "no MX host"
         return SendResult.no_answer(f"no MX host of {domain} answered: {detail}")
 
-    async def _via_host(self, host: str, job: SendJob, recipient: str, trace: _Trace) -> SendResult:
-        key = f"{host}:{self.port}"
+    async def _via_host(
+        self, host: str, job: SendJob, recipient: str, trace: _Trace, rule: TlsRule | None
+    ) -> SendResult:
+        # An enforced policy may only reuse sessions opened under it (verified TLS).
+        key = f"{host}:{self.port}" + (" mta-sts" if rule is not None and rule.enforce else "")
         return await self._send_on(
-            key, lambda: self._open_mx(host, key, trace), job, recipient, trace
+            key, lambda: self._open_mx(host, key, trace, rule), job, recipient, trace
         )
 
     async def _send_on(
@@ -203,7 +217,9 @@ class SmtpDeliverer:
             return result
         return result
 
-    async def _open_mx(self, host: str, key: str, trace: _Trace) -> Connection | SendResult:
+    async def _open_mx(
+        self, host: str, key: str, trace: _Trace, rule: TlsRule | None
+    ) -> Connection | SendResult:
         found = await self.resolver.addresses(host)
         if not found.addresses:
             return SendResult.no_answer(found.error, host)
@@ -211,7 +227,7 @@ class SmtpDeliverer:
         for address in found.addresses:
             remote = f"{host}[{address}]:{self.port}"
             trace.remote = remote
-            opened = await self._connect_mx(host, address, key, remote)
+            opened = await self._connect_mx(host, address, key, remote, rule)
             if isinstance(opened, Connection):
                 return opened
             failure = opened
@@ -219,7 +235,7 @@ class SmtpDeliverer:
         return failure
 
     async def _connect_mx(
-        self, host: str, address: str, key: str, remote: str
+        self, host: str, address: str, key: str, remote: str, rule: TlsRule | None = None
     ) -> Connection | SendResult:
         verify = host not in self._unverifiable
         client = self._client(address, self.port)
@@ -229,10 +245,18 @@ class SmtpDeliverer:
             tls = False
             if client.supports_extension("starttls"):
                 context = self._verified if verify else self._unverified
+                if rule is not None:
+                    context = rule.context
                 try:
                     await client.starttls(server_hostname=host, tls_context=context)
                 except ssl.SSLCertVerificationError as exc:
                     client.close()
+                    if rule is not None:
+                        reason = rule.violated(
+                            "certificate", f"{remote}: certificate: {exc.verify_message}"
+                        )
+                        if rule.enforce:
+                            return SendResult.no_answer(reason, remote)
                     log.info(
                         "certificate not verifiable; using unverified TLS",
                         extra={"kv": {"remote": remote, "error": exc.verify_message}},
@@ -243,6 +267,11 @@ class SmtpDeliverer:
                     return await self._connect_mx(host, address, key, remote)
                 tls = True
                 await self._ehlo(client)
+            elif rule is not None:
+                reason = rule.violated("starttls", f"{remote} does not offer STARTTLS")
+                if rule.enforce:
+                    client.close()
+                    return SendResult.no_answer(reason, remote)
         except aiosmtplib.SMTPResponseException as exc:
             client.close()
             return SendResult.session_refused(exc.code, f"{remote}: {exc.message}", remote)
