@@ -11,7 +11,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -310,3 +310,76 @@ async def test_a_redelivered_event_is_posted_once(pool: asyncpg.Pool, bus: Bus) 
 def test_event_types_follow_the_stat_types() -> None:
     # Data-driven: a type added to STAT_TYPES (complained, unsubscribed) is sent without code.
     assert set(WEBHOOK_EVENT_TYPES) == set(STAT_TYPES) - {"error"}
+
+
+async def test_a_replay_resends_exactly_the_selected_events(pool: asyncpg.Pool, bus: Bus) -> None:
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def at(i: int) -> Outcome:
+        return Outcome(**{**outcome(i).__dict__, "timestamp": base + timedelta(minutes=i)})
+
+    async with receiver(await always(200)) as hook, receiver(await always(200)) as other:
+        endpoint, _ = await add_endpoint(pool, hook.url)
+        await add_endpoint(pool, other.url)
+        async with running(WebhooksWorker(settings(), pool, bus)):
+            for i in range(10):
+                await publish_outcome(bus, at(i))
+            await until(lambda: len(hook.requests) >= 10 and len(other.requests) >= 10, 30, "all")
+            one = await store.replay(
+                pool, DOMAIN, endpoint.id, now=datetime.now(UTC), event_id="delivered.hooktest.3"
+            )
+            await until(lambda: len(hook.requests) >= 11, 30, "the replayed event")
+            span = await store.replay(
+                pool,
+                DOMAIN,
+                endpoint.id,
+                now=datetime.now(UTC),
+                start=base + timedelta(minutes=5),
+                end=base + timedelta(minutes=8),
+            )
+            await until(lambda: len(hook.requests) >= 14, 30, "the replayed range")
+            await asyncio.sleep(0.5)  # nothing more may come
+        assert (one, span) == (1, 3)
+        ids = [h["webhook-id"] for h, _, _ in hook.requests[10:]]
+        assert sorted(ids) == sorted(webhook_id(f"delivered.hooktest.{i}") for i in (3, 5, 6, 7))
+        assert len(other.requests) == 10  # the other endpoint was not replayed to
+
+
+async def test_a_replay_during_a_post_sends_once_more_after_it(
+    pool: asyncpg.Pool, bus: Bus
+) -> None:
+    spans: list[tuple[float, float]] = []
+    release = asyncio.Event()
+
+    async def slow(_: Receiver) -> int:
+        began = time.monotonic()
+        await release.wait()
+        spans.append((began, time.monotonic()))
+        return 200
+
+    async with receiver(slow) as hook:
+        endpoint, _ = await add_endpoint(pool, hook.url)
+        async with running(WebhooksWorker(settings(endpoint_concurrency=4), pool, bus)):
+            await publish_outcome(bus, outcome(0))
+
+            async def in_flight() -> bool:
+                return bool(
+                    await pool.fetchval(
+                        "SELECT count(*) FROM webhook_deliveries WHERE claimed_at IS NOT NULL"
+                    )
+                )
+
+            await until(in_flight, 30, "the first POST in flight")
+            replayed = await store.replay(
+                pool, DOMAIN, endpoint.id, now=datetime.now(UTC), event_id="delivered.hooktest.0"
+            )
+            await asyncio.sleep(0.5)  # scheduler cycles: the claimed row must not go out twice
+            release.set()
+            await until(lambda: len(hook.requests) >= 2, 30, "the replay after the first POST")
+            await asyncio.sleep(0.5)  # nothing more may come
+        assert replayed == 1 and len(hook.requests) == 2
+        (_, first_end), (second_start, _) = sorted(spans)
+        assert second_start >= first_end  # the replay did not race the POST in flight
+        row = await pool.fetchrow("SELECT status, attempts FROM webhook_deliveries")
+        # The replay's own attempt decides the state, counted from the replay.
+        assert (row["status"], row["attempts"]) == ("delivered", 1)

@@ -247,6 +247,9 @@ class AttemptRecord:
     status: str
     """The delivery's state after this attempt: pending, delivered or given_up."""
     next_attempt_at: datetime | None
+    created_at: datetime
+    """The delivery's `created_at` when it was claimed. A replay renews it: an attempt claimed
+    before the replay then no longer decides the delivery's state (see :func:`replay`)."""
 
 
 async def record_attempts(pool: asyncpg.Pool, records: Sequence[AttemptRecord]) -> None:
@@ -267,6 +270,8 @@ async def record_attempts(pool: asyncpg.Pool, records: Sequence[AttemptRecord]) 
             [r.latency_ms for r in records],
             [r.response[:512] for r in records],
         )
+        # Released either way; a delivery replayed since its claim (created_at renewed) stays
+        # as the replay left it, due now, so it is sent once more after this attempt.
         await conn.execute(
             """UPDATE webhook_deliveries d SET
                    status = u.status,
@@ -274,13 +279,21 @@ async def record_attempts(pool: asyncpg.Pool, records: Sequence[AttemptRecord]) 
                    next_attempt_at = COALESCE(u.next_at, d.next_attempt_at),
                    claimed_at = NULL,
                    finished_at = CASE WHEN u.status = 'pending' THEN NULL ELSE u.at END
-               FROM unnest($1::bigint[], $2::text[], $3::timestamp[], $4::timestamp[])
-                    AS u(id, status, next_at, at)
-               WHERE d.id = u.id""",
+               FROM unnest($1::bigint[], $2::text[], $3::timestamp[], $4::timestamp[],
+                           $5::timestamp[]) AS u(id, status, next_at, at, created)
+               WHERE d.id = u.id AND d.created_at = u.created""",
             [r.delivery_id for r in records],
             [r.status for r in records],
             [None if r.next_attempt_at is None else to_db_time(r.next_attempt_at) for r in records],
             [to_db_time(r.attempted_at) for r in records],
+            [to_db_time(r.created_at) for r in records],
+        )
+        await conn.execute(
+            """UPDATE webhook_deliveries d SET claimed_at = NULL
+               FROM unnest($1::bigint[], $2::timestamp[]) AS u(id, created)
+               WHERE d.id = u.id AND d.created_at <> u.created""",
+            [r.delivery_id for r in records],
+            [to_db_time(r.created_at) for r in records],
         )
 
 
@@ -341,11 +354,15 @@ async def replay(
     end: datetime | None = None,
 ) -> int:
     """Make recorded deliveries due again (a fresh retry window, the same webhook-id): one event
-    by event id or webhook-id, or every event of the endpoint in [start, end)."""
+    by event id or webhook-id, or every event of the endpoint in [start, end).
+
+    A claim is left in place: a delivery being POSTed right now is not claimed a second time
+    (two POSTs racing), and since its `created_at` is renewed here, that POST's result does not
+    overwrite the replay (:func:`record_attempts`): the event goes out once more after it."""
     db_now = to_db_time(now)
     if event_id is not None:
         result = await pool.execute(
-            """UPDATE webhook_deliveries SET status = 'pending', attempts = 0, claimed_at = NULL,
+            """UPDATE webhook_deliveries SET status = 'pending', attempts = 0,
                    finished_at = NULL, next_attempt_at = $4, created_at = $4
                WHERE domain = $1 AND endpoint_id = $2 AND (event_id = $3 OR webhook_id = $3)""",
             domain,
@@ -356,7 +373,7 @@ async def replay(
     else:
         assert start is not None and end is not None
         result = await pool.execute(
-            """UPDATE webhook_deliveries SET status = 'pending', attempts = 0, claimed_at = NULL,
+            """UPDATE webhook_deliveries SET status = 'pending', attempts = 0,
                    finished_at = NULL, next_attempt_at = $5, created_at = $5
                WHERE domain = $1 AND endpoint_id = $2 AND event_at >= $3 AND event_at < $4""",
             domain,

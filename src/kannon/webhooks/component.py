@@ -329,6 +329,7 @@ class WebhooksWorker:
             response=response,
             status=step.status,
             next_attempt_at=step.next_attempt_at,
+            created_at=delivery.created_at,
         )
         await self._results.submit(record)
         if succeeded:
