@@ -736,7 +736,17 @@ def _start_profiler(pid: int, out: str) -> subprocess.Popen[bytes] | None:
     if not os.access(py_spy, os.X_OK):
         _say("py-spy not installed (.venv/bin/pip install py-spy): no profile")
         return None
-    argv = [py_spy, "record", "--pid", str(pid), "--rate", "100", "--format", "raw"]
+    argv = [
+        py_spy,
+        "record",
+        "--pid",
+        str(pid),
+        "--subprocesses",
+        "--rate",
+        "100",
+        "--format",
+        "raw",
+    ]
     argv += ["--output", out, "--nonblocking"]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -788,7 +798,7 @@ def run(opts: Options) -> tuple[dict[str, Any], list[Row]]:
     """Run the benchmark; return the figures and the summary rows."""
     root = Path(tempfile.mkdtemp(prefix="kannon-pipeline-bench-", dir="/tmp"))
     os.chmod(root, 0o755)  # PostgreSQL runs as `postgres` when we are root and must enter it
-    dns = DnsServer()
+    dns = DnsServer(ttl=300)  # real MX records have TTLs; 0 would defeat every cache
     sink: Sink | None = None
     kannon: Kannon | None = None
     memory: TreeMemory | None = None

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import dns.asyncresolver
 import dns.exception
+import dns.message
 import dns.name
 import dns.nameserver
 import dns.rdatatype
@@ -22,6 +24,7 @@ import dns.resolver
 import idna
 
 from kannon.config.values import parse_dns_server
+from kannon.smtp_sender.mx_cache import TtlCache, negative_ttl
 
 # The original tried at most 5 MX hosts; a domain listing more is trying our patience.
 MAX_MX_HOSTS = 5
@@ -52,6 +55,7 @@ class LookupFailed:
 
 
 MxLookup = Routes | NullMx | LookupFailed
+_Found = list[MxHost] | NullMx | LookupFailed
 
 
 @dataclass(frozen=True)
@@ -97,22 +101,26 @@ class MxResolver:
         timeout: float = 10.0,
         max_hosts: int = MAX_MX_HOSTS,
         rng: random.Random | None = None,
+        cache: TtlCache[_Found] | None = None,
     ) -> None:
         self.resolver = make_resolver(servers, timeout)
         self.max_hosts = max_hosts
         self._rng = rng or random.Random()
-        self._inflight: dict[str, asyncio.Future[list[MxHost] | NullMx | LookupFailed]] = {}
+        self._cache: TtlCache[_Found] = cache if cache is not None else TtlCache()
+        self._inflight: dict[str, asyncio.Future[_Found]] = {}
 
     async def routes(self, domain: str) -> MxLookup:
         """MX hosts of an ASCII `domain`, most preferred first."""
-        # Concurrent sends to one domain share one query: a bulk send to a big provider would
-        # otherwise ask max_jobs times at once whenever the cached answer expires.
-        pending = self._inflight.get(domain)
-        if pending is None:
-            pending = asyncio.ensure_future(self._lookup(domain))
-            self._inflight[domain] = pending
-            pending.add_done_callback(lambda _: self._inflight.pop(domain, None))
-        found = await asyncio.shield(pending)
+        found = self._cache.get(domain)
+        if found is None:
+            # Concurrent sends to one domain share one query: a bulk send to a big provider
+            # would otherwise ask max_jobs times at once whenever the cached answer expires.
+            pending = self._inflight.get(domain)
+            if pending is None:
+                pending = asyncio.ensure_future(self._lookup_and_keep(domain))
+                self._inflight[domain] = pending
+                pending.add_done_callback(lambda _: self._inflight.pop(domain, None))
+            found = await asyncio.shield(pending)
         if not isinstance(found, list):
             return found
         ordered = list(found)
@@ -120,21 +128,33 @@ class MxResolver:
         ordered.sort(key=lambda host: host.preference)  # stable: equal preferences shuffled
         return Routes(tuple(ordered[: self.max_hosts]))
 
-    async def _lookup(self, domain: str) -> list[MxHost] | NullMx | LookupFailed:
+    async def _lookup_and_keep(self, domain: str) -> _Found:
+        found, ttl = await self._lookup(domain)
+        self._cache.put(domain, found, ttl)
+        return found
+
+    async def _lookup(self, domain: str) -> tuple[_Found, float]:
+        """The answer and how many seconds it may be kept (0: not at all, e.g. a failure)."""
         try:
             answer = await self.resolver.resolve(domain, dns.rdatatype.MX)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        except dns.resolver.NoAnswer as exc:
             # No MX records: RFC 5321 §5.1's implicit MX is the domain itself. The address
             # lookup that follows tells whether the domain exists at all.
-            return [MxHost(domain, 0, implicit=True)]
+            response: dns.message.Message = exc.response()  # type: ignore[no-untyped-call]
+            return [MxHost(domain, 0, implicit=True)], negative_ttl(response)
+        except dns.resolver.NXDOMAIN as exc:
+            responses: dict[dns.name.Name, dns.message.Message] = exc.responses()  # type: ignore[no-untyped-call]
+            last = list(responses.values())[-1] if responses else None
+            return [MxHost(domain, 0, implicit=True)], negative_ttl(last)
         except dns.exception.DNSException as exc:
-            return LookupFailed(f"MX lookup for {domain} failed: {_describe(exc)}")
+            return LookupFailed(f"MX lookup for {domain} failed: {_describe(exc)}"), 0.0
         hosts = [
             MxHost(r.exchange.to_text(omit_final_dot=True).lower(), int(r.preference))
             for r in answer
             if r.exchange != dns.name.root
         ]
-        return hosts or NullMx()
+        # What is left of the TTL (the answer may come from dnspython's own cache).
+        return hosts or NullMx(), answer.expiration - time.time()
 
     async def addresses(self, host: str) -> Addresses:
         """IPv4 then IPv6 addresses of `host` (IPv4 first: many containers have no v6 route)."""
