@@ -58,7 +58,8 @@ def test_domain_rule_then_longest_mx_suffix_then_default_per_domain() -> None:
     assert destination_for(RULES, "gmail.com", "alt1.gmail-smtp-in.l.google.com") == Destination(
         ".google.com", Limits(2, 50, 5, 1000)
     )
-    assert destination_for(RULES, "x.test", "aspmx.mail.google.com").name == ".mail.google.com"
+    nested = destination_for(RULES, "x.test", "aspmx.mail.google.com")
+    assert nested is not None and nested.name == ".mail.google.com"
     assert destination_for(RULES, "other.test", "mx.other.test") == Destination(
         "other.test", Limits(connections=20)
     )

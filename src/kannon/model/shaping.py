@@ -290,10 +290,10 @@ def drop_lease(state: DestinationState, holder: str) -> DestinationState | None:
 def renew_leases(
     state: DestinationState, holders: set[str], now: float, ttl: float
 ) -> DestinationState | None:
-    """Extend the leases of connections still open; forget expired ones."""
-    leases = {h: exp for h, exp in state.leases.items() if exp > now}
-    for holder in holders:
-        leases[holder] = now + ttl
+    """Extend the leases of connections still open; forget expired ones. A lease given back
+    meanwhile stays given back."""
+    leases = {h: (now + ttl if h in holders else exp) for h, exp in state.leases.items()}
+    leases = {h: exp for h, exp in leases.items() if exp > now}
     if leases == state.leases:
         return None
     return replace(state, leases=leases)

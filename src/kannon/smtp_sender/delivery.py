@@ -20,6 +20,7 @@ receives our credentials.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 import time
@@ -31,8 +32,9 @@ import aiosmtplib
 from prometheus_client import Counter
 
 from kannon.smtp_sender.mx import MxResolver, NullMx, Routes, ascii_domain
-from kannon.smtp_sender.pool import Connection, ConnectionPool
+from kannon.smtp_sender.pool import Connection, ConnectionPool, discard
 from kannon.smtp_sender.result import Kind, SendResult
+from kannon.smtp_sender.shaping import LEASE_WAIT, Deferral, Permit, Shaper
 from kannon.wire.envelope import SendJob
 
 log = logging.getLogger("kannon.sender")
@@ -84,8 +86,10 @@ class SmtpDeliverer:
         command_timeout: float,
         deadline: float,
         relay: Relay | None = None,
+        shaper: Shaper | None = None,
     ) -> None:
         self.hostname = hostname
+        self.shaper = shaper if shaper is not None and shaper.active else None
         self.port = port
         self.resolver = resolver
         self.pool = pool
@@ -141,9 +145,13 @@ class SmtpDeliverer:
 
     async def maintain(self) -> None:
         await self.pool.reap()
+        if self.shaper is not None:
+            await self.shaper.maintain()
 
     async def close(self) -> None:
         await self.pool.close_all()
+        if self.shaper is not None:
+            await self.shaper.close()
 
     # -- direct delivery -------------------------------------------------------------------
 
@@ -155,9 +163,33 @@ class SmtpDeliverer:
             )
         if not isinstance(lookup, Routes):
             return SendResult.no_answer(lookup.message)
+        destination = None
+        if self.shaper is not None and lookup.hosts:
+            destination = self.shaper.destination(domain, lookup.hosts[0].name)
+        if self.shaper is None or destination is None:
+            return await self._via_hosts(domain, lookup, job, recipient, trace, permit=None)
+        admitted = await self.shaper.admit(destination)
+        if isinstance(admitted, Deferral):
+            return SendResult.deferred(admitted.delay, admitted.reason)
+        result = await self._via_hosts(domain, lookup, job, recipient, trace, permit=admitted)
+        await self.shaper.observe(admitted, result, connected=bool(trace.remote))
+        return result
+
+    async def _via_hosts(
+        self,
+        domain: str,
+        lookup: Routes,
+        job: SendJob,
+        recipient: str,
+        trace: _Trace,
+        *,
+        permit: Permit | None,
+    ) -> SendResult:
         failures: list[SendResult] = []
         for host in lookup.hosts:
-            result = await self._via_host(host.name, job, recipient, trace)
+            result = await self._via_host(host.name, job, recipient, trace, permit)
+            if result.kind is Kind.DEFERRED:
+                return result
             if result.kind in (Kind.NO_ANSWER, Kind.SESSION_REFUSED) and not (
                 result.possibly_delivered
             ):
@@ -172,11 +204,49 @@ class SmtpDeliverer:
         detail = "; ".join(f.message for f in failures) or "no MX host"
         return SendResult.no_answer(f"no MX host of {domain} answered: {detail}")
 
-    async def _via_host(self, host: str, job: SendJob, recipient: str, trace: _Trace) -> SendResult:
+    async def _via_host(
+        self, host: str, job: SendJob, recipient: str, trace: _Trace, permit: Permit | None
+    ) -> SendResult:
         key = f"{host}:{self.port}"
+        if permit is None:
+            return await self._send_on(
+                key, lambda: self._open_mx(host, key, trace), job, recipient, trace
+            )
         return await self._send_on(
-            key, lambda: self._open_mx(host, key, trace), job, recipient, trace
+            key, lambda: self._open_shaped(permit, host, key, trace), job, recipient, trace
         )
+
+    async def _open_shaped(
+        self, permit: Permit, host: str, key: str, trace: _Trace
+    ) -> Connection | SendResult:
+        """A new session under a connection lease of the destination; while all its
+        connections are taken, a session of ours that comes free will do. Deferred when
+        neither happens within `LEASE_WAIT`."""
+        assert self.shaper is not None
+        shaper = self.shaper
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEASE_WAIT
+        pause = 0.02
+        while True:
+            lease = await shaper.lease(permit)
+            if isinstance(lease, Deferral):
+                return SendResult.deferred(lease.delay, lease.reason)
+            if lease is not None:
+                opened = await self._open_mx(host, key, trace)
+                if not isinstance(opened, Connection):
+                    shaper.release(permit.destination, lease)
+                    return opened
+                opened.max_messages = permit.destination.limits.per_connection
+                opened.on_close = functools.partial(shaper.release, permit.destination, lease)
+                return opened
+            reused = await self._reusable(key)
+            if reused is not None:
+                return reused
+            if loop.time() >= deadline:
+                deferral = shaper.deferral_for_connections(permit)
+                return SendResult.deferred(deferral.delay, deferral.reason)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.25)
 
     async def _send_on(
         self,
@@ -313,7 +383,7 @@ class SmtpDeliverer:
             # session is still alive before we commit this message to it.
             await conn.client.rset()
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
-            conn.client.close()
+            discard(conn)
             return None
         return conn
 
@@ -372,7 +442,7 @@ class SmtpDeliverer:
             if keep and conn.usable:
                 await self.pool.put(conn)
             else:
-                conn.client.close()
+                discard(conn)
 
     # -- helpers ---------------------------------------------------------------------------
 
