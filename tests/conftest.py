@@ -22,7 +22,7 @@ import pytest
 
 from kannon.bus.client import Bus
 from kannon.bus.embedded import start_nats
-from kannon.bus.subjects import SENT_GUARD_BUCKET, STREAMS
+from kannon.bus.subjects import SENT_GUARD_BUCKET, SHAPING_BUCKET, STREAMS
 from kannon.db.embedded import start_postgres
 from kannon.db.migrate import migrate
 
@@ -113,12 +113,14 @@ def nats_url() -> Iterator[str]:
 
 
 async def reset_streams(bus: Bus) -> None:
-    """Delete Kannon's streams and the send-guard bucket so a test starts from nothing."""
+    """Delete Kannon's streams and KV buckets so a test starts from nothing."""
     for spec in STREAMS:
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await bus.js.delete_stream(spec.name)
     with contextlib.suppress(nats.js.errors.NotFoundError, nats.js.errors.BucketNotFoundError):
         await bus.js.delete_key_value(SENT_GUARD_BUCKET)
+    with contextlib.suppress(nats.js.errors.NotFoundError, nats.js.errors.BucketNotFoundError):
+        await bus.js.delete_key_value(SHAPING_BUCKET)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from kannon.config import (
     parse_duration,
     parse_size,
 )
+from kannon.model.shaping import Limits, Rule
 
 KEYS = list(iter_keys())
 
@@ -58,6 +59,14 @@ SAMPLES: dict[str, Sample] = {
         "api,validator;dispatcher,stats,webhooks;sender,smtp,tracker",
     ),
     "email": Sample("FBL@Mail.example.com", "FBL@Mail.example.com", "fbl@mail.example.com"),
+    "rules": Sample(
+        ".Google.com: connections=2 per_second=5; default: connections=20",
+        [".google.com: connections=2 per_second=5", "default: connections=20"],
+        (
+            Rule(".google.com", Limits(connections=2, per_second=5)),
+            Rule("default", Limits(connections=20)),
+        ),
+    ),
 }
 
 

@@ -13,7 +13,10 @@ anything else       250
 ==================  ===========================================================================
 
 Options: STARTTLS with a certificate from :mod:`tests.peers.tls`, AUTH (PLAIN/LOGIN) against a
-user table, SMTPUTF8. Counts connections, RSETs and QUITs so tests can see connection reuse.
+user table, SMTPUTF8, ``max_connections`` (a connection beyond it is greeted with ``421`` and
+closed, as big providers do). Setting ``busy`` makes every new connection get ``421`` until it is
+cleared. ``stats.peak_connections`` is the most connections ever open at once. Counts connections,
+RSETs and QUITs so tests can see connection reuse.
 Per TOOLING.md the server is made with ``loop.create_server`` on port 0 (aiosmtpd's Controller
 cannot pick a free port).
 """
@@ -59,6 +62,11 @@ class _Stats:
     resets: int = 0
     quits: int = 0
     rcpt_attempts: collections.Counter[str] = field(default_factory=collections.Counter)
+    peak_connections: int = 0
+    refused_connections: int = 0
+    """Greeted with 421 because ``max_connections`` were open already."""
+    busy_refusals: int = 0
+    """Greeted with 421 because the sink was ``busy``."""
 
 
 class _Protocol(SMTP):
@@ -67,6 +75,10 @@ class _Protocol(SMTP):
     def __init__(self, handler: _Handler, number: int, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.number = number
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.event_handler.sink._live.discard(self)
+        super().connection_lost(error)
 
     async def push(self, status: Any) -> None:
         if status == _DROP:
@@ -152,6 +164,7 @@ class SmtpSink:
         users: Mapping[str, str] | None = None,
         auth_require_tls: bool = True,
         smtputf8: bool = True,
+        max_connections: int | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -160,6 +173,9 @@ class SmtpSink:
         self.users = dict(users) if users is not None else None
         self.auth_require_tls = auth_require_tls
         self.smtputf8 = smtputf8
+        self.max_connections = max_connections
+        self.busy = False
+        """While True every new connection is greeted with 421 and closed."""
         self.messages: list[ReceivedMessage] = []
         self.stats = _Stats()
         self.held = asyncio.Event()
@@ -167,6 +183,7 @@ class SmtpSink:
         self._release = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._protocols: list[_Protocol] = []
+        self._live: set[_Protocol] = set()
         self._arrived = asyncio.Condition()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -230,7 +247,13 @@ class SmtpSink:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _new_protocol(self) -> _Protocol:
+    def _new_protocol(self) -> asyncio.Protocol:
+        if self.busy:
+            self.stats.busy_refusals += 1
+            return _Refuse(b"421 4.3.2 Service busy, try again later")
+        if self.max_connections is not None and len(self._live) >= self.max_connections:
+            self.stats.refused_connections += 1
+            return _Refuse(b"421 4.7.0 Too many concurrent connections from your IP")
         self.stats.connections += 1
         kwargs: dict[str, Any] = {
             "hostname": self.hostname,
@@ -247,6 +270,8 @@ class SmtpSink:
             warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
             protocol = _Protocol(_Handler(self), self.stats.connections, **kwargs)
         self._protocols.append(protocol)
+        self._live.add(protocol)
+        self.stats.peak_connections = max(self.stats.peak_connections, len(self._live))
         return protocol
 
     def _authenticate(
@@ -263,3 +288,15 @@ class SmtpSink:
         async with self._arrived:
             self.messages.append(message)
             self._arrived.notify_all()
+
+
+class _Refuse(asyncio.Protocol):
+    """Greets with one 421 line and hangs up, before any SMTP session starts."""
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(self.reply + b"\r\n")
+        transport.close()

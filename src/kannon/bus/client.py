@@ -21,7 +21,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import nats
 import nats.errors
@@ -129,6 +129,8 @@ class BusMessage:
     msg_id: str | None
     num_delivered: int
     stream_seq: int
+    published: datetime | None = None
+    """When the message was stored in the stream (the same for every redelivery)."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,9 @@ class ConsumerSpec:
     retry_delay: timedelta = timedelta(seconds=5)
     """Delay before a failed message comes back the first time; it doubles per delivery."""
     max_retry_delay: timedelta = timedelta(minutes=1)
+    max_ack_pending: int | None = None
+    """Messages handed out and not yet acked, nak-delayed ones included, beyond which the server
+    hands out no more; None: `max(1000, 4 · concurrency)`."""
     transient: Callable[[BaseException], bool] = lambda exc: False
     """Which handler failures, besides the bus's own (`is_bus_unavailable`), mean "not now" (an
     outage) rather than "not this message", e.g. the database being unreachable."""
@@ -304,7 +309,7 @@ class Bus:
             # Unlimited: the server would drop a message silently at its limit. Ours is applied
             # in `_handle`, which dead-letters instead (transient failures never count).
             max_deliver=-1,
-            max_ack_pending=max(1000, spec.concurrency * 4),
+            max_ack_pending=spec.max_ack_pending or max(1000, spec.concurrency * 4),
         )
         await self.js.add_consumer(spec.stream, config)
         sub = await self.js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
@@ -360,6 +365,7 @@ class Bus:
                 msg_id=(msg.headers or {}).get("Nats-Msg-Id"),
                 num_delivered=meta.num_delivered or 1,
                 stream_seq=meta.sequence.stream if meta.sequence else 0,
+                published=meta.timestamp,
             )
             try:
                 result = await handler(message)

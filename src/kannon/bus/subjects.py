@@ -16,6 +16,7 @@ DEAD_LETTER_SUBJECTS = "kannon.deadletter.>"
 DEAD_LETTER_PREFIX = "kannon.deadletter."
 
 SENT_GUARD_BUCKET = "kannon-sent-envelopes"
+SHAPING_BUCKET = "kannon-shaping"
 
 # Outcome types, as the original names them (subject suffix, stats.type, aggregated type).
 ACCEPTED = "accepted"

@@ -34,6 +34,7 @@ from kannon.config.values import (
     parse_size,
     show_value,
 )
+from kannon.model.shaping import Rule, parse_rules
 
 COMPONENTS: tuple[str, ...] = (
     "api",
@@ -197,6 +198,13 @@ ListenAddress = Annotated[str, BeforeValidator(_listen_address), Kind("address")
 HttpUrl = Annotated[str, BeforeValidator(_http_url), Kind("url")]
 DnsServers = Annotated[tuple[str, ...], BeforeValidator(_dns_servers), Kind("list")]
 Networks = Annotated[tuple[str, ...], BeforeValidator(_networks), Kind("list")]
+
+
+def _shaping_rules(value: object) -> tuple[Rule, ...]:
+    return parse_rules(value)
+
+
+ShapingRules = Annotated[tuple[Rule, ...], BeforeValidator(_shaping_rules), Kind("rules")]
 RelayTLS = Annotated[
     Literal["starttls", "tls", "none"],
     BeforeValidator(_choice("starttls", "tls", "none")),
@@ -289,6 +297,32 @@ class MtaStsSettings(_Section):
     policy_port: RemotePort = _key(443, "Port of the https://mta-sts.<domain> policy hosts")
 
 
+class ShapingSettings(_Section):
+    """Per-destination limits shared by every sender, and adaptive backoff (ADR 0037, 0038)."""
+
+    destinations: ShapingRules = _key(
+        (),
+        "Per-destination limits, `;`-separated `MATCH: connections=N per_connection=N "
+        "per_second=N per_hour=N` (MATCH: a recipient domain, an MX host suffix such as "
+        ".google.com, or default); empty = no limits",
+    )
+    backoff: Bool = _key(
+        False,
+        "Adaptive backoff: a 4xx answer or a connection failure halves the destination's "
+        "limits and pauses it; sustained success restores them",
+    )
+    pause: Duration = _key("1m", "First pause of a destination in trouble (doubles per step)")
+    max_pause: Duration = _key("30m", "Longest pause of a destination in trouble")
+    restore_after: Count = _key(
+        50, "Deliveries in a row that take a backed-off destination one step back up"
+    )
+    max_defer: Duration = _key(
+        "6h",
+        "How long an Envelope may wait for its destination; after that a deferral counts as a "
+        "failed attempt (the retry budget then decides)",
+    )
+
+
 class SenderSettings(_Section):
     """Outbound SMTP sender."""
 
@@ -305,6 +339,7 @@ class SenderSettings(_Section):
     command_timeout: Duration = _key("60s", "Timeout of each command to a remote SMTP server")
     relay: RelaySettings = Field(default_factory=RelaySettings)
     mta_sts: MtaStsSettings = Field(default_factory=MtaStsSettings)
+    shaping: ShapingSettings = Field(default_factory=ShapingSettings)
 
 
 class SmtpSettings(_Section):

@@ -52,7 +52,8 @@ from kannon.smtp_sender.demo import DemoDeliverer
 from kannon.smtp_sender.mta_sts import MtaSts
 from kannon.smtp_sender.mx import MxResolver
 from kannon.smtp_sender.pool import ConnectionPool
-from kannon.smtp_sender.result import SendResult, detail_for
+from kannon.smtp_sender.result import Kind, SendResult, detail_for
+from kannon.smtp_sender.shaping import make_shaper
 from kannon.wire import envelope
 from kannon.wire import stats as wire_stats
 from kannon.wire.stats import publish_outcome
@@ -81,6 +82,7 @@ UNPUBLISHED_MAX = 10_000
 # First delay before an Envelope whose outcome could not be published comes back (it doubles).
 PUBLISH_RETRY_DELAY = timedelta(seconds=2)
 DEADLINE_SHARE = 0.8
+SENDING_MAX_ACK_PENDING = 100_000
 
 
 class Guard(Protocol):
@@ -113,10 +115,10 @@ class SmtpSender:
         self._now = now
         self._guard = guard
         self._unpublished: OrderedDict[str, Outcome] = OrderedDict()
-        self.deliverer = deliverer or self._make_deliverer(settings, idle_timeout)
+        self.deliverer = deliverer or self._make_deliverer(settings, bus, idle_timeout)
 
     @staticmethod
-    def _make_deliverer(settings: Settings, idle_timeout: float) -> Deliverer:
+    def _make_deliverer(settings: Settings, bus: Bus, idle_timeout: float) -> Deliverer:
         sender = settings.sender
         if sender.demo_sender:
             return DemoDeliverer()
@@ -154,6 +156,7 @@ class SmtpSender:
             deadline=settings.nats.sending_ack_wait.total_seconds() * DEADLINE_SHARE,
             relay=relay,
             mta_sts=mta_sts,
+            shaper=make_shaper(settings, bus),
         )
 
     def consumer_spec(self) -> ConsumerSpec:
@@ -167,6 +170,9 @@ class SmtpSender:
             batch=jobs,
             concurrency=jobs,
             retry_delay=PUBLISH_RETRY_DELAY,
+            # Envelopes deferred by delivery shaping wait nak-delayed, and count as pending:
+            # at the default (4 · jobs) a few paused destinations would stop all sending.
+            max_ack_pending=SENDING_MAX_ACK_PENDING,
         )
 
     async def run(self, life: Life) -> None:
@@ -258,9 +264,16 @@ class SmtpSender:
             # A bug or a shutdown mid-send: let a redelivery try again unless we know better.
             await self._release(key)
             raise
-        DELIVERY_SECONDS.observe(loop.time() - started)
         if not self.demo and not result.possibly_delivered:
             await self._release(key)
+        if result.kind is Kind.DEFERRED:
+            waiting = self._defer(job, message, result)
+            if waiting is not None:
+                return waiting
+            result = SendResult.no_answer(
+                f"{result.message}; deferred longer than sender.shaping.max_defer"
+            )
+        DELIVERY_SECONDS.observe(loop.time() - started)
 
         detail = detail_for(result, job.should_retry)
         outcome = Outcome(
@@ -276,6 +289,30 @@ class SmtpSender:
         if not self.demo and result.possibly_delivered:
             await self._record(key, outcome)
         return await self._publish(key, outcome)
+
+    def _defer(
+        self, job: envelope.SendJob, message: BusMessage, result: SendResult
+    ) -> Result | None:
+        """Send the Envelope back to wait for its destination (not an attempt: no outcome is
+        published); None once it has waited longer than `sender.shaping.max_defer`, when the
+        wait becomes a failed attempt and the Dispatcher's retry budget decides (ADR 0038)."""
+        published = message.published
+        if published is not None and (
+            self._now() - published > self.settings.sender.shaping.max_defer
+        ):
+            return None
+        log.debug(
+            "Envelope deferred",
+            extra={
+                "kv": {
+                    "recipient": obfuscate(job.recipient),
+                    "seq": message.stream_seq,
+                    "delay": round(result.delay, 1),
+                    "why": result.message,
+                }
+            },
+        )
+        return Result.nak(result.delay)
 
     async def _publish(self, key: str, outcome: Outcome) -> Result:
         try:

@@ -22,10 +22,11 @@ sessions are pooled apart from opportunistic ones.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -33,9 +34,10 @@ import aiosmtplib
 from prometheus_client import Counter
 
 from kannon.smtp_sender.mta_sts import MtaSts, TlsRule
-from kannon.smtp_sender.mx import MxResolver, NullMx, Routes, ascii_domain
-from kannon.smtp_sender.pool import Connection, ConnectionPool
+from kannon.smtp_sender.mx import MxHost, MxResolver, NullMx, Routes, ascii_domain
+from kannon.smtp_sender.pool import Connection, ConnectionPool, discard
 from kannon.smtp_sender.result import Kind, SendResult
+from kannon.smtp_sender.shaping import LEASE_WAIT, Deferral, Permit, Shaper
 from kannon.wire.envelope import SendJob
 
 log = logging.getLogger("kannon.sender")
@@ -88,8 +90,10 @@ class SmtpDeliverer:
         deadline: float,
         relay: Relay | None = None,
         mta_sts: MtaSts | None = None,
+        shaper: Shaper | None = None,
     ) -> None:
         self.hostname = hostname
+        self.shaper = shaper if shaper is not None and shaper.active else None
         self.port = port
         self.resolver = resolver
         self.pool = pool
@@ -146,9 +150,13 @@ class SmtpDeliverer:
 
     async def maintain(self) -> None:
         await self.pool.reap()
+        if self.shaper is not None:
+            await self.shaper.maintain()
 
     async def close(self) -> None:
         await self.pool.close_all()
+        if self.shaper is not None:
+            await self.shaper.close()
 
     # -- direct delivery -------------------------------------------------------------------
 
@@ -166,9 +174,38 @@ class SmtpDeliverer:
             if plan.refusal:
                 return SendResult.no_answer(plan.refusal)
             hosts, rule = plan.hosts, plan.rule
+        destination = None
+        if self.shaper is not None and hosts:
+            destination = self.shaper.destination(domain, hosts[0].name)
+        if self.shaper is None or destination is None:
+            return await self._via_hosts(
+                domain, hosts, job, recipient, trace, rule=rule, permit=None
+            )
+        admitted = await self.shaper.admit(destination)
+        if isinstance(admitted, Deferral):
+            return SendResult.deferred(admitted.delay, admitted.reason)
+        result = await self._via_hosts(
+            domain, hosts, job, recipient, trace, rule=rule, permit=admitted
+        )
+        await self.shaper.observe(admitted, result, connected=bool(trace.remote))
+        return result
+
+    async def _via_hosts(
+        self,
+        domain: str,
+        hosts: Sequence[MxHost],
+        job: SendJob,
+        recipient: str,
+        trace: _Trace,
+        *,
+        rule: TlsRule | None,
+        permit: Permit | None,
+    ) -> SendResult:
         failures: list[SendResult] = []
         for host in hosts:
-            result = await self._via_host(host.name, job, recipient, trace, rule)
+            result = await self._via_host(host.name, job, recipient, trace, rule, permit=permit)
+            if result.kind is Kind.DEFERRED:
+                return result
             if result.kind in (Kind.NO_ANSWER, Kind.SESSION_REFUSED) and not (
                 result.possibly_delivered
             ):
@@ -184,13 +221,56 @@ class SmtpDeliverer:
         return SendResult.no_answer(f"no MX host of {domain} answered: {detail}")
 
     async def _via_host(
-        self, host: str, job: SendJob, recipient: str, trace: _Trace, rule: TlsRule | None
+        self,
+        host: str,
+        job: SendJob,
+        recipient: str,
+        trace: _Trace,
+        rule: TlsRule | None,
+        *,
+        permit: Permit | None,
     ) -> SendResult:
         # An enforced policy may only reuse sessions opened under it (verified TLS).
         key = f"{host}:{self.port}" + (" mta-sts" if rule is not None and rule.enforce else "")
+        if permit is None:
+            return await self._send_on(
+                key, lambda: self._open_mx(host, key, trace, rule), job, recipient, trace
+            )
         return await self._send_on(
-            key, lambda: self._open_mx(host, key, trace, rule), job, recipient, trace
+            key, lambda: self._open_shaped(permit, host, key, trace, rule), job, recipient, trace
         )
+
+    async def _open_shaped(
+        self, permit: Permit, host: str, key: str, trace: _Trace, rule: TlsRule | None
+    ) -> Connection | SendResult:
+        """A new session under a connection lease of the destination; while all its
+        connections are taken, a session of ours that comes free will do. Deferred when
+        neither happens within `LEASE_WAIT`."""
+        assert self.shaper is not None
+        shaper = self.shaper
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEASE_WAIT
+        pause = 0.02
+        while True:
+            lease = await shaper.lease(permit)
+            if isinstance(lease, Deferral):
+                return SendResult.deferred(lease.delay, lease.reason)
+            if lease is not None:
+                opened = await self._open_mx(host, key, trace, rule)
+                if not isinstance(opened, Connection):
+                    shaper.release(permit.destination, lease)
+                    return opened
+                opened.max_messages = permit.destination.limits.per_connection
+                opened.on_close = functools.partial(shaper.release, permit.destination, lease)
+                return opened
+            reused = await self._reusable(key)
+            if reused is not None:
+                return reused
+            if loop.time() >= deadline:
+                deferral = shaper.deferral_for_connections(permit)
+                return SendResult.deferred(deferral.delay, deferral.reason)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.25)
 
     async def _send_on(
         self,
@@ -342,7 +422,7 @@ class SmtpDeliverer:
             # session is still alive before we commit this message to it.
             await conn.client.rset()
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
-            conn.client.close()
+            discard(conn)
             return None
         return conn
 
@@ -401,7 +481,7 @@ class SmtpDeliverer:
             if keep and conn.usable:
                 await self.pool.put(conn)
             else:
-                conn.client.close()
+                discard(conn)
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -33,6 +33,10 @@ class Connection:
     tls: bool
     messages: int = 0
     idle_since: float = field(default=0.0)
+    max_messages: int = 0
+    """Transactions before it retires (0: the pool's `max_messages`); a destination's own."""
+    on_close: Callable[[], None] | None = None
+    """Called once when the session is closed (gives back its connection lease)."""
 
     @property
     def usable(self) -> bool:
@@ -73,7 +77,8 @@ class ConnectionPool:
 
     async def put(self, conn: Connection) -> None:
         """Keep a session for the next message to the same destination, or close it."""
-        if not conn.usable or conn.messages >= self.max_messages or self.max_idle <= 0:
+        limit = conn.max_messages or self.max_messages
+        if not conn.usable or conn.messages >= limit or self.max_idle <= 0:
             await close(conn)
             return
         if self.idle_count >= self.max_idle:
@@ -124,4 +129,12 @@ async def close(conn: Connection) -> None:
         # A server that does not answer QUIT quickly has nothing left to tell us.
         with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
             await client.quit(timeout=QUIT_TIMEOUT)
-    client.close()
+    discard(conn)
+
+
+def discard(conn: Connection) -> None:
+    """Drop the session at once (no QUIT) and let go of what it held."""
+    conn.client.close()
+    on_close, conn.on_close = conn.on_close, None
+    if on_close is not None:
+        on_close()

@@ -39,6 +39,8 @@ class Kind(enum.Enum):
     """A remote server answered with an error before any transaction command."""
     NO_ANSWER = "no-answer"
     LOCAL_BOUNCE = "local-bounce"
+    DEFERRED = "deferred"
+    """Not tried: delivery shaping holds the Envelope back (`delay` seconds; ADR 0038)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class SendResult:
     tls: bool = False
     command: str = ""
     """The transaction command a REFUSED reply answered: MAIL, RCPT or DATA ("" otherwise)."""
+    delay: float = 0.0
+    """DEFERRED: seconds before the Envelope should come back."""
 
     @classmethod
     def delivered(cls, code: int, message: str, remote: str, *, tls: bool = False) -> SendResult:
@@ -81,6 +85,10 @@ class SendResult:
     @classmethod
     def local_bounce(cls, code: int, message: str) -> SendResult:
         return cls(Kind.LOCAL_BOUNCE, code, message)
+
+    @classmethod
+    def deferred(cls, delay: float, reason: str) -> SendResult:
+        return cls(Kind.DEFERRED, NO_ANSWER_CODE, reason, delay=delay)
 
     @property
     def answered(self) -> bool:
