@@ -7,6 +7,9 @@ them: a pool name becomes a NATS subject token and part of a durable consumer's 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+
+from kannon.model.errors import InvalidArgument
 
 DEFAULT_POOL = "default"
 """The pool of every Domain that names none, and of every sender node that names none: it keeps
@@ -21,6 +24,17 @@ def check_pool_name(name: str) -> str:
     if not _NAME.fullmatch(name):
         raise ValueError(
             f"{name!r} is not a pool name (1-32 of a-z, 0-9, '-', '_'; starting with a-z or 0-9)"
+        )
+    return name
+
+
+def check_known_pool(value: str, known: Sequence[str], field: str = "ip_pool") -> str:
+    """`value` as a pool name the configuration knows (`known`, from `Settings.known_pools`);
+    InvalidArgument naming `field` otherwise. Case is forgiven."""
+    name = value.strip().lower()
+    if name not in known:
+        raise InvalidArgument(
+            f"{field}: unknown IP pool {value!r} (known: {', '.join(known)}; see ip_pools)"
         )
     return name
 
