@@ -35,7 +35,8 @@ BOUNCE_HOST = "bounce.kannon.test"
 
 
 def make_settings(nats: dict[str, Any] | None = None, **api: Any) -> Settings:
-    api_values = {"port": 0, "host": "127.0.0.1", "admin_token": ADMIN_TOKEN, **api}
+    # Port 0 for both listeners: parallel test runs on one machine must not meet on a default.
+    api_values = {"port": 0, "http_port": 0, "host": "127.0.0.1", "admin_token": ADMIN_TOKEN, **api}
     return Settings.model_validate(
         {
             "api": api_values,

@@ -67,6 +67,7 @@ SAMPLES: dict[str, Sample] = {
             Rule("default", Limits(connections=20)),
         ),
     ),
+    "ip": Sample("127.0.0.2", "127.0.0.2", "127.0.0.2"),
 }
 
 
@@ -74,6 +75,7 @@ SAMPLES: dict[str, Sample] = {
 KEY_SAMPLES: dict[str, Sample] = {
     "dispatcher.claim_timeout": Sample("3m", "3m", timedelta(minutes=3)),  # at most 5m
     "webhooks.backoff_min": Sample("30m", "30m", timedelta(minutes=30)),  # below backoff_max
+    "ip_pools": Sample("eu, US-east", ["eu", "US-east"], ("eu", "us-east")),  # pool names
 }
 
 

@@ -366,8 +366,29 @@ async def test_lost_in_queue_lists_only_envelopes_that_can_no_longer_be_sent(
         )
     cutoff = NOW - timedelta(minutes=1)
     # The SMTPSender acknowledged everything up to 5 (young@ too, but it may still hear back).
-    lost = await deliveries.lost_in_queue(pool, cutoff, 5, 1, 10)
+    lost = await deliveries.lost_in_queue(pool, cutoff, {"default": 5}, 1, 10)
     assert sorted(d.email for d in lost) == ["acked@x.io", "gone@x.io"]
     # Nothing acknowledged, but the stream no longer holds anything below 3.
-    lost = await deliveries.lost_in_queue(pool, cutoff, 0, 3, 10)
+    lost = await deliveries.lost_in_queue(pool, cutoff, {"default": 0}, 3, 10)
     assert [d.email for d in lost] == ["gone@x.io"]
+    # No consumer of the default pool at all: it acknowledged nothing.
+    lost = await deliveries.lost_in_queue(pool, cutoff, {}, 1, 10)
+    assert lost == []
+
+
+async def test_lost_in_queue_compares_each_envelope_with_its_own_pools_ack_floor(
+    pool: asyncpg.Pool,
+) -> None:
+    """Each IP pool's consumer acks its own subject's Envelopes: an `eu` Envelope below the
+    default pool's floor may still be waiting for an `eu` sender (ADR 0039)."""
+    await add(pool, ["eu@x.io", "default@x.io"], status=SCHEDULED)
+    claimed = await deliveries.claim_for_dispatch(pool, 10, NOW)
+    by_email = {d.email: d for d in claimed}
+    for email, ip_pool, seq in [("eu@x.io", "eu", 4), ("default@x.io", "default", 6)]:
+        d = by_email[email]
+        assert await deliveries.mark_queued(pool, [(d.id, d.send_attempts_cnt, seq)], NOW, ip_pool)
+    later = NOW + timedelta(minutes=5)
+    lost = await deliveries.lost_in_queue(pool, later, {"default": 9, "eu": 3}, 1, 10)
+    assert [d.email for d in lost] == ["default@x.io"]
+    lost = await deliveries.lost_in_queue(pool, later, {"default": 5, "eu": 4}, 1, 10)
+    assert [d.email for d in lost] == ["eu@x.io"]

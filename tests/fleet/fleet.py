@@ -237,6 +237,8 @@ class Fleet:
     processes: dict[str, FleetProcess] = field(default_factory=dict)
     retired: list[FleetProcess] = field(default_factory=list)
     """Processes replaced by `replace` (killed ones), kept for the report."""
+    flags: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Flags of one named process only (e.g. a sender node of an IP pool), by process name."""
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -298,24 +300,34 @@ class Fleet:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def spawn(self, component: str) -> FleetProcess:
-        """Start `component` in a new process (same command line as its predecessor, if any)."""
-        previous = self.processes.get(component)
+    def spawn(
+        self, component: str, *, name: str | None = None, flags: Mapping[str, str] | None = None
+    ) -> FleetProcess:
+        """Start `component` in a new process (same command line as its predecessor, if any).
+        A second process of a Component gets a `name` of its own (its key in `processes`) and
+        may get `flags` of its own, e.g. a sender node of another IP pool."""
+        name = name or component
+        if flags is not None:
+            self.flags[name] = dict(flags)
+        previous = self.processes.get(name)
         if previous is not None:
             if previous.alive():
-                raise FleetError(f"{component} is still running")
+                raise FleetError(f"{name} is still running")
             self.retired.append(previous)
         health_port = previous.health_port if previous is not None else free_port()
-        generation = 1 + sum(1 for p in self.retired if p.component == component)
+        generation = 1 + sum(1 for p in self.retired if p.log_path.name.startswith(f"{name}."))
+        argv = self.argv(component, health_port)
+        for flag, value in self.flags.get(name, {}).items():
+            argv += [flag, value]
         process = FleetProcess(
             component=component,
-            argv=self.argv(component, health_port),
+            argv=argv,
             env=self.env(),
             health_port=health_port,
-            log_path=self.workdir / "logs" / f"{component}.{generation}.log",
+            log_path=self.workdir / "logs" / f"{name}.{generation}.log",
         )
         process.start()
-        self.processes[component] = process
+        self.processes[name] = process
         return process
 
     @classmethod
@@ -389,9 +401,7 @@ class Fleet:
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
-        return {
-            p.component: p.exit_code for p in self.processes.values() if p.exit_code is not None
-        }
+        return {name: p.exit_code for name, p in self.processes.items() if p.exit_code is not None}
 
     def kill_all(self) -> None:
         """Last resort at teardown: SIGKILL whatever we started that still runs."""

@@ -39,6 +39,7 @@ from kannon.model.domain import (
     rotation_selectors,
 )
 from kannon.model.errors import Conflict, NotFound
+from kannon.model.ip_pool import DEFAULT_POOL, check_known_pool
 from kannon.model.template import PERSISTENT, Template, check_html, check_template_id, check_title
 from kannon.pb.admin.apiv1 import adminapiv1_pb2 as pb
 from kannon.wire import api as wire
@@ -101,6 +102,9 @@ class AdminService:
     async def CreateDomain(self, request: Any, context: Any) -> Any:
         self.guard.check(context)
         name = canonical_domain_name(request.domain)
+        ip_pool = DEFAULT_POOL
+        if request.ip_pool:
+            ip_pool = check_known_pool(request.ip_pool, self.settings.known_pools())
         if await domains.get_domain(self.pool, name) is not None:
             # Checked before the costly key generation; the unique index still decides races.
             raise Conflict(f"domain: {name!r} already exists")
@@ -117,6 +121,7 @@ class AdminService:
             extra_keys=[
                 domains.NewKey(DEFAULT_ED25519_SELECTOR, ED25519_SHA256, ed_private, ed_public)
             ],
+            ip_pool=ip_pool,
         )
         return self._domain_pb(domain)
 

@@ -63,6 +63,7 @@ from kannon.model.idempotency import (
     fingerprint,
     replayed_response,
 )
+from kannon.model.ip_pool import check_known_pool
 from kannon.model.template import TRANSIENT, Template, check_html, check_template_id
 from kannon.model.tracking import TrackingPolicy
 from kannon.wire import api as wire
@@ -89,6 +90,8 @@ class Call:
     key: str | None
     fingerprint: bytes
     now: datetime
+    ip_pool: str | None = None
+    """The IP pool the Batch named (checked), None: its Domain's (ADR 0039)."""
 
 
 def transient_template(domain: str, html: str, now: datetime) -> Template:
@@ -237,6 +240,8 @@ class MailerService:
             request, plan, keys = self._prepare(message, tenant, template_id, html, now, domain)
             suppressed = await suppressed_keys(self.pool, tenant, keys, now)
             plan, encoded = self._finish(request, plan, suppressed)
+        if call.ip_pool is not None:
+            plan = dataclasses.replace(plan, ip_pool=call.ip_pool)
         response = wire.send_res_pb(plan)
         claim = None
         if call.key is not None:
@@ -269,7 +274,11 @@ class MailerService:
         digest = b""
         if key is not None:
             digest = fingerprint(method, message.SerializeToString(deterministic=True))
-        return Call(method, tenant, key, digest, datetime.now(UTC))
+        # The Batch's own IP pool; unset or empty: its Domain's.
+        ip_pool = None
+        if message.HasField("ip_pool") and message.ip_pool:
+            ip_pool = check_known_pool(message.ip_pool, self.settings.known_pools())
+        return Call(method, tenant, key, digest, datetime.now(UTC), ip_pool)
 
     @rpc
     async def SendHTML(self, message: Any, context: Any) -> Any:

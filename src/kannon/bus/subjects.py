@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kannon.model import ip_pool
+
 SENDING_STREAM = "kannon-sending"
 SENDING_SUBJECT = "kannon.sending"
+"""The default IP pool's subject (and every Envelope's before pools existed)."""
+SENDING_POOL_PREFIX = "kannon.sending.pool."
+SENDING_POOL_SUBJECTS = SENDING_POOL_PREFIX + "*"
 
 STATS_STREAM = "kannon-stats"
 STATS_SUBJECTS = "kannon.stats.*"
@@ -68,7 +73,11 @@ class StreamSpec:
 
 
 STREAMS = (
-    StreamSpec(SENDING_STREAM, (SENDING_SUBJECT,), "Envelopes waiting for the SMTPSender"),
+    StreamSpec(
+        SENDING_STREAM,
+        (SENDING_SUBJECT, SENDING_POOL_SUBJECTS),
+        "Envelopes waiting for the SMTPSender",
+    ),
     StreamSpec(STATS_STREAM, (STATS_SUBJECTS,), "Delivery outcome and engagement events"),
     StreamSpec(
         DEAD_LETTER_STREAM,
@@ -80,6 +89,7 @@ STREAMS = (
 
 # Durable consumers (name → filter subject).
 SENDER_DURABLE = "kannon-sending-pool"
+"""The default IP pool's sending consumer; pool P's is `kannon-sending-pool-P`."""
 DISPATCHER_DELIVERED_DURABLE = "dispatcher-delivered"
 DISPATCHER_BOUNCED_DURABLE = "dispatcher-bounced"
 DISPATCHER_ERROR_DURABLE = "dispatcher-error"
@@ -88,6 +98,21 @@ WEBHOOKS_DURABLE = "kannon-webhooks"
 # The suppression list's consumers, one per outcome type that can suppress an address
 # (`kannon.stats.suppression.SUPPRESSING_TYPES`): `kannon-suppression-<type>`.
 SUPPRESSION_DURABLE_PREFIX = "kannon-suppression-"
+
+
+def sending_subject(pool: str) -> str:
+    """Where the Envelopes of IP pool `pool` are published (ADR 0039): the default pool keeps
+    `kannon.sending`, pool P gets `kannon.sending.pool.P`."""
+    if pool == ip_pool.DEFAULT_POOL:
+        return SENDING_SUBJECT
+    return SENDING_POOL_PREFIX + ip_pool.check_pool_name(pool)
+
+
+def sender_durable(pool: str) -> str:
+    """The durable consumer the sender nodes of IP pool `pool` share."""
+    if pool == ip_pool.DEFAULT_POOL:
+        return SENDER_DURABLE
+    return f"{SENDER_DURABLE}-{ip_pool.check_pool_name(pool)}"
 
 
 def suppression_durable(stat_type: str) -> str:

@@ -34,6 +34,7 @@ from kannon.config.values import (
     parse_size,
     show_value,
 )
+from kannon.model.ip_pool import DEFAULT_POOL, check_pool_name
 from kannon.model.shaping import Rule, parse_rules
 
 COMPONENTS: tuple[str, ...] = (
@@ -177,6 +178,27 @@ def _networks(value: object) -> tuple[str, ...]:
     return networks
 
 
+def _pool_name(value: object) -> str:
+    return check_pool_name(_text(value).strip().lower())
+
+
+def _pool_names(value: object) -> tuple[str, ...]:
+    names = tuple(name.lower() for name in parse_list(value))
+    for name in names:
+        check_pool_name(name)
+    return names
+
+
+def _optional_ip(value: object) -> str | None:
+    text = _optional_text(value)
+    if text is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise ValueError(f"{show_value(value)} is not an IP address") from None
+
+
 # ---------------------------------------------------------------------------------------------
 # Value types. Ports a server listens on accept 0 (the OS picks a free port — tests rely on it);
 # ports Kannon connects to do not.
@@ -205,6 +227,9 @@ def _shaping_rules(value: object) -> tuple[Rule, ...]:
 
 
 ShapingRules = Annotated[tuple[Rule, ...], BeforeValidator(_shaping_rules), Kind("rules")]
+PoolName = Annotated[str, BeforeValidator(_pool_name), Kind("string")]
+PoolNames = Annotated[tuple[str, ...], BeforeValidator(_pool_names), Kind("list")]
+OptionalIp = Annotated[str | None, BeforeValidator(_optional_ip), Kind("ip")]
 RelayTLS = Annotated[
     Literal["starttls", "tls", "none"],
     BeforeValidator(_choice("starttls", "tls", "none")),
@@ -337,6 +362,12 @@ class SenderSettings(_Section):
     smtp_port: RemotePort = _key(25, "Port of the recipients' MX servers")
     connect_timeout: Duration = _key("15s", "Timeout connecting to a remote SMTP server")
     command_timeout: Duration = _key("60s", "Timeout of each command to a remote SMTP server")
+    pool: PoolName = _key(
+        DEFAULT_POOL, "IP pool this sender node sends for (its Domains' and Batches' Envelopes)"
+    )
+    source_address: OptionalIp = _key(
+        None, "Local IP address outgoing SMTP connections are bound to (unset = the OS picks)"
+    )
     relay: RelaySettings = Field(default_factory=RelaySettings)
     mta_sts: MtaStsSettings = Field(default_factory=MtaStsSettings)
     shaping: ShapingSettings = Field(default_factory=ShapingSettings)
@@ -581,6 +612,11 @@ class Settings(_Section):
         None, "NATS server URL (standalone embeds its own)", shown="(required)", secret=True
     )
     debug: Bool = _key(False, "Enable debug logging")
+    ip_pools: PoolNames = _key(
+        (),
+        "IP pools besides `default` that Domains and Batches may name (API and dispatcher); "
+        "a pool with no sender node queues its mail",
+    )
     data_dir: DataPath = _key(
         "~/.local/share/kannon", "Standalone mode's data directory (embedded NATS store, secrets)"
     )
@@ -611,6 +647,10 @@ class Settings(_Section):
     run_tracker: Bool = _key(False, "Run the open/click tracker", yaml_name="run-tracker")
     run_stats: Bool = _key(False, "Run the stats worker", yaml_name="run-stats")
     run_webhooks: Bool = _key(False, "Run the outcome webhooks worker", yaml_name="run-webhooks")
+
+    def known_pools(self) -> tuple[str, ...]:
+        """Every IP pool a Domain or Batch may name: `default` and `ip_pools`."""
+        return (DEFAULT_POOL, *(p for p in self.ip_pools if p != DEFAULT_POOL))
 
     def selected_components(self) -> list[str]:
         """Names of the components whose run-* key is true, in :data:`COMPONENTS` order."""

@@ -113,8 +113,9 @@ async def create_batch(
             await insert_template(conn, transient_template)
         await conn.execute(
             """INSERT INTO messages (message_id, subject, sender_email, sender_alias, template_id,
-                                     domain, attachments, headers, created_at, tracking)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
+                                     domain, attachments, headers, created_at, tracking,
+                                     ip_pool)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)""",
             plan.batch_id,
             plan.subject,
             plan.sender_email,
@@ -125,6 +126,7 @@ async def create_batch(
             plan.headers,
             to_db_time(now),
             plan.tracking.to_json(),
+            plan.ip_pool,
         )
         if data:
             await conn.copy_to_table(

@@ -35,6 +35,7 @@ from kannon.model.delivery import (
     VALIDATING,
     PoolDelivery,
 )
+from kannon.model.ip_pool import DEFAULT_POOL
 from kannon.model.tracking import DEFAULT_CEILING, TrackingPolicy
 
 _NAMES = (
@@ -228,9 +229,13 @@ async def release_dispatch(
 
 
 async def mark_queued(
-    pool: asyncpg.Pool, published: Sequence[tuple[int, int, int]], now: datetime
+    pool: asyncpg.Pool,
+    published: Sequence[tuple[int, int, int]],
+    now: datetime,
+    ip_pool: str = DEFAULT_POOL,
 ) -> int:
-    """sending → queued for Deliveries whose Envelope the stream has stored.
+    """sending → queued for Deliveries whose Envelope the stream has stored on IP pool
+    `ip_pool`'s subject.
 
     `published` holds (row id, attempt, stream sequence) per Envelope. A row changes only while it
     is still claimed for that attempt: an outcome may already have ended or rescheduled it (the
@@ -241,7 +246,8 @@ async def mark_queued(
     status = await pool.execute(
         """
         UPDATE sending_pool_emails AS p
-        SET status = $1, claimed_at = NULL, queued_at = $2, envelope_seq = t.seq
+        SET status = $1, claimed_at = NULL, queued_at = $2, envelope_seq = t.seq,
+            envelope_pool = $7
         FROM unnest($3::int[], $4::int[], $5::bigint[]) AS t(id, attempt, seq)
         WHERE p.id = t.id AND p.status = $6 AND p.send_attempts_cnt = t.attempt
         """,
@@ -251,6 +257,7 @@ async def mark_queued(
         [attempt for _, attempt, _ in published],
         [seq for _, _, seq in published],
         SENDING,
+        ip_pool,
     )
     return _count(status)
 
@@ -409,24 +416,30 @@ async def reclaim_all_stale(
 async def lost_in_queue(
     pool: asyncpg.Pool,
     queued_before: datetime,
-    acked_up_to: int,
+    acked_up_to: Mapping[str, int],
     first_in_stream: int,
     limit: int,
 ) -> list[PoolDelivery]:
-    """Queued Deliveries whose Envelope can no longer be sent: the SMTPSender has acknowledged
-    every Envelope up to `acked_up_to` (the consumer's ack floor), and the stream no longer holds
-    those below `first_in_stream`. Only rows queued before `queued_before` are considered."""
+    """Queued Deliveries whose Envelope can no longer be sent: the sender nodes of its IP pool
+    have acknowledged every Envelope of the pool up to `acked_up_to[pool]` (that pool's consumer's
+    ack floor), or the stream no longer holds it (below `first_in_stream`). Only rows queued
+    before `queued_before` are considered; a pool missing from `acked_up_to` has acked nothing."""
     rows = await pool.fetch(
         f"""
-        SELECT {_COLUMNS} FROM sending_pool_emails
-        WHERE status = $1 AND queued_at < $2 AND (envelope_seq <= $3 OR envelope_seq < $4)
-        ORDER BY queued_at
-        LIMIT $5
+        SELECT {_P_COLUMNS} FROM sending_pool_emails AS p
+        LEFT JOIN unnest($3::varchar[], $4::bigint[]) AS f(ip_pool, floor)
+            ON f.ip_pool = COALESCE(p.envelope_pool, $6)
+        WHERE p.status = $1 AND p.queued_at < $2
+            AND (p.envelope_seq <= COALESCE(f.floor, 0) OR p.envelope_seq < $5)
+        ORDER BY p.queued_at
+        LIMIT $7
         """,
         QUEUED,
         to_db_time(queued_before),
-        acked_up_to,
+        list(acked_up_to),
+        list(acked_up_to.values()),
         first_in_stream,
+        DEFAULT_POOL,
         limit,
     )
     return [_delivery(row) for row in rows]

@@ -23,6 +23,7 @@ import asyncpg
 from kannon.db.times import from_db_time, to_db_time
 from kannon.model.domain import RSA_SHA256, DkimKey, Domain
 from kannon.model.errors import Conflict
+from kannon.model.ip_pool import DEFAULT_POOL
 from kannon.model.tracking import DEFAULT_CEILING, TrackingPolicy
 
 
@@ -60,6 +61,7 @@ def _domain(row: Any, keys: Sequence[DkimKey] = ()) -> Domain:
         tracking=TrackingPolicy.from_json(_json(row["tracking"]), DEFAULT_CEILING),
         one_click_unsubscribe=row["one_click_unsubscribe"],
         dkim_keys=tuple(keys),
+        ip_pool=row["ip_pool"],
     )
 
 
@@ -76,7 +78,9 @@ def _key(row: Any) -> DkimKey:
     )
 
 
-_COLUMNS = "domain, dkim_public_key, dkim_selector, created_at, tracking, one_click_unsubscribe"
+_COLUMNS = (
+    "domain, dkim_public_key, dkim_selector, created_at, tracking, one_click_unsubscribe, ip_pool"
+)
 _KEY_COLUMNS = "domain, selector, algorithm, public_key, created_at, confirmed_at, retire_at"
 
 
@@ -118,6 +122,7 @@ async def insert_domain(
     dkim_selector: str,
     now: datetime,
     extra_keys: Sequence[NewKey] = (),
+    ip_pool: str = DEFAULT_POOL,
 ) -> Domain:
     """Create a Domain with its RSA key (and `extra_keys`, e.g. its Ed25519 one), all signing
     at once; Conflict when the name is taken."""
@@ -125,13 +130,14 @@ async def insert_domain(
         try:
             row = await conn.fetchrow(
                 f"""INSERT INTO domains (domain, dkim_private_key, dkim_public_key, dkim_selector,
-                                         created_at)
-                    VALUES ($1, $2, $3, $4, $5) RETURNING {_COLUMNS}""",
+                                         created_at, ip_pool)
+                    VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_COLUMNS}""",
                 name,
                 dkim_private_key,
                 dkim_public_key,
                 dkim_selector,
                 to_db_time(now),
+                ip_pool,
             )
         except asyncpg.UniqueViolationError:
             raise Conflict(f"domain: {name!r} already exists") from None

@@ -29,6 +29,7 @@ from typing import Any
 import asyncpg
 
 from kannon.db.domains import SigningKey, signing_keys
+from kannon.model.ip_pool import DEFAULT_POOL, resolve_pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,8 @@ class SendingData:
     """The Batch's RFC 8058 URL template (`messages.headers` "one_click_unsubscribe")."""
     builtin_unsubscribe: bool = False
     """The Domain serves one-click unsubscribes itself (used when the Batch has no template)."""
+    ip_pool: str = DEFAULT_POOL
+    """The IP pool the Batch's Envelopes go to: the Batch's own, else its Domain's (ADR 0039)."""
 
     def attachment_bytes(self) -> list[tuple[str, bytes]]:
         """The attachments decoded, sorted by filename (a stable MIME part order).
@@ -110,6 +113,7 @@ def _sending_data(row: asyncpg.Record, keys: Sequence[SigningKey]) -> SendingDat
         headers_cc=_strings(headers.get("cc")),
         one_click_url_template=_url_template(headers),
         builtin_unsubscribe=bool(row["one_click_unsubscribe"]),
+        ip_pool=resolve_pool(row["batch_pool"], row["domain_pool"]),
     )
 
 
@@ -124,7 +128,8 @@ async def load_sending_data(
         """
         SELECT m.message_id, m.domain, m.subject, m.sender_email, m.sender_alias,
                m.template_id, m.attachments, m.headers,
-               t.html, d.one_click_unsubscribe
+               t.html, d.one_click_unsubscribe,
+               m.ip_pool AS batch_pool, d.ip_pool AS domain_pool
         FROM messages AS m
         LEFT JOIN templates AS t ON t.template_id = m.template_id AND t.domain = m.domain
         LEFT JOIN domains AS d ON d.domain = m.domain

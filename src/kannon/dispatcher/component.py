@@ -1,5 +1,6 @@
 """The Dispatcher Component: claims due Deliveries, builds and signs their Envelopes, publishes
-them on `kannon.sending`, and consumes the SMTPSender's outcomes to keep the Pool in step.
+them on their IP pool's subject (`kannon.sending` for the default pool, ADR 0039), and consumes
+the SMTPSender's outcomes to keep the Pool in step.
 
 Loops (all in `run`, which calls `life.ready()` once every one of them runs):
 
@@ -69,10 +70,10 @@ from kannon.bus.subjects import (
     DISPATCHER_DELIVERED_DURABLE,
     DISPATCHER_ERROR_DURABLE,
     ERROR,
-    SENDER_DURABLE,
     SENDING_STREAM,
-    SENDING_SUBJECT,
     STATS_STREAM,
+    sender_durable,
+    sending_subject,
     stats_subject,
 )
 from kannon.config import ConfigError, Settings, require
@@ -238,6 +239,7 @@ class _BatchParts:
 
     job: BatchJob
     signers: list[DkimSigner]
+    ip_pool: str
 
 
 @dataclass
@@ -246,6 +248,8 @@ class _Chunk:
 
     built: list[tuple[PoolDelivery, Built]] = field(default_factory=list)
     failed: list[tuple[PoolDelivery, str]] = field(default_factory=list)
+    pools: dict[str, str] = field(default_factory=dict)
+    """The IP pool of each Batch in `built`."""
 
 
 class Dispatcher:
@@ -269,6 +273,7 @@ class Dispatcher:
             raise ConfigError(f"secret_key: {exc}", key="secret_key") from None
         self._settings = settings.dispatcher
         self._nats = settings.nats
+        self._pools = settings.known_pools()
         self._tracker_base = settings.tracker.base_url
         self._token_ttl = settings.tracker.token_ttl
         self._secret = secret
@@ -471,7 +476,7 @@ class Dispatcher:
             unsubscribe_url_template=batch.one_click_url_template,
             builtin_unsubscribe=batch.builtin_unsubscribe,
         )
-        return _BatchParts(job, signers)
+        return _BatchParts(job, signers, batch.ip_pool)
 
     def _domain_signers(self, batch: SendingData) -> list[DkimSigner]:
         fingerprint = batch.dkim_keys
@@ -512,6 +517,7 @@ class Dispatcher:
                 result.failed.append((delivery, parts))
             else:
                 groups.setdefault(delivery.message_id, (parts, []))[1].append(delivery)
+                result.pools[delivery.message_id] = parts.ip_pool
         outputs = await asyncio.gather(
             *(self._build_group(parts, group, now) for parts, group in groups.values()),
             return_exceptions=True,
@@ -549,9 +555,13 @@ class Dispatcher:
         built, failed = chunk.built, chunk.failed
         DISPATCHED.labels("build_failed").inc(len(failed))
         results = await asyncio.gather(
-            *(self._publish(delivery, env) for delivery, env in built), return_exceptions=True
+            *(
+                self._publish(delivery, env, chunk.pools[delivery.message_id])
+                for delivery, env in built
+            ),
+            return_exceptions=True,
         )
-        queued: list[tuple[int, int, int]] = []
+        queued: dict[str, list[tuple[int, int, int]]] = {}
         unpublished: list[tuple[PoolDelivery, Exception]] = []
         for (delivery, _), result in zip(built, results, strict=True):
             if isinstance(result, Exception):
@@ -559,12 +569,15 @@ class Dispatcher:
             elif isinstance(result, BaseException):
                 raise result  # cancelled: let it through, Reclaim retakes the claim
             else:
-                queued.append((delivery.id, delivery.send_attempts_cnt, result))
-        DISPATCHED.labels("published").inc(len(queued))
+                queued.setdefault(chunk.pools[delivery.message_id], []).append(
+                    (delivery.id, delivery.send_attempts_cnt, result)
+                )
+        DISPATCHED.labels("published").inc(sum(len(rows) for rows in queued.values()))
         DISPATCHED.labels("publish_failed").inc(len(unpublished))
         # Should this fail (database gone), the rows stay claimed: Reclaim hands them out again
         # under the same attempt, and the stream drops the second copy of each Envelope.
-        await deliveries.mark_queued(self._pool, queued, self._clock())
+        for ip_pool, rows in queued.items():
+            await deliveries.mark_queued(self._pool, rows, self._clock(), ip_pool)
         if unpublished:
             await self._publish_failed(unpublished, now)
         if failed:
@@ -579,15 +592,15 @@ class Dispatcher:
                 if isinstance(outcome, BaseException):
                     raise outcome
 
-    async def _publish(self, delivery: PoolDelivery, env: Built) -> int:
-        """Publish an Envelope; its stream sequence. A bus that does not answer gets a few more
-        tries, under the same `Nats-Msg-Id`: a publish that was stored after all is not stored
-        twice."""
+    async def _publish(self, delivery: PoolDelivery, env: Built, ip_pool: str) -> int:
+        """Publish an Envelope on its IP pool's subject; its stream sequence. A bus that does
+        not answer gets a few more tries, under the same `Nats-Msg-Id`: a publish that was stored
+        after all is not stored twice."""
         msg_id = envelope_msg_id(env.email_id, delivery.send_attempts_cnt)
         delay = PUBLISH_RETRY_DELAY
         for tries_left in range(PUBLISH_TRIES - 1, -1, -1):
             try:
-                return await self._bus.publish(SENDING_SUBJECT, env.payload, msg_id)
+                return await self._bus.publish(sending_subject(ip_pool), env.payload, msg_id)
             except Exception as exc:
                 if not tries_left or not is_bus_unavailable(exc):
                     raise
@@ -767,15 +780,20 @@ class Dispatcher:
 
     async def requeue_lost(self) -> int:
         """Retry the queued Deliveries whose Envelope can no longer be sent and whose outcome
-        can no longer come: the SMTPSender has acknowledged the Envelope (or the stream dropped
-        it) and none of this Dispatcher's outcome consumers has anything pending.
+        can no longer come: the sender nodes of its IP pool have acknowledged the Envelope (or
+        the stream dropped it) and none of this Dispatcher's outcome consumers has anything
+        pending. Each pool's consumer has its own ack floor; a pool with no consumer yet (no
+        sender node) has acknowledged nothing, so its Deliveries wait in the queue.
 
         The reads go in that order: an outcome is published before its Envelope is acknowledged,
         so once the consumers are idle after the ack floor was read, every outcome about those
         Envelopes has been applied, and a row still queued lost its outcome (dead-lettered).
         """
         now = self._clock()
-        acked = await self._bus.ack_floor(SENDING_STREAM, SENDER_DURABLE)
+        acked = {
+            ip_pool: await self._bus.ack_floor(SENDING_STREAM, sender_durable(ip_pool))
+            for ip_pool in self._pools
+        }
         first = await self._bus.first_seq(SENDING_STREAM)
         durables = (
             DISPATCHER_DELIVERED_DURABLE,

@@ -135,6 +135,8 @@ class BatchPlan:
     suppressed: list[Delivery] = field(default_factory=list)
     """Recipients refused because the Domain suppresses them: written to the Pool with
     `reject_reason` "suppressed" so their Rejected event is published; never sent."""
+    ip_pool: str | None = None
+    """The IP pool the Batch named instead of its Domain's (messages.ip_pool; ADR 0039)."""
 
 
 def _check_header_text(value: str, field: str) -> None:

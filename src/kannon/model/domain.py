@@ -25,6 +25,7 @@ import idna
 
 from kannon.model.address import ascii_domain
 from kannon.model.errors import InvalidArgument
+from kannon.model.ip_pool import DEFAULT_POOL
 from kannon.model.tracking import DEFAULT_CEILING, TrackingPolicy
 
 MAX_DOMAIN_NAME = 253  # DNS limit; the column allows 254
@@ -74,6 +75,8 @@ class Domain:
     tracking: TrackingPolicy = DEFAULT_CEILING
     one_click_unsubscribe: bool = False
     dkim_keys: tuple[DkimKey, ...] = field(default=())
+    ip_pool: str = DEFAULT_POOL
+    """The IP pool its Batches are sent through unless a Batch names another (ADR 0039)."""
 
 
 @dataclass(frozen=True)

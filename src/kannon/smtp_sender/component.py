@@ -1,4 +1,6 @@
-"""`SmtpSender`, the `sender` Component: Envelope in from `kannon.sending`, outcome event out.
+"""`SmtpSender`, the `sender` Component: Envelope in from its IP pool's subject (`sender.pool`:
+`kannon.sending` for the default pool, `kannon.sending.pool.<name>` for another, ADR 0039),
+outcome event out. A node connects from `sender.source_address` and says `sender.hostname`.
 
 Per Envelope (one JetStream message):
 
@@ -40,7 +42,7 @@ from typing import Protocol
 from prometheus_client import Counter, Histogram
 
 from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result, SentGuard
-from kannon.bus.subjects import SENDER_DURABLE, SENDING_STREAM, SENDING_SUBJECT
+from kannon.bus.subjects import SENDING_STREAM, sender_durable, sending_subject
 from kannon.config import Settings, require
 from kannon.envelope.ids import parse_email_id
 from kannon.model.event_ids import send_guard_key, send_outcome_id
@@ -157,14 +159,16 @@ class SmtpSender:
             relay=relay,
             mta_sts=mta_sts,
             shaper=make_shaper(settings, bus),
+            source_address=sender.source_address,
         )
 
     def consumer_spec(self) -> ConsumerSpec:
         jobs = self.settings.sender.max_jobs
+        pool = self.settings.sender.pool
         return ConsumerSpec(
-            durable=SENDER_DURABLE,
+            durable=sender_durable(pool),
             stream=SENDING_STREAM,
-            subject=SENDING_SUBJECT,
+            subject=sending_subject(pool),
             ack_wait=self.settings.nats.sending_ack_wait,
             max_deliver=self.settings.nats.max_deliver,
             batch=jobs,
@@ -177,7 +181,7 @@ class SmtpSender:
 
     async def run(self, life: Life) -> None:
         if not self.demo and self._guard is None:
-            self._guard = await self.bus.sent_guard()
+            self._guard = await self.bus.sent_guard(replicas=self.settings.nats.stream_replicas)
         maintenance = asyncio.create_task(self._maintain(life))
         try:
             await self.bus.consume(
@@ -332,7 +336,9 @@ class SmtpSender:
         """None when we hold the claim (or the guard is down: fail open), else the stored value."""
         guard = self._guard
         if guard is None:
-            guard = self._guard = await self.bus.sent_guard()
+            guard = self._guard = await self.bus.sent_guard(
+                replicas=self.settings.nats.stream_replicas
+            )
         try:
             return await guard.claim(key)
         except Exception as exc:

@@ -1,6 +1,7 @@
 """One Envelope over SMTP: to the recipient's MX hosts, or through the configured relay.
 
-Owns the SMTP dialogue (aiosmtplib): connect, EHLO as `sender.hostname` (HELO when EHLO is
+Owns the SMTP dialogue (aiosmtplib): connect (from `sender.source_address` when set, so a node
+of an IP pool sends from its own address), EHLO as `sender.hostname` (HELO when EHLO is
 refused), STARTTLS, relay AUTH, MAIL FROM the bounce address, RCPT, DATA; reuse of open
 sessions through `ConnectionPool` (RSET before each reuse); and the reading of every way this
 can end as a `SendResult`. Nothing here publishes or acks: the Component does.
@@ -91,9 +92,14 @@ class SmtpDeliverer:
         relay: Relay | None = None,
         mta_sts: MtaSts | None = None,
         shaper: Shaper | None = None,
+        source_address: str | None = None,
     ) -> None:
         self.hostname = hostname
         self.shaper = shaper if shaper is not None and shaper.active else None
+        # (address, any port) for the socket to bind to; None: the OS picks the address.
+        self.source: tuple[str, int] | None = (
+            (source_address, 0) if source_address is not None else None
+        )
         self.port = port
         self.resolver = resolver
         self.pool = pool
@@ -381,6 +387,7 @@ class SmtpDeliverer:
             hostname=relay.host,
             port=relay.port,
             local_hostname=self.hostname,
+            source_address=self.source,
             timeout=self.command_timeout,
             use_tls=implicit,
             start_tls=False,
@@ -490,6 +497,7 @@ class SmtpDeliverer:
             hostname=address,
             port=port,
             local_hostname=self.hostname,
+            source_address=self.source,
             timeout=self.command_timeout,
             start_tls=False,
         )

@@ -160,6 +160,7 @@ def domain_pb(
         dkim_selector=domain.dkim_selector,
         tracking=policy_pb(domain.tracking),
         one_click_unsubscribe=domain.one_click_unsubscribe,
+        ip_pool=domain.ip_pool,
     )
     for record in records:
         msg.dns_records.append(dns_record_pb(record))

@@ -33,13 +33,15 @@ class GetDomainRes(_message.Message):
     def __init__(self, domain: _Optional[_Union[Domain, _Mapping]] = ...) -> None: ...
 
 class CreateDomainRequest(_message.Message):
-    __slots__ = ("domain",)
+    __slots__ = ("domain", "ip_pool")
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    IP_POOL_FIELD_NUMBER: _ClassVar[int]
     domain: str
-    def __init__(self, domain: _Optional[str] = ...) -> None: ...
+    ip_pool: str
+    def __init__(self, domain: _Optional[str] = ..., ip_pool: _Optional[str] = ...) -> None: ...
 
 class Domain(_message.Message):
-    __slots__ = ("domain", "dkim_pub_key", "tracking", "dkim_selector", "dns_records", "one_click_unsubscribe", "dkim_keys")
+    __slots__ = ("domain", "dkim_pub_key", "tracking", "dkim_selector", "dns_records", "one_click_unsubscribe", "dkim_keys", "ip_pool")
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
     DKIM_PUB_KEY_FIELD_NUMBER: _ClassVar[int]
     TRACKING_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +49,7 @@ class Domain(_message.Message):
     DNS_RECORDS_FIELD_NUMBER: _ClassVar[int]
     ONE_CLICK_UNSUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
     DKIM_KEYS_FIELD_NUMBER: _ClassVar[int]
+    IP_POOL_FIELD_NUMBER: _ClassVar[int]
     domain: str
     dkim_pub_key: str
     tracking: _tracking_pb2.TrackingPolicy
@@ -54,7 +57,8 @@ class Domain(_message.Message):
     dns_records: _containers.RepeatedCompositeFieldContainer[DnsRecord]
     one_click_unsubscribe: bool
     dkim_keys: _containers.RepeatedCompositeFieldContainer[DkimKey]
-    def __init__(self, domain: _Optional[str] = ..., dkim_pub_key: _Optional[str] = ..., tracking: _Optional[_Union[_tracking_pb2.TrackingPolicy, _Mapping]] = ..., dkim_selector: _Optional[str] = ..., dns_records: _Optional[_Iterable[_Union[DnsRecord, _Mapping]]] = ..., one_click_unsubscribe: _Optional[bool] = ..., dkim_keys: _Optional[_Iterable[_Union[DkimKey, _Mapping]]] = ...) -> None: ...
+    ip_pool: str
+    def __init__(self, domain: _Optional[str] = ..., dkim_pub_key: _Optional[str] = ..., tracking: _Optional[_Union[_tracking_pb2.TrackingPolicy, _Mapping]] = ..., dkim_selector: _Optional[str] = ..., dns_records: _Optional[_Iterable[_Union[DnsRecord, _Mapping]]] = ..., one_click_unsubscribe: _Optional[bool] = ..., dkim_keys: _Optional[_Iterable[_Union[DkimKey, _Mapping]]] = ..., ip_pool: _Optional[str] = ...) -> None: ...
 
 class DkimKey(_message.Message):
     __slots__ = ("selector", "algorithm", "status", "public_key", "dns_record", "created_at", "confirmed_at", "retire_at")

@@ -20,7 +20,7 @@ class Attachment(_message.Message):
     def __init__(self, filename: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
 
 class SendHTMLReq(_message.Message):
-    __slots__ = ("sender", "subject", "html", "scheduled_time", "recipients", "attachments", "global_fields", "headers", "tracking", "one_click_unsubscribe")
+    __slots__ = ("sender", "subject", "html", "scheduled_time", "recipients", "attachments", "global_fields", "headers", "tracking", "one_click_unsubscribe", "ip_pool")
     class GlobalFieldsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class SendHTMLReq(_message.Message):
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     TRACKING_FIELD_NUMBER: _ClassVar[int]
     ONE_CLICK_UNSUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
+    IP_POOL_FIELD_NUMBER: _ClassVar[int]
     sender: _send_pb2.Sender
     subject: str
     html: str
@@ -48,10 +49,11 @@ class SendHTMLReq(_message.Message):
     headers: _send_pb2.Headers
     tracking: _tracking_pb2.TrackingPolicy
     one_click_unsubscribe: _send_pb2.OneClickUnsubscribe
-    def __init__(self, sender: _Optional[_Union[_send_pb2.Sender, _Mapping]] = ..., subject: _Optional[str] = ..., html: _Optional[str] = ..., scheduled_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recipients: _Optional[_Iterable[_Union[_send_pb2.Recipient, _Mapping]]] = ..., attachments: _Optional[_Iterable[_Union[Attachment, _Mapping]]] = ..., global_fields: _Optional[_Mapping[str, str]] = ..., headers: _Optional[_Union[_send_pb2.Headers, _Mapping]] = ..., tracking: _Optional[_Union[_tracking_pb2.TrackingPolicy, _Mapping]] = ..., one_click_unsubscribe: _Optional[_Union[_send_pb2.OneClickUnsubscribe, _Mapping]] = ...) -> None: ...
+    ip_pool: str
+    def __init__(self, sender: _Optional[_Union[_send_pb2.Sender, _Mapping]] = ..., subject: _Optional[str] = ..., html: _Optional[str] = ..., scheduled_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recipients: _Optional[_Iterable[_Union[_send_pb2.Recipient, _Mapping]]] = ..., attachments: _Optional[_Iterable[_Union[Attachment, _Mapping]]] = ..., global_fields: _Optional[_Mapping[str, str]] = ..., headers: _Optional[_Union[_send_pb2.Headers, _Mapping]] = ..., tracking: _Optional[_Union[_tracking_pb2.TrackingPolicy, _Mapping]] = ..., one_click_unsubscribe: _Optional[_Union[_send_pb2.OneClickUnsubscribe, _Mapping]] = ..., ip_pool: _Optional[str] = ...) -> None: ...
 
 class SendTemplateReq(_message.Message):
-    __slots__ = ("sender", "subject", "template_id", "scheduled_time", "recipients", "attachments", "global_fields", "headers", "tracking", "one_click_unsubscribe")
+    __slots__ = ("sender", "subject", "template_id", "scheduled_time", "recipients", "attachments", "global_fields", "headers", "tracking", "one_click_unsubscribe", "ip_pool")
     class GlobalFieldsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +71,7 @@ class SendTemplateReq(_message.Message):
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     TRACKING_FIELD_NUMBER: _ClassVar[int]
     ONE_CLICK_UNSUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
+    IP_POOL_FIELD_NUMBER: _ClassVar[int]
     sender: _send_pb2.Sender
     subject: str
     template_id: str
@@ -79,7 +82,8 @@ class SendTemplateReq(_message.Message):
     headers: _send_pb2.Headers
     tracking: _tracking_pb2.TrackingPolicy
     one_click_unsubscribe: _send_pb2.OneClickUnsubscribe
-    def __init__(self, sender: _Optional[_Union[_send_pb2.Sender, _Mapping]] = ..., subject: _Optional[str] = ..., template_id: _Optional[str] = ..., scheduled_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recipients: _Optional[_Iterable[_Union[_send_pb2.Recipient, _Mapping]]] = ..., attachments: _Optional[_Iterable[_Union[Attachment, _Mapping]]] = ..., global_fields: _Optional[_Mapping[str, str]] = ..., headers: _Optional[_Union[_send_pb2.Headers, _Mapping]] = ..., tracking: _Optional[_Union[_tracking_pb2.TrackingPolicy, _Mapping]] = ..., one_click_unsubscribe: _Optional[_Union[_send_pb2.OneClickUnsubscribe, _Mapping]] = ...) -> None: ...
+    ip_pool: str
+    def __init__(self, sender: _Optional[_Union[_send_pb2.Sender, _Mapping]] = ..., subject: _Optional[str] = ..., template_id: _Optional[str] = ..., scheduled_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recipients: _Optional[_Iterable[_Union[_send_pb2.Recipient, _Mapping]]] = ..., attachments: _Optional[_Iterable[_Union[Attachment, _Mapping]]] = ..., global_fields: _Optional[_Mapping[str, str]] = ..., headers: _Optional[_Union[_send_pb2.Headers, _Mapping]] = ..., tracking: _Optional[_Union[_tracking_pb2.TrackingPolicy, _Mapping]] = ..., one_click_unsubscribe: _Optional[_Union[_send_pb2.OneClickUnsubscribe, _Mapping]] = ..., ip_pool: _Optional[str] = ...) -> None: ...
 
 class SendRes(_message.Message):
     __slots__ = ("message_id", "template_id", "scheduled_time", "accepted_count", "rejected_count", "rejected_recipients")
