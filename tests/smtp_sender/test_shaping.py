@@ -1,5 +1,6 @@
-"""Delivery shaping across sender processes (ADR 0037): a destination's connection limit holds
-for the whole fleet, not per sender.
+"""Delivery shaping in the sender (ADR 0037, 0038): a destination's connection limit holds for
+the whole fleet, not per sender; an Envelope to a paused destination waits without spending an
+attempt, until it has waited `sender.shaping.max_defer`.
 
 Two `kannon --run-sender` processes share the test's nats-server; the SMTP peer greets a third
 concurrent connection with 421, as big providers do, and records the most connections it ever
@@ -11,17 +12,33 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from kannon.bus.client import Bus
+from kannon.bus.client import Bus, Verdict
+from kannon.bus.shared_state import open_shared_state
+from kannon.model.outcome import Errored
+from kannon.model.shaping import DestinationState
 from kannon.runtime.processes import free_port
+from kannon.smtp_sender.component import SmtpSender
 from tests.fleet.fleet import KANNON, FleetProcess
 from tests.peers.dns import DnsServer
 from tests.peers.fixtures import SinkFactory
-from tests.smtp_sender.conftest import HOSTNAME, Outcomes, make_job, mx_for, publish
+from tests.peers.smtp_sink import SmtpSink
+from tests.smtp_sender.conftest import (
+    HOSTNAME,
+    Outcomes,
+    bus_message,
+    make_job,
+    make_settings,
+    mx_for,
+    publish,
+)
 
 RULE = ".example.test: connections=2 per_connection=3"
 
@@ -94,3 +111,31 @@ async def test_two_senders_never_open_more_connections_than_the_destination_allo
     # Both senders did part of the work: the limit was shared, not held by one of them.
     counts = [delivered_count(await p.metrics()) for p in sender_processes]
     assert all(counts) and sum(counts) == len(jobs), counts
+
+
+async def test_a_paused_destination_defers_its_envelopes_until_max_defer_makes_it_an_attempt(
+    bus: Bus, outcomes: Outcomes, dns_server: DnsServer, smtp_sink: SmtpSink
+) -> None:
+    mx_for(dns_server)
+    shaping = {"destinations": "example.test: connections=2", "backoff": True, "max_defer": "1h"}
+    sender = SmtpSender(make_settings(dns=dns_server, port=smtp_sink.port, shaping=shaping), bus)
+    # Another sender met a 421 here a moment ago: the destination is paused for ten minutes.
+    shared = await open_shared_state(bus)
+    paused = DestinationState(level=1, paused_until=time.time() + 600, reason="421 busy")
+    await shared.change("domain.example.test", lambda _: (paused.encode(), None))
+    job = make_job("waits@example.test")
+    now = datetime.now(UTC)
+    try:
+        fresh = await sender.handle(replace(bus_message(job, seq=10), published=now))
+        assert fresh.verdict is Verdict.NAK and fresh.delay is not None
+        assert 590 < fresh.delay < 605  # the rest of the pause, plus jitter
+        assert not outcomes.items  # not an attempt: nothing published
+        stale = replace(bus_message(job, seq=11), published=now - timedelta(hours=2))
+        waited_too_long = await sender.handle(stale)
+    finally:
+        await sender.deliverer.close()
+    assert waited_too_long.verdict is Verdict.ACK
+    (outcome,) = await outcomes.wait(1)
+    assert isinstance(outcome.detail, Errored)
+    assert "max_defer" in outcome.detail.message and "paused" in outcome.detail.message
+    assert smtp_sink.connections == 0
