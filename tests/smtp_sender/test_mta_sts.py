@@ -4,6 +4,7 @@ with certificates from one test CA that the sender trusts through `sender.mta_st
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from kannon.bus.client import Bus
 from kannon.config import Settings
 from kannon.model.outcome import Delivered, Errored
 from kannon.smtp_sender.component import SmtpSender
+from kannon.smtp_sender.mta_sts import MtaSts
+from kannon.smtp_sender.mx import MxResolver
 from tests.peers.dns import DnsServer
 from tests.peers.fixtures import SinkFactory
 from tests.peers.policy_server import POLICY_PATH, PolicyServer
@@ -215,3 +218,69 @@ async def test_mta_sts_is_off_by_default(bus: Bus, outcomes: Outcomes, sts: StsW
     sts.publish(policy("enforce", "mx.elsewhere.test"))
     assert await deliver_one(bus, outcomes, sts.settings(sink, enabled=False)) == Delivered()
     assert sts.policy_server.requests == []
+
+
+# -- the cache, on its own clock (the policy host and DNS still real) --------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def policies(sts: StsWorld, clock: Clock) -> MtaSts:
+    resolver = MxResolver([sts.dns.address], timeout=5)
+    port = sts.policy_server.port
+    return MtaSts(resolver, ca_file=str(sts.ca.ca_path), port=port, timeout=5, clock=clock)
+
+
+async def test_a_cached_policy_is_fetched_again_after_max_age(sts: StsWorld) -> None:
+    clock = Clock()
+    sts.publish(policy("enforce", MX_HOST, max_age=600))
+    cache = policies(sts, clock)
+    first = await cache.policy(RCPT_DOMAIN)
+    assert first is not None
+    assert (first.mode, first.mx, first.id) == ("enforce", (MX_HOST,), "1")
+    sts.policy_server.policy = policy("testing", MX_HOST, max_age=600)
+    clock.now += 599
+    assert await cache.policy(RCPT_DOMAIN) == first
+    assert sts.policy_server.fetches == 1
+    clock.now += 2  # past max_age: the same TXT id no longer keeps it
+    again = await cache.policy(RCPT_DOMAIN)
+    assert again is not None
+    assert again.mode == "testing"
+    assert sts.policy_server.fetches == 2
+
+
+async def test_a_valid_cached_policy_outlives_a_failed_fetch_and_a_missing_txt_record(
+    sts: StsWorld,
+) -> None:
+    clock = Clock()
+    sts.publish(policy("enforce", MX_HOST, max_age=600), policy_id="a1")
+    cache = policies(sts, clock)
+    cached = await cache.policy(RCPT_DOMAIN)
+    assert cached is not None
+
+    # A new id whose policy cannot be fetched: the cached policy stays (RFC 8461 §5.1).
+    sts.policy_server.status = 500
+    sts.dns.set_txt(STS_NAME, "v=STSv1; id=b2").restart()
+    assert await cache.policy(RCPT_DOMAIN) == cached
+    assert sts.policy_server.fetches == 2
+
+    # No STS record at all any more: still the cached policy, until it expires.
+    sts.dns.set_txt(STS_NAME, "v=spf1 -all").restart()
+    assert await cache.policy(RCPT_DOMAIN) == cached
+    clock.now += 601
+    assert await cache.policy(RCPT_DOMAIN) is None
+    assert sts.policy_server.fetches == 2
+
+
+async def test_concurrent_deliveries_share_one_fetch(sts: StsWorld) -> None:
+    sts.publish(policy("enforce", MX_HOST))
+    cache = policies(sts, Clock())
+    found = await asyncio.gather(*(cache.policy(RCPT_DOMAIN) for _ in range(20)))
+    assert len({p.id if p else None for p in found}) == 1
+    assert sts.policy_server.fetches == 1

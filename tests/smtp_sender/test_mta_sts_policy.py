@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import pytest
 
+from kannon.smtp_sender import mta_sts
 from kannon.smtp_sender.mta_sts import (
     MAX_AGE_LIMIT,
     MAX_POLICY_BYTES,
+    MtaSts,
     Policy,
     PolicyError,
     _policy_text,
     parse_policy,
     parse_txt,
 )
+from kannon.smtp_sender.mx import MxResolver
 
 
 @pytest.mark.parametrize(
@@ -112,3 +115,16 @@ def test_policy_response_body() -> None:
 def test_policy_responses_refused(raw: bytes, error: str) -> None:
     with pytest.raises(PolicyError, match=error):
         _policy_text(raw, "mta-sts.a.test")
+
+
+def test_the_cache_is_bounded_expired_then_oldest_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mta_sts, "CACHE_MAX", 3)
+    now = [0.0]
+    cache = MtaSts(MxResolver(["127.0.0.1:9"]), ca_file=None, clock=lambda: now[0])
+    for domain, age in (("a.test", 10), ("b.test", 1000), ("c.test", 1000)):
+        cache._remember(domain, Policy("enforce", ("mx.test",), age))
+    now[0] = 100.0  # a.test expired
+    cache._remember("d.test", Policy("enforce", ("mx.test",), 1000))
+    assert list(cache._cache) == ["b.test", "c.test", "d.test"]
+    cache._remember("e.test", Policy("enforce", ("mx.test",), 1000))
+    assert list(cache._cache) == ["c.test", "d.test", "e.test"]

@@ -45,6 +45,9 @@ POLICY_PATH = "/.well-known/mta-sts.txt"
 MAX_AGE_LIMIT = 31_557_600
 MAX_POLICY_BYTES = 64 * 1024
 MAX_RESPONSE_BYTES = MAX_POLICY_BYTES + 16 * 1024  # headers included
+# Policies kept per process; each is a few hundred bytes. Beyond this, expired ones go first,
+# then the oldest fetched.
+CACHE_MAX = 50_000
 _MODES: dict[str, Mode] = {"enforce": "enforce", "testing": "testing", "none": "none"}
 _ID = re.compile(r"[A-Za-z0-9]{1,32}")
 
@@ -284,8 +287,17 @@ class MtaSts:
                 }
             },
         )
-        self._cache[domain] = _Cached(policy, self._clock() + policy.max_age)
+        self._remember(domain, policy)
         return policy
+
+    def _remember(self, domain: str, policy: Policy) -> None:
+        now = self._clock()
+        self._cache.pop(domain, None)  # re-inserted last: the dict's order is fetch order
+        if len(self._cache) >= CACHE_MAX:
+            self._cache = {d: c for d, c in self._cache.items() if c.expires > now}
+            while len(self._cache) >= CACHE_MAX:
+                del self._cache[next(iter(self._cache))]
+        self._cache[domain] = _Cached(policy, now + policy.max_age)
 
     async def _announced_id(self, domain: str) -> str | None:
         try:
