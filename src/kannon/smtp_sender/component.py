@@ -16,10 +16,11 @@ Per Envelope (one JetStream message):
    delivering;
 3. deliver (MX or relay, `delivery.py`; or the demo sender); record the outcome in the guard when
    the message may have reached a server, else release the claim so a redelivery may try again;
-4. publish Delivered / Bounced / Errored on `kannon.stats.<type>` with the event id of the
-   attempt (`model.event_ids.send_outcome_id`): every copy publishes the same id, which
-   JetStream de-duplicates and Stats counts once, and which tells the Dispatcher which attempt
-   an error answers;
+4. publish Delivered / Bounced / Errored on `kannon.stats.<type>` (together with the record,
+   both acks awaited at once) with the event id of the attempt
+   (`model.event_ids.send_outcome_id`): every copy publishes the same id, which JetStream
+   de-duplicates and Stats counts once, and which tells the Dispatcher which attempt an error
+   answers;
 5. ack after the PubAck. When publishing fails the outcome is kept in memory and the message is
    nak'ed (growing delays): its redelivery publishes the remembered outcome instead of sending
    again.
@@ -291,7 +292,12 @@ class SmtpSender:
         OUTCOMES.labels(detail.type).inc()
         self._log(job, message, result, outcome)
         if not self.demo and result.possibly_delivered:
-            await self._record(key, outcome)
+            # Record and publish leave in one socket write and their acks are awaited together
+            # (ADR 0048); both are settled before the Envelope is acked, as before.
+            _, published = await asyncio.gather(
+                self._record(key, outcome), self._publish(key, outcome)
+            )
+            return published
         return await self._publish(key, outcome)
 
     def _defer(
