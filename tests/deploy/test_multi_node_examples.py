@@ -67,8 +67,12 @@ def test_the_ip_pools_overlay_runs_a_sender_per_pool_bound_to_its_nodes_address(
         for name in kustomization["resources"]
         for doc in yaml.safe_load_all((IP_POOLS / name).read_text(encoding="utf-8"))
     ]
+    (namespace,) = [doc for doc in docs if doc["kind"] == "Namespace"]
+    # hostNetwork is refused under "restricted": the senders have their own namespace.
+    assert namespace["metadata"]["name"] == kustomization["namespace"] != "kannon"
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
     seen = {}
-    for doc in docs:
+    for doc in [doc for doc in docs if doc["kind"] == "DaemonSet"]:
         pod = doc["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         env = {var["name"]: var for var in container["env"]}
@@ -80,8 +84,11 @@ def test_the_ip_pools_overlay_runs_a_sender_per_pool_bound_to_its_nodes_address(
         )
         values = {k: v["value"] for k, v in env.items() if "value" in v}
         values["K_SENDER_SOURCE_ADDRESS"] = "192.0.2.10"  # what the fieldRef gives
-        settings = load_settings({}, values)
+        settings = load_settings({}, values, config_path=str(IP_POOLS / "kannon.yaml"))
+        assert settings.nats_url
         assert settings.sender.pool == pool
+        (volume,) = [v for v in pod["volumes"] if "configMap" in v]
+        assert volume["configMap"]["name"] == kustomization["configMapGenerator"][0]["name"]
         assert settings.health.port == container["ports"][0]["containerPort"]
         seen[pool] = settings.sender.hostname
     assert set(seen) == {"eu", "us"} and len(set(seen.values())) == 2
