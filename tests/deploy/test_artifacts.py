@@ -44,6 +44,7 @@ COMPOSE = COMPOSE_DIR / "docker-compose.yaml"
 COMPOSE_CONFIG = COMPOSE_DIR / "kannon.yaml"
 K8S = ROOT / "k8s"
 STANDALONE = K8S / "overlays" / "standalone"
+IP_POOLS = K8S / "overlays" / "ip-pools"
 CONFIG_IN_CONTAINER = "/etc/kannon/kannon.yaml"
 
 # What each Component needs (the product's contract; the sender never touches the database).
@@ -271,7 +272,9 @@ def test_every_manifest_validates_strictly(version: str) -> None:
     assert "WARN" not in result.stdout + result.stderr, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("path", [K8S, STANDALONE], ids=["fleet", "standalone"])
+@pytest.mark.parametrize(
+    "path", [K8S, STANDALONE, IP_POOLS], ids=["fleet", "standalone", "ip-pools"]
+)
 def test_kustomizations_render_to_valid_manifests(path: Path, tmp_path: Path) -> None:
     # What holds without kustomize: every listed file exists, generated config files load as
     # Kannon settings, and every image the kustomization retags is used by some manifest.

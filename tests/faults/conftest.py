@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kannon.db.embedded import EmbeddedPostgres, start_postgres
+from tests.faults.cluster import NatsCluster
 from tests.faults.support import RestartableNats
 from tests.fleet.conftest import start_fleet  # noqa: F401  (fixture)
 from tests.peers.fixtures import (  # noqa: F401  (fixtures, registered by importing them)
@@ -43,4 +44,17 @@ async def own_nats() -> AsyncIterator[RestartableNats]:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def nats_cluster() -> Iterator[NatsCluster]:
+    """Three nats-servers routed into one JetStream cluster, for this test alone."""
+    root = Path(tempfile.mkdtemp(prefix="kannon-fault-cluster-", dir="/tmp"))
+    cluster = NatsCluster(root)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
         shutil.rmtree(root, ignore_errors=True)

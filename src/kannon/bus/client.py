@@ -95,6 +95,12 @@ def is_too_large(exc: BaseException) -> bool:
     return isinstance(exc, nats.errors.MaxPayloadError)
 
 
+def server_urls(url: str) -> list[str]:
+    """The servers of `nats_url`: one URL, or several comma-separated (the nodes of a cluster;
+    the client also learns the others from the one it reaches, ADR 0041)."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 class Verdict(enum.Enum):
     ACK = "ack"
     NAK = "nak"
@@ -177,7 +183,7 @@ class Bus:
             log.warning("nats connection error", extra={"kv": {"error": repr(exc)}})
 
         nc = await nats.connect(
-            url,
+            server_urls(url),
             name=name,
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,

@@ -609,7 +609,11 @@ class Settings(_Section):
         None, "PostgreSQL connection string", shown="(required)", secret=True
     )
     nats_url: OptionalText = _key(
-        None, "NATS server URL (standalone embeds its own)", shown="(required)", secret=True
+        None,
+        "NATS server URL, or several comma-separated (a cluster's nodes; standalone embeds its "
+        "own)",
+        shown="(required)",
+        secret=True,
     )
     debug: Bool = _key(False, "Enable debug logging")
     ip_pools: PoolNames = _key(

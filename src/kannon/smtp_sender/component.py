@@ -86,6 +86,10 @@ UNPUBLISHED_MAX = 10_000
 PUBLISH_RETRY_DELAY = timedelta(seconds=2)
 DEADLINE_SHARE = 0.8
 SENDING_MAX_ACK_PENDING = 100_000
+# A guard write that failed is tried again this often, the delay doubling from the first:
+# 0.25 + 0.5 + 1 + 2 + 4 s, longer than a JetStream cluster's leader election.
+GUARD_RECORD_TRIES = 6
+GUARD_RECORD_RETRY = 0.25
 
 
 class Guard(Protocol):
@@ -355,15 +359,26 @@ class SmtpSender:
             return None
 
     async def _record(self, key: str, outcome: Outcome) -> None:
+        """Store the outcome in the guard. Tried again for a few seconds: a guard left at CLAIMED
+        makes a redelivery send a second copy, and a NATS cluster electing a new leader (a node
+        lost, ADR 0041) times out writes for about that long."""
         if self._guard is None:
             return
-        try:
-            await self._guard.record(key, wire_stats.encode(outcome))
-        except Exception as exc:
-            log.warning(
-                "could not record the outcome in the send guard",
-                extra={"kv": {"key": key, "error": repr(exc)}},
-            )
+        value = wire_stats.encode(outcome)
+        delay = GUARD_RECORD_RETRY
+        for tries_left in range(GUARD_RECORD_TRIES - 1, -1, -1):
+            try:
+                await self._guard.record(key, value)
+                return
+            except Exception as exc:
+                if not tries_left:
+                    log.warning(
+                        "could not record the outcome in the send guard",
+                        extra={"kv": {"key": key, "error": repr(exc)}},
+                    )
+                    return
+            await asyncio.sleep(delay)  # the cluster's election, not a test waiting
+            delay *= 2
 
     async def _release(self, key: str) -> None:
         if self._guard is None:
