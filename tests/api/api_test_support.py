@@ -35,7 +35,14 @@ BOUNCE_HOST = "bounce.kannon.test"
 
 
 def make_settings(nats: dict[str, Any] | None = None, **api: Any) -> Settings:
-    api_values = {"port": 0, "host": "127.0.0.1", "admin_token": ADMIN_TOKEN, **api}
+    # Free ports for both listeners: several test runs share the machine.
+    api_values = {
+        "port": 0,
+        "http_port": 0,
+        "host": "127.0.0.1",
+        "admin_token": ADMIN_TOKEN,
+        **api,
+    }
     return Settings.model_validate(
         {
             "api": api_values,
