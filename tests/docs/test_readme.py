@@ -2,7 +2,8 @@
 against `kannon standalone` with the demo sender: every command must succeed, and the Batch must
 end as the README says (Ada Delivered, Bob Bounced). Then, in the same session, the suppression
 list's example (the second block) and the webhooks example (the third), whose test event must
-reach a receiver this test runs, signed as the `standardwebhooks` library verifies."""
+reach a receiver this test runs, signed as the `standardwebhooks` library verifies, and the
+Admin calls of the privacy section (the fourth)."""
 
 from __future__ import annotations
 
@@ -168,6 +169,13 @@ def test_readme_walkthrough_runs_verbatim() -> None:
             hooks.replace("KANNON_HTTP=127.0.0.1:50052", f"KANNON_HTTP=127.0.0.1:{http_port}"),
             env,
         )
+        admin = (prelude + readme_examples()[3]).replace(
+            "KANNON=127.0.0.1:50051", f"KANNON=127.0.0.1:{api_port}"
+        )
+        check_admin_example(
+            admin.replace("KANNON_HTTP=127.0.0.1:50052", f"KANNON_HTTP=127.0.0.1:{http_port}"),
+            env,
+        )
     finally:
         kannon.send_signal(signal.SIGINT)
         try:
@@ -275,3 +283,24 @@ def check_webhooks_example(script: str, env: dict[str, str]) -> None:
     event = Webhook(created["secret"]).verify(body, headers)
     assert event["type"] == "test" and event["data"]["domain"] == "mail.example.com"
     assert {h["webhook-id"] for h, _ in received} == {sent["webhookId"]}
+
+
+def check_admin_example(script: str, env: dict[str, str]) -> None:
+    """The Admin example: the ceiling is set, GetDomain over Connect shows it, a rotation adds
+    pending keys beside the signing ones and ListDkimKeys lists them all."""
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    tracked, got, rotated, keys = json_documents(result.stdout)
+    ceiling = {"opens": "TRACKING_MODE_ANONYMOUS", "links": "TRACKING_MODE_OFF"}
+    assert tracked["domain"]["tracking"] == ceiling
+    assert got["domain"]["tracking"] == ceiling and got["domain"]["dnsRecords"]
+    assert {k["status"] for k in rotated["keys"]} == {"pending"} and rotated["dnsRecords"]
+    statuses = sorted(k["status"] for k in keys["keys"])
+    assert statuses.count("pending") == 2 and statuses.count("active") == 2, keys
