@@ -73,7 +73,11 @@ async def _wait_port(port: int) -> None:
             await asyncio.sleep(0.05)
 
 
-async def run(database_url: str, nats_url: str, receiver_port: int, events: int) -> float:
+async def run(
+    database_url: str, nats_url: str, receiver_port: int, events: int
+) -> tuple[float, float]:
+    """Events/s, and the worker process's CPU seconds per event (independent of what else
+    the machine runs: the ceiling of one core is its inverse)."""
     pool = await create_pool(database_url, max_size=8)
     bus = await Bus.connect(nats_url, name="kannon-bench")
     try:
@@ -117,6 +121,7 @@ async def run(database_url: str, nats_url: str, receiver_port: int, events: int)
         worker = WebhooksWorker(settings, pool, bus)
         life = Life("webhooks")
         began = time.perf_counter()
+        cpu_began = time.process_time()
         task = asyncio.create_task(worker.run(life))
         while True:
             done = await pool.fetchval(
@@ -128,9 +133,10 @@ async def run(database_url: str, nats_url: str, receiver_port: int, events: int)
                 task.result()
             await asyncio.sleep(0.05)
         took = time.perf_counter() - began
+        cpu = time.process_time() - cpu_began
         life.stopping.set()
         await task
-        return events / took
+        return events / took, cpu / events
     finally:
         await bus.close()
         await pool.close()
@@ -152,8 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(migrate(pg.url()))
         _pin(0)
-        rate = asyncio.run(run(pg.url(), nats.url, port, args.events))
-        print(f"webhooks one core: {rate:,.0f} events/s ({args.events} events, goal {GOAL:,.0f})")
+        load = os.getloadavg()[0]
+        rate, cpu = asyncio.run(run(pg.url(), nats.url, port, args.events))
+        print(
+            f"webhooks one core: {rate:,.0f} events/s ({args.events} events, goal {GOAL:,.0f}); "
+            f"worker CPU {cpu * 1000:.2f} ms/event = {1 / cpu:,.0f} events per CPU-second; "
+            f"load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+        )
         return 0
     finally:
         receiver.terminate()

@@ -1,5 +1,5 @@
 """The `kannon` command as an operator meets it: version, errors naming keys, component selection,
-migrations and the bounce tool."""
+migrations, the bounce tool and the DNS commands."""
 
 from __future__ import annotations
 
@@ -141,3 +141,43 @@ def test_unreachable_database_at_boot_is_one_line_and_exit_1() -> None:
     assert result.returncode == 1
     assert "cannot start component" in result.stderr and "api" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_domain_check_with_silent_resolvers_exits_2(database_url: str) -> None:
+    """No DNS answer at all is not a verdict on the records: one line, exit code 2."""
+    import socket
+    from datetime import UTC, datetime
+
+    from kannon.db.domains import insert_domain
+    from kannon.db.pool import create_pool
+    from kannon.envelope.dkim import generate_dkim_keypair
+
+    private, public = generate_dkim_keypair()
+    pool = await create_pool(database_url)
+    try:
+        await insert_domain(
+            pool,
+            name="silent.example.com",
+            dkim_private_key=private,
+            dkim_public_key=public,
+            dkim_selector="smtp",
+            now=datetime.now(UTC),
+        )
+    finally:
+        await pool.close()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))  # bound, so no ICMP refusal: it just never answers
+        server = f"127.0.0.1:{silent.getsockname()[1]}"
+        result = run(
+            "domain",
+            "check",
+            "silent.example.com",
+            "--database-url",
+            database_url,
+            "--sender-dns-servers",
+            server,
+            "--sender-hostname",
+            "kannon.example.com",
+        )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "did not answer" in result.stderr and result.stdout == ""

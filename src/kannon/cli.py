@@ -180,12 +180,14 @@ async def _domain_dns(settings: Settings, name: str) -> int:
 
 
 async def _domain_check(settings: Settings, name: str) -> int:
-    """Exit 0 when every check is ok, 1 when one is not (or there is no such Domain)."""
+    """Exit 0 when every check is ok, 1 when one is not (or there is no such Domain), 2 when
+    the DNS resolvers do not answer."""
     from datetime import UTC, datetime
 
     from kannon.db.domains import get_domain
     from kannon.db.pool import create_pool
     from kannon.dns_records import check_domain_dns
+    from kannon.model.errors import Unavailable
 
     canonical = name.strip().lower().removesuffix(".")
     pool = await create_pool(require(settings, "database_url"), max_size=1)
@@ -194,7 +196,11 @@ async def _domain_check(settings: Settings, name: str) -> int:
         if domain is None:
             print(f"kannon: domain {name!r} not found", file=sys.stderr)
             return 1
-        checks, confirmed = await check_domain_dns(pool, settings, domain, datetime.now(UTC))
+        try:
+            checks, confirmed = await check_domain_dns(pool, settings, domain, datetime.now(UTC))
+        except Unavailable as exc:
+            print(f"kannon: {exc}", file=sys.stderr)
+            return 2
     finally:
         await pool.close()
     for check in checks:

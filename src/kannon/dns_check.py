@@ -15,15 +15,18 @@ publish:
 * ``tracker``: the tracker host resolves, and when it is the Domain's own subdomain, to the
   addresses of the host it should alias.
 
-NXDOMAIN and an empty answer are ``missing``; a resolver that does not answer raises (the check
-cannot say anything then).
+NXDOMAIN and an empty answer are ``missing``. A lookup the resolvers answer with an error
+(SERVFAIL, REFUSED, a timeout after other lookups were answered) makes its check ``error``, with
+the reason, and the other checks still report. When the resolvers do not answer at all (the
+first lookup times out), :class:`kannon.model.errors.Unavailable` is raised: nothing can be said.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import dns.asyncresolver
 import dns.exception
@@ -31,10 +34,13 @@ import dns.name
 import dns.resolver
 
 from kannon.model.domain import DnsRecord, dkim_record_name
+from kannon.model.errors import Unavailable
 
 OK = "ok"
 MISSING = "missing"
 WRONG = "wrong"
+ERROR = "error"
+"""The lookup failed (the resolver answered with an error): the record's state is unknown."""
 SPF_LOOKUP_LIMIT = 10
 DMARC_SUGGESTED = "v=DMARC1; p=none; adkim=r; aspf=r"
 
@@ -59,15 +65,25 @@ class DkimExpectation:
     record: DnsRecord
 
 
+class LookupFailed(Exception):
+    """One lookup got an error instead of an answer; its check reports ``error``."""
+
+    def __init__(self, name: str, rdtype: str, reason: str) -> None:
+        super().__init__(f"lookup of {name} {rdtype} failed: {reason}"[:500])
+
+
 @dataclass
 class Lookups:
     """Cached TXT/A/AAAA/MX lookups for one check."""
 
     resolver: dns.asyncresolver.Resolver
     _cache: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    answered: bool = False
+    """Whether a resolver has answered anything yet (an answer, NXDOMAIN or an error code)."""
 
     async def get(self, name: str, rdtype: str) -> list[str]:
-        """The answers as text (TXT strings joined); [] for NXDOMAIN or no such record."""
+        """The answers as text (TXT strings joined); [] for NXDOMAIN or no such record.
+        Raises LookupFailed, or Unavailable when no resolver has answered anything."""
         key = (name.lower().rstrip("."), rdtype)
         if key in self._cache:
             return self._cache[key]
@@ -75,6 +91,17 @@ class Lookups:
             answer = await self.resolver.resolve(key[0], rdtype)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             values: list[str] = []
+        except dns.exception.Timeout as exc:
+            if not self.answered:
+                servers = ", ".join(str(s) for s in self.resolver.nameservers)
+                raise Unavailable(
+                    f"the DNS resolvers ({servers}) did not answer within "
+                    f"{self.resolver.lifetime:g} s"
+                ) from exc
+            raise LookupFailed(key[0], rdtype, "no answer in time") from exc
+        except dns.exception.DNSException as exc:  # SERVFAIL, REFUSED, YXDOMAIN, bad answers
+            self.answered = True
+            raise LookupFailed(key[0], rdtype, str(exc) or type(exc).__name__) from exc
         else:
             if rdtype == "TXT":
                 values = [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
@@ -84,6 +111,7 @@ class Lookups:
                 ]
             else:
                 values = [r.to_text() for r in answer]
+        self.answered = True
         self._cache[key] = values
         return values
 
@@ -234,14 +262,18 @@ async def check_dkim(lookups: Lookups, domain: str, key: DkimExpectation) -> Che
     return Check("dkim", name, WRONG, detail, key.record, tuple(found))
 
 
-async def check_dmarc(lookups: Lookups, domain: str) -> Check:
-    expected = DnsRecord(
+def dmarc_expected(domain: str) -> DnsRecord:
+    return DnsRecord(
         "TXT",
         f"_dmarc.{domain}",
         DMARC_SUGGESTED,
         "dmarc: tells receivers what to do with mail "
         "that fails SPF and DKIM alignment (start with p=none, then quarantine or reject)",
     )
+
+
+async def check_dmarc(lookups: Lookups, domain: str) -> Check:
+    expected = dmarc_expected(domain)
     labels = domain.split(".")
     for start in range(len(labels) - 1):
         name = "_dmarc." + ".".join(labels[start:])
@@ -303,18 +335,50 @@ async def check_domain(
     lookups = Lookups(resolver)
     by_kind = {_kind(r): r for r in records}
     checks = [
-        await check_spf(lookups, domain, sending_host, by_kind["spf"]),
-        *[await check_dkim(lookups, domain, key) for key in dkim_keys],
-        await check_dmarc(lookups, domain),
-        await check_bounce_mx(lookups, domain, bounce_host, by_kind["mx"]),
+        await _reported(
+            "spf", domain, by_kind["spf"], check_spf(lookups, domain, sending_host, by_kind["spf"])
+        )
     ]
+    for key in dkim_keys:
+        name = dkim_record_name(key.selector, domain)
+        checks.append(await _reported("dkim", name, key.record, check_dkim(lookups, domain, key)))
+    checks.append(
+        await _reported(
+            "dmarc", f"_dmarc.{domain}", dmarc_expected(domain), check_dmarc(lookups, domain)
+        )
+    )
+    checks.append(
+        await _reported(
+            "bounce_mx",
+            domain,
+            by_kind["mx"],
+            check_bounce_mx(lookups, domain, bounce_host, by_kind["mx"]),
+        )
+    )
     if tracker_host is not None:
         expected = by_kind.get("cname") or DnsRecord(
             "A", tracker_host, "<the tracker's address>", "tracking: host of tracking links"
         )
         alias_of = expected.value if expected.type == "CNAME" else None
-        checks.append(await check_tracker(lookups, tracker_host, alias_of, expected))
+        checks.append(
+            await _reported(
+                "tracker",
+                tracker_host,
+                expected,
+                check_tracker(lookups, tracker_host, alias_of, expected),
+            )
+        )
     return checks
+
+
+async def _reported(
+    kind: str, name: str, expected: DnsRecord, check: Coroutine[Any, Any, Check]
+) -> Check:
+    """The check's result, or ``error`` with the reason when one of its lookups failed."""
+    try:
+        return await check
+    except LookupFailed as exc:
+        return Check(kind, name, ERROR, str(exc), expected)
 
 
 def _kind(record: DnsRecord) -> str:

@@ -1,7 +1,9 @@
 """The README's API walkthrough, run verbatim (only the address is changed to a free port)
 against `kannon standalone` with the demo sender: every command must succeed, and the Batch must
-end as the README says (Ada Delivered, Bob Bounced). Then the suppression list's example, the
-README's second example block, in the same session."""
+end as the README says (Ada Delivered, Bob Bounced). Then, in the same session, the suppression
+list's example (the second block) and the webhooks example (the third), whose test event must
+reach a receiver this test runs, signed as the `standardwebhooks` library verifies, and the
+Admin calls of the privacy section (the fourth)."""
 
 from __future__ import annotations
 
@@ -12,11 +14,17 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from standardwebhooks.webhooks import Webhook
 
 from kannon.runtime.processes import free_port
 
@@ -89,6 +97,9 @@ def test_readme_walkthrough_runs_verbatim() -> None:
             "--sender-demo-sender",
             "--sender-hostname",
             "kannon.test",
+            # As examples/standalone/kannon.yaml: the webhooks example's receiver is local.
+            "--webhooks-allow-http",
+            "--webhooks-allow-private",
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -151,6 +162,20 @@ def test_readme_walkthrough_runs_verbatim() -> None:
         check_suppression_example(
             continued.replace("KANNON=127.0.0.1:50051", f"KANNON=127.0.0.1:{api_port}"), env
         )
+        hooks = (prelude + f'AUTH="$(cat {auth_file})"\n' + readme_examples()[2]).replace(
+            "KANNON=127.0.0.1:50051", f"KANNON=127.0.0.1:{api_port}"
+        )
+        check_webhooks_example(
+            hooks.replace("KANNON_HTTP=127.0.0.1:50052", f"KANNON_HTTP=127.0.0.1:{http_port}"),
+            env,
+        )
+        admin = (prelude + readme_examples()[3]).replace(
+            "KANNON=127.0.0.1:50051", f"KANNON=127.0.0.1:{api_port}"
+        )
+        check_admin_example(
+            admin.replace("KANNON_HTTP=127.0.0.1:50052", f"KANNON_HTTP=127.0.0.1:{http_port}"),
+            env,
+        )
     finally:
         kannon.send_signal(signal.SIGINT)
         try:
@@ -195,3 +220,87 @@ def test_grpcurl_note_matches_the_buf_curl_commands() -> None:
         "kannon.mailer.apiv1.MailerApiV1Service",
         "kannon.stats.apiv1.StatsApiV1Service",
     }
+
+
+@contextmanager
+def webhook_receiver() -> Iterator[tuple[int, list[tuple[dict[str, str], bytes]]]]:
+    """An HTTP receiver on loopback answering 204 and recording each POST."""
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def check_webhooks_example(script: str, env: dict[str, str]) -> None:
+    """The webhooks example: the endpoint is created over Connect JSON, listed over gRPC, its
+    test event arrives signed with the secret CreateEndpoint returned, and the replay of the
+    last hour schedules exactly that one event again."""
+    assert "127.0.0.1:8090" in script
+    with webhook_receiver() as (port, received):
+        result = subprocess.run(
+            [
+                "bash",
+                "-euo",
+                "pipefail",
+                "-c",
+                script.replace("127.0.0.1:8090", f"127.0.0.1:{port}"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        created, listed, sent, _attempts, replayed = json_documents(result.stdout)
+        endpoint = created["endpoint"]
+        assert endpoint["url"] == f"http://127.0.0.1:{port}/kannon-events"
+        assert endpoint["eventTypes"] == ["delivered", "bounced"]
+        assert created["secret"].startswith("whsec_")
+        assert [e["id"] for e in listed["endpoints"]] == [endpoint["id"]]
+        assert replayed == {"scheduled": "1"}
+        deadline = time.monotonic() + 30
+        while not received:
+            assert time.monotonic() < deadline, "the test event never arrived"
+            time.sleep(0.1)
+    headers, body = received[0]
+    event = Webhook(created["secret"]).verify(body, headers)
+    assert event["type"] == "test" and event["data"]["domain"] == "mail.example.com"
+    assert {h["webhook-id"] for h, _ in received} == {sent["webhookId"]}
+
+
+def check_admin_example(script: str, env: dict[str, str]) -> None:
+    """The Admin example: the ceiling is set, GetDomain over Connect shows it, a rotation adds
+    pending keys beside the signing ones and ListDkimKeys lists them all."""
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    tracked, got, rotated, keys = json_documents(result.stdout)
+    ceiling = {"opens": "TRACKING_MODE_ANONYMOUS", "links": "TRACKING_MODE_OFF"}
+    assert tracked["domain"]["tracking"] == ceiling
+    assert got["domain"]["tracking"] == ceiling and got["domain"]["dnsRecords"]
+    assert {k["status"] for k in rotated["keys"]} == {"pending"} and rotated["dnsRecords"]
+    statuses = sorted(k["status"] for k in keys["keys"])
+    assert statuses.count("pending") == 2 and statuses.count("active") == 2, keys

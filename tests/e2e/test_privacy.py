@@ -270,6 +270,18 @@ async def test_one_click_unsubscribe_signed_and_served(launch: Launch, smtp_sink
     assert len(rows) == 1
     assert rows[0].data.WhichOneof("data") == "unsubscribed"
 
+    # The POST also put the address on the Domain's suppression list (the GETs did not).
+    async def suppressed() -> bool:
+        return bool(
+            await pipeline.pool.fetchval(
+                "SELECT count(*) FROM suppressions WHERE address = $1 AND reason = 'unsubscribe'",
+                carol,
+            )
+        )
+
+    await wait_for(suppressed, what="the unsubscribed address on the suppression list")
+    assert await pipeline.pool.fetchval("SELECT count(*) FROM suppressions") == 1
+
 
 async def test_rsa_and_ed25519_through_a_key_rotation(
     launch: Launch, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch

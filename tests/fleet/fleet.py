@@ -263,6 +263,10 @@ class Fleet:
                     "  idle_interval: 20ms",
                     "dispatcher:",
                     "  idle_interval: 20ms",
+                    "webhooks:",  # the test's receiver listens on loopback, plain HTTP
+                    "  allow_http: true",
+                    "  allow_private: true",
+                    "  idle_interval: 50ms",
                     "",
                 ]
             ),

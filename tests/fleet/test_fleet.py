@@ -5,8 +5,10 @@ The Batch reaches the loopback SMTP sink through the MX dnsmasq serves, DKIM-sig
 CreateDomain returned (verified by dkimpy against the TXT record published in dnsmasq, as a
 receiver would); GetStats then shows accepted + delivered per recipient. The tracker and smtp
 processes are used too: an open pixel hit becomes `opened`, a DSN sent to the bounce address
-becomes `bounced` (the smtp process verifies the tag the dispatcher process signed). Finally every
-process gets SIGTERM and must exit 0 within the supervisor's grace period.
+becomes `bounced` (the smtp process verifies the tag the dispatcher process signed). The webhooks
+process POSTs every one of those outcome events, once per webhook-id, to an endpoint registered
+through the API, to a receiver the test runs (signatures verified with `standardwebhooks`).
+Finally every process gets SIGTERM and must exit 0 within the supervisor's grace period.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import json
 import smtplib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from email.message import EmailMessage
 from typing import Any
 
 import dkim
 import dns.exception
+from aiohttp import web
+from standardwebhooks.webhooks import Webhook
 
 from kannon.envelope.bounce import parse_bounce_address
 from tests.dispatcher.support import wait_for
@@ -48,6 +54,27 @@ def parse(raw: bytes) -> EmailMessage:
     return message
 
 
+@asynccontextmanager
+async def webhook_receiver() -> AsyncIterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
+    """An HTTP endpoint on loopback answering 204; its URL and the POSTs it got."""
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        received.append(({k.lower(): v for k, v in request.headers.items()}, await request.read()))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/events", handle)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/events", received
+    finally:
+        await runner.cleanup()
+
+
 def dns_txt(dns_server: DnsServer) -> Callable[..., bytes]:
     """dkimpy's `dnsfunc`, asking dnsmasq like any receiver would."""
     resolver = dns_server.resolver()
@@ -64,6 +91,17 @@ def dns_txt(dns_server: DnsServer) -> Callable[..., bytes]:
 
 async def test_seven_processes_deliver_a_batch_through_the_readme_calls_and_stop_cleanly(
     start_fleet: StartFleet, dns_server: DnsServer, smtp_sink: SmtpSink
+) -> None:
+    async with webhook_receiver() as (hook_url, hooks):
+        await run_fleet(start_fleet, dns_server, smtp_sink, hook_url, hooks)
+
+
+async def run_fleet(
+    start_fleet: StartFleet,
+    dns_server: DnsServer,
+    smtp_sink: SmtpSink,
+    hook_url: str,
+    hooks: list[tuple[dict[str, str], bytes]],
 ) -> None:
     add_recipient_dns(dns_server)
     dns_server.start()
@@ -89,6 +127,14 @@ async def test_seven_processes_deliver_a_batch_through_the_readme_calls_and_stop
 
     # 2. CreateAPIKey; the plaintext key makes the Basic credentials.
     auth = await fleet.create_api_key(TENANT)
+
+    # A webhook endpoint for every event type, registered with the Domain's own key.
+    endpoint = await fleet.call(
+        "kannon.webhooks.apiv1.WebhooksApiV1Service/CreateEndpoint",
+        {"url": hook_url},
+        authorization=auth,
+    )
+    hook_secret = endpoint["secret"]
 
     # 3. SendHTML to three recipients with their own fields.
     names = {f"ann@{RCPT_DOMAIN}": "Ann", f"bob@{RCPT_DOMAIN}": "Bob", f"cy@{RCPT_DOMAIN}": "Cy"}
@@ -157,6 +203,27 @@ async def test_seven_processes_deliver_a_batch_through_the_readme_calls_and_stop
     assert stats[f"bob@{RCPT_DOMAIN}"] == ["accepted", "delivered"]
     assert stats[f"cy@{RCPT_DOMAIN}"] == ["accepted", "delivered", "bounced"]
     assert len(smtp_sink.messages) == 3
+
+    # The webhooks process: each of those eight events POSTed, signed, once per webhook-id.
+    def hooked() -> dict[tuple[str, str], int]:
+        seen: dict[str, tuple[str, str]] = {}
+        for headers, body in hooks:
+            event = json.loads(body)
+            seen[headers["webhook-id"]] = (event["data"]["email"], event["type"])
+        counts: dict[tuple[str, str], int] = {}
+        for key in seen.values():
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    wanted = {(rcpt, kind): 1 for rcpt, kinds in stats.items() for kind in kinds}
+
+    async def all_hooked() -> bool:
+        return hooked() == wanted
+
+    await wait_for(all_hooked, what="the eight events as webhooks", timeout=60)
+    for headers, body in hooks:
+        event = Webhook(hook_secret).verify(body, headers)
+        assert event["data"]["message_id"] == batch and event["data"]["domain"] == TENANT
 
     # SIGTERM to every process at once: each drains and exits 0 within the grace period.
     codes = await fleet.stop()

@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp import web
+from prometheus_client import REGISTRY
 from standardwebhooks.webhooks import Webhook
 
 from kannon.bus.client import Bus
@@ -193,6 +194,18 @@ async def test_events_arrive_signed_per_standard_webhooks(pool: asyncpg.Pool, bu
         assert total == 2 and all(a.status_code == 200 for a in attempts)
 
 
+def metric_values() -> dict[str, float]:
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    return {
+        "delivered": value("kannon_webhooks_attempts_total", result="delivered"),
+        "retry": value("kannon_webhooks_attempts_total", result="retry"),
+        "status": value("kannon_webhooks_failures_total", kind="status"),
+        "lag": value("kannon_webhooks_lag_seconds_count"),
+    }
+
+
 async def test_a_receiver_that_fails_for_a_while_gets_every_event(
     pool: asyncpg.Pool, bus: Bus
 ) -> None:
@@ -201,6 +214,7 @@ async def test_a_receiver_that_fails_for_a_while_gets_every_event(
     async def flaky(_: Receiver) -> int:
         return 503 if time.monotonic() - started < 1.5 else 200
 
+    before = metric_values()
     async with receiver(flaky) as hook:
         await add_endpoint(pool, hook.url)
         async with running(WebhooksWorker(settings(), pool, bus)):
@@ -209,6 +223,13 @@ async def test_a_receiver_that_fails_for_a_while_gets_every_event(
             expected = {webhook_id(f"delivered.hooktest.{i}") for i in range(60)}
             await until(lambda: set(hook.delivered_ids()) >= expected, 60, "every event")
         assert any(status == 503 for _, _, status in hook.requests)  # it did fail for a while
+        # Attempts, failures and lag as exported on /metrics.
+        after = metric_values()
+        failed = sum(1 for _, _, status in hook.requests if status == 503)
+        assert after["delivered"] - before["delivered"] == 60
+        assert after["retry"] - before["retry"] == failed
+        assert after["status"] - before["status"] == failed
+        assert after["lag"] - before["lag"] == 60
         assert set(hook.delivered_ids()) == expected  # exactly once after dedup by webhook-id
         rows = await pool.fetch("SELECT status, attempts FROM webhook_deliveries")
         assert {r["status"] for r in rows} == {"delivered"} and len(rows) == 60

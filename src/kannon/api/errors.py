@@ -5,6 +5,8 @@
 * A database outage (:func:`kannon.db.pool.is_outage`: connection refused or lost, pool closed,
   "cannot connect now", too many connections, ...) gets UNAVAILABLE, the code gRPC clients and
   their retry policies treat as "try again later". Nothing was written: intake is one transaction.
+  So does a service outside Kannon that did not answer (:class:`kannon.model.errors.Unavailable`,
+  e.g. the DNS resolvers of CheckDomain).
 * Anything else is a fault of ours: it is logged with a fresh correlation id, and the caller gets
   INTERNAL with the same id and no internals, so an operator can find the log line from a
   client's report.
@@ -28,6 +30,7 @@ from kannon.model.errors import (
     NotFound,
     PermissionDenied,
     Unauthenticated,
+    Unavailable,
 )
 
 log = logging.getLogger("kannon.api")
@@ -60,6 +63,9 @@ def failure_status(exc: Exception, method: str) -> tuple[Any, str]:
     if isinstance(exc, KannonError):
         log.debug("%s refused: %s", method, exc)
         return status_code(exc), str(exc)
+    if isinstance(exc, Unavailable):
+        log.warning("%s: %s", method, exc)
+        return grpc.StatusCode.UNAVAILABLE, f"{exc}; retry later"
     correlation_id = new_correlation_id()
     if is_outage(exc):
         # Expected during a database restart or failover: one line, no traceback.

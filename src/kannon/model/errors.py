@@ -28,3 +28,8 @@ class PermissionDenied(KannonError):
 
 class Unauthenticated(KannonError):
     pass
+
+
+class Unavailable(Exception):
+    """A service outside Kannon that a call needs (DNS resolvers) did not answer: not the
+    caller's mistake, and not a fault of ours; the API answers UNAVAILABLE (retry later)."""

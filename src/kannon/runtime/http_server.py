@@ -3,8 +3,7 @@
 The socket is bound here (so port 0 works and a bind error is an exception, not uvicorn's
 ``sys.exit``); uvicorn's own signal capture is off, because signals belong to the supervisor;
 stopping lets uvicorn finish open requests for up to the grace period. Used by the api's
-Connect/gRPC-Web listener (ADR 0030). The tracker predates this module and still carries its own
-copy of the same few lines.
+Connect/gRPC-Web listener (ADR 0030) and the tracker.
 """
 
 from __future__ import annotations
@@ -71,6 +70,11 @@ class HttpServer:
             log_level="warning",
             lifespan="off",
             access_log=False,
+            # The process's own log handler, not uvicorn's: one format, control characters
+            # escaped and repeats folded like every other line.
+            log_config=None,
+            # A Component works out client addresses itself (the tracker's trusted_proxies);
+            # uvicorn would rewrite them from X-Forwarded-For for its own idea of trusted peers.
             proxy_headers=False,
             server_header=False,
             timeout_graceful_shutdown=int(self.grace),

@@ -268,6 +268,7 @@ class WebhooksWorker:
             task.add_done_callback(self._workers.discard)
 
     async def _work(self, endpoint_id: str, lane: _Lane) -> None:
+        refill_at = self._config.endpoint_concurrency * LANE_DEPTH // 2
         try:
             while not lane.queue.empty():
                 delivery = lane.queue.get_nowait()
@@ -276,8 +277,11 @@ class WebhooksWorker:
                     await self.attempt(delivery)
                 finally:
                     lane.in_flight -= 1
-                    # A slot opened: claim again (rows may have waited for this endpoint).
-                    self._wake.set()
+                    # Half the lane is free: claim again, since rows may have waited while it
+                    # was full. Once per crossing, not after every POST: a claim per POST was
+                    # a database round trip per event, most of them finding nothing.
+                    if lane.queue.qsize() + lane.in_flight == refill_at:
+                        self._wake.set()
         finally:
             lane.workers -= 1
             if lane.workers == 0 and lane.queue.empty():
@@ -377,6 +381,10 @@ class WebhooksWorker:
             finally:
                 stop.cancel()
                 wake.cancel()
+            if wake.done() and not stop.done():
+                # Woken by new rows: let the inserts of the next few milliseconds land too, so
+                # one claim takes a batch rather than each claim a handful of rows.
+                await asyncio.sleep(WRITE_LINGER)
 
     async def _drain(self) -> None:
         """On stop: let POSTs in flight finish (bounded), give back rows not yet started."""
