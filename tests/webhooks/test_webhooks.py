@@ -34,6 +34,8 @@ from kannon.webhooks.component import WebhooksWorker
 from kannon.wire.stats import publish_outcome
 
 DOMAIN = "hooks.example"
+LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
+"""`stale_before` of replays in tests whose claims all belong to a live worker."""
 BATCH = f"msg_hookbatch@{DOMAIN}"
 
 
@@ -347,7 +349,12 @@ async def test_a_replay_resends_exactly_the_selected_events(pool: asyncpg.Pool, 
                 await publish_outcome(bus, at(i))
             await until(lambda: len(hook.requests) >= 10 and len(other.requests) >= 10, 30, "all")
             one = await store.replay(
-                pool, DOMAIN, endpoint.id, now=datetime.now(UTC), event_id="delivered.hooktest.3"
+                pool,
+                DOMAIN,
+                endpoint.id,
+                now=datetime.now(UTC),
+                stale_before=LONG_AGO,
+                event_id="delivered.hooktest.3",
             )
             await until(lambda: len(hook.requests) >= 11, 30, "the replayed event")
             span = await store.replay(
@@ -355,6 +362,7 @@ async def test_a_replay_resends_exactly_the_selected_events(pool: asyncpg.Pool, 
                 DOMAIN,
                 endpoint.id,
                 now=datetime.now(UTC),
+                stale_before=LONG_AGO,
                 start=base + timedelta(minutes=5),
                 end=base + timedelta(minutes=8),
             )
@@ -392,7 +400,12 @@ async def test_a_replay_during_a_post_sends_once_more_after_it(
 
             await until(in_flight, 30, "the first POST in flight")
             replayed = await store.replay(
-                pool, DOMAIN, endpoint.id, now=datetime.now(UTC), event_id="delivered.hooktest.0"
+                pool,
+                DOMAIN,
+                endpoint.id,
+                now=datetime.now(UTC),
+                stale_before=LONG_AGO,
+                event_id="delivered.hooktest.0",
             )
             await asyncio.sleep(0.5)  # scheduler cycles: the claimed row must not go out twice
             release.set()
@@ -404,3 +417,38 @@ async def test_a_replay_during_a_post_sends_once_more_after_it(
         row = await pool.fetchrow("SELECT status, attempts FROM webhook_deliveries")
         # The replay's own attempt decides the state, counted from the replay.
         assert (row["status"], row["attempts"]) == ("delivered", 1)
+
+
+async def test_a_replay_releases_the_claim_of_a_dead_worker(pool: asyncpg.Pool) -> None:
+    endpoint, _ = await add_endpoint(pool, "http://127.0.0.1:9/hook")
+    now = datetime.now(UTC)
+    delivery = store.NewDelivery(
+        endpoint.id, "delivered.dead.1", "msg_x", DOMAIN, "delivered", now, b"{}"
+    )
+    await store.insert_deliveries(pool, [delivery], now)
+    # Claimed an hour ago by a worker that died, and one claimed just now by a live one.
+    await pool.execute(
+        "UPDATE webhook_deliveries SET claimed_at = $1",
+        (now - timedelta(hours=1)).replace(tzinfo=None),
+    )
+    scheduled = await store.replay(
+        pool,
+        DOMAIN,
+        endpoint.id,
+        now=now,
+        stale_before=now - timedelta(minutes=5),
+        event_id="msg_x",
+    )
+    assert scheduled == 1
+    assert await pool.fetchval("SELECT claimed_at FROM webhook_deliveries") is None
+    live = now.replace(tzinfo=None)
+    await pool.execute("UPDATE webhook_deliveries SET claimed_at = $1", live)
+    await store.replay(
+        pool,
+        DOMAIN,
+        endpoint.id,
+        now=now,
+        stale_before=now - timedelta(minutes=5),
+        event_id="msg_x",
+    )
+    assert await pool.fetchval("SELECT claimed_at FROM webhook_deliveries") == live

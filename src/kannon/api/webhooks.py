@@ -34,6 +34,7 @@ from kannon.model.webhooks import (
     check_description,
     check_event_types,
     check_url,
+    claim_timeout,
     is_forbidden_address,
     payload,
 )
@@ -249,9 +250,15 @@ class WebhooksService:
         domain = await self._domain(request.domain, context)
         endpoint = await self._endpoint(domain, request.endpoint_id)
         now = datetime.now(UTC)
+        stale_before = now - claim_timeout(self.settings.webhooks.timeout)
         if request.event_id.strip():
             count = await store.replay(
-                self.pool, domain, endpoint.id, now=now, event_id=request.event_id.strip()
+                self.pool,
+                domain,
+                endpoint.id,
+                now=now,
+                stale_before=stale_before,
+                event_id=request.event_id.strip(),
             )
             if count == 0:
                 raise NotFound(
@@ -260,6 +267,12 @@ class WebhooksService:
         else:
             start, end = wire.time_range(request)
             count = await store.replay(
-                self.pool, domain, endpoint.id, now=now, start=start, end=end
+                self.pool,
+                domain,
+                endpoint.id,
+                now=now,
+                stale_before=stale_before,
+                start=start,
+                end=end,
             )
         return pb.ReplayRes(scheduled=count)

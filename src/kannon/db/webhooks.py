@@ -349,6 +349,7 @@ async def replay(
     endpoint_id: str,
     *,
     now: datetime,
+    stale_before: datetime,
     event_id: str | None = None,
     start: datetime | None = None,
     end: datetime | None = None,
@@ -358,29 +359,34 @@ async def replay(
 
     A claim is left in place: a delivery being POSTed right now is not claimed a second time
     (two POSTs racing), and since its `created_at` is renewed here, that POST's result does not
-    overwrite the replay (:func:`record_attempts`): the event goes out once more after it."""
+    overwrite the replay (:func:`record_attempts`): the event goes out once more after it. A
+    claim older than `stale_before` (its holder died) is released, so the replay goes out now."""
     db_now = to_db_time(now)
     if event_id is not None:
         result = await pool.execute(
             """UPDATE webhook_deliveries SET status = 'pending', attempts = 0,
-                   finished_at = NULL, next_attempt_at = $4, created_at = $4
+                   finished_at = NULL, next_attempt_at = $4, created_at = $4,
+                   claimed_at = CASE WHEN claimed_at < $5 THEN NULL ELSE claimed_at END
                WHERE domain = $1 AND endpoint_id = $2 AND (event_id = $3 OR webhook_id = $3)""",
             domain,
             endpoint_id,
             event_id,
             db_now,
+            to_db_time(stale_before),
         )
     else:
         assert start is not None and end is not None
         result = await pool.execute(
             """UPDATE webhook_deliveries SET status = 'pending', attempts = 0,
-                   finished_at = NULL, next_attempt_at = $5, created_at = $5
+                   finished_at = NULL, next_attempt_at = $5, created_at = $5,
+                   claimed_at = CASE WHEN claimed_at < $6 THEN NULL ELSE claimed_at END
                WHERE domain = $1 AND endpoint_id = $2 AND event_at >= $3 AND event_at < $4""",
             domain,
             endpoint_id,
             to_db_time(start),
             to_db_time(end),
             db_now,
+            to_db_time(stale_before),
         )
     return int(result.split()[-1])
 

@@ -16,7 +16,7 @@ import ipaddress
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,6 +28,9 @@ TEST_EVENT = "test"
 MAX_URL_LENGTH = 2048
 MAX_DESCRIPTION = 255
 SNIPPET_CHARS = 256
+
+LANE_DEPTH = 4
+"""A lane holds up to `endpoint_concurrency × LANE_DEPTH` claimed rows before it counts as full."""
 
 PENDING = "pending"
 DELIVERED = "delivered"
@@ -199,3 +202,10 @@ def after_attempt(
 
 def snippet(body: bytes) -> str:
     return body[: SNIPPET_CHARS * 4].decode("utf-8", "replace")[:SNIPPET_CHARS]
+
+
+def claim_timeout(post_timeout: timedelta) -> timedelta:
+    """How long a claim holds before another worker may take the row (its holder presumed
+    dead): room for LANE_DEPTH attempts of `post_timeout` each, twice over, never under five
+    minutes. Shared by the webhooks worker and by replays (which release only stale claims)."""
+    return max(timedelta(minutes=5), post_timeout * LANE_DEPTH * 2)

@@ -43,9 +43,11 @@ from kannon.model.event_ids import webhook_id
 from kannon.model.outcome import domain_of_batch
 from kannon.model.retry import JITTER_MAX, JITTER_MIN, RetryPolicy
 from kannon.model.webhooks import (
+    LANE_DEPTH,
     PENDING,
     Endpoint,
     after_attempt,
+    claim_timeout,
     is_success,
     payload,
     signed_headers,
@@ -84,8 +86,6 @@ LAG = Histogram(
 
 CONSUMER_CONCURRENCY = 256
 CLAIM_BATCH = 500
-LANE_DEPTH = 4
-"""A lane holds up to `endpoint_concurrency × LANE_DEPTH` claimed rows before it counts as full."""
 ENDPOINT_CACHE_TTL = 2.0
 WRITE_LINGER = 0.01
 CLEANUP_INTERVAL = timedelta(minutes=10)
@@ -138,9 +138,7 @@ class WebhooksWorker:
         self._lanes: dict[str, _Lane] = {}
         self._workers: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
-        # Leaves room in the claim for rows waiting in a full lane: LANE_DEPTH attempts of
-        # `timeout` each, twice over, and never under five minutes.
-        self._claim_timeout = max(timedelta(minutes=5), self._config.timeout * LANE_DEPTH * 2)
+        self._claim_timeout = claim_timeout(self._config.timeout)
 
     @property
     def consumer(self) -> ConsumerSpec:
