@@ -35,6 +35,7 @@ from kannon.api.stats import StatsService
 from kannon.api.suppression import SuppressionService
 from kannon.api.webhooks import WebhooksService
 from kannon.config import Settings
+from kannon.dashboard.app import with_dashboard
 from kannon.db.idempotency import delete_expired
 from kannon.pb.admin.apiv1 import adminapiv1_pb2_grpc, hz_pb2_grpc
 from kannon.pb.aliases import (
@@ -213,13 +214,15 @@ class ApiComponent:
         if not port:  # older grpcio versions return 0 instead of raising
             raise RuntimeError(f"api: cannot listen on {address} (api.host / api.port)")
         self.port = port
+        connect_app = build_app(
+            self._services,
+            self._gate,
+            max_bytes=api.max_message_size,
+            max_concurrent=api.max_concurrent_rpcs,
+        )
         http = HttpServer(
-            build_app(
-                self._services,
-                self._gate,
-                max_bytes=api.max_message_size,
-                max_concurrent=api.max_concurrent_rpcs,
-            ),
+            # The dashboard shares the port under /dashboard/ (ADR 0043).
+            with_dashboard(self.settings, self.pool, connect_app),
             name="api-http",
             grace=DRAIN_GRACE,
         )
