@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+import grpc
 import httpx
 import pytest
 from api_test_support import (
@@ -31,6 +32,7 @@ from api_test_support import (
 )
 from google.protobuf.timestamp_pb2 import Timestamp
 from playwright.async_api import Browser, Page, async_playwright
+from prometheus_client import REGISTRY
 
 from kannon.db import suppressions
 from kannon.db.stats_store import record_events
@@ -274,3 +276,46 @@ async def test_a_change_without_the_csrf_token_is_refused(api: RunningApi) -> No
         assert await suppressions.get(api.pool, DOMAIN, "keep@x.test", now) is None
         # Signing out also needs the token; afterwards the cookie is gone.
         assert (await client.post(f"{base(api)}/logout")).status_code == 403
+
+
+async def test_metrics_count_calls_by_method_and_code_and_sample_the_pool(
+    api: RunningApi,
+) -> None:
+    """The /metrics side of the dashboard's figures (ADR 0045)."""
+    await create_domain(api, DOMAIN)
+    key = await create_key(api, DOMAIN)
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    ok = value("kannon_api_calls_total", method="GetStats", code="OK")
+    refused = value("kannon_api_calls_total", method="GetStats", code="UNAUTHENTICATED")
+    timed = value("kannon_api_call_seconds_count", method="GetStats")
+    now = datetime.now(UTC)
+    request = stats_pb.GetStatsReq(
+        domain=DOMAIN, from_date=ts(now - timedelta(hours=1)), to_date=ts(now)
+    )
+    await api.stats().GetStats(request, metadata=basic_md(DOMAIN, key))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await api.stats().GetStats(request, metadata=basic_md(DOMAIN, "k_wrong"))
+    assert value("kannon_api_calls_total", method="GetStats", code="OK") == ok + 1
+    assert value("kannon_api_calls_total", method="GetStats", code="UNAUTHENTICATED") == refused + 1
+    assert value("kannon_api_call_seconds_count", method="GetStats") == timed + 1
+
+    await api.pool.execute(
+        """INSERT INTO messages (message_id, subject, sender_email, sender_alias, template_id,
+                                 domain)
+           VALUES ('msg_m1@dash.example', 's', 'a@dash.example', 'A', 't', $1)""",
+        DOMAIN,
+    )
+    await api.pool.execute(
+        """INSERT INTO sending_pool_emails (email, message_id, status, domain,
+                                            original_scheduled_time, created_at)
+           VALUES ('x@y.test', 'msg_m1@dash.example', 'scheduled', $1, now(),
+                   now() - interval '90 seconds')""",
+        DOMAIN,
+    )
+    await api.component._sample_pool()
+    assert value("kannon_pool_deliveries", status="scheduled") == 1
+    assert value("kannon_pool_deliveries", status="queued") == 0
+    assert value("kannon_pool_oldest_seconds", status="scheduled") >= 90

@@ -31,12 +31,15 @@ from kannon.api.auth import AdminGuard, ApiKeyAuth, CallGate, DomainOrAdmin, Ear
 from kannon.api.connect import build_app
 from kannon.api.hz import HZService
 from kannon.api.mailer import MailerService
+from kannon.api.metrics import POOL_DELIVERIES, POOL_OLDEST_SECONDS
 from kannon.api.stats import StatsService
 from kannon.api.suppression import SuppressionService
 from kannon.api.webhooks import WebhooksService
 from kannon.config import Settings
 from kannon.dashboard.app import with_dashboard
+from kannon.db.dashboard import pool_statuses
 from kannon.db.idempotency import delete_expired
+from kannon.model.delivery import STATUSES
 from kannon.pb.admin.apiv1 import adminapiv1_pb2_grpc, hz_pb2_grpc
 from kannon.pb.aliases import (
     adminapiv1service_pb2,
@@ -84,6 +87,8 @@ HEALTH_NAME = "grpc.health.v1.Health"
 HEALTH_INTERVAL = 5.0
 # How often idempotency keys older than api.idempotency_window are deleted.
 KEY_CLEANUP_INTERVAL = timedelta(minutes=10)
+# How often the Pool's size by status is sampled into /metrics (ADR 0045).
+POOL_SAMPLE_INTERVAL = timedelta(seconds=15)
 
 # The alias services' stubs import only the original's message modules, never the alias files
 # themselves; reflection serves from the default descriptor pool, so load those files into it.
@@ -203,6 +208,18 @@ class ApiComponent:
     async def _forget_idempotency_keys(self) -> None:
         await delete_expired(self.pool, datetime.now(UTC) - self.settings.api.idempotency_window)
 
+    async def _sample_pool(self) -> None:
+        now = datetime.now(UTC)
+        found = {s.status: s for s in await pool_statuses(self.pool, None)}
+        # Every status, so one that empties reports 0 rather than vanishing.
+        for status in sorted({*STATUSES, *found}):
+            sample = found.get(status)
+            POOL_DELIVERIES.labels(status).set(0 if sample is None else sample.count)
+            oldest = None if sample is None else sample.oldest
+            POOL_OLDEST_SECONDS.labels(status).set(
+                0.0 if oldest is None else max((now - oldest).total_seconds(), 0.0)
+            )
+
     async def run(self, life: Life) -> None:
         api = self.settings.api
         server, health_servicer = self._server()
@@ -257,6 +274,14 @@ class ApiComponent:
                         KEY_CLEANUP_INTERVAL,
                         self._forget_idempotency_keys,
                         lambda exc: log.warning("idempotency key cleanup failed: %s", exc),
+                    )
+                )
+                tasks.create_task(
+                    run_every(
+                        life,
+                        POOL_SAMPLE_INTERVAL,
+                        self._sample_pool,
+                        lambda exc: log.warning("pool sampling failed: %s", exc),
                     )
                 )
                 await self._follow_database(life, health_servicer)
