@@ -81,7 +81,7 @@ async def run(url: str, rows: int, repeats: int) -> dict[str, list[float]]:
         await asyncio.wait_for(life.wait_ready(), 30)
         base = f"http://127.0.0.1:{api.http_port}/dashboard"
         timings: dict[str, list[float]] = {}
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with httpx.AsyncClient(timeout=30, follow_redirects=True) as client:
             login = await client.post(
                 f"{base}/login", data={"domain": DOMAIN, "api_key": plaintext}
             )

@@ -39,7 +39,9 @@ def _builders() -> dict[str, Builder]:
     async def api(settings: Settings, resources: Resources) -> Component:
         from kannon.api.component import ApiComponent
 
-        return ApiComponent(settings, await resources.pool())
+        # NATS only for the backlogs the dashboard and /metrics show (ADR 0045): optional.
+        bus = await resources.bus() if settings.nats_url else None
+        return ApiComponent(settings, await resources.pool(), bus)
 
     async def validator(settings: Settings, resources: Resources) -> Component:
         from kannon.validator.component import Validator

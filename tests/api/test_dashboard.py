@@ -31,9 +31,12 @@ from api_test_support import (
     running_api,
 )
 from google.protobuf.timestamp_pb2 import Timestamp
+from nats.js.api import ConsumerConfig
 from playwright.async_api import Browser, Page, async_playwright
 from prometheus_client import REGISTRY
 
+from kannon.bus.client import Bus
+from kannon.bus.subjects import STATS_STREAM
 from kannon.db import suppressions
 from kannon.db.stats_store import record_events
 from kannon.model.outcome import (
@@ -319,3 +322,25 @@ async def test_metrics_count_calls_by_method_and_code_and_sample_the_pool(
     assert value("kannon_pool_deliveries", status="scheduled") == 1
     assert value("kannon_pool_deliveries", status="queued") == 0
     assert value("kannon_pool_oldest_seconds", status="scheduled") >= 90
+
+
+async def test_jetstream_backlogs_per_durable_in_metrics_and_on_the_pipeline_page(
+    pool: asyncpg.Pool, bus: Bus
+) -> None:
+    """Two events wait for a stats consumer: /metrics and the operator's Pipeline page say so."""
+    durable = "dashboard-test-durable"
+    await bus.js.add_consumer(
+        STATS_STREAM, ConsumerConfig(durable_name=durable, filter_subject="kannon.stats.*")
+    )
+    for n in range(2):
+        await bus.publish("kannon.stats.delivered", b"x", f"dash-{n}")
+    async with running_api(make_settings(http_port=0), pool, bus) as api:
+        await api.component._sample_consumers()
+        labels = {"stream": STATS_STREAM, "durable": durable}
+        assert REGISTRY.get_sample_value("kannon_jetstream_pending", labels) == 2
+        assert REGISTRY.get_sample_value("kannon_jetstream_redelivered", labels) == 0
+        async with httpx.AsyncClient() as client:
+            signed = await client.post(f"{base(api)}/login", data={"admin_token": ADMIN_TOKEN})
+            assert signed.status_code == 303
+            page = (await client.get(f"{base(api)}/pipeline")).text
+        assert durable in page and "JetStream consumers" in page

@@ -31,10 +31,17 @@ from kannon.api.auth import AdminGuard, ApiKeyAuth, CallGate, DomainOrAdmin, Ear
 from kannon.api.connect import build_app
 from kannon.api.hz import HZService
 from kannon.api.mailer import MailerService
-from kannon.api.metrics import POOL_DELIVERIES, POOL_OLDEST_SECONDS
+from kannon.api.metrics import (
+    JETSTREAM_ACK_PENDING,
+    JETSTREAM_PENDING,
+    JETSTREAM_REDELIVERED,
+    POOL_DELIVERIES,
+    POOL_OLDEST_SECONDS,
+)
 from kannon.api.stats import StatsService
 from kannon.api.suppression import SuppressionService
 from kannon.api.webhooks import WebhooksService
+from kannon.bus.subjects import SENDING_STREAM, STATS_STREAM
 from kannon.config import Settings
 from kannon.dashboard.app import with_dashboard
 from kannon.db.dashboard import pool_statuses
@@ -60,6 +67,8 @@ from kannon.runtime.http_server import HttpServer
 if TYPE_CHECKING:
     # Types only: asyncpg is imported at run time by kannon.db alone.
     import asyncpg
+
+    from kannon.bus.client import Bus
 
 log = logging.getLogger("kannon.api")
 
@@ -111,9 +120,11 @@ def listen_address(host: str, port: int) -> str:
 class ApiComponent:
     name = "api"
 
-    def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, bus: Bus | None = None) -> None:
         self.settings = settings
         self.pool = pool
+        self.bus = bus
+        """Only read: JetStream backlogs for /metrics and the dashboard (None without NATS)."""
         self.port: int | None = None
         """The bound port, known once `run` has called `life.ready()` (api.port 0 = any)."""
         self.http_port: int | None = None
@@ -220,6 +231,18 @@ class ApiComponent:
                 0.0 if oldest is None else max((now - oldest).total_seconds(), 0.0)
             )
 
+    async def _sample_consumers(self) -> None:
+        if self.bus is None:
+            return
+        for state in await self.bus.consumer_states((SENDING_STREAM, STATS_STREAM)):
+            JETSTREAM_PENDING.labels(state.stream, state.durable).set(state.pending)
+            JETSTREAM_ACK_PENDING.labels(state.stream, state.durable).set(state.ack_pending)
+            JETSTREAM_REDELIVERED.labels(state.stream, state.durable).set(state.redelivered)
+
+    async def _sample(self) -> None:
+        await self._sample_pool()
+        await self._sample_consumers()
+
     async def run(self, life: Life) -> None:
         api = self.settings.api
         server, health_servicer = self._server()
@@ -239,7 +262,7 @@ class ApiComponent:
         )
         http = HttpServer(
             # The dashboard shares the port under /dashboard/ (ADR 0043).
-            with_dashboard(self.settings, self.pool, connect_app),
+            with_dashboard(self.settings, self.pool, connect_app, self.bus),
             name="api-http",
             grace=DRAIN_GRACE,
         )
@@ -280,8 +303,8 @@ class ApiComponent:
                     run_every(
                         life,
                         POOL_SAMPLE_INTERVAL,
-                        self._sample_pool,
-                        lambda exc: log.warning("pool sampling failed: %s", exc),
+                        self._sample,
+                        lambda exc: log.warning("pool and consumer sampling failed: %s", exc),
                     )
                 )
                 await self._follow_database(life, health_servicer)

@@ -40,3 +40,18 @@ POOL_OLDEST_SECONDS = Gauge(
     "Age of the oldest Pool row of each status (0 when there is none)",
     ["status"],
 )
+JETSTREAM_PENDING = Gauge(
+    "kannon_jetstream_pending",
+    "Messages waiting for each durable consumer, not yet delivered (sampled by the api)",
+    ["stream", "durable"],
+)
+JETSTREAM_ACK_PENDING = Gauge(
+    "kannon_jetstream_ack_pending",
+    "Messages delivered to each durable consumer and not yet acknowledged",
+    ["stream", "durable"],
+)
+JETSTREAM_REDELIVERED = Gauge(
+    "kannon_jetstream_redelivered",
+    "Messages delivered more than once to each durable consumer, still unacknowledged",
+    ["stream", "durable"],
+)

@@ -26,6 +26,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from kannon.bus.subjects import SENDING_STREAM, STATS_STREAM
 from kannon.dashboard import charts
 from kannon.dashboard.session import (
     COOKIE_NAME,
@@ -47,6 +48,7 @@ from kannon.model.errors import KannonError
 if TYPE_CHECKING:
     import asyncpg
 
+    from kannon.bus.client import Bus
     from kannon.config import Settings
 
 PREFIX = "/dashboard"
@@ -81,9 +83,10 @@ class Page:
 
 
 class Dashboard:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, bus: Bus | None = None) -> None:
         self.settings = settings
         self.pool = pool
+        self.bus = bus
         self._key: bytes | None = None
         self.env = jinja2.Environment(
             loader=jinja2.PackageLoader("kannon.dashboard", "templates"),
@@ -304,6 +307,28 @@ class Dashboard:
         now = datetime.now(UTC)
         statuses = await queries.pool_statuses(self.pool, session.domain)
         rates = await queries.recent_rates(self.pool, session.domain, now - timedelta(minutes=1))
+        consumers: dict[str, Any]
+        if self.bus is None:
+            consumers = {"kind": "text", "text": "JetStream: the API has no NATS connection."}
+        elif not session.is_admin:
+            consumers = {"kind": "text", "text": "JetStream backlogs are shown to the operator."}
+        else:
+            states = await self.bus.consumer_states((SENDING_STREAM, STATS_STREAM))
+            consumers = {
+                "kind": "table",
+                "title": "JetStream consumers",
+                "head": ["Stream", "Durable", "Pending", "Unacknowledged", "Redelivered"],
+                "rows": [
+                    [
+                        {"text": c.stream},
+                        {"text": c.durable},
+                        {"text": str(c.pending)},
+                        {"text": str(c.ack_pending)},
+                        {"text": str(c.redelivered)},
+                    ]
+                    for c in states
+                ],
+            }
         return Page(
             "Pipeline now" + (f" ({session.domain})" if session.domain else ""),
             session.domain,
@@ -325,6 +350,7 @@ class Dashboard:
                         for t, n in sorted(rates.items())
                     ],
                 },
+                consumers,
             ],
         )
 
@@ -694,9 +720,11 @@ def _counted_table(title: str, label: str, rows: list[queries.Counted]) -> dict[
     }
 
 
-def with_dashboard(settings: Settings, pool: asyncpg.Pool, api_app: Any) -> Any:
+def with_dashboard(
+    settings: Settings, pool: asyncpg.Pool, api_app: Any, bus: Bus | None = None
+) -> Any:
     """One ASGI app: ``/dashboard...`` to the dashboard, everything else to `api_app`."""
-    dashboard = Mount(PREFIX, app=Dashboard(settings, pool).app())
+    dashboard = Mount(PREFIX, app=Dashboard(settings, pool, bus).app())
     inner = Starlette(routes=[dashboard])
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
