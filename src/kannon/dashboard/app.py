@@ -197,7 +197,8 @@ class Dashboard:
         names = await queries.domain_names(self.pool)
         rows = [[{"text": n, "href": f"{PREFIX}/d/{quote(n)}/overview"}] for n in names]
         block = {"kind": "table", "title": "Domains", "head": ["Domain"], "rows": rows}
-        return self._render(request, session, Page("Domains", None, [block]), csrf="")
+        page = Page("Domains", None, [block])
+        return self._render(request, session, page, csrf=await self._csrf(session))
 
     # --- pages of one Domain -----------------------------------------------------------------
 
