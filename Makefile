@@ -6,8 +6,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install system-deps bench-deps run test lint generate bench images clean
 
-# Debian packages the tests need: dnsmasq (the real DNS server behind MX lookups in tests).
-TEST_DEBS := dnsmasq-base
+# Debian packages the tests need: dnsmasq (the real DNS server behind MX lookups in tests) and
+# chromium (the headless browser of the dashboard test).
+TEST_DEBS := dnsmasq-base chromium
 # And the benchmark: Postfix's smtp-sink/smtp-source (loopback SMTP limit) and wrk (HTTP load).
 BENCH_DEBS := postfix wrk
 

@@ -1,7 +1,7 @@
 """``python -m bench [PART ...]`` (``make bench``): run the benchmark parts, then one summary table.
 
-Parts, in this order: ``envelope``, ``api``, ``pipeline``, ``tracker``, ``webhooks`` (all when none
-is named).
+Parts, in this order: ``envelope``, ``api``, ``pipeline``, ``tracker``, ``webhooks``, ``dashboard``
+(all when none is named).
 Each part runs in a child process of its own (``python -m bench --child PART``), so one part's
 gRPC threads, event loop and memory cannot disturb the next, and a part that hangs is stopped
 by its PID after a time limit. A part whose module is missing (bench/api_bench.py,
@@ -40,9 +40,10 @@ from typing import Any, TextIO
 
 from bench import Row, check, verdict
 
-PARTS = ("envelope", "api", "pipeline", "tracker", "webhooks")
+PARTS = ("envelope", "api", "pipeline", "tracker", "webhooks", "dashboard")
 # Seconds each part may take before it is stopped (SIGTERM, then SIGKILL 30 s later).
-TIME_LIMITS = {"envelope": 180, "api": 420, "pipeline": 2400, "tracker": 300, "webhooks": 300}
+TIME_LIMITS = {"envelope": 180, "api": 420, "pipeline": 2400, "tracker": 300, "webhooks": 300,
+               "dashboard": 600}  # fmt: skip
 # Issue 12's runs: standalone at three Batch sizes (the rate must not fall as the Batch grows),
 # then the fleet (a process per Component) at 10,000.
 PIPELINE_RUNS = (
@@ -227,12 +228,41 @@ def part_webhooks(_: argparse.Namespace) -> list[Row]:
     ]
 
 
+_DASHBOARD_LINE = re.compile(
+    r"dashboard overview (?P<span>\w+): median (?P<median>\d+) ms, max (?P<max>\d+) ms"
+)
+
+
+def part_dashboard(_: argparse.Namespace) -> list[Row]:
+    module = _module("dashboard_bench")
+    if module is None:
+        return [Row("dashboard", "overview (bench/dashboard_bench.py)", "not present", "", "")]
+    print("[dashboard] bench/dashboard_bench.py main()")
+    tee = _Tee(sys.stdout)
+    with contextlib.redirect_stdout(tee):
+        code = _call_main(module.main)
+    rows = [
+        Row(
+            "dashboard",
+            f"overview {m['span']}, 1,000,000 stats rows: median, max",
+            f"{m['median']} ms, max {m['max']} ms",
+            f"< {module.GOAL_S * 1000:.0f} ms",
+            verdict(int(m["max"]) < module.GOAL_S * 1000),
+        )
+        for m in _DASHBOARD_LINE.finditer(tee.copy.getvalue())
+    ]
+    if not rows or code not in (0, None):
+        rows.append(Row("dashboard", "dashboard_bench", f"exit {code!r}", "0", check(False)))
+    return rows
+
+
 RUNNERS: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
     "envelope": part_envelope,
     "api": part_api,
     "pipeline": part_pipeline,
     "tracker": part_tracker,
     "webhooks": part_webhooks,
+    "dashboard": part_dashboard,
 }
 
 

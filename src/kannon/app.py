@@ -39,7 +39,15 @@ def _builders() -> dict[str, Builder]:
     async def api(settings: Settings, resources: Resources) -> Component:
         from kannon.api.component import ApiComponent
 
-        return ApiComponent(settings, await resources.pool())
+        # NATS only for the backlogs the dashboard and /metrics show (ADR 0045): optional, and
+        # neither its health nor its absence at boot stops the API from taking mail.
+        bus = None
+        if settings.nats_url:
+            try:
+                bus = await resources.bus(health_check=False)
+            except Exception as exc:
+                log.warning("api: no NATS connection, so no JetStream backlog figures: %s", exc)
+        return ApiComponent(settings, await resources.pool(), bus)
 
     async def validator(settings: Settings, resources: Resources) -> Component:
         from kannon.validator.component import Validator

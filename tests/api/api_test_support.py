@@ -13,6 +13,7 @@ import asyncpg
 import grpc
 
 from kannon.api.component import ApiComponent
+from kannon.bus.client import Bus
 from kannon.config import Settings
 from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
 from kannon.pb.admin.apiv1 import adminapiv1_pb2_grpc, hz_pb2_grpc
@@ -86,8 +87,10 @@ class RunningApi:
 
 
 @contextlib.asynccontextmanager
-async def running_api(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[RunningApi]:
-    component = ApiComponent(settings, pool)
+async def running_api(
+    settings: Settings, pool: asyncpg.Pool, bus: Bus | None = None
+) -> AsyncIterator[RunningApi]:
+    component = ApiComponent(settings, pool, bus)
     life = Life("api")
     task = asyncio.create_task(component.run(life))
     ready = asyncio.create_task(life.wait_ready())

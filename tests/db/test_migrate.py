@@ -30,6 +30,8 @@ EXPECTED_TABLES = {
     # Issue 11 (migration 0005): DKIM keys and their rotation, anonymous engagement event ids.
     "dkim_keys",
     "anonymous_events",
+    # Issue 15 (migration 0007): the dashboard's session-signing secret.
+    "dashboard_keys",
 }
 
 

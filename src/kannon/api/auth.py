@@ -30,7 +30,7 @@ from urllib.parse import unquote
 import grpc
 
 from kannon.api.errors import failure_status
-from kannon.api.metrics import REQUESTS
+from kannon.api.metrics import CALLS, REQUESTS
 from kannon.db.apikeys import find_key_by_hash
 from kannon.model.apikey import AUTH_FAILED, parse_basic_authorization
 from kannon.model.errors import PermissionDenied, Unauthenticated
@@ -232,5 +232,7 @@ class EarlyAuth(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
         try:
             await self.gate.check(service, text_metadata(details.invocation_metadata))
         except Exception as exc:
-            return _refusal(*failure_status(exc, details.method))
+            code, text = failure_status(exc, details.method)
+            CALLS.labels(method, code.name).inc()
+            return _refusal(code, text)
         return await continuation(details)

@@ -31,11 +31,22 @@ from kannon.api.auth import AdminGuard, ApiKeyAuth, CallGate, DomainOrAdmin, Ear
 from kannon.api.connect import build_app
 from kannon.api.hz import HZService
 from kannon.api.mailer import MailerService
+from kannon.api.metrics import (
+    JETSTREAM_ACK_PENDING,
+    JETSTREAM_PENDING,
+    JETSTREAM_REDELIVERED,
+    POOL_DELIVERIES,
+    POOL_OLDEST_SECONDS,
+)
 from kannon.api.stats import StatsService
 from kannon.api.suppression import SuppressionService
 from kannon.api.webhooks import WebhooksService
+from kannon.bus.subjects import SENDING_STREAM, STATS_STREAM
 from kannon.config import Settings
+from kannon.dashboard.app import with_dashboard
+from kannon.db.dashboard import pool_statuses
 from kannon.db.idempotency import delete_expired
+from kannon.model.delivery import STATUSES
 from kannon.pb.admin.apiv1 import adminapiv1_pb2_grpc, hz_pb2_grpc
 from kannon.pb.aliases import (
     adminapiv1service_pb2,
@@ -56,6 +67,8 @@ from kannon.runtime.http_server import HttpServer
 if TYPE_CHECKING:
     # Types only: asyncpg is imported at run time by kannon.db alone.
     import asyncpg
+
+    from kannon.bus.client import Bus
 
 log = logging.getLogger("kannon.api")
 
@@ -83,6 +96,8 @@ HEALTH_NAME = "grpc.health.v1.Health"
 HEALTH_INTERVAL = 5.0
 # How often idempotency keys older than api.idempotency_window are deleted.
 KEY_CLEANUP_INTERVAL = timedelta(minutes=10)
+# How often the Pool's size by status is sampled into /metrics (ADR 0045).
+POOL_SAMPLE_INTERVAL = timedelta(seconds=15)
 
 # The alias services' stubs import only the original's message modules, never the alias files
 # themselves; reflection serves from the default descriptor pool, so load those files into it.
@@ -105,9 +120,11 @@ def listen_address(host: str, port: int) -> str:
 class ApiComponent:
     name = "api"
 
-    def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, bus: Bus | None = None) -> None:
         self.settings = settings
         self.pool = pool
+        self.bus = bus
+        """Only read: JetStream backlogs for /metrics and the dashboard (None without NATS)."""
         self.port: int | None = None
         """The bound port, known once `run` has called `life.ready()` (api.port 0 = any)."""
         self.http_port: int | None = None
@@ -202,6 +219,30 @@ class ApiComponent:
     async def _forget_idempotency_keys(self) -> None:
         await delete_expired(self.pool, datetime.now(UTC) - self.settings.api.idempotency_window)
 
+    async def _sample_pool(self) -> None:
+        now = datetime.now(UTC)
+        found = {s.status: s for s in await pool_statuses(self.pool, None)}
+        # Every status, so one that empties reports 0 rather than vanishing.
+        for status in sorted({*STATUSES, *found}):
+            sample = found.get(status)
+            POOL_DELIVERIES.labels(status).set(0 if sample is None else sample.count)
+            oldest = None if sample is None else sample.oldest
+            POOL_OLDEST_SECONDS.labels(status).set(
+                0.0 if oldest is None else max((now - oldest).total_seconds(), 0.0)
+            )
+
+    async def _sample_consumers(self) -> None:
+        if self.bus is None:
+            return
+        for state in await self.bus.consumer_states((SENDING_STREAM, STATS_STREAM)):
+            JETSTREAM_PENDING.labels(state.stream, state.durable).set(state.pending)
+            JETSTREAM_ACK_PENDING.labels(state.stream, state.durable).set(state.ack_pending)
+            JETSTREAM_REDELIVERED.labels(state.stream, state.durable).set(state.redelivered)
+
+    async def _sample(self) -> None:
+        await self._sample_pool()
+        await self._sample_consumers()
+
     async def run(self, life: Life) -> None:
         api = self.settings.api
         server, health_servicer = self._server()
@@ -213,13 +254,15 @@ class ApiComponent:
         if not port:  # older grpcio versions return 0 instead of raising
             raise RuntimeError(f"api: cannot listen on {address} (api.host / api.port)")
         self.port = port
+        connect_app = build_app(
+            self._services,
+            self._gate,
+            max_bytes=api.max_message_size,
+            max_concurrent=api.max_concurrent_rpcs,
+        )
         http = HttpServer(
-            build_app(
-                self._services,
-                self._gate,
-                max_bytes=api.max_message_size,
-                max_concurrent=api.max_concurrent_rpcs,
-            ),
+            # The dashboard shares the port under /dashboard/ (ADR 0043).
+            with_dashboard(self.settings, self.pool, connect_app, self.bus),
             name="api-http",
             grace=DRAIN_GRACE,
         )
@@ -254,6 +297,14 @@ class ApiComponent:
                         KEY_CLEANUP_INTERVAL,
                         self._forget_idempotency_keys,
                         lambda exc: log.warning("idempotency key cleanup failed: %s", exc),
+                    )
+                )
+                tasks.create_task(
+                    run_every(
+                        life,
+                        POOL_SAMPLE_INTERVAL,
+                        self._sample,
+                        lambda exc: log.warning("pool and consumer sampling failed: %s", exc),
                     )
                 )
                 await self._follow_database(life, health_servicer)

@@ -39,7 +39,7 @@ from google.protobuf.message import Message
 
 from kannon.api.auth import CallGate
 from kannon.api.errors import failure_status
-from kannon.api.metrics import HTTP_FAILURES, REQUESTS
+from kannon.api.metrics import CALLS, HTTP_FAILURES, REQUESTS
 
 OFF_LOOP_BYTES = 256 * 1024
 
@@ -164,6 +164,7 @@ class _Gatekeeper:
         except Exception as exc:
             self.in_flight -= 1
             code, details = failure_status(exc, f"/{method.service_name}/{method.name}")
+            CALLS.labels(method.name, code.name).inc()
             raise ConnectError(connect_code(code), details) from None
 
     async def on_end(

@@ -17,11 +17,13 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 
+from kannon.api.metrics import CALL_SECONDS, CALLS
 from kannon.db.pool import is_outage
 from kannon.model.errors import (
     Conflict,
@@ -91,12 +93,21 @@ def rpc(method: Handler[S]) -> Handler[S]:
 
     @functools.wraps(method)
     async def handler(self: S, request: Any, context: Any) -> Any:
+        started = time.perf_counter()
+        code_name = "OK"
         try:
             return await method(self, request, context)
         except grpc.aio.AbortError:
+            # The handler aborted with its own code; grpc.aio's context remembers it.
+            aborted = context.code() if hasattr(context, "code") else None
+            code_name = getattr(aborted, "name", "UNKNOWN")
             raise
         except Exception as exc:
             code, details = failure_status(exc, method.__name__)
+            code_name = code.name
             await context.abort(code, details)
+        finally:
+            CALL_SECONDS.labels(method.__name__).observe(time.perf_counter() - started)
+            CALLS.labels(method.__name__, code_name).inc()
 
     return handler

@@ -172,6 +172,20 @@ class ConsumerSpec:
 Handler = Callable[[BusMessage], Awaitable[Result]]
 
 
+@dataclass(frozen=True)
+class ConsumerState:
+    """One durable consumer's backlog, as JetStream reports it."""
+
+    stream: str
+    durable: str
+    pending: int
+    """Messages not yet delivered to it."""
+    ack_pending: int
+    """Delivered, not yet acknowledged."""
+    redelivered: int
+    """Delivered more than once and still unacknowledged."""
+
+
 class Bus:
     def __init__(self, nc: NatsClient) -> None:
         self.nc = nc
@@ -262,6 +276,27 @@ class Bus:
             if (info.num_pending or 0) or (info.num_ack_pending or 0):
                 return False
         return True
+
+    async def consumer_states(self, streams: Sequence[str]) -> list[ConsumerState]:
+        """Every durable consumer of `streams` with its waiting, unacknowledged and redelivered
+        message counts (a stream that does not exist yet has none)."""
+        states: list[ConsumerState] = []
+        for stream in streams:
+            try:
+                infos = await self.js.consumers_info(stream)
+            except nats.js.errors.NotFoundError:
+                continue
+            for info in infos:
+                states.append(
+                    ConsumerState(
+                        stream=stream,
+                        durable=str(info.config.durable_name or info.name),
+                        pending=int(info.num_pending or 0),
+                        ack_pending=int(info.num_ack_pending or 0),
+                        redelivered=int(info.num_redelivered or 0),
+                    )
+                )
+        return sorted(states, key=lambda s: (s.stream, s.durable))
 
     async def check(self) -> None:
         if not self.nc.is_connected:

@@ -416,6 +416,11 @@ class StatsSettings(_Section):
 
     retention: Duration = _key("8760h", "How long stats events are kept")
     cleanup_interval: Duration = _key("10m", "How often stats older than the retention are deleted")
+    metrics_domain_label: Bool = _key(
+        False,
+        "Label kannon_deliveries_total by Domain (one series per Domain and outcome: "
+        "keep off with many Domains)",
+    )
 
 
 class WebhooksSettings(_Section):

@@ -42,6 +42,7 @@ class Resources:
         self.max_payload = max_payload
         self._pool: asyncpg.Pool | None = None
         self._bus: Bus | None = None
+        self._bus_checked = False
         self._lock = asyncio.Lock()
         self._closers: list[tuple[str, Callable[[], Awaitable[None]]]] = []
 
@@ -62,7 +63,10 @@ class Resources:
                 self.add_closer("db", pool.close)
             return self._pool
 
-    async def bus(self) -> Bus:
+    async def bus(self, *, health_check: bool = True) -> Bus:
+        """The shared NATS connection. `health_check=False` for a Component that only reads
+        from NATS and works without it (the api's backlog figures): its process's /healthz then
+        does not depend on NATS, unless another Component of the process asks with a check."""
         async with self._lock:
             if self._bus is None:
                 if not self.nats_url:
@@ -81,8 +85,10 @@ class Resources:
                     )
                 await bus.ensure_streams(replicas=self.stream_replicas)
                 self._bus = bus
-                self.health.add_check("nats", bus.check)
                 self.add_closer("nats", bus.close)
+            if health_check and not self._bus_checked:
+                self._bus_checked = True
+                self.health.add_check("nats", self._bus.check)
             return self._bus
 
     async def close(self, timeout: float = 10.0) -> None:

@@ -49,6 +49,13 @@ Event = tuple[Outcome, Mapping[str, Any]]
 log = logging.getLogger("kannon.stats")
 
 RECORDED = Counter("kannon_stats_events_total", "Outcome events handled", ["type", "result"])
+# Deliveries that ended, by outcome (and Domain when stats.metrics_domain_label is on; ADR 0045).
+DELIVERIES = Counter(
+    "kannon_deliveries_total",
+    "Deliveries ended, by outcome (domain is empty unless stats.metrics_domain_label is on)",
+    ["outcome", "domain"],
+)
+TERMINAL = frozenset({"delivered", "bounced", "rejected", "failed"})
 DELETED = Counter("kannon_stats_retention_deleted_total", "Rows deleted by retention", ["table"])
 
 # Handlers in flight at once. They mostly wait for a batched write (one connection at a time),
@@ -134,6 +141,9 @@ class StatsWorker:
             outcome = dataclasses.replace(outcome, domain=domain_of_batch(outcome.batch_id))
         inserted = await self._writes.submit((outcome, data_json(outcome.detail)))
         RECORDED.labels(outcome.type, "recorded" if inserted else "duplicate").inc()
+        if inserted and outcome.type in TERMINAL:
+            by_domain = self._settings.stats.metrics_domain_label
+            DELIVERIES.labels(outcome.type, outcome.domain if by_domain else "").inc()
         return Result.ack()
 
     async def _record(self, events: list[Event]) -> list[bool | BaseException]:

@@ -1,0 +1,193 @@
+"""Read-only queries behind the dashboard's pages, and its session-signing secret.
+
+The overview reads only `aggregated_stats` (hourly counters; its primary key serves a Domain's
+range), so it costs the same for a thousand events as for millions. The Bounces and Engagement
+pages read `stats` rows of one type of one Domain over the chosen range, through the
+(domain, type, timestamp) index of migration 0007, and every list is bounded.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from kannon.db.times import from_db_time, to_db_time
+
+# Longest list any page shows: pages are for looking, GetStats is for exporting.
+MAX_ROWS = 200
+
+
+@dataclass(frozen=True)
+class Counted:
+    label: str
+    count: int
+
+
+@dataclass(frozen=True)
+class BounceRow:
+    timestamp: datetime
+    email: str
+    message_id: str
+    code: int
+    status: str
+    reason: str
+    hard: bool
+    diagnostic: str
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    status: str
+    count: int
+    oldest: datetime | None  # created_at of its oldest row, aware UTC
+
+
+async def session_secret(pool: asyncpg.Pool) -> bytes:
+    """The secret signing session cookies: created by the first caller, shared by every replica."""
+    await pool.execute(
+        "INSERT INTO dashboard_keys (id, secret) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
+        secrets.token_bytes(32),
+    )
+    secret = await pool.fetchval("SELECT secret FROM dashboard_keys WHERE id = 1")
+    return bytes(secret)
+
+
+async def domain_names(pool: asyncpg.Pool) -> list[str]:
+    rows = await pool.fetch("SELECT domain FROM domains ORDER BY domain")
+    return [row["domain"] for row in rows]
+
+
+async def totals(pool: asyncpg.Pool, domain: str, start: datetime, end: datetime) -> dict[str, int]:
+    """Events per type of `domain` in the hours overlapping [start, end), from the aggregates."""
+    rows = await pool.fetch(
+        """SELECT type, sum(count)::bigint AS total FROM aggregated_stats
+           WHERE domain = $1 AND timestamp >= date_trunc('hour', $2::timestamp)
+                 AND timestamp < $3
+           GROUP BY type""",
+        domain,
+        to_db_time(start),
+        to_db_time(end),
+    )
+    return {row["type"]: int(row["total"]) for row in rows}
+
+
+async def _counted(pool: asyncpg.Pool, sql: str, *args: object) -> list[Counted]:
+    rows = await pool.fetch(sql, *args)
+    return [Counted(label=row["label"] or "", count=int(row["n"])) for row in rows]
+
+
+async def bounce_reasons(
+    pool: asyncpg.Pool, domain: str, start: datetime, end: datetime
+) -> list[Counted]:
+    """Bounces by reason: the classified category, else the enhanced status, else the code."""
+    return await _counted(
+        pool,
+        """SELECT COALESCE(NULLIF(data->'bounced'->>'reason', ''),
+                           NULLIF(data->'bounced'->>'status', ''),
+                           data->'bounced'->>'code', 'unknown') AS label, count(*) AS n
+           FROM stats WHERE domain = $1 AND type = 'bounced'
+                AND timestamp >= $2 AND timestamp < $3
+           GROUP BY 1 ORDER BY n DESC, label LIMIT $4""",
+        domain,
+        to_db_time(start),
+        to_db_time(end),
+        MAX_ROWS,
+    )
+
+
+async def bounce_domains(
+    pool: asyncpg.Pool, domain: str, start: datetime, end: datetime
+) -> list[Counted]:
+    """Bounces by the Recipient's domain."""
+    return await _counted(
+        pool,
+        """SELECT lower(split_part(email, '@', 2)) AS label, count(*) AS n
+           FROM stats WHERE domain = $1 AND type = 'bounced'
+                AND timestamp >= $2 AND timestamp < $3
+           GROUP BY 1 ORDER BY n DESC, label LIMIT $4""",
+        domain,
+        to_db_time(start),
+        to_db_time(end),
+        MAX_ROWS,
+    )
+
+
+async def latest_bounces(
+    pool: asyncpg.Pool, domain: str, start: datetime, end: datetime, limit: int = 50
+) -> list[BounceRow]:
+    rows = await pool.fetch(
+        """SELECT timestamp, email, message_id, data->'bounced' AS b FROM stats
+           WHERE domain = $1 AND type = 'bounced' AND timestamp >= $2 AND timestamp < $3
+           ORDER BY timestamp DESC, id DESC LIMIT $4""",
+        domain,
+        to_db_time(start),
+        to_db_time(end),
+        min(limit, MAX_ROWS),
+    )
+    found: list[BounceRow] = []
+    for row in rows:
+        bounced = row["b"] if isinstance(row["b"], dict) else {}
+        found.append(
+            BounceRow(
+                timestamp=from_db_time(row["timestamp"]),
+                email=row["email"],
+                message_id=row["message_id"],
+                code=int(bounced.get("code", 0)),
+                status=str(bounced.get("status", "")),
+                reason=str(bounced.get("reason", "")),
+                hard=bool(bounced.get("hardBounce", False)),
+                diagnostic=str(bounced.get("msg", "")),
+            )
+        )
+    return found
+
+
+async def top_links(
+    pool: asyncpg.Pool, domain: str, start: datetime, end: datetime, limit: int = 50
+) -> list[Counted]:
+    """Most-clicked links (clicks recorded with a row: anonymous clicks are only counted)."""
+    return await _counted(
+        pool,
+        """SELECT data->'clicked'->>'url' AS label, count(*) AS n
+           FROM stats WHERE domain = $1 AND type = 'clicked'
+                AND timestamp >= $2 AND timestamp < $3
+           GROUP BY 1 ORDER BY n DESC, label LIMIT $4""",
+        domain,
+        to_db_time(start),
+        to_db_time(end),
+        min(limit, MAX_ROWS),
+    )
+
+
+async def pool_statuses(pool: asyncpg.Pool, domain: str | None) -> list[PoolStatus]:
+    """Deliveries in the Pool by status with the creation time of the oldest; all Domains'
+    when `domain` is None."""
+    rows = await pool.fetch(
+        """SELECT status, count(*) AS n, min(created_at) AS oldest FROM sending_pool_emails
+           WHERE $1::varchar IS NULL OR domain = $1
+           GROUP BY status ORDER BY status""",
+        domain,
+    )
+    return [
+        PoolStatus(
+            status=row["status"],
+            count=int(row["n"]),
+            oldest=None if row["oldest"] is None else from_db_time(row["oldest"]),
+        )
+        for row in rows
+    ]
+
+
+async def recent_rates(pool: asyncpg.Pool, domain: str | None, since: datetime) -> dict[str, int]:
+    """Events per type since `since` (the last minute), from the `stats` rows' time index."""
+    rows = await pool.fetch(
+        """SELECT type, count(*) AS n FROM stats
+           WHERE timestamp >= $1 AND ($2::varchar IS NULL OR domain = $2)
+           GROUP BY type""",
+        to_db_time(since),
+        domain,
+    )
+    return {row["type"]: int(row["n"]) for row in rows}
