@@ -76,6 +76,12 @@ class Listener:
         # Whatever was notified while nobody listened is found by the next cycle anyway.
         self.event.set()
 
+    async def __aenter__(self) -> Listener:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
     async def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is None:

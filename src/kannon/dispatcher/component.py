@@ -325,17 +325,10 @@ class Dispatcher:
             life.ready()
             # run_cycles returns between cycles once stopping is set; the consumers return
             # after their in-flight handlers finished: that is the drain.
-            wake = Listener(self._pool, SCHEDULED_CHANNEL)
-            try:
+            async with Listener(self._pool, SCHEDULED_CHANNEL) as wake:
                 await run_cycles(
-                    life,
-                    self.cycle,
-                    self._settings.idle_interval,
-                    on_error=_log_error,
-                    wake=wake,
+                    life, self.cycle, self._settings.idle_interval, on_error=_log_error, wake=wake
                 )
-            finally:
-                await wake.close()
 
     @contextlib.asynccontextmanager
     async def build_processes(self) -> AsyncIterator[None]:

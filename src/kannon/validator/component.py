@@ -94,20 +94,12 @@ class Validator:
         return self._settings.claim_timeout / 2
 
     async def run(self, life: Life) -> None:
-        wake = Listener(self._pool, TO_VALIDATE_CHANNEL)
-        try:
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._reclaim_loop(life))
-                life.ready()
-                await run_cycles(
-                    life,
-                    self.cycle,
-                    self._settings.idle_interval,
-                    on_error=_log_error,
-                    wake=wake,
-                )
-        finally:
-            await wake.close()
+        async with Listener(self._pool, TO_VALIDATE_CHANNEL) as wake, asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._reclaim_loop(life))
+            life.ready()
+            await run_cycles(
+                life, self.cycle, self._settings.idle_interval, on_error=_log_error, wake=wake
+            )
 
     async def cycle(self) -> int:
         """Validate one batch; returns how many Deliveries it claimed (0 = the Pool is empty).
