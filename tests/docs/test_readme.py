@@ -112,17 +112,9 @@ def test_readme_walkthrough_runs_verbatim() -> None:
             assert kannon.poll() is None and time.monotonic() < deadline, "standalone did not start"
             time.sleep(0.2)
         auth_file = data_dir / "auth"
-        run = script.replace("KANNON=127.0.0.1:50051", f"KANNON=127.0.0.1:{api_port}")
-        run = run.replace("KANNON_HTTP=127.0.0.1:50052", f"KANNON_HTTP=127.0.0.1:{http_port}")
+        run = on_ports(script, api_port, http_port)
         run += f'\nprintf "%s" "$AUTH" > {auth_file}\n'
-        result = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", run],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        result = run_script(run, env)
         assert result.returncode == 0, result.stdout + result.stderr
         domain, batch, receipt, stats = json_documents(result.stdout)
         assert receipt["messageId"].endswith("@mail.example.com") and receipt != batch
@@ -135,20 +127,11 @@ def test_readme_walkthrough_runs_verbatim() -> None:
         # The last command again, until the demo sender has finished the Batch.
         get_stats = script[script.index("FROM=$(date") :]
         prelude = script[: script.index("# 1.")]
-        poll = (prelude + f'AUTH="$(cat {auth_file})"\n' + get_stats).replace(
-            "KANNON=127.0.0.1:50051", f"KANNON=127.0.0.1:{api_port}"
-        )
+        poll = on_ports(prelude + f'AUTH="$(cat {auth_file})"\n' + get_stats, api_port, http_port)
         seen: set[tuple[str, str]] = set()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            out = subprocess.run(
-                ["bash", "-euo", "pipefail", "-c", poll],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=True,
-            ).stdout
+            out = run_script(poll, env, timeout=60, check=True).stdout
             rows = json_documents(out)[0].get("stats", [])
             seen = {(row["email"], row["type"]) for row in rows}
             if {("ada@example.org", "delivered"), ("bob.error@example.org", "bounced")} <= seen:
@@ -158,24 +141,12 @@ def test_readme_walkthrough_runs_verbatim() -> None:
         assert ("ada@example.org", "delivered") in seen, seen
         assert ("bob.error@example.org", "bounced") in seen, seen
 
-        continued = prelude + f'AUTH="$(cat {auth_file})"\n' + readme_examples()[1]
+        signed_in = prelude + f'AUTH="$(cat {auth_file})"\n'
         check_suppression_example(
-            continued.replace("KANNON=127.0.0.1:50051", f"KANNON=127.0.0.1:{api_port}"), env
+            on_ports(signed_in + readme_examples()[1], api_port, http_port), env
         )
-        hooks = (prelude + f'AUTH="$(cat {auth_file})"\n' + readme_examples()[2]).replace(
-            "KANNON=127.0.0.1:50051", f"KANNON=127.0.0.1:{api_port}"
-        )
-        check_webhooks_example(
-            hooks.replace("KANNON_HTTP=127.0.0.1:50052", f"KANNON_HTTP=127.0.0.1:{http_port}"),
-            env,
-        )
-        admin = (prelude + readme_examples()[3]).replace(
-            "KANNON=127.0.0.1:50051", f"KANNON=127.0.0.1:{api_port}"
-        )
-        check_admin_example(
-            admin.replace("KANNON_HTTP=127.0.0.1:50052", f"KANNON_HTTP=127.0.0.1:{http_port}"),
-            env,
-        )
+        check_webhooks_example(on_ports(signed_in + readme_examples()[2], api_port, http_port), env)
+        check_admin_example(on_ports(prelude + readme_examples()[3], api_port, http_port), env)
     finally:
         kannon.send_signal(signal.SIGINT)
         try:
@@ -187,16 +158,29 @@ def test_readme_walkthrough_runs_verbatim() -> None:
     assert kannon.returncode == 0, out
 
 
-def check_suppression_example(script: str, env: dict[str, str]) -> None:
-    """The suppression list's example: each call's answer is the one the README describes."""
-    result = subprocess.run(
+def run_script(
+    script: str, env: dict[str, str], *, timeout: int = 120, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """A README example as bash runs it (`-euo pipefail`), its output captured."""
+    return subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
-        check=False,
+        timeout=timeout,
+        check=check,
     )
+
+
+def on_ports(script: str, api_port: int, http_port: int) -> str:
+    """The example pointed at this test's standalone instead of the README's default ports."""
+    script = script.replace("KANNON=127.0.0.1:50051", f"KANNON=127.0.0.1:{api_port}")
+    return script.replace("KANNON_HTTP=127.0.0.1:50052", f"KANNON_HTTP=127.0.0.1:{http_port}")
+
+
+def check_suppression_example(script: str, env: dict[str, str]) -> None:
+    """The suppression list's example: each call's answer is the one the README describes."""
+    result = run_script(script, env)
     assert result.returncode == 0, result.stdout + result.stderr
     added, imported, listed, got, sent, removed = json_documents(result.stdout)
     carol = {"domain": "mail.example.com", "address": "carol@example.org", "reason": "manual"}
@@ -253,20 +237,7 @@ def check_webhooks_example(script: str, env: dict[str, str]) -> None:
     last hour schedules exactly that one event again."""
     assert "127.0.0.1:8090" in script
     with webhook_receiver() as (port, received):
-        result = subprocess.run(
-            [
-                "bash",
-                "-euo",
-                "pipefail",
-                "-c",
-                script.replace("127.0.0.1:8090", f"127.0.0.1:{port}"),
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        result = run_script(script.replace("127.0.0.1:8090", f"127.0.0.1:{port}"), env)
         assert result.returncode == 0, result.stdout + result.stderr
         created, listed, sent, _attempts, replayed = json_documents(result.stdout)
         endpoint = created["endpoint"]
@@ -288,14 +259,7 @@ def check_webhooks_example(script: str, env: dict[str, str]) -> None:
 def check_admin_example(script: str, env: dict[str, str]) -> None:
     """The Admin example: the ceiling is set, GetDomain over Connect shows it, a rotation adds
     pending keys beside the signing ones and ListDkimKeys lists them all."""
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_script(script, env)
     assert result.returncode == 0, result.stdout + result.stderr
     tracked, got, rotated, keys = json_documents(result.stdout)
     ceiling = {"opens": "TRACKING_MODE_ANONYMOUS", "links": "TRACKING_MODE_OFF"}
