@@ -24,10 +24,10 @@ SINK_DELAY = 0.01
 KILL_AT = 60
 
 
-# Not yet proven: in 2 of 8 runs six Recipients were received twice after the leader was killed
+# Not yet proven: in most runs 1-6 Recipients were received twice after the leader was killed
 # (cause not found; suspected: the Dispatcher's publish during the leader change). Non-strict, so
 # the run is kept and reported; issue 13 item 4 stays open until this passes reliably.
-@pytest.mark.xfail(strict=False, reason="duplicates after a leader kill in 2 of 8 runs (issue 13)")
+@pytest.mark.xfail(strict=False, reason="a few Recipients received twice after a leader kill")
 async def test_a_cluster_node_killed_mid_batch_loses_and_repeats_nothing(
     start_fleet: StartFleet,
     nats_cluster: NatsCluster,
