@@ -6,7 +6,6 @@ import pytest
 from envelope_testdata import BATCH_ID
 
 from kannon.envelope.ids import (
-    domain_of_batch,
     make_batch_id,
     make_email_id,
     parse_email_id,
@@ -68,11 +67,3 @@ def test_batch_ids() -> None:
     assert split_batch_id("template_abc@k.example.com") is None
     with pytest.raises(ValueError):
         make_batch_id("UPPER", "k.example.com")
-
-
-def test_domain_of_batch() -> None:
-    assert domain_of_batch(BATCH_ID) == "k.example.com"
-    assert domain_of_batch("msg_a@b@c.example") == "c.example"  # after the last "@"
-    for bad in ("msg_abc", "msg_abc@"):
-        with pytest.raises(ValueError):
-            domain_of_batch(bad)

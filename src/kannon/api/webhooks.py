@@ -27,7 +27,7 @@ from kannon.db import webhooks as store
 from kannon.ids import new_token, new_webhook_endpoint_id, new_webhook_secret
 from kannon.model.domain import canonical_domain_name
 from kannon.model.errors import InvalidArgument, NotFound, PermissionDenied
-from kannon.model.event_ids import webhook_id
+from kannon.model.event_ids import webhook_id, webhook_test_event_id
 from kannon.model.webhooks import (
     TEST_EVENT,
     Endpoint,
@@ -194,7 +194,7 @@ class WebhooksService:
         domain = await self._domain(request.domain, context)
         endpoint = await self._endpoint(domain, request.id)
         now = datetime.now(UTC)
-        event_id = f"test.{new_token()}"
+        event_id = webhook_test_event_id(new_token())
         hook_id = webhook_id(event_id)
         body = payload(
             TEST_EVENT,

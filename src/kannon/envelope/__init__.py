@@ -8,7 +8,7 @@ Each concept has one module; this package root re-exports the public API.
 from kannon.envelope.bounce import BounceAddress, make_bounce_address, parse_bounce_address
 from kannon.envelope.build import Envelope, EnvelopeSpec, build_envelope
 from kannon.envelope.dkim import DkimSigner, dns_txt_value, generate_dkim_keypair
-from kannon.envelope.ids import domain_of_batch, make_batch_id, make_email_id, parse_email_id
+from kannon.envelope.ids import make_batch_id, make_email_id, parse_email_id
 from kannon.envelope.render import apply_global_fields, render_html, render_text
 from kannon.envelope.tokens import (
     ClickClaim,
@@ -32,7 +32,6 @@ __all__ = [
     "apply_global_fields",
     "build_envelope",
     "dns_txt_value",
-    "domain_of_batch",
     "generate_dkim_keypair",
     "make_batch_id",
     "make_bounce_address",

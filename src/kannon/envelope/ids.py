@@ -2,7 +2,8 @@
 
 Owns the wire formats of spec §4.1 that more than one Component reads:
 
-* Batch id: ``msg_<token>@<tenant domain>`` (token: cuid2, lowercase alphanumerics).
+* Batch id: ``msg_<token>@<tenant domain>`` (token: cuid2, lowercase alphanumerics). Reading
+  the Domain back out of one is ``model.outcome.domain_of_batch``.
 * Email id / ``Message-ID``: ``<base64url(recipient, padded)/batch id>``. The SMTPSender and the
   Tracker turn it back into (Recipient, Batch) without a database, so the recipient is embedded.
 
@@ -38,17 +39,6 @@ def split_batch_id(batch_id: str) -> tuple[str, str] | None:
     if m is None:
         return None
     return m.group(1), m.group(2)
-
-
-def domain_of_batch(batch_id: str) -> str:
-    """Return the tenant domain of a Batch id: the text after its last ``@``.
-
-    Raises ValueError when there is none (the Tracker answers 404 for such ids).
-    """
-    _, at, domain = batch_id.rpartition("@")
-    if not at or not domain:
-        raise ValueError(f"batch id has no domain: {batch_id!r}")
-    return domain
 
 
 def make_email_id(batch_id: str, recipient: str) -> str:

@@ -1,5 +1,7 @@
-"""Identifiers that make a publish idempotent: the `Nats-Msg-Id` of an Envelope and the ids of the
-outcome events the Validator, the Dispatcher and the SMTPSender publish.
+"""Identifiers that make a publish idempotent: the `Nats-Msg-Id` of an Envelope and the id of every
+outcome event, whoever publishes it (Validator, Dispatcher, SMTPSender, SMTPServer, Tracker, the
+api's webhook test). This module is the one home of every format: a Component builds or reads an
+event id only through these functions (ADR 0050).
 
 An event id is both the event's `Nats-Msg-Id` (JetStream drops a second publish inside the
 duplicate window) and `stats.event_id` (Stats stores an event once). So the same happening must
@@ -16,7 +18,11 @@ always get the same id, and two different happenings never one id (ADR 0006, ADR
   so is a complaint: a Recipient complains about one Delivery once, however many copies of the
   report arrive (`complained.<Batch>.<digest>`).
 * a Recipient unsubscribes from a Batch once, however often the URL is posted (a mail client
-  retrying, a reader pressing the button twice): (type, Batch, Recipient) too.
+  retrying, a reader pressing the button twice): (type, Batch, Recipient) too;
+* a DSN reports on one Recipient once, however many copies of the report arrive: its id digests
+  (Batch, Recipient, status, the report's Message-ID) (`bounced.dsn.<digest>`);
+* an open or a click happens anew every time: its id is the type and a random token the caller
+  draws (`<type>.<token>`), as is a webhook endpoint's test event (`test.<token>`).
 
 Recipients and email ids enter as digests: an address can hold anything, and none of it belongs in
 a NATS header verbatim. Pure: no I/O.
@@ -27,6 +33,7 @@ from __future__ import annotations
 import hashlib
 
 _DIGEST_CHARS = 32
+_SEP = "."
 
 
 def _digest(text: str) -> str:
@@ -65,15 +72,17 @@ def send_outcome_id(outcome_type: str, envelope_id: str | None, stream_seq: int)
     or `<type>.<stream seq>` for an Envelope without our `Nats-Msg-Id`."""
     parsed = parse_envelope_msg_id(envelope_id)
     if parsed is None:
-        return f"{outcome_type}.{stream_seq}"
-    return f"{outcome_type}.{_digest(parsed[0])}.{parsed[1]}"
+        return _SEP.join((outcome_type, str(stream_seq)))
+    return _SEP.join((outcome_type, _digest(parsed[0]), str(parsed[1])))
 
 
 def attempt_of_send_outcome(event_id: str | None) -> int | None:
-    """The attempt an SMTPSender outcome answers, or None when its id does not say."""
+    """The attempt an SMTPSender outcome answers (the Dispatcher reads it to ignore an Errored
+    about an earlier attempt), or None when its id does not say: the inverse of
+    `send_outcome_id` for an Envelope with our `Nats-Msg-Id`."""
     if not event_id:
         return None
-    parts = event_id.split(".")
+    parts = event_id.split(_SEP)
     if len(parts) != 3 or len(parts[1]) != _DIGEST_CHARS or not parts[2].isdigit():
         return None
     return int(parts[2])
@@ -82,7 +91,26 @@ def attempt_of_send_outcome(event_id: str | None) -> int | None:
 def delivery_event_id(kind: str, batch_id: str, recipient: str) -> str:
     """Id of an event that happens once per Delivery (validated, rejected, ended by the
     Dispatcher): `<type>.<Batch id>.<digest of the Recipient>`."""
-    return f"{kind}.{batch_id}.{_digest(recipient)}"
+    return _SEP.join((kind, batch_id, _digest(recipient)))
+
+
+def dsn_event_id(batch_id: str, recipient: str, status: str, report_id: str) -> str:
+    """Id of the Bounced the SMTPServer publishes for one Recipient of a DSN:
+    `bounced.dsn.<sha256 of (Batch, lower-cased Recipient, status, the report's Message-ID)>`.
+    Every copy of one report gives one id; a second report (another status) another."""
+    material = "\x00".join((batch_id, recipient.lower(), status, report_id))
+    return "bounced.dsn." + hashlib.sha256(material.encode()).hexdigest()
+
+
+def random_event_id(kind: str, token: str) -> str:
+    """Id of an event that is new each time it happens (an open, a click): `<type>.<token>`,
+    the token drawn at random by the caller."""
+    return _SEP.join((kind, token))
+
+
+def webhook_test_event_id(token: str) -> str:
+    """Id of the test event the api sends a webhook endpoint: `test.<token>` (a random token)."""
+    return random_event_id("test", token)
 
 
 def webhook_id(event_id: str) -> str:

@@ -125,6 +125,7 @@ class Outcome:
 
 
 def domain_of_batch(batch_id: str) -> str:
-    """Tenant Domain of a Batch id `msg_<id>@<domain>` (text after the last `@`)."""
+    """Tenant Domain of a Batch id `msg_<id>@<domain>`: the text after the last `@`, or "" when
+    the id names none (the Tracker answers 404 for such a token; Stats and webhooks keep "")."""
     _, at, domain = batch_id.rpartition("@")
     return domain if at else ""

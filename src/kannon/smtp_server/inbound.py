@@ -35,6 +35,7 @@ from email.policy import compat32
 from kannon.dsn import BouncedRecipient, DsnReport, parse_message
 from kannon.dsn.address import all_addresses, extract_address
 from kannon.envelope.bounce import BounceAddress, parse_bounce_address
+from kannon.model.event_ids import dsn_event_id
 from kannon.model.outcome import Bounced, Outcome
 from kannon.runtime.logs import obfuscate
 from kannon.smtp_server.complaints import complaints_of
@@ -99,11 +100,6 @@ def reply_code(recipient: BouncedRecipient) -> int:
 
 def is_failure(report: DsnReport, recipient: BouncedRecipient) -> bool:
     return report.kind not in _NOT_FAILED_KINDS and recipient.action == "failed"
-
-
-def event_id(batch_id: str, recipient: str, status: str, message_id: str) -> str:
-    material = "\x00".join((batch_id, recipient.lower(), status, message_id)).encode()
-    return "bounced.dsn." + hashlib.sha256(material).hexdigest()
 
 
 def _owner(
@@ -171,7 +167,7 @@ def bounces_of(
                     remote_mta=recipient.remote_mta,
                     from_dsn=True,
                 ),
-                event_id=event_id(address.batch_id, name, recipient.status, message_id),
+                event_id=dsn_event_id(address.batch_id, name, recipient.status, message_id),
             )
         )
     return verdict

@@ -38,10 +38,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, Router
 
-from kannon.envelope.ids import domain_of_batch
 from kannon.envelope.tokens import Claim, ClickClaim, OpenClaim, UnsubscribeClaim
-from kannon.model.event_ids import unsubscribed_event_id
-from kannon.model.outcome import Clicked, Detail, Opened, Outcome, Unsubscribed
+from kannon.model.event_ids import random_event_id, unsubscribed_event_id
+from kannon.model.outcome import Clicked, Detail, Opened, Outcome, Unsubscribed, domain_of_batch
 from kannon.model.tracking import TrackingMode
 from kannon.tracker.client_ip import ClientAddress
 from kannon.tracker.events import EventSink
@@ -85,7 +84,8 @@ def location_header(url: str) -> str:
 
 
 def new_event_id(kind: str) -> str:
-    return f"{kind}.{uuid.uuid4().hex}"
+    """A fresh id for an open or a click: each is a new happening (`model.event_ids`)."""
+    return random_event_id(kind, uuid.uuid4().hex)
 
 
 class TrackerRoutes:
@@ -133,9 +133,7 @@ class TrackerRoutes:
         claim = await self.keys.verify(request.path_params["token"])
         if claim is None:
             return None
-        try:
-            domain_of_batch(claim.batch_id)
-        except ValueError:
+        if not domain_of_batch(claim.batch_id):
             return None
         return claim
 

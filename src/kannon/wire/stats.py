@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from kannon.bus.subjects import stats_subject
 from kannon.model.outcome import (
     Accepted,
     Bounced,
@@ -184,7 +185,8 @@ def detail_from_json(data: dict[str, Any]) -> Detail:
 
 
 def outcome_subject(outcome: Outcome) -> str:
-    return "kannon.stats." + outcome.type
+    """`kannon.stats.<type>`, named by `bus.subjects` like every subject."""
+    return stats_subject(outcome.type)
 
 
 async def publish_outcome(publisher: Publisher, outcome: Outcome) -> int:
