@@ -252,10 +252,10 @@ class RefusingBus:
         self.bus = bus
         self.refused_id = event_id("accepted", BATCH, refused)
 
-    async def publish(self, subject: str, payload: bytes, msg_id: str) -> int:
+    async def publish_stat(self, stat_type: str, payload: bytes, msg_id: str) -> int:
         if msg_id == self.refused_id:
             raise ConnectionError("no PubAck")
-        return await self.bus.publish(subject, payload, msg_id)
+        return await self.bus.publish_stat(stat_type, payload, msg_id)
 
 
 async def test_a_refused_publish_releases_the_claim_and_raises(

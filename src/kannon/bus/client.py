@@ -48,6 +48,7 @@ from kannon.bus.subjects import (
     STREAMS,
     StreamSpec,
     dead_letter_subject,
+    stats_subject,
 )
 
 log = logging.getLogger("kannon.bus")
@@ -249,6 +250,10 @@ class Bus:
         ack = await self.js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id})
         PUBLISHED.labels(subject).inc()
         return int(ack.seq)
+
+    async def publish_stat(self, stat_type: str, payload: bytes, msg_id: str) -> int:
+        """Publish an outcome event on `kannon.stats.<type>` (`subjects.stats_subject`)."""
+        return await self.publish(stats_subject(stat_type), payload, msg_id)
 
     async def first_seq(self, stream: str) -> int:
         """The sequence of the oldest message `stream` still holds (older ones aged out)."""

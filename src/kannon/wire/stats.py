@@ -9,7 +9,6 @@ from typing import Any, Protocol
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from kannon.bus.subjects import stats_subject
 from kannon.model.outcome import (
     Accepted,
     Bounced,
@@ -29,7 +28,9 @@ from kannon.pb.stats.types import stats_pb2 as pb
 
 
 class Publisher(Protocol):
-    async def publish(self, subject: str, payload: bytes, msg_id: str) -> int: ...
+    """What publishes an outcome: the Bus, which names the subject (`bus.subjects`)."""
+
+    async def publish_stat(self, stat_type: str, payload: bytes, msg_id: str) -> int: ...
 
 
 class UndecodableEvent(ValueError):
@@ -184,11 +185,7 @@ def detail_from_json(data: dict[str, Any]) -> Detail:
     return detail_from_pb(msg)
 
 
-def outcome_subject(outcome: Outcome) -> str:
-    """`kannon.stats.<type>`, named by `bus.subjects` like every subject."""
-    return stats_subject(outcome.type)
-
-
 async def publish_outcome(publisher: Publisher, outcome: Outcome) -> int:
-    """Publish on `kannon.stats.<type>` with the event id as Nats-Msg-Id; waits for the PubAck."""
-    return await publisher.publish(outcome_subject(outcome), encode(outcome), outcome.event_id)
+    """Publish on the outcome type's subject with the event id as Nats-Msg-Id; waits for the
+    PubAck."""
+    return await publisher.publish_stat(outcome.type, encode(outcome), outcome.event_id)
