@@ -30,7 +30,7 @@ from kannon.config import ConfigError, Settings
 from kannon.db import deliveries
 from kannon.db.domains import NewKey, add_pending_keys, confirm_keys
 from kannon.db.pool import create_pool
-from kannon.dispatcher import component as dispatcher_module
+from kannon.dispatcher import dispatch as dispatcher_module
 from kannon.dispatcher.component import Dispatcher
 from kannon.envelope.bounce import parse_bounce_address
 from kannon.envelope.dkim import generate_dkim_keypair
@@ -227,16 +227,16 @@ async def test_the_dkim_key_is_parsed_once_per_domain_and_replaced_when_it_chang
     await add(pool, ["one@example.org"])
     await worker.cycle()
     await add(pool, ["two@example.org"])
-    first = worker._signers[DOMAIN][1]
+    first = worker.dispatch.signers[DOMAIN][1]
     await worker.cycle()
-    assert worker._signers[DOMAIN][1] is first
+    assert worker.dispatch.signers[DOMAIN][1] is first
     # A rotation: the new key (selector k2) confirmed with no grace, so the old one retires.
     private, public = generate_dkim_keypair()
     await add_pending_keys(pool, DOMAIN, [NewKey("k2", RSA_SHA256, private, public)], T0)
     assert await confirm_keys(pool, DOMAIN, "k2", T0, timedelta(0))
     await add(pool, ["three@example.org"])
     await worker.cycle()
-    assert worker._signers[DOMAIN][1] is not first
+    assert worker.dispatch.signers[DOMAIN][1] is not first
     third = next(p for p in await envelopes(bus) if p.job.recipient == "three@example.org")
     assert b"s=k2;" in third.job.body
     assert not dkim_verifies(third.job.body, keypair[1])  # the old key no longer signs

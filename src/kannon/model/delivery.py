@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from kannon.model.event_ids import delivery_event_id
+from kannon.model.outcome import Detail, Outcome
 from kannon.model.tracking import DEFAULT_CEILING, TrackingPolicy
 
 TO_VALIDATE = "to_validate"
@@ -77,3 +79,16 @@ class PoolDelivery:
     reject_reason: str = ""
     """Set by intake for a Recipient it refused but still reports through the bus (a suppressed
     address, ADR 0027): the Validator rejects it with this reason and it is never sent."""
+
+
+def delivery_outcome(delivery: PoolDelivery, detail: Detail, now: datetime) -> Outcome:
+    """An event that happens once per Delivery (validated, rejected, ended by the Dispatcher),
+    under its deterministic id (`event_ids.delivery_event_id`): a redo publishes the same id."""
+    return Outcome(
+        batch_id=delivery.message_id,
+        domain=delivery.domain,
+        recipient=delivery.email,
+        timestamp=now,
+        detail=detail,
+        event_id=delivery_event_id(detail.type, delivery.message_id, delivery.email),
+    )

@@ -17,20 +17,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
 
 from kannon.config import Settings
 from kannon.db import deliveries
+from kannon.db.reclaim import Reclaim, Stage
 from kannon.db.wakeups import TO_VALIDATE_CHANNEL, Listener
 from kannon.model.address import InvalidAddress, parse_address
-from kannon.model.delivery import PoolDelivery
-from kannon.model.event_ids import delivery_event_id
+from kannon.model.delivery import PoolDelivery, delivery_outcome
 from kannon.model.outcome import Accepted, Outcome, Rejected
 from kannon.runtime.clock import utc_now
-from kannon.runtime.component import Life, run_cycles, run_every
+from kannon.runtime.component import Life, run_cycles
 from kannon.runtime.logs import obfuscate
 from kannon.wire.stats import Publisher, publish_outcome
 
@@ -60,14 +60,7 @@ def judge(delivery: PoolDelivery, now: datetime) -> Outcome:
             detail = Rejected(f"invalid address: {exc}")
         else:
             detail = Accepted()
-    return Outcome(
-        batch_id=delivery.message_id,
-        domain=delivery.domain,
-        recipient=delivery.email,
-        timestamp=now,
-        detail=detail,
-        event_id=delivery_event_id(detail.type, delivery.message_id, delivery.email),
-    )
+    return delivery_outcome(delivery, detail, now)
 
 
 class Validator:
@@ -85,17 +78,15 @@ class Validator:
         self._pool = pool
         self._bus = bus
         self._clock = clock
-
-    @property
-    def reclaim_interval(self) -> timedelta:
-        # Half the timeout: a stale claim is retaken within 1.5 × claim_timeout (7.5 min by
-        # default), so the redo's duplicate event usually still falls in the stream's 10-minute
-        # duplicate window.
-        return self._settings.claim_timeout / 2
+        # A stale claim is retaken within 1.5 × claim_timeout (7.5 min by default), so the
+        # redo's duplicate event usually still falls in the stream's 10-minute duplicate window.
+        self._reclaim = Reclaim(
+            pool, Stage.VALIDATING, self._settings.claim_timeout, clock, RECLAIMED, log
+        )
 
     async def run(self, life: Life) -> None:
         async with Listener(self._pool, TO_VALIDATE_CHANNEL) as wake, asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._reclaim_loop(life))
+            tasks.create_task(self._reclaim.run(life, _log_error))
             life.ready()
             await run_cycles(
                 life, self.cycle, self._settings.idle_interval, on_error=_log_error, wake=wake
@@ -148,21 +139,7 @@ class Validator:
 
     async def reclaim(self) -> int:
         """Return validation claims older than validator.claim_timeout to `to_validate`."""
-        counts = await deliveries.reclaim_all_stale(
-            self._pool,
-            self._clock(),
-            validating_timeout=self._settings.claim_timeout,
-            sending_timeout=None,  # dispatch claims are the Dispatcher's to reclaim
-        )
-        total = counts.validating
-        if total:
-            RECLAIMED.inc(total)
-            log.warning("reclaimed abandoned validation claims", extra={"kv": {"count": total}})
-        return total
-
-    async def _reclaim_loop(self, life: Life) -> None:
-        # Once at start (a previous instance may have died mid-cycle), then on a timer.
-        await run_every(life, self.reclaim_interval, self.reclaim, _log_error)
+        return await self._reclaim.once()
 
 
 def _log_error(exc: BaseException) -> None:
