@@ -20,11 +20,11 @@ from kannon.config import DispatcherSettings, Settings, TrackerSettings
 from kannon.db.domains import insert_domain
 from kannon.db.templates import insert_template
 from kannon.dispatcher.component import Dispatcher
+from kannon.envelope.build import Envelope
 from kannon.envelope.dkim import dns_txt_value
 from kannon.model.outcome import Outcome
 from kannon.model.template import TRANSIENT, Template
 from kannon.wire import envelope as wire_envelope
-from kannon.wire.envelope import SendJob
 from kannon.wire.stats import decode
 
 DOMAIN = "k.example.com"
@@ -159,7 +159,7 @@ async def rows(pool: asyncpg.Pool) -> dict[str, asyncpg.Record]:
 @dataclass(frozen=True)
 class Published:
     msg_id: str
-    job: SendJob
+    job: Envelope
 
 
 async def _stream(bus: Bus, stream: str) -> list[tuple[str, str, bytes]]:

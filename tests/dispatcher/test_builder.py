@@ -22,10 +22,10 @@ from kannon.dispatcher.builder import (
     BatchJob,
     Built,
     InlineBuilder,
-    Item,
     ProcessBuilder,
     build_items,
 )
+from kannon.envelope.build import BatchSpec, RecipientPart
 from kannon.envelope.dkim import DkimSigner, generate_dkim_keypair
 from kannon.envelope.tokens import TrackingKey
 from kannon.wire import envelope as wire_envelope
@@ -37,10 +37,10 @@ def keypair() -> tuple[str, str]:
     return generate_dkim_keypair()
 
 
-def job(keypair: tuple[str, str], **changes: object) -> BatchJob:
+def job(keypair: tuple[str, str], dkim_keys: tuple[tuple[str, str], ...] | None = None) -> BatchJob:
     values: dict[str, object] = {
+        "batch_id": BATCH,
         "domain": DOMAIN,
-        "dkim_keys": ((SELECTOR, keypair[0]),),
         "sender_email": "news@k.example.com",
         "sender_alias": "Kannon News",
         "subject": "Hello {{ name }}",
@@ -53,15 +53,14 @@ def job(keypair: tuple[str, str], **changes: object) -> BatchJob:
         "token_expires_at": T0 + timedelta(days=90),
         "bounce_secret": SECRET.encode(),
         "now": T0,
-        **changes,
     }
-    return BatchJob(**values)  # type: ignore[arg-type]
+    spec = BatchSpec(**values)  # type: ignore[arg-type]
+    return BatchJob(spec, dkim_keys or ((SELECTOR, keypair[0]),))
 
 
-def items(count: int) -> list[Item]:
+def items(count: int) -> list[RecipientPart]:
     made = [
-        Item(
-            batch_id=BATCH,
+        RecipientPart(
             recipient=f"r{i}@example.org",
             fields={"name": f"R{i}"},
             should_retry=i % 2 == 0,
@@ -70,7 +69,7 @@ def items(count: int) -> list[Item]:
         for i in range(count)
     ]
     # CR/LF in a Recipient cannot make an Envelope: a per-item failure, not a batch one.
-    made.append(Item(BATCH, "bad\r\n@example.org", {}, True, b"x" * 12))
+    made.append(RecipientPart(recipient="bad\r\n@example.org", boundary_seed=b"x" * 12))
     return made
 
 

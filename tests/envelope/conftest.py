@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import timedelta
+from typing import NamedTuple
 
 import dkim
 import pytest
 from envelope_testdata import BATCH_ID, BOUNCE_SECRET, DOMAIN, NOW, SELECTOR, TRACKING_KEY
 
-from kannon.envelope import DkimSigner, EnvelopeSpec, dns_txt_value
+from kannon.envelope import BatchSpec, DkimSigner, RecipientPart, dns_txt_value
 from kannon.envelope.dkim import generate_dkim_keypair
 
 
@@ -38,11 +40,23 @@ def dkim_verify(dkim_keypair: tuple[str, str]) -> Callable[[bytes], bool]:
     return verify
 
 
-@pytest.fixture
-def make_spec(signer: DkimSigner) -> Callable[..., EnvelopeSpec]:
-    """EnvelopeSpec with sensible defaults; keyword arguments override any field."""
+class Spec(NamedTuple):
+    """The arguments of `build_envelope`: `build_envelope(*spec)`."""
 
-    def make(**overrides: object) -> EnvelopeSpec:
+    batch: BatchSpec
+    part: RecipientPart
+    dkim: DkimSigner
+
+
+_PART_FIELDS = {f.name for f in dataclasses.fields(RecipientPart)}
+
+
+@pytest.fixture
+def make_spec(signer: DkimSigner) -> Callable[..., Spec]:
+    """A Batch's spec and a Recipient's part with sensible defaults; keyword arguments override
+    any field of either (and `dkim`, the signer)."""
+
+    def make(**overrides: object) -> Spec:
         values: dict[str, object] = {
             "batch_id": BATCH_ID,
             "domain": DOMAIN,
@@ -52,7 +66,6 @@ def make_spec(signer: DkimSigner) -> Callable[..., EnvelopeSpec]:
             "html": "<html><body><p>Hi {{ name }}</p></body></html>",
             "recipient": "bob@example.org",
             "fields": {"name": "Bob"},
-            "dkim": signer,
             "tracker_base_url": "https://stats.{domain}",
             "tracking_key": TRACKING_KEY,
             "token_expires_at": NOW + timedelta(days=90),
@@ -61,6 +74,10 @@ def make_spec(signer: DkimSigner) -> Callable[..., EnvelopeSpec]:
             "boundary_seed": b"seed0001",
         }
         values.update(overrides)
-        return EnvelopeSpec(**values)  # type: ignore[arg-type]
+        dkim = values.pop("dkim", signer)
+        assert isinstance(dkim, DkimSigner)
+        part = {k: v for k, v in values.items() if k in _PART_FIELDS}
+        batch = {k: v for k, v in values.items() if k not in _PART_FIELDS}
+        return Spec(BatchSpec(**batch), RecipientPart(**part), dkim)  # type: ignore[arg-type]
 
     return make

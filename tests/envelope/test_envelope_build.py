@@ -13,8 +13,10 @@ import pytest
 from envelope_testdata import BATCH_ID, BOUNCE_SECRET, NOW, TRACKING_KEY
 
 from kannon.envelope import (
+    BatchSpec,
+    DkimSigner,
     Envelope,
-    EnvelopeSpec,
+    RecipientPart,
     build_envelope,
     parse_bounce_address,
     parse_email_id,
@@ -22,7 +24,7 @@ from kannon.envelope import (
     verify_open,
 )
 
-MakeSpec = Callable[..., EnvelopeSpec]
+MakeSpec = Callable[..., tuple[BatchSpec, RecipientPart, DkimSigner]]
 KEYS = {TRACKING_KEY.kid: TRACKING_KEY.secret}
 
 
@@ -49,7 +51,7 @@ def assert_wire_clean(raw: bytes) -> None:
 
 
 def test_headers(make_spec: MakeSpec, dkim_verify: Callable[[bytes], bool]) -> None:
-    env = build_envelope(make_spec())
+    env = build_envelope(*make_spec())
     msg = parse(env)
     assert msg["From"] == "Kannon News <news@k.example.com>"
     assert msg["To"] == "bob@example.org"
@@ -70,7 +72,7 @@ def test_headers(make_spec: MakeSpec, dkim_verify: Callable[[bytes], bool]) -> N
 
 
 def test_envelope_fields(make_spec: MakeSpec) -> None:
-    env = build_envelope(make_spec(should_retry=False))
+    env = build_envelope(*make_spec(should_retry=False))
     assert parse_email_id(env.email_id) == ("bob@example.org", BATCH_ID)
     assert env.sender == "news@k.example.com"
     assert env.recipient == "bob@example.org"
@@ -82,7 +84,7 @@ def test_envelope_fields(make_spec: MakeSpec) -> None:
 
 def test_fields_rendered_escaped_in_html_raw_in_subject(make_spec: MakeSpec) -> None:
     env = build_envelope(
-        make_spec(
+        *make_spec(
             subject="Deal for {{ name }} — {{ unknown }}",
             html="<p>{{ name }} / {{{ name }}}</p>",
             fields={"name": "Tom & <Jerry>"},
@@ -98,7 +100,7 @@ def test_tracking_links_and_pixel(make_spec: MakeSpec) -> None:
         '<html><body><a href="https://shop.test/a?x=1&amp;y=2">a</a>'
         '<a href="mailto:help@shop.test">m</a></body></html>'
     )
-    body = html_of(parse(build_envelope(make_spec(html=html))))
+    body = html_of(parse(build_envelope(*make_spec(html=html))))
     clicks = re.findall(r'href="https://stats\.k\.example\.com/c/([\w-]+)"', body)
     opens = re.findall(r'src="https://stats\.k\.example\.com/o/([\w-]+)"', body)
     assert len(clicks) == 1 and len(opens) == 1
@@ -112,7 +114,7 @@ def test_tracking_links_and_pixel(make_spec: MakeSpec) -> None:
 
 def test_tracking_disabled(make_spec: MakeSpec) -> None:
     html = '<html><body><a href="https://shop.test/">a</a></body></html>'
-    body = html_of(parse(build_envelope(make_spec(html=html, tracker_base_url=None))))
+    body = html_of(parse(build_envelope(*make_spec(html=html, tracker_base_url=None))))
     assert body.rstrip("\n") == html
 
 
@@ -120,7 +122,7 @@ def test_non_ascii_alias_and_subject(
     make_spec: MakeSpec, dkim_verify: Callable[[bytes], bool]
 ) -> None:
     env = build_envelope(
-        make_spec(
+        *make_spec(
             sender_alias="Zoë's Bücher, 東京",
             subject="Ciao {{ name }} — il tuo ordine è pronto 🎉",
             fields={"name": "Jürgen"},
@@ -138,7 +140,7 @@ def test_non_ascii_alias_and_subject(
 
 def test_to_and_cc_override(make_spec: MakeSpec, dkim_verify: Callable[[bytes], bool]) -> None:
     env = build_envelope(
-        make_spec(
+        *make_spec(
             headers_to=["team@example.org", "boss@example.org"],
             headers_cc=["audit@example.org"],
         )
@@ -159,7 +161,7 @@ def test_attachments(make_spec: MakeSpec, dkim_verify: Callable[[bytes], bool]) 
         ("empty.txt", b""),
         ('no"ext', b"\x00\x01"),
     ]
-    env = build_envelope(make_spec(attachments=attachments))
+    env = build_envelope(*make_spec(attachments=attachments))
     msg = parse(env)
     assert msg.get_content_type() == "multipart/mixed"
     parts = list(msg.iter_parts())
@@ -204,19 +206,19 @@ def test_cr_lf_in_header_values_is_refused(
     make_spec: MakeSpec, override: dict[str, object]
 ) -> None:
     with pytest.raises(ValueError):
-        build_envelope(make_spec(**override))
+        build_envelope(*make_spec(**override))
 
 
 def test_naive_now_is_refused(make_spec: MakeSpec) -> None:
     with pytest.raises(ValueError):
-        build_envelope(make_spec(now=NOW.replace(tzinfo=None)))
+        build_envelope(*make_spec(now=NOW.replace(tzinfo=None)))
 
 
 def test_limits_with_long_content(
     make_spec: MakeSpec, dkim_verify: Callable[[bytes], bool]
 ) -> None:
     env = build_envelope(
-        make_spec(
+        *make_spec(
             html="<p>" + "word " * 20_000 + "</p>" + "x" * 5000,  # long lines, no newlines
             subject="Subject " * 40,
             headers_to=[f"person{i}@example{i}.org" for i in range(60)],
@@ -237,12 +239,12 @@ def test_limits_with_long_content(
 
 def test_deterministic(make_spec: MakeSpec) -> None:
     spec = make_spec(attachments=[("a.txt", b"a")])
-    assert build_envelope(spec).body == build_envelope(spec).body
+    assert build_envelope(*spec).body == build_envelope(*spec).body
 
 
 def test_boundary_comes_from_seed(make_spec: MakeSpec) -> None:
-    one = build_envelope(make_spec(attachments=[("a.txt", b"a")], boundary_seed=b"one"))
-    two = build_envelope(make_spec(attachments=[("a.txt", b"a")], boundary_seed=b"two"))
+    one = build_envelope(*make_spec(attachments=[("a.txt", b"a")], boundary_seed=b"one"))
+    two = build_envelope(*make_spec(attachments=[("a.txt", b"a")], boundary_seed=b"two"))
     b1, b2 = parse(one).get_boundary(), parse(two).get_boundary()
     assert b1 and b2 and b1 != b2 and b1.startswith("=_")
 
@@ -271,7 +273,7 @@ def test_dkim_verifies_for_every_body_shape(
     html: str,
     attachments: tuple[tuple[str, bytes], ...],
 ) -> None:
-    env = build_envelope(make_spec(html=html, attachments=attachments, tracker_base_url=None))
+    env = build_envelope(*make_spec(html=html, attachments=attachments, tracker_base_url=None))
     assert_wire_clean(env.body)
     assert dkim_verify(env.body)
     # and a body change is detected (blank lines at the end would not be: relaxed ignores them)

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import pytest
 from envelope_testdata import BATCH_ID, BOUNCE_SECRET, DOMAIN, NOW
 
-from kannon.envelope import DkimSigner, EnvelopeSpec
+from kannon.envelope import BatchSpec, DkimSigner, RecipientPart
 from kannon.envelope.build import build_envelope
 from kannon.envelope.mime import base64_body
 from kannon.envelope.size import base64_size, estimate_largest_envelope
@@ -36,32 +36,26 @@ def published_size(
 ) -> int:
     """Bytes the bus carries for this Envelope: EmailToSend plus the NATS headers."""
     env = build_envelope(
-        EnvelopeSpec(
+        BatchSpec(
             batch_id=BATCH_ID,
             domain=DOMAIN,
             sender_email=f"news@{DOMAIN}",
             sender_alias=alias,
             subject=subject,
             html=html,
-            recipient=recipient,
-            dkim=signer,
             tracker_base_url=BASE,
             tracking_key=KEY,
             token_expires_at=NOW,
             bounce_secret=BOUNCE_SECRET,
             now=NOW,
-            fields=fields,
             attachments=attachments,
             headers_to=headers_to,
             headers_cc=headers_cc,
-            boundary_seed=b"0123456789",
-        )
+        ),
+        RecipientPart(recipient=recipient, fields=fields, boundary_seed=b"0123456789"),
+        signer,
     )
-    payload = wire_envelope.encode(
-        wire_envelope.SendJob(
-            env.email_id, env.sender, env.recipient, env.return_path, env.body, True
-        )
-    )
+    payload = wire_envelope.encode(env)
     nats_headers = f"NATS/1.0\r\nNats-Msg-Id: {env.email_id}.12\r\n\r\n"
     return len(payload) + len(nats_headers)
 

@@ -14,13 +14,13 @@ import pytest
 from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result
 from kannon.bus.subjects import SENDING_SUBJECT, STATS_STREAM, STATS_SUBJECTS
 from kannon.config import Settings
+from kannon.envelope.build import Envelope
 from kannon.envelope.ids import make_email_id
 from kannon.model.event_ids import envelope_msg_id, send_guard_key, send_outcome_id
 from kannon.model.outcome import Outcome
 from kannon.runtime.component import Life
 from kannon.smtp_sender.component import SmtpSender
 from kannon.wire import envelope
-from kannon.wire.envelope import SendJob
 from kannon.wire.stats import decode as decode_outcome
 from tests.peers.dns import DnsServer
 from tests.peers.fixtures import (  # noqa: F401  (fixtures, registered by importing them)
@@ -43,8 +43,8 @@ BODY = (
 
 def make_job(
     recipient: str, *, should_retry: bool = True, body: bytes = BODY, batch_id: str = BATCH_ID
-) -> SendJob:
-    return SendJob(
+) -> Envelope:
+    return Envelope(
         email_id=make_email_id(batch_id, recipient),
         sender="news@tenant.test",
         recipient=recipient,
@@ -76,7 +76,7 @@ def mx_for(dns: DnsServer, *domains: str) -> DnsServer:
     return dns.start()
 
 
-async def publish(bus: Bus, job: SendJob, attempt: int | None = None) -> int:
+async def publish(bus: Bus, job: Envelope, attempt: int | None = None) -> int:
     """Publish an Envelope on kannon.sending, as the Dispatcher does (`Nats-Msg-Id`
     `<email id>.<attempt>`, a fresh attempt unless given); returns its stream sequence."""
     payload = envelope.encode(job)
@@ -88,17 +88,17 @@ async def publish(bus: Bus, job: SendJob, attempt: int | None = None) -> int:
 _attempts = itertools.count(1000)
 
 
-def bus_message(job: SendJob, seq: int, attempt: int = 0) -> BusMessage:
+def bus_message(job: Envelope, seq: int, attempt: int = 0) -> BusMessage:
     msg_id = envelope_msg_id(job.email_id, attempt)
     return BusMessage(SENDING_SUBJECT, envelope.encode(job), msg_id, 1, seq)
 
 
-def outcome_id(kind: str, job: SendJob, attempt: int) -> str:
+def outcome_id(kind: str, job: Envelope, attempt: int) -> str:
     """The event id the SMTPSender gives the outcome of `job` published as `attempt`."""
     return send_outcome_id(kind, envelope_msg_id(job.email_id, attempt), 0)
 
 
-def guard_key(job: SendJob, seq: int, attempt: int = 0) -> str:
+def guard_key(job: Envelope, seq: int, attempt: int = 0) -> str:
     """The send-guard key of `job` published as `attempt` at stream sequence `seq`."""
     return send_guard_key(envelope_msg_id(job.email_id, attempt), seq, job.email_id)
 

@@ -1,13 +1,14 @@
-"""`SendJob` <-> `EmailToSend` (the payload on kannon.sending), field for field."""
+"""`Envelope` <-> `EmailToSend` (the payload on kannon.sending), field for field."""
 
 from __future__ import annotations
 
 import pytest
 
+from kannon.envelope.build import Envelope
 from kannon.pb.mailer.types import email_pb2
-from kannon.wire.envelope import SendJob, UndecodableEnvelope, decode, encode
+from kannon.wire.envelope import UndecodableEnvelope, decode, encode
 
-JOB = SendJob(
+JOB = Envelope(
     email_id="<YUBleGFtcGxlLnRlc3Q=/msg_abc@tenant.test>",
     sender="News <news@tenant.test>",
     recipient="a@example.test",

@@ -4,13 +4,13 @@ under the same event id; a failed publish is retried from memory, not by sending
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from kannon.bus.client import Bus, BusMessage, Result, Verdict
 from kannon.bus.subjects import SENDER_DURABLE, SENDING_STREAM, STATS_STREAM
 from kannon.config import Settings
 from kannon.model.outcome import Delivered
 from kannon.smtp_sender.component import SmtpSender
-from kannon.wire import envelope
 from tests.peers.dns import DnsServer
 from tests.peers.smtp_sink import SmtpSink
 from tests.smtp_sender.conftest import (
@@ -130,14 +130,7 @@ async def test_envelopes_that_cannot_be_ours_are_terminated_without_sending(
     sender = SmtpSender(make_settings(port=smtp_sink.port), bus)
     garbage = BusMessage("kannon.sending", b"\xff\xff\xff", None, 1, 1)
     foreign = make_job("x@example.test")
-    foreign_id = envelope.SendJob(
-        email_id="<not-one-of-ours>",
-        sender=foreign.sender,
-        recipient=foreign.recipient,
-        return_path=foreign.return_path,
-        body=foreign.body,
-        should_retry=True,
-    )
+    foreign_id = dataclasses.replace(foreign, email_id="<not-one-of-ours>", should_retry=True)
     assert (await sender.handle(garbage)).verdict is Verdict.TERM
     assert (await sender.handle(bus_message(foreign_id, seq=2))).verdict is Verdict.TERM
     assert smtp_sink.connections == 0

@@ -12,8 +12,9 @@ from typing import Any
 from kannon.bus.client import Bus
 from kannon.bus.subjects import STATS_STREAM
 from kannon.envelope import (
+    BatchSpec,
     DkimSigner,
-    EnvelopeSpec,
+    RecipientPart,
     TrackingKey,
     build_envelope,
     make_batch_id,
@@ -47,21 +48,21 @@ class Sent:
 def sent_message(signer: DkimSigner, recipient: str, batch_id: str | None = None) -> Sent:
     batch_id = batch_id or make_batch_id(new_token(), DOMAIN)
     envelope = build_envelope(
-        EnvelopeSpec(
+        BatchSpec(
             batch_id=batch_id,
             domain=DOMAIN,
             sender_email=f"news@{DOMAIN}",
             sender_alias="News",
             subject="Your order",
             html="<p>Thanks</p>",
-            recipient=recipient,
-            dkim=signer,
             tracker_base_url=None,
             tracking_key=TrackingKey("key_unused", b"u" * 32),
             token_expires_at=NOW + timedelta(days=1),
             bounce_secret=SECRET.encode(),
             now=NOW,
-        )
+        ),
+        RecipientPart(recipient=recipient),
+        signer,
     )
     headers = envelope.body.split(b"\r\n\r\n", 1)[0]
     return Sent(batch_id, recipient, envelope.return_path, headers)

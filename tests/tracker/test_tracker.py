@@ -29,8 +29,9 @@ from kannon.bus.subjects import STATS_STREAM
 from kannon.db.pool import create_pool
 from kannon.db.tracking_keys import signing_key
 from kannon.envelope import (
+    BatchSpec,
     DkimSigner,
-    EnvelopeSpec,
+    RecipientPart,
     TrackingKey,
     build_envelope,
     make_batch_id,
@@ -72,23 +73,24 @@ async def build_message(
     key = await signing_key(pool, now, TOKEN_TTL)
     batch_id = make_batch_id(new_token(), DOMAIN)
     envelope = build_envelope(
-        EnvelopeSpec(
+        BatchSpec(
             batch_id=batch_id,
             domain=DOMAIN,
             sender_email=f"news@{DOMAIN}",
             sender_alias="News",
             subject="Hello",
             html=HTML,
-            recipient=RECIPIENT,
-            dkim=signer,
             tracker_base_url=base_url,
             tracking_key=key,
             token_expires_at=now + TOKEN_TTL,
             bounce_secret=BOUNCE_SECRET,
             now=now,
-            # Full: these tests look at the IP address and user agent of each hit.
-            tracking=TrackingPolicy(TrackingMode.FULL, TrackingMode.FULL),
-        )
+        ),
+        # Full: these tests look at the IP address and user agent of each hit.
+        RecipientPart(
+            recipient=RECIPIENT, tracking=TrackingPolicy(TrackingMode.FULL, TrackingMode.FULL)
+        ),
+        signer,
     )
     return batch_id, html_of(envelope.body)
 

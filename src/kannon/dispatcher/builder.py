@@ -9,8 +9,9 @@ it kept the whole pipeline on one core. So the Dispatcher hands each chunk to a 
 * `ProcessBuilder` builds in a `ProcessPoolExecutor` whose workers use another core while the loop
   publishes the previous chunk and serves the other Components.
 
-What crosses the process boundary is plain, picklable data (`BatchJob`, `Item`) and comes back as
-the encoded `kannon.sending` payload (`Built`): the Dispatcher's process does not even serialise
+What crosses the process boundary is plain, picklable data (`BatchJob`: the Batch's `BatchSpec` and
+its key material; one `RecipientPart` per Delivery) and comes back as the encoded `kannon.sending`
+payload (`Built`): the Dispatcher's process does not even serialise
 the Envelope. A `DkimSigner` holds a parsed OpenSSL key, which cannot be pickled, so a job carries
 the key material (every key the Domain signs with: RSA, Ed25519, and during a rotation the
 retiring ones) and each worker keeps its own signers, parsed once per (Domain, selector, key).
@@ -38,17 +39,14 @@ import os
 import signal
 import sys
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Protocol
 
-from kannon.envelope.build import EnvelopeSpec, build_envelope
+from kannon.envelope.build import BatchSpec, RecipientPart, build_envelope
 from kannon.envelope.dkim import DkimSigner
-from kannon.envelope.tokens import TrackingKey
-from kannon.model.tracking import DEFAULT_CEILING, TrackingPolicy
 from kannon.wire import envelope as wire_envelope
 
 log = logging.getLogger("kannon.dispatcher")
@@ -59,40 +57,17 @@ YIELD_EVERY = 4
 SIGNER_CACHE = 256
 
 
+DkimKeys = tuple[tuple[str, str], ...]
+"""(selector, base64 private key) of every key a Domain signs with."""
+
+
 @dataclass(frozen=True, slots=True)
 class BatchJob:
-    """What every Envelope of one Batch in one dispatch cycle shares."""
+    """One Batch's share of a dispatch cycle: its `BatchSpec` and the key material a worker
+    signs with (a parsed `DkimSigner` cannot cross the process boundary)."""
 
-    domain: str
-    dkim_keys: tuple[tuple[str, str], ...] = field(repr=False)
-    """(selector, base64 private key) of every key to sign with."""
-    sender_email: str
-    sender_alias: str
-    subject: str
-    html: str
-    attachments: tuple[tuple[str, bytes], ...]
-    headers_to: tuple[str, ...]
-    headers_cc: tuple[str, ...]
-    tracker_base_url: str | None
-    tracking_key: TrackingKey
-    token_expires_at: datetime
-    bounce_secret: bytes = field(repr=False)
-    now: datetime
-    unsubscribe_url_template: str | None = None
-    builtin_unsubscribe: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Item:
-    """One Delivery's part of the build."""
-
-    batch_id: str
-    recipient: str
-    fields: Mapping[str, str]
-    should_retry: bool
-    boundary_seed: bytes
-    tracking: TrackingPolicy = DEFAULT_CEILING
-    pseudonym: str = ""
+    spec: BatchSpec
+    dkim_keys: DkimKeys = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,61 +83,27 @@ BuildResult = Built | str
 
 
 def build_items(
-    job: BatchJob, items: Sequence[Item], signers: Sequence[DkimSigner] | None = None
+    job: BatchJob, parts: Sequence[RecipientPart], signers: Sequence[DkimSigner] | None = None
 ) -> list[BuildResult]:
-    """Build and sign the Envelopes of `items`. Runs in a worker process or inline; `signers`
+    """Build and sign the Envelopes of `parts`. Runs in a worker process or inline; `signers`
     (the caller's parsed keys) save a worker's cache lookups when given."""
+    domain = job.spec.domain
     if signers is None:
         try:
-            signers = [_cached_signer(job.domain, *key) for key in job.dkim_keys]
+            signers = [_cached_signer(domain, *key) for key in job.dkim_keys]
         except ValueError as exc:
-            return [f"DKIM key of domain {job.domain}: {exc}"] * len(items)
+            return [f"DKIM key of domain {domain}: {exc}"] * len(parts)
     if not signers:
-        return [f"domain {job.domain} has no DKIM key to sign with"] * len(items)
-    return [_build_one(job, item, signers) for item in items]
+        return [f"domain {domain} has no DKIM key to sign with"] * len(parts)
+    return [_build_one(job.spec, part, signers) for part in parts]
 
 
-def _build_one(job: BatchJob, item: Item, signers: Sequence[DkimSigner]) -> BuildResult:
-    spec = EnvelopeSpec(
-        batch_id=item.batch_id,
-        domain=job.domain,
-        sender_email=job.sender_email,
-        sender_alias=job.sender_alias,
-        subject=job.subject,
-        html=job.html,
-        recipient=item.recipient,
-        dkim=signers,
-        tracker_base_url=job.tracker_base_url,
-        tracking_key=job.tracking_key,
-        token_expires_at=job.token_expires_at,
-        bounce_secret=job.bounce_secret,
-        now=job.now,
-        fields=item.fields,
-        attachments=job.attachments,
-        headers_to=job.headers_to,
-        headers_cc=job.headers_cc,
-        should_retry=item.should_retry,
-        boundary_seed=item.boundary_seed,
-        tracking=item.tracking,
-        pseudonym=item.pseudonym,
-        unsubscribe_url_template=job.unsubscribe_url_template,
-        builtin_unsubscribe=job.builtin_unsubscribe,
-    )
+def _build_one(batch: BatchSpec, part: RecipientPart, signers: Sequence[DkimSigner]) -> BuildResult:
     try:
-        env = build_envelope(spec)
+        env = build_envelope(batch, part, signers)
     except ValueError as exc:
         return str(exc)
-    payload = wire_envelope.encode(
-        wire_envelope.SendJob(
-            email_id=env.email_id,
-            sender=env.sender,
-            recipient=env.recipient,
-            return_path=env.return_path,
-            body=env.body,
-            should_retry=env.should_retry,
-        )
-    )
-    return Built(env.email_id, payload)
+    return Built(env.email_id, wire_envelope.encode(env))
 
 
 # A worker process's signers; in the Dispatcher's own process the Dispatcher passes its own.
@@ -184,7 +125,7 @@ def _cached_signer(domain: str, selector: str, private_key: str) -> DkimSigner:
 
 class Builder(Protocol):
     async def build(
-        self, job: BatchJob, items: Sequence[Item], signers: Sequence[DkimSigner]
+        self, job: BatchJob, parts: Sequence[RecipientPart], signers: Sequence[DkimSigner]
     ) -> list[BuildResult]: ...
 
 
@@ -192,13 +133,13 @@ class InlineBuilder:
     """Builds in the event loop's thread, yielding to the loop every `YIELD_EVERY` Envelopes."""
 
     async def build(
-        self, job: BatchJob, items: Sequence[Item], signers: Sequence[DkimSigner]
+        self, job: BatchJob, parts: Sequence[RecipientPart], signers: Sequence[DkimSigner]
     ) -> list[BuildResult]:
         results: list[BuildResult] = []
-        for start in range(0, len(items), YIELD_EVERY):
+        for start in range(0, len(parts), YIELD_EVERY):
             if start:
                 await asyncio.sleep(0)  # let the other Components run between builds
-            results += build_items(job, items[start : start + YIELD_EVERY], signers)
+            results += build_items(job, parts[start : start + YIELD_EVERY], signers)
         return results
 
 
@@ -276,17 +217,17 @@ class ProcessBuilder:
             await asyncio.to_thread(_stop_resource_tracker)
 
     async def build(
-        self, job: BatchJob, items: Sequence[Item], signers: Sequence[DkimSigner]
+        self, job: BatchJob, parts: Sequence[RecipientPart], signers: Sequence[DkimSigner]
     ) -> list[BuildResult]:
         executor = self._executor
         if executor is None:
             raise RuntimeError("ProcessBuilder used outside `async with`")
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(executor, build_items, job, list(items))
+            return await loop.run_in_executor(executor, build_items, job, list(parts))
         except BrokenProcessPool:
             log.error("envelope build workers died; restarting them, building this chunk inline")
             if self._executor is executor:
                 self._executor = self._new_executor()
                 executor.shutdown(wait=False, cancel_futures=True)
-            return await self._inline.build(job, items, signers)
+            return await self._inline.build(job, parts, signers)

@@ -41,7 +41,6 @@ from kannon.dispatcher.builder import (
     Builder,
     Built,
     InlineBuilder,
-    Item,
     ProcessBuilder,
 )
 from kannon.dispatcher.retry import (
@@ -51,6 +50,7 @@ from kannon.dispatcher.retry import (
     Retries,
     budget_spent,
 )
+from kannon.envelope.build import BatchSpec, RecipientPart
 from kannon.envelope.dkim import DkimSigner
 from kannon.envelope.tokens import TrackingKey
 from kannon.model.delivery import PoolDelivery, delivery_outcome
@@ -256,9 +256,9 @@ class Dispatch:
             raise BuildError(str(exc)) from None
         # Parsed here even when workers build: a bad key fails the Batch once, up front.
         signers = self._domain_signers(batch)
-        job = BatchJob(
+        spec = BatchSpec(
+            batch_id=batch.batch_id,
             domain=batch.domain,
-            dkim_keys=batch.dkim_keys,
             sender_email=batch.sender_email,
             sender_alias=batch.sender_alias,
             subject=batch.subject,
@@ -274,7 +274,7 @@ class Dispatch:
             unsubscribe_url_template=batch.one_click_url_template,
             builtin_unsubscribe=batch.builtin_unsubscribe,
         )
-        return _BatchParts(job, signers, batch.ip_pool)
+        return _BatchParts(BatchJob(spec, batch.dkim_keys), signers, batch.ip_pool)
 
     def _domain_signers(self, batch: SendingData) -> list[DkimSigner]:
         fingerprint = batch.dkim_keys
@@ -288,16 +288,15 @@ class Dispatch:
         self.signers[batch.domain] = (fingerprint, signers)
         return signers
 
-    def _item(self, delivery: PoolDelivery, job: BatchJob, now: datetime) -> Item:
-        return Item(
-            batch_id=delivery.message_id,
+    def _part(self, delivery: PoolDelivery, batch: BatchSpec, now: datetime) -> RecipientPart:
+        return RecipientPart(
             recipient=delivery.email,
             fields=delivery.fields,
             # False on the last attempt the budget allows: a 4xx then ends as Bounced at once.
             should_retry=self._policy.should_retry(
                 delivery.original_scheduled_time, delivery.send_attempts_cnt, now
             ),
-            boundary_seed=self._boundary_seed() if job.attachments else b"",
+            boundary_seed=self._boundary_seed() if batch.attachments else b"",
             tracking=delivery.tracking,
             # Drawn for each Envelope and stored nowhere (ADR 0033).
             pseudonym=new_pseudonym() if delivery.tracking.uses(TrackingMode.PSEUDONYMOUS) else "",
@@ -343,10 +342,12 @@ class Dispatch:
     async def _build_group(
         self, parts: _BatchParts, group: Sequence[PoolDelivery], now: datetime
     ) -> list[Built | str]:
-        items = [self._item(delivery, parts.job, now) for delivery in group]
-        results = await self._builder.build(parts.job, items, parts.signers)
-        if len(results) != len(items):
-            raise RuntimeError(f"builder returned {len(results)} results for {len(items)} items")
+        recipients = [self._part(delivery, parts.job.spec, now) for delivery in group]
+        results = await self._builder.build(parts.job, recipients, parts.signers)
+        if len(results) != len(recipients):
+            raise RuntimeError(
+                f"builder returned {len(results)} results for {len(recipients)} Recipients"
+            )
         return results
 
     async def _publish_chunk(self, chunk: _Chunk, now: datetime) -> None:

@@ -6,7 +6,7 @@ Each concept has one module; this package root re-exports the public API.
 """
 
 from kannon.envelope.bounce import BounceAddress, make_bounce_address, parse_bounce_address
-from kannon.envelope.build import Envelope, EnvelopeSpec, build_envelope
+from kannon.envelope.build import BatchSpec, Envelope, RecipientPart, build_envelope
 from kannon.envelope.dkim import DkimSigner, dns_txt_value, generate_dkim_keypair
 from kannon.envelope.ids import make_batch_id, make_email_id, parse_email_id
 from kannon.envelope.render import apply_global_fields, render_html, render_text
@@ -22,12 +22,13 @@ from kannon.envelope.tokens import (
 )
 
 __all__ = [
+    "BatchSpec",
     "BounceAddress",
     "ClickClaim",
     "DkimSigner",
     "Envelope",
-    "EnvelopeSpec",
     "OpenClaim",
+    "RecipientPart",
     "TrackingKey",
     "apply_global_fields",
     "build_envelope",

@@ -11,8 +11,9 @@ Owns the order of operations and the header set (DESIGN §3 "Envelope", spec §4
    unsubscribes itself), MIME-Version, Content-Type, X-Pool-Message-ID (the Batch id), X-Mailer;
 4. MIME body (see ``mime``), then one DKIM-Signature per signing key prepended, RSA first.
 
-Everything that varies (clock, MIME boundary seed, keys, secrets) comes in through
-``EnvelopeSpec``, so the same spec always builds the same bytes.
+Everything that varies (clock, MIME boundary seed, keys, secrets) comes in through one
+``BatchSpec`` per Batch and one ``RecipientPart`` per Delivery, so the same two always build the
+same bytes.
 """
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ MAILER = "Kannon"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class EnvelopeSpec:
-    """Everything needed to build one Delivery's Envelope. ``tracker_base_url=None`` disables
-    open/click tracking and Kannon's own unsubscribe URL; it may contain ``{domain}`` (e.g.
-    ``https://stats.{domain}``). ``dkim`` is one signer or all the Domain signs with.
-    ``pseudonym`` (32 hex digits) is needed when a channel is ``pseudonymous``."""
+class BatchSpec:
+    """What every Envelope of one Batch shares, decided once per dispatch. Plain, picklable data
+    (the Dispatcher's build workers receive it). ``tracker_base_url=None`` disables open/click
+    tracking and Kannon's own unsubscribe URL; it may contain ``{domain}`` (e.g.
+    ``https://stats.{domain}``)."""
 
     batch_id: str
     domain: str
@@ -46,50 +47,67 @@ class EnvelopeSpec:
     sender_alias: str
     subject: str
     html: str
-    recipient: str
-    dkim: DkimSigner | Sequence[DkimSigner]
     tracker_base_url: str | None
     tracking_key: TrackingKey
     token_expires_at: datetime
     bounce_secret: bytes = field(repr=False)
     now: datetime
-    fields: Mapping[str, str] = field(default_factory=dict)
     attachments: Sequence[tuple[str, bytes]] = ()
     headers_to: Sequence[str] = ()
     headers_cc: Sequence[str] = ()
-    should_retry: bool = True
-    boundary_seed: bytes = b""
-    tracking: TrackingPolicy = DEFAULT_CEILING
-    pseudonym: str = ""
     unsubscribe_url_template: str | None = None
     builtin_unsubscribe: bool = False
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecipientPart:
+    """One Delivery's own part of its Envelope. ``pseudonym`` (32 hex digits) is needed when a
+    channel is ``pseudonymous``."""
+
+    recipient: str
+    fields: Mapping[str, str] = field(default_factory=dict)
+    should_retry: bool = True
+    boundary_seed: bytes = b""
+    tracking: TrackingPolicy = DEFAULT_CEILING
+    pseudonym: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """A built, signed message and its SMTP envelope (what goes on ``kannon.sending``)."""
+    """A built, signed message and its SMTP envelope: what goes on ``kannon.sending``
+    (``wire.envelope`` encodes it as ``EmailToSend``) and what the SMTPSender sends."""
 
     email_id: str
-    sender: str  # the From address
-    recipient: str  # SMTP RCPT TO: the Delivery's Recipient, whatever To/Cc say
-    return_path: str  # SMTP MAIL FROM: the signed bounce address
+    """``<base64url(recipient)/batch_id>``, also the Message-ID header."""
+    sender: str
+    """The header From address (``EmailToSend.from``); informative, SMTP uses ``return_path``."""
+    recipient: str
+    """SMTP RCPT TO: the Delivery's Recipient, whatever To/Cc say."""
+    return_path: str
+    """SMTP MAIL FROM: the signed bounce address."""
     body: bytes
+    """The whole RFC 5322 message, headers and DKIM signatures included."""
     should_retry: bool
+    """False on the last attempt the retry budget allows: a 4xx then ends as Bounced."""
 
 
 def build_headers(
-    spec: EnvelopeSpec, subject: str, email_id: str, unsubscribe_url: str | None = None
+    batch: BatchSpec,
+    recipient: str,
+    subject: str,
+    email_id: str,
+    unsubscribe_url: str | None = None,
 ) -> list[mime.Header]:
     """The message headers before the MIME ones (From ... MIME-Version), validated."""
     headers = [
-        mime.mailbox("From", spec.sender_alias, spec.sender_email),
-        mime.address_list("To", spec.headers_to or (spec.recipient,)),
+        mime.mailbox("From", batch.sender_alias, batch.sender_email),
+        mime.address_list("To", batch.headers_to or (recipient,)),
     ]
-    if spec.headers_cc:
-        headers.append(mime.address_list("Cc", spec.headers_cc))
+    if batch.headers_cc:
+        headers.append(mime.address_list("Cc", batch.headers_cc))
     headers += [
         mime.unstructured("Subject", subject),
-        mime.date_header(spec.now),
+        mime.date_header(batch.now),
         mime.simple("Message-ID", email_id),
     ]
     if unsubscribe_url is not None:
@@ -108,66 +126,74 @@ class UnsignedMessage:
     body: bytes
 
 
-def compose_message(spec: EnvelopeSpec) -> UnsignedMessage:
-    """Render, track and serialise ``spec`` into headers and body, without signing.
+def compose_message(batch: BatchSpec, part: RecipientPart) -> UnsignedMessage:
+    """Render, track and serialise one Recipient's message, without signing.
 
     Raises ValueError for header values with CR/LF/NUL (including ones introduced by a field
     value in the Subject), a malformed Batch id, or naive datetimes.
     """
     # Checked before any work: these reach the SMTP envelope, not only headers.
-    mime.check_header_value("recipient", spec.recipient)
-    mime.check_header_value("batch id", spec.batch_id)
-    subject = render_text(spec.subject, spec.fields)
-    html = render_html(spec.html, spec.fields)
-    base = tracker_base(spec.tracker_base_url, spec.domain) if spec.tracker_base_url else None
-    policy = spec.tracking
+    mime.check_header_value("recipient", part.recipient)
+    mime.check_header_value("batch id", batch.batch_id)
+    subject = render_text(batch.subject, part.fields)
+    html = render_html(batch.html, part.fields)
+    base = tracker_base(batch.tracker_base_url, batch.domain) if batch.tracker_base_url else None
+    policy = part.tracking
     if base and (policy.opens.tracks or policy.links.tracks):
         html = apply_tracking(
             html,
             base_url=base,
-            key=spec.tracking_key,
-            batch_id=spec.batch_id,
-            recipient=spec.recipient,
-            expires_at=spec.token_expires_at,
+            key=batch.tracking_key,
+            batch_id=batch.batch_id,
+            recipient=part.recipient,
+            expires_at=batch.token_expires_at,
             links=policy.links,
             opens=policy.opens,
-            link_identity=token_identity(policy.links, spec.recipient, spec.domain, spec.pseudonym),
-            open_identity=token_identity(policy.opens, spec.recipient, spec.domain, spec.pseudonym),
+            link_identity=token_identity(
+                policy.links, part.recipient, batch.domain, part.pseudonym
+            ),
+            open_identity=token_identity(
+                policy.opens, part.recipient, batch.domain, part.pseudonym
+            ),
         )
-    email_id = make_email_id(spec.batch_id, spec.recipient)
-    return_path = make_bounce_address(spec.batch_id, spec.recipient, spec.bounce_secret)
-    headers = build_headers(spec, subject, email_id, unsubscribe_url(spec, base))
-    mime_headers, body = mime.mime_body(html, spec.attachments, spec.boundary_seed)
+    email_id = make_email_id(batch.batch_id, part.recipient)
+    return_path = make_bounce_address(batch.batch_id, part.recipient, batch.bounce_secret)
+    unsubscribe = unsubscribe_url(batch, part, base)
+    headers = build_headers(batch, part.recipient, subject, email_id, unsubscribe)
+    mime_headers, body = mime.mime_body(html, batch.attachments, part.boundary_seed)
     headers += mime_headers
-    headers += [mime.simple("X-Pool-Message-ID", spec.batch_id), ("X-Mailer", " " + MAILER)]
+    headers += [mime.simple("X-Pool-Message-ID", batch.batch_id), ("X-Mailer", " " + MAILER)]
     return UnsignedMessage(email_id=email_id, return_path=return_path, headers=headers, body=body)
 
 
-def unsubscribe_url(spec: EnvelopeSpec, tracker: str | None) -> str | None:
+def unsubscribe_url(batch: BatchSpec, part: RecipientPart, tracker: str | None) -> str | None:
     """The Recipient's one-click unsubscribe URL: the Batch's template, else Kannon's own
     endpoint when the Domain enables it (and a tracker serves it), else none."""
-    if spec.unsubscribe_url_template is not None:
-        return unsubscribe.render_url(spec.unsubscribe_url_template, spec.fields, spec.recipient)
-    if spec.builtin_unsubscribe and tracker:
+    if batch.unsubscribe_url_template is not None:
+        return unsubscribe.render_url(batch.unsubscribe_url_template, part.fields, part.recipient)
+    if batch.builtin_unsubscribe and tracker:
         token = sign_unsubscribe(
-            spec.tracking_key, spec.batch_id, spec.recipient, spec.token_expires_at
+            batch.tracking_key, batch.batch_id, part.recipient, batch.token_expires_at
         )
         return unsubscribe.builtin_url(tracker, token)
     return None
 
 
-def build_envelope(spec: EnvelopeSpec) -> Envelope:
-    """Build and DKIM-sign the Envelope described by ``spec`` (ValueError as compose_message)."""
-    msg = compose_message(spec)
-    signers = [spec.dkim] if isinstance(spec.dkim, DkimSigner) else list(spec.dkim)
+def build_envelope(
+    batch: BatchSpec, part: RecipientPart, dkim: DkimSigner | Sequence[DkimSigner]
+) -> Envelope:
+    """Build the Envelope of one Recipient of ``batch`` and DKIM-sign it with ``dkim`` (one
+    signer, or every key the Domain signs with). ValueError as compose_message."""
+    msg = compose_message(batch, part)
+    signers = [dkim] if isinstance(dkim, DkimSigner) else list(dkim)
     if not signers:
         raise ValueError("no DKIM key to sign with")
-    signatures = sign_all(signers, msg.headers, msg.body, spec.now)
+    signatures = sign_all(signers, msg.headers, msg.body, batch.now)
     return Envelope(
         email_id=msg.email_id,
-        sender=spec.sender_email,
-        recipient=spec.recipient,
+        sender=batch.sender_email,
+        recipient=part.recipient,
         return_path=msg.return_path,
         body=mime.serialise_headers([*signatures, *msg.headers]) + b"\r\n" + msg.body,
-        should_retry=spec.should_retry,
+        should_retry=part.should_retry,
     )

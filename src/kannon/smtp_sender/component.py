@@ -45,6 +45,7 @@ from prometheus_client import Counter, Histogram
 from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result, SentGuard
 from kannon.bus.subjects import SENDING_STREAM, sender_durable, sending_subject
 from kannon.config import Settings, require
+from kannon.envelope.build import Envelope
 from kannon.envelope.ids import parse_email_id
 from kannon.model.event_ids import send_guard_key, send_outcome_id
 from kannon.model.outcome import Outcome, domain_of_batch
@@ -304,9 +305,7 @@ class SmtpSender:
             return published
         return await self._publish(key, outcome)
 
-    def _defer(
-        self, job: envelope.SendJob, message: BusMessage, result: SendResult
-    ) -> Result | None:
+    def _defer(self, job: Envelope, message: BusMessage, result: SendResult) -> Result | None:
         """Send the Envelope back to wait for its destination (not an attempt: no outcome is
         published); None once it has waited longer than `sender.shaping.max_defer`, when the
         wait becomes a failed attempt and the Dispatcher's retry budget decides (ADR 0038)."""
@@ -391,9 +390,7 @@ class SmtpSender:
             )
 
     @staticmethod
-    def _log(
-        job: envelope.SendJob, message: BusMessage, result: SendResult, outcome: Outcome
-    ) -> None:
+    def _log(job: Envelope, message: BusMessage, result: SendResult, outcome: Outcome) -> None:
         kv = {
             "recipient": obfuscate(job.recipient),
             "seq": message.stream_seq,

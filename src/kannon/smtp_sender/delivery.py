@@ -34,12 +34,12 @@ from typing import Literal, Protocol
 import aiosmtplib
 from prometheus_client import Counter
 
+from kannon.envelope.build import Envelope
 from kannon.smtp_sender.mta_sts import MtaSts, TlsRule
 from kannon.smtp_sender.mx import MxHost, MxResolver, NullMx, Routes, ascii_domain
 from kannon.smtp_sender.pool import Connection, ConnectionPool, discard
 from kannon.smtp_sender.result import Kind, SendResult
 from kannon.smtp_sender.shaping import LEASE_WAIT, Deferral, Permit, Shaper
-from kannon.wire.envelope import SendJob
 
 log = logging.getLogger("kannon.sender")
 
@@ -53,7 +53,7 @@ RelayTLS = Literal["starttls", "tls", "none"]
 
 
 class Deliverer(Protocol):
-    async def deliver(self, job: SendJob) -> SendResult: ...
+    async def deliver(self, job: Envelope) -> SendResult: ...
 
     async def maintain(self) -> None:
         """Periodic housekeeping (close expired idle sessions)."""
@@ -115,7 +115,7 @@ class SmtpDeliverer:
         self._unverified.verify_mode = ssl.CERT_NONE
         self._unverifiable: set[str] = set()
 
-    async def deliver(self, job: SendJob) -> SendResult:
+    async def deliver(self, job: Envelope) -> SendResult:
         local, at, domain = job.recipient.rpartition("@")
         if not at or not local or not domain:
             return SendResult.local_bounce(510, f"5.1.3 bad recipient address {job.recipient!r}")
@@ -166,7 +166,9 @@ class SmtpDeliverer:
 
     # -- direct delivery -------------------------------------------------------------------
 
-    async def _via_mx(self, domain: str, job: SendJob, recipient: str, trace: _Trace) -> SendResult:
+    async def _via_mx(
+        self, domain: str, job: Envelope, recipient: str, trace: _Trace
+    ) -> SendResult:
         lookup = await self.resolver.routes(domain)
         if isinstance(lookup, NullMx):
             return SendResult.local_bounce(
@@ -200,7 +202,7 @@ class SmtpDeliverer:
         self,
         domain: str,
         hosts: Sequence[MxHost],
-        job: SendJob,
+        job: Envelope,
         recipient: str,
         trace: _Trace,
         *,
@@ -229,7 +231,7 @@ class SmtpDeliverer:
     async def _via_host(
         self,
         host: str,
-        job: SendJob,
+        job: Envelope,
         recipient: str,
         trace: _Trace,
         rule: TlsRule | None,
@@ -282,7 +284,7 @@ class SmtpDeliverer:
         self,
         key: str,
         open_new: Callable[[], Awaitable[Connection | SendResult]],
-        job: SendJob,
+        job: Envelope,
         recipient: str,
         trace: _Trace,
     ) -> SendResult:
@@ -370,7 +372,7 @@ class SmtpDeliverer:
     # -- relay -----------------------------------------------------------------------------
 
     async def _via_relay(
-        self, relay: Relay, job: SendJob, recipient: str, trace: _Trace
+        self, relay: Relay, job: Envelope, recipient: str, trace: _Trace
     ) -> SendResult:
         key = f"relay:{relay.host}:{relay.port}"
         return await self._send_on(
@@ -434,7 +436,7 @@ class SmtpDeliverer:
         return conn
 
     async def _transact(
-        self, conn: Connection, job: SendJob, recipient: str, trace: _Trace
+        self, conn: Connection, job: Envelope, recipient: str, trace: _Trace
     ) -> SendResult:
         client = conn.client
         trace.remote = conn.remote

@@ -6,15 +6,15 @@ demo sender), everything else is delivered. Deterministic, so demos and tests ca
 
 from __future__ import annotations
 
+from kannon.envelope.build import Envelope
 from kannon.smtp_sender.result import SendResult
-from kannon.wire.envelope import SendJob
 
 DEMO_BOUNCE_CODE = 512
 DEMO_BOUNCE_MESSAGE = "error sending email"
 
 
 class DemoDeliverer:
-    async def deliver(self, job: SendJob) -> SendResult:
+    async def deliver(self, job: Envelope) -> SendResult:
         if "error" in job.recipient:
             return SendResult.local_bounce(DEMO_BOUNCE_CODE, DEMO_BOUNCE_MESSAGE)
         return SendResult.delivered(250, "demo sender: accepted, not sent", "demo", tls=False)

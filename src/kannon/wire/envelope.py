@@ -1,14 +1,13 @@
-"""Envelopes on `kannon.sending`: `pkg.kannon.mailer.types.EmailToSend` <-> `SendJob`.
+"""Envelopes on `kannon.sending`: `pkg.kannon.mailer.types.EmailToSend` <-> `envelope.Envelope`.
 
-Owns the translation between the wire message the Dispatcher publishes and the plain value the
-SMTPSender works with, so the sender never handles protobuf objects (and never trips over the
-field named `from`, a Python keyword).
+Owns the translation between the wire message the Dispatcher publishes and the Envelope the
+SMTPSender works with, so neither handles protobuf objects (nor trips over the field named
+`from`, a Python keyword). The Envelope is encoded as built: there is no second shape of it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from kannon.envelope.build import Envelope
 from kannon.pb.mailer.types import email_pb2 as pb
 
 
@@ -16,45 +15,28 @@ class UndecodableEnvelope(ValueError):
     """The payload is not an EmailToSend message."""
 
 
-@dataclass(frozen=True)
-class SendJob:
-    """One Envelope: a built, signed message for one Recipient of one Batch."""
-
-    email_id: str
-    """`<base64url(recipient)/batch_id>`, also the Message-ID header."""
-    sender: str
-    """The header From address (EmailToSend.from); informative, SMTP uses `return_path`."""
-    recipient: str
-    return_path: str
-    """SMTP MAIL FROM: the bounce address."""
-    body: bytes
-    """The whole RFC 5322 message, headers and DKIM signature included."""
-    should_retry: bool
-    """False on the last attempt the retry budget allows: a 4xx then ends as Bounced."""
-
-
-def job_pb(job: SendJob) -> pb.EmailToSend:
+def envelope_pb(env: Envelope) -> pb.EmailToSend:
     return pb.EmailToSend(
-        email_id=job.email_id,
-        to=job.recipient,
-        return_path=job.return_path,
-        body=job.body,
-        should_retry=job.should_retry,
-        **{"from": job.sender},
+        email_id=env.email_id,
+        to=env.recipient,
+        return_path=env.return_path,
+        body=env.body,
+        should_retry=env.should_retry,
+        **{"from": env.sender},
     )
 
 
-def encode(job: SendJob) -> bytes:
-    return bytes(job_pb(job).SerializeToString())
+def encode(env: Envelope) -> bytes:
+    return bytes(envelope_pb(env).SerializeToString())
 
 
-def decode(payload: bytes) -> SendJob:
+def decode(payload: bytes) -> Envelope:
     msg = pb.EmailToSend()
     try:
         msg.ParseFromString(payload)
     except Exception as exc:  # protobuf raises DecodeError, but also others on garbage
         raise UndecodableEnvelope(f"not an EmailToSend message: {exc}") from exc
-    return SendJob(
+    return Envelope(
         email_id=msg.email_id,
         sender=getattr(msg, "from"),
         recipient=msg.to,
