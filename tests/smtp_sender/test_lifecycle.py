@@ -1,5 +1,5 @@
 """Component lifecycle (graceful stop with a send in flight), the demo sender, configuration
-requirements, and the session pool's bounds (idle expiry, messages per session)."""
+requirements, and the session cache's bounds (idle expiry, messages per session)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from kannon.runtime.component import Life
 from kannon.smtp_sender.component import SmtpSender
 from kannon.smtp_sender.delivery import SmtpDeliverer
 from kannon.smtp_sender.mx import MxResolver
-from kannon.smtp_sender.pool import ConnectionPool
 from kannon.smtp_sender.result import Kind
+from kannon.smtp_sender.sessions import SessionCache
 from tests.peers.dns import DnsServer
 from tests.peers.smtp_sink import SmtpSink
 from tests.smtp_sender.conftest import (
@@ -89,12 +89,12 @@ async def test_idle_sessions_expire_and_sessions_retire_after_max_messages(
 ) -> None:
     mx_for(dns_server)
     now = [0.0]
-    pool = ConnectionPool(idle_timeout=10, max_idle=4, max_messages=2, clock=lambda: now[0])
+    sessions = SessionCache(idle_timeout=10, max_idle=4, max_messages=2, clock=lambda: now[0])
     deliverer = SmtpDeliverer(
         hostname=HOSTNAME,
         port=smtp_sink.port,
         resolver=MxResolver([dns_server.address]),
-        pool=pool,
+        sessions=sessions,
         connect_timeout=5,
         command_timeout=5,
         deadline=30,
@@ -102,16 +102,16 @@ async def test_idle_sessions_expire_and_sessions_retire_after_max_messages(
     try:
         first = await deliverer.deliver(make_job("a@example.test"))
         now[0] = 9.0  # idle 9 s: still within the idle timeout
-        assert await pool.reap() == 0
+        assert await sessions.reap() == 0
         second = await deliverer.deliver(make_job("b@example.test"))
-        # Two messages on one session: it retires instead of going back to the pool.
-        assert (smtp_sink.connections, smtp_sink.stats.quits, pool.idle_count) == (1, 1, 0)
+        # Two messages on one session: it retires instead of going back to the cache.
+        assert (smtp_sink.connections, smtp_sink.stats.quits, sessions.idle_count) == (1, 1, 0)
 
         third = await deliverer.deliver(make_job("c@example.test"))
         assert smtp_sink.connections == 2
         now[0] = 20.0  # idle 11 s
         await deliverer.maintain()
-        assert (smtp_sink.stats.quits, pool.idle_count) == (2, 0)
+        assert (smtp_sink.stats.quits, sessions.idle_count) == (2, 0)
 
         fourth = await deliverer.deliver(make_job("d@example.test"))
         assert smtp_sink.connections == 3

@@ -55,8 +55,8 @@ from kannon.smtp_sender.delivery import Deliverer, Relay, SmtpDeliverer
 from kannon.smtp_sender.demo import DemoDeliverer
 from kannon.smtp_sender.mta_sts import MtaSts
 from kannon.smtp_sender.mx import MxResolver
-from kannon.smtp_sender.pool import ConnectionPool
 from kannon.smtp_sender.result import Kind, SendResult, detail_for
+from kannon.smtp_sender.sessions import SessionCache
 from kannon.smtp_sender.shaping import make_shaper
 from kannon.wire import envelope
 from kannon.wire import stats as wire_stats
@@ -78,7 +78,7 @@ DELIVERY_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
 
-# Pool bounds: see pool.py for why each exists.
+# Session cache bounds: see sessions.py for why each exists.
 IDLE_TIMEOUT = 10.0
 MAX_MESSAGES_PER_CONNECTION = 100
 # Outcomes whose publish failed, waiting for their Envelope's redelivery.
@@ -154,7 +154,7 @@ class SmtpSender:
             hostname=hostname,
             port=sender.smtp_port,
             resolver=resolver,
-            pool=ConnectionPool(
+            sessions=SessionCache(
                 idle_timeout=idle_timeout,
                 max_idle=sender.max_jobs * 2,
                 max_messages=MAX_MESSAGES_PER_CONNECTION,

@@ -3,8 +3,8 @@
 Owns the SMTP dialogue (aiosmtplib): connect (from `sender.source_address` when set, so a node
 of an IP pool sends from its own address), EHLO as `sender.hostname` (HELO when EHLO is
 refused), STARTTLS, relay AUTH, MAIL FROM the bounce address, RCPT, DATA; reuse of open
-sessions through `ConnectionPool` (RSET before each reuse); and the reading of every way this
-can end as a `SendResult`. Nothing here publishes or acks: the Component does.
+sessions through the `SessionCache` (`sessions.py`; RSET before each reuse); and the reading of
+every way this can end as a `SendResult`. Nothing here publishes or acks: the Component does.
 
 Direct delivery tries MX hosts in preference order and, per host, each address. It moves on to
 the next host only while nobody said anything about the message (connection refused, dropped,
@@ -17,7 +17,7 @@ certificate verification first; when the certificate does not verify, the sessio
 with an unverified handshake (still encrypted) and a log line. The relay gets strict TLS: it
 receives our credentials. A recipient domain's MTA-STS policy (`mta_sts.py`, when enabled) may
 narrow the MX hosts and, in `enforce` mode, make TLS mandatory and verified for them; such
-sessions are pooled apart from opportunistic ones.
+sessions are cached apart from opportunistic ones.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from prometheus_client import Counter
 from kannon.envelope.build import Envelope
 from kannon.smtp_sender.mta_sts import MtaSts, TlsRule
 from kannon.smtp_sender.mx import MxHost, MxResolver, NullMx, Routes, ascii_domain
-from kannon.smtp_sender.pool import Connection, ConnectionPool, discard
 from kannon.smtp_sender.result import Kind, SendResult
+from kannon.smtp_sender.sessions import Connection, SessionCache, discard
 from kannon.smtp_sender.shaping import LEASE_WAIT, Deferral, Permit, Shaper
 
 log = logging.getLogger("kannon.sender")
@@ -85,7 +85,7 @@ class SmtpDeliverer:
         hostname: str,
         port: int,
         resolver: MxResolver,
-        pool: ConnectionPool,
+        sessions: SessionCache,
         connect_timeout: float,
         command_timeout: float,
         deadline: float,
@@ -102,7 +102,7 @@ class SmtpDeliverer:
         )
         self.port = port
         self.resolver = resolver
-        self.pool = pool
+        self.sessions = sessions
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self.deadline = deadline
@@ -155,12 +155,12 @@ class SmtpDeliverer:
             )
 
     async def maintain(self) -> None:
-        await self.pool.reap()
+        await self.sessions.reap()
         if self.shaper is not None:
             await self.shaper.maintain()
 
     async def close(self) -> None:
-        await self.pool.close_all()
+        await self.sessions.close_all()
         if self.shaper is not None:
             await self.shaper.close()
 
@@ -423,7 +423,7 @@ class SmtpDeliverer:
     # -- the transaction -------------------------------------------------------------------
 
     async def _reusable(self, key: str) -> Connection | None:
-        conn = await self.pool.take(key)
+        conn = await self.sessions.take(key)
         if conn is None:
             return None
         try:
@@ -488,7 +488,7 @@ class SmtpDeliverer:
             # Also reached on cancellation (overall deadline, shutdown): a session in an unknown
             # state is never put back.
             if keep and conn.usable:
-                await self.pool.put(conn)
+                await self.sessions.put(conn)
             else:
                 discard(conn)
 

@@ -1,4 +1,6 @@
-"""Open SMTP sessions kept for reuse: one idle list per destination (MX host or relay).
+"""The SMTP session cache: open sessions kept for reuse, one idle list per destination (MX host
+or relay). (Not a "pool": in Kannon the Pool is the set of unfinished Deliveries, and an IP pool a
+group of sender nodes.)
 
 A bulk send to one provider then costs one TCP + TLS handshake per connection instead of per
 message. Bounded three ways so a fleet of senders stays polite to remote servers and to its own
@@ -11,14 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiosmtplib
-
-log = logging.getLogger("kannon.sender.pool")
 
 QUIT_TIMEOUT = 2.0
 
@@ -34,7 +33,7 @@ class Connection:
     messages: int = 0
     idle_since: float = field(default=0.0)
     max_messages: int = 0
-    """Transactions before it retires (0: the pool's `max_messages`); a destination's own."""
+    """Transactions before it retires (0: the cache's `max_messages`); a destination's own."""
     on_close: Callable[[], None] | None = None
     """Called once when the session is closed (gives back its connection lease)."""
 
@@ -43,7 +42,9 @@ class Connection:
         return self.client.is_connected
 
 
-class ConnectionPool:
+class SessionCache:
+    """Idle SMTP sessions by destination key, bounded as the module docstring says."""
+
     def __init__(
         self,
         *,
