@@ -11,10 +11,10 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from kannon.config import ConfigError, Settings
+from kannon.resources import Resources
 from kannon.runtime.component import Component
 from kannon.runtime.health import HealthRegistry, HealthServer
 from kannon.runtime.process_group import ProcessGroup
-from kannon.runtime.resources import Resources
 from kannon.runtime.supervisor import supervise
 
 log = logging.getLogger("kannon.app")

@@ -1,8 +1,11 @@
-"""Process-wide shared resources: one asyncpg pool and one NATS connection, created lazily on
-first use, each registering its health check, closed in reverse order of creation.
+"""Process-wide shared resources: one Database (the asyncpg connection pool) and one NATS
+connection, created lazily on first use, each registering its health check, closed in reverse
+order of creation.
 
-Components never build these themselves: the CLI hands each Component what it needs, which keeps
-the SMTPSender provably free of the database layer.
+Components never build these themselves: the composition root (`app.py`) hands each Component
+what it needs, which keeps the SMTPSender provably free of the database layer. This module sits
+beside `app.py`, above `db/`, `bus/` and `runtime/` in the layers (ADR 0051); it imports `db` and
+`bus` lazily so that a process loads only the libraries its Components use.
 """
 
 from __future__ import annotations
