@@ -20,8 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from google.protobuf.json_format import MessageToDict
-
 from kannon.config import Settings, require
 from kannon.db import domains, suppressions
 from kannon.db.pool import create_pool
@@ -36,7 +34,7 @@ from kannon.model.suppression import (
     check_reason,
     manual,
 )
-from kannon.wire.api import suppression_msg
+from kannon.wire.api import suppression_json
 
 if TYPE_CHECKING:
     # Types only: asyncpg is imported at run time by kannon.db alone.
@@ -120,7 +118,7 @@ def addresses_in(lines: Iterable[str]) -> list[str]:
 
 
 def _print(item: Suppression, out: TextIO) -> None:
-    out.write(json.dumps(MessageToDict(suppression_msg(item)), ensure_ascii=False) + "\n")
+    out.write(json.dumps(suppression_json(item), ensure_ascii=False) + "\n")
 
 
 async def run(settings: Settings, ns: argparse.Namespace, out: TextIO | None = None) -> int:

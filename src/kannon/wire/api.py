@@ -286,7 +286,12 @@ def bucket_pb(bucket: Bucket) -> Any:
 # --- Suppression -------------------------------------------------------------------------------
 
 
-def suppression_msg(item: Suppression) -> Any:
+def suppression_json(item: Suppression) -> dict[str, Any]:
+    """A stored Suppression as `kannon suppression list` prints it: the API's JSON form."""
+    return json_format.MessageToDict(suppression_msg(item))
+
+
+def suppression_msg(item: Suppression) -> suppression_pb.Suppression:
     """A stored Suppression as the API shows it: a manual one's diagnostic is its note."""
     msg = suppression_pb.Suppression(domain=item.domain, address=item.address, reason=item.reason)
     msg.created_at.CopyFrom(timestamp_pb(item.created_at))
