@@ -288,7 +288,8 @@ def bucket_pb(bucket: Bucket) -> Any:
 
 def suppression_json(item: Suppression) -> dict[str, Any]:
     """A stored Suppression as `kannon suppression list` prints it: the API's JSON form."""
-    return json_format.MessageToDict(suppression_msg(item))
+    shown: dict[str, Any] = json_format.MessageToDict(suppression_msg(item))
+    return shown
 
 
 def suppression_msg(item: Suppression) -> suppression_pb.Suppression:
