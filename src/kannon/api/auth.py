@@ -24,7 +24,7 @@ import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote
 
 import grpc
@@ -32,12 +32,9 @@ import grpc
 from kannon.api.errors import failure_status
 from kannon.api.metrics import CALLS, REQUESTS
 from kannon.db.apikeys import find_key_by_hash
+from kannon.db.pool import Database
 from kannon.model.apikey import AUTH_FAILED, parse_basic_authorization
 from kannon.model.errors import PermissionDenied, Unauthenticated
-
-if TYPE_CHECKING:
-    # Types only: asyncpg is imported at run time by kannon.db alone.
-    import asyncpg
 
 ADMIN_TOKEN_HEADER = "x-kannon-admin-token"
 ADMIN_REFUSED = (
@@ -135,12 +132,12 @@ class AdminGuard:
 class ApiKeyAuth:
     """Resolves a call's Basic credentials to the tenant Domain they are valid for."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     async def tenant_of(self, headers: dict[str, str]) -> str:
         credentials = parse_basic_authorization(headers.get("authorization"))
-        key = await find_key_by_hash(self.pool, credentials.domain, credentials.key_hash)
+        key = await find_key_by_hash(self.db, credentials.domain, credentials.key_hash)
         if key is None or not key.usable_at(datetime.now(UTC)):
             raise Unauthenticated(AUTH_FAILED)
         return key.domain
