@@ -15,6 +15,7 @@ from typing import Any
 
 from kannon import __version__
 from kannon.config import ConfigError, Settings, add_cli_flags, load_settings, require
+from kannon.runtime.clock import utc_now
 from kannon.runtime.logs import setup_logging
 
 log = logging.getLogger("kannon.cli")
@@ -182,7 +183,6 @@ async def _domain_dns(settings: Settings, name: str) -> int:
 async def _domain_check(settings: Settings, name: str) -> int:
     """Exit 0 when every check is ok, 1 when one is not (or there is no such Domain), 2 when
     the DNS resolvers do not answer."""
-    from datetime import UTC, datetime
 
     from kannon.db.domains import get_domain
     from kannon.db.pool import create_pool
@@ -197,7 +197,7 @@ async def _domain_check(settings: Settings, name: str) -> int:
             print(f"kannon: domain {name!r} not found", file=sys.stderr)
             return 1
         try:
-            checks, confirmed = await check_domain_dns(db, settings, domain, datetime.now(UTC))
+            checks, confirmed = await check_domain_dns(db, settings, domain, utc_now())
         except Unavailable as exc:
             print(f"kannon: {exc}", file=sys.stderr)
             return 2

@@ -9,7 +9,7 @@ finds a pending DKIM key's record correct confirms the key (ADR 0035).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from urllib.parse import urlsplit
 
 from kannon.config import Settings
@@ -27,6 +27,7 @@ from kannon.model.domain import (
     dkim_dns_record,
     dns_records,
 )
+from kannon.runtime.clock import utc_now
 
 __all__ = ["DnsRecord", "records_for_domain", "records_for_domain_name"]
 
@@ -51,7 +52,7 @@ def records_for_domain(
 ) -> list[DnsRecord]:
     """Every record to publish: one TXT per DKIM key that is pending, signing or retiring (a
     retired key's record is the operator's to remove when it suits), SPF, MX, tracker."""
-    now = now or datetime.now(UTC)
+    now = now or utc_now()
     keys = [dkim_record(k, now) for k in domain.dkim_keys if k.status(now) != RETIRED]
     return dns_records(
         domain,

@@ -34,6 +34,7 @@ from kannon.model.suppression import (
     check_reason,
     manual,
 )
+from kannon.runtime.clock import utc_now
 from kannon.wire.api import suppression_json
 
 LIST_PAGE = 100
@@ -133,7 +134,7 @@ async def _run(db: Database, ns: argparse.Namespace, out: TextIO) -> int:
     domain = canonical_domain_name(ns.domain)
     if await domains.get_domain(db, domain) is None:
         raise NotFound(f"domain {domain!r} not found")
-    now = datetime.now(UTC)
+    now = utc_now()
     command = ns.suppression_command
     if command == "list":
         await _list(db, domain, ns, now, out)

@@ -14,7 +14,6 @@ Every method first checks the operator's credentials (:class:`kannon.api.auth.Ad
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from typing import Any
 
 from kannon.api.auth import AdminGuard
@@ -43,6 +42,7 @@ from kannon.model.errors import Conflict, NotFound
 from kannon.model.ip_pool import DEFAULT_POOL, check_known_pool
 from kannon.model.template import PERSISTENT, Template, check_html, check_template_id, check_title
 from kannon.pb.admin.apiv1 import adminapiv1_pb2 as pb
+from kannon.runtime.clock import utc_now
 from kannon.wire import api as wire
 
 TEMPLATES_PAGE = 50
@@ -57,12 +57,12 @@ class AdminService:
         self.guard = AdminGuard(settings.api.admin_token)
 
     def _domain_pb(self, domain: Domain) -> Any:
-        now = datetime.now(UTC)
+        now = utc_now()
         keys = [(k, dkim_record(k, now)) for k in domain.dkim_keys if k.status(now) != RETIRED]
         return wire.domain_pb(domain, records_for_domain(self.settings, domain, now), keys, now)
 
     def _keys_pb(self, keys: list[DkimKey]) -> list[Any]:
-        now = datetime.now(UTC)
+        now = utc_now()
         return [wire.dkim_key_pb(k, dkim_record(k, now), now) for k in keys]
 
     async def _found_domain(self, value: str) -> Domain:
@@ -114,7 +114,7 @@ class AdminService:
             dkim_private_key=private_key,
             dkim_public_key=public_key,
             dkim_selector=DEFAULT_DKIM_SELECTOR,
-            now=datetime.now(UTC),
+            now=utc_now(),
             extra_keys=[
                 domains.NewKey(DEFAULT_ED25519_SELECTOR, ED25519_SHA256, ed_private, ed_public)
             ],
@@ -147,7 +147,7 @@ class AdminService:
     async def ListDkimKeys(self, request: Any, context: Any) -> Any:
         self.guard.check(context)
         domain = await self._found_domain(request.domain)
-        now = datetime.now(UTC)
+        now = utc_now()
         keys = [k for k in domain.dkim_keys if request.include_retired or k.status(now) != RETIRED]
         return pb.ListDkimKeysRes(keys=self._keys_pb(keys))
 
@@ -155,7 +155,7 @@ class AdminService:
     async def RotateDkimKeys(self, request: Any, context: Any) -> Any:
         self.guard.check(context)
         domain = await self._found_domain(request.domain)
-        now = datetime.now(UTC)
+        now = utc_now()
         pending = [k.selector for k in domain.dkim_keys if k.status(now) == PENDING]
         if pending:
             raise Conflict(
@@ -181,7 +181,7 @@ class AdminService:
         domain = await self._found_domain(request.domain)
         selector = check_selector(request.selector) if request.selector.strip() else None
         keys = await domains.confirm_keys(
-            self.db, domain.name, selector, datetime.now(UTC), self.settings.dkim.rotation_grace
+            self.db, domain.name, selector, utc_now(), self.settings.dkim.rotation_grace
         )
         if not keys:
             what = f"selector {selector!r}" if selector else "any selector"
@@ -192,7 +192,7 @@ class AdminService:
     async def CheckDomain(self, request: Any, context: Any) -> Any:
         self.guard.check(context)
         domain = await self._found_domain(request.domain)
-        checks, _ = await check_domain_dns(self.db, self.settings, domain, datetime.now(UTC))
+        checks, _ = await check_domain_dns(self.db, self.settings, domain, utc_now())
         res = pb.CheckDomainRes(domain=domain.name, ok=all(c.status == "ok" for c in checks))
         for check in checks:
             res.checks.add(
@@ -213,7 +213,7 @@ class AdminService:
         domain = await self._existing_domain(request.domain)
         check_html(request.html)
         check_title(request.title)
-        now = datetime.now(UTC)
+        now = utc_now()
         template = Template(
             template_id=new_template_id(domain),
             domain=domain,
@@ -238,7 +238,7 @@ class AdminService:
                 template_id,
                 html=request.html,
                 title=request.title,
-                now=datetime.now(UTC),
+                now=utc_now(),
             ),
             template_id,
         )
@@ -277,7 +277,7 @@ class AdminService:
         self.guard.check(context)
         domain = canonical_domain_name(request.domain)
         name = check_name(request.name)
-        now = datetime.now(UTC)
+        now = utc_now()
         expires_at = wire.optional_datetime(request, "expires_at")
         check_expiry(expires_at, now)
         plaintext = new_api_key()
@@ -303,7 +303,7 @@ class AdminService:
             self.db,
             domain,
             only_active=request.only_active,
-            now=datetime.now(UTC),
+            now=utc_now(),
             offset=page.offset,
             limit=page.limit,
         )
@@ -324,7 +324,7 @@ class AdminService:
         self.guard.check(context)
         domain = canonical_domain_name(request.domain)
         key_id = check_key_id(request.id)
-        key = await apikeys.deactivate_api_key(self.db, domain, key_id, datetime.now(UTC))
+        key = await apikeys.deactivate_api_key(self.db, domain, key_id, utc_now())
         if key is None:
             raise NotFound(f"id: no API key {key_id!r} in domain {domain!r}")
         return pb.DeactivateAPIKeyResponse(api_key=wire.api_key_pb(key))

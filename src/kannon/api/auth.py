@@ -23,7 +23,6 @@ import contextvars
 import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
@@ -35,6 +34,7 @@ from kannon.db.apikeys import find_key_by_hash
 from kannon.db.pool import Database
 from kannon.model.apikey import AUTH_FAILED, parse_basic_authorization
 from kannon.model.errors import PermissionDenied, Unauthenticated
+from kannon.runtime.clock import utc_now
 
 ADMIN_TOKEN_HEADER = "x-kannon-admin-token"
 ADMIN_REFUSED = (
@@ -138,7 +138,7 @@ class ApiKeyAuth:
     async def tenant_of(self, headers: dict[str, str]) -> str:
         credentials = parse_basic_authorization(headers.get("authorization"))
         key = await find_key_by_hash(self.db, credentials.domain, credentials.key_hash)
-        if key is None or not key.usable_at(datetime.now(UTC)):
+        if key is None or not key.usable_at(utc_now()):
             raise Unauthenticated(AUTH_FAILED)
         return key.domain
 

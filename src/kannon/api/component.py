@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -62,6 +62,7 @@ from kannon.pb.stats.apiv1 import statsapiv1_pb2_grpc
 from kannon.pb.stats.apiv2 import statsapiv2_pb2_grpc
 from kannon.pb.suppression.apiv1 import suppressionapiv1_pb2_grpc
 from kannon.pb.webhooks.apiv1 import webhooksapiv1_pb2_grpc
+from kannon.runtime.clock import utc_now
 from kannon.runtime.component import Life, run_every
 from kannon.runtime.http_server import HttpServer
 
@@ -213,10 +214,10 @@ class ApiComponent:
                 log.warning("gRPC health changed", extra={"kv": {"serving": serving, **failing}})
 
     async def _forget_idempotency_keys(self) -> None:
-        await delete_expired(self.db, datetime.now(UTC) - self.settings.api.idempotency_window)
+        await delete_expired(self.db, utc_now() - self.settings.api.idempotency_window)
 
     async def _sample_pool(self) -> None:
-        now = datetime.now(UTC)
+        now = utc_now()
         found = {s.status: s for s in await pool_statuses(self.db, None)}
         # Every status, so one that empties reports 0 rather than vanishing.
         for status in sorted({*STATUSES, *found}):

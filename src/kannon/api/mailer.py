@@ -26,7 +26,7 @@ import collections
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -67,6 +67,7 @@ from kannon.model.idempotency import (
 from kannon.model.ip_pool import check_known_pool
 from kannon.model.template import TRANSIENT, Template, check_html, check_template_id
 from kannon.model.tracking import TrackingPolicy
+from kannon.runtime.clock import utc_now
 from kannon.wire import api as wire
 
 OFF_LOOP_RECIPIENTS = 5_000
@@ -275,7 +276,7 @@ class MailerService:
         ip_pool = None
         if message.HasField("ip_pool") and message.ip_pool:
             ip_pool = check_known_pool(message.ip_pool, self.settings.known_pools())
-        return Call(method, tenant, key, digest, datetime.now(UTC), ip_pool)
+        return Call(method, tenant, key, digest, utc_now(), ip_pool)
 
     @rpc
     async def SendHTML(self, message: Any, context: Any) -> Any:

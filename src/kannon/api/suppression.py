@@ -10,7 +10,7 @@ unknown one is NotFound).
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from kannon.api.auth import DomainOrAdmin
@@ -28,6 +28,7 @@ from kannon.model.suppression import (
     manual,
 )
 from kannon.pb.suppression.apiv1 import suppressionapiv1_pb2 as pb
+from kannon.runtime.clock import utc_now
 from kannon.wire import api as wire
 
 LIST_PAGE = 100
@@ -101,7 +102,7 @@ class SuppressionService:
         found, total = await suppressions.list_suppressions(
             self.db,
             domain,
-            datetime.now(UTC),
+            utc_now(),
             reason=reason,
             prefix=request.address_prefix.strip(),
             offset=page.offset,
@@ -115,7 +116,7 @@ class SuppressionService:
     async def GetSuppression(self, request: Any, context: Any) -> Any:
         domain = await self._domain(request, context)
         address = _lookup_address(request.address)
-        found = await suppressions.get(self.db, domain, address, datetime.now(UTC))
+        found = await suppressions.get(self.db, domain, address, utc_now())
         if found is None:
             raise NotFound(f"address: {address!r} is not suppressed for {domain!r}")
         return pb.GetSuppressionResponse(suppression=wire.suppression_msg(found))
@@ -123,7 +124,7 @@ class SuppressionService:
     @rpc
     async def AddSuppression(self, request: Any, context: Any) -> Any:
         domain = await self._domain(request, context)
-        now = datetime.now(UTC)
+        now = utc_now()
         item = manual(
             domain,
             request.address,
@@ -152,7 +153,7 @@ class SuppressionService:
                 f"addresses: {count} in one call, the maximum is {MAX_IMPORT}; "
                 "split them over several calls"
             )
-        now = datetime.now(UTC)
+        now = utc_now()
         expires_at = wire.optional_datetime(request, "expires_at")
         # Checked once for the call: only the addresses are refused one by one.
         check_expiry(expires_at, now)

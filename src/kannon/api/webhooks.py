@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -40,6 +39,7 @@ from kannon.model.webhooks import (
     payload,
 )
 from kannon.pb.webhooks.apiv1 import webhooksapiv1_pb2 as pb
+from kannon.runtime.clock import utc_now
 from kannon.wire import api as wire
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ class WebhooksService:
     async def CreateEndpoint(self, request: Any, context: Any) -> Any:
         domain = await self._domain(request.domain, context)
         url = await self._url(request.url)
-        now = datetime.now(UTC)
+        now = utc_now()
         endpoint = Endpoint(
             id=new_webhook_endpoint_id(),
             domain=domain,
@@ -155,7 +155,7 @@ class WebhooksService:
             self.db,
             domain,
             request.id.strip(),
-            now=datetime.now(UTC),
+            now=utc_now(),
             url=url,
             enabled=request.enabled if request.HasField("enabled") else None,
             description=(
@@ -184,7 +184,7 @@ class WebhooksService:
         domain = await self._domain(request.domain, context)
         secret = new_webhook_secret()
         updated = await store.update_endpoint(
-            self.db, domain, request.id.strip(), now=datetime.now(UTC), secret=secret
+            self.db, domain, request.id.strip(), now=utc_now(), secret=secret
         )
         if updated is None:
             raise NotFound(f"id: no webhook endpoint {request.id!r} in domain {domain!r}")
@@ -194,7 +194,7 @@ class WebhooksService:
     async def SendTestEvent(self, request: Any, context: Any) -> Any:
         domain = await self._domain(request.domain, context)
         endpoint = await self._endpoint(domain, request.id)
-        now = datetime.now(UTC)
+        now = utc_now()
         event_id = f"test.{new_token()}"
         hook_id = webhook_id(event_id)
         body = payload(
@@ -250,7 +250,7 @@ class WebhooksService:
     async def Replay(self, request: Any, context: Any) -> Any:
         domain = await self._domain(request.domain, context)
         endpoint = await self._endpoint(domain, request.endpoint_id)
-        now = datetime.now(UTC)
+        now = utc_now()
         stale_before = now - claim_timeout(self.settings.webhooks.timeout)
         if request.event_id.strip():
             count = await store.replay(

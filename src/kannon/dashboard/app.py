@@ -14,7 +14,7 @@ import hmac
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote
@@ -46,6 +46,7 @@ from kannon.model.apikey import ApiKey, check_name, hash_key, key_prefix
 from kannon.model.domain import canonical_domain_name
 from kannon.model.errors import KannonError
 from kannon.model.webhooks import claim_timeout
+from kannon.runtime.clock import utc_now
 
 if TYPE_CHECKING:
     from kannon.bus.client import Bus
@@ -105,7 +106,7 @@ class Dashboard:
         cookie = request.cookies.get(COOKIE_NAME)
         if not cookie:
             return None
-        now = datetime.now(UTC)
+        now = utc_now()
         session = decode(cookie, await self.key(), now)
         if session is None or session.domain is None:
             return session
@@ -152,7 +153,7 @@ class Dashboard:
 
     async def login(self, request: Request) -> Response:
         form = await self._form(request)
-        now = datetime.now(UTC)
+        now = utc_now()
         nonce = secrets.token_urlsafe(16)
         expires = int((now + SESSION_TTL).timestamp())
         token = self.settings.api.admin_token
@@ -207,7 +208,7 @@ class Dashboard:
         key = request.query_params.get("range", "24h")
         if key not in RANGES:
             key = "24h"
-        end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+        end = utc_now().replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
         return key, end - timedelta(hours=RANGES[key]), end
 
     async def overview(self, request: Request, session: Session, domain: str) -> Page:
@@ -305,7 +306,7 @@ class Dashboard:
         )
 
     async def pipeline(self, request: Request, session: Session) -> Page:
-        now = datetime.now(UTC)
+        now = utc_now()
         statuses = await queries.pool_statuses(self.db, session.domain)
         rates = await queries.recent_rates(self.db, session.domain, now - timedelta(minutes=1))
         consumers: dict[str, Any]
@@ -369,7 +370,7 @@ class Dashboard:
         found = await get_domain(self.db, domain)
         if found is None:
             return Page("Not found", domain, [{"kind": "error", "text": "No such Domain."}])
-        now = datetime.now(UTC)
+        now = utc_now()
         blocks: list[dict[str, Any]] = []
         if new_key:
             blocks.append({"kind": "secret", "text": new_key})
@@ -488,7 +489,7 @@ class Dashboard:
     async def suppressions_page(self, request: Request, session: Session, domain: str) -> Page:
         search = request.query_params.get("q", "").strip()
         found, total = await suppressions.list_suppressions(
-            self.db, domain, datetime.now(UTC), prefix=search, limit=queries.MAX_ROWS
+            self.db, domain, utc_now(), prefix=search, limit=queries.MAX_ROWS
         )
         action = f"{PREFIX}/d/{quote(domain)}/suppressions/remove"
         return Page(
@@ -558,7 +559,7 @@ class Dashboard:
     ) -> Response:
         if not session.is_admin:
             return _forbidden()
-        now = datetime.now(UTC)
+        now = utc_now()
         try:
             name = check_name(form.get("name", ""))
         except KannonError as exc:
@@ -576,7 +577,7 @@ class Dashboard:
         if not session.is_admin:
             return _forbidden()
         key_id = request.path_params["key_id"]
-        await apikeys.deactivate_api_key(self.db, domain, key_id, datetime.now(UTC))
+        await apikeys.deactivate_api_key(self.db, domain, key_id, utc_now())
         return RedirectResponse(f"{PREFIX}/d/{quote(domain)}/domain", 303)
 
     async def dns_check(
@@ -588,7 +589,7 @@ class Dashboard:
         found = await get_domain(self.db, domain)
         if found is None:
             return _forbidden()
-        checks, _ = await check_domain_dns(self.db, self.settings, found, datetime.now(UTC))
+        checks, _ = await check_domain_dns(self.db, self.settings, found, utc_now())
         page = await self.domain_page(request, session, domain, checks=checks)
         return self._render(request, session, page, 200, await self._csrf(session))
 
@@ -602,7 +603,7 @@ class Dashboard:
         self, request: Request, session: Session, domain: str, form: dict[str, str]
     ) -> Response:
         endpoint_id = request.path_params["endpoint_id"]
-        now = datetime.now(UTC)
+        now = utc_now()
         await webhooks.replay(
             self.db,
             domain,

@@ -151,8 +151,8 @@ def dkim_key_pb(key: DkimKey, record: DnsRecord, now: datetime) -> Any:
 def domain_pb(
     domain: Domain,
     records: Sequence[DnsRecord],
-    keys: Sequence[tuple[DkimKey, DnsRecord]] = (),
-    now: datetime | None = None,
+    keys: Sequence[tuple[DkimKey, DnsRecord]],
+    now: datetime,
 ) -> Any:
     msg = admin_pb.Domain(
         domain=domain.name,
@@ -164,9 +164,8 @@ def domain_pb(
     )
     for record in records:
         msg.dns_records.append(dns_record_pb(record))
-    when = now or datetime.now(UTC)
     for key, record in keys:
-        msg.dkim_keys.append(dkim_key_pb(key, record, when))
+        msg.dkim_keys.append(dkim_key_pb(key, record, now))
     return msg
 
 
