@@ -44,8 +44,8 @@ PARTS = ("envelope", "api", "pipeline", "tracker", "webhooks", "dashboard")
 # Seconds each part may take before it is stopped (SIGTERM, then SIGKILL 30 s later).
 TIME_LIMITS = {"envelope": 180, "api": 420, "pipeline": 2400, "tracker": 300, "webhooks": 300,
                "dashboard": 600}  # fmt: skip
-# Issue 12's runs: standalone at three Batch sizes (the rate must not fall as the Batch grows),
-# then the fleet (a process per Component) at 10,000.
+# The pipeline's runs: standalone at three Batch sizes (the rate must not fall as the Batch
+# grows), then the fleet (a process per Component) at 10,000.
 PIPELINE_RUNS = (
     "--recipients 1000,10000,100000",
     "--fleet --recipients 10000 --latency-samples 10",

@@ -1,4 +1,4 @@
-"""End-to-end pipeline benchmark (issue 4): standalone Kannon delivering into a loopback SMTP sink.
+"""End-to-end pipeline benchmark: standalone Kannon delivering into a loopback SMTP sink.
 
 What runs, all on 127.0.0.1 and all stopped by PID at the end:
 
@@ -24,7 +24,7 @@ Measured, with a real gRPC client from this process:
     .venv/bin/python -m bench.pipeline_bench [--recipients 10000] [--latency-samples 50]
         [--kannon-arg=--sender-max-jobs=50 ...] [--profile /tmp/kannon.pyspy.txt]
 
-Goal (issue 4): >= 300 Deliveries/s end to end; product goal >= 1,000/s.
+Goal: >= 300 Deliveries/s end to end; product goal >= 1,000/s.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The Mailer service (`pkg.kannon.mailer.apiv1.Mailer` / `kannon.mailer.apiv1.MailerApiV1Service`):
 SendHTML and SendTemplate turn one call into one Batch with a Delivery per Recipient.
 
-Steps (spec §4.2 without its QUIRKs): authenticate the tenant by API key; pick the template —
+Steps (the original's, without its mistakes; ADR 0012): authenticate the tenant by API key; pick
+the template —
 SendHTML always stores its HTML as a new transient template, SendTemplate uses the tenant's
 template or, when global fields change its HTML, a transient copy with them baked in; check the
 request (:func:`kannon.model.batch.plan_batch`, which also resolves each Recipient's Tracking

@@ -3,11 +3,11 @@
 Claims take rows with `FOR UPDATE SKIP LOCKED`, so any number of Validators and Dispatchers can
 claim concurrently without blocking each other and without claiming a row twice, and stamp
 `claimed_at`, so a claim abandoned by a crashed worker is reclaimed after a timeout instead of
-stranding the Delivery (spec §4.10 QUIRK, fixed as in spec §8 "Reclaim").
+stranding the Delivery (ADR 0005).
 
 Every function takes the Database and, where the clock matters, `now` from the caller, so
 tests can move time. Datetimes go in timezone-aware (naive ones are taken as UTC) and come out
-timezone-aware UTC; the columns hold naive UTC (spec §2.4).
+timezone-aware UTC; the columns hold naive UTC, as the original's did (`times.py`).
 
 Status guards make each transition idempotent: a transition applies only to rows in the state it
 expects, and reports how many rows (or whether the row) it changed, so a redelivered event or a

@@ -1,7 +1,8 @@
 """Storage of Domains (the `domains` table) and their DKIM keys (`dkim_keys`), and the timestamp
 convention of the API's tables.
 
-Timestamps are stored as UTC wall-clock in `timestamp without time zone` columns (spec §2.4).
+Timestamps are stored as UTC wall-clock in `timestamp without time zone` columns, as in the
+original (`times.py`).
 Values are always written explicitly from Python rather than by column defaults, because the
 database's `now()` follows the server's TimeZone setting, which is not ours to assume.
 

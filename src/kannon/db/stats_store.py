@@ -6,7 +6,7 @@ unique indexes (the event id, and the original's (email, message_id, domain, typ
 and the hourly counter is bumped in the same statement (so the same transaction) only when the
 row was new. A redelivered or re-published event therefore counts once, and a crash between
 the two writes cannot leave them disagreeing (the original Nak-looped on duplicates and
-double-counted aggregates, spec §3.4).
+double-counted aggregates; ADR 0006).
 
 Events are recorded a batch at a time, in one statement per batch: one transaction per event
 (two events per Delivery) made the Stats worker a fifth of standalone's CPU.

@@ -5,7 +5,7 @@
 
 One durable consumer (`kannon-stats-logs`) does both writes in one transaction, so the raw log
 and the aggregates cannot drift apart (the original ran two consumers, and the aggregate one
-double-counted redeliveries, spec §3.4). A duplicate — a redelivery after a lost ack, or the same
+double-counted redeliveries; ADR 0006). A duplicate — a redelivery after a lost ack, or the same
 event re-published after a crash — hits a unique index, is ignored, and is acked: it counts once.
 A payload that is not a Stats message is terminated (logged), never retried; a database failure
 raises, and the bus loop Naks the message so it comes back later.

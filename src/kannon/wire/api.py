@@ -71,7 +71,7 @@ class Page:
 
 
 def page(skip: int, take: int, *, default: int, cap: int) -> Page:
-    """`take=0` asks for the default page (the original returned nothing: a QUIRK); a larger
+    """`take=0` asks for the default page (the original returned nothing); a larger
     `take` than `cap` is capped rather than refused, so naive clients still get data."""
     limit = default if take <= 0 else min(take, cap)
     return Page(offset=max(skip, 0), limit=limit)
