@@ -5,9 +5,10 @@ verifier that fetches keys from a test's own DNS server (a `DnsServer`).
         v.selector, v.ok, v.detail            # detail: the tool's complaint ("Bad signature")
 
 The tool has no way to be pointed at a DNS server: on Debian 12 (2.11.0~beta2) it takes only
--C -d -K -k -s -t (no config file, no test-key file, unlike the opendkim daemon), it is not
-linked with libunbound, and libopendkim asks the system resolver (res_ninit: /etc/resolv.conf,
-always port 53) while the test's dnsmasq listens on a high loopback port. So each call runs
+-C (keep CRLF) -d -K -k -s -t; it reads no opendkim.conf (Nameservers, ResolverConfiguration and
+TestPublicKeys belong to the opendkim milter, package `opendkim`), is not linked with
+libunbound, and libopendkim asks the system resolver (res_ninit: /etc/resolv.conf, always port
+53) while the test's dnsmasq listens on a high loopback port. So each call runs
 the tool inside private network and mount namespaces (`unshare --net --mount`): there the
 loopback interface is a fresh one of its own, a second dnsmasq serves the same records on
 127.0.0.1:53, and /etc/resolv.conf is a bind mount of a file naming it. The machine's
@@ -188,8 +189,21 @@ def run_testmsg(messages: Sequence[bytes], dns: DnsServer) -> list[tuple[int, st
     return [(int(code), str(detail)) for code, detail in results]
 
 
-def _namespaces() -> str:
-    return ",".join(str(os.stat(f"/proc/self/ns/{ns}").st_ino) for ns in ("net", "mnt"))
+def _namespaces(process: str = "self") -> str:
+    return ",".join(str(os.stat(f"/proc/{process}/ns/{ns}").st_ino) for ns in ("net", "mnt"))
+
+
+def in_private_namespaces() -> bool:
+    """True only in network and mount namespaces that are neither those of the process that
+    started this one (`unshare` execs this process, so its parent is the caller) nor those the
+    caller recorded in the environment. Anything unreadable or absent counts as not private."""
+    try:
+        mine = set(_namespaces().split(","))
+        parent = set(_namespaces(str(os.getppid())).split(","))
+    except OSError:
+        return False
+    recorded = set(os.environ.get(_OUTER_NAMESPACES, "").split(","))
+    return len(mine) == 2 and len(recorded) == 2 and not mine & (parent | recorded)
 
 
 # -- inside the namespaces ------------------------------------------------------------------
@@ -225,8 +239,7 @@ def _loopback_up() -> None:
 
 def _in_namespace(work: Path) -> None:
     # The bind mount below must never reach the machine's /etc/resolv.conf.
-    outer = os.environ.get(_OUTER_NAMESPACES, "").split(",")
-    if any(mine == theirs for mine, theirs in zip(_namespaces().split(","), outer, strict=False)):
+    if not in_private_namespaces():
         raise SystemExit("refusing to run outside private network and mount namespaces")
     _loopback_up()
     resolv = work / "resolv.conf"

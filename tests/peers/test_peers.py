@@ -182,3 +182,5 @@ def test_opendkim_checks_each_signature_against_the_test_records(dns_server: Dns
     # A key the DNS server does not have is not mistaken for a bad signature.
     assert [(v.selector, v.ok) for v in missing] == [("gone", False)]
     assert missing[0].detail.endswith("Key retrieval failed"), missing
+    # Its bind mount over /etc/resolv.conf refuses to happen in the caller's namespaces.
+    assert not opendkim.in_private_namespaces()
