@@ -247,6 +247,9 @@ def _in_namespace(work: Path) -> None:
     # Without /etc/resolv.conf the resolver already asks 127.0.0.1:53; with it, cover it here
     # only (the mount namespace is private: the machine's file is unchanged).
     if os.path.exists("/etc/resolv.conf"):
+        # unshare already made this namespace's mounts private; again, so no mount made here
+        # can propagate out whoever started this process.
+        subprocess.run(["mount", "--make-rprivate", "/"], check=True)
         subprocess.run(["mount", "--bind", str(resolv), "/etc/resolv.conf"], check=True)
     testmsg = find_testmsg()
     assert testmsg is not None
