@@ -6,9 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install system-deps bench-deps run test lint generate bench images clean
 
-# Debian packages the tests need: dnsmasq (the real DNS server behind MX lookups in tests) and
-# chromium (the headless browser of the dashboard test).
-TEST_DEBS := dnsmasq-base chromium
+# Debian packages the tests need: dnsmasq (the real DNS server behind MX lookups in tests),
+# chromium (the headless browser of the dashboard test) and opendkim-tools (opendkim-testmsg, the
+# DKIM verifier that shares no code with Kannon or dkimpy: tests/peers/opendkim.py).
+TEST_DEBS := dnsmasq-base chromium opendkim-tools
 # And the benchmark: Postfix's smtp-sink/smtp-source (loopback SMTP limit) and wrk (HTTP load).
 BENCH_DEBS := postfix wrk
 

@@ -41,11 +41,12 @@ from typing import Any, TextIO
 from bench import Row, check, verdict
 
 PARTS = ("envelope", "api", "pipeline", "tracker", "webhooks", "dashboard")
-# Seconds each part may take before it is stopped (SIGTERM, then SIGKILL 30 s later).
+# Seconds each part may take before it is stopped (SIGTERM, then SIGKILL 30 s later); kept on
+# two lines (fmt: skip) rather than one line per part.
 TIME_LIMITS = {"envelope": 180, "api": 420, "pipeline": 2400, "tracker": 300, "webhooks": 300,
                "dashboard": 600}  # fmt: skip
-# Issue 12's runs: standalone at three Batch sizes (the rate must not fall as the Batch grows),
-# then the fleet (a process per Component) at 10,000.
+# The pipeline's runs: standalone at three Batch sizes (the rate must not fall as the Batch
+# grows), then the fleet (a process per Component) at 10,000.
 PIPELINE_RUNS = (
     "--recipients 1000,10000,100000",
     "--fleet --recipients 10000 --latency-samples 10",
@@ -100,6 +101,7 @@ def _call_main(main: Callable[..., Any]) -> Any:
     params = inspect.signature(main).parameters
     result = main([]) if "argv" in params else main()
     if inspect.isawaitable(result):
+        # isawaitable narrows to Awaitable; asyncio.run wants a Coroutine, which a main is.
         result = asyncio.run(result)  # type: ignore[arg-type]
     return result
 

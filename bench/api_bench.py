@@ -7,7 +7,7 @@ times SendHTML calls from a real gRPC client until the response arrives — requ
 serialisation, transfer, validation, the one-transaction COPY of every Delivery and the commit
 included; building the request message is not. Each Delivery carries one personal field. After
 each call it checks that every Delivery is in the Pool as `to_validate`. The suppressed run
-(issue 9) puts every tenth recipient on the suppression list first, and checks that exactly
+(ADR 0027) puts every tenth recipient on the suppression list first, and checks that exactly
 those 1,000 come back rejected with "suppressed" and sit in the Pool with that reject reason.
 
 Client and server share one process and event loop (as in a test), so the figures are a floor
@@ -15,8 +15,7 @@ for a deployment where they do not compete for the same core.
 
     .venv/bin/python bench/api_bench.py [--repeat 3]
 
-Goals: 10,000 recipients accepted in under 0.5 s (issue 3), also with 1,000 of them suppressed
-(issue 9).
+Goals: 10,000 recipients accepted in under 0.5 s, also with 1,000 of them suppressed.
 """
 
 from __future__ import annotations

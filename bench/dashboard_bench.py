@@ -1,4 +1,4 @@
-"""The dashboard's overview for a Domain with 1,000,000 stats rows (issue 15 item 4).
+"""The dashboard's overview for a Domain with 1,000,000 stats rows (ADR 0043).
 
 Seeds an embedded PostgreSQL with a million `stats` rows of one Domain spread over 30 days and
 the `aggregated_stats` counters the Stats worker would have written for them (both in SQL, with

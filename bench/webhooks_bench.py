@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     receiver = subprocess.Popen(
         [sys.executable, "-c", RECEIVER, str(port)],
-        preexec_fn=(lambda: _pin(1)) if hasattr(os, "sched_setaffinity") else None,  # noqa: PLW1509
+        preexec_fn=(lambda: _pin(1)) if hasattr(os, "sched_setaffinity") else None,  # noqa: PLW1509 - no thread runs yet
     )
     try:
         asyncio.run(migrate(pg.url()))

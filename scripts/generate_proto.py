@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 
 from google.protobuf import descriptor_pb2
-from grpc_tools import protoc  # type: ignore[import-untyped,unused-ignore]
+from grpc_tools import protoc  # type: ignore[import-untyped,unused-ignore]  # no stubs, some versions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PROTO_ROOT = REPO_ROOT / "proto"

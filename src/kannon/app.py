@@ -11,10 +11,10 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from kannon.config import ConfigError, Settings
+from kannon.resources import Resources
 from kannon.runtime.component import Component
 from kannon.runtime.health import HealthRegistry, HealthServer
 from kannon.runtime.process_group import ProcessGroup
-from kannon.runtime.resources import Resources
 from kannon.runtime.supervisor import supervise
 
 log = logging.getLogger("kannon.app")
@@ -47,17 +47,17 @@ def _builders() -> dict[str, Builder]:
                 bus = await resources.bus(health_check=False)
             except Exception as exc:
                 log.warning("api: no NATS connection, so no JetStream backlog figures: %s", exc)
-        return ApiComponent(settings, await resources.pool(), bus)
+        return ApiComponent(settings, await resources.database(), bus)
 
     async def validator(settings: Settings, resources: Resources) -> Component:
         from kannon.validator.component import Validator
 
-        return Validator(settings, await resources.pool(), await resources.bus())
+        return Validator(settings, await resources.database(), await resources.bus())
 
     async def dispatcher(settings: Settings, resources: Resources) -> Component:
         from kannon.dispatcher.component import Dispatcher
 
-        return Dispatcher(settings, await resources.pool(), await resources.bus())
+        return Dispatcher(settings, await resources.database(), await resources.bus())
 
     async def sender(settings: Settings, resources: Resources) -> Component:
         from kannon.smtp_sender.component import SmtpSender
@@ -73,17 +73,17 @@ def _builders() -> dict[str, Builder]:
     async def tracker(settings: Settings, resources: Resources) -> Component:
         from kannon.tracker.component import Tracker
 
-        return Tracker(settings, await resources.pool(), await resources.bus())
+        return Tracker(settings, await resources.database(), await resources.bus())
 
     async def stats(settings: Settings, resources: Resources) -> Component:
         from kannon.stats.component import StatsWorker
 
-        return StatsWorker(settings, await resources.pool(), await resources.bus())
+        return StatsWorker(settings, await resources.database(), await resources.bus())
 
     async def webhooks(settings: Settings, resources: Resources) -> Component:
         from kannon.webhooks.component import WebhooksWorker
 
-        return WebhooksWorker(settings, await resources.pool(), await resources.bus())
+        return WebhooksWorker(settings, await resources.database(), await resources.bus())
 
     return {
         "api": api,

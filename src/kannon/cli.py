@@ -15,6 +15,7 @@ from typing import Any
 
 from kannon import __version__
 from kannon.config import ConfigError, Settings, add_cli_flags, load_settings, require
+from kannon.runtime.clock import utc_now
 from kannon.runtime.logs import setup_logging
 
 log = logging.getLogger("kannon.cli")
@@ -166,11 +167,11 @@ async def _domain_dns(settings: Settings, name: str) -> int:
     from kannon.db.pool import create_pool
     from kannon.dns_records import records_for_domain_name
 
-    pool = await create_pool(require(settings, "database_url"), max_size=1)
+    db = await create_pool(require(settings, "database_url"), max_size=1)
     try:
-        records = await records_for_domain_name(pool, settings, name)
+        records = await records_for_domain_name(db, settings, name)
     finally:
-        await pool.close()
+        await db.close()
     if records is None:
         print(f"kannon: domain {name!r} not found", file=sys.stderr)
         return 1
@@ -182,7 +183,6 @@ async def _domain_dns(settings: Settings, name: str) -> int:
 async def _domain_check(settings: Settings, name: str) -> int:
     """Exit 0 when every check is ok, 1 when one is not (or there is no such Domain), 2 when
     the DNS resolvers do not answer."""
-    from datetime import UTC, datetime
 
     from kannon.db.domains import get_domain
     from kannon.db.pool import create_pool
@@ -190,19 +190,19 @@ async def _domain_check(settings: Settings, name: str) -> int:
     from kannon.model.errors import Unavailable
 
     canonical = name.strip().lower().removesuffix(".")
-    pool = await create_pool(require(settings, "database_url"), max_size=1)
+    db = await create_pool(require(settings, "database_url"), max_size=1)
     try:
-        domain = await get_domain(pool, canonical)
+        domain = await get_domain(db, canonical)
         if domain is None:
             print(f"kannon: domain {name!r} not found", file=sys.stderr)
             return 1
         try:
-            checks, confirmed = await check_domain_dns(pool, settings, domain, datetime.now(UTC))
+            checks, confirmed = await check_domain_dns(db, settings, domain, utc_now())
         except Unavailable as exc:
             print(f"kannon: {exc}", file=sys.stderr)
             return 2
     finally:
-        await pool.close()
+        await db.close()
     for check in checks:
         print(f"{check.status:<8} {check.kind:<10} {check.name}: {check.detail}")
         if check.status != "ok":

@@ -9,12 +9,12 @@ finds a pending DKIM key's record correct confirms the key (ADR 0035).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from datetime import datetime
 from urllib.parse import urlsplit
 
 from kannon.config import Settings
 from kannon.db.domains import confirm_keys, get_domain
+from kannon.db.pool import Database
 from kannon.dns_check import OK, Check, DkimExpectation, check_domain, make_resolver
 from kannon.envelope.dkim import dns_txt_value
 from kannon.model.domain import (
@@ -27,10 +27,7 @@ from kannon.model.domain import (
     dkim_dns_record,
     dns_records,
 )
-
-if TYPE_CHECKING:
-    # Types only: asyncpg is imported at run time by kannon.db alone.
-    import asyncpg
+from kannon.runtime.clock import utc_now
 
 __all__ = ["DnsRecord", "records_for_domain", "records_for_domain_name"]
 
@@ -55,7 +52,7 @@ def records_for_domain(
 ) -> list[DnsRecord]:
     """Every record to publish: one TXT per DKIM key that is pending, signing or retiring (a
     retired key's record is the operator's to remove when it suits), SPF, MX, tracker."""
-    now = now or datetime.now(UTC)
+    now = now or utc_now()
     keys = [dkim_record(k, now) for k in domain.dkim_keys if k.status(now) != RETIRED]
     return dns_records(
         domain,
@@ -68,16 +65,16 @@ def records_for_domain(
 
 
 async def records_for_domain_name(
-    pool: asyncpg.Pool, settings: Settings, name: str
+    db: Database, settings: Settings, name: str
 ) -> list[DnsRecord] | None:
     """The records for the Domain called `name` (any case), or None when there is no such Domain."""
     canonical = name.strip().lower().removesuffix(".")
-    domain = await get_domain(pool, canonical)
+    domain = await get_domain(db, canonical)
     return None if domain is None else records_for_domain(settings, domain)
 
 
 async def check_domain_dns(
-    pool: asyncpg.Pool, settings: Settings, domain: Domain, now: datetime
+    db: Database, settings: Settings, domain: Domain, now: datetime
 ) -> tuple[list[Check], list[DkimKey]]:
     """Check `domain`'s records in DNS (`sender.dns_servers`); confirm each pending DKIM key
     whose record is correct. Returns the checks and the keys confirmed."""
@@ -105,6 +102,6 @@ async def check_domain_dns(
     for key in live:
         if key.status(now) == PENDING and dkim_record(key, now).name in published:
             confirmed += await confirm_keys(
-                pool, domain.name, key.selector, now, settings.dkim.rotation_grace
+                db, domain.name, key.selector, now, settings.dkim.rotation_grace
             )
     return checks, confirmed

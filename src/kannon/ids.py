@@ -1,7 +1,7 @@
 """Random identifiers Kannon mints: Batch tokens, Template ids, API key ids and API key plaintexts.
 
 The only module that draws randomness for identifiers (pure code takes the results as arguments).
-Formats follow the original (spec §4.1) so ids look the same to existing clients:
+Formats follow the original Kannon's so ids look the same to existing clients:
 
 * token: 24 characters, lowercase ASCII letters and digits, starting with a letter (the shape
   of the original's cuid2 ids); the Batch id is ``msg_<token>@<domain>``

@@ -18,8 +18,6 @@ import secrets
 import sys
 from pathlib import Path
 
-import asyncpg
-
 from kannon.app import COMPONENT_ORDER, run_components
 from kannon.bus.embedded import start_nats
 from kannon.config import Settings, environment_of
@@ -43,17 +41,6 @@ def _secret(data_dir: Path) -> str:
     value = secrets.token_urlsafe(32)
     write_private_file(path, value + "\n")
     return value
-
-
-async def _ensure_database(pg: EmbeddedPostgres, name: str) -> str:
-    conn = await asyncpg.connect(pg.url())
-    try:
-        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
-        if not exists:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return pg.url(name)
 
 
 def process_groups(spec: str, cores: int) -> list[list[str]]:
@@ -111,7 +98,7 @@ async def run_standalone(settings: Settings, *, stop: asyncio.Event | None = Non
         update: dict[str, object] = {"nats_url": nats_server.url}
         if not settings.database_url:
             pg = await asyncio.to_thread(start_postgres, data_dir / "postgres")
-            update["database_url"] = await _ensure_database(pg, "kannon")
+            update["database_url"] = await pg.ensure_database("kannon")
         if not settings.secret_key:
             update["secret_key"] = _secret(data_dir)
         settings = settings.model_copy(update=update)

@@ -18,13 +18,11 @@ import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
-
-from google.protobuf.json_format import MessageToDict
+from typing import Any, TextIO
 
 from kannon.config import Settings, require
 from kannon.db import domains, suppressions
-from kannon.db.pool import create_pool
+from kannon.db.pool import Database, create_pool
 from kannon.model.address import canonical_recipient
 from kannon.model.domain import canonical_domain_name
 from kannon.model.errors import InvalidArgument, KannonError, NotFound
@@ -36,11 +34,8 @@ from kannon.model.suppression import (
     check_reason,
     manual,
 )
-from kannon.wire.api import suppression_msg
-
-if TYPE_CHECKING:
-    # Types only: asyncpg is imported at run time by kannon.db alone.
-    import asyncpg
+from kannon.runtime.clock import utc_now
+from kannon.wire.api import suppression_json
 
 LIST_PAGE = 100
 
@@ -120,35 +115,35 @@ def addresses_in(lines: Iterable[str]) -> list[str]:
 
 
 def _print(item: Suppression, out: TextIO) -> None:
-    out.write(json.dumps(MessageToDict(suppression_msg(item)), ensure_ascii=False) + "\n")
+    out.write(json.dumps(suppression_json(item), ensure_ascii=False) + "\n")
 
 
 async def run(settings: Settings, ns: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    pool = await create_pool(require(settings, "database_url"), max_size=1)
+    db = await create_pool(require(settings, "database_url"), max_size=1)
     try:
-        return await _run(pool, ns, out)
+        return await _run(db, ns, out)
     except KannonError as exc:
         print(f"kannon: {exc}", file=sys.stderr)
         return 1
     finally:
-        await pool.close()
+        await db.close()
 
 
-async def _run(pool: asyncpg.Pool, ns: argparse.Namespace, out: TextIO) -> int:
+async def _run(db: Database, ns: argparse.Namespace, out: TextIO) -> int:
     domain = canonical_domain_name(ns.domain)
-    if await domains.get_domain(pool, domain) is None:
+    if await domains.get_domain(db, domain) is None:
         raise NotFound(f"domain {domain!r} not found")
-    now = datetime.now(UTC)
+    now = utc_now()
     command = ns.suppression_command
     if command == "list":
-        await _list(pool, domain, ns, now, out)
+        await _list(db, domain, ns, now, out)
     elif command in ("get", "remove"):
         address = canonical_recipient(ns.address.strip())
         if command == "get":
-            found = await suppressions.get(pool, domain, address, now)
+            found = await suppressions.get(db, domain, address, now)
         else:
-            found = await suppressions.remove(pool, domain, address)
+            found = await suppressions.remove(db, domain, address)
         if found is None:
             raise NotFound(f"{address!r} is not suppressed for {domain!r}")
         _print(found, out)
@@ -158,14 +153,14 @@ async def _run(pool: asyncpg.Pool, ns: argparse.Namespace, out: TextIO) -> int:
         check_note(ns.note)
         if command == "add":
             item = manual(domain, ns.address, now, expires_at=expires_at, note=ns.note)
-            _print(await suppressions.add(pool, item, now), out)
+            _print(await suppressions.add(db, item, now), out)
         else:
-            await _import(pool, domain, ns, now, out, expires_at=expires_at)
+            await _import(db, domain, ns, now, out, expires_at=expires_at)
     return 0
 
 
 async def _list(
-    pool: asyncpg.Pool, domain: str, ns: argparse.Namespace, now: datetime, out: TextIO
+    db: Database, domain: str, ns: argparse.Namespace, now: datetime, out: TextIO
 ) -> None:
     """Every matching entry from `--skip` on, `--take` at most (0: all), a page at a time."""
     reason = check_reason(ns.reason, "--reason", allow_empty=True)
@@ -175,7 +170,7 @@ async def _list(
     while True:
         limit = LIST_PAGE if take is None else min(LIST_PAGE, take - shown)
         page, total = await suppressions.list_suppressions(
-            pool, domain, now, reason=reason, prefix=ns.prefix, offset=skip, limit=limit
+            db, domain, now, reason=reason, prefix=ns.prefix, offset=skip, limit=limit
         )
         for item in page:
             _print(item, out)
@@ -187,7 +182,7 @@ async def _list(
 
 
 async def _import(
-    pool: asyncpg.Pool,
+    db: Database,
     domain: str,
     ns: argparse.Namespace,
     now: datetime,
@@ -209,6 +204,6 @@ async def _import(
         except InvalidArgument as exc:
             refused += 1
             print(f"kannon: entry {index + 1}: {exc}", file=sys.stderr)
-    counts = await suppressions.import_suppressions(pool, domain, items)
+    counts = await suppressions.import_suppressions(db, domain, items)
     summary = {"added": counts.added, "alreadySuppressed": counts.present, "rejected": refused}
     out.write(json.dumps(summary) + "\n")

@@ -57,8 +57,8 @@ def test_the_token_lives_in_a_private_config_file_only(server: EmbeddedNats) -> 
 
 
 async def test_a_process_refuses_a_bus_smaller_than_nats_max_payload(server: EmbeddedNats) -> None:
+    from kannon.resources import Resources
     from kannon.runtime.health import HealthRegistry
-    from kannon.runtime.resources import Resources
 
     too_big = Resources(
         HealthRegistry(), database_url=None, nats_url=server.url, max_payload=1024 * 1024

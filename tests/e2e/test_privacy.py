@@ -1,7 +1,8 @@
 """End to end, privacy and compliance (issue 11): each Tracking Mode as the received message and
 the stored statistics show it, the Domain's ceiling at intake, RFC 8058 one-click unsubscribe
 (the caller's URL and Kannon's own /u/ endpoint), RSA + Ed25519 signatures and a DKIM key
-rotation verified by dkimpy against the records dnsmasq serves.
+rotation verified by dkimpy against the records dnsmasq serves, and the unsubscribe headers'
+signatures verified a second time by OpenDKIM's opendkim-testmsg.
 
 Everything goes through the real gRPC API, the real Tracker over HTTP and the SMTP sink; the
 messages looked at are the ones the sink received.
@@ -43,6 +44,7 @@ from tests.e2e.pipeline import (
     ShiftedClock,
 )
 from tests.e2e.test_engagement import HREF, parse
+from tests.peers import opendkim
 from tests.peers.smtp_sink import SmtpSink
 
 OFF, ANONYMOUS, PSEUDONYMOUS, IDENTIFIED, FULL = 1, 2, 3, 4, 5
@@ -281,6 +283,58 @@ async def test_one_click_unsubscribe_signed_and_served(launch: Launch, smtp_sink
 
     await wait_for(suppressed, what="the unsubscribed address on the suppression list")
     assert await pipeline.pool.fetchval("SELECT count(*) FROM suppressions") == 1
+
+
+async def test_one_click_headers_verified_by_opendkim(launch: Launch, smtp_sink: SmtpSink) -> None:
+    """A second verifier that shares no code with Kannon or dkimpy: OpenDKIM's
+    opendkim-testmsg, fetching both keys from the test's DNS records (tests/peers/opendkim.py
+    says how it is pointed at them without touching the machine's resolver)."""
+    reason = opendkim.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    engaged = await launch_engaged(launch)
+    pipeline = engaged.pipeline
+    rcpt = f"ada@{RCPT_DOMAIN}"
+    res = await send(
+        pipeline,
+        [send_pb2.Recipient(email=rcpt)],
+        one_click="https://lists.example.org/u?e={{ email }}",
+    )
+    await pipeline.wait_until_settled(res.message_id, 1)
+    raw = smtp_sink.messages_to(rcpt)[0].data
+    message = parse(raw)
+    assert message["List-Unsubscribe"] == f"<https://lists.example.org/u?e=ada%40{RCPT_DOMAIN}>"
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    # Both unsubscribe headers inside h= (and over-signed) of both signatures, RSA then Ed25519.
+    algorithms = []
+    for field in message.get_all("DKIM-Signature") or []:
+        tags = dict(
+            tag.split("=", 1) for tag in re.sub(r"\s+", "", str(field)).split(";") if "=" in tag
+        )
+        algorithms.append(tags["a"])
+        names = tags["h"].split(":")
+        assert names.count("list-unsubscribe") == 2 and names.count("list-unsubscribe-post") == 2
+    assert algorithms == ["rsa-sha256", "ed25519-sha256"]
+
+    # Each signature on its own: OpenDKIM 2.11 verifies ed25519-sha256 (RFC 8463) too.
+    altered = raw.replace(b"u?e=ada%40", b"u?e=eve%40", 1)
+    post_dropped = raw.replace(b"\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click", b"", 1)
+    second_added = raw.replace(
+        b"\r\nList-Unsubscribe:", b"\r\nList-Unsubscribe: <https://evil.example/u>\r\nX-Y:", 1
+    )
+    assert len({raw, altered, post_dropped, second_added}) == 4
+    verdicts = opendkim.verify_all([raw, altered, post_dropped, second_added], pipeline.dns)
+    assert [(v.selector, v.ok) for v in verdicts[0]] == [
+        ("smtp", True),
+        ("smtp-ed25519", True),
+    ], verdicts[0]
+    # A changed, removed or added unsubscribe header breaks both (not a key lookup failure).
+    for forged in verdicts[1:]:
+        assert [(v.selector, v.ok) for v in forged] == [
+            ("smtp", False),
+            ("smtp-ed25519", False),
+        ], forged
+        assert all(v.detail.endswith("Bad signature") for v in forged), forged
 
 
 async def test_rsa_and_ed25519_through_a_key_rotation(

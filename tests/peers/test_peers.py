@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 
 import aiosmtplib
+import dkim
 import dns.resolver
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
+from tests.peers import opendkim
 from tests.peers.dns import DnsServer, txt_chunks
 from tests.peers.fixtures import SinkFactory
 from tests.peers.smtp_sink import SmtpSink
 from tests.peers.tls import TlsIdentity
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 async def _client(sink: SmtpSink) -> aiosmtplib.SMTP:
@@ -124,3 +138,49 @@ def test_txt_chunks() -> None:
     assert txt_chunks("a" * 256) == ["a" * 255, "a"]
     with pytest.raises(ValueError):
         txt_chunks('with "quotes"')
+
+
+def test_opendkim_checks_each_signature_against_the_test_records(dns_server: DnsServer) -> None:
+    # Signed by dkimpy here, so this checks the harness alone, not Kannon's signer.
+    reason = opendkim.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ed_key = ed25519.Ed25519PrivateKey.generate()
+    raw, der, pem = Encoding.Raw, Encoding.DER, Encoding.PEM
+    rsa_public = rsa_key.public_key().public_bytes(der, PublicFormat.SubjectPublicKeyInfo)
+    ed_public = ed_key.public_key().public_bytes(raw, PublicFormat.Raw)
+    dns_server.add_txt("rsa._domainkey.example.test", "v=DKIM1; k=rsa; p=" + b64(rsa_public))
+    dns_server.add_txt("ed._domainkey.example.test", "v=DKIM1; k=ed25519; p=" + b64(ed_public))
+    message = (
+        b"From: a@example.test\r\nTo: b@example.net\r\nSubject: hi\r\n"
+        b"Date: Sat, 05 Dec 2026 18:00:00 +0000\r\nMessage-ID: <1@example.test>\r\n"
+        b"List-Unsubscribe: <https://example.test/u>\r\n\r\nbody\r\n"
+    )
+    signed = [b"from", b"subject", b"date", b"list-unsubscribe"]
+    rsa_pem = rsa_key.private_bytes(pem, PrivateFormat.TraditionalOpenSSL, NoEncryption())
+    ed_seed = b64(ed_key.private_bytes(raw, PrivateFormat.Raw, NoEncryption())).encode()
+    by_rsa = dkim.sign(message, b"rsa", b"example.test", rsa_pem, include_headers=signed)
+    by_ed = dkim.sign(
+        message,
+        b"ed",
+        b"example.test",
+        ed_seed,
+        signature_algorithm=b"ed25519-sha256",
+        include_headers=signed,
+    )
+    unknown = dkim.sign(message, b"gone", b"example.test", rsa_pem, include_headers=signed)
+    both = by_rsa + by_ed + message
+    assert opendkim.selectors(both) == ["rsa", "ed"]
+    assert opendkim.only_signature(both, 1) == by_ed + message
+
+    forged = both.replace(b"example.test/u", b"evil.example/u")
+    good, bad, missing = opendkim.verify_all([both, forged, unknown + message], dns_server)
+    assert good == [opendkim.Verdict("rsa", True, ""), opendkim.Verdict("ed", True, "")]
+    assert [(v.selector, v.ok) for v in bad] == [("rsa", False), ("ed", False)]
+    assert all(v.detail.endswith("Bad signature") for v in bad), bad
+    # A key the DNS server does not have is not mistaken for a bad signature.
+    assert [(v.selector, v.ok) for v in missing] == [("gone", False)]
+    assert missing[0].detail.endswith("Key retrieval failed"), missing
+    # Its bind mount over /etc/resolv.conf refuses to happen in the caller's namespaces.
+    assert not opendkim.in_private_namespaces()

@@ -14,13 +14,13 @@ Every method first checks the operator's credentials (:class:`kannon.api.auth.Ad
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kannon.api.auth import AdminGuard
 from kannon.api.errors import rpc
 from kannon.config import Settings
 from kannon.db import apikeys, domains, templates
+from kannon.db.pool import Database
 from kannon.dns_records import check_domain_dns, dkim_record, records_for_domain
 from kannon.envelope.dkim import generate_dkim_keypair, generate_keypair
 from kannon.ids import new_api_key, new_api_key_id, new_template_id
@@ -42,11 +42,8 @@ from kannon.model.errors import Conflict, NotFound
 from kannon.model.ip_pool import DEFAULT_POOL, check_known_pool
 from kannon.model.template import PERSISTENT, Template, check_html, check_template_id, check_title
 from kannon.pb.admin.apiv1 import adminapiv1_pb2 as pb
+from kannon.runtime.clock import utc_now
 from kannon.wire import api as wire
-
-if TYPE_CHECKING:
-    # Types only: asyncpg is imported at run time by kannon.db alone.
-    import asyncpg
 
 TEMPLATES_PAGE = 50
 API_KEYS_PAGE = 100  # the original's default
@@ -54,30 +51,30 @@ MAX_PAGE = 1000
 
 
 class AdminService:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
+    def __init__(self, settings: Settings, db: Database) -> None:
         self.settings = settings
-        self.pool = pool
+        self.db = db
         self.guard = AdminGuard(settings.api.admin_token)
 
     def _domain_pb(self, domain: Domain) -> Any:
-        now = datetime.now(UTC)
+        now = utc_now()
         keys = [(k, dkim_record(k, now)) for k in domain.dkim_keys if k.status(now) != RETIRED]
         return wire.domain_pb(domain, records_for_domain(self.settings, domain, now), keys, now)
 
     def _keys_pb(self, keys: list[DkimKey]) -> list[Any]:
-        now = datetime.now(UTC)
+        now = utc_now()
         return [wire.dkim_key_pb(k, dkim_record(k, now), now) for k in keys]
 
     async def _found_domain(self, value: str) -> Domain:
         name = canonical_domain_name(value)
-        domain = await domains.get_domain(self.pool, name)
+        domain = await domains.get_domain(self.db, name)
         if domain is None:
             raise NotFound(f"domain: {name!r} not found")
         return domain
 
     async def _existing_domain(self, value: str) -> str:
         name = canonical_domain_name(value)
-        if await domains.get_domain(self.pool, name) is None:
+        if await domains.get_domain(self.db, name) is None:
             raise NotFound(f"domain: {name!r} not found")
         return name
 
@@ -86,14 +83,14 @@ class AdminService:
     @rpc
     async def GetDomains(self, request: Any, context: Any) -> Any:
         self.guard.check(context)
-        found = await domains.list_domains(self.pool)
+        found = await domains.list_domains(self.db)
         return pb.GetDomainsResponse(domains=[self._domain_pb(d) for d in found])
 
     @rpc
     async def GetDomain(self, request: Any, context: Any) -> Any:
         self.guard.check(context)
         name = canonical_domain_name(request.domain)
-        domain = await domains.get_domain(self.pool, name)
+        domain = await domains.get_domain(self.db, name)
         if domain is None:
             raise NotFound(f"domain: {name!r} not found")
         return pb.GetDomainRes(domain=self._domain_pb(domain))
@@ -105,19 +102,19 @@ class AdminService:
         ip_pool = DEFAULT_POOL
         if request.ip_pool:
             ip_pool = check_known_pool(request.ip_pool, self.settings.known_pools())
-        if await domains.get_domain(self.pool, name) is not None:
+        if await domains.get_domain(self.db, name) is not None:
             # Checked before the costly key generation; the unique index still decides races.
             raise Conflict(f"domain: {name!r} already exists")
         # RSA key generation takes tens of milliseconds of CPU: keep the event loop free.
         private_key, public_key = await asyncio.to_thread(generate_dkim_keypair)
         ed_private, ed_public = generate_keypair(ED25519_SHA256)
         domain = await domains.insert_domain(
-            self.pool,
+            self.db,
             name=name,
             dkim_private_key=private_key,
             dkim_public_key=public_key,
             dkim_selector=DEFAULT_DKIM_SELECTOR,
-            now=datetime.now(UTC),
+            now=utc_now(),
             extra_keys=[
                 domains.NewKey(DEFAULT_ED25519_SELECTOR, ED25519_SHA256, ed_private, ed_public)
             ],
@@ -130,7 +127,7 @@ class AdminService:
         self.guard.check(context)
         name = canonical_domain_name(request.domain)
         ceiling = wire.ceiling_from_pb(request)
-        domain = await domains.set_tracking(self.pool, name, ceiling)
+        domain = await domains.set_tracking(self.db, name, ceiling)
         if domain is None:
             raise NotFound(f"domain: {name!r} not found")
         return pb.SetTrackingPolicyRes(domain=self._domain_pb(domain))
@@ -139,7 +136,7 @@ class AdminService:
     async def SetOneClickUnsubscribe(self, request: Any, context: Any) -> Any:
         self.guard.check(context)
         name = canonical_domain_name(request.domain)
-        domain = await domains.set_one_click_unsubscribe(self.pool, name, request.enabled)
+        domain = await domains.set_one_click_unsubscribe(self.db, name, request.enabled)
         if domain is None:
             raise NotFound(f"domain: {name!r} not found")
         return pb.SetOneClickUnsubscribeRes(domain=self._domain_pb(domain))
@@ -150,7 +147,7 @@ class AdminService:
     async def ListDkimKeys(self, request: Any, context: Any) -> Any:
         self.guard.check(context)
         domain = await self._found_domain(request.domain)
-        now = datetime.now(UTC)
+        now = utc_now()
         keys = [k for k in domain.dkim_keys if request.include_retired or k.status(now) != RETIRED]
         return pb.ListDkimKeysRes(keys=self._keys_pb(keys))
 
@@ -158,7 +155,7 @@ class AdminService:
     async def RotateDkimKeys(self, request: Any, context: Any) -> Any:
         self.guard.check(context)
         domain = await self._found_domain(request.domain)
-        now = datetime.now(UTC)
+        now = utc_now()
         pending = [k.selector for k in domain.dkim_keys if k.status(now) == PENDING]
         if pending:
             raise Conflict(
@@ -172,7 +169,7 @@ class AdminService:
             new_keys.append(
                 domains.NewKey(selectors[algorithm], algorithm, private_key, public_key)
             )
-        keys = await domains.add_pending_keys(self.pool, domain.name, new_keys, now)
+        keys = await domains.add_pending_keys(self.db, domain.name, new_keys, now)
         records = [dkim_record(k, now) for k in keys]
         return pb.RotateDkimKeysRes(
             keys=self._keys_pb(keys), dns_records=[wire.dns_record_pb(r) for r in records]
@@ -184,7 +181,7 @@ class AdminService:
         domain = await self._found_domain(request.domain)
         selector = check_selector(request.selector) if request.selector.strip() else None
         keys = await domains.confirm_keys(
-            self.pool, domain.name, selector, datetime.now(UTC), self.settings.dkim.rotation_grace
+            self.db, domain.name, selector, utc_now(), self.settings.dkim.rotation_grace
         )
         if not keys:
             what = f"selector {selector!r}" if selector else "any selector"
@@ -195,7 +192,7 @@ class AdminService:
     async def CheckDomain(self, request: Any, context: Any) -> Any:
         self.guard.check(context)
         domain = await self._found_domain(request.domain)
-        checks, _ = await check_domain_dns(self.pool, self.settings, domain, datetime.now(UTC))
+        checks, _ = await check_domain_dns(self.db, self.settings, domain, utc_now())
         res = pb.CheckDomainRes(domain=domain.name, ok=all(c.status == "ok" for c in checks))
         for check in checks:
             res.checks.add(
@@ -216,7 +213,7 @@ class AdminService:
         domain = await self._existing_domain(request.domain)
         check_html(request.html)
         check_title(request.title)
-        now = datetime.now(UTC)
+        now = utc_now()
         template = Template(
             template_id=new_template_id(domain),
             domain=domain,
@@ -226,7 +223,7 @@ class AdminService:
             created_at=now,
             updated_at=now,
         )
-        await templates.insert_template(self.pool, template)
+        await templates.insert_template(self.db, template)
         return pb.CreateTemplateRes(template=wire.template_pb(template))
 
     @rpc
@@ -237,11 +234,11 @@ class AdminService:
         check_title(request.title)
         template = _found_template(
             await templates.update_template(
-                self.pool,
+                self.db,
                 template_id,
                 html=request.html,
                 title=request.title,
-                now=datetime.now(UTC),
+                now=utc_now(),
             ),
             template_id,
         )
@@ -252,7 +249,7 @@ class AdminService:
         self.guard.check(context)
         template_id = check_template_id(request.template_id)
         template = _found_template(
-            await templates.delete_template(self.pool, template_id), template_id
+            await templates.delete_template(self.db, template_id), template_id
         )
         return pb.DeleteTemplateRes(template=wire.template_pb(template))
 
@@ -260,9 +257,7 @@ class AdminService:
     async def GetTemplate(self, request: Any, context: Any) -> Any:
         self.guard.check(context)
         template_id = check_template_id(request.template_id)
-        template = _found_template(
-            await templates.get_template(self.pool, template_id), template_id
-        )
+        template = _found_template(await templates.get_template(self.db, template_id), template_id)
         return pb.GetTemplateRes(template=wire.template_pb(template))
 
     @rpc
@@ -271,7 +266,7 @@ class AdminService:
         domain = await self._existing_domain(request.domain)
         page = wire.page(request.skip, request.take, default=TEMPLATES_PAGE, cap=MAX_PAGE)
         found, total = await templates.list_templates(
-            self.pool, domain, offset=page.offset, limit=page.limit
+            self.db, domain, offset=page.offset, limit=page.limit
         )
         return pb.GetTemplatesRes(templates=[wire.template_pb(t) for t in found], total=total)
 
@@ -282,7 +277,7 @@ class AdminService:
         self.guard.check(context)
         domain = canonical_domain_name(request.domain)
         name = check_name(request.name)
-        now = datetime.now(UTC)
+        now = utc_now()
         expires_at = wire.optional_datetime(request, "expires_at")
         check_expiry(expires_at, now)
         plaintext = new_api_key()
@@ -296,7 +291,7 @@ class AdminService:
             is_active=True,
             deactivated_at=None,
         )
-        await apikeys.insert_api_key(self.pool, key, hash_key(plaintext))
+        await apikeys.insert_api_key(self.db, key, hash_key(plaintext))
         return pb.CreateAPIKeyResponse(api_key=wire.api_key_pb(key), key=plaintext)
 
     @rpc
@@ -305,10 +300,10 @@ class AdminService:
         domain = await self._existing_domain(request.domain)
         page = wire.page(request.offset, request.limit, default=API_KEYS_PAGE, cap=MAX_PAGE)
         found, total = await apikeys.list_api_keys(
-            self.pool,
+            self.db,
             domain,
             only_active=request.only_active,
-            now=datetime.now(UTC),
+            now=utc_now(),
             offset=page.offset,
             limit=page.limit,
         )
@@ -319,7 +314,7 @@ class AdminService:
         self.guard.check(context)
         domain = canonical_domain_name(request.domain)
         key_id = check_key_id(request.id)
-        key = await apikeys.get_api_key(self.pool, domain, key_id)
+        key = await apikeys.get_api_key(self.db, domain, key_id)
         if key is None:
             raise NotFound(f"id: no API key {key_id!r} in domain {domain!r}")
         return pb.GetAPIKeyResponse(api_key=wire.api_key_pb(key))
@@ -329,7 +324,7 @@ class AdminService:
         self.guard.check(context)
         domain = canonical_domain_name(request.domain)
         key_id = check_key_id(request.id)
-        key = await apikeys.deactivate_api_key(self.pool, domain, key_id, datetime.now(UTC))
+        key = await apikeys.deactivate_api_key(self.db, domain, key_id, utc_now())
         if key is None:
             raise NotFound(f"id: no API key {key_id!r} in domain {domain!r}")
         return pb.DeactivateAPIKeyResponse(api_key=wire.api_key_pb(key))

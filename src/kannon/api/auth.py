@@ -23,8 +23,7 @@ import contextvars
 import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote
 
 import grpc
@@ -32,12 +31,10 @@ import grpc
 from kannon.api.errors import failure_status
 from kannon.api.metrics import CALLS, REQUESTS
 from kannon.db.apikeys import find_key_by_hash
+from kannon.db.pool import Database
 from kannon.model.apikey import AUTH_FAILED, parse_basic_authorization
 from kannon.model.errors import PermissionDenied, Unauthenticated
-
-if TYPE_CHECKING:
-    # Types only: asyncpg is imported at run time by kannon.db alone.
-    import asyncpg
+from kannon.runtime.clock import utc_now
 
 ADMIN_TOKEN_HEADER = "x-kannon-admin-token"
 ADMIN_REFUSED = (
@@ -135,13 +132,13 @@ class AdminGuard:
 class ApiKeyAuth:
     """Resolves a call's Basic credentials to the tenant Domain they are valid for."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     async def tenant_of(self, headers: dict[str, str]) -> str:
         credentials = parse_basic_authorization(headers.get("authorization"))
-        key = await find_key_by_hash(self.pool, credentials.domain, credentials.key_hash)
-        if key is None or not key.usable_at(datetime.now(UTC)):
+        key = await find_key_by_hash(self.db, credentials.domain, credentials.key_hash)
+        if key is None or not key.usable_at(utc_now()):
             raise Unauthenticated(AUTH_FAILED)
         return key.domain
 

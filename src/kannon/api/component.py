@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -46,6 +46,7 @@ from kannon.config import Settings
 from kannon.dashboard.app import with_dashboard
 from kannon.db.dashboard import pool_statuses
 from kannon.db.idempotency import delete_expired
+from kannon.db.pool import Database
 from kannon.model.delivery import STATUSES
 from kannon.pb.admin.apiv1 import adminapiv1_pb2_grpc, hz_pb2_grpc
 from kannon.pb.aliases import (
@@ -61,13 +62,11 @@ from kannon.pb.stats.apiv1 import statsapiv1_pb2_grpc
 from kannon.pb.stats.apiv2 import statsapiv2_pb2_grpc
 from kannon.pb.suppression.apiv1 import suppressionapiv1_pb2_grpc
 from kannon.pb.webhooks.apiv1 import webhooksapiv1_pb2_grpc
+from kannon.runtime.clock import utc_now
 from kannon.runtime.component import Life, run_every
 from kannon.runtime.http_server import HttpServer
 
 if TYPE_CHECKING:
-    # Types only: asyncpg is imported at run time by kannon.db alone.
-    import asyncpg
-
     from kannon.bus.client import Bus
 
 log = logging.getLogger("kannon.api")
@@ -120,9 +119,9 @@ def listen_address(host: str, port: int) -> str:
 class ApiComponent:
     name = "api"
 
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, bus: Bus | None = None) -> None:
+    def __init__(self, settings: Settings, db: Database, bus: Bus | None = None) -> None:
         self.settings = settings
-        self.pool = pool
+        self.db = db
         self.bus = bus
         """Only read: JetStream backlogs for /metrics and the dashboard (None without NATS)."""
         self.port: int | None = None
@@ -130,7 +129,7 @@ class ApiComponent:
         self.http_port: int | None = None
         """The bound Connect/gRPC-Web port, known once ready (api.http_port 0 = any)."""
         self._hz: HZService | None = None
-        self._auth = ApiKeyAuth(pool)
+        self._auth = ApiKeyAuth(db)
         self._gate = CallGate(
             self._auth,
             settings.api.admin_token,
@@ -158,14 +157,12 @@ class ApiComponent:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        mailer = MailerService(self.settings, self.pool, auth)
-        admin = AdminService(self.settings, self.pool)
-        stats = StatsService(self.pool, auth)
-        suppression = SuppressionService(
-            self.pool, DomainOrAdmin(auth, AdminGuard(api.admin_token))
-        )
-        hz = self._hz = HZService(self.pool)
-        webhooks = WebhooksService(self.settings, self.pool, auth)
+        mailer = MailerService(self.settings, self.db, auth)
+        admin = AdminService(self.settings, self.db)
+        stats = StatsService(self.db, auth)
+        suppression = SuppressionService(self.db, DomainOrAdmin(auth, AdminGuard(api.admin_token)))
+        hz = self._hz = HZService(self.db)
+        webhooks = WebhooksService(self.settings, self.db, auth)
         registrations: list[tuple[Register, object]] = [
             (mailerapiv1_pb2_grpc.add_MailerServicer_to_server, mailer),
             (mailerapiv1service_pb2_grpc.add_MailerApiV1ServiceServicer_to_server, mailer),
@@ -217,11 +214,11 @@ class ApiComponent:
                 log.warning("gRPC health changed", extra={"kv": {"serving": serving, **failing}})
 
     async def _forget_idempotency_keys(self) -> None:
-        await delete_expired(self.pool, datetime.now(UTC) - self.settings.api.idempotency_window)
+        await delete_expired(self.db, utc_now() - self.settings.api.idempotency_window)
 
     async def _sample_pool(self) -> None:
-        now = datetime.now(UTC)
-        found = {s.status: s for s in await pool_statuses(self.pool, None)}
+        now = utc_now()
+        found = {s.status: s for s in await pool_statuses(self.db, None)}
         # Every status, so one that empties reports 0 rather than vanishing.
         for status in sorted({*STATUSES, *found}):
             sample = found.get(status)
@@ -262,7 +259,7 @@ class ApiComponent:
         )
         http = HttpServer(
             # The dashboard shares the port under /dashboard/ (ADR 0043).
-            with_dashboard(self.settings, self.pool, connect_app, self.bus),
+            with_dashboard(self.settings, self.db, connect_app, self.bus),
             name="api-http",
             grace=DRAIN_GRACE,
         )

@@ -4,26 +4,22 @@ so a healthy API answers an empty map. The API process only depends on PostgreSQ
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kannon.api.errors import rpc
-from kannon.db.pool import check_pool
+from kannon.db.pool import Database, check_pool
 from kannon.pb.admin.apiv1 import hz_pb2 as pb
-
-if TYPE_CHECKING:
-    # Types only: asyncpg is imported at run time by kannon.db alone.
-    import asyncpg
 
 CHECK_TIMEOUT = 5.0
 
 
 class HZService:
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     async def failing_checks(self) -> dict[str, str]:
         try:
-            await asyncio.wait_for(check_pool(self.pool), CHECK_TIMEOUT)
+            await asyncio.wait_for(check_pool(self.db), CHECK_TIMEOUT)
         except Exception as exc:
             return {"db": str(exc) or type(exc).__name__}
         return {}

@@ -1,7 +1,8 @@
 """The Mailer service (`pkg.kannon.mailer.apiv1.Mailer` / `kannon.mailer.apiv1.MailerApiV1Service`):
 SendHTML and SendTemplate turn one call into one Batch with a Delivery per Recipient.
 
-Steps (spec §4.2 without its QUIRKs): authenticate the tenant by API key; pick the template —
+Steps (the original's, without its mistakes; ADR 0012): authenticate the tenant by API key; pick
+the template —
 SendHTML always stores its HTML as a new transient template, SendTemplate uses the tenant's
 template or, when global fields change its HTML, a transient copy with them baked in; check the
 request (:func:`kannon.model.batch.plan_batch`, which also resolves each Recipient's Tracking
@@ -26,8 +27,8 @@ import collections
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any
 from urllib.parse import quote
 
 from prometheus_client import Counter
@@ -39,6 +40,7 @@ from kannon.config import Settings
 from kannon.db.batches import create_batch, deliveries_csv
 from kannon.db.domains import sending_policy
 from kannon.db.idempotency import KeyTaken, find_call
+from kannon.db.pool import Database
 from kannon.db.suppressions import suppressed_keys
 from kannon.db.templates import get_template
 from kannon.db.tracking_keys import KID_LENGTH
@@ -66,11 +68,8 @@ from kannon.model.idempotency import (
 from kannon.model.ip_pool import check_known_pool
 from kannon.model.template import TRANSIENT, Template, check_html, check_template_id
 from kannon.model.tracking import TrackingPolicy
+from kannon.runtime.clock import utc_now
 from kannon.wire import api as wire
-
-if TYPE_CHECKING:
-    # Types only: asyncpg is imported at run time by kannon.db alone.
-    import asyncpg
 
 OFF_LOOP_RECIPIENTS = 5_000
 
@@ -156,9 +155,9 @@ def one_click_template(template: str, global_fields: Mapping[str, str] | None) -
 
 
 class MailerService:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, auth: ApiKeyAuth) -> None:
+    def __init__(self, settings: Settings, db: Database, auth: ApiKeyAuth) -> None:
         self.settings = settings
-        self.pool = pool
+        self.db = db
         self.auth = auth
         self.max_recipients = settings.api.max_recipients
 
@@ -174,7 +173,7 @@ class MailerService:
         if call.key is None:
             return None
         since = call.now - self.settings.api.idempotency_window
-        stored = await find_call(self.pool, call.tenant, call.key, since)
+        stored = await find_call(self.db, call.tenant, call.key, since)
         if stored is None:
             return None
         response = replayed_response(stored, call.fingerprint, call.key)
@@ -224,7 +223,7 @@ class MailerService:
         self, call: Call, message: Any, template_id: str, html: str, template: Template | None
     ) -> Any:
         now, tenant = call.now, call.tenant
-        domain = await sending_policy(self.pool, tenant)
+        domain = await sending_policy(self.db, tenant)
         if domain is None:
             raise NotFound(f"domain: {tenant!r} no longer exists")
         if len(message.recipients) >= OFF_LOOP_RECIPIENTS:
@@ -234,11 +233,11 @@ class MailerService:
             request, plan, keys = await asyncio.to_thread(
                 self._prepare, message, tenant, template_id, html, now, domain
             )
-            suppressed = await suppressed_keys(self.pool, tenant, keys, now)
+            suppressed = await suppressed_keys(self.db, tenant, keys, now)
             plan, encoded = await asyncio.to_thread(self._finish, request, plan, suppressed)
         else:
             request, plan, keys = self._prepare(message, tenant, template_id, html, now, domain)
-            suppressed = await suppressed_keys(self.pool, tenant, keys, now)
+            suppressed = await suppressed_keys(self.db, tenant, keys, now)
             plan, encoded = self._finish(request, plan, suppressed)
         if call.ip_pool is not None:
             plan = dataclasses.replace(plan, ip_pool=call.ip_pool)
@@ -250,7 +249,7 @@ class MailerService:
             )
         try:
             await create_batch(
-                self.pool,
+                self.db,
                 plan,
                 template,
                 now,
@@ -278,7 +277,7 @@ class MailerService:
         ip_pool = None
         if message.HasField("ip_pool") and message.ip_pool:
             ip_pool = check_known_pool(message.ip_pool, self.settings.known_pools())
-        return Call(method, tenant, key, digest, datetime.now(UTC), ip_pool)
+        return Call(method, tenant, key, digest, utc_now(), ip_pool)
 
     @rpc
     async def SendHTML(self, message: Any, context: Any) -> Any:
@@ -302,7 +301,7 @@ class MailerService:
         template_id = check_template_id(message.template_id)
         # Only the tenant's own templates: another Domain's id is "not found", not "forbidden",
         # so ids of other tenants cannot be probed.
-        stored = await get_template(self.pool, template_id, domain=tenant)
+        stored = await get_template(self.db, template_id, domain=tenant)
         if stored is None:
             raise NotFound(f"template_id: no template {template_id!r} in domain {tenant!r}")
         html = apply_global_fields(stored.html, global_fields)

@@ -7,28 +7,25 @@ the domain from the request and checked nothing). An empty `domain` means the ke
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kannon.api.auth import ApiKeyAuth
 from kannon.api.errors import rpc
 from kannon.db import stats_queries
+from kannon.db.pool import Database
 from kannon.model.domain import canonical_domain_name
 from kannon.model.errors import PermissionDenied
 from kannon.pb.stats.apiv1 import statsapiv1_pb2 as v1
 from kannon.pb.stats.apiv2 import statsapiv2_pb2 as v2
 from kannon.wire import api as wire
 
-if TYPE_CHECKING:
-    # Types only: asyncpg is imported at run time by kannon.db alone.
-    import asyncpg
-
 STATS_PAGE = 100
 MAX_PAGE = 1000
 
 
 class StatsService:
-    def __init__(self, pool: asyncpg.Pool, auth: ApiKeyAuth) -> None:
-        self.pool = pool
+    def __init__(self, db: Database, auth: ApiKeyAuth) -> None:
+        self.db = db
         self.auth = auth
 
     async def _domain(self, request: Any, context: Any) -> str:
@@ -45,7 +42,7 @@ class StatsService:
     async def _buckets(self, request: Any, context: Any) -> list[Any]:
         domain = await self._domain(request, context)
         start, end = wire.time_range(request)
-        buckets = await stats_queries.aggregated_stats(self.pool, domain, start, end)
+        buckets = await stats_queries.aggregated_stats(self.db, domain, start, end)
         return [wire.bucket_pb(b) for b in buckets]
 
     @rpc
@@ -54,7 +51,7 @@ class StatsService:
         start, end = wire.time_range(request)
         page = wire.page(request.skip, request.take, default=STATS_PAGE, cap=MAX_PAGE)
         rows, total = await stats_queries.list_stats(
-            self.pool, domain, start, end, offset=page.offset, limit=page.limit
+            self.db, domain, start, end, offset=page.offset, limit=page.limit
         )
         return v1.GetStatsRes(total=total, stats=[wire.stats_pb(row) for row in rows])
 

@@ -10,12 +10,13 @@ unknown one is NotFound).
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any
 
 from kannon.api.auth import DomainOrAdmin
 from kannon.api.errors import rpc
 from kannon.db import domains, suppressions
+from kannon.db.pool import Database
 from kannon.model.address import canonical_recipient
 from kannon.model.domain import canonical_domain_name
 from kannon.model.errors import InvalidArgument, NotFound, PermissionDenied
@@ -27,11 +28,8 @@ from kannon.model.suppression import (
     manual,
 )
 from kannon.pb.suppression.apiv1 import suppressionapiv1_pb2 as pb
+from kannon.runtime.clock import utc_now
 from kannon.wire import api as wire
-
-if TYPE_CHECKING:
-    # Types only: asyncpg is imported at run time by kannon.db alone.
-    import asyncpg
 
 LIST_PAGE = 100
 MAX_PAGE = 1000
@@ -74,8 +72,8 @@ def _lookup_address(value: str) -> str:
 
 
 class SuppressionService:
-    def __init__(self, pool: asyncpg.Pool, access: DomainOrAdmin) -> None:
-        self.pool = pool
+    def __init__(self, db: Database, access: DomainOrAdmin) -> None:
+        self.db = db
         self.access = access
 
     async def _domain(self, request: Any, context: Any) -> str:
@@ -92,7 +90,7 @@ class SuppressionService:
         if not given:
             raise InvalidArgument("domain: required when calling with the admin token")
         name = canonical_domain_name(given)
-        if await domains.get_domain(self.pool, name) is None:
+        if await domains.get_domain(self.db, name) is None:
             raise NotFound(f"domain: {name!r} not found")
         return name
 
@@ -102,9 +100,9 @@ class SuppressionService:
         reason = check_reason(request.reason, allow_empty=True)
         page = wire.page(request.skip, request.take, default=LIST_PAGE, cap=MAX_PAGE)
         found, total = await suppressions.list_suppressions(
-            self.pool,
+            self.db,
             domain,
-            datetime.now(UTC),
+            utc_now(),
             reason=reason,
             prefix=request.address_prefix.strip(),
             offset=page.offset,
@@ -118,7 +116,7 @@ class SuppressionService:
     async def GetSuppression(self, request: Any, context: Any) -> Any:
         domain = await self._domain(request, context)
         address = _lookup_address(request.address)
-        found = await suppressions.get(self.pool, domain, address, datetime.now(UTC))
+        found = await suppressions.get(self.db, domain, address, utc_now())
         if found is None:
             raise NotFound(f"address: {address!r} is not suppressed for {domain!r}")
         return pb.GetSuppressionResponse(suppression=wire.suppression_msg(found))
@@ -126,7 +124,7 @@ class SuppressionService:
     @rpc
     async def AddSuppression(self, request: Any, context: Any) -> Any:
         domain = await self._domain(request, context)
-        now = datetime.now(UTC)
+        now = utc_now()
         item = manual(
             domain,
             request.address,
@@ -134,14 +132,14 @@ class SuppressionService:
             expires_at=wire.optional_datetime(request, "expires_at"),
             note=request.note,
         )
-        added = await suppressions.add(self.pool, item, now)
+        added = await suppressions.add(self.db, item, now)
         return pb.AddSuppressionResponse(suppression=wire.suppression_msg(added))
 
     @rpc
     async def RemoveSuppression(self, request: Any, context: Any) -> Any:
         domain = await self._domain(request, context)
         address = _lookup_address(request.address)
-        removed = await suppressions.remove(self.pool, domain, address)
+        removed = await suppressions.remove(self.db, domain, address)
         if removed is None:
             raise NotFound(f"address: {address!r} is not suppressed for {domain!r}")
         return pb.RemoveSuppressionResponse(suppression=wire.suppression_msg(removed))
@@ -155,7 +153,7 @@ class SuppressionService:
                 f"addresses: {count} in one call, the maximum is {MAX_IMPORT}; "
                 "split them over several calls"
             )
-        now = datetime.now(UTC)
+        now = utc_now()
         expires_at = wire.optional_datetime(request, "expires_at")
         # Checked once for the call: only the addresses are refused one by one.
         check_expiry(expires_at, now)
@@ -165,7 +163,7 @@ class SuppressionService:
             items, refused = await asyncio.to_thread(checked_imports, *args)
         else:
             items, refused = checked_imports(*args)
-        counts = await suppressions.import_suppressions(self.pool, domain, items)
+        counts = await suppressions.import_suppressions(self.db, domain, items)
         return pb.ImportSuppressionsResponse(
             added=counts.added,
             already_suppressed=counts.present,

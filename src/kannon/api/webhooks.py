@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -24,6 +23,7 @@ from kannon.bus.subjects import WEBHOOK_EVENT_TYPES
 from kannon.config import Settings
 from kannon.db import domains
 from kannon.db import webhooks as store
+from kannon.db.pool import Database
 from kannon.ids import new_token, new_webhook_endpoint_id, new_webhook_secret
 from kannon.model.domain import canonical_domain_name
 from kannon.model.errors import InvalidArgument, NotFound, PermissionDenied
@@ -39,10 +39,11 @@ from kannon.model.webhooks import (
     payload,
 )
 from kannon.pb.webhooks.apiv1 import webhooksapiv1_pb2 as pb
+from kannon.runtime.clock import utc_now
 from kannon.wire import api as wire
 
 if TYPE_CHECKING:
-    import asyncpg
+    pass
 
 ATTEMPTS_PAGE = 50
 MAX_PAGE = 1000
@@ -64,9 +65,9 @@ def endpoint_pb(endpoint: Endpoint) -> Any:
 
 
 class WebhooksService:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, auth: ApiKeyAuth) -> None:
+    def __init__(self, settings: Settings, db: Database, auth: ApiKeyAuth) -> None:
         self.settings = settings
-        self.pool = pool
+        self.db = db
         self.auth = auth
         self.guard = AdminGuard(settings.api.admin_token)
 
@@ -83,7 +84,7 @@ class WebhooksService:
         if not requested.strip():
             raise InvalidArgument("domain: required with the operator token")
         name = canonical_domain_name(requested)
-        if await domains.get_domain(self.pool, name) is None:
+        if await domains.get_domain(self.db, name) is None:
             raise NotFound(f"domain: {name!r} not found")
         return name
 
@@ -116,7 +117,7 @@ class WebhooksService:
         return url
 
     async def _endpoint(self, domain: str, endpoint_id: str) -> Endpoint:
-        found = await store.get_endpoint(self.pool, domain, endpoint_id.strip())
+        found = await store.get_endpoint(self.db, domain, endpoint_id.strip())
         if found is None:
             raise NotFound(f"id: no webhook endpoint {endpoint_id!r} in domain {domain!r}")
         return found
@@ -125,7 +126,7 @@ class WebhooksService:
     async def CreateEndpoint(self, request: Any, context: Any) -> Any:
         domain = await self._domain(request.domain, context)
         url = await self._url(request.url)
-        now = datetime.now(UTC)
+        now = utc_now()
         endpoint = Endpoint(
             id=new_webhook_endpoint_id(),
             domain=domain,
@@ -137,13 +138,13 @@ class WebhooksService:
             updated_at=now,
         )
         secret = new_webhook_secret()
-        await store.insert_endpoint(self.pool, endpoint, secret)
+        await store.insert_endpoint(self.db, endpoint, secret)
         return pb.CreateEndpointRes(endpoint=endpoint_pb(endpoint), secret=secret)
 
     @rpc
     async def ListEndpoints(self, request: Any, context: Any) -> Any:
         domain = await self._domain(request.domain, context)
-        found = await store.list_endpoints(self.pool, domain)
+        found = await store.list_endpoints(self.db, domain)
         return pb.ListEndpointsRes(endpoints=[endpoint_pb(e) for e in found])
 
     @rpc
@@ -151,10 +152,10 @@ class WebhooksService:
         domain = await self._domain(request.domain, context)
         url = await self._url(request.url) if request.HasField("url") else None
         updated = await store.update_endpoint(
-            self.pool,
+            self.db,
             domain,
             request.id.strip(),
-            now=datetime.now(UTC),
+            now=utc_now(),
             url=url,
             enabled=request.enabled if request.HasField("enabled") else None,
             description=(
@@ -173,7 +174,7 @@ class WebhooksService:
     @rpc
     async def DeleteEndpoint(self, request: Any, context: Any) -> Any:
         domain = await self._domain(request.domain, context)
-        deleted = await store.delete_endpoint(self.pool, domain, request.id.strip())
+        deleted = await store.delete_endpoint(self.db, domain, request.id.strip())
         if deleted is None:
             raise NotFound(f"id: no webhook endpoint {request.id!r} in domain {domain!r}")
         return endpoint_pb(deleted)
@@ -183,7 +184,7 @@ class WebhooksService:
         domain = await self._domain(request.domain, context)
         secret = new_webhook_secret()
         updated = await store.update_endpoint(
-            self.pool, domain, request.id.strip(), now=datetime.now(UTC), secret=secret
+            self.db, domain, request.id.strip(), now=utc_now(), secret=secret
         )
         if updated is None:
             raise NotFound(f"id: no webhook endpoint {request.id!r} in domain {domain!r}")
@@ -193,7 +194,7 @@ class WebhooksService:
     async def SendTestEvent(self, request: Any, context: Any) -> Any:
         domain = await self._domain(request.domain, context)
         endpoint = await self._endpoint(domain, request.id)
-        now = datetime.now(UTC)
+        now = utc_now()
         event_id = webhook_test_event_id(new_token())
         hook_id = webhook_id(event_id)
         body = payload(
@@ -206,7 +207,7 @@ class WebhooksService:
             details={"endpoint_id": endpoint.id},
         )
         await store.insert_deliveries(
-            self.pool,
+            self.db,
             [
                 store.NewDelivery(
                     endpoint_id=endpoint.id,
@@ -228,7 +229,7 @@ class WebhooksService:
         endpoint = await self._endpoint(domain, request.endpoint_id)
         page = wire.page(request.skip, request.take, default=ATTEMPTS_PAGE, cap=MAX_PAGE)
         rows, total = await store.list_attempts(
-            self.pool, domain, endpoint.id, offset=page.offset, limit=page.limit
+            self.db, domain, endpoint.id, offset=page.offset, limit=page.limit
         )
         result = pb.ListAttemptsRes(total=total)
         for row in rows:
@@ -249,11 +250,11 @@ class WebhooksService:
     async def Replay(self, request: Any, context: Any) -> Any:
         domain = await self._domain(request.domain, context)
         endpoint = await self._endpoint(domain, request.endpoint_id)
-        now = datetime.now(UTC)
+        now = utc_now()
         stale_before = now - claim_timeout(self.settings.webhooks.timeout)
         if request.event_id.strip():
             count = await store.replay(
-                self.pool,
+                self.db,
                 domain,
                 endpoint.id,
                 now=now,
@@ -267,7 +268,7 @@ class WebhooksService:
         else:
             start, end = wire.time_range(request)
             count = await store.replay(
-                self.pool,
+                self.db,
                 domain,
                 endpoint.id,
                 now=now,

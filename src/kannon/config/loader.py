@@ -13,7 +13,7 @@ Why a loader of our own rather than pydantic-settings' ``BaseSettings`` sources:
   source's values are validated on their own (a bad value fails even when a higher-precedence
   source overrides it: a broken file should not lie in wait for the day the override goes away);
 - unknown YAML keys and unknown K_* variables must be reported, not silently dropped (the
-  original ignored most env vars without a word: spec §5.3).
+  original ignored most env vars without a word; ADR 0004).
 Pydantic still does all type/range validation: each key's TypeAdapter comes from its field.
 
 Unknown keys are a WARNING, not an error: operators upgrade in place with old files, and a

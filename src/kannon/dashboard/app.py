@@ -14,7 +14,7 @@ import hmac
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote
@@ -39,16 +39,16 @@ from kannon.dashboard.session import (
 )
 from kannon.db import apikeys, suppressions, templates, webhooks
 from kannon.db import dashboard as queries
+from kannon.db.pool import Database
 from kannon.db.stats_queries import aggregated_stats
 from kannon.ids import new_api_key, new_api_key_id
 from kannon.model.apikey import ApiKey, check_name, hash_key, key_prefix
 from kannon.model.domain import canonical_domain_name
 from kannon.model.errors import KannonError
 from kannon.model.webhooks import claim_timeout
+from kannon.runtime.clock import utc_now
 
 if TYPE_CHECKING:
-    import asyncpg
-
     from kannon.bus.client import Bus
     from kannon.config import Settings
 
@@ -84,9 +84,9 @@ class Page:
 
 
 class Dashboard:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, bus: Bus | None = None) -> None:
+    def __init__(self, settings: Settings, db: Database, bus: Bus | None = None) -> None:
         self.settings = settings
-        self.pool = pool
+        self.db = db
         self.bus = bus
         self._key: bytes | None = None
         self.env = jinja2.Environment(
@@ -96,7 +96,7 @@ class Dashboard:
 
     async def key(self) -> bytes:
         if self._key is None:
-            secret = await queries.session_secret(self.pool)
+            secret = await queries.session_secret(self.db)
             self._key = signing_key(secret, self.settings.api.admin_token)
         return self._key
 
@@ -106,13 +106,13 @@ class Dashboard:
         cookie = request.cookies.get(COOKIE_NAME)
         if not cookie:
             return None
-        now = datetime.now(UTC)
+        now = utc_now()
         session = decode(cookie, await self.key(), now)
         if session is None or session.domain is None:
             return session
         # A deactivated or expired key ends its sessions.
         assert session.key_hash is not None
-        key = await apikeys.find_key_by_hash(self.pool, session.domain, session.key_hash)
+        key = await apikeys.find_key_by_hash(self.db, session.domain, session.key_hash)
         return session if key is not None and key.usable_at(now) else None
 
     def _render(
@@ -153,7 +153,7 @@ class Dashboard:
 
     async def login(self, request: Request) -> Response:
         form = await self._form(request)
-        now = datetime.now(UTC)
+        now = utc_now()
         nonce = secrets.token_urlsafe(16)
         expires = int((now + SESSION_TTL).timestamp())
         token = self.settings.api.admin_token
@@ -170,7 +170,7 @@ class Dashboard:
             except KannonError:
                 return await self.login_page(request, "Wrong Domain or API key.", 401)
             key_hash = hash_key(form.get("api_key", "").strip())
-            key = await apikeys.find_key_by_hash(self.pool, domain, key_hash)
+            key = await apikeys.find_key_by_hash(self.db, domain, key_hash)
             if key is None or not key.usable_at(now):
                 return await self.login_page(request, "Wrong Domain or API key.", 401)
             session = Session(domain, key_hash, expires, nonce)
@@ -195,7 +195,7 @@ class Dashboard:
     async def home(self, request: Request, session: Session) -> Response:
         if session.domain is not None:
             return RedirectResponse(f"{PREFIX}/d/{quote(session.domain)}/overview", 303)
-        names = await queries.domain_names(self.pool)
+        names = await queries.domain_names(self.db)
         rows = [[{"text": n, "href": f"{PREFIX}/d/{quote(n)}/overview"}] for n in names]
         block = {"kind": "table", "title": "Domains", "head": ["Domain"], "rows": rows}
         page = Page("Domains", None, [block])
@@ -208,13 +208,13 @@ class Dashboard:
         key = request.query_params.get("range", "24h")
         if key not in RANGES:
             key = "24h"
-        end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+        end = utc_now().replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
         return key, end - timedelta(hours=RANGES[key]), end
 
     async def overview(self, request: Request, session: Session, domain: str) -> Page:
         key, start, end = self._range(request)
-        totals = await queries.totals(self.pool, domain, start, end)
-        buckets = await aggregated_stats(self.pool, domain, start, end)
+        totals = await queries.totals(self.db, domain, start, end)
+        buckets = await aggregated_stats(self.db, domain, start, end)
         hours = [start + timedelta(hours=i) for i in range(RANGES[key])]
         index = {hour: i for i, hour in enumerate(hours)}
         shown = [t for t in TYPES if t in totals or t not in ("complained", "unsubscribed")]
@@ -254,9 +254,9 @@ class Dashboard:
 
     async def bounces(self, request: Request, session: Session, domain: str) -> Page:
         key, start, end = self._range(request)
-        reasons = await queries.bounce_reasons(self.pool, domain, start, end)
-        by_domain = await queries.bounce_domains(self.pool, domain, start, end)
-        latest = await queries.latest_bounces(self.pool, domain, start, end)
+        reasons = await queries.bounce_reasons(self.db, domain, start, end)
+        by_domain = await queries.bounce_domains(self.db, domain, start, end)
+        latest = await queries.latest_bounces(self.db, domain, start, end)
         return Page(
             f"Bounces of {domain}",
             domain,
@@ -285,8 +285,8 @@ class Dashboard:
 
     async def engagement(self, request: Request, session: Session, domain: str) -> Page:
         key, start, end = self._range(request)
-        links = await queries.top_links(self.pool, domain, start, end)
-        buckets = await aggregated_stats(self.pool, domain, start, end)
+        links = await queries.top_links(self.db, domain, start, end)
+        buckets = await aggregated_stats(self.db, domain, start, end)
         hours = [start + timedelta(hours=i) for i in range(RANGES[key])]
         index = {hour: i for i, hour in enumerate(hours)}
         series = {"opened": [0] * len(hours), "clicked": [0] * len(hours)}
@@ -306,9 +306,9 @@ class Dashboard:
         )
 
     async def pipeline(self, request: Request, session: Session) -> Page:
-        now = datetime.now(UTC)
-        statuses = await queries.pool_statuses(self.pool, session.domain)
-        rates = await queries.recent_rates(self.pool, session.domain, now - timedelta(minutes=1))
+        now = utc_now()
+        statuses = await queries.pool_statuses(self.db, session.domain)
+        rates = await queries.recent_rates(self.db, session.domain, now - timedelta(minutes=1))
         consumers: dict[str, Any]
         if self.bus is None:
             consumers = {"kind": "text", "text": "JetStream: the API has no NATS connection."}
@@ -367,10 +367,10 @@ class Dashboard:
         from kannon.db.domains import get_domain
         from kannon.dns_records import records_for_domain
 
-        found = await get_domain(self.pool, domain)
+        found = await get_domain(self.db, domain)
         if found is None:
             return Page("Not found", domain, [{"kind": "error", "text": "No such Domain."}])
-        now = datetime.now(UTC)
+        now = utc_now()
         blocks: list[dict[str, Any]] = []
         if new_key:
             blocks.append({"kind": "secret", "text": new_key})
@@ -411,7 +411,7 @@ class Dashboard:
             }
         )
         keys, _ = await apikeys.list_api_keys(
-            self.pool, domain, only_active=False, now=now, offset=0, limit=queries.MAX_ROWS
+            self.db, domain, only_active=False, now=now, offset=0, limit=queries.MAX_ROWS
         )
         blocks.append(
             {
@@ -446,7 +446,7 @@ class Dashboard:
                 }
             )
         found_templates, _ = await templates.list_templates(
-            self.pool, domain, offset=0, limit=queries.MAX_ROWS
+            self.db, domain, offset=0, limit=queries.MAX_ROWS
         )
         blocks.append(
             {
@@ -470,7 +470,7 @@ class Dashboard:
 
     async def template_page(self, request: Request, session: Session, domain: str) -> Page:
         template_id = request.path_params["template_id"]
-        found = await templates.get_template(self.pool, template_id, domain=domain)
+        found = await templates.get_template(self.db, template_id, domain=domain)
         if found is None:
             return Page("Not found", domain, [{"kind": "error", "text": "No such template."}])
         return Page(
@@ -489,7 +489,7 @@ class Dashboard:
     async def suppressions_page(self, request: Request, session: Session, domain: str) -> Page:
         search = request.query_params.get("q", "").strip()
         found, total = await suppressions.list_suppressions(
-            self.pool, domain, datetime.now(UTC), prefix=search, limit=queries.MAX_ROWS
+            self.db, domain, utc_now(), prefix=search, limit=queries.MAX_ROWS
         )
         action = f"{PREFIX}/d/{quote(domain)}/suppressions/remove"
         return Page(
@@ -516,11 +516,11 @@ class Dashboard:
         )
 
     async def webhooks_page(self, request: Request, session: Session, domain: str) -> Page:
-        endpoints = await webhooks.list_endpoints(self.pool, domain)
+        endpoints = await webhooks.list_endpoints(self.db, domain)
         blocks: list[dict[str, Any]] = []
         for endpoint in endpoints:
             attempts, total = await webhooks.list_attempts(
-                self.pool, domain, endpoint.id, offset=0, limit=50
+                self.db, domain, endpoint.id, offset=0, limit=50
             )
             action = f"{PREFIX}/d/{quote(domain)}/webhooks/{quote(endpoint.id)}/replay"
             blocks.append(
@@ -559,7 +559,7 @@ class Dashboard:
     ) -> Response:
         if not session.is_admin:
             return _forbidden()
-        now = datetime.now(UTC)
+        now = utc_now()
         try:
             name = check_name(form.get("name", ""))
         except KannonError as exc:
@@ -567,7 +567,7 @@ class Dashboard:
             return self._render(request, session, page, 400, await self._csrf(session))
         plaintext = new_api_key()
         key = ApiKey(new_api_key_id(), domain, name, key_prefix(plaintext), now, None, True, None)
-        await apikeys.insert_api_key(self.pool, key, hash_key(plaintext))
+        await apikeys.insert_api_key(self.db, key, hash_key(plaintext))
         page = await self.domain_page(request, session, domain, new_key=plaintext)
         return self._render(request, session, page, 200, await self._csrf(session))
 
@@ -577,7 +577,7 @@ class Dashboard:
         if not session.is_admin:
             return _forbidden()
         key_id = request.path_params["key_id"]
-        await apikeys.deactivate_api_key(self.pool, domain, key_id, datetime.now(UTC))
+        await apikeys.deactivate_api_key(self.db, domain, key_id, utc_now())
         return RedirectResponse(f"{PREFIX}/d/{quote(domain)}/domain", 303)
 
     async def dns_check(
@@ -586,26 +586,26 @@ class Dashboard:
         from kannon.db.domains import get_domain
         from kannon.dns_records import check_domain_dns
 
-        found = await get_domain(self.pool, domain)
+        found = await get_domain(self.db, domain)
         if found is None:
             return _forbidden()
-        checks, _ = await check_domain_dns(self.pool, self.settings, found, datetime.now(UTC))
+        checks, _ = await check_domain_dns(self.db, self.settings, found, utc_now())
         page = await self.domain_page(request, session, domain, checks=checks)
         return self._render(request, session, page, 200, await self._csrf(session))
 
     async def remove_suppression(
         self, request: Request, session: Session, domain: str, form: dict[str, str]
     ) -> Response:
-        await suppressions.remove(self.pool, domain, form.get("address", ""))
+        await suppressions.remove(self.db, domain, form.get("address", ""))
         return RedirectResponse(f"{PREFIX}/d/{quote(domain)}/suppressions", 303)
 
     async def replay_webhook(
         self, request: Request, session: Session, domain: str, form: dict[str, str]
     ) -> Response:
         endpoint_id = request.path_params["endpoint_id"]
-        now = datetime.now(UTC)
+        now = utc_now()
         await webhooks.replay(
-            self.pool,
+            self.db,
             domain,
             endpoint_id,
             now=now,
@@ -728,11 +728,9 @@ def _counted_table(title: str, label: str, rows: list[queries.Counted]) -> dict[
     }
 
 
-def with_dashboard(
-    settings: Settings, pool: asyncpg.Pool, api_app: Any, bus: Bus | None = None
-) -> Any:
+def with_dashboard(settings: Settings, db: Database, api_app: Any, bus: Bus | None = None) -> Any:
     """One ASGI app: ``/dashboard...`` to the dashboard, everything else to `api_app`."""
-    dashboard = Mount(PREFIX, app=Dashboard(settings, pool, bus).app())
+    dashboard = Mount(PREFIX, app=Dashboard(settings, db, bus).app())
     inner = Starlette(routes=[dashboard])
 
     async def app(scope: Any, receive: Any, send: Any) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import asyncpg
 
+from kannon.db.pool import Database
 from kannon.db.times import from_db_time, to_db_time
 from kannon.model.apikey import ApiKey
 from kannon.model.errors import NotFound
@@ -29,10 +30,10 @@ def _key(row: Any) -> ApiKey:
     )
 
 
-async def insert_api_key(pool: asyncpg.Pool, key: ApiKey, key_hash: str) -> None:
+async def insert_api_key(db: Database, key: ApiKey, key_hash: str) -> None:
     """Store a new key; NotFound when its Domain does not exist."""
     try:
-        await pool.execute(
+        await db.execute(
             """INSERT INTO api_keys (id, domain, name, key_prefix, key_hash, created_at,
                                      expires_at, is_active)
                VALUES ($1, $2, $3, $4, $5, $6, $7, true)""",
@@ -49,7 +50,7 @@ async def insert_api_key(pool: asyncpg.Pool, key: ApiKey, key_hash: str) -> None
 
 
 async def list_api_keys(
-    pool: asyncpg.Pool, domain: str, *, only_active: bool, now: datetime, offset: int, limit: int
+    db: Database, domain: str, *, only_active: bool, now: datetime, offset: int, limit: int
 ) -> tuple[list[ApiKey], int]:
     """One page of a Domain's keys, newest first, and how many match the same filter.
 
@@ -61,29 +62,29 @@ async def list_api_keys(
         args.append(to_db_time(now))
         where += " AND is_active AND (expires_at IS NULL OR expires_at > $2)"
     n = len(args)
-    rows = await pool.fetch(
+    rows = await db.fetch(
         f"""SELECT {_COLUMNS} FROM api_keys WHERE {where}
             ORDER BY created_at DESC, id LIMIT ${n + 1} OFFSET ${n + 2}""",
         *args,
         limit,
         offset,
     )
-    total = await pool.fetchval(f"SELECT count(*) FROM api_keys WHERE {where}", *args)
+    total = await db.fetchval(f"SELECT count(*) FROM api_keys WHERE {where}", *args)
     return [_key(row) for row in rows], int(total)
 
 
-async def get_api_key(pool: asyncpg.Pool, domain: str, key_id: str) -> ApiKey | None:
-    row = await pool.fetchrow(
+async def get_api_key(db: Database, domain: str, key_id: str) -> ApiKey | None:
+    row = await db.fetchrow(
         f"SELECT {_COLUMNS} FROM api_keys WHERE domain = $1 AND id = $2", domain, key_id
     )
     return None if row is None else _key(row)
 
 
 async def deactivate_api_key(
-    pool: asyncpg.Pool, domain: str, key_id: str, now: datetime
+    db: Database, domain: str, key_id: str, now: datetime
 ) -> ApiKey | None:
     """Deactivate (permanently); a key already inactive keeps its original deactivated_at."""
-    row = await pool.fetchrow(
+    row = await db.fetchrow(
         f"""UPDATE api_keys
             SET is_active = false, deactivated_at = COALESCE(deactivated_at, $3)
             WHERE domain = $1 AND id = $2 RETURNING {_COLUMNS}""",
@@ -94,8 +95,8 @@ async def deactivate_api_key(
     return None if row is None else _key(row)
 
 
-async def find_key_by_hash(pool: asyncpg.Pool, domain: str, key_hash: str) -> ApiKey | None:
-    row = await pool.fetchrow(
+async def find_key_by_hash(db: Database, domain: str, key_hash: str) -> ApiKey | None:
+    row = await db.fetchrow(
         f"SELECT {_COLUMNS} FROM api_keys WHERE key_hash = $1 AND domain = $2", key_hash, domain
     )
     return None if row is None else _key(row)

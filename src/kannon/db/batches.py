@@ -16,9 +16,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from json.encoder import encode_basestring
 
-import asyncpg
-
 from kannon.db.idempotency import claim_key
+from kannon.db.pool import Database
 from kannon.db.templates import insert_template
 from kannon.db.times import to_db_time
 from kannon.db.wakeups import TO_VALIDATE_CHANNEL, notify
@@ -87,7 +86,7 @@ def deliveries_csv(plan: BatchPlan) -> bytes:
 
 
 async def create_batch(
-    pool: asyncpg.Pool,
+    db: Database,
     plan: BatchPlan,
     transient_template: Template | None,
     now: datetime,
@@ -104,7 +103,7 @@ async def create_batch(
     the key, and then nothing is written.
     """
     data = encoded if encoded is not None else deliveries_csv(plan)
-    async with pool.acquire() as conn, conn.transaction():
+    async with db.acquire() as conn, conn.transaction():
         if idempotency is not None:
             assert idempotency_since is not None
             # First: a racing call with the same key waits here for the winner's commit.

@@ -12,8 +12,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-import asyncpg
-
+from kannon.db.pool import Database
 from kannon.db.times import from_db_time, to_db_time
 
 # Longest list any page shows: pages are for looking, GetStats is for exporting.
@@ -45,24 +44,24 @@ class PoolStatus:
     oldest: datetime | None  # created_at of its oldest row, aware UTC
 
 
-async def session_secret(pool: asyncpg.Pool) -> bytes:
+async def session_secret(db: Database) -> bytes:
     """The secret signing session cookies: created by the first caller, shared by every replica."""
-    await pool.execute(
+    await db.execute(
         "INSERT INTO dashboard_keys (id, secret) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
         secrets.token_bytes(32),
     )
-    secret = await pool.fetchval("SELECT secret FROM dashboard_keys WHERE id = 1")
+    secret = await db.fetchval("SELECT secret FROM dashboard_keys WHERE id = 1")
     return bytes(secret)
 
 
-async def domain_names(pool: asyncpg.Pool) -> list[str]:
-    rows = await pool.fetch("SELECT domain FROM domains ORDER BY domain")
+async def domain_names(db: Database) -> list[str]:
+    rows = await db.fetch("SELECT domain FROM domains ORDER BY domain")
     return [row["domain"] for row in rows]
 
 
-async def totals(pool: asyncpg.Pool, domain: str, start: datetime, end: datetime) -> dict[str, int]:
+async def totals(db: Database, domain: str, start: datetime, end: datetime) -> dict[str, int]:
     """Events per type of `domain` in the hours overlapping [start, end), from the aggregates."""
-    rows = await pool.fetch(
+    rows = await db.fetch(
         """SELECT type, sum(count)::bigint AS total FROM aggregated_stats
            WHERE domain = $1 AND timestamp >= date_trunc('hour', $2::timestamp)
                  AND timestamp < $3
@@ -74,17 +73,17 @@ async def totals(pool: asyncpg.Pool, domain: str, start: datetime, end: datetime
     return {row["type"]: int(row["total"]) for row in rows}
 
 
-async def _counted(pool: asyncpg.Pool, sql: str, *args: object) -> list[Counted]:
-    rows = await pool.fetch(sql, *args)
+async def _counted(db: Database, sql: str, *args: object) -> list[Counted]:
+    rows = await db.fetch(sql, *args)
     return [Counted(label=row["label"] or "", count=int(row["n"])) for row in rows]
 
 
 async def bounce_reasons(
-    pool: asyncpg.Pool, domain: str, start: datetime, end: datetime
+    db: Database, domain: str, start: datetime, end: datetime
 ) -> list[Counted]:
     """Bounces by reason: the classified category, else the enhanced status, else the code."""
     return await _counted(
-        pool,
+        db,
         """SELECT COALESCE(NULLIF(data->'bounced'->>'reason', ''),
                            NULLIF(data->'bounced'->>'status', ''),
                            data->'bounced'->>'code', 'unknown') AS label, count(*) AS n
@@ -99,11 +98,11 @@ async def bounce_reasons(
 
 
 async def bounce_domains(
-    pool: asyncpg.Pool, domain: str, start: datetime, end: datetime
+    db: Database, domain: str, start: datetime, end: datetime
 ) -> list[Counted]:
     """Bounces by the Recipient's domain."""
     return await _counted(
-        pool,
+        db,
         """SELECT lower(split_part(email, '@', 2)) AS label, count(*) AS n
            FROM stats WHERE domain = $1 AND type = 'bounced'
                 AND timestamp >= $2 AND timestamp < $3
@@ -116,9 +115,9 @@ async def bounce_domains(
 
 
 async def latest_bounces(
-    pool: asyncpg.Pool, domain: str, start: datetime, end: datetime, limit: int = 50
+    db: Database, domain: str, start: datetime, end: datetime, limit: int = 50
 ) -> list[BounceRow]:
-    rows = await pool.fetch(
+    rows = await db.fetch(
         """SELECT timestamp, email, message_id, data->'bounced' AS b FROM stats
            WHERE domain = $1 AND type = 'bounced' AND timestamp >= $2 AND timestamp < $3
            ORDER BY timestamp DESC, id DESC LIMIT $4""",
@@ -146,11 +145,11 @@ async def latest_bounces(
 
 
 async def top_links(
-    pool: asyncpg.Pool, domain: str, start: datetime, end: datetime, limit: int = 50
+    db: Database, domain: str, start: datetime, end: datetime, limit: int = 50
 ) -> list[Counted]:
     """Most-clicked links (clicks recorded with a row: anonymous clicks are only counted)."""
     return await _counted(
-        pool,
+        db,
         """SELECT data->'clicked'->>'url' AS label, count(*) AS n
            FROM stats WHERE domain = $1 AND type = 'clicked'
                 AND timestamp >= $2 AND timestamp < $3
@@ -162,10 +161,10 @@ async def top_links(
     )
 
 
-async def pool_statuses(pool: asyncpg.Pool, domain: str | None) -> list[PoolStatus]:
+async def pool_statuses(db: Database, domain: str | None) -> list[PoolStatus]:
     """Deliveries in the Pool by status with the creation time of the oldest; all Domains'
     when `domain` is None."""
-    rows = await pool.fetch(
+    rows = await db.fetch(
         """SELECT status, count(*) AS n, min(created_at) AS oldest FROM sending_pool_emails
            WHERE $1::varchar IS NULL OR domain = $1
            GROUP BY status ORDER BY status""",
@@ -181,9 +180,9 @@ async def pool_statuses(pool: asyncpg.Pool, domain: str | None) -> list[PoolStat
     ]
 
 
-async def recent_rates(pool: asyncpg.Pool, domain: str | None, since: datetime) -> dict[str, int]:
+async def recent_rates(db: Database, domain: str | None, since: datetime) -> dict[str, int]:
     """Events per type since `since` (the last minute), from the `stats` rows' time index."""
-    rows = await pool.fetch(
+    rows = await db.fetch(
         """SELECT type, count(*) AS n FROM stats
            WHERE timestamp >= $1 AND ($2::varchar IS NULL OR domain = $2)
            GROUP BY type""",

@@ -3,11 +3,11 @@
 Claims take rows with `FOR UPDATE SKIP LOCKED`, so any number of Validators and Dispatchers can
 claim concurrently without blocking each other and without claiming a row twice, and stamp
 `claimed_at`, so a claim abandoned by a crashed worker is reclaimed after a timeout instead of
-stranding the Delivery (spec §4.10 QUIRK, fixed as in spec §8 "Reclaim").
+stranding the Delivery (ADR 0005).
 
-Every function takes the asyncpg pool and, where the clock matters, `now` from the caller, so
+Every function takes the Database and, where the clock matters, `now` from the caller, so
 tests can move time. Datetimes go in timezone-aware (naive ones are taken as UTC) and come out
-timezone-aware UTC; the columns hold naive UTC (spec §2.4).
+timezone-aware UTC; the columns hold naive UTC, as the original's did (`times.py`).
 
 Status guards make each transition idempotent: a transition applies only to rows in the state it
 expects, and reports how many rows (or whether the row) it changed, so a redelivered event or a
@@ -24,6 +24,7 @@ from typing import Any
 
 import asyncpg
 
+from kannon.db.pool import Database
 from kannon.db.times import from_db_time, to_db_time
 from kannon.db.wakeups import SCHEDULED_CHANNEL, notify
 from kannon.model.delivery import (
@@ -112,9 +113,9 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def claim_for_validation(pool: asyncpg.Pool, limit: int, now: datetime) -> list[PoolDelivery]:
+async def claim_for_validation(db: Database, limit: int, now: datetime) -> list[PoolDelivery]:
     """Claim up to `limit` Deliveries waiting for validation (to_validate → validating)."""
-    rows = await pool.fetch(
+    rows = await db.fetch(
         f"""
         WITH picked AS (
             SELECT id FROM sending_pool_emails
@@ -137,11 +138,11 @@ async def claim_for_validation(pool: asyncpg.Pool, limit: int, now: datetime) ->
     return [_delivery(row) for row in rows]
 
 
-async def _move(pool: asyncpg.Pool, ids: Sequence[int], source: str, target: str) -> int:
+async def _move(db: Database, ids: Sequence[int], source: str, target: str) -> int:
     """source → target for the given rows still in `source`; returns how many moved."""
     if not ids:
         return 0
-    status = await pool.execute(
+    status = await db.execute(
         """
         UPDATE sending_pool_emails SET status = $1, claimed_at = NULL
         WHERE id = ANY($2::int[]) AND status = $3
@@ -153,35 +154,35 @@ async def _move(pool: asyncpg.Pool, ids: Sequence[int], source: str, target: str
     return _count(status)
 
 
-async def mark_validated(pool: asyncpg.Pool, ids: Sequence[int]) -> int:
+async def mark_validated(db: Database, ids: Sequence[int]) -> int:
     """validating → scheduled; returns how many rows were still claimed for validation. The
     Dispatcher is woken when any moved (ADR 0036)."""
-    moved = await _move(pool, ids, VALIDATING, SCHEDULED)
+    moved = await _move(db, ids, VALIDATING, SCHEDULED)
     if moved:
-        await notify(pool, SCHEDULED_CHANNEL)
+        await notify(db, SCHEDULED_CHANNEL)
     return moved
 
 
-async def delete(pool: asyncpg.Pool, ids: Sequence[int]) -> int:
+async def delete(db: Database, ids: Sequence[int]) -> int:
     """Remove Deliveries that end here (a Rejected address); returns how many existed."""
     if not ids:
         return 0
-    status = await pool.execute(
+    status = await db.execute(
         "DELETE FROM sending_pool_emails WHERE id = ANY($1::int[])", list(ids)
     )
     return _count(status)
 
 
-async def release_validation(pool: asyncpg.Pool, ids: Sequence[int]) -> int:
+async def release_validation(db: Database, ids: Sequence[int]) -> int:
     """validating → to_validate now, for claims the Validator could not finish (e.g. the bus
     refused the event), rather than waiting for the Reclaim timeout."""
-    return await _move(pool, ids, VALIDATING, TO_VALIDATE)
+    return await _move(db, ids, VALIDATING, TO_VALIDATE)
 
 
-async def claim_for_dispatch(pool: asyncpg.Pool, limit: int, now: datetime) -> list[PoolDelivery]:
+async def claim_for_dispatch(db: Database, limit: int, now: datetime) -> list[PoolDelivery]:
     """Claim up to `limit` due Deliveries, oldest due first (scheduled → sending)."""
     db_now = to_db_time(now)
-    rows = await pool.fetch(
+    rows = await db.fetch(
         f"""
         WITH picked AS (
             SELECT id FROM sending_pool_emails
@@ -204,16 +205,14 @@ async def claim_for_dispatch(pool: asyncpg.Pool, limit: int, now: datetime) -> l
     return [_delivery(row) for row in rows]
 
 
-async def release_dispatch(
-    pool: asyncpg.Pool, ids: Sequence[int], at: datetime | None = None
-) -> int:
+async def release_dispatch(db: Database, ids: Sequence[int], at: datetime | None = None) -> int:
     """sending → scheduled, same attempt count, due at `at` (None: keep its due time), for claims
     a Dispatcher could not finish: its database or bus failed before the Envelope was built, or
     the publish failed. No attempt is charged, and the retry publishes the same `Nats-Msg-Id`,
     so should the failed publish have been stored after all, the stream drops the second copy."""
     if not ids:
         return 0
-    status = await pool.execute(
+    status = await db.execute(
         """
         UPDATE sending_pool_emails
         SET status = $1, claimed_at = NULL,
@@ -229,12 +228,12 @@ async def release_dispatch(
 
 
 async def mark_queued(
-    pool: asyncpg.Pool,
+    db: Database,
     published: Sequence[tuple[int, int, int]],
     now: datetime,
     ip_pool: str = DEFAULT_POOL,
 ) -> int:
-    """sending → queued for Deliveries whose Envelope the stream has stored on IP pool
+    """sending → queued for Deliveries whose Envelope the stream has stored on IP db
     `ip_pool`'s subject.
 
     `published` holds (row id, attempt, stream sequence) per Envelope. A row changes only while it
@@ -243,7 +242,7 @@ async def mark_queued(
     """
     if not published:
         return 0
-    status = await pool.execute(
+    status = await db.execute(
         """
         UPDATE sending_pool_emails AS p
         SET status = $1, claimed_at = NULL, queued_at = $2, envelope_seq = t.seq,
@@ -263,7 +262,7 @@ async def mark_queued(
 
 
 async def reschedule(
-    pool: asyncpg.Pool,
+    db: Database,
     key: int | tuple[str, str],
     at: datetime,
     reply_code: int | None,
@@ -284,7 +283,7 @@ async def reschedule(
         where, args = "id = $7", [key]
     else:
         where, args = "message_id = $7 AND email = $8", [key[0], key[1]]
-    status = await pool.execute(
+    status = await db.execute(
         f"""
         UPDATE sending_pool_emails
         SET status = $1, scheduled_time = $2, send_attempts_cnt = send_attempts_cnt + 1,
@@ -305,22 +304,20 @@ async def reschedule(
     return _count(status) == 1
 
 
-async def delete_by_recipient(pool: asyncpg.Pool, message_id: str, email: str) -> bool:
+async def delete_by_recipient(db: Database, message_id: str, email: str) -> bool:
     """Remove a Delivery that ended (Delivered, Bounced, Failed); False when already gone."""
-    status = await pool.execute(
+    status = await db.execute(
         "DELETE FROM sending_pool_emails WHERE message_id = $1 AND email = $2", message_id, email
     )
     return _count(status) == 1
 
 
-async def delete_by_recipients(
-    pool: asyncpg.Pool, recipients: Sequence[tuple[str, str]]
-) -> list[bool]:
+async def delete_by_recipients(db: Database, recipients: Sequence[tuple[str, str]]) -> list[bool]:
     """`delete_by_recipient` for many (message_id, email) pairs in one statement; per pair,
     whether it removed a row (a pair given twice removes it once)."""
     if not recipients:
         return []
-    rows = await pool.fetch(
+    rows = await db.fetch(
         """
         DELETE FROM sending_pool_emails AS p
         USING unnest($1::varchar[], $2::varchar[]) AS t(message_id, email)
@@ -339,7 +336,7 @@ async def delete_by_recipients(
 
 
 async def reclaim_stale(
-    pool: asyncpg.Pool,
+    db: Database,
     now: datetime,
     validating_timeout: timedelta | None,
     sending_timeout: timedelta | None,
@@ -357,7 +354,7 @@ async def reclaim_stale(
     """
     db_now = to_db_time(now)
     validating = sending = "UPDATE 0"
-    async with pool.acquire() as conn, conn.transaction():
+    async with db.acquire() as conn, conn.transaction():
         if validating_timeout is not None:
             validating = await conn.execute(
                 """
@@ -396,7 +393,7 @@ async def reclaim_stale(
 
 
 async def reclaim_all_stale(
-    pool: asyncpg.Pool,
+    db: Database,
     now: datetime,
     validating_timeout: timedelta | None,
     sending_timeout: timedelta | None,
@@ -406,7 +403,7 @@ async def reclaim_all_stale(
     """`reclaim_stale` page after page until no status fills a page; the summed counts."""
     validating = sending = 0
     while True:
-        counts = await reclaim_stale(pool, now, validating_timeout, sending_timeout, limit=page)
+        counts = await reclaim_stale(db, now, validating_timeout, sending_timeout, limit=page)
         validating += counts.validating
         sending += counts.sending
         if counts.validating < page and counts.sending < page:
@@ -414,17 +411,17 @@ async def reclaim_all_stale(
 
 
 async def lost_in_queue(
-    pool: asyncpg.Pool,
+    db: Database,
     queued_before: datetime,
     acked_up_to: Mapping[str, int],
     first_in_stream: int,
     limit: int,
 ) -> list[PoolDelivery]:
-    """Queued Deliveries whose Envelope can no longer be sent: the sender nodes of its IP pool
+    """Queued Deliveries whose Envelope can no longer be sent: the sender nodes of its IP db
     have acknowledged every Envelope of the pool up to `acked_up_to[pool]` (that pool's consumer's
     ack floor), or the stream no longer holds it (below `first_in_stream`). Only rows queued
     before `queued_before` are considered; a pool missing from `acked_up_to` has acked nothing."""
-    rows = await pool.fetch(
+    rows = await db.fetch(
         f"""
         SELECT {_P_COLUMNS} FROM sending_pool_emails AS p
         LEFT JOIN unnest($3::varchar[], $4::bigint[]) AS f(ip_pool, floor)
@@ -445,9 +442,9 @@ async def lost_in_queue(
     return [_delivery(row) for row in rows]
 
 
-async def get(pool: asyncpg.Pool, message_id: str, email: str) -> PoolDelivery | None:
+async def get(db: Database, message_id: str, email: str) -> PoolDelivery | None:
     """The Delivery of `email` in Batch `message_id`, or None when it is not in the Pool."""
-    row = await pool.fetchrow(
+    row = await db.fetchrow(
         f"SELECT {_COLUMNS} FROM sending_pool_emails WHERE message_id = $1 AND email = $2",
         message_id,
         email,
@@ -455,15 +452,15 @@ async def get(pool: asyncpg.Pool, message_id: str, email: str) -> PoolDelivery |
     return _delivery(row) if row is not None else None
 
 
-async def get_by_id(pool: asyncpg.Pool, delivery_id: int) -> PoolDelivery | None:
+async def get_by_id(db: Database, delivery_id: int) -> PoolDelivery | None:
     """The Delivery with this row id, or None."""
-    row = await pool.fetchrow(
+    row = await db.fetchrow(
         f"SELECT {_COLUMNS} FROM sending_pool_emails WHERE id = $1", delivery_id
     )
     return _delivery(row) if row is not None else None
 
 
-async def count_by_status(pool: asyncpg.Pool) -> dict[str, int]:
+async def count_by_status(db: Database) -> dict[str, int]:
     """Rows per status (for metrics and tests)."""
-    rows = await pool.fetch("SELECT status, count(*) AS n FROM sending_pool_emails GROUP BY status")
+    rows = await db.fetch("SELECT status, count(*) AS n FROM sending_pool_emails GROUP BY status")
     return {row["status"]: int(row["n"]) for row in rows}

@@ -1,7 +1,8 @@
 """Storage of Domains (the `domains` table) and their DKIM keys (`dkim_keys`), and the timestamp
 convention of the API's tables.
 
-Timestamps are stored as UTC wall-clock in `timestamp without time zone` columns (spec §2.4).
+Timestamps are stored as UTC wall-clock in `timestamp without time zone` columns, as in the
+original (`times.py`).
 Values are always written explicitly from Python rather than by column defaults, because the
 database's `now()` follows the server's TimeZone setting, which is not ours to assume.
 
@@ -20,6 +21,7 @@ from typing import Any
 
 import asyncpg
 
+from kannon.db.pool import Database
 from kannon.db.times import from_db_time, to_db_time
 from kannon.model.domain import RSA_SHA256, DkimKey, Domain
 from kannon.model.errors import Conflict
@@ -114,7 +116,7 @@ async def _insert_keys(
 
 
 async def insert_domain(
-    pool: asyncpg.Pool,
+    db: Database,
     *,
     name: str,
     dkim_private_key: str,
@@ -126,7 +128,7 @@ async def insert_domain(
 ) -> Domain:
     """Create a Domain with its RSA key (and `extra_keys`, e.g. its Ed25519 one), all signing
     at once; Conflict when the name is taken."""
-    async with pool.acquire() as conn, conn.transaction():
+    async with db.acquire() as conn, conn.transaction():
         try:
             row = await conn.fetchrow(
                 f"""INSERT INTO domains (domain, dkim_private_key, dkim_public_key, dkim_selector,
@@ -147,9 +149,9 @@ async def insert_domain(
 
 
 async def _keys_of(
-    pool: asyncpg.Pool | asyncpg.Connection, names: Sequence[str]
+    db: Database | asyncpg.Connection, names: Sequence[str]
 ) -> dict[str, list[DkimKey]]:
-    rows = await pool.fetch(
+    rows = await db.fetch(
         f"SELECT {_KEY_COLUMNS} FROM dkim_keys WHERE domain = ANY($1::varchar[])"
         " ORDER BY created_at, id",
         list(names),
@@ -160,19 +162,19 @@ async def _keys_of(
     return found
 
 
-async def get_domain(pool: asyncpg.Pool | asyncpg.Connection, name: str) -> Domain | None:
-    row = await pool.fetchrow(f"SELECT {_COLUMNS} FROM domains WHERE domain = $1", name)
+async def get_domain(db: Database | asyncpg.Connection, name: str) -> Domain | None:
+    row = await db.fetchrow(f"SELECT {_COLUMNS} FROM domains WHERE domain = $1", name)
     if row is None:
         return None
-    return _domain(row, (await _keys_of(pool, [name])).get(name, []))
+    return _domain(row, (await _keys_of(db, [name])).get(name, []))
 
 
 async def sending_policy(
-    pool: asyncpg.Pool | asyncpg.Connection, name: str
+    db: Database | asyncpg.Connection, name: str
 ) -> tuple[TrackingPolicy, bool] | None:
     """What intake needs of a Domain: its Tracking Policy ceiling and whether it serves one-click
     unsubscribes itself; None when there is no such Domain."""
-    row = await pool.fetchrow(
+    row = await db.fetchrow(
         "SELECT tracking, one_click_unsubscribe FROM domains WHERE domain = $1", name
     )
     if row is None:
@@ -183,38 +185,38 @@ async def sending_policy(
     )
 
 
-async def list_domains(pool: asyncpg.Pool) -> list[Domain]:
-    rows = await pool.fetch(f"SELECT {_COLUMNS} FROM domains ORDER BY id")
-    keys = await _keys_of(pool, [row["domain"] for row in rows])
+async def list_domains(db: Database) -> list[Domain]:
+    rows = await db.fetch(f"SELECT {_COLUMNS} FROM domains ORDER BY id")
+    keys = await _keys_of(db, [row["domain"] for row in rows])
     return [_domain(row, keys.get(row["domain"], [])) for row in rows]
 
 
-async def set_tracking(pool: asyncpg.Pool, name: str, policy: TrackingPolicy) -> Domain | None:
+async def set_tracking(db: Database, name: str, policy: TrackingPolicy) -> Domain | None:
     """Set the Domain's Tracking Policy ceiling; None when there is no such Domain. Deliveries
     already accepted keep the policy frozen on them."""
-    status = await pool.execute(
+    status = await db.execute(
         "UPDATE domains SET tracking = $2 WHERE domain = $1", name, policy.to_json()
     )
-    return await get_domain(pool, name) if status != "UPDATE 0" else None
+    return await get_domain(db, name) if status != "UPDATE 0" else None
 
 
-async def set_one_click_unsubscribe(pool: asyncpg.Pool, name: str, enabled: bool) -> Domain | None:
-    status = await pool.execute(
+async def set_one_click_unsubscribe(db: Database, name: str, enabled: bool) -> Domain | None:
+    status = await db.execute(
         "UPDATE domains SET one_click_unsubscribe = $2 WHERE domain = $1", name, enabled
     )
-    return await get_domain(pool, name) if status != "UPDATE 0" else None
+    return await get_domain(db, name) if status != "UPDATE 0" else None
 
 
 async def add_pending_keys(
-    pool: asyncpg.Pool, name: str, keys: Sequence[NewKey], now: datetime
+    db: Database, name: str, keys: Sequence[NewKey], now: datetime
 ) -> list[DkimKey]:
     """Store a rotation's new keys, pending: they sign only once confirmed."""
-    async with pool.acquire() as conn, conn.transaction():
+    async with db.acquire() as conn, conn.transaction():
         return await _insert_keys(conn, name, keys, now, confirmed=False)
 
 
 async def confirm_keys(
-    pool: asyncpg.Pool,
+    db: Database,
     name: str,
     selector: str | None,
     now: datetime,
@@ -223,7 +225,7 @@ async def confirm_keys(
     """Confirm the Domain's pending keys (all, or the one at `selector`): they sign from now on,
     and every other signing key of the same algorithm retires after `grace`. Returns the keys
     confirmed (none: nothing was pending)."""
-    async with pool.acquire() as conn, conn.transaction():
+    async with db.acquire() as conn, conn.transaction():
         # One rotation step at a time per Domain: two confirmations must not retire each other.
         await conn.execute("SELECT 1 FROM domains WHERE domain = $1 FOR UPDATE", name)
         rows = await conn.fetch(
@@ -259,10 +261,10 @@ async def confirm_keys(
 
 
 async def signing_keys(
-    pool: asyncpg.Pool | asyncpg.Connection, names: Sequence[str], now: datetime
+    db: Database | asyncpg.Connection, names: Sequence[str], now: datetime
 ) -> dict[str, list[SigningKey]]:
     """The keys each Domain signs with at `now`: confirmed and not yet retired, oldest first."""
-    rows = await pool.fetch(
+    rows = await db.fetch(
         """SELECT domain, selector, algorithm, private_key FROM dkim_keys
            WHERE domain = ANY($1::varchar[]) AND confirmed_at IS NOT NULL
                  AND (retire_at IS NULL OR retire_at > $2)

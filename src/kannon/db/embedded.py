@@ -26,6 +26,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
+
 from kannon.runtime.processes import (
     ChildProcess,
     child_argv,
@@ -115,6 +117,17 @@ class EmbeddedPostgres:
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{database}"
+
+    async def ensure_database(self, name: str) -> str:
+        """Create database `name` unless it exists; returns its URL."""
+        conn = await asyncpg.connect(self.url())
+        try:
+            exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+            if not exists:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        return self.url(name)
 
     def stop(self) -> None:
         self.process.stop(timeout=30)

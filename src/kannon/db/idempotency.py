@@ -7,8 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import asyncpg
-
+from kannon.db.pool import Database
 from kannon.db.times import to_db_time
 from kannon.model.idempotency import IdempotencyClaim, StoredCall
 
@@ -17,10 +16,8 @@ class KeyTaken(Exception):
     """Another call holds this (Domain, key) within the window; the intake rolled back."""
 
 
-async def find_call(
-    pool: asyncpg.Pool, domain: str, key: str, since: datetime
-) -> StoredCall | None:
-    row = await pool.fetchrow(
+async def find_call(db: Database, domain: str, key: str, since: datetime) -> StoredCall | None:
+    row = await db.fetchrow(
         """SELECT fingerprint, response FROM idempotency_keys
            WHERE domain = $1 AND key = $2 AND created_at >= $3""",
         domain,
@@ -52,8 +49,8 @@ async def claim_key(conn: Any, claim: IdempotencyClaim, now: datetime, since: da
         raise KeyTaken(claim.key)
 
 
-async def delete_expired(pool: asyncpg.Pool, before: datetime) -> int:
-    result = await pool.execute(
+async def delete_expired(db: Database, before: datetime) -> int:
+    result = await db.execute(
         "DELETE FROM idempotency_keys WHERE created_at < $1", to_db_time(before)
     )
     return int(result.split()[-1])

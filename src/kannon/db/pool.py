@@ -1,4 +1,8 @@
-"""Creation of the process-wide asyncpg pool, with JSON codecs and a health check.
+"""The process-wide Database (an asyncpg connection pool) with JSON codecs and a health check.
+
+In code the connection pool is a `Database` and the variable holding it `db`: "pool" alone means
+the Pool of Deliveries (CONTEXT.md), and the SMTPSender's reused connections are SMTP sessions
+(ADR 0051).
 
 Connections carry no session state from one acquisition to the next: every transaction is a
 managed `conn.transaction()` block, advisory locks are transaction-level
@@ -13,10 +17,13 @@ open on release (it does that before calling our reset), so an aborted handler c
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 import asyncpg.exceptions as pg_errors
+
+Database: TypeAlias = asyncpg.Pool
+"""The process's connection pool to PostgreSQL, as every repository function takes it."""
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -31,9 +38,9 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """Release hook: nothing to undo (see the module docstring), so no round trip."""
 
 
-async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    """Open a pool; raises the driver's error when the server cannot be reached."""
-    pool: asyncpg.Pool = await asyncpg.create_pool(
+async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> Database:
+    """Open the Database; raises the driver's error when the server cannot be reached."""
+    db: Database = await asyncpg.create_pool(
         url,
         min_size=min_size,
         max_size=max_size,
@@ -41,12 +48,12 @@ async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asy
         reset=_keep_session,
         command_timeout=60,
     )
-    return pool
+    return db
 
 
-async def check_pool(pool: asyncpg.Pool) -> None:
+async def check_pool(db: Database) -> None:
     """Health check: one round trip; raises when the database does not answer."""
-    async with pool.acquire(timeout=5) as conn:
+    async with db.acquire(timeout=5) as conn:
         value: Any = await conn.fetchval("SELECT 1", timeout=5)
     if value != 1:
         raise RuntimeError(f"database answered SELECT 1 with {value!r}")

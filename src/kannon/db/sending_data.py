@@ -29,6 +29,7 @@ from typing import Any
 import asyncpg
 
 from kannon.db.domains import SigningKey, signing_keys
+from kannon.db.pool import Database
 from kannon.model.ip_pool import DEFAULT_POOL, resolve_pool
 
 
@@ -118,13 +119,13 @@ def _sending_data(row: asyncpg.Record, keys: Sequence[SigningKey]) -> SendingDat
 
 
 async def load_sending_data(
-    pool: asyncpg.Pool | asyncpg.Connection, batch_ids: Sequence[str], now: datetime
+    db: Database | asyncpg.Connection, batch_ids: Sequence[str], now: datetime
 ) -> dict[str, SendingData]:
     """The sending data of each Batch in `batch_ids` that exists, by Batch id, with the keys its
     Domain signs with at `now`."""
     if not batch_ids:
         return {}
-    rows = await pool.fetch(
+    rows = await db.fetch(
         """
         SELECT m.message_id, m.domain, m.subject, m.sender_email, m.sender_alias,
                m.template_id, m.attachments, m.headers,
@@ -137,5 +138,5 @@ async def load_sending_data(
         """,
         list(dict.fromkeys(batch_ids)),
     )
-    keys = await signing_keys(pool, [row["domain"] for row in rows], now)
+    keys = await signing_keys(db, [row["domain"] for row in rows], now)
     return {row["message_id"]: _sending_data(row, keys.get(row["domain"], [])) for row in rows}

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import asyncpg
-
+from kannon.db.pool import Database
 from kannon.db.times import from_db_time, to_db_time
 
 
@@ -34,10 +33,10 @@ class Bucket:
 
 
 async def list_stats(
-    pool: asyncpg.Pool, domain: str, start: datetime, end: datetime, *, offset: int, limit: int
+    db: Database, domain: str, start: datetime, end: datetime, *, offset: int, limit: int
 ) -> tuple[list[StatRow], int]:
     """Events of `domain` with start <= timestamp < end, newest first, and their number."""
-    rows = await pool.fetch(
+    rows = await db.fetch(
         """SELECT type, email, message_id, domain, timestamp, data, tracking_mode FROM stats
            WHERE domain = $1 AND timestamp >= $2 AND timestamp < $3
            ORDER BY timestamp DESC, id DESC LIMIT $4 OFFSET $5""",
@@ -47,7 +46,7 @@ async def list_stats(
         limit,
         offset,
     )
-    total = await pool.fetchval(
+    total = await db.fetchval(
         """SELECT count(*) FROM stats
            WHERE domain = $1 AND timestamp >= $2 AND timestamp < $3""",
         domain,
@@ -69,14 +68,14 @@ async def list_stats(
 
 
 async def aggregated_stats(
-    pool: asyncpg.Pool, domain: str, start: datetime, end: datetime
+    db: Database, domain: str, start: datetime, end: datetime
 ) -> list[Bucket]:
     """Hourly buckets of `domain` overlapping [start, end), oldest first, then by type.
 
     The bucket holding `start` is included: asking from 10:30 still shows the 10:00 hour rather
     than silently dropping the events of 10:30-10:59.
     """
-    rows = await pool.fetch(
+    rows = await db.fetch(
         """SELECT type, timestamp, count FROM aggregated_stats
            WHERE domain = $1 AND timestamp >= date_trunc('hour', $2::timestamp)
                  AND timestamp < $3

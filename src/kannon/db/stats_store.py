@@ -6,7 +6,7 @@ unique indexes (the event id, and the original's (email, message_id, domain, typ
 and the hourly counter is bumped in the same statement (so the same transaction) only when the
 row was new. A redelivered or re-published event therefore counts once, and a crash between
 the two writes cannot leave them disagreeing (the original Nak-looped on duplicates and
-double-counted aggregates, spec §3.4).
+double-counted aggregates; ADR 0006).
 
 Events are recorded a batch at a time, in one statement per batch: one transaction per event
 (two events per Delivery) made the Stats worker a fifth of standalone's CPU.
@@ -24,6 +24,7 @@ from typing import Any
 
 import asyncpg
 
+from kannon.db.pool import Database
 from kannon.db.times import to_db_time
 from kannon.model.outcome import Outcome
 from kannon.model.tracking import TrackingMode
@@ -84,7 +85,7 @@ EventKey = tuple[str, str, str, str, datetime]
 
 
 async def record_events(
-    pool: asyncpg.Pool, events: Sequence[tuple[Outcome, Mapping[str, Any]]]
+    db: Database, events: Sequence[tuple[Outcome, Mapping[str, Any]]]
 ) -> list[bool]:
     """Store outcome events and count them, all or none; per event, False when it was already
     stored (a duplicate; of several copies within one call, one counts).
@@ -104,7 +105,7 @@ async def record_events(
         (o.type, o.recipient, o.batch_id, o.domain, to_db_time(o.timestamp)) for o, _ in rows
     ]
     try:
-        stored = await pool.fetch(
+        stored = await db.fetch(
             _RECORD_EVENTS,
             [k[0] for k in keys],
             [k[1] for k in keys],
@@ -140,22 +141,22 @@ async def record_events(
     return result
 
 
-async def record_event(pool: asyncpg.Pool, outcome: Outcome, data: Mapping[str, Any]) -> bool:
+async def record_event(db: Database, outcome: Outcome, data: Mapping[str, Any]) -> bool:
     """Store one outcome event and count it; False when it was already stored (a duplicate).
 
     See `record_events`, of which this is the one-event case.
     """
-    return (await record_events(pool, [(outcome, data)]))[0]
+    return (await record_events(db, [(outcome, data)]))[0]
 
 
-async def delete_stats_before(pool: asyncpg.Pool, cutoff: datetime, *, page: int = 10_000) -> int:
+async def delete_stats_before(db: Database, cutoff: datetime, *, page: int = 10_000) -> int:
     """Delete `stats` rows older than `cutoff`, `page` rows per transaction so a large backlog
     never holds long locks; returns how many were deleted. Aggregates are kept (as the
     original does): they are small and are the long-term history."""
     naive = to_db_time(cutoff)
     total = 0
     while True:
-        status = await pool.execute(
+        status = await db.execute(
             """
             DELETE FROM stats WHERE id IN (
                 SELECT id FROM stats WHERE timestamp < $1 LIMIT $2
@@ -168,13 +169,11 @@ async def delete_stats_before(pool: asyncpg.Pool, cutoff: datetime, *, page: int
         total += deleted
         if deleted < page:
             break
-    status = await pool.execute("DELETE FROM anonymous_events WHERE timestamp < $1", naive)
+    status = await db.execute("DELETE FROM anonymous_events WHERE timestamp < $1", naive)
     return total + int(status.rsplit(" ", 1)[-1])
 
 
-async def delete_expired_stats_keys(pool: asyncpg.Pool, now: datetime) -> int:
+async def delete_expired_stats_keys(db: Database, now: datetime) -> int:
     """Delete tracking-token keys that expired (no token they signed can still verify)."""
-    status = await pool.execute(
-        "DELETE FROM stats_keys WHERE expiration_time < $1", to_db_time(now)
-    )
+    status = await db.execute("DELETE FROM stats_keys WHERE expiration_time < $1", to_db_time(now))
     return int(status.rsplit(" ", 1)[-1])

@@ -29,6 +29,7 @@ from typing import Any
 import asyncpg
 from prometheus_client import Counter
 
+from kannon.db.pool import Database
 from kannon.db.times import from_db_time, to_db_time
 from kannon.model.errors import Conflict, NotFound
 from kannon.model.suppression import Suppression
@@ -145,31 +146,31 @@ RETURNING domain, lower(address) AS key
 """
 
 
-async def _upsert(conn: asyncpg.Pool | asyncpg.Connection, items: Sequence[Suppression]) -> int:
+async def _upsert(conn: Database | asyncpg.Connection, items: Sequence[Suppression]) -> int:
     if not items:
         return 0
     return len(await conn.fetch(_UPSERT, *_arrays(items)))
 
 
-async def domain_exists(conn: asyncpg.Pool | asyncpg.Connection, domain: str) -> bool:
+async def domain_exists(conn: Database | asyncpg.Connection, domain: str) -> bool:
     found = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM domains WHERE domain = $1)", domain)
     return bool(found)
 
 
-async def add_from_event(pool: asyncpg.Pool, suppression: Suppression) -> Added:
+async def add_from_event(db: Database, suppression: Suppression) -> Added:
     """Suppress an address because of an event (idempotent: a second copy changes nothing)."""
-    if await _upsert(pool, [suppression]):
+    if await _upsert(db, [suppression]):
         ADDED.labels(suppression.reason).inc()
         return Added.ADDED
-    if not await domain_exists(pool, suppression.domain):
+    if not await domain_exists(db, suppression.domain):
         return Added.UNKNOWN_DOMAIN
     return Added.PRESENT
 
 
-async def add(pool: asyncpg.Pool, suppression: Suppression, now: datetime) -> Suppression:
+async def add(db: Database, suppression: Suppression, now: datetime) -> Suppression:
     """Add a manual Suppression; NotFound for an unknown Domain, Conflict when the address is
     already suppressed (an expired row is replaced)."""
-    async with pool.acquire() as conn, conn.transaction():
+    async with db.acquire() as conn, conn.transaction():
         if not await domain_exists(conn, suppression.domain):
             raise NotFound(f"domain: {suppression.domain!r} not found")
         await conn.execute(
@@ -195,14 +196,14 @@ async def add(pool: asyncpg.Pool, suppression: Suppression, now: datetime) -> Su
 
 
 async def import_suppressions(
-    pool: asyncpg.Pool, domain: str, items: Sequence[Suppression]
+    db: Database, domain: str, items: Sequence[Suppression]
 ) -> ImportCounts:
     """Add many Suppressions of one Domain and one reason in one transaction; addresses
     already suppressed for good are kept as they are and counted as `present` (as are repeats
     within `items`), temporary ones are replaced."""
     if any(item.domain != domain or item.reason != items[0].reason for item in items):
         raise ValueError("an import holds Suppressions of one Domain and one reason")
-    async with pool.acquire() as conn, conn.transaction():
+    async with db.acquire() as conn, conn.transaction():
         if not await domain_exists(conn, domain):
             raise NotFound(f"domain: {domain!r} not found")
         added = await _upsert(conn, items)
@@ -211,8 +212,8 @@ async def import_suppressions(
     return ImportCounts(added=added, present=len(items) - added)
 
 
-async def get(pool: asyncpg.Pool, domain: str, address: str, now: datetime) -> Suppression | None:
-    row = await pool.fetchrow(
+async def get(db: Database, domain: str, address: str, now: datetime) -> Suppression | None:
+    row = await db.fetchrow(
         f"""SELECT {_SELECT} FROM suppressions
             WHERE domain = $1 AND lower(address) = lower($2) AND {_ACTIVE.format(now="$3")}""",
         domain,
@@ -222,9 +223,9 @@ async def get(pool: asyncpg.Pool, domain: str, address: str, now: datetime) -> S
     return None if row is None else _suppression(row)
 
 
-async def remove(pool: asyncpg.Pool, domain: str, address: str) -> Suppression | None:
+async def remove(db: Database, domain: str, address: str) -> Suppression | None:
     """Delete the Suppression of `address` (expired or not); None when there was none."""
-    row = await pool.fetchrow(
+    row = await db.fetchrow(
         f"""DELETE FROM suppressions WHERE domain = $1 AND lower(address) = lower($2)
             RETURNING {_SELECT}""",
         domain,
@@ -239,7 +240,7 @@ def _like_prefix(prefix: str) -> str:
 
 
 async def list_suppressions(
-    pool: asyncpg.Pool,
+    db: Database,
     domain: str,
     now: datetime,
     *,
@@ -258,8 +259,8 @@ async def list_suppressions(
         args.append(_like_prefix(prefix))
         where.append(f"lower(address) LIKE ${len(args)}")
     condition = " AND ".join(where)
-    total = await pool.fetchval(f"SELECT count(*) FROM suppressions WHERE {condition}", *args)
-    rows = await pool.fetch(
+    total = await db.fetchval(f"SELECT count(*) FROM suppressions WHERE {condition}", *args)
+    rows = await db.fetch(
         f"""SELECT {_SELECT} FROM suppressions WHERE {condition}
             ORDER BY lower(address) LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}""",
         *args,
@@ -270,12 +271,12 @@ async def list_suppressions(
 
 
 async def suppressed_keys(
-    pool: asyncpg.Pool, domain: str, keys: Sequence[str], now: datetime
+    db: Database, domain: str, keys: Sequence[str], now: datetime
 ) -> set[str]:
     """Which of `keys` (`suppression_key`s: canonical, lower-cased) the Domain suppresses now."""
     if not keys:
         return set()
-    rows = await pool.fetch(
+    rows = await db.fetch(
         f"""SELECT lower(address) AS key FROM suppressions
             WHERE domain = $1 AND lower(address) = ANY($2::text[])
               AND {_ACTIVE.format(now="$3")}""",
@@ -287,7 +288,7 @@ async def suppressed_keys(
 
 
 async def record_soft_bounce(
-    pool: asyncpg.Pool,
+    db: Database,
     *,
     domain: str,
     key: str,
@@ -302,7 +303,7 @@ async def record_soft_bounce(
     address): otherwise two bounces handled at once would each count only itself, and the
     limit would be missed.
     """
-    async with pool.acquire() as conn, conn.transaction():
+    async with db.acquire() as conn, conn.transaction():
         await conn.execute(
             "SELECT pg_advisory_xact_lock(hashtextextended($1 || ' ' || $2, 0))", domain, key
         )
@@ -329,18 +330,18 @@ async def record_soft_bounce(
     return int(count)
 
 
-async def delete_expired(pool: asyncpg.Pool, now: datetime) -> int:
+async def delete_expired(db: Database, now: datetime) -> int:
     """Delete Suppressions whose `expires_at` has passed."""
-    status = await pool.execute(
+    status = await db.execute(
         "DELETE FROM suppressions WHERE expires_at IS NOT NULL AND expires_at <= $1",
         to_db_time(now),
     )
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def delete_soft_bounces_before(pool: asyncpg.Pool, cutoff: datetime) -> int:
+async def delete_soft_bounces_before(db: Database, cutoff: datetime) -> int:
     """Forget soft bounces older than the window (they can no longer count)."""
-    status = await pool.execute(
+    status = await db.execute(
         "DELETE FROM suppression_soft_bounces WHERE bounced_at < $1", to_db_time(cutoff)
     )
     return int(status.rsplit(" ", 1)[-1])

@@ -11,12 +11,13 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
+from kannon.db.pool import Database
 from kannon.db.times import from_db_time, to_db_time
 from kannon.model.template import PERSISTENT, Template
 
 _COLUMNS = "template_id, domain, html, title, type::text AS type, created_at, updated_at"
 
-Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection
+Executor: TypeAlias = Database | asyncpg.Connection
 
 
 def _template(row: Any) -> Template:

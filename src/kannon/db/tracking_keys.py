@@ -13,8 +13,7 @@ import base64
 import secrets
 from datetime import datetime, timedelta
 
-import asyncpg
-
+from kannon.db.pool import Database
 from kannon.db.times import to_db_time
 from kannon.envelope.tokens import TrackingKey
 
@@ -25,9 +24,9 @@ KID_RANDOM_BYTES = 12
 KID_LENGTH = len(KID_PREFIX) + 2 * KID_RANDOM_BYTES
 
 
-async def signing_key(pool: asyncpg.Pool, now: datetime, token_ttl: timedelta) -> TrackingKey:
+async def signing_key(db: Database, now: datetime, token_ttl: timedelta) -> TrackingKey:
     """The key to sign new tokens with, creating one (valid 2 × token_ttl) when none is usable."""
-    async with pool.acquire() as conn, conn.transaction():
+    async with db.acquire() as conn, conn.transaction():
         # Serialise creators so concurrent Dispatchers don't mint a key each.
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('kannon.stats_keys'))")
         row = await conn.fetchrow(
@@ -52,9 +51,9 @@ async def signing_key(pool: asyncpg.Pool, now: datetime, token_ttl: timedelta) -
     return TrackingKey(row["id"], base64.b64decode(row["private_key"]))
 
 
-async def verification_keys(pool: asyncpg.Pool, now: datetime) -> dict[str, bytes]:
+async def verification_keys(db: Database, now: datetime) -> dict[str, bytes]:
     """Every unexpired key, by id."""
-    rows = await pool.fetch(
+    rows = await db.fetch(
         "SELECT id, private_key FROM stats_keys WHERE public_key = $1 AND expiration_time > $2",
         ALGORITHM,
         to_db_time(now),

@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from kannon.db.pool import is_outage
+from kannon.db.pool import Database, is_outage
 
 log = logging.getLogger("kannon.db")
 
@@ -29,7 +29,7 @@ SCHEDULED_CHANNEL = "kannon_scheduled"
 """Deliveries became due for dispatch (validated)."""
 
 
-async def notify(conn: asyncpg.Connection | asyncpg.Pool, channel: str) -> None:
+async def notify(conn: asyncpg.Connection | Database, channel: str) -> None:
     """Wake whoever listens on `channel` (at commit, when `conn` is in a transaction)."""
     await conn.execute("SELECT pg_notify($1, '')", channel)
 
@@ -41,8 +41,8 @@ class Listener:
     each idle wait, so an outage only turns the wake-ups off until the database is back.
     """
 
-    def __init__(self, pool: asyncpg.Pool, channel: str) -> None:
-        self.pool = pool
+    def __init__(self, db: Database, channel: str) -> None:
+        self.db = db
         self.channel = channel
         self.event = asyncio.Event()
         self._conn: Any = None
@@ -57,9 +57,9 @@ class Listener:
         if conn is not None:
             self._conn = None
             with contextlib.suppress(Exception):
-                await self.pool.release(conn, timeout=1)
+                await self.db.release(conn, timeout=1)
         try:
-            conn = await self.pool.acquire(timeout=5)
+            conn = await self.db.acquire(timeout=5)
         except Exception as exc:
             if not is_outage(exc):
                 raise
@@ -68,7 +68,7 @@ class Listener:
             await conn.add_listener(self.channel, self._wake)
         except Exception as exc:
             with contextlib.suppress(Exception):
-                await self.pool.release(conn, timeout=1)
+                await self.db.release(conn, timeout=1)
             if not is_outage(exc):
                 raise
             return
@@ -89,4 +89,4 @@ class Listener:
         with contextlib.suppress(Exception):
             await conn.remove_listener(self.channel, self._wake)
         with contextlib.suppress(Exception):
-            await self.pool.release(conn, timeout=5)
+            await self.db.release(conn, timeout=5)

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import asyncpg
-
+from kannon.db.pool import Database
 from kannon.db.times import from_db_time, to_db_time
 from kannon.model.webhooks import PENDING, Endpoint
 
@@ -42,8 +41,8 @@ class EndpointTarget:
     secret: str
 
 
-async def insert_endpoint(pool: asyncpg.Pool, endpoint: Endpoint, secret: str) -> None:
-    await pool.execute(
+async def insert_endpoint(db: Database, endpoint: Endpoint, secret: str) -> None:
+    await db.execute(
         f"""INSERT INTO webhook_endpoints ({_ENDPOINT_COLUMNS}, secret)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
         endpoint.id,
@@ -58,16 +57,16 @@ async def insert_endpoint(pool: asyncpg.Pool, endpoint: Endpoint, secret: str) -
     )
 
 
-async def list_endpoints(pool: asyncpg.Pool, domain: str) -> list[Endpoint]:
-    rows = await pool.fetch(
+async def list_endpoints(db: Database, domain: str) -> list[Endpoint]:
+    rows = await db.fetch(
         f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE domain = $1 ORDER BY created_at",
         domain,
     )
     return [_endpoint(row) for row in rows]
 
 
-async def get_endpoint(pool: asyncpg.Pool, domain: str, endpoint_id: str) -> Endpoint | None:
-    row = await pool.fetchrow(
+async def get_endpoint(db: Database, domain: str, endpoint_id: str) -> Endpoint | None:
+    row = await db.fetchrow(
         f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE domain = $1 AND id = $2",
         domain,
         endpoint_id,
@@ -76,7 +75,7 @@ async def get_endpoint(pool: asyncpg.Pool, domain: str, endpoint_id: str) -> End
 
 
 async def update_endpoint(
-    pool: asyncpg.Pool,
+    db: Database,
     domain: str,
     endpoint_id: str,
     *,
@@ -88,7 +87,7 @@ async def update_endpoint(
     secret: str | None = None,
 ) -> Endpoint | None:
     """Change the given fields (None = keep); None when there is no such endpoint."""
-    row = await pool.fetchrow(
+    row = await db.fetchrow(
         f"""UPDATE webhook_endpoints SET
                 url = COALESCE($3, url),
                 enabled = COALESCE($4, enabled),
@@ -110,8 +109,8 @@ async def update_endpoint(
     return None if row is None else _endpoint(row)
 
 
-async def delete_endpoint(pool: asyncpg.Pool, domain: str, endpoint_id: str) -> Endpoint | None:
-    row = await pool.fetchrow(
+async def delete_endpoint(db: Database, domain: str, endpoint_id: str) -> Endpoint | None:
+    row = await db.fetchrow(
         f"""DELETE FROM webhook_endpoints WHERE domain = $1 AND id = $2
             RETURNING {_ENDPOINT_COLUMNS}""",
         domain,
@@ -120,8 +119,8 @@ async def delete_endpoint(pool: asyncpg.Pool, domain: str, endpoint_id: str) -> 
     return None if row is None else _endpoint(row)
 
 
-async def enabled_endpoints(pool: asyncpg.Pool, domains: Sequence[str]) -> list[Endpoint]:
-    rows = await pool.fetch(
+async def enabled_endpoints(db: Database, domains: Sequence[str]) -> list[Endpoint]:
+    rows = await db.fetch(
         f"""SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints
             WHERE domain = ANY($1::text[]) AND enabled""",
         list(domains),
@@ -140,14 +139,12 @@ class NewDelivery:
     payload: bytes
 
 
-async def insert_deliveries(
-    pool: asyncpg.Pool, deliveries: Sequence[NewDelivery], now: datetime
-) -> int:
+async def insert_deliveries(db: Database, deliveries: Sequence[NewDelivery], now: datetime) -> int:
     """Write the deliveries due now; those already written (a redelivered event) are skipped."""
     if not deliveries:
         return 0
     db_now = to_db_time(now)
-    rows = await pool.fetch(
+    rows = await db.fetch(
         """INSERT INTO webhook_deliveries (endpoint_id, event_id, webhook_id, domain, event_type,
                                            event_at, payload, next_attempt_at, created_at)
            SELECT e, i, w, d, t, a, p, $8, $8
@@ -182,7 +179,7 @@ class DueDelivery:
 
 
 async def claim_due(
-    pool: asyncpg.Pool,
+    db: Database,
     *,
     now: datetime,
     stale_before: datetime,
@@ -191,7 +188,7 @@ async def claim_due(
 ) -> list[DueDelivery]:
     """Claim up to `limit` due deliveries of enabled endpoints not in `busy_endpoints`, oldest
     due first; a claim older than `stale_before` (its holder died) is taken again."""
-    rows = await pool.fetch(
+    rows = await db.fetch(
         """WITH due AS (
                SELECT d.id FROM webhook_deliveries d
                JOIN webhook_endpoints e ON e.id = d.endpoint_id
@@ -228,9 +225,9 @@ async def claim_due(
     ]
 
 
-async def release_claims(pool: asyncpg.Pool, ids: Sequence[int]) -> None:
+async def release_claims(db: Database, ids: Sequence[int]) -> None:
     """Give claimed rows back at once (a stopping process), rather than after the timeout."""
-    await pool.execute(
+    await db.execute(
         "UPDATE webhook_deliveries SET claimed_at = NULL WHERE id = ANY($1::bigint[])", list(ids)
     )
 
@@ -252,11 +249,11 @@ class AttemptRecord:
     before the replay then no longer decides the delivery's state (see :func:`replay`)."""
 
 
-async def record_attempts(pool: asyncpg.Pool, records: Sequence[AttemptRecord]) -> None:
+async def record_attempts(db: Database, records: Sequence[AttemptRecord]) -> None:
     """Store the attempts and move their deliveries on, in one transaction."""
     if not records:
         return
-    async with pool.acquire() as conn, conn.transaction():
+    async with db.acquire() as conn, conn.transaction():
         await conn.execute(
             """INSERT INTO webhook_attempts (delivery_id, endpoint_id, attempted_at, status_code,
                                              error, latency_ms, response)
@@ -311,10 +308,10 @@ class AttemptRow:
 
 
 async def list_attempts(
-    pool: asyncpg.Pool, domain: str, endpoint_id: str, *, offset: int, limit: int
+    db: Database, domain: str, endpoint_id: str, *, offset: int, limit: int
 ) -> tuple[list[AttemptRow], int]:
     """An endpoint's attempts, newest first, with the total."""
-    rows = await pool.fetch(
+    rows = await db.fetch(
         """SELECT d.webhook_id, d.event_id, d.event_type, a.attempted_at, a.status_code, a.error,
                   a.latency_ms, a.response, d.status, count(*) OVER () AS total
            FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id
@@ -344,7 +341,7 @@ async def list_attempts(
 
 
 async def replay(
-    pool: asyncpg.Pool,
+    db: Database,
     domain: str,
     endpoint_id: str,
     *,
@@ -363,7 +360,7 @@ async def replay(
     claim older than `stale_before` (its holder died) is released, so the replay goes out now."""
     db_now = to_db_time(now)
     if event_id is not None:
-        result = await pool.execute(
+        result = await db.execute(
             """UPDATE webhook_deliveries SET status = 'pending', attempts = 0,
                    finished_at = NULL, next_attempt_at = $4, created_at = $4,
                    claimed_at = CASE WHEN claimed_at < $5 THEN NULL ELSE claimed_at END
@@ -376,7 +373,7 @@ async def replay(
         )
     else:
         assert start is not None and end is not None
-        result = await pool.execute(
+        result = await db.execute(
             """UPDATE webhook_deliveries SET status = 'pending', attempts = 0,
                    finished_at = NULL, next_attempt_at = $5, created_at = $5,
                    claimed_at = CASE WHEN claimed_at < $6 THEN NULL ELSE claimed_at END
@@ -391,9 +388,9 @@ async def replay(
     return int(result.split()[-1])
 
 
-async def delete_finished_before(pool: asyncpg.Pool, before: datetime) -> int:
+async def delete_finished_before(db: Database, before: datetime) -> int:
     """Retention: deliveries (and their attempts) created before `before` and no longer pending."""
-    result = await pool.execute(
+    result = await db.execute(
         "DELETE FROM webhook_deliveries WHERE created_at < $1 AND status <> $2",
         to_db_time(before),
         PENDING,

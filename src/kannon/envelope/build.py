@@ -1,6 +1,6 @@
 """Building one Envelope: from a Delivery's data to the signed RFC 5322 bytes the SMTPSender sends.
 
-Owns the order of operations and the header set (DESIGN §3 "Envelope", spec §4.4):
+Owns the order of operations and the header set (ADR 0007):
 
 1. render the Recipient's fields into the HTML (escaped) and the Subject (raw);
 2. rewrite links and add the open pixel (when a tracker base URL is configured), each channel as

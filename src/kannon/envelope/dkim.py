@@ -270,7 +270,7 @@ def generate_dkim_keypair(bits: int = 2048) -> tuple[str, str]:
     """Return a new ``(private base64 PKCS#1 DER, public base64 SubjectPublicKeyInfo DER)``.
 
     The one impure function of the envelope package: key generation needs fresh randomness,
-    which OpenSSL draws from the OS. The formats are those the Domain table stores (spec §2.2).
+    which OpenSSL draws from the OS. The formats are those the `domains` table stores.
     """
     key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
     private_der = key.private_bytes(

@@ -1,6 +1,6 @@
 """Identifier formats carried by an Envelope: Batch ids and email ids (the Message-ID).
 
-Owns the wire formats of spec §4.1 that more than one Component reads:
+Owns the original Kannon's wire formats that more than one Component reads:
 
 * Batch id: ``msg_<token>@<tenant domain>`` (token: cuid2, lowercase alphanumerics). Reading
   the Domain back out of one is ``model.outcome.domain_of_batch``.

@@ -1,6 +1,6 @@
 """Template field substitution: the one home of the ``{{ name }}`` / ``{{{ name }}}`` syntax.
 
-Rules (DESIGN §3 "Envelope"):
+Rules (ADR 0007):
 
 * HTML: ``{{ name }}`` becomes ``html.escape(value, quote=True)``; ``{{{ name }}}`` inserts the
   value raw (the sender vouches for it being HTML).
@@ -8,7 +8,7 @@ Rules (DESIGN §3 "Envelope"):
 * Spaces around the name are optional and may be any number. Unknown names stay literal, so a
   typo is visible in the delivered mail instead of silently vanishing.
 * Keys and values are plain text: ``$1``, ``\\1`` and regex metacharacters mean nothing (the
-  original treated values as regex replacement templates: a QUIRK we do not copy).
+  original treated values as regex replacement templates, a mistake we do not copy).
 * Single pass: a value that itself contains ``{{ other }}`` is inserted as is, never expanded,
   so one Recipient's data cannot pull in another field.
 

@@ -6,7 +6,7 @@ do not hit the remote server together, and so this module reads no randomness). 
 window measured from the Delivery's original scheduled time: an attempt that would fall outside
 it is not scheduled, and the Delivery ends (Bounced if a server last answered, else Failed).
 
-Unlike the original (spec §4.9), the next attempt is measured from `now`, not from the original
+Unlike the original (ADR 0005), the next attempt is measured from `now`, not from the original
 time: anchoring on the original time makes every retry after the delay saturates at `max` due
 immediately, which would turn the last hours of the window into a hot loop.
 """

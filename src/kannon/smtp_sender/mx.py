@@ -140,9 +140,11 @@ class MxResolver:
         except dns.resolver.NoAnswer as exc:
             # No MX records: RFC 5321 §5.1's implicit MX is the domain itself. The address
             # lookup that follows tells whether the domain exists at all.
+            # dnspython leaves these two exception methods unannotated.
             response: dns.message.Message = exc.response()  # type: ignore[no-untyped-call]
             return [MxHost(domain, 0, implicit=True)], negative_ttl(response)
         except dns.resolver.NXDOMAIN as exc:
+            # Unannotated in dnspython, as above.
             responses: dict[dns.name.Name, dns.message.Message] = exc.responses()  # type: ignore[no-untyped-call]
             last = list(responses.values())[-1] if responses else None
             return [MxHost(domain, 0, implicit=True)], negative_ttl(last)

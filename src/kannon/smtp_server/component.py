@@ -136,6 +136,7 @@ class _Session(SMTP):
         sessions: set[_Session],
         **kwargs: object,
     ) -> None:
+        # aiosmtpd's SMTP.__init__ types each keyword; **kwargs (hostname, limits) cannot say which.
         super().__init__(handler, timeout=read_timeout, **kwargs)  # type: ignore[arg-type]
         self._write_timeout = write_timeout
         self._max_session_time = max_session_time

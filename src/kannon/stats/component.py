@@ -5,7 +5,7 @@
 
 One durable consumer (`kannon-stats-logs`) does both writes in one transaction, so the raw log
 and the aggregates cannot drift apart (the original ran two consumers, and the aggregate one
-double-counted redeliveries, spec §3.4). A duplicate — a redelivery after a lost ack, or the same
+double-counted redeliveries; ADR 0006). A duplicate — a redelivery after a lost ack, or the same
 event re-published after a crash — hits a unique index, is ignored, and is acked: it counts once.
 A payload that is not a Stats message is terminated (logged), never retried; a database failure
 raises, and the bus loop Naks the message so it comes back later.
@@ -33,7 +33,7 @@ from kannon.bus.subjects import STATS_DURABLE, STATS_STREAM, STATS_SUBJECTS
 from kannon.config import Settings
 from kannon.db import stats_store
 from kannon.db.batching import Coalescer
-from kannon.db.pool import is_outage
+from kannon.db.pool import Database, is_outage
 from kannon.model.outcome import Outcome, domain_of_batch
 from kannon.runtime.clock import utc_now
 from kannon.runtime.component import Life, run_every
@@ -41,7 +41,7 @@ from kannon.stats.suppression import SuppressionFeed
 from kannon.wire.stats import UndecodableEvent, data_json, decode
 
 if TYPE_CHECKING:
-    import asyncpg
+    pass
 
 # An event to store: the outcome and the protojson of its StatsData.
 Event = tuple[Outcome, Mapping[str, Any]]
@@ -83,19 +83,19 @@ class StatsWorker:
     def __init__(
         self,
         settings: Settings,
-        pool: asyncpg.Pool,
+        db: Database,
         bus: Bus,
         *,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._settings = settings
-        self._pool = pool
+        self._db = db
         self._bus = bus
         self._clock = clock
         self._writes: Coalescer[Event, bool] = Coalescer(
             self._record, max_items=MAX_BATCH, linger=WRITE_LINGER
         )
-        self.suppression = SuppressionFeed(settings, pool, bus, clock=clock)
+        self.suppression = SuppressionFeed(settings, db, bus, clock=clock)
 
     @property
     def consumer(self) -> ConsumerSpec:
@@ -150,7 +150,7 @@ class StatsWorker:
         """One batch of events in one statement; one by one if PostgreSQL refuses the batch,
         so that only the offending event fails (and is redelivered)."""
         try:
-            return list(await stats_store.record_events(self._pool, events))
+            return list(await stats_store.record_events(self._db, events))
         except stats_store.EventRefused as exc:
             if len(events) == 1:
                 _log_refused(events[0], exc)
@@ -158,7 +158,7 @@ class StatsWorker:
         results: list[bool | BaseException] = []
         for event in events:
             try:
-                results.append(await stats_store.record_event(self._pool, *event))
+                results.append(await stats_store.record_event(self._db, *event))
             except stats_store.EventRefused as exc:
                 _log_refused(event, exc)
                 results.append(exc)
@@ -169,9 +169,9 @@ class StatsWorker:
         Suppressions and soft bounces too old to count."""
         now = self._clock()
         stats = await stats_store.delete_stats_before(
-            self._pool, now - self._settings.stats.retention
+            self._db, now - self._settings.stats.retention
         )
-        keys = await stats_store.delete_expired_stats_keys(self._pool, now)
+        keys = await stats_store.delete_expired_stats_keys(self._db, now)
         suppressions, soft_bounces = await self.suppression.cleanup()
         counts = CleanupCounts(stats, keys, suppressions, soft_bounces)
         for table, count in (

@@ -31,7 +31,7 @@ from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result
 from kannon.bus.subjects import STATS_STREAM, stats_subject, suppression_durable
 from kannon.config import Settings
 from kannon.db import suppressions
-from kannon.db.pool import is_outage
+from kannon.db.pool import Database, is_outage
 from kannon.model.outcome import Outcome
 from kannon.model.suppression import (
     REASON_BY_TYPE,
@@ -47,7 +47,7 @@ from kannon.runtime.logs import obfuscate
 from kannon.wire.stats import UndecodableEvent, decode
 
 if TYPE_CHECKING:
-    import asyncpg
+    pass
 
 log = logging.getLogger("kannon.suppression")
 
@@ -69,13 +69,13 @@ class SuppressionFeed:
     def __init__(
         self,
         settings: Settings,
-        pool: asyncpg.Pool,
+        db: Database,
         bus: Bus,
         *,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._settings = settings
-        self._pool = pool
+        self._db = db
         self._bus = bus
         self._clock = clock
 
@@ -131,7 +131,7 @@ class SuppressionFeed:
             suppression = await self._soft_bounce(outcome, now)
             if suppression is None:
                 return "soft_counted"
-        added = await suppressions.add_from_event(self._pool, suppression)
+        added = await suppressions.add_from_event(self._db, suppression)
         if added is suppressions.Added.ADDED:
             log.info("address suppressed", extra={"kv": _described(suppression)})
         elif added is suppressions.Added.UNKNOWN_DOMAIN:
@@ -148,7 +148,7 @@ class SuppressionFeed:
         if not outcome.recipient.strip() or not outcome.event_id:
             return None
         count = await suppressions.record_soft_bounce(
-            self._pool,
+            self._db,
             domain=outcome.domain,
             key=suppression_key(outcome.recipient),
             event_id=outcome.event_id,
@@ -162,9 +162,9 @@ class SuppressionFeed:
     async def cleanup(self) -> tuple[int, int]:
         """Delete expired Suppressions and soft bounces older than the window."""
         now = self._clock()
-        expired = await suppressions.delete_expired(self._pool, now)
+        expired = await suppressions.delete_expired(self._db, now)
         soft = await suppressions.delete_soft_bounces_before(
-            self._pool, now - self._settings.suppression.soft_bounce_window
+            self._db, now - self._settings.suppression.soft_bounce_window
         )
         return expired, soft
 

@@ -18,6 +18,7 @@ from functools import partial
 
 from kannon.bus.client import Bus
 from kannon.config import Settings
+from kannon.db.pool import Database
 from kannon.db.tracking_keys import verification_keys
 from kannon.runtime.clock import utc_now
 from kannon.runtime.component import Life
@@ -42,7 +43,7 @@ class Tracker:
     def __init__(
         self,
         settings: Settings,
-        pool: object,  # an asyncpg pool, handed only to kannon.db
+        db: Database,
         bus: Bus,
         *,
         clock: Callable[[], datetime] = utc_now,
@@ -54,7 +55,7 @@ class Tracker:
         self.port = settings.tracker.port
         self.key_refresh = key_refresh
         self.keys = KeyCache(
-            partial(verification_keys, pool), clock=clock, miss_interval=unknown_kid_interval
+            partial(verification_keys, db), clock=clock, miss_interval=unknown_kid_interval
         )
         self.sink = EventSink(bus)
         self.routes = TrackerRoutes(

@@ -38,7 +38,7 @@ from kannon.bus.subjects import STATS_STREAM, STATS_SUBJECTS, WEBHOOK_EVENT_TYPE
 from kannon.config import Settings
 from kannon.db import webhooks as store
 from kannon.db.batching import Coalescer
-from kannon.db.pool import is_outage
+from kannon.db.pool import Database, is_outage
 from kannon.model.event_ids import webhook_id
 from kannon.model.outcome import domain_of_batch
 from kannon.model.retry import JITTER_MAX, JITTER_MIN, RetryPolicy
@@ -59,7 +59,7 @@ from kannon.webhooks.client import RefusedAddress, WebhookClient, describe
 from kannon.wire.stats import UndecodableEvent, data_json, decode
 
 if TYPE_CHECKING:
-    import asyncpg
+    pass
 
 log = logging.getLogger("kannon.webhooks")
 
@@ -106,7 +106,7 @@ class WebhooksWorker:
     def __init__(
         self,
         settings: Settings,
-        pool: asyncpg.Pool,
+        db: Database,
         bus: Bus,
         *,
         clock: Callable[[], datetime] = utc_now,
@@ -114,7 +114,7 @@ class WebhooksWorker:
     ) -> None:
         self._settings = settings
         self._config = settings.webhooks
-        self._pool = pool
+        self._db = db
         self._bus = bus
         self._clock = clock
         self._policy = RetryPolicy(
@@ -179,7 +179,7 @@ class WebhooksWorker:
         cached = self._endpoints.get(domain)
         if cached is not None and cached[0] > now:
             return cached[1]
-        found = await store.enabled_endpoints(self._pool, [domain])
+        found = await store.enabled_endpoints(self._db, [domain])
         self._endpoints[domain] = (now + ENDPOINT_CACHE_TTL, found)
         return found
 
@@ -229,7 +229,7 @@ class WebhooksWorker:
 
     async def _insert(self, batches: list[list[store.NewDelivery]]) -> list[int | BaseException]:
         rows = [row for batch in batches for row in batch]
-        await store.insert_deliveries(self._pool, rows, self._clock())
+        await store.insert_deliveries(self._db, rows, self._clock())
         return [len(batch) for batch in batches]
 
     # --- sending -----------------------------------------------------------------------------
@@ -246,7 +246,7 @@ class WebhooksWorker:
         """One scheduling cycle: claim due rows into their lanes; how many were claimed."""
         now = self._clock()
         due = await store.claim_due(
-            self._pool,
+            self._db,
             now=now,
             stale_before=now - self._claim_timeout,
             limit=CLAIM_BATCH,
@@ -355,7 +355,7 @@ class WebhooksWorker:
         return record
 
     async def _record(self, records: list[store.AttemptRecord]) -> list[BaseException | None]:
-        await store.record_attempts(self._pool, records)
+        await store.record_attempts(self._db, records)
         return [None] * len(records)
 
     async def _schedule_loop(self, life: Life) -> None:
@@ -396,11 +396,11 @@ class WebhooksWorker:
             task.cancel()
         if waiting:
             with contextlib.suppress(Exception):
-                await store.release_claims(self._pool, waiting)
+                await store.release_claims(self._db, waiting)
 
     async def cleanup(self) -> int:
         deleted = await store.delete_finished_before(
-            self._pool, self._clock() - self._config.retention
+            self._db, self._clock() - self._config.retention
         )
         if deleted:
             log.info("webhook retention cleanup", extra={"kv": {"deliveries": deleted}})

@@ -71,7 +71,7 @@ class Page:
 
 
 def page(skip: int, take: int, *, default: int, cap: int) -> Page:
-    """`take=0` asks for the default page (the original returned nothing: a QUIRK); a larger
+    """`take=0` asks for the default page (the original returned nothing); a larger
     `take` than `cap` is capped rather than refused, so naive clients still get data."""
     limit = default if take <= 0 else min(take, cap)
     return Page(offset=max(skip, 0), limit=limit)
@@ -151,8 +151,8 @@ def dkim_key_pb(key: DkimKey, record: DnsRecord, now: datetime) -> Any:
 def domain_pb(
     domain: Domain,
     records: Sequence[DnsRecord],
-    keys: Sequence[tuple[DkimKey, DnsRecord]] = (),
-    now: datetime | None = None,
+    keys: Sequence[tuple[DkimKey, DnsRecord]],
+    now: datetime,
 ) -> Any:
     msg = admin_pb.Domain(
         domain=domain.name,
@@ -164,9 +164,8 @@ def domain_pb(
     )
     for record in records:
         msg.dns_records.append(dns_record_pb(record))
-    when = now or datetime.now(UTC)
     for key, record in keys:
-        msg.dkim_keys.append(dkim_key_pb(key, record, when))
+        msg.dkim_keys.append(dkim_key_pb(key, record, now))
     return msg
 
 
@@ -286,7 +285,13 @@ def bucket_pb(bucket: Bucket) -> Any:
 # --- Suppression -------------------------------------------------------------------------------
 
 
-def suppression_msg(item: Suppression) -> Any:
+def suppression_json(item: Suppression) -> dict[str, Any]:
+    """A stored Suppression as `kannon suppression list` prints it: the API's JSON form."""
+    shown: dict[str, Any] = json_format.MessageToDict(suppression_msg(item))
+    return shown
+
+
+def suppression_msg(item: Suppression) -> suppression_pb.Suppression:
     """A stored Suppression as the API shows it: a manual one's diagnostic is its note."""
     msg = suppression_pb.Suppression(domain=item.domain, address=item.address, reason=item.reason)
     msg.created_at.CopyFrom(timestamp_pb(item.created_at))

@@ -1,4 +1,4 @@
--- The original's tables and columns (spec §2.2, final v0.5.1 shape) plus what DESIGN.md adds:
+-- The original's tables and columns (its final v0.5.1 shape) plus what Kannon adds (ADR 0005):
 -- canonical Domain names, a per-Domain DKIM selector, Pool claim timestamps and the last remote
 -- reply (so a spent retry budget ends as Bounced or Failed), idempotent stats events.
 

@@ -1,4 +1,4 @@
--- Integration surface (issue 10): idempotency keys on send (ADR 0031) and outcome webhooks
+-- Integration surface: idempotency keys on send (ADR 0031) and outcome webhooks
 -- (ADR 0032): endpoints per Domain, one delivery row per (endpoint, event) that the webhooks
 -- Component works off with retries, and every attempt it made.
 

@@ -1,4 +1,4 @@
--- The analytics dashboard (issue 15, ADR 0043-0045):
+-- The analytics dashboard (ADR 0043-0045):
 -- * `dashboard_keys`: the secret that signs dashboard session cookies, created once by the first
 --   API replica that needs it, so every replica accepts the cookies of the others and a restart
 --   signs nobody out;

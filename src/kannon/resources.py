@@ -1,8 +1,11 @@
-"""Process-wide shared resources: one asyncpg pool and one NATS connection, created lazily on
-first use, each registering its health check, closed in reverse order of creation.
+"""Process-wide shared resources: one Database (the asyncpg connection pool) and one NATS
+connection, created lazily on first use, each registering its health check, closed in reverse
+order of creation.
 
-Components never build these themselves: the CLI hands each Component what it needs, which keeps
-the SMTPSender provably free of the database layer.
+Components never build these themselves: the composition root (`app.py`) hands each Component
+what it needs, which keeps the SMTPSender provably free of the database layer. This module sits
+beside `app.py`, above `db/`, `bus/` and `runtime/` in the layers (ADR 0051); it imports `db` and
+`bus` lazily so that a process loads only the libraries its Components use.
 """
 
 from __future__ import annotations
@@ -16,9 +19,8 @@ from typing import TYPE_CHECKING
 from kannon.runtime.health import HealthRegistry
 
 if TYPE_CHECKING:
-    import asyncpg
-
     from kannon.bus.client import Bus
+    from kannon.db.pool import Database
 
 log = logging.getLogger("kannon.resources")
 
@@ -31,16 +33,16 @@ class Resources:
         database_url: str | None,
         nats_url: str | None,
         stream_replicas: int = 1,
-        pool_max_size: int = 10,
+        database_max_size: int = 10,
         max_payload: int | None = None,
     ) -> None:
         self.health = health
         self.database_url = database_url
         self.nats_url = nats_url
         self.stream_replicas = stream_replicas
-        self.pool_max_size = pool_max_size
+        self.database_max_size = database_max_size
         self.max_payload = max_payload
-        self._pool: asyncpg.Pool | None = None
+        self._db: Database | None = None
         self._bus: Bus | None = None
         self._bus_checked = False
         self._lock = asyncio.Lock()
@@ -50,18 +52,18 @@ class Resources:
         """Register something to close at shutdown (closed after later-registered ones)."""
         self._closers.append((name, closer))
 
-    async def pool(self) -> asyncpg.Pool:
+    async def database(self) -> Database:
         async with self._lock:
-            if self._pool is None:
+            if self._db is None:
                 if not self.database_url:
                     raise RuntimeError("database_url is not configured")
                 from kannon.db.pool import check_pool, create_pool
 
-                pool = await create_pool(self.database_url, max_size=self.pool_max_size)
-                self._pool = pool
-                self.health.add_check("db", lambda: check_pool(pool))
-                self.add_closer("db", pool.close)
-            return self._pool
+                db = await create_pool(self.database_url, max_size=self.database_max_size)
+                self._db = db
+                self.health.add_check("db", lambda: check_pool(db))
+                self.add_closer("db", db.close)
+            return self._db
 
     async def bus(self, *, health_check: bool = True) -> Bus:
         """The shared NATS connection. `health_check=False` for a Component that only reads
@@ -99,5 +101,5 @@ class Resources:
             except Exception:
                 log.exception("closing %s failed", name)
         with contextlib.suppress(Exception):
-            self._pool = None
+            self._db = None
             self._bus = None

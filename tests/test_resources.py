@@ -3,8 +3,8 @@ needs NATS asked for it (the api only reads backlogs from it, ADR 0045)."""
 
 from __future__ import annotations
 
+from kannon.resources import Resources
 from kannon.runtime.health import HealthRegistry
-from kannon.runtime.resources import Resources
 
 
 async def test_a_bus_asked_without_a_check_adds_none_until_a_component_needs_one(
