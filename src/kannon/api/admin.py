@@ -14,10 +14,9 @@ Every method first checks the operator's credentials (:class:`kannon.api.auth.Ad
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from kannon.api.auth import AdminGuard
-from kannon.api.errors import rpc
+from kannon.api.errors import CallContext, rpc
 from kannon.config import Settings
 from kannon.db import apikeys, domains, templates
 from kannon.db.pool import Database
@@ -56,12 +55,12 @@ class AdminService:
         self.db = db
         self.guard = AdminGuard(settings.api.admin_token)
 
-    def _domain_pb(self, domain: Domain) -> Any:
+    def _domain_pb(self, domain: Domain) -> pb.Domain:
         now = utc_now()
         keys = [(k, dkim_record(k, now)) for k in domain.dkim_keys if k.status(now) != RETIRED]
         return wire.domain_pb(domain, records_for_domain(self.settings, domain, now), keys, now)
 
-    def _keys_pb(self, keys: list[DkimKey]) -> list[Any]:
+    def _keys_pb(self, keys: list[DkimKey]) -> list[pb.DkimKey]:
         now = utc_now()
         return [wire.dkim_key_pb(k, dkim_record(k, now), now) for k in keys]
 
@@ -81,13 +80,15 @@ class AdminService:
     # --- Domains -----------------------------------------------------------------------------
 
     @rpc
-    async def GetDomains(self, request: Any, context: Any) -> Any:
+    async def GetDomains(
+        self, request: pb.GetDomainsReq, context: CallContext
+    ) -> pb.GetDomainsResponse:
         self.guard.check(context)
         found = await domains.list_domains(self.db)
         return pb.GetDomainsResponse(domains=[self._domain_pb(d) for d in found])
 
     @rpc
-    async def GetDomain(self, request: Any, context: Any) -> Any:
+    async def GetDomain(self, request: pb.GetDomainReq, context: CallContext) -> pb.GetDomainRes:
         self.guard.check(context)
         name = canonical_domain_name(request.domain)
         domain = await domains.get_domain(self.db, name)
@@ -96,7 +97,9 @@ class AdminService:
         return pb.GetDomainRes(domain=self._domain_pb(domain))
 
     @rpc
-    async def CreateDomain(self, request: Any, context: Any) -> Any:
+    async def CreateDomain(
+        self, request: pb.CreateDomainRequest, context: CallContext
+    ) -> pb.Domain:
         self.guard.check(context)
         name = canonical_domain_name(request.domain)
         ip_pool = DEFAULT_POOL
@@ -123,7 +126,9 @@ class AdminService:
         return self._domain_pb(domain)
 
     @rpc
-    async def SetTrackingPolicy(self, request: Any, context: Any) -> Any:
+    async def SetTrackingPolicy(
+        self, request: pb.SetTrackingPolicyReq, context: CallContext
+    ) -> pb.SetTrackingPolicyRes:
         self.guard.check(context)
         name = canonical_domain_name(request.domain)
         ceiling = wire.ceiling_from_pb(request)
@@ -133,7 +138,9 @@ class AdminService:
         return pb.SetTrackingPolicyRes(domain=self._domain_pb(domain))
 
     @rpc
-    async def SetOneClickUnsubscribe(self, request: Any, context: Any) -> Any:
+    async def SetOneClickUnsubscribe(
+        self, request: pb.SetOneClickUnsubscribeReq, context: CallContext
+    ) -> pb.SetOneClickUnsubscribeRes:
         self.guard.check(context)
         name = canonical_domain_name(request.domain)
         domain = await domains.set_one_click_unsubscribe(self.db, name, request.enabled)
@@ -144,7 +151,9 @@ class AdminService:
     # --- DKIM keys and DNS -------------------------------------------------------------------
 
     @rpc
-    async def ListDkimKeys(self, request: Any, context: Any) -> Any:
+    async def ListDkimKeys(
+        self, request: pb.ListDkimKeysReq, context: CallContext
+    ) -> pb.ListDkimKeysRes:
         self.guard.check(context)
         domain = await self._found_domain(request.domain)
         now = utc_now()
@@ -152,7 +161,9 @@ class AdminService:
         return pb.ListDkimKeysRes(keys=self._keys_pb(keys))
 
     @rpc
-    async def RotateDkimKeys(self, request: Any, context: Any) -> Any:
+    async def RotateDkimKeys(
+        self, request: pb.RotateDkimKeysReq, context: CallContext
+    ) -> pb.RotateDkimKeysRes:
         self.guard.check(context)
         domain = await self._found_domain(request.domain)
         now = utc_now()
@@ -176,7 +187,9 @@ class AdminService:
         )
 
     @rpc
-    async def ConfirmDkimKeys(self, request: Any, context: Any) -> Any:
+    async def ConfirmDkimKeys(
+        self, request: pb.ConfirmDkimKeysReq, context: CallContext
+    ) -> pb.ConfirmDkimKeysRes:
         self.guard.check(context)
         domain = await self._found_domain(request.domain)
         selector = check_selector(request.selector) if request.selector.strip() else None
@@ -189,7 +202,9 @@ class AdminService:
         return pb.ConfirmDkimKeysRes(keys=self._keys_pb(keys))
 
     @rpc
-    async def CheckDomain(self, request: Any, context: Any) -> Any:
+    async def CheckDomain(
+        self, request: pb.CheckDomainReq, context: CallContext
+    ) -> pb.CheckDomainRes:
         self.guard.check(context)
         domain = await self._found_domain(request.domain)
         checks, _ = await check_domain_dns(self.db, self.settings, domain, utc_now())
@@ -208,7 +223,9 @@ class AdminService:
     # --- Templates ---------------------------------------------------------------------------
 
     @rpc
-    async def CreateTemplate(self, request: Any, context: Any) -> Any:
+    async def CreateTemplate(
+        self, request: pb.CreateTemplateReq, context: CallContext
+    ) -> pb.CreateTemplateRes:
         self.guard.check(context)
         domain = await self._existing_domain(request.domain)
         check_html(request.html)
@@ -227,7 +244,9 @@ class AdminService:
         return pb.CreateTemplateRes(template=wire.template_pb(template))
 
     @rpc
-    async def UpdateTemplate(self, request: Any, context: Any) -> Any:
+    async def UpdateTemplate(
+        self, request: pb.UpdateTemplateReq, context: CallContext
+    ) -> pb.UpdateTemplateRes:
         self.guard.check(context)
         template_id = check_template_id(request.template_id)
         check_html(request.html)
@@ -245,7 +264,9 @@ class AdminService:
         return pb.UpdateTemplateRes(template=wire.template_pb(template))
 
     @rpc
-    async def DeleteTemplate(self, request: Any, context: Any) -> Any:
+    async def DeleteTemplate(
+        self, request: pb.DeleteTemplateReq, context: CallContext
+    ) -> pb.DeleteTemplateRes:
         self.guard.check(context)
         template_id = check_template_id(request.template_id)
         template = _found_template(
@@ -254,14 +275,18 @@ class AdminService:
         return pb.DeleteTemplateRes(template=wire.template_pb(template))
 
     @rpc
-    async def GetTemplate(self, request: Any, context: Any) -> Any:
+    async def GetTemplate(
+        self, request: pb.GetTemplateReq, context: CallContext
+    ) -> pb.GetTemplateRes:
         self.guard.check(context)
         template_id = check_template_id(request.template_id)
         template = _found_template(await templates.get_template(self.db, template_id), template_id)
         return pb.GetTemplateRes(template=wire.template_pb(template))
 
     @rpc
-    async def GetTemplates(self, request: Any, context: Any) -> Any:
+    async def GetTemplates(
+        self, request: pb.GetTemplatesReq, context: CallContext
+    ) -> pb.GetTemplatesRes:
         self.guard.check(context)
         domain = await self._existing_domain(request.domain)
         page = wire.page(request.skip, request.take, default=TEMPLATES_PAGE, cap=MAX_PAGE)
@@ -273,7 +298,9 @@ class AdminService:
     # --- API keys ----------------------------------------------------------------------------
 
     @rpc
-    async def CreateAPIKey(self, request: Any, context: Any) -> Any:
+    async def CreateAPIKey(
+        self, request: pb.CreateAPIKeyRequest, context: CallContext
+    ) -> pb.CreateAPIKeyResponse:
         self.guard.check(context)
         domain = canonical_domain_name(request.domain)
         name = check_name(request.name)
@@ -295,7 +322,9 @@ class AdminService:
         return pb.CreateAPIKeyResponse(api_key=wire.api_key_pb(key), key=plaintext)
 
     @rpc
-    async def ListAPIKeys(self, request: Any, context: Any) -> Any:
+    async def ListAPIKeys(
+        self, request: pb.ListAPIKeysRequest, context: CallContext
+    ) -> pb.ListAPIKeysResponse:
         self.guard.check(context)
         domain = await self._existing_domain(request.domain)
         page = wire.page(request.offset, request.limit, default=API_KEYS_PAGE, cap=MAX_PAGE)
@@ -310,7 +339,9 @@ class AdminService:
         return pb.ListAPIKeysResponse(api_keys=[wire.api_key_pb(k) for k in found], total=total)
 
     @rpc
-    async def GetAPIKey(self, request: Any, context: Any) -> Any:
+    async def GetAPIKey(
+        self, request: pb.GetAPIKeyRequest, context: CallContext
+    ) -> pb.GetAPIKeyResponse:
         self.guard.check(context)
         domain = canonical_domain_name(request.domain)
         key_id = check_key_id(request.id)
@@ -320,7 +351,9 @@ class AdminService:
         return pb.GetAPIKeyResponse(api_key=wire.api_key_pb(key))
 
     @rpc
-    async def DeactivateAPIKey(self, request: Any, context: Any) -> Any:
+    async def DeactivateAPIKey(
+        self, request: pb.DeactivateAPIKeyRequest, context: CallContext
+    ) -> pb.DeactivateAPIKeyResponse:
         self.guard.check(context)
         domain = canonical_domain_name(request.domain)
         key_id = check_key_id(request.id)

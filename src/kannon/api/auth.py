@@ -28,7 +28,7 @@ from urllib.parse import unquote
 
 import grpc
 
-from kannon.api.errors import failure_status
+from kannon.api.errors import CallContext, failure_status
 from kannon.api.metrics import CALLS, REQUESTS
 from kannon.db.apikeys import find_key_by_hash
 from kannon.db.pool import Database
@@ -59,7 +59,7 @@ def text_metadata(pairs: Iterable[tuple[str, Any]] | None) -> dict[str, str]:
     return result
 
 
-def metadata(context: Any) -> dict[str, str]:
+def metadata(context: CallContext) -> dict[str, str]:
     """The call's text metadata, keys lower-cased (gRPC already lower-cases them; HTTP/2 too)."""
     return text_metadata(context.invocation_metadata())
 
@@ -125,7 +125,7 @@ class AdminGuard:
     def __init__(self, token: str | None) -> None:
         self.token = token
 
-    def check(self, context: Any) -> None:
+    def check(self, context: CallContext) -> None:
         check_admin(self.token, metadata(context), context.peer())
 
 
@@ -142,7 +142,7 @@ class ApiKeyAuth:
             raise Unauthenticated(AUTH_FAILED)
         return key.domain
 
-    async def tenant(self, context: Any) -> str:
+    async def tenant(self, context: CallContext) -> str:
         """The call's tenant: as EarlyAuth resolved it, else (a handler called without the
         interceptor) looked up now."""
         resolved = _tenant.get(None)
@@ -159,7 +159,7 @@ class DomainOrAdmin:
         self.auth = auth
         self.admin = admin
 
-    async def scope(self, context: Any) -> str | None:
+    async def scope(self, context: CallContext) -> str | None:
         """The Domain the caller is limited to (its API key's), or None for the operator."""
         if uses_basic(metadata(context)):
             return await self.auth.tenant(context)

@@ -25,7 +25,7 @@ import asyncio
 import ipaddress
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from connectrpc.code import Code
@@ -127,7 +127,7 @@ class HttpCallContext:
     def peer(self) -> str:
         return grpc_peer(self._ctx.client_address)
 
-    async def abort(self, code: Any, details: str) -> None:
+    async def abort(self, code: Any, details: str) -> NoReturn:
         raise ConnectError(connect_code(code), details)
 
 

@@ -18,8 +18,8 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 
@@ -45,8 +45,23 @@ _CODES: tuple[tuple[type[KannonError], Any], ...] = (
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
 )
 
+
+class CallContext(Protocol):
+    """What a handler uses of its call: grpc.aio's ServicerContext on the gRPC port, and
+    :class:`kannon.api.connect.HttpCallContext` over Connect and gRPC-Web."""
+
+    def invocation_metadata(self) -> Sequence[tuple[str, str | bytes]] | None: ...
+
+    def peer(self) -> str: ...
+
+    async def abort(self, code: Any, details: str) -> NoReturn: ...
+
+
 S = TypeVar("S")
-Handler = Callable[[S, Any, Any], Awaitable[Any]]
+Req = TypeVar("Req")
+Res = TypeVar("Res")
+# A unary handler `(self, request, context) -> response`, typed with the generated messages.
+Handler = Callable[[S, Req, CallContext], Awaitable[Res]]
 
 
 def status_code(error: KannonError) -> Any:
@@ -88,11 +103,11 @@ def failure_status(exc: Exception, method: str) -> tuple[Any, str]:
     )
 
 
-def rpc(method: Handler[S]) -> Handler[S]:
+def rpc(method: Handler[S, Req, Res]) -> Handler[S, Req, Res]:
     """Wrap a unary handler `(self, request, context)` with the error translation."""
 
     @functools.wraps(method)
-    async def handler(self: S, request: Any, context: Any) -> Any:
+    async def handler(self: S, request: Req, context: CallContext) -> Res:
         started = time.perf_counter()
         code_name = "OK"
         try:

@@ -4,9 +4,8 @@ so a healthy API answers an empty map. The API process only depends on PostgreSQ
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-from kannon.api.errors import rpc
+from kannon.api.errors import CallContext, rpc
 from kannon.db.pool import Database, check_pool
 from kannon.pb.admin.apiv1 import hz_pb2 as pb
 
@@ -25,5 +24,5 @@ class HZService:
         return {}
 
     @rpc
-    async def HZ(self, request: Any, context: Any) -> Any:
+    async def HZ(self, request: pb.HZRequest, context: CallContext) -> pb.HZResponse:
         return pb.HZResponse(result=await self.failing_checks())

@@ -2,11 +2,10 @@
 SendHTML and SendTemplate turn one call into one Batch with a Delivery per Recipient.
 
 Steps (the original's, without its mistakes; ADR 0012): authenticate the tenant by API key; pick
-the template —
-SendHTML always stores its HTML as a new transient template, SendTemplate uses the tenant's
-template or, when global fields change its HTML, a transient copy with them baked in; check the
-request (:func:`kannon.model.batch.plan_batch`, which also resolves each Recipient's Tracking
-Policy under the Domain's ceiling; a one-click unsubscribe URL template is checked by
+the template — SendHTML always stores its HTML as a new transient template, SendTemplate uses the
+tenant's template or, when global fields change its HTML, a transient copy with them baked in;
+check the request (:func:`kannon.model.batch.plan_batch`, which also resolves each Recipient's
+Tracking Policy under the Domain's ceiling; a one-click unsubscribe URL template is checked by
 :func:`kannon.envelope.unsubscribe.check_url_template` and gets the global fields baked in, as the
 HTML does); refuse a Batch whose largest Envelope could not travel on the bus
 (:func:`kannon.envelope.size.estimate_largest_envelope` against `nats.max_payload`, ADR 0021);
@@ -28,13 +27,12 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 from urllib.parse import quote
 
 from prometheus_client import Counter
 
 from kannon.api.auth import ApiKeyAuth, metadata
-from kannon.api.errors import rpc
+from kannon.api.errors import CallContext, rpc
 from kannon.api.metrics import IDEMPOTENT_REPLAYS
 from kannon.config import Settings
 from kannon.db.batches import create_batch, deliveries_csv
@@ -68,6 +66,7 @@ from kannon.model.idempotency import (
 from kannon.model.ip_pool import check_known_pool
 from kannon.model.template import TRANSIENT, Template, check_html, check_template_id
 from kannon.model.tracking import TrackingPolicy
+from kannon.pb.mailer.apiv1 import mailerapiv1_pb2 as mailer_pb
 from kannon.runtime.clock import utc_now
 from kannon.wire import api as wire
 
@@ -154,6 +153,10 @@ def one_click_template(template: str, global_fields: Mapping[str, str] | None) -
     return template
 
 
+# The two send requests share their Batch fields (sender, subject, recipients, ...).
+SendMessage = mailer_pb.SendHTMLReq | mailer_pb.SendTemplateReq
+
+
 class MailerService:
     def __init__(self, settings: Settings, db: Database, auth: ApiKeyAuth) -> None:
         self.settings = settings
@@ -161,14 +164,14 @@ class MailerService:
         self.auth = auth
         self.max_recipients = settings.api.max_recipients
 
-    def _global_fields(self, message: Any) -> dict[str, str]:
+    def _global_fields(self, message: SendMessage) -> dict[str, str]:
         # Counted before anything is built per Recipient: an oversized call costs nothing.
         check_recipient_count(len(message.recipients), self.max_recipients)
         fields = dict(message.global_fields)
         check_no_nul(fields, "global_fields")
         return fields
 
-    async def _replay(self, call: Call) -> Any | None:
+    async def _replay(self, call: Call) -> mailer_pb.SendRes | None:
         """The first response of this call's idempotency key, if any (Conflict: another body)."""
         if call.key is None:
             return None
@@ -182,7 +185,7 @@ class MailerService:
 
     def _prepare(  # noqa: PLR0917  (called positionally through asyncio.to_thread)
         self,
-        message: Any,
+        message: SendMessage,
         tenant: str,
         template_id: str,
         html: str,
@@ -220,8 +223,13 @@ class MailerService:
         return plan, deliveries_csv(plan)
 
     async def _send(
-        self, call: Call, message: Any, template_id: str, html: str, template: Template | None
-    ) -> Any:
+        self,
+        call: Call,
+        message: SendMessage,
+        template_id: str,
+        html: str,
+        template: Template | None,
+    ) -> mailer_pb.SendRes:
         now, tenant = call.now, call.tenant
         domain = await sending_policy(self.db, tenant)
         if domain is None:
@@ -267,7 +275,7 @@ class MailerService:
             REJECTED.labels(reason).inc(count)
         return response
 
-    async def _call(self, method: str, message: Any, context: Any) -> Call:
+    async def _call(self, method: str, message: SendMessage, context: CallContext) -> Call:
         tenant = await self.auth.tenant(context)
         key = check_key(metadata(context).get(HEADER))
         digest = b""
@@ -280,7 +288,9 @@ class MailerService:
         return Call(method, tenant, key, digest, utc_now(), ip_pool)
 
     @rpc
-    async def SendHTML(self, message: Any, context: Any) -> Any:
+    async def SendHTML(
+        self, message: mailer_pb.SendHTMLReq, context: CallContext
+    ) -> mailer_pb.SendRes:
         call = await self._call("SendHTML", message, context)
         if (replayed := await self._replay(call)) is not None:
             return replayed
@@ -292,7 +302,9 @@ class MailerService:
         return await self._send(call, message, template.template_id, html, template)
 
     @rpc
-    async def SendTemplate(self, message: Any, context: Any) -> Any:
+    async def SendTemplate(
+        self, message: mailer_pb.SendTemplateReq, context: CallContext
+    ) -> mailer_pb.SendRes:
         call = await self._call("SendTemplate", message, context)
         if (replayed := await self._replay(call)) is not None:
             return replayed

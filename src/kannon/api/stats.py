@@ -7,20 +7,24 @@ the domain from the request and checked nothing). An empty `domain` means the ke
 
 from __future__ import annotations
 
-from typing import Any
-
 from kannon.api.auth import ApiKeyAuth
-from kannon.api.errors import rpc
+from kannon.api.errors import CallContext, rpc
 from kannon.db import stats_queries
 from kannon.db.pool import Database
 from kannon.model.domain import canonical_domain_name
 from kannon.model.errors import PermissionDenied
 from kannon.pb.stats.apiv1 import statsapiv1_pb2 as v1
 from kannon.pb.stats.apiv2 import statsapiv2_pb2 as v2
+from kannon.pb.stats.types.stats_pb2 import StatsAggregated
 from kannon.wire import api as wire
 
 STATS_PAGE = 100
 MAX_PAGE = 1000
+
+
+# The v1 and v2 requests share `domain`, `from_date` and `to_date`.
+AggregatedRequest = v1.GetStatsAggregatedReq | v2.GetAggregatedStatsReq
+StatsRequest = v1.GetStatsReq | AggregatedRequest
 
 
 class StatsService:
@@ -28,7 +32,7 @@ class StatsService:
         self.db = db
         self.auth = auth
 
-    async def _domain(self, request: Any, context: Any) -> str:
+    async def _domain(self, request: StatsRequest, context: CallContext) -> str:
         tenant = await self.auth.tenant(context)
         if not request.domain.strip():
             return tenant
@@ -39,14 +43,16 @@ class StatsService:
             )
         return tenant
 
-    async def _buckets(self, request: Any, context: Any) -> list[Any]:
+    async def _buckets(
+        self, request: AggregatedRequest, context: CallContext
+    ) -> list[StatsAggregated]:
         domain = await self._domain(request, context)
         start, end = wire.time_range(request)
         buckets = await stats_queries.aggregated_stats(self.db, domain, start, end)
         return [wire.bucket_pb(b) for b in buckets]
 
     @rpc
-    async def GetStats(self, request: Any, context: Any) -> Any:
+    async def GetStats(self, request: v1.GetStatsReq, context: CallContext) -> v1.GetStatsRes:
         domain = await self._domain(request, context)
         start, end = wire.time_range(request)
         page = wire.page(request.skip, request.take, default=STATS_PAGE, cap=MAX_PAGE)
@@ -56,9 +62,13 @@ class StatsService:
         return v1.GetStatsRes(total=total, stats=[wire.stats_pb(row) for row in rows])
 
     @rpc
-    async def GetStatsAggregated(self, request: Any, context: Any) -> Any:
+    async def GetStatsAggregated(
+        self, request: v1.GetStatsAggregatedReq, context: CallContext
+    ) -> v1.GetStatsAggregatedRes:
         return v1.GetStatsAggregatedRes(stats=await self._buckets(request, context))
 
     @rpc
-    async def GetAggregatedStats(self, request: Any, context: Any) -> Any:
+    async def GetAggregatedStats(
+        self, request: v2.GetAggregatedStatsReq, context: CallContext
+    ) -> v2.GetAggregatedStatsRes:
         return v2.GetAggregatedStatsRes(stats=await self._buckets(request, context))

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Any
 
 from kannon.api.auth import DomainOrAdmin
-from kannon.api.errors import rpc
+from kannon.api.errors import CallContext, rpc
 from kannon.db import domains, suppressions
 from kannon.db.pool import Database
 from kannon.model.address import canonical_recipient
@@ -71,12 +70,22 @@ def _lookup_address(value: str) -> str:
     return canonical_recipient(text)
 
 
+# Every request of the service names its Domain.
+DomainRequest = (
+    pb.ListSuppressionsRequest
+    | pb.GetSuppressionRequest
+    | pb.AddSuppressionRequest
+    | pb.RemoveSuppressionRequest
+    | pb.ImportSuppressionsRequest
+)
+
+
 class SuppressionService:
     def __init__(self, db: Database, access: DomainOrAdmin) -> None:
         self.db = db
         self.access = access
 
-    async def _domain(self, request: Any, context: Any) -> str:
+    async def _domain(self, request: DomainRequest, context: CallContext) -> str:
         """The Domain the call is about, checked against what the caller may access."""
         scope = await self.access.scope(context)
         given = request.domain.strip()
@@ -95,7 +104,9 @@ class SuppressionService:
         return name
 
     @rpc
-    async def ListSuppressions(self, request: Any, context: Any) -> Any:
+    async def ListSuppressions(
+        self, request: pb.ListSuppressionsRequest, context: CallContext
+    ) -> pb.ListSuppressionsResponse:
         domain = await self._domain(request, context)
         reason = check_reason(request.reason, allow_empty=True)
         page = wire.page(request.skip, request.take, default=LIST_PAGE, cap=MAX_PAGE)
@@ -113,7 +124,9 @@ class SuppressionService:
         )
 
     @rpc
-    async def GetSuppression(self, request: Any, context: Any) -> Any:
+    async def GetSuppression(
+        self, request: pb.GetSuppressionRequest, context: CallContext
+    ) -> pb.GetSuppressionResponse:
         domain = await self._domain(request, context)
         address = _lookup_address(request.address)
         found = await suppressions.get(self.db, domain, address, utc_now())
@@ -122,7 +135,9 @@ class SuppressionService:
         return pb.GetSuppressionResponse(suppression=wire.suppression_msg(found))
 
     @rpc
-    async def AddSuppression(self, request: Any, context: Any) -> Any:
+    async def AddSuppression(
+        self, request: pb.AddSuppressionRequest, context: CallContext
+    ) -> pb.AddSuppressionResponse:
         domain = await self._domain(request, context)
         now = utc_now()
         item = manual(
@@ -136,7 +151,9 @@ class SuppressionService:
         return pb.AddSuppressionResponse(suppression=wire.suppression_msg(added))
 
     @rpc
-    async def RemoveSuppression(self, request: Any, context: Any) -> Any:
+    async def RemoveSuppression(
+        self, request: pb.RemoveSuppressionRequest, context: CallContext
+    ) -> pb.RemoveSuppressionResponse:
         domain = await self._domain(request, context)
         address = _lookup_address(request.address)
         removed = await suppressions.remove(self.db, domain, address)
@@ -145,7 +162,9 @@ class SuppressionService:
         return pb.RemoveSuppressionResponse(suppression=wire.suppression_msg(removed))
 
     @rpc
-    async def ImportSuppressions(self, request: Any, context: Any) -> Any:
+    async def ImportSuppressions(
+        self, request: pb.ImportSuppressionsRequest, context: CallContext
+    ) -> pb.ImportSuppressionsResponse:
         domain = await self._domain(request, context)
         count = len(request.addresses)
         if count > MAX_IMPORT:

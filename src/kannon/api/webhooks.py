@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from kannon.api.auth import AdminGuard, ApiKeyAuth, metadata, uses_basic
-from kannon.api.errors import rpc
+from kannon.api.errors import CallContext, rpc
 from kannon.bus.subjects import WEBHOOK_EVENT_TYPES
 from kannon.config import Settings
 from kannon.db import domains
@@ -50,7 +50,7 @@ MAX_PAGE = 1000
 RESOLVE_TIMEOUT = 5.0
 
 
-def endpoint_pb(endpoint: Endpoint) -> Any:
+def endpoint_pb(endpoint: Endpoint) -> pb.Endpoint:
     message = pb.Endpoint(
         id=endpoint.id,
         domain=endpoint.domain,
@@ -71,7 +71,7 @@ class WebhooksService:
         self.auth = auth
         self.guard = AdminGuard(settings.api.admin_token)
 
-    async def _domain(self, requested: str, context: Any) -> str:
+    async def _domain(self, requested: str, context: CallContext) -> str:
         if uses_basic(metadata(context)):
             tenant = await self.auth.tenant(context)
             if requested.strip() and canonical_domain_name(requested) != tenant:
@@ -123,7 +123,9 @@ class WebhooksService:
         return found
 
     @rpc
-    async def CreateEndpoint(self, request: Any, context: Any) -> Any:
+    async def CreateEndpoint(
+        self, request: pb.CreateEndpointReq, context: CallContext
+    ) -> pb.CreateEndpointRes:
         domain = await self._domain(request.domain, context)
         url = await self._url(request.url)
         now = utc_now()
@@ -142,13 +144,17 @@ class WebhooksService:
         return pb.CreateEndpointRes(endpoint=endpoint_pb(endpoint), secret=secret)
 
     @rpc
-    async def ListEndpoints(self, request: Any, context: Any) -> Any:
+    async def ListEndpoints(
+        self, request: pb.ListEndpointsReq, context: CallContext
+    ) -> pb.ListEndpointsRes:
         domain = await self._domain(request.domain, context)
         found = await store.list_endpoints(self.db, domain)
         return pb.ListEndpointsRes(endpoints=[endpoint_pb(e) for e in found])
 
     @rpc
-    async def UpdateEndpoint(self, request: Any, context: Any) -> Any:
+    async def UpdateEndpoint(
+        self, request: pb.UpdateEndpointReq, context: CallContext
+    ) -> pb.Endpoint:
         domain = await self._domain(request.domain, context)
         url = await self._url(request.url) if request.HasField("url") else None
         updated = await store.update_endpoint(
@@ -172,7 +178,7 @@ class WebhooksService:
         return endpoint_pb(updated)
 
     @rpc
-    async def DeleteEndpoint(self, request: Any, context: Any) -> Any:
+    async def DeleteEndpoint(self, request: pb.EndpointRef, context: CallContext) -> pb.Endpoint:
         domain = await self._domain(request.domain, context)
         deleted = await store.delete_endpoint(self.db, domain, request.id.strip())
         if deleted is None:
@@ -180,7 +186,9 @@ class WebhooksService:
         return endpoint_pb(deleted)
 
     @rpc
-    async def RotateSecret(self, request: Any, context: Any) -> Any:
+    async def RotateSecret(
+        self, request: pb.EndpointRef, context: CallContext
+    ) -> pb.RotateSecretRes:
         domain = await self._domain(request.domain, context)
         secret = new_webhook_secret()
         updated = await store.update_endpoint(
@@ -191,7 +199,9 @@ class WebhooksService:
         return pb.RotateSecretRes(endpoint=endpoint_pb(updated), secret=secret)
 
     @rpc
-    async def SendTestEvent(self, request: Any, context: Any) -> Any:
+    async def SendTestEvent(
+        self, request: pb.EndpointRef, context: CallContext
+    ) -> pb.SendTestEventRes:
         domain = await self._domain(request.domain, context)
         endpoint = await self._endpoint(domain, request.id)
         now = utc_now()
@@ -224,7 +234,9 @@ class WebhooksService:
         return pb.SendTestEventRes(webhook_id=hook_id)
 
     @rpc
-    async def ListAttempts(self, request: Any, context: Any) -> Any:
+    async def ListAttempts(
+        self, request: pb.ListAttemptsReq, context: CallContext
+    ) -> pb.ListAttemptsRes:
         domain = await self._domain(request.domain, context)
         endpoint = await self._endpoint(domain, request.endpoint_id)
         page = wire.page(request.skip, request.take, default=ATTEMPTS_PAGE, cap=MAX_PAGE)
@@ -247,7 +259,7 @@ class WebhooksService:
         return result
 
     @rpc
-    async def Replay(self, request: Any, context: Any) -> Any:
+    async def Replay(self, request: pb.ReplayReq, context: CallContext) -> pb.ReplayRes:
         domain = await self._domain(request.domain, context)
         endpoint = await self._endpoint(domain, request.endpoint_id)
         now = utc_now()

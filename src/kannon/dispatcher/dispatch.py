@@ -10,8 +10,7 @@ current one is published. Once the stream has stored an Envelope (PubAck) its ro
 `queued`, with the stream sequence: from then on only an outcome moves it. A publish that fails
 is retried for a moment (same `Nats-Msg-Id`), then handed back to the Pool under the same
 attempt, due a little later; a build that fails is rescheduled with backoff like a temporary
-delivery failure (`retry.Retries`). Nothing is left claimed (spec §4.4 QUIRK, fixed as at HEAD
-§8).
+delivery failure (`retry.Retries`). Nothing is left claimed (ADR 0005).
 
 The clock and the boundary randomness are constructor parameters, so tests move time instead of
 sleeping.

@@ -111,7 +111,7 @@ def time_range(message: Any) -> tuple[datetime, datetime]:
 # --- Admin -------------------------------------------------------------------------------------
 
 
-def policy_pb(policy: TrackingPolicy) -> Any:
+def policy_pb(policy: TrackingPolicy) -> tracking_pb2.TrackingPolicy:
     # Enum values by name: what the generated constructor is typed to take.
     return tracking_pb2.TrackingPolicy(
         opens=f"TRACKING_MODE_{policy.opens.name}", links=f"TRACKING_MODE_{policy.links.name}"
@@ -126,13 +126,13 @@ def wire_policy(message: Any, field: str = "tracking") -> WirePolicy | None:
     return (int(policy.opens), int(policy.links))
 
 
-def dns_record_pb(record: DnsRecord) -> Any:
+def dns_record_pb(record: DnsRecord) -> admin_pb.DnsRecord:
     return admin_pb.DnsRecord(
         type=record.type, name=record.name, value=record.value, purpose=record.purpose
     )
 
 
-def dkim_key_pb(key: DkimKey, record: DnsRecord, now: datetime) -> Any:
+def dkim_key_pb(key: DkimKey, record: DnsRecord, now: datetime) -> admin_pb.DkimKey:
     msg = admin_pb.DkimKey(
         selector=key.selector,
         algorithm=key.algorithm,
@@ -153,7 +153,7 @@ def domain_pb(
     records: Sequence[DnsRecord],
     keys: Sequence[tuple[DkimKey, DnsRecord]],
     now: datetime,
-) -> Any:
+) -> admin_pb.Domain:
     msg = admin_pb.Domain(
         domain=domain.name,
         dkim_pub_key=domain.dkim_public_key,
@@ -169,7 +169,7 @@ def domain_pb(
     return msg
 
 
-def template_pb(template: Template) -> Any:
+def template_pb(template: Template) -> admin_pb.Template:
     return admin_pb.Template(
         template_id=template.template_id,
         html=template.html,
@@ -178,7 +178,7 @@ def template_pb(template: Template) -> Any:
     )
 
 
-def api_key_pb(key: ApiKey) -> Any:
+def api_key_pb(key: ApiKey) -> admin_pb.APIKey:
     msg = admin_pb.APIKey(
         id=key.id,
         key=key.masked,
@@ -243,11 +243,12 @@ def ceiling_from_pb(message: Any, field: str = "tracking") -> TrackingPolicy:
     )
 
 
-def send_res_from_bytes(data: bytes) -> Any:
-    return mailer_pb.SendRes.FromString(data)
+def send_res_from_bytes(data: bytes) -> mailer_pb.SendRes:
+    res: mailer_pb.SendRes = mailer_pb.SendRes.FromString(data)
+    return res
 
 
-def send_res_pb(plan: BatchPlan) -> Any:
+def send_res_pb(plan: BatchPlan) -> mailer_pb.SendRes:
     res = mailer_pb.SendRes(
         message_id=plan.batch_id,
         template_id=plan.template_id,
@@ -263,7 +264,7 @@ def send_res_pb(plan: BatchPlan) -> Any:
 # --- Stats -------------------------------------------------------------------------------------
 
 
-def stats_pb(row: StatRow) -> Any:
+def stats_pb(row: StatRow) -> stats_types_pb.Stats:
     msg = stats_types_pb.Stats(
         message_id=row.message_id, domain=row.domain, email=row.email, type=row.type
     )
@@ -276,7 +277,7 @@ def stats_pb(row: StatRow) -> Any:
     return msg
 
 
-def bucket_pb(bucket: Bucket) -> Any:
+def bucket_pb(bucket: Bucket) -> stats_types_pb.StatsAggregated:
     msg = stats_types_pb.StatsAggregated(type=bucket.type, count=bucket.count)
     msg.timestamp.CopyFrom(timestamp_pb(bucket.timestamp))
     return msg
