@@ -1,7 +1,7 @@
 """The Dispatcher's outcomes room: the SMTPSender's outcomes keep the Pool in step.
 
 * `dispatcher-delivered` / `dispatcher-bounced`: the Delivery ended, delete its row (the rows of
-  concurrently handled events go in one DELETE, `kannon.db.batching`);
+  concurrently handled events go in one DELETE, `kannon.runtime.coalescer`);
 * `dispatcher-error`: reschedule with backoff and jitter, recording the reply when a server
   answered (code ≥ 200) — only when the error answers the attempt in flight (its event id names
   the attempt, `model.event_ids.attempt_of_send_outcome`), else it is a late copy and ignored;
@@ -38,12 +38,12 @@ from kannon.bus.subjects import (
 )
 from kannon.config import NatsSettings
 from kannon.db import deliveries
-from kannon.db.batching import Coalescer
 from kannon.db.pool import is_outage
 from kannon.dispatcher.retry import WHILE_QUEUED, WHILE_SENDING, Retries
 from kannon.model.delivery import IN_FLIGHT_STATUSES
 from kannon.model.event_ids import attempt_of_send_outcome
 from kannon.model.outcome import Errored, Outcome
+from kannon.runtime.coalescer import Coalescer
 from kannon.wire.stats import UndecodableEvent, decode
 
 if TYPE_CHECKING:

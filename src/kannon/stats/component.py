@@ -11,7 +11,7 @@ A payload that is not a Stats message is terminated (logged), never retried; a d
 raises, and the bus loop Naks the message so it comes back later.
 
 Handlers still see one message each and ack it only once its event is committed, but the writes
-are coalesced (`kannon.db.batching.Coalescer`): the events of concurrent handlers go into the
+are coalesced (`kannon.runtime.coalescer.Coalescer`): the events of concurrent handlers go into the
 database in one statement. An event PostgreSQL refuses is retried alone, so it cannot fail its
 neighbours.
 """
@@ -32,10 +32,10 @@ from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result
 from kannon.bus.subjects import STATS_DURABLE, STATS_STREAM, STATS_SUBJECTS
 from kannon.config import Settings
 from kannon.db import stats_store
-from kannon.db.batching import Coalescer
 from kannon.db.pool import Database, is_outage
 from kannon.model.outcome import Outcome, domain_of_batch
 from kannon.runtime.clock import utc_now
+from kannon.runtime.coalescer import Coalescer
 from kannon.runtime.component import Life, run_every
 from kannon.stats.suppression import SuppressionFeed
 from kannon.wire.stats import UndecodableEvent, data_json, decode

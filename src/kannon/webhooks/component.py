@@ -37,7 +37,6 @@ from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result
 from kannon.bus.subjects import STATS_STREAM, STATS_SUBJECTS, WEBHOOK_EVENT_TYPES, WEBHOOKS_DURABLE
 from kannon.config import Settings
 from kannon.db import webhooks as store
-from kannon.db.batching import Coalescer
 from kannon.db.pool import Database, is_outage
 from kannon.model.event_ids import webhook_id
 from kannon.model.outcome import domain_of_batch
@@ -54,6 +53,7 @@ from kannon.model.webhooks import (
     snippet,
 )
 from kannon.runtime.clock import utc_now
+from kannon.runtime.coalescer import Coalescer
 from kannon.runtime.component import Life, run_every
 from kannon.webhooks.client import RefusedAddress, WebhookClient, describe
 from kannon.wire.stats import UndecodableEvent, data_json, decode

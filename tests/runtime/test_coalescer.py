@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from kannon.db.batching import Coalescer
+from kannon.runtime.coalescer import Coalescer
 
 
 class Store:

@@ -1,5 +1,6 @@
-"""Coalescing of concurrent single-row writes into batched statements, for bus handlers that
-write to the database: the Stats worker (events) and the Dispatcher (ended Deliveries).
+"""Coalescing of concurrent single-item calls into batched ones, for bus handlers that write to
+the database: the Stats worker (events), the Dispatcher (ended Deliveries) and the webhooks
+worker (new deliveries and attempt results). It knows nothing of the database (ADR 0051).
 
 The bus hands messages to handlers one at a time (bounded concurrency, one ack each). Writing
 each one in its own statement or transaction cost a round trip or four per message; instead every
