@@ -659,11 +659,12 @@ Diagnostic-Code: smtp; {diagnostic}
             True,
             True,
         ),
-        # A policy code with "user unknown" words: the server may be hiding a block.
+        # A policy code with "user unknown" words: a filter's refusal worded as a missing user
+        # (ADR 0055), and the code does not back the words either way.
         (
             "5.7.1",
             "550 5.7.1 user unknown (in reply to RCPT TO command)",
-            "userunknown",
+            "filtered",
             False,
             False,
         ),
@@ -809,4 +810,29 @@ def test_network_dns_and_expiry_phrases(status: str, diagnostic: str, reason: st
 )
 def test_more_ways_to_say_no_such_user(diagnostic: str) -> None:
     recipient = _one("5.0.0", f"{diagnostic} (in reply to RCPT TO command)")
-    assert (recipient.reason, recipient.hard_bounce) == ("userunknown", True)
+    # Reported as a dead address; Sendmail's generic "Service unavailable" beside it still keeps
+    # it from being acted on (ADR 0023).
+    assert (recipient.reason, recipient.hard_bounce) == ("userunknown", False)
+
+
+def test_pipelined_refusal_answered_rcpt() -> None:
+    # RFC 2920: RCPT and DATA sent together, ">>> DATA" logged before both replies; the
+    # server's "no valid recipients" answer to DATA shows the refusal answered RCPT (ADR 0055).
+    transcript = (
+        "... while talking to mx.example.org.:\n>>> DATA\n"
+        "<<< 550 5.5.0 Invalid recipient\n<<< 554 5.5.1 Error: no valid recipients\n"
+    )
+    assert find_command(transcript) == "RCPT"
+    content = "... while talking to mx.example.org.:\n>>> DATA\n<<< 550 5.7.1 Message rejected\n"
+    assert find_command(content) == "DATA"
+
+
+def test_local_delivery_agent_unknown_user_is_the_directory_speaking() -> None:
+    recipient = _one("5.5.0", "554 <someone@example.org>... Service unavailable")
+    assert recipient.reason != "userunknown"
+    recipient = _one(
+        "5.5.0", "mail.local: unknown user: someone; 554 <someone@example.org>... Service unavailable"
+    )
+    # Reported as a dead address; Sendmail's generic "Service unavailable" beside it still keeps
+    # it from being acted on (ADR 0023).
+    assert (recipient.reason, recipient.hard_bounce) == ("userunknown", False)
