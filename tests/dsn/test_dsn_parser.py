@@ -835,3 +835,29 @@ def test_local_delivery_agent_unknown_user_is_the_directory_speaking() -> None:
     # Reported as a dead address; Sendmail's generic "Service unavailable" beside it still keeps
     # it from being acted on (ADR 0023).
     assert (recipient.reason, recipient.hard_bounce) == ("userunknown", False)
+
+
+def test_directory_words_under_a_bare_generic_status_are_not_acted_on() -> None:
+    # Status 5.0.0 and no reply of the remote server: the words are the only witness (ADR 0055).
+    alone = _one("5.0.0", "The email account that you tried to reach does not exist.")
+    assert (alone.reason, alone.confident, alone.hard_bounce) == ("userunknown", False, False)
+    # The remote server's own 550 is a second witness.
+    replied = _one("5.0.0", "550 The email account that you tried to reach does not exist.")
+    assert (replied.reason, replied.hard_bounce) == ("userunknown", True)
+
+
+def test_dns_fault_given_up_for_good_is_an_unroutable_domain_not_acted_on() -> None:
+    failed = _one(
+        "5.4.4",
+        "Name service error for name=example.org type=MX: Malformed or unexpected name server "
+        "reply",
+    )
+    assert (failed.reason, failed.permanent, failed.hard_bounce) == ("hostunknown", True, False)
+    # The same words in a transient report stay a network fault.
+    delayed = _one(
+        "4.4.3",
+        "Name service error for name=example.org type=MX: Malformed or unexpected name server "
+        "reply",
+        action="delayed",
+    )
+    assert delayed.reason == "networkerror"

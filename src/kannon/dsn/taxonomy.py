@@ -615,7 +615,10 @@ def _phase_one(text: str, ev: Evidence, by_status: str) -> Verdict | None:
         return Verdict("rejected", "text")
 
     if by_status == "hostunknown":
-        if not matches("networkerror", text):
+        if not matches("networkerror", text) or ev.action == "failed":
+            # A DNS fault the reporting MTA gave up on for good (5.4.4, 5.1.2 in a failure
+            # report) leaves the domain unroutable; `is_confident` still withholds acting on
+            # it while the words name a passing network fault (ADR 0055).
             return Verdict("hostunknown", "status")
     elif matches("hostunknown", text):
         # A transient "no such host" is a DNS problem, not proof that the domain is gone.
@@ -734,6 +737,11 @@ def is_confident(reason: str, ev: Evidence) -> bool:
         and (definitive or reason in ("hostunknown", "notaccept"))
     )
     if not (ev.permanent or own_finding) or ev.action == "delayed" or ev.command == "MAIL":
+        return False
+    if ev.coded and is_generic(ev.status) and not ev.reply_code:
+        # A delivery report whose Status: field could have named the address problem (5.1.1)
+        # and says only 5.0.0, quoting no reply of the remote server: the words stand alone,
+        # one witness (ADR 0055). Reports with no code at all are the `own_finding` above.
         return False
     if ev.command == "DATA" and not (code_specific and by_status == reason):
         # After DATA only an address code (5.1.1 "bad mailbox") outweighs the suspicion of a
