@@ -861,3 +861,14 @@ def test_dns_fault_given_up_for_good_is_an_unroutable_domain_not_acted_on() -> N
         action="delayed",
     )
     assert delayed.reason == "networkerror"
+
+
+def test_remote_mta_with_a_type_and_no_host_is_not_a_crash() -> None:
+    # Sendmail writes "Remote-MTA: DNS; " when the domain had no host to talk to.
+    block = (
+        "\nFinal-Recipient: RFC822; someone@example.org\nAction: failed\nStatus: 5.1.2\n"
+        "Remote-MTA: DNS; \n"
+    )
+    (recipient,) = parse_message(dsn(block)).recipients
+    assert (recipient.recipient, recipient.remote_mta) == ("someone@example.org", "")
+    assert (recipient.reason, recipient.status) == ("hostunknown", "5.1.2")
