@@ -19,11 +19,12 @@ from tests.dsn.corpus import Score, score
 DATA = Path(__file__).parent / "sisimai"
 EXPECTED: dict[str, list[dict[str, Any]]] = json.loads((DATA / "expected.json").read_text())
 
-# Measured when the corpus was added (ADR 0055): (a) 80.5 %, (b) 53.7 %; the rules of ADR 0055
-# were then written against it. The floors sit just under what the classifier scores now, so a
-# regression shows; the 2 % bound on wrongly-hard verdicts is the one asserted everywhere.
-A_FLOOR = 0.0
-B_FLOOR = 0.0
+# Measured when the corpus was added (ADR 0055): (a) 82.9 %, (b) 73.2 %, one recipient wrongly
+# called hard; after the rules of ADR 0055, written against it and the tuning split: (a) 92.7 %,
+# (b) 80.5 %, none. The floors sit just under that, so a regression shows; the 2 % bound on
+# wrongly-hard verdicts is the one asserted everywhere (here it allows none).
+A_FLOOR = 0.92
+B_FLOOR = 0.80
 WRONG_HARD_LIMIT = 0.02
 
 
