@@ -11,8 +11,8 @@ Scores are per expected recipient, matched by its `index`:
 (a) status class and hard-bounce verdict both right: the classifier's verdict
     (`is_hard_bounce(reason, status)`, never for a delay), and, strictly, `hard_bounce` itself,
     which is also false where the classifier is not confident;
-(b) exact status and reason right, where sisimai's internal "X.0.9xx" codes (its pseudo-code for
-    a report that states no status) count as class-only.
+(b) exact status and reason right, where sisimai's internal "X.0.9xx" and, in newer releases,
+    "X.9.xxx" codes (its pseudo-codes for a report that states no status) count as class-only.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from kannon.dsn import DsnReport, is_hard_bounce, parse_message
 
 SPLIT_SALT = "kannon-dsn-split-v1/"
 HELDOUT_PERCENT = 28
-_PSEUDO_STATUS = re.compile(r"^[245]\.0\.9\d\d$")
+_PSEUDO_STATUS = re.compile(r"^[245]\.(?:0\.9\d\d|9\.\d{3})$")
 
 
 def is_heldout(name: str) -> bool:

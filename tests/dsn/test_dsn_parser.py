@@ -659,11 +659,12 @@ Diagnostic-Code: smtp; {diagnostic}
             True,
             True,
         ),
-        # A policy code with "user unknown" words: the server may be hiding a block.
+        # A policy code with "user unknown" words: a filter's refusal worded as a missing user
+        # (ADR 0055), and the code does not back the words either way.
         (
             "5.7.1",
             "550 5.7.1 user unknown (in reply to RCPT TO command)",
-            "userunknown",
+            "filtered",
             False,
             False,
         ),
@@ -810,3 +811,64 @@ def test_network_dns_and_expiry_phrases(status: str, diagnostic: str, reason: st
 def test_more_ways_to_say_no_such_user(diagnostic: str) -> None:
     recipient = _one("5.0.0", f"{diagnostic} (in reply to RCPT TO command)")
     assert (recipient.reason, recipient.hard_bounce) == ("userunknown", True)
+
+
+def test_pipelined_refusal_answered_rcpt() -> None:
+    # RFC 2920: RCPT and DATA sent together, ">>> DATA" logged before both replies; the
+    # server's "no valid recipients" answer to DATA shows the refusal answered RCPT (ADR 0055).
+    transcript = (
+        "... while talking to mx.example.org.:\n>>> DATA\n"
+        "<<< 550 5.5.0 Invalid recipient\n<<< 554 5.5.1 Error: no valid recipients\n"
+    )
+    assert find_command(transcript) == "RCPT"
+    content = "... while talking to mx.example.org.:\n>>> DATA\n<<< 550 5.7.1 Message rejected\n"
+    assert find_command(content) == "DATA"
+
+
+def test_local_delivery_agent_unknown_user_is_the_directory_speaking() -> None:
+    recipient = _one("5.5.0", "554 <someone@example.org>... Service unavailable")
+    assert recipient.reason != "userunknown"
+    recipient = _one(
+        "5.5.0",
+        "mail.local: unknown user: someone; 554 <someone@example.org>... Service unavailable",
+    )
+    # Reported as a dead address; Sendmail's generic "Service unavailable" beside it still keeps
+    # it from being acted on (ADR 0023).
+    assert (recipient.reason, recipient.hard_bounce) == ("userunknown", False)
+
+
+def test_directory_words_under_a_bare_generic_status_are_not_acted_on() -> None:
+    # Status 5.0.0 and no reply of the remote server: the words are the only witness (ADR 0055).
+    alone = _one("5.0.0", "The email account that you tried to reach does not exist.")
+    assert (alone.reason, alone.confident, alone.hard_bounce) == ("userunknown", False, False)
+    # The remote server's own 550 is a second witness.
+    replied = _one("5.0.0", "550 The email account that you tried to reach does not exist.")
+    assert (replied.reason, replied.hard_bounce) == ("userunknown", True)
+
+
+def test_dns_fault_given_up_for_good_is_an_unroutable_domain_not_acted_on() -> None:
+    failed = _one(
+        "5.4.4",
+        "Name service error for name=example.org type=MX: Malformed or unexpected name server "
+        "reply",
+    )
+    assert (failed.reason, failed.permanent, failed.hard_bounce) == ("hostunknown", True, False)
+    # The same words in a transient report stay a network fault.
+    delayed = _one(
+        "4.4.3",
+        "Name service error for name=example.org type=MX: Malformed or unexpected name server "
+        "reply",
+        action="delayed",
+    )
+    assert delayed.reason == "networkerror"
+
+
+def test_remote_mta_with_a_type_and_no_host_is_not_a_crash() -> None:
+    # Sendmail writes "Remote-MTA: DNS; " when the domain had no host to talk to.
+    block = (
+        "\nFinal-Recipient: RFC822; someone@example.org\nAction: failed\nStatus: 5.1.2\n"
+        "Remote-MTA: DNS; \n"
+    )
+    (recipient,) = parse_message(dsn(block)).recipients
+    assert (recipient.recipient, recipient.remote_mta) == ("someone@example.org", "")
+    assert (recipient.reason, recipient.status) == ("hostunknown", "5.1.2")

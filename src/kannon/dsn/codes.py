@@ -174,17 +174,29 @@ _TRANSCRIPT_COMMANDS: Final = {
 }
 
 
+# The server's answer to DATA when every RCPT of a pipelined transaction was refused (Postfix
+# "554 5.5.1 Error: no valid recipients", others alike).
+_NO_VALID_RECIPIENTS_RE: Final = re.compile(
+    r"^\s*<<<\s*5\d\d\b[^\n]*\bno valid recipients", re.MULTILINE | re.IGNORECASE
+)
+
+
 def _transcript_command(text: str) -> str:
     """The command sent just before the first failure reply of a transcript, else "".
 
     Transcripts go on after the failure (a rejected RCPT is followed by DATA and its "503 need
-    RCPT"), so the last command mentioned is not the one that failed.
+    RCPT"), so the last command mentioned is not the one that failed. With PIPELINING (RFC
+    2920) a client sends RCPT and DATA together and logs only ">>> DATA" before the replies:
+    the refusal of the recipient then shows after DATA, and the server's "no valid recipients"
+    answer to DATA says so (ADR 0055).
     """
     sent = ""
     for match in _TRANSCRIPT_RE.finditer(text):
         if match.group(1):
             sent = _TRANSCRIPT_COMMANDS.get(match.group(1).lower(), "")
         elif match.group(2) in ("4", "5") and sent:
+            if sent == "DATA" and _NO_VALID_RECIPIENTS_RE.search(text, match.start()):
+                return "RCPT"
             return sent
     return ""
 

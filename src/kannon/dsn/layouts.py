@@ -59,6 +59,7 @@ _BOILERPLATE_RE: Final = re.compile(
     re.IGNORECASE,
 )
 _WORD_RE: Final = re.compile(r"\w{2,}")
+_NO_VALID_RECIPIENTS_RE: Final = re.compile(r"<<<\s*5\d\d\b.*\bno valid recipients", re.IGNORECASE)
 
 
 @dataclass
@@ -109,6 +110,7 @@ def scan(text: str, exclude: frozenset[str]) -> TextScan:
     order: list[str] = []
     preamble: list[str] = []
     current: TextHit | None = None
+    last: TextHit | None = None
     pending: list[str] = []
     for line in text.splitlines():
         head = _head(line)
@@ -127,10 +129,12 @@ def scan(text: str, exclude: frozenset[str]) -> TextScan:
             pending = []
             hit.lines.append(line.strip())
             current = None if self_contained else hit
+            last = hit
             continue
         if _SECTION_RE.match(line) and order:
             # A Sendmail transcript section per remote host: what follows belongs to the next
             # recipient it names, not to the one before.
+            _close_session(last, pending)
             current = None
             pending = [line.strip()]
         elif current is not None:
@@ -139,5 +143,17 @@ def scan(text: str, exclude: frozenset[str]) -> TextScan:
             pending.append(line.strip())
         else:
             preamble.append(line.strip())
+    _close_session(last, pending)
     kept = [line for line in preamble if not _BOILERPLATE_RE.search(line) and _WORD_RE.search(line)]
     return TextScan([hits[a] for a in order], "\n".join(kept).strip())
+
+
+def _close_session(last: TextHit | None, pending: list[str]) -> None:
+    """Give the server's "no valid recipients" answer to DATA to the recipient named last.
+
+    After a pipelined refusal Sendmail logs its own summary line for the recipient and then
+    that answer, which tells that the refusal answered RCPT, not DATA (ADR 0055); without this
+    it belonged to no one. Other trailing lines stay unassigned, as before.
+    """
+    if last is not None and any(_NO_VALID_RECIPIENTS_RE.match(line) for line in pending):
+        last.lines.extend(line for line in pending if _NO_VALID_RECIPIENTS_RE.match(line))

@@ -119,7 +119,8 @@ def _apply(record: DsnRecord, name: str, value: str) -> None:
     elif name == "diagnostic-code" and not record.diagnostic:
         record.diagnostic_type, record.diagnostic = _strip_type(value)
     elif name == "remote-mta" and not record.remote_mta:
-        record.remote_mta = _strip_type(value)[1].split()[0] if value.strip() else ""
+        # "Remote-MTA: DNS; " (Sendmail, when no host was reached) names a type and no host.
+        record.remote_mta = next(iter(_strip_type(value)[1].split()), "")
 
 
 def _strip_type(value: str) -> tuple[str, str]:

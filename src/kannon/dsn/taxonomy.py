@@ -183,6 +183,8 @@ PATTERNS: Final[dict[str, re.Pattern[str]]] = {
         r"this user doesn'?t have an? \S+ account",
         r"invalid final delivery userid",
         r"recipient address rejected: access denied",
+        # Sendmail's local delivery agent, on the final host, looking the user up itself.
+        r"mail\.local: unknown (?:user|name)",
     ),
     "filtered": _rx(
         r"message filtered",
@@ -473,6 +475,8 @@ _TEXT_ONLY_ORDER: Final[tuple[str, ...]] = (
     "mailererror",
 )
 _BEFORE_DATA: Final[frozenset[str]] = frozenset({"CONN", "EHLO", "MAIL", "RCPT", "STARTTLS"})
+# RFC 3463 X.7.x, "security or policy status".
+_POLICY_CODE: Final = re.compile(r"[45]\.7\.")
 # Continuation prefixes of multi-line SMTP replies ("550-5.1.1 ") split phrases apart.
 _CONTINUATION_RE: Final = re.compile(
     r"(?<=\s)[245]\d\d-(?:[245]\.\d\.\d+ +)?|(?<=[a-z,;] )[245]\d\d [245]\.\d\.\d+ "
@@ -574,7 +578,7 @@ def _phase_one(text: str, ev: Evidence, by_status: str) -> Verdict | None:
         others = ("blocked", "rejected", "spamdetected", "policyviolation", "filtered")
         if not any(matches(other, text) for other in others):
             return Verdict("userunknown", "status")
-    elif user_text:
+    elif user_text and not _POLICY_CODE.match(ev.status):
         if command == "RCPT":
             return Verdict("userunknown", "text")
         if not command and not reply:
@@ -585,6 +589,10 @@ def _phase_one(text: str, ev: Evidence, by_status: str) -> Verdict | None:
     if by_status == "filtered" and (user_text or filtered_text):
         return Verdict("filtered", "status")
     if command not in _BEFORE_DATA and (filtered_text or user_text):
+        return Verdict("filtered", "text")
+    if user_text and command == "RCPT":
+        # "User unknown" under a policy code (5.7.1 "Recipient address rejected: User unknown"):
+        # a filter's refusal worded as a missing user (ADR 0055).
         return Verdict("filtered", "text")
 
     if by_status == "spamdetected" or (
@@ -607,7 +615,10 @@ def _phase_one(text: str, ev: Evidence, by_status: str) -> Verdict | None:
         return Verdict("rejected", "text")
 
     if by_status == "hostunknown":
-        if not matches("networkerror", text):
+        if not matches("networkerror", text) or ev.action == "failed":
+            # A DNS fault the reporting MTA gave up on for good (5.4.4, 5.1.2 in a failure
+            # report) leaves the domain unroutable; `is_confident` still withholds acting on
+            # it while the words name a passing network fault (ADR 0055).
             return Verdict("hostunknown", "status")
     elif matches("hostunknown", text):
         # A transient "no such host" is a DNS problem, not proof that the domain is gone.
@@ -726,6 +737,11 @@ def is_confident(reason: str, ev: Evidence) -> bool:
         and (definitive or reason in ("hostunknown", "notaccept"))
     )
     if not (ev.permanent or own_finding) or ev.action == "delayed" or ev.command == "MAIL":
+        return False
+    if ev.coded and is_generic(ev.status) and not ev.reply_code:
+        # A delivery report whose Status: field could have named the address problem (5.1.1)
+        # and says only 5.0.0, quoting no reply of the remote server: the words stand alone,
+        # one witness (ADR 0055). Reports with no code at all are the `own_finding` above.
         return False
     if ev.command == "DATA" and not (code_specific and by_status == reason):
         # After DATA only an address code (5.1.1 "bad mailbox") outweighs the suspicion of a
