@@ -2,7 +2,8 @@
 gets the three nodes' URLs and `nats.stream_replicas: 3`, so the streams and the send-guard bucket
 keep three copies. Mid-Batch the node leading the sending stream is SIGKILLed (a machine lost) and
 started again on the same ports and store: every Recipient is received exactly once and every
-Delivery ends exactly once.
+Delivery ends exactly once (ADR 0049 made it so). `KANNON_FAULT_EVIDENCE=<dir>` keeps the logs of
+a failing run (`support.evidence_on_failure`).
 """
 
 from __future__ import annotations
