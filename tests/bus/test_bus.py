@@ -240,3 +240,62 @@ def test_the_retry_delay_doubles_up_to_its_cap() -> None:
     spec = ConsumerSpec("x", STATS_STREAM, "kannon.stats.x", retry_delay=timedelta(seconds=5))
     assert [spec.backoff(n) for n in (1, 2, 3, 4, 5, 50)] == [5, 10, 20, 40, 60, 60]
     assert spec.backoff(1, 0.2) == 6.0
+
+
+async def _deliveries_while_slow(bus: Bus, durable: str, *, keep_alive: bool) -> list[int]:
+    """One message whose first handling takes three and a half ack deadlines, under a consumer
+    with room for a second handler: the delivery counts the handler saw by the time the slow
+    one finished (or, without keep-alive, as soon as a redelivery arrived)."""
+    ack_wait = timedelta(seconds=1)
+    payload = durable.encode()
+    await bus.publish(SENDING_SUBJECT, payload, msg_id=durable)
+    deliveries: list[int] = []
+    redelivered = asyncio.Event()
+    stopping = asyncio.Event()
+
+    async def slow_first(msg: BusMessage) -> Result:
+        if msg.data != payload:
+            return Result.ack()  # an earlier call's message, still in the stream
+        deliveries.append(msg.num_delivered)
+        if msg.num_delivered > 1:
+            redelivered.set()
+            return Result.ack()
+        # The slow work itself, longer than the ack deadline: what keep-alive is for.
+        await asyncio.sleep(3.5 * ack_wait.total_seconds())
+        stopping.set()
+        return Result.ack()
+
+    spec = ConsumerSpec(
+        durable,
+        SENDING_STREAM,
+        SENDING_SUBJECT,
+        ack_wait=ack_wait,
+        concurrency=2,
+        keep_alive=keep_alive,
+    )
+    task = asyncio.create_task(bus.consume(spec, slow_first, stopping))
+    try:
+        if not keep_alive:
+            await asyncio.wait_for(redelivered.wait(), 10)
+            stopping.set()
+        await asyncio.wait_for(asyncio.shield(task), 20)
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, 20)
+    return deliveries
+
+
+async def test_keep_alive_keeps_a_slow_handlers_message_from_being_redelivered(bus: Bus) -> None:
+    """ADR 0049: progress acks while the handler runs; the message is delivered once and acked
+    by its one handling. Without keep-alive the same handler sees it redelivered meanwhile."""
+    assert await _deliveries_while_slow(bus, "test-keep-alive", keep_alive=True) == [1]
+
+    async def acked() -> bool:
+        info = await bus.js.consumer_info(SENDING_STREAM, "test-keep-alive")
+        assert info.num_redelivered == 0
+        return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+    await wait_for(acked, what="the one handling's ack")  # acks are processed asynchronously
+
+    control = await _deliveries_while_slow(bus, "test-no-keep-alive", keep_alive=False)
+    assert control[:2] == [1, 2]

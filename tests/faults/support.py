@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import os
 import re
+import shutil
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,7 @@ import asyncpg
 from kannon.bus.client import Bus
 from kannon.bus.embedded import find_binary, jetstream_ready
 from kannon.bus.subjects import SENDER_DURABLE, SENDING_STREAM
+from kannon.runtime.clock import utc_now
 from kannon.runtime.processes import ChildProcess, free_port, start_child, wait_until
 from tests.dispatcher.support import wait_for
 from tests.fleet.fleet import RCPT_DOMAIN, TERMINAL
@@ -131,6 +136,29 @@ async def verdict(
     should_arrive = {e for e in wanted if not e.startswith("bounce.")}
     assert set(received) == should_arrive, "a delivered recipient never reached the remote"
     return Verdict(received=received, types=dict(by_rcpt))
+
+
+EVIDENCE_VARIABLE = "KANNON_FAULT_EVIDENCE"
+
+
+@contextlib.contextmanager
+def evidence_on_failure(name: str) -> Iterator[list[Path]]:
+    """With `KANNON_FAULT_EVIDENCE=<dir>` set, a test that fails inside the block has the
+    directories it added to the yielded list (component logs, server logs) copied to
+    `<dir>/<name>-<UTC time>/` before its fixtures delete them: a rare failure in a long series
+    of runs can be read afterwards. Without the variable nothing is kept."""
+    keep: list[Path] = []
+    try:
+        yield keep
+    except BaseException:
+        target = os.environ.get(EVIDENCE_VARIABLE)
+        if target:
+            where = Path(target) / f"{name}-{utc_now():%Y%m%dT%H%M%S.%f}"
+            for i, source in enumerate(keep):
+                if source.is_dir():
+                    shutil.copytree(source, where / f"{i}-{source.name}", dirs_exist_ok=True)
+            print(f"evidence kept in {where}")
+        raise
 
 
 class RestartableNats:

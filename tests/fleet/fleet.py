@@ -103,6 +103,9 @@ async def http_get(host: str, port: int, path: str, timeout: float = 5.0) -> tup
                 await writer.wait_closed()
     head, _, body = raw.partition(b"\r\n\r\n")
     status_line = head.split(b"\r\n", 1)[0].split()
+    if len(status_line) < 2 or not status_line[1].isdigit():
+        # A server still starting (or going) may close without a word: not an answer yet.
+        raise ValueError(f"not an HTTP answer: {raw[:80]!r}")
     return int(status_line[1]), body
 
 

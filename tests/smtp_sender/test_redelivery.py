@@ -1,16 +1,23 @@
 """A redelivered Envelope (same stream sequence) is not sent twice, and its outcome is published
-under the same event id; a failed publish is retried from memory, not by sending again."""
+under the same event id; a failed publish is retried from memory, not by sending again; a copy
+of an attempt this process is still handling waits for it (ADR 0049)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 
-from kannon.bus.client import Bus, BusMessage, Result, Verdict
+import nats.errors
+import pytest
+from prometheus_client import REGISTRY
+
+from kannon.bus.client import Bus, BusMessage, Result, SentGuard, Verdict
 from kannon.bus.subjects import SENDER_DURABLE, SENDING_STREAM, STATS_STREAM
 from kannon.config import Settings
 from kannon.model.outcome import Delivered
+from kannon.smtp_sender import component
 from kannon.smtp_sender.component import SmtpSender
+from tests.dispatcher.support import wait_for
 from tests.peers.dns import DnsServer
 from tests.peers.smtp_sink import SmtpSink
 from tests.smtp_sender.conftest import (
@@ -156,3 +163,131 @@ async def test_redelivery_after_a_death_mid_send_sends_again_and_publishes_once(
     assert len(smtp_sink.messages) == 1
     info = await bus.js.stream_info(STATS_STREAM)
     assert info.state.messages == 1  # delivered.777, republished under the same id
+
+
+class _GuardWithElection:
+    """The real send guard behind a NATS cluster electing a leader: while `recording_held`,
+    a record waits (`recording` says one is waiting); while `down`, records fail; the next
+    `claim_failures` claims time out."""
+
+    def __init__(self, guard: SentGuard) -> None:
+        self.guard = guard
+        self.CLAIMED = guard.CLAIMED
+        self.recording = asyncio.Event()
+        self.recording_held = False
+        self.elected = asyncio.Event()
+        self.down = False
+        self.claim_failures = 0
+
+    async def claim(self, key: str) -> bytes | None:
+        if self.claim_failures:
+            self.claim_failures -= 1
+            raise nats.errors.TimeoutError
+        return await self.guard.claim(key)
+
+    async def record(self, key: str, value: bytes) -> None:
+        if self.recording_held:
+            self.recording.set()
+            await self.elected.wait()
+        if self.down:
+            raise nats.errors.TimeoutError
+        await self.guard.record(key, value)
+
+    async def release(self, key: str) -> None:
+        await self.guard.release(key)
+
+
+def _copies_waited() -> float:
+    return REGISTRY.get_sample_value("kannon_sender_copies_waited_total") or 0.0
+
+
+async def test_a_copy_of_an_attempt_still_being_handled_waits_for_it_and_is_not_sent(
+    bus: Bus, dns_server: DnsServer, smtp_sink: SmtpSink
+) -> None:
+    """ADR 0049: the first handling sent the Envelope and its guard write hangs (a leader
+    election); JetStream's redelivered copy reaches the same process. The guard still says
+    CLAIMED, yet the copy waits for the first handling and republishes its outcome."""
+    mx_for(dns_server)
+    guard = _GuardWithElection(await bus.sent_guard())
+    guard.recording_held = True
+    sender = SmtpSender(make_settings(dns=dns_server, port=smtp_sink.port), bus, guard=guard)
+    job = make_job("inflight@example.test")
+    message = bus_message(job, seq=901)
+    waited = _copies_waited()
+    try:
+        first = asyncio.create_task(sender.handle(message))
+        await asyncio.wait_for(guard.recording.wait(), 20)  # sent; the record waits
+        assert await guard.guard.claim(guard_key(job, 901)) == SentGuard.CLAIMED
+        copy = asyncio.create_task(sender.handle(dataclasses.replace(message, num_delivered=2)))
+
+        async def copy_waits() -> bool:
+            return _copies_waited() > waited
+
+        await wait_for(copy_waits, what="the copy to wait for the first handling", timeout=10)
+        assert not copy.done()
+        guard.elected.set()
+        results = await asyncio.wait_for(asyncio.gather(first, copy), 20)
+    finally:
+        await sender.deliverer.close()
+    assert [r.verdict for r in results] == [Verdict.ACK, Verdict.ACK]
+    assert len(smtp_sink.messages) == 1
+    assert _copies_waited() == waited + 1
+    info = await bus.js.stream_info(STATS_STREAM)
+    assert info.state.messages == 1  # one outcome, republished under the same event id
+
+
+async def test_an_outcome_the_guard_could_not_store_is_kept_and_recorded_later(
+    bus: Bus, dns_server: DnsServer, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guard write fails past its retries (published, acked): the outcome stays in memory,
+    so a later copy of the attempt is not sent although the guard says CLAIMED, and the record
+    is made once the guard answers again."""
+    monkeypatch.setattr(component, "GUARD_RETRY", 0.01)
+    mx_for(dns_server)
+    guard = _GuardWithElection(await bus.sent_guard())
+    guard.down = True
+    sender = SmtpSender(
+        make_settings(dns=dns_server, port=smtp_sink.port), bus, guard=guard, idle_timeout=0.2
+    )
+    job = make_job("unrecorded@example.test")
+    message = bus_message(job, seq=902)
+    key = guard_key(job, 902)
+    async with running(sender):
+        first = await sender.handle(message)
+        assert await guard.guard.claim(key) == SentGuard.CLAIMED
+        copy = await sender.handle(dataclasses.replace(message, num_delivered=2))
+        assert (first.verdict, copy.verdict) == (Verdict.ACK, Verdict.ACK)
+        assert len(smtp_sink.messages) == 1
+        guard.down = False
+
+        async def recorded() -> bool:
+            return await guard.guard.claim(key) not in (None, SentGuard.CLAIMED)
+
+        await wait_for(recorded, what="the kept outcome recorded in the guard", timeout=20)
+    assert len(smtp_sink.messages) == 1
+    info = await bus.js.stream_info(STATS_STREAM)
+    assert info.state.messages == 1
+
+
+async def test_a_claim_is_tried_again_through_an_election_rather_than_sent_without_the_guard(
+    bus: Bus, dns_server: DnsServer, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process sent the attempt and recorded it; this one gets a copy while the guard's
+    first claims time out. It waits for the guard rather than failing open and sending."""
+    monkeypatch.setattr(component, "GUARD_RETRY", 0.01)
+    mx_for(dns_server)
+    settings = make_settings(dns=dns_server, port=smtp_sink.port)
+    job = make_job("election@example.test")
+    elsewhere = SmtpSender(settings, bus)
+    guard = _GuardWithElection(await bus.sent_guard())
+    guard.claim_failures = 3
+    here = SmtpSender(settings, bus, guard=guard)
+    try:
+        first = await elsewhere.handle(bus_message(job, seq=903))
+        copy = await here.handle(bus_message(job, seq=903))
+    finally:
+        await elsewhere.deliverer.close()
+        await here.deliverer.close()
+    assert (first.verdict, copy.verdict) == (Verdict.ACK, Verdict.ACK)
+    assert guard.claim_failures == 0
+    assert len(smtp_sink.messages) == 1

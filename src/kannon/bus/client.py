@@ -160,6 +160,10 @@ class ConsumerSpec:
     transient: Callable[[BaseException], bool] = lambda exc: False
     """Which handler failures, besides the bus's own (`is_bus_unavailable`), mean "not now" (an
     outage) rather than "not this message", e.g. the database being unreachable."""
+    keep_alive: bool = False
+    """While a handler runs, tell the server every `ack_wait / 3` that the message is still being
+    worked on (a progress ack, `+WPI`), so it is not redelivered to someone else meanwhile, however
+    long the handler waits on the bus itself (a JetStream leader election, ADR 0049)."""
 
     def backoff(self, num_delivered: int, jitter: float = 0.0) -> float:
         """Seconds before delivery `num_delivered + 1`: retry_delay · 2^(n-1), capped, ±jitter."""
@@ -343,7 +347,8 @@ class Bus:
 
         Up to `spec.concurrency` handlers run at once. A handler's Result decides ack/nak/term
         (term: to the dead-letter stream first); an exception is logged and the message comes
-        back after the spec's growing backoff (see the module docstring).
+        back after the spec's growing backoff (see the module docstring). With `spec.keep_alive`
+        the message's ack deadline is pushed back while its handler runs.
         """
         config = ConsumerConfig(
             name=spec.durable,
@@ -403,6 +408,7 @@ class Bus:
     async def _handle(
         self, spec: ConsumerSpec, handler: Handler, msg: Msg, slots: asyncio.Semaphore
     ) -> None:
+        keeper = asyncio.create_task(_keep_alive(spec, msg)) if spec.keep_alive else None
         try:
             meta = msg.metadata
             message = BusMessage(
@@ -429,6 +435,10 @@ class Bus:
                     )
             if result.verdict is Verdict.NAK and result.delay is None:
                 result = Result.nak(spec.backoff(message.num_delivered, _jitter()))
+            if keeper is not None:
+                # No progress ack may follow the verdict (a late +WPI after a nak would reset the
+                # delay it asked for): one already written precedes it on the connection.
+                keeper.cancel()
             HANDLED.labels(spec.durable, result.verdict.value).inc()
             try:
                 if result.verdict is Verdict.ACK:
@@ -442,6 +452,8 @@ class Bus:
                     "ack failed", extra={"kv": {"durable": spec.durable, "error": repr(exc)}}
                 )
         finally:
+            if keeper is not None:
+                keeper.cancel()
             slots.release()
 
     @staticmethod
@@ -508,6 +520,22 @@ class Bus:
         return Result.term()
 
 
+async def _keep_alive(spec: ConsumerSpec, msg: Msg) -> None:
+    """Send progress acks for `msg` every third of its ack deadline until cancelled. One that
+    cannot be sent (the bus is reconnecting or electing a leader) is skipped: the next one, a
+    third of the deadline later, still arrives in time once the bus answers again."""
+    interval = spec.ack_wait.total_seconds() / 3
+    while True:
+        await asyncio.sleep(interval)  # a timer, paced by the ack deadline
+        try:
+            await msg.in_progress()
+        except Exception as exc:
+            log.debug(
+                "progress ack failed",
+                extra={"kv": {"durable": spec.durable, "error": _one_line(exc)}},
+            )
+
+
 def _jitter() -> float:
     return random.uniform(-JITTER, JITTER)  # spreads retries after an outage; not a secret
 
@@ -522,8 +550,10 @@ class SentGuard:
 
     A key holds `CLAIMED` while a send is under way, then the encoded outcome once a remote server
     may have the message. A redelivery that finds an outcome republishes it instead of sending;
-    one that finds `CLAIMED` knows the previous attempt died mid-send (redeliveries come only after
-    the ack deadline, which outlasts any send) and sends again.
+    one that finds `CLAIMED` knows the previous attempt died mid-send and sends again: the sender
+    keeps a message from being redelivered while its handler runs (`ConsumerSpec.keep_alive`),
+    and a copy reaching the process that is still handling it waits for that handling rather
+    than reading the guard (ADR 0049).
     """
 
     CLAIMED = b"sending"

@@ -11,9 +11,9 @@ Per Envelope (one JetStream message):
    the same attempt — redelivered because the ack got lost or the process died after sending,
    or published again by a Dispatcher that reclaimed its claim — finds the outcome recorded
    there and republishes it without sending again; one that finds only the claim knows the
-   previous try died mid-send and sends again (at most one duplicate, never a lost mail). The
-   guard fails open: with the KV store unreachable we would rather risk a duplicate than stop
-   delivering;
+   previous try died mid-send and sends again (at most one duplicate, never a lost mail). A
+   claim that fails is tried again for ~8 s (a NATS leader election), then the guard fails
+   open: with the KV store unreachable we would rather risk a duplicate than stop delivering;
 3. deliver (MX or relay, `delivery.py`; or the demo sender); record the outcome in the guard when
    the message may have reached a server, else release the claim so a redelivery may try again;
 4. publish Delivered / Bounced / Errored on `kannon.stats.<type>` (together with the record,
@@ -21,9 +21,15 @@ Per Envelope (one JetStream message):
    (`model.event_ids.send_outcome_id`): every copy publishes the same id, which JetStream
    de-duplicates and Stats counts once, and which tells the Dispatcher which attempt an error
    answers;
-5. ack after the PubAck. When publishing fails the outcome is kept in memory and the message is
-   nak'ed (growing delays): its redelivery publishes the remembered outcome instead of sending
-   again.
+5. ack after the PubAck. An outcome not yet published, or not yet recorded, stays in memory
+   (unsettled): the message is nak'ed (growing delays) and its redelivery publishes the
+   remembered outcome instead of sending again; a missing record is retried in the background.
+
+One handling per attempt per process (ADR 0049): while a handler works, progress acks keep
+JetStream from redelivering the Envelope (`ConsumerSpec.keep_alive`), and a copy that arrives
+anyway while this process handles the attempt waits for that handling and republishes its outcome
+(`kannon_sender_copies_waited_total`) — so the guard's CLAIMED, read here, means a handling
+elsewhere (another process, or this one before a restart) died mid-send.
 
 The ack deadline (`nats.sending_ack_wait`) must outlast a whole delivery; every delivery is cut
 off at 80% of it so the ack still arrives in time.
@@ -35,10 +41,10 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from prometheus_client import Counter, Histogram
 
@@ -72,6 +78,11 @@ TAKEN_OVER = Counter(
 SKIPPED = Counter(
     "kannon_sender_duplicates_skipped_total", "Redelivered Envelopes not sent a second time"
 )
+COPIES_WAITED = Counter(
+    "kannon_sender_copies_waited_total",
+    "Copies of an attempt that arrived while this process was handling it, and waited for that "
+    "handling instead of sending",
+)
 DELIVERY_SECONDS = Histogram(
     "kannon_sender_delivery_seconds",
     "Time to deliver one Envelope (DNS + SMTP)",
@@ -81,16 +92,42 @@ DELIVERY_SECONDS = Histogram(
 # Session cache bounds: see sessions.py for why each exists.
 IDLE_TIMEOUT = 10.0
 MAX_MESSAGES_PER_CONNECTION = 100
-# Outcomes whose publish failed, waiting for their Envelope's redelivery.
-UNPUBLISHED_MAX = 10_000
+# Outcomes not yet both published and recorded in the guard (ADR 0049), kept for a copy of
+# their attempt to settle; the oldest are forgotten beyond this many.
+UNSETTLED_MAX = 10_000
 # First delay before an Envelope whose outcome could not be published comes back (it doubles).
 PUBLISH_RETRY_DELAY = timedelta(seconds=2)
 DEADLINE_SHARE = 0.8
 SENDING_MAX_ACK_PENDING = 100_000
-# A guard write that failed is tried again this often, the delay doubling from the first:
-# 0.25 + 0.5 + 1 + 2 + 4 s, longer than a JetStream cluster's leader election.
-GUARD_RECORD_TRIES = 6
-GUARD_RECORD_RETRY = 0.25
+# A guard claim or write that failed is tried again this often, the delay doubling from the
+# first: 0.25 + 0.5 + 1 + 2 + 4 s, longer than a JetStream cluster's leader election.
+GUARD_TRIES = 6
+GUARD_RETRY = 0.25
+
+T = TypeVar("T")
+
+
+async def _retrying(operation: Callable[[], Awaitable[T]], *, tries: int = GUARD_TRIES) -> T:
+    """`operation()`, tried up to `tries` times with doubling delays; the last failure raises."""
+    delay = GUARD_RETRY
+    for tries_left in range(tries - 1, -1, -1):
+        try:
+            return await operation()
+        except Exception:
+            if not tries_left:
+                raise
+        await asyncio.sleep(delay)  # the cluster's election, not a test waiting
+        delay *= 2
+    raise AssertionError("unreachable: tries must be at least 1")
+
+
+@dataclass
+class _Unsettled:
+    """An outcome this process produced whose publish or guard record has not succeeded yet."""
+
+    outcome: Outcome
+    recorded: bool
+    published: bool
 
 
 class Guard(Protocol):
@@ -122,7 +159,10 @@ class SmtpSender:
         self.idle_timeout = idle_timeout
         self._now = now
         self._guard = guard
-        self._unpublished: OrderedDict[str, Outcome] = OrderedDict()
+        # Attempts being handled in this process now, each with the outcome its handling will
+        # end with (None: none), for copies of the attempt to wait on (ADR 0049).
+        self._handling: dict[str, asyncio.Future[Outcome | None]] = {}
+        self._unsettled: OrderedDict[str, _Unsettled] = OrderedDict()
         self.deliverer = deliverer or self._make_deliverer(settings, bus, idle_timeout)
 
     @staticmethod
@@ -183,6 +223,9 @@ class SmtpSender:
             # Envelopes deferred by delivery shaping wait nak-delayed, and count as pending:
             # at the default (4 · jobs) a few paused destinations would stop all sending.
             max_ack_pending=SENDING_MAX_ACK_PENDING,
+            # An Envelope is not redelivered while its handler still works on it, even when the
+            # guard write or the outcome publish waits through a leader election (ADR 0049).
+            keep_alive=True,
         )
 
     async def run(self, life: Life) -> None:
@@ -206,6 +249,10 @@ class SmtpSender:
                 await self.deliverer.maintain()
             except Exception:
                 log.exception("closing idle SMTP sessions failed")
+            try:
+                await self._settle_records()
+            except Exception:
+                log.exception("recording unsettled outcomes failed")
 
     async def handle(self, message: BusMessage) -> Result:
         """Deliver one Envelope and publish its outcome; the Result says ack/nak/term."""
@@ -227,9 +274,45 @@ class SmtpSender:
         _, batch_id = parsed
         key = send_guard_key(message.msg_id, message.stream_seq, job.email_id)
 
-        remembered = self._unpublished.pop(key, None)
+        # One handling per attempt in this process (ADR 0049): a copy of an attempt that is
+        # being handled here right now (JetStream redelivered it, or a Dispatcher published it
+        # again) waits for that handling and republishes its outcome; it never sends.
+        while (first := self._handling.get(key)) is not None:
+            COPIES_WAITED.inc()
+            log.info(
+                "a copy of an Envelope being handled here; waiting for that handling",
+                extra={
+                    "kv": {
+                        "seq": message.stream_seq,
+                        "recipient": obfuscate(job.recipient),
+                        "delivered_count": message.num_delivered,
+                    }
+                },
+            )
+            known = await asyncio.shield(first)
+            if known is not None:
+                return await self._settle(key, known, record=False)
+            # That handling ended without an outcome (deferred, released, crashed): this copy
+            # is a new try, as it would have been had it come later.
+        handling: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
+        self._handling[key] = handling
+        outcome: Outcome | None = None
+        try:
+            result, outcome = await self._handle_attempt(message, job, batch_id, key)
+            return result
+        finally:
+            del self._handling[key]
+            handling.set_result(outcome)
+
+    async def _handle_attempt(
+        self, message: BusMessage, job: Envelope, batch_id: str, key: str
+    ) -> tuple[Result, Outcome | None]:
+        """Handle the only copy of an attempt in this process: (the Result, the outcome if there
+        is one, for copies that waited)."""
+        remembered = self._unsettled.get(key)
         if remembered is not None:
-            return await self._publish(key, remembered)
+            # Handled here before, its outcome not yet settled: settle it, never send again.
+            return await self._settle(key, remembered.outcome, record=False), remembered.outcome
 
         if not self.demo:
             state = await self._claim(key)
@@ -247,17 +330,17 @@ class SmtpSender:
                     },
                 )
                 recorded = wire_stats.decode(state)
-                return await self._publish(
-                    key,
-                    replace(
-                        recorded,
-                        event_id=send_outcome_id(recorded.type, message.msg_id, message.stream_seq),
-                    ),
+                outcome = replace(
+                    recorded,
+                    event_id=send_outcome_id(recorded.type, message.msg_id, message.stream_seq),
                 )
+                return await self._settle(key, outcome, record=False), outcome
             if state is not None:
-                # CLAIMED: the previous attempt died mid-send (a redelivery comes only after the
-                # ack deadline, which outlasts any send). Whether the remote server got it is
-                # unknown; sending again risks one duplicate, not sending would lose the mail.
+                # CLAIMED, and not by a handling in this process (that one would be in
+                # `_handling` or `_unsettled`): the previous attempt died mid-send (keep-alive
+                # holds a redelivery back while a handler runs, ADR 0049). Whether the remote
+                # server got it is unknown; sending again risks one duplicate, not sending would
+                # lose the mail.
                 TAKEN_OVER.inc()
                 log.warning(
                     "previous attempt died mid-send; sending again",
@@ -279,7 +362,7 @@ class SmtpSender:
         if result.kind is Kind.DEFERRED:
             waiting = self._defer(job, message, result)
             if waiting is not None:
-                return waiting
+                return waiting, None
             result = SendResult.no_answer(
                 f"{result.message}; deferred longer than sender.shaping.max_defer"
             )
@@ -296,14 +379,10 @@ class SmtpSender:
         )
         OUTCOMES.labels(detail.type).inc()
         self._log(job, message, result, outcome)
-        if not self.demo and result.possibly_delivered:
-            # Record and publish leave in one socket write and their acks are awaited together
-            # (ADR 0048); both are settled before the Envelope is acked, as before.
-            _, published = await asyncio.gather(
-                self._record(key, outcome), self._publish(key, outcome)
-            )
-            return published
-        return await self._publish(key, outcome)
+        # A possibly delivered Envelope's outcome goes into the guard too (a released claim has
+        # nothing to record).
+        record = not self.demo and result.possibly_delivered
+        return await self._settle(key, outcome, record=record), outcome
 
     def _defer(self, job: Envelope, message: BusMessage, result: SendResult) -> Result | None:
         """Send the Envelope back to wait for its destination (not an attempt: no outcome is
@@ -327,7 +406,30 @@ class SmtpSender:
         )
         return Result.nak(result.delay)
 
-    async def _publish(self, key: str, outcome: Outcome) -> Result:
+    async def _settle(self, key: str, outcome: Outcome, *, record: bool) -> Result:
+        """Publish `outcome` and, when `record` (or a record of it is still owed), store it in
+        the guard; ack once it is published. What could not be done yet is kept in memory
+        (`_unsettled`): a copy of the attempt settles it from there and never sends again, and
+        `_maintain` retries a missing record."""
+        owed = self._unsettled.pop(key, None)
+        record = self._guard is not None and (record or (owed is not None and not owed.recorded))
+        if record:
+            # Record and publish leave in one socket write and their acks are awaited together
+            # (ADR 0048); both are settled before the Envelope is acked.
+            recorded, published = await asyncio.gather(
+                self._record(key, outcome), self._publish(outcome)
+            )
+        else:
+            recorded, published = True, await self._publish(outcome)
+        if not (recorded and published):
+            self._unsettled[key] = _Unsettled(outcome, recorded=recorded, published=published)
+            while len(self._unsettled) > UNSETTLED_MAX:
+                self._unsettled.popitem(last=False)
+        if not published:
+            return Result.nak()  # after the consumer's growing backoff
+        return Result.ack()
+
+    async def _publish(self, outcome: Outcome) -> bool:
         try:
             await publish_outcome(self.bus, outcome)
         except Exception as exc:
@@ -335,21 +437,43 @@ class SmtpSender:
                 "publishing the outcome failed; the Envelope will come back",
                 extra={"kv": {"event_id": outcome.event_id, "error": repr(exc)}},
             )
-            self._unpublished[key] = outcome
-            while len(self._unpublished) > UNPUBLISHED_MAX:
-                self._unpublished.popitem(last=False)
-            return Result.nak()  # after the consumer's growing backoff
-        return Result.ack()
+            return False
+        return True
+
+    async def _settle_records(self) -> None:
+        """Try once more to record each outcome that was published but not yet stored in the
+        guard (its Envelope was acked). Stops at the first failure: the guard is still down."""
+        loop = asyncio.get_running_loop()
+        owed = [(k, u.outcome) for k, u in self._unsettled.items() if not u.recorded]
+        for key, outcome in owed:
+            if key in self._handling or key not in self._unsettled:
+                continue  # a copy is settling it right now
+            handling: asyncio.Future[Outcome | None] = loop.create_future()
+            self._handling[key] = handling
+            try:
+                recorded = await self._record(key, outcome, tries=1)
+            finally:
+                del self._handling[key]
+                handling.set_result(outcome)
+            if not recorded:
+                return
+            entry = self._unsettled.get(key)
+            if entry is not None:
+                entry.recorded = True
+                if entry.published:
+                    del self._unsettled[key]
 
     async def _claim(self, key: str) -> bytes | None:
-        """None when we hold the claim (or the guard is down: fail open), else the stored value."""
+        """None when we hold the claim (or the guard is down: fail open), else the stored value.
+        Tried again for a few seconds first: failing open during a NATS cluster's leader election
+        (ADR 0041, 0049) would send a copy whose first handling elsewhere may have finished."""
         guard = self._guard
         if guard is None:
             guard = self._guard = await self.bus.sent_guard(
                 replicas=self.settings.nats.stream_replicas
             )
         try:
-            return await guard.claim(key)
+            return await _retrying(lambda: guard.claim(key))
         except Exception as exc:
             log.warning(
                 "send guard unavailable; sending without it",
@@ -357,27 +481,24 @@ class SmtpSender:
             )
             return None
 
-    async def _record(self, key: str, outcome: Outcome) -> None:
-        """Store the outcome in the guard. Tried again for a few seconds: a guard left at CLAIMED
-        makes a redelivery send a second copy, and a NATS cluster electing a new leader (a node
-        lost, ADR 0041) times out writes for about that long."""
-        if self._guard is None:
-            return
+    async def _record(self, key: str, outcome: Outcome, *, tries: int = GUARD_TRIES) -> bool:
+        """Store the outcome in the guard; False when it could not be stored. Tried again for a
+        few seconds: a NATS cluster electing a new leader (a node lost, ADR 0041) times out
+        writes for about that long, and a guard left at CLAIMED would make another process's
+        copy of the attempt send it again."""
+        guard = self._guard
+        if guard is None:
+            return True
         value = wire_stats.encode(outcome)
-        delay = GUARD_RECORD_RETRY
-        for tries_left in range(GUARD_RECORD_TRIES - 1, -1, -1):
-            try:
-                await self._guard.record(key, value)
-                return
-            except Exception as exc:
-                if not tries_left:
-                    log.warning(
-                        "could not record the outcome in the send guard",
-                        extra={"kv": {"key": key, "error": repr(exc)}},
-                    )
-                    return
-            await asyncio.sleep(delay)  # the cluster's election, not a test waiting
-            delay *= 2
+        try:
+            await _retrying(lambda: guard.record(key, value), tries=tries)
+        except Exception as exc:
+            log.warning(
+                "could not record the outcome in the send guard yet",
+                extra={"kv": {"key": key, "error": repr(exc)}},
+            )
+            return False
+        return True
 
     async def _release(self, key: str) -> None:
         if self._guard is None:
