@@ -2,7 +2,9 @@
 
 Publishing always goes through JetStream and waits for the PubAck, with a `Nats-Msg-Id` so a
 retried publish inside the stream's duplicate window is stored once. Consumers are durable pull
-consumers with explicit acks; `consume()` is the one loop every Component uses.
+consumers with explicit acks; `consume()` is the loop every Component uses, one handler call per
+message; `consume_batches()` is its variant that hands a handler every message of one fetch at
+once (the webhooks intake, ADR 0052). Both settle each message the same way, after its handler.
 
 No message is ever dropped silently (ADR 0026). The server redelivers without limit; a handler
 that fails is retried after a delay that doubles per delivery up to `ConsumerSpec.max_retry_delay`,
@@ -171,6 +173,8 @@ class ConsumerSpec:
 
 
 Handler = Callable[[BusMessage], Awaitable[Result]]
+BatchHandler = Callable[[Sequence[BusMessage]], Awaitable[Sequence[Result]]]
+"""Takes the messages of one fetch; returns one Result per message, in order."""
 
 
 @dataclass(frozen=True)
@@ -345,20 +349,7 @@ class Bus:
         (term: to the dead-letter stream first); an exception is logged and the message comes
         back after the spec's growing backoff (see the module docstring).
         """
-        config = ConsumerConfig(
-            name=spec.durable,
-            durable_name=spec.durable,
-            filter_subject=spec.subject,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=spec.ack_wait.total_seconds(),
-            # Unlimited: the server would drop a message silently at its limit. Ours is applied
-            # in `_handle`, which dead-letters instead (transient failures never count).
-            max_deliver=-1,
-            max_ack_pending=spec.max_ack_pending or max(1000, spec.concurrency * 4),
-        )
-        await self.js.add_consumer(spec.stream, config)
-        sub = await self.js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
+        sub = await self._subscribe(spec, spec.concurrency)
         slots = asyncio.Semaphore(spec.concurrency)
         in_flight: set[asyncio.Task[None]] = set()
         if on_ready is not None:
@@ -400,49 +391,143 @@ class Bus:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
+    async def _subscribe(
+        self, spec: ConsumerSpec, in_hand: int
+    ) -> JetStreamContext.PullSubscription:
+        """Create or update the durable consumer and bind to it; `in_hand` is how many messages
+        the loop may hold at once (the default `max_ack_pending` leaves room for four times as
+        many)."""
+        config = ConsumerConfig(
+            name=spec.durable,
+            durable_name=spec.durable,
+            filter_subject=spec.subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=spec.ack_wait.total_seconds(),
+            # Unlimited: the server would drop a message silently at its limit. Ours is applied
+            # in `_settle`, which dead-letters instead (transient failures never count).
+            max_deliver=-1,
+            max_ack_pending=spec.max_ack_pending or max(1000, in_hand * 4),
+        )
+        await self.js.add_consumer(spec.stream, config)
+        return await self.js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
+
+    async def consume_batches(
+        self,
+        spec: ConsumerSpec,
+        handler: BatchHandler,
+        stopping: asyncio.Event,
+        *,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        """`consume()` for handlers that take a whole fetch at once: up to `spec.batch`
+        messages per call (a few more when nats-py hands back its buffer), up to
+        `spec.concurrency` calls at once. One handler call, and its one round trip to wherever
+        it writes, for the batch instead of one per message (ADR 0052).
+
+        Each message is then settled as by `consume()`, by its own Result; a handler that raises
+        fails every message of its batch (each naked with its backoff, or dead-lettered after
+        `max_deliver`). Nothing is acked before the handler returned.
+        """
+        sub = await self._subscribe(spec, spec.concurrency * spec.batch)
+        slots = asyncio.Semaphore(max(1, spec.concurrency))
+        in_flight: set[asyncio.Task[None]] = set()
+        if on_ready is not None:
+            on_ready()
+        try:
+            while not stopping.is_set():
+                await slots.acquire()
+                if stopping.is_set():
+                    slots.release()
+                    break
+                try:
+                    msgs = await sub.fetch(spec.batch, timeout=0.5)
+                except TimeoutError:
+                    msgs = []
+                except nats.errors.Error as exc:
+                    log.warning(
+                        "fetch failed", extra={"kv": {"durable": spec.durable, "error": repr(exc)}}
+                    )
+                    msgs = []
+                    await asyncio.sleep(0.5)
+                if not msgs:
+                    slots.release()
+                    continue
+                task = asyncio.create_task(self._handle_batch(spec, handler, msgs, slots))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+        finally:
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _handle_batch(
+        self,
+        spec: ConsumerSpec,
+        handler: BatchHandler,
+        msgs: Sequence[Msg],
+        slots: asyncio.Semaphore,
+    ) -> None:
+        try:
+            messages = [_message(msg) for msg in msgs]
+            outcomes: Sequence[Result | Exception]
+            try:
+                outcomes = await handler(messages)
+                if len(outcomes) != len(messages):
+                    raise RuntimeError(
+                        f"batch handler returned {len(outcomes)} results for {len(messages)}"
+                    )
+            except Exception as exc:
+                outcomes = [exc] * len(messages)
+            for msg, message, outcome in zip(msgs, messages, outcomes, strict=True):
+                await self._settle(spec, msg, message, outcome)
+        finally:
+            slots.release()
+
     async def _handle(
         self, spec: ConsumerSpec, handler: Handler, msg: Msg, slots: asyncio.Semaphore
     ) -> None:
         try:
-            meta = msg.metadata
-            message = BusMessage(
-                subject=msg.subject,
-                data=msg.data,
-                msg_id=(msg.headers or {}).get("Nats-Msg-Id"),
-                num_delivered=meta.num_delivered or 1,
-                stream_seq=meta.sequence.stream if meta.sequence else 0,
-                published=meta.timestamp,
-            )
+            message = _message(msg)
+            outcome: Result | Exception
             try:
-                result = await handler(message)
+                outcome = await handler(message)
             except Exception as exc:
-                error = self._after_failure(spec, message, exc)
-                result = (
-                    Result.nak()
-                    if error is None
-                    else await self._dead_letter(spec, message, "failing", error)
-                )
-            else:
-                if result.verdict is Verdict.TERM:
-                    result = await self._dead_letter(
-                        spec, message, "refused", "the handler cannot handle it"
-                    )
-            if result.verdict is Verdict.NAK and result.delay is None:
-                result = Result.nak(spec.backoff(message.num_delivered, _jitter()))
-            HANDLED.labels(spec.durable, result.verdict.value).inc()
-            try:
-                if result.verdict is Verdict.ACK:
-                    await msg.ack()
-                elif result.verdict is Verdict.TERM:
-                    await msg.term()
-                else:
-                    await msg.nak(delay=result.delay)
-            except nats.errors.Error as exc:
-                log.warning(
-                    "ack failed", extra={"kv": {"durable": spec.durable, "error": repr(exc)}}
-                )
+                outcome = exc
+            await self._settle(spec, msg, message, outcome)
         finally:
             slots.release()
+
+    async def _settle(
+        self, spec: ConsumerSpec, msg: Msg, message: BusMessage, outcome: Result | Exception
+    ) -> None:
+        """Ack, nak or terminate `msg` after its handler returned `outcome` (or raised it)."""
+        if isinstance(outcome, Exception):
+            error = self._after_failure(spec, message, outcome)
+            result = (
+                Result.nak()
+                if error is None
+                else await self._dead_letter(spec, message, "failing", error)
+            )
+        elif outcome.verdict is Verdict.TERM:
+            result = await self._dead_letter(
+                spec, message, "refused", "the handler cannot handle it"
+            )
+        else:
+            result = outcome
+        if result.verdict is Verdict.NAK and result.delay is None:
+            result = Result.nak(spec.backoff(message.num_delivered, _jitter()))
+        HANDLED.labels(spec.durable, result.verdict.value).inc()
+        try:
+            if result.verdict is Verdict.ACK:
+                await msg.ack()
+            elif result.verdict is Verdict.TERM:
+                await msg.term()
+            else:
+                await msg.nak(delay=result.delay)
+        except nats.errors.Error as exc:
+            log.warning("ack failed", extra={"kv": {"durable": spec.durable, "error": repr(exc)}})
 
     @staticmethod
     def _after_failure(spec: ConsumerSpec, message: BusMessage, exc: Exception) -> str | None:
@@ -506,6 +591,18 @@ class Bus:
             },
         )
         return Result.term()
+
+
+def _message(msg: Msg) -> BusMessage:
+    meta = msg.metadata
+    return BusMessage(
+        subject=msg.subject,
+        data=msg.data,
+        msg_id=(msg.headers or {}).get("Nats-Msg-Id"),
+        num_delivered=meta.num_delivered or 1,
+        stream_seq=meta.sequence.stream if meta.sequence else 0,
+        published=meta.timestamp,
+    )
 
 
 def _jitter() -> float:

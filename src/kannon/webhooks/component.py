@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Histogram
 
@@ -58,9 +58,6 @@ from kannon.runtime.component import Life, run_every
 from kannon.webhooks.client import RefusedAddress, WebhookClient, describe
 from kannon.wire.stats import UndecodableEvent, data_json, decode
 
-if TYPE_CHECKING:
-    pass
-
 log = logging.getLogger("kannon.webhooks")
 
 EVENTS = Counter(
@@ -84,7 +81,10 @@ LAG = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400),
 )
 
-CONSUMER_CONCURRENCY = 256
+CONSUMER_BATCH = 256
+"""Events per fetch, written in one INSERT (ADR 0052)."""
+CONSUMER_CONCURRENCY = 2
+"""Batches in hand at once: the next one is decoded while the last one's INSERT is under way."""
 CLAIM_BATCH = 500
 ENDPOINT_CACHE_TTL = 2.0
 WRITE_LINGER = 0.01
@@ -97,7 +97,16 @@ class _Lane:
 
     queue: asyncio.Queue[store.DueDelivery] = field(default_factory=asyncio.Queue)
     in_flight: int = 0
+    unrecorded: int = 0
+    """Attempts made whose record is not written yet: their rows are still claimed, so they
+    count towards the lane's fill (the claims stay bounded while the database is slow)."""
     workers: int = 0
+
+    def load(self) -> int:
+        return self.queue.qsize() + self.in_flight + self.unrecorded
+
+    def idle(self) -> bool:
+        return self.workers == 0 and self.unrecorded == 0 and self.queue.empty()
 
 
 class WebhooksWorker:
@@ -129,14 +138,13 @@ class WebhooksWorker:
             per_host=self._config.endpoint_concurrency,
         )
         self._endpoints: dict[str, tuple[float, list[Endpoint]]] = {}
-        self._inserts: Coalescer[list[store.NewDelivery], int] = Coalescer(
-            self._insert, max_items=256, linger=WRITE_LINGER
-        )
         self._results: Coalescer[store.AttemptRecord, None] = Coalescer(
             self._record, max_items=256, linger=WRITE_LINGER
         )
         self._lanes: dict[str, _Lane] = {}
         self._workers: set[asyncio.Task[None]] = set()
+        self._writes: set[asyncio.Future[None]] = set()
+        """Attempt records handed to `_results` and not written yet."""
         self._wake = asyncio.Event()
         self._claim_timeout = claim_timeout(self._config.timeout)
 
@@ -149,7 +157,7 @@ class WebhooksWorker:
             ack_wait=self._settings.nats.ack_wait,
             max_deliver=self._settings.nats.max_deliver,
             concurrency=CONSUMER_CONCURRENCY,
-            batch=CONSUMER_CONCURRENCY,
+            batch=CONSUMER_BATCH,
             transient=is_outage,
         )
 
@@ -165,8 +173,8 @@ class WebhooksWorker:
                         lambda exc: log.warning("webhook retention cleanup failed: %s", exc),
                     )
                 )
-                await self._bus.consume(
-                    self.consumer, self.handle, life.stopping, on_ready=life.ready
+                await self._bus.consume_batches(
+                    self.consumer, self.handle_batch, life.stopping, on_ready=life.ready
                 )
         finally:
             await self._drain()
@@ -174,43 +182,65 @@ class WebhooksWorker:
 
     # --- intake ------------------------------------------------------------------------------
 
-    async def _endpoints_of(self, domain: str) -> list[Endpoint]:
+    async def _endpoints_of(self, domains: Collection[str]) -> dict[str, list[Endpoint]]:
+        """The enabled endpoints of each of `domains`: cached ones, and one query for the rest."""
         now = time.monotonic()
-        cached = self._endpoints.get(domain)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        found = await store.enabled_endpoints(self._db, [domain])
-        self._endpoints[domain] = (now + ENDPOINT_CACHE_TTL, found)
+        found: dict[str, list[Endpoint]] = {}
+        missing: list[str] = []
+        for domain in domains:
+            cached = self._endpoints.get(domain)
+            if cached is not None and cached[0] > now:
+                found[domain] = cached[1]
+            else:
+                missing.append(domain)
+        if missing:
+            fresh: dict[str, list[Endpoint]] = {domain: [] for domain in missing}
+            for endpoint in await store.enabled_endpoints(self._db, missing):
+                fresh[endpoint.domain].append(endpoint)
+            for domain, endpoints in fresh.items():
+                self._endpoints[domain] = (now + ENDPOINT_CACHE_TTL, endpoints)
+            found.update(fresh)
         return found
 
     async def handle(self, msg: BusMessage) -> Result:
-        try:
-            outcome = decode(msg.data, msg.msg_id)
-        except UndecodableEvent as exc:
-            # Not ours to judge: Stats dead-letters it; webhooks just do not send it.
-            log.warning("undecodable outcome event skipped", extra={"kv": {"error": str(exc)}})
-            EVENTS.labels("undecodable").inc()
-            return Result.ack()
-        if outcome.type not in WEBHOOK_EVENT_TYPES:
-            EVENTS.labels("skipped").inc()
-            return Result.ack()
-        domain = outcome.domain or domain_of_batch(outcome.batch_id)
-        wanted = [e for e in await self._endpoints_of(domain) if e.wants(outcome.type)]
-        if not wanted:
-            EVENTS.labels("no_endpoint").inc()
-            return Result.ack()
-        body = payload(
-            outcome.type,
-            timestamp=outcome.timestamp,
-            event_id=outcome.event_id,
-            batch_id=outcome.batch_id,
-            domain=domain,
-            recipient=outcome.recipient,
-            details=data_json(outcome.detail),
-        )
-        hook_id = webhook_id(outcome.event_id)
-        await self._inserts.submit(
-            [
+        """One event alone (see :meth:`handle_batch`)."""
+        return (await self.handle_batch([msg]))[0]
+
+    async def handle_batch(self, msgs: Sequence[BusMessage]) -> list[Result]:
+        """The delivery rows of a fetch of events, in one INSERT; every event is acked once it
+        is committed (ADR 0052). A failed INSERT raises: the whole fetch comes back."""
+        outcomes = []
+        for msg in msgs:
+            try:
+                outcome = decode(msg.data, msg.msg_id)
+            except UndecodableEvent as exc:
+                # Not ours to judge: Stats dead-letters it; webhooks just do not send it.
+                log.warning("undecodable outcome event skipped", extra={"kv": {"error": str(exc)}})
+                EVENTS.labels("undecodable").inc()
+                continue
+            if outcome.type not in WEBHOOK_EVENT_TYPES:
+                EVENTS.labels("skipped").inc()
+                continue
+            outcomes.append((outcome, outcome.domain or domain_of_batch(outcome.batch_id)))
+        endpoints = await self._endpoints_of({domain for _, domain in outcomes})
+        rows: list[store.NewDelivery] = []
+        queued = 0
+        for outcome, domain in outcomes:
+            wanted = [e for e in endpoints[domain] if e.wants(outcome.type)]
+            if not wanted:
+                EVENTS.labels("no_endpoint").inc()
+                continue
+            body = payload(
+                outcome.type,
+                timestamp=outcome.timestamp,
+                event_id=outcome.event_id,
+                batch_id=outcome.batch_id,
+                domain=domain,
+                recipient=outcome.recipient,
+                details=data_json(outcome.detail),
+            )
+            hook_id = webhook_id(outcome.event_id)
+            rows.extend(
                 store.NewDelivery(
                     endpoint_id=endpoint.id,
                     event_id=outcome.event_id,
@@ -221,26 +251,19 @@ class WebhooksWorker:
                     payload=body,
                 )
                 for endpoint in wanted
-            ]
-        )
-        EVENTS.labels("queued").inc()
-        self._wake.set()
-        return Result.ack()
-
-    async def _insert(self, batches: list[list[store.NewDelivery]]) -> list[int | BaseException]:
-        rows = [row for batch in batches for row in batch]
-        await store.insert_deliveries(self._db, rows, self._clock())
-        return [len(batch) for batch in batches]
+            )
+            queued += 1
+        if rows:
+            await store.insert_deliveries(self._db, rows, self._clock())
+            EVENTS.labels("queued").inc(queued)
+            self._wake.set()
+        return [Result.ack()] * len(msgs)
 
     # --- sending -----------------------------------------------------------------------------
 
     def _busy(self) -> list[str]:
         limit = self._config.endpoint_concurrency * LANE_DEPTH
-        return [
-            endpoint_id
-            for endpoint_id, lane in self._lanes.items()
-            if lane.queue.qsize() + lane.in_flight >= limit
-        ]
+        return [endpoint_id for endpoint_id, lane in self._lanes.items() if lane.load() >= limit]
 
     async def claim(self) -> int:
         """One scheduling cycle: claim due rows into their lanes; how many were claimed."""
@@ -266,27 +289,43 @@ class WebhooksWorker:
             task.add_done_callback(self._workers.discard)
 
     async def _work(self, endpoint_id: str, lane: _Lane) -> None:
-        refill_at = self._config.endpoint_concurrency * LANE_DEPTH // 2
         try:
             while not lane.queue.empty():
                 delivery = lane.queue.get_nowait()
                 lane.in_flight += 1
                 try:
-                    await self.attempt(delivery)
+                    record = await self.attempt(delivery)
                 finally:
                     lane.in_flight -= 1
-                    # Half the lane is free: claim again, since rows may have waited while it
-                    # was full. Once per crossing, not after every POST: a claim per POST was
-                    # a database round trip per event, most of them finding nothing.
-                    if lane.queue.qsize() + lane.in_flight == refill_at:
-                        self._wake.set()
+                # Recorded by the batch writer while this worker POSTs the next row: waiting
+                # for the write held each POST for a batch's linger and round trip (ADR 0052).
+                # The row stays claimed until then, so it counts in the lane's fill.
+                lane.unrecorded += 1
+                written = self._results.put(record)
+                self._writes.add(written)
+                written.add_done_callback(functools.partial(self._recorded, endpoint_id, lane))
         finally:
             lane.workers -= 1
-            if lane.workers == 0 and lane.queue.empty():
-                self._lanes.pop(endpoint_id, None)
+            if lane.idle() and self._lanes.get(endpoint_id) is lane:
+                del self._lanes[endpoint_id]
+
+    def _recorded(self, endpoint_id: str, lane: _Lane, done: asyncio.Future[None]) -> None:
+        self._writes.discard(done)
+        lane.unrecorded -= 1
+        if not done.cancelled() and (exc := done.exception()) is not None:
+            # The row stays claimed; it is taken again after the claim timeout (at least once).
+            log.warning("webhook attempt not recorded: %s", exc)
+        # Half the lane is free: claim again, since rows may have waited while it was full.
+        # Once per crossing, not after every POST: a claim per POST was a database round trip
+        # per event, most of them finding nothing.
+        if lane.load() == self._config.endpoint_concurrency * LANE_DEPTH // 2:
+            self._wake.set()
+        if lane.idle() and self._lanes.get(endpoint_id) is lane:
+            del self._lanes[endpoint_id]
 
     async def attempt(self, delivery: store.DueDelivery) -> store.AttemptRecord:
-        """POST one delivery once and record the attempt with the delivery's next state."""
+        """POST one delivery once: the attempt's record, with the delivery's next state (the
+        caller has it written)."""
         attempted_at = self._clock()
         headers = signed_headers(
             delivery.secret, delivery.webhook_id, attempted_at, delivery.payload
@@ -333,7 +372,6 @@ class WebhooksWorker:
             next_attempt_at=step.next_attempt_at,
             created_at=delivery.created_at,
         )
-        await self._results.submit(record)
         if succeeded:
             ATTEMPTS.labels("delivered").inc()
             LAG.observe(max(0.0, (self._clock() - delivery.event_at).total_seconds()))
@@ -394,6 +432,10 @@ class WebhooksWorker:
             await asyncio.wait(set(self._workers), timeout=self._config.timeout.total_seconds() + 1)
         for task in list(self._workers):
             task.cancel()
+        if self._writes:
+            # The attempts made are recorded before the process goes (their rows would
+            # otherwise be POSTed again after the claim timeout).
+            await asyncio.wait(set(self._writes), timeout=self._config.timeout.total_seconds())
         if waiting:
             with contextlib.suppress(Exception):
                 await store.release_claims(self._db, waiting)
