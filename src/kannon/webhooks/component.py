@@ -347,7 +347,7 @@ class WebhooksWorker:
         except TimeoutError as exc:
             error = describe(exc)
             FAILURES.labels("timeout").inc()
-        except Exception as exc:  # aiohttp.ClientError, OSError: no answer
+        except Exception as exc:  # OSError (BadAnswer included): no answer
             error = describe(exc)
             FAILURES.labels("connection").inc()
         latency_ms = int((time.perf_counter() - started) * 1000)
