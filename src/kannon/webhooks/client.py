@@ -122,6 +122,7 @@ class _Connection(asyncio.Protocol):
         self._received = 0
         self._status = 0
         self._headers_done = False
+        self._delimited = False
         self._body = bytearray()
         self._body_length = 0
         self._keep_alive = False
@@ -149,7 +150,7 @@ class _Connection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
-        if self._headers_done:
+        if self._headers_done and not self._delimited:
             # An answer delimited by the end of the connection (no length, not chunked).
             waiter.set_result(Answer(self._status, bytes(self._body)))
         elif self._received == 0:
@@ -162,8 +163,13 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._status = 0
         self._headers_done = False
+        self._delimited = False
         self._body.clear()
         self._body_length = 0
+
+    def on_header(self, name: bytes, _: bytes) -> None:
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self._delimited = True  # its end is known: the connection's end is not it
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
@@ -206,6 +212,8 @@ class _Connection(asyncio.Protocol):
         self._waiter = asyncio.get_running_loop().create_future()
         self._received = 0
         self._keep_alive = False
+        # The last answer's state must not stand for this one (a close before any byte).
+        self.on_message_begin()
         self.transport.write(request)
         try:
             return await self._waiter
