@@ -155,8 +155,20 @@ async def run(
         await pool.close()
 
 
-def measure(events: int, profile: cProfile.Profile | None) -> tuple[float, float, float, float]:
-    """One run on fresh servers: events/s, CPU s/event, load average at the start and end."""
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process `pid` so far (0 where /proc is missing)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(
+    events: int, profile: cProfile.Profile | None
+) -> tuple[float, float, float, float, float]:
+    """One run on fresh servers: events/s, worker CPU s/event, receiver CPU s/event, load
+    average at the start and at the end."""
     root = Path(tempfile.mkdtemp(prefix="kannon-bench-webhooks-", dir="/tmp"))
     root.chmod(0o755)
     pg = start_postgres(root / "pg", fast=True)
@@ -170,8 +182,10 @@ def measure(events: int, profile: cProfile.Profile | None) -> tuple[float, float
         asyncio.run(migrate(pg.url()))
         _pin(0)
         load = os.getloadavg()[0]
+        receiver_began = _cpu_seconds(receiver.pid)
         rate, cpu = asyncio.run(run(pg.url(), nats.url, port, events, profile))
-        return rate, cpu, load, os.getloadavg()[0]
+        receiver_cpu = (_cpu_seconds(receiver.pid) - receiver_began) / events
+        return rate, cpu, receiver_cpu, load, os.getloadavg()[0]
     finally:
         receiver.terminate()
         receiver.wait(10)
@@ -191,11 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     for n in range(1, args.runs + 1):
         if args.profile is not None and n == args.runs:
             profile = cProfile.Profile()
-        rate, cpu, load, load_end = measure(args.events, profile)
+        rate, cpu, receiver_cpu, load, load_end = measure(args.events, profile)
         rates.append(rate)
         line = (
             f"{rate:,.0f} events/s ({args.events} events, goal {GOAL:,.0f}); "
             f"worker CPU {cpu * 1000:.2f} ms/event = {1 / cpu:,.0f} events per CPU-second; "
+            f"receiver CPU {receiver_cpu * 1000:.2f} ms/event; "
             f"load average {load:.1f} at the start, {load_end:.1f} at the end"
         )
         print(f"run {n}: {line}" if args.runs > 1 else f"webhooks one core: {line}")
