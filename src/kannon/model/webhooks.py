@@ -10,6 +10,7 @@ of this attempt) and `webhook-signature: v1,<base64 HMAC-SHA256(key, "<id>.<time
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -120,6 +121,7 @@ def check_url(url: str, *, allow_http: bool, allow_private: bool) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=1024)
 def secret_key(secret: str) -> bytes:
     return base64.b64decode(secret.removeprefix(SECRET_PREFIX))
 

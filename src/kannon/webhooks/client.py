@@ -78,6 +78,17 @@ _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 
 
 @functools.lru_cache(maxsize=1024)
+def _refusal(url: str, allow_http: bool, allow_private: bool) -> str | None:
+    """Why `url` may not be called (the URL rules, checked before every POST), or None. Cached:
+    the rules are a pure function of the URL, and an endpoint's URL repeats with every event."""
+    try:
+        check_url(url, allow_http=allow_http, allow_private=allow_private)
+    except InvalidArgument as exc:
+        return str(exc)
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
 def _target(url: str) -> _Target:
     parts = urlsplit(url.strip())
     tls = parts.scheme.lower() == "https"
@@ -281,10 +292,9 @@ class WebhookClient:
     async def post(self, url: str, headers: dict[str, str], body: bytes, timeout: float) -> Answer:
         """POST `body`; the answer's status and first bytes. Raises RefusedAddress, OSError
         (BadAnswer included) or TimeoutError when no answer came within `timeout` seconds."""
-        try:
-            check_url(url, allow_http=self.allow_http, allow_private=self.allow_private)
-        except InvalidArgument as exc:
-            raise RefusedAddress(str(exc)) from None
+        refusal = _refusal(url, self.allow_http, self.allow_private)
+        if refusal is not None:
+            raise RefusedAddress(refusal)
         target = _target(url)
         request = _request(target, headers, body)
         host = self._hosts.get(target.key)
