@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,7 +31,9 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
+from nats.js.api import DEFAULT_PREFIX as DEFAULT_JS_PREFIX
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
@@ -391,12 +394,9 @@ class Bus:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    async def _subscribe(
-        self, spec: ConsumerSpec, in_hand: int
-    ) -> JetStreamContext.PullSubscription:
-        """Create or update the durable consumer and bind to it; `in_hand` is how many messages
-        the loop may hold at once (the default `max_ack_pending` leaves room for four times as
-        many)."""
+    async def _ensure_consumer(self, spec: ConsumerSpec, in_hand: int) -> None:
+        """Create or update the durable consumer; `in_hand` is how many messages the loop may
+        hold at once (the default `max_ack_pending` leaves room for four times as many)."""
         config = ConsumerConfig(
             name=spec.durable,
             durable_name=spec.durable,
@@ -410,6 +410,11 @@ class Bus:
             max_ack_pending=spec.max_ack_pending or max(1000, in_hand * 4),
         )
         await self.js.add_consumer(spec.stream, config)
+
+    async def _subscribe(
+        self, spec: ConsumerSpec, in_hand: int
+    ) -> JetStreamContext.PullSubscription:
+        await self._ensure_consumer(spec, in_hand)
         return await self.js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
 
     async def consume_batches(
@@ -429,7 +434,8 @@ class Bus:
         fails every message of its batch (each naked with its backoff, or dead-lettered after
         `max_deliver`). Nothing is acked before the handler returned.
         """
-        sub = await self._subscribe(spec, spec.concurrency * spec.batch)
+        await self._ensure_consumer(spec, spec.concurrency * spec.batch)
+        puller = await _Puller.start(self.nc, spec)
         slots = asyncio.Semaphore(max(1, spec.concurrency))
         in_flight: set[asyncio.Task[None]] = set()
         if on_ready is not None:
@@ -441,9 +447,7 @@ class Bus:
                     slots.release()
                     break
                 try:
-                    msgs = await sub.fetch(spec.batch, timeout=0.5)
-                except TimeoutError:
-                    msgs = []
+                    msgs = await puller.fetch(spec.batch, timeout=0.5)
                 except nats.errors.Error as exc:
                     log.warning(
                         "fetch failed", extra={"kv": {"durable": spec.durable, "error": repr(exc)}}
@@ -460,7 +464,7 @@ class Bus:
             if in_flight:
                 await asyncio.gather(*in_flight, return_exceptions=True)
             with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                await puller.stop()
 
     async def _handle_batch(
         self,
@@ -591,6 +595,109 @@ class Bus:
             },
         )
         return Result.term()
+
+
+class _Puller:
+    """Pulls batches from a durable pull consumer over a plain subscription with a callback.
+
+    nats-py's `fetch` waits for every message of a batch with its own task, timer and uuid4
+    (`Subscription.next_msg`): a tenth of the webhooks worker's CPU (ADR 0052). Here messages
+    land in a list as they arrive and a fetch takes them all at once. The pull requests are
+    JetStream's own (`CONSUMER.MSG.NEXT` with `batch`, `no_wait`, `expires`). Anything that
+    arrives late (after its fetch gave up waiting) stays in the list for the next fetch."""
+
+    def __init__(self, nc: NatsClient, spec: ConsumerSpec) -> None:
+        self._nc = nc
+        self._next = f"{DEFAULT_JS_PREFIX}.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}"
+        self._inbox = nc.new_inbox()
+        self._arrived: list[Msg] = []
+        self._signal = asyncio.Event()
+        self._sub: Subscription | None = None
+
+    @classmethod
+    async def start(cls, nc: NatsClient, spec: ConsumerSpec) -> _Puller:
+        puller = cls(nc, spec)
+        puller._sub = await nc.subscribe(puller._inbox, cb=puller._on_message)
+        return puller
+
+    async def _on_message(self, msg: Msg) -> None:
+        self._arrived.append(msg)
+        self._signal.set()
+
+    def _take(self, limit: int) -> tuple[list[Msg], bool]:
+        """Messages that arrived (at most `limit`), and whether a status came among them (the
+        end of a request: no more messages, or the request expired)."""
+        msgs: list[Msg] = []
+        ended = False
+        taken = 0
+        for msg in self._arrived:
+            if len(msgs) >= limit:
+                break
+            taken += 1
+            if JetStreamContext.is_status_msg(msg):
+                ended = True
+            else:
+                msgs.append(msg)
+        del self._arrived[:taken]
+        if not self._arrived:
+            self._signal.clear()
+        return msgs, ended
+
+    async def _request(self, batch: int, **options: object) -> None:
+        body = json.dumps({"batch": batch, **options}).encode()
+        await self._nc.publish(self._next, body, reply=self._inbox)
+
+    async def _wait(self, until: float) -> bool:
+        """Wait for something to arrive until the loop time `until`; False once it passed."""
+        remaining = until - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return False
+        try:
+            async with asyncio.timeout(remaining):
+                await self._signal.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def fetch(self, batch: int, timeout: float) -> list[Msg]:
+        """Up to `batch` messages (at least one unless `timeout` seconds passed without any)."""
+        msgs, _ = self._take(batch)
+        if msgs:
+            return msgs
+        loop = asyncio.get_running_loop()
+        # What is there now, at once: the server ends the request with a status when it runs
+        # out before `batch`.
+        await self._request(batch, no_wait=True)
+        until = loop.time() + timeout
+        ended = False
+        while len(msgs) < batch and not ended:
+            more, ended = self._take(batch - len(msgs))
+            msgs += more
+            if len(msgs) < batch and not ended and not await self._wait(until):
+                break
+        if msgs:
+            return msgs
+        # Nothing waiting: a request for one message, held by the server until one comes or it
+        # expires. One, so that no request is left open to deliver after this fetch returned:
+        # the next fetch takes the rest of a burst with `no_wait`.
+        await self._request(1, expires=int(timeout * 1e9))
+        while not msgs:
+            more, ended = self._take(1)
+            msgs += more
+            if msgs or ended or not await self._wait(until + timeout):
+                break
+        return msgs
+
+    async def stop(self) -> None:
+        """Unsubscribe, and give back what arrived and was not taken (rather than let it wait
+        out `ack_wait`)."""
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+        for msg in self._arrived:
+            if not JetStreamContext.is_status_msg(msg):
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.nak()
+        self._arrived.clear()
 
 
 def _message(msg: Msg) -> BusMessage:
