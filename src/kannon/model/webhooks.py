@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
 import hmac
 import ipaddress
 import json
@@ -129,7 +128,7 @@ def secret_key(secret: str) -> bytes:
 def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
     """The `webhook-signature` header value (scheme v1)."""
     signed = f"{webhook_id}.{timestamp}.".encode() + body
-    digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
+    digest = hmac.digest(secret_key(secret), signed, "sha256")
     return "v1," + base64.b64encode(digest).decode()
 
 

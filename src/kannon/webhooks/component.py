@@ -22,6 +22,7 @@ Endpoints are read through a cache of a few seconds: a change reaches events wit
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -104,7 +105,7 @@ CLEANUP_INTERVAL = timedelta(minutes=10)
 class _Lane:
     """One endpoint's claimed rows and its workers."""
 
-    queue: asyncio.Queue[store.DueDelivery] = field(default_factory=asyncio.Queue)
+    queue: collections.deque[store.DueDelivery] = field(default_factory=collections.deque)
     in_flight: int = 0
     unrecorded: int = 0
     """Attempts made whose record is not written yet: their rows are still claimed, so they
@@ -112,10 +113,10 @@ class _Lane:
     workers: int = 0
 
     def load(self) -> int:
-        return self.queue.qsize() + self.in_flight + self.unrecorded
+        return len(self.queue) + self.in_flight + self.unrecorded
 
     def idle(self) -> bool:
-        return self.workers == 0 and self.unrecorded == 0 and self.queue.empty()
+        return self.workers == 0 and self.unrecorded == 0 and not self.queue
 
 
 class WebhooksWorker:
@@ -290,7 +291,7 @@ class WebhooksWorker:
 
     def _enqueue(self, delivery: store.DueDelivery) -> None:
         lane = self._lanes.setdefault(delivery.endpoint_id, _Lane())
-        lane.queue.put_nowait(delivery)
+        lane.queue.append(delivery)
         if lane.workers < self._config.endpoint_concurrency:
             lane.workers += 1
             task = asyncio.create_task(self._work(delivery.endpoint_id, lane))
@@ -299,8 +300,8 @@ class WebhooksWorker:
 
     async def _work(self, endpoint_id: str, lane: _Lane) -> None:
         try:
-            while not lane.queue.empty():
-                delivery = lane.queue.get_nowait()
+            while lane.queue:
+                delivery = lane.queue.popleft()
                 lane.in_flight += 1
                 try:
                     record = await self.attempt(delivery)
@@ -435,8 +436,8 @@ class WebhooksWorker:
         """On stop: let POSTs in flight finish (bounded), give back rows not yet started."""
         waiting: list[int] = []
         for lane in self._lanes.values():
-            while not lane.queue.empty():
-                waiting.append(lane.queue.get_nowait().id)
+            waiting.extend(delivery.id for delivery in lane.queue)
+            lane.queue.clear()
         if self._workers:
             await asyncio.wait(set(self._workers), timeout=self._config.timeout.total_seconds() + 1)
         for task in list(self._workers):
