@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -83,10 +84,13 @@ async def run(
     nats_url: str,
     receiver_port: int,
     events: int,
+    *,
     profile: cProfile.Profile | None = None,
-) -> tuple[float, float, float]:
+    others: Sequence[Callable[[], float]] = (),
+) -> tuple[float, float, float, list[float]]:
     """Events/s, the worker process's CPU seconds per event (independent of what else the
-    machine runs: the ceiling of one core is its inverse) and the kernel's share of them."""
+    machine runs: the ceiling of one core is its inverse), the kernel's share of them, and the
+    CPU seconds per event of each of `others` (readers of other processes' CPU time)."""
     pool = await create_pool(database_url, max_size=8)
     bus = await Bus.connect(nats_url, name="kannon-bench")
     try:
@@ -131,6 +135,7 @@ async def run(
         life = Life("webhooks")
         if profile is not None:
             profile.enable()
+        others_began = [read() for read in others]
         began = time.perf_counter()
         cpu_began = time.process_time()
         sys_began = os.times().system
@@ -145,13 +150,14 @@ async def run(
                 task.result()
             await asyncio.sleep(0.05)
         took = time.perf_counter() - began
+        others_cpu = [(read() - b) / events for read, b in zip(others, others_began, strict=True)]
         cpu = time.process_time() - cpu_began
         system = os.times().system - sys_began
         if profile is not None:
             profile.disable()
         life.stopping.set()
         await task
-        return events / took, cpu / events, system / max(cpu, 1e-9)
+        return events / took, cpu / events, system / max(cpu, 1e-9), others_cpu
     finally:
         await bus.close()
         await pool.close()
@@ -166,11 +172,30 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _tree_cpu_seconds(root: int) -> float:
+    """CPU time so far of process `root` and of its live descendants (PostgreSQL's postmaster
+    and backends)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += _cpu_seconds(pid)
+        todo.extend(children.get(pid, ()))
+    return total
+
+
 def measure(
     events: int, profile: cProfile.Profile | None
-) -> tuple[float, float, float, float, float, float]:
-    """One run on fresh servers: events/s, worker CPU s/event and its kernel share, receiver
-    CPU s/event, load average at the start and at the end."""
+) -> tuple[float, float, float, tuple[float, float, float], float, float]:
+    """One run on fresh servers: events/s, worker CPU s/event and its kernel share, the CPU
+    s/event of the receiver, PostgreSQL and NATS, load average at the start and at the end."""
     root = Path(tempfile.mkdtemp(prefix="kannon-bench-webhooks-", dir="/tmp"))
     root.chmod(0o755)
     pg = start_postgres(root / "pg", fast=True)
@@ -184,10 +209,21 @@ def measure(
         asyncio.run(migrate(pg.url()))
         _pin(0)
         load = os.getloadavg()[0]
-        receiver_began = _cpu_seconds(receiver.pid)
-        rate, cpu, system = asyncio.run(run(pg.url(), nats.url, port, events, profile))
-        receiver_cpu = (_cpu_seconds(receiver.pid) - receiver_began) / events
-        return rate, cpu, system, receiver_cpu, load, os.getloadavg()[0]
+        rate, cpu, system, (receiver_cpu, pg_cpu, nats_cpu) = asyncio.run(
+            run(
+                pg.url(),
+                nats.url,
+                port,
+                events,
+                profile=profile,
+                others=[
+                    lambda: _cpu_seconds(receiver.pid),
+                    lambda: _tree_cpu_seconds(pg.process.pid),
+                    lambda: _cpu_seconds(nats.process.pid),
+                ],
+            )
+        )
+        return rate, cpu, system, (receiver_cpu, pg_cpu, nats_cpu), load, os.getloadavg()[0]
     finally:
         receiver.terminate()
         receiver.wait(10)
@@ -207,13 +243,16 @@ def main(argv: list[str] | None = None) -> int:
     for n in range(1, args.runs + 1):
         if args.profile is not None and n == args.runs:
             profile = cProfile.Profile()
-        rate, cpu, system, receiver_cpu, load, load_end = measure(args.events, profile)
+        rate, cpu, system, (receiver_cpu, pg_cpu, nats_cpu), load, load_end = measure(
+            args.events, profile
+        )
         rates.append(rate)
         line = (
             f"{rate:,.0f} events/s ({args.events} events, goal {GOAL:,.0f}); "
             f"worker CPU {cpu * 1000:.2f} ms/event ({system:.0%} in the kernel) = "
             f"{1 / cpu:,.0f} events per CPU-second; "
-            f"receiver CPU {receiver_cpu * 1000:.2f} ms/event; "
+            f"receiver CPU {receiver_cpu * 1000:.2f}, PostgreSQL {pg_cpu * 1000:.2f}, "
+            f"NATS {nats_cpu * 1000:.2f} ms/event; "
             f"load average {load:.1f} at the start, {load_end:.1f} at the end"
         )
         print(f"run {n}: {line}" if args.runs > 1 else f"webhooks one core: {line}")
