@@ -356,3 +356,27 @@ async def test_https_is_verified_against_the_host_name(tmp_path: Path) -> None:
             await trusting.close()
             await default.close()
     assert (answer.status_code, answer.body) == (200, b"secure")
+
+
+async def test_the_time_limit_covers_waiting_for_a_connection_too() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader, peer)
+        await reader.read()  # never answers
+
+    async with scripted_peer(script) as peer:
+        hooks = client(per_host=1)
+        began = time.monotonic()
+        try:
+            url = f"http://127.0.0.1:{peer.port}/"
+            # The second waits for the first's connection slot, within its own time limit.
+            results = await asyncio.gather(
+                hooks.post(url, HEADERS, b"{}", 0.3),
+                hooks.post(url, HEADERS, b"{}", 0.3),
+                return_exceptions=True,
+            )
+        finally:
+            await hooks.close()
+        took = time.monotonic() - began
+    assert [type(r) for r in results] == [TimeoutError, TimeoutError]
+    assert took < 2, f"both gave up after {took:.1f} s"
+    assert peer.connections == 1
