@@ -484,8 +484,12 @@ class Bus:
                     )
             except Exception as exc:
                 outcomes = [exc] * len(messages)
+            settled: dict[Verdict, int] = {}
             for msg, message, outcome in zip(msgs, messages, outcomes, strict=True):
-                await self._settle(spec, msg, message, outcome)
+                verdict = await self._settle(spec, msg, message, outcome)
+                settled[verdict] = settled.get(verdict, 0) + 1
+            for verdict, count in settled.items():
+                HANDLED.labels(spec.durable, verdict.value).inc(count)
         finally:
             slots.release()
 
@@ -499,14 +503,16 @@ class Bus:
                 outcome = await handler(message)
             except Exception as exc:
                 outcome = exc
-            await self._settle(spec, msg, message, outcome)
+            verdict = await self._settle(spec, msg, message, outcome)
+            HANDLED.labels(spec.durable, verdict.value).inc()
         finally:
             slots.release()
 
     async def _settle(
         self, spec: ConsumerSpec, msg: Msg, message: BusMessage, outcome: Result | Exception
-    ) -> None:
-        """Ack, nak or terminate `msg` after its handler returned `outcome` (or raised it)."""
+    ) -> Verdict:
+        """Ack, nak or terminate `msg` after its handler returned `outcome` (or raised it);
+        what was done (the caller counts it in HANDLED)."""
         if isinstance(outcome, Exception):
             error = self._after_failure(spec, message, outcome)
             result = (
@@ -522,7 +528,6 @@ class Bus:
             result = outcome
         if result.verdict is Verdict.NAK and result.delay is None:
             result = Result.nak(spec.backoff(message.num_delivered, _jitter()))
-        HANDLED.labels(spec.durable, result.verdict.value).inc()
         try:
             if result.verdict is Verdict.ACK:
                 await msg.ack()
@@ -532,6 +537,7 @@ class Bus:
                 await msg.nak(delay=result.delay)
         except nats.errors.Error as exc:
             log.warning("ack failed", extra={"kv": {"durable": spec.durable, "error": repr(exc)}})
+        return result.verdict
 
     @staticmethod
     def _after_failure(spec: ConsumerSpec, message: BusMessage, exc: Exception) -> str | None:
