@@ -108,12 +108,14 @@ class _Lane:
     queue: collections.deque[store.DueDelivery] = field(default_factory=collections.deque)
     in_flight: int = 0
     unrecorded: int = 0
-    """Attempts made whose record is not written yet: their rows are still claimed, so they
-    count towards the lane's fill (the claims stay bounded while the database is slow)."""
+    """Attempts made whose record is not written yet. Their rows are still claimed: past a
+    lane's worth of them the lane counts as full, so that claims stay bounded while the
+    database is slow; below that they do not hold the lane's POSTs back (ADR 0052)."""
     workers: int = 0
 
     def load(self) -> int:
-        return len(self.queue) + self.in_flight + self.unrecorded
+        """Claimed rows not yet POSTed or being POSTed."""
+        return len(self.queue) + self.in_flight
 
     def idle(self) -> bool:
         return self.workers == 0 and self.unrecorded == 0 and not self.queue
@@ -156,6 +158,7 @@ class WebhooksWorker:
         self._writes: set[asyncio.Future[None]] = set()
         """Attempt records handed to `_results` and not written yet."""
         self._wake = asyncio.Event()
+        self._new_rows = False
         self._claim_timeout = claim_timeout(self._config.timeout)
 
     @property
@@ -266,6 +269,7 @@ class WebhooksWorker:
         if rows:
             await store.insert_deliveries(self._db, rows, self._clock())
             EVENTS.labels("queued").inc(queued)
+            self._new_rows = True
             self._wake.set()
         return [Result.ack()] * len(msgs)
 
@@ -273,7 +277,11 @@ class WebhooksWorker:
 
     def _busy(self) -> list[str]:
         limit = self._config.endpoint_concurrency * LANE_DEPTH
-        return [endpoint_id for endpoint_id, lane in self._lanes.items() if lane.load() >= limit]
+        return [
+            endpoint_id
+            for endpoint_id, lane in self._lanes.items()
+            if lane.load() >= limit or lane.unrecorded >= limit
+        ]
 
     async def claim(self) -> int:
         """One scheduling cycle: claim due rows into their lanes; how many were claimed."""
@@ -299,6 +307,7 @@ class WebhooksWorker:
             task.add_done_callback(self._workers.discard)
 
     async def _work(self, endpoint_id: str, lane: _Lane) -> None:
+        refill_at = self._config.endpoint_concurrency * LANE_DEPTH // 2
         try:
             while lane.queue:
                 delivery = lane.queue.popleft()
@@ -307,6 +316,11 @@ class WebhooksWorker:
                     record = await self.attempt(delivery)
                 finally:
                     lane.in_flight -= 1
+                    # Half the lane is free: claim again, since rows may have waited while it
+                    # was full. Once per crossing, not after every POST: a claim per POST was
+                    # a database round trip per event, most of them finding nothing.
+                    if lane.load() == refill_at:
+                        self._wake.set()
                 # Recorded by the batch writer while this worker POSTs the next row: waiting
                 # for the write held each POST for a batch's linger and round trip (ADR 0052).
                 # The row stays claimed until then, so it counts in the lane's fill.
@@ -325,10 +339,8 @@ class WebhooksWorker:
         if not done.cancelled() and (exc := done.exception()) is not None:
             # The row stays claimed; it is taken again after the claim timeout (at least once).
             log.warning("webhook attempt not recorded: %s", exc)
-        # Half the lane is free: claim again, since rows may have waited while it was full.
-        # Once per crossing, not after every POST: a claim per POST was a database round trip
-        # per event, most of them finding nothing.
-        if lane.load() == self._config.endpoint_concurrency * LANE_DEPTH // 2:
+        # The records caught up below a full lane's worth: the lane may be claimed for again.
+        if lane.unrecorded == self._config.endpoint_concurrency * LANE_DEPTH - 1:
             self._wake.set()
         if lane.idle() and self._lanes.get(endpoint_id) is lane:
             del self._lanes[endpoint_id]
@@ -427,10 +439,16 @@ class WebhooksWorker:
             finally:
                 stop.cancel()
                 wake.cancel()
-            if wake.done() and not stop.done():
+            if wake.done() and not stop.done() and self._new_rows and not self._hungry():
                 # Woken by new rows: let the inserts of the next few milliseconds land too, so
-                # one claim takes a batch rather than each claim a handful of rows.
+                # one claim takes a batch rather than each claim a handful of rows. A lane that
+                # is half empty is refilled at once instead (its POSTs would stall meanwhile).
                 await asyncio.sleep(WRITE_LINGER)
+            self._new_rows = False
+
+    def _hungry(self) -> bool:
+        refill_at = self._config.endpoint_concurrency * LANE_DEPTH // 2
+        return any(lane.load() <= refill_at for lane in self._lanes.values())
 
     async def _drain(self) -> None:
         """On stop: let POSTs in flight finish (bounded), give back rows not yet started."""
