@@ -426,8 +426,7 @@ class Bus:
         on_ready: Callable[[], None] | None = None,
     ) -> None:
         """`consume()` for handlers that take a whole fetch at once: up to `spec.batch`
-        messages per call (a few more when nats-py hands back its buffer), up to
-        `spec.concurrency` calls at once. One handler call, and its one round trip to wherever
+        messages per call, up to `spec.concurrency` calls at once. One handler call, and its one round trip to wherever
         it writes, for the batch instead of one per message (ADR 0052).
 
         Each message is then settled as by `consume()`, by its own Result; a handler that raises
