@@ -426,8 +426,9 @@ class Bus:
         on_ready: Callable[[], None] | None = None,
     ) -> None:
         """`consume()` for handlers that take a whole fetch at once: up to `spec.batch`
-        messages per call, up to `spec.concurrency` calls at once. One handler call, and its one round trip to wherever
-        it writes, for the batch instead of one per message (ADR 0052).
+        messages per call, up to `spec.concurrency` calls at once. One handler call, and its
+        one round trip to wherever it writes, for the batch instead of one per message (ADR
+        0052).
 
         Each message is then settled as by `consume()`, by its own Result; a handler that raises
         fails every message of its batch (each naked with its backoff, or dead-lettered after
@@ -602,6 +603,10 @@ class Bus:
         return Result.term()
 
 
+_END_OF_PULL = ("404", "408")
+"""The statuses that end a pull request in the ordinary way: no messages, request expired."""
+
+
 class _Puller:
     """Pulls batches from a durable pull consumer over a plain subscription with a callback.
 
@@ -614,6 +619,7 @@ class _Puller:
     def __init__(self, nc: NatsClient, spec: ConsumerSpec) -> None:
         self._nc = nc
         self._next = f"{DEFAULT_JS_PREFIX}.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}"
+        self._durable = spec.durable
         self._inbox = nc.new_inbox()
         self._arrived: list[Msg] = []
         self._signal = asyncio.Event()
@@ -639,8 +645,21 @@ class _Puller:
             if len(msgs) >= limit:
                 break
             taken += 1
-            if JetStreamContext.is_status_msg(msg):
+            status = JetStreamContext.is_status_msg(msg)
+            if status:
                 ended = True
+                if status not in _END_OF_PULL:
+                    # e.g. 409: the consumer was deleted or has too many pulls waiting.
+                    log.warning(
+                        "pull request refused",
+                        extra={
+                            "kv": {
+                                "durable": self._durable,
+                                "status": status,
+                                "description": (msg.headers or {}).get("Description", ""),
+                            }
+                        },
+                    )
             else:
                 msgs.append(msg)
         del self._arrived[:taken]
