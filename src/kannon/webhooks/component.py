@@ -1,19 +1,21 @@
-"""The webhooks Component (ADR 0032): every outcome event, signed, to each matching endpoint.
+"""The webhooks Component (ADR 0032, 0052): every outcome event, signed, to each matching
+endpoint.
 
 Two halves that meet in PostgreSQL:
 
-* **Intake.** A durable JetStream consumer (`kannon-webhooks`, on `kannon.stats.*`) turns each
-  event into one `webhook_deliveries` row per enabled endpoint of its Domain that wants its type
-  (coalesced into batched INSERTs, idempotent on (endpoint, event)), then acks the event. An
-  event is acked only once its rows are committed: at least once, and the bus is never held by a
-  slow endpoint.
+* **Intake.** A durable JetStream consumer (`kannon-webhooks`, on `kannon.stats.*`) takes the
+  events a fetch at a time and turns each into one `webhook_deliveries` row per enabled endpoint
+  of its Domain that wants its type (one INSERT per fetch, idempotent on (endpoint, event)), then
+  acks the events. An event is acked only once its rows are committed: at least once, and the
+  bus is never held by a slow endpoint.
 * **Sending.** A scheduler claims due rows (`FOR UPDATE SKIP LOCKED`, retaken after a timeout)
   and hands each to its endpoint's lane: at most `webhooks.endpoint_concurrency` POSTs in flight
   per endpoint, and endpoints whose lane is full are left out of the next claims. A dead endpoint
   therefore fills its own lane only; the others' rows keep flowing. Each attempt is recorded
   (status, latency, the answer's first bytes) together with the delivery's next state: delivered
   (2xx), retried after an exponential, jittered backoff while `webhooks.retry_window` lasts, or
-  given up.
+  given up. Records are written in batches while the lane POSTs on; a row stays claimed until
+  its record is written.
 
 Endpoints are read through a cache of a few seconds: a change reaches events within
 :data:`ENDPOINT_CACHE_TTL`.
@@ -323,7 +325,7 @@ class WebhooksWorker:
                         self._wake.set()
                 # Recorded by the batch writer while this worker POSTs the next row: waiting
                 # for the write held each POST for a batch's linger and round trip (ADR 0052).
-                # The row stays claimed until then, so it counts in the lane's fill.
+                # The row stays claimed until then (see `_Lane.unrecorded`).
                 lane.unrecorded += 1
                 written = self._results.put(record)
                 self._writes.add(written)
