@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import timedelta
 
 from prometheus_client import REGISTRY
@@ -299,3 +300,82 @@ async def test_keep_alive_keeps_a_slow_handlers_message_from_being_redelivered(b
 
     control = await _deliveries_while_slow(bus, "test-no-keep-alive", keep_alive=False)
     assert control[:2] == [1, 2]
+
+
+async def _settled(bus: Bus, durable: str) -> None:
+    """Every message acked: the server applies acks on its own time, well within ack_wait
+    (after which an unacked message would show as pending again)."""
+
+    async def nothing_pending() -> bool:
+        info = await bus.js.consumer_info(SENDING_STREAM, durable)
+        return (info.num_ack_pending, info.num_pending) == (0, 0)
+
+    await wait_for(nothing_pending, what=f"{durable} to have acked everything", timeout=5)
+
+
+async def test_batches_take_what_is_waiting_and_settle_each_message_by_its_result(
+    bus: Bus,
+) -> None:
+    for i in range(30):
+        await bus.publish(SENDING_SUBJECT, f"b{i}".encode(), msg_id=f"batch-{i}")
+    spec = ConsumerSpec(
+        "test-batches",
+        SENDING_STREAM,
+        SENDING_SUBJECT,
+        batch=8,
+        retry_delay=timedelta(milliseconds=50),
+    )
+    stopping = asyncio.Event()
+    sizes: list[int] = []
+    seen: list[BusMessage] = []
+
+    async def handle(msgs: Sequence[BusMessage]) -> list[Result]:
+        sizes.append(len(msgs))
+        seen.extend(msgs)
+        # b7 is refused the first time (naked), everything else acked.
+        results = [
+            Result.nak(0.05) if m.data == b"b7" and m.num_delivered == 1 else Result.ack()
+            for m in msgs
+        ]
+        if len({m.data for m in seen}) == 30 and any(m.num_delivered == 2 for m in seen):
+            stopping.set()
+        return results
+
+    await asyncio.wait_for(bus.consume_batches(spec, handle, stopping), timeout=30)
+    assert sorted({m.data for m in seen}) == sorted(f"b{i}".encode() for i in range(30))
+    assert max(sizes) == 8, "a fetch takes up to `batch` of the waiting messages at once"
+    assert [m.num_delivered for m in seen if m.data == b"b7"] == [1, 2]
+    await _settled(bus, "test-batches")
+
+
+async def test_a_failing_batch_comes_back_whole_and_a_trickle_is_not_held(bus: Bus) -> None:
+    spec = ConsumerSpec(
+        "test-batch-fail",
+        SENDING_STREAM,
+        SENDING_SUBJECT,
+        batch=50,
+        retry_delay=timedelta(milliseconds=50),
+    )
+    stopping = asyncio.Event()
+    calls: list[list[tuple[bytes, int]]] = []
+    ready = asyncio.Event()
+
+    async def handle(msgs: Sequence[BusMessage]) -> list[Result]:
+        calls.append([(m.data, m.num_delivered) for m in msgs])
+        if len(calls) == 1:
+            raise RuntimeError("the database is away")
+        if {data for call in calls[1:] for data, _ in call} >= {b"t0", b"t1"}:
+            stopping.set()
+        return [Result.ack()] * len(msgs)
+
+    consumer = asyncio.create_task(bus.consume_batches(spec, handle, stopping, on_ready=ready.set))
+    await ready.wait()
+    await bus.publish(SENDING_SUBJECT, b"t0", msg_id="trickle-0")
+    await bus.publish(SENDING_SUBJECT, b"t1", msg_id="trickle-1")
+    began = asyncio.get_running_loop().time()
+    await asyncio.wait_for(consumer, timeout=30)
+    # Redelivered after the failure, each once more; nothing waited for a full batch of 50.
+    assert {d for d, n in calls[0]} <= {b"t0", b"t1"}
+    assert all(n == 2 for d, n in calls[1] if (d, 1) in calls[0])
+    assert asyncio.get_running_loop().time() - began < 5
+    await _settled(bus, "test-batch-fail")

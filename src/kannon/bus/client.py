@@ -2,7 +2,9 @@
 
 Publishing always goes through JetStream and waits for the PubAck, with a `Nats-Msg-Id` so a
 retried publish inside the stream's duplicate window is stored once. Consumers are durable pull
-consumers with explicit acks; `consume()` is the one loop every Component uses.
+consumers with explicit acks; `consume()` is the loop every Component uses, one handler call per
+message; `consume_batches()` is its variant that hands a handler every message of one fetch at
+once (the webhooks intake, ADR 0052). Both settle each message the same way, after its handler.
 
 No message is ever dropped silently (ADR 0026). The server redelivers without limit; a handler
 that fails is retried after a delay that doubles per delivery up to `ConsumerSpec.max_retry_delay`,
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,7 +31,9 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
+from nats.js.api import DEFAULT_PREFIX as DEFAULT_JS_PREFIX
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
@@ -175,6 +180,8 @@ class ConsumerSpec:
 
 
 Handler = Callable[[BusMessage], Awaitable[Result]]
+BatchHandler = Callable[[Sequence[BusMessage]], Awaitable[Sequence[Result]]]
+"""Takes the messages of one fetch; returns one Result per message, in order."""
 
 
 @dataclass(frozen=True)
@@ -350,20 +357,7 @@ class Bus:
         back after the spec's growing backoff (see the module docstring). With `spec.keep_alive`
         the message's ack deadline is pushed back while its handler runs.
         """
-        config = ConsumerConfig(
-            name=spec.durable,
-            durable_name=spec.durable,
-            filter_subject=spec.subject,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=spec.ack_wait.total_seconds(),
-            # Unlimited: the server would drop a message silently at its limit. Ours is applied
-            # in `_handle`, which dead-letters instead (transient failures never count).
-            max_deliver=-1,
-            max_ack_pending=spec.max_ack_pending or max(1000, spec.concurrency * 4),
-        )
-        await self.js.add_consumer(spec.stream, config)
-        sub = await self.js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
+        sub = await self._subscribe(spec, spec.concurrency)
         slots = asyncio.Semaphore(spec.concurrency)
         in_flight: set[asyncio.Task[None]] = set()
         if on_ready is not None:
@@ -405,56 +399,163 @@ class Bus:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
+    async def _ensure_consumer(self, spec: ConsumerSpec, in_hand: int) -> None:
+        """Create or update the durable consumer; `in_hand` is how many messages the loop may
+        hold at once (the default `max_ack_pending` leaves room for four times as many)."""
+        config = ConsumerConfig(
+            name=spec.durable,
+            durable_name=spec.durable,
+            filter_subject=spec.subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=spec.ack_wait.total_seconds(),
+            # Unlimited: the server would drop a message silently at its limit. Ours is applied
+            # in `_settle`, which dead-letters instead (transient failures never count).
+            max_deliver=-1,
+            max_ack_pending=spec.max_ack_pending or max(1000, in_hand * 4),
+        )
+        await self.js.add_consumer(spec.stream, config)
+
+    async def _subscribe(
+        self, spec: ConsumerSpec, in_hand: int
+    ) -> JetStreamContext.PullSubscription:
+        await self._ensure_consumer(spec, in_hand)
+        return await self.js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
+
+    async def consume_batches(
+        self,
+        spec: ConsumerSpec,
+        handler: BatchHandler,
+        stopping: asyncio.Event,
+        *,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        """`consume()` for handlers that take a whole fetch at once: up to `spec.batch`
+        messages per call, up to `spec.concurrency` calls at once. One handler call, and its
+        one round trip to wherever it writes, for the batch instead of one per message (ADR
+        0052).
+
+        Each message is then settled as by `consume()`, by its own Result; a handler that raises
+        fails every message of its batch (each naked with its backoff, or dead-lettered after
+        `max_deliver`). Nothing is acked before the handler returned.
+        """
+        await self._ensure_consumer(spec, spec.concurrency * spec.batch)
+        puller = await _Puller.start(self.nc, spec)
+        slots = asyncio.Semaphore(max(1, spec.concurrency))
+        in_flight: set[asyncio.Task[None]] = set()
+        if on_ready is not None:
+            on_ready()
+        try:
+            while not stopping.is_set():
+                await slots.acquire()
+                if stopping.is_set():
+                    slots.release()
+                    break
+                try:
+                    msgs = await puller.fetch(spec.batch, timeout=0.5)
+                except nats.errors.Error as exc:
+                    log.warning(
+                        "fetch failed", extra={"kv": {"durable": spec.durable, "error": repr(exc)}}
+                    )
+                    msgs = []
+                    await asyncio.sleep(0.5)
+                if not msgs:
+                    slots.release()
+                    continue
+                task = asyncio.create_task(self._handle_batch(spec, handler, msgs, slots))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+        finally:
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await puller.stop()
+
+    async def _handle_batch(
+        self,
+        spec: ConsumerSpec,
+        handler: BatchHandler,
+        msgs: Sequence[Msg],
+        slots: asyncio.Semaphore,
+    ) -> None:
+        try:
+            messages = [_message(msg) for msg in msgs]
+            outcomes: Sequence[Result | Exception]
+            try:
+                outcomes = await handler(messages)
+                if len(outcomes) != len(messages):
+                    raise RuntimeError(
+                        f"batch handler returned {len(outcomes)} results for {len(messages)}"
+                    )
+            except Exception as exc:
+                outcomes = [exc] * len(messages)
+            settled: dict[Verdict, int] = {}
+            for msg, message, outcome in zip(msgs, messages, outcomes, strict=True):
+                verdict = await self._settle(spec, msg, message, outcome)
+                settled[verdict] = settled.get(verdict, 0) + 1
+            for verdict, count in settled.items():
+                HANDLED.labels(spec.durable, verdict.value).inc(count)
+        finally:
+            slots.release()
+
     async def _handle(
         self, spec: ConsumerSpec, handler: Handler, msg: Msg, slots: asyncio.Semaphore
     ) -> None:
         keeper = asyncio.create_task(_keep_alive(spec, msg)) if spec.keep_alive else None
         try:
-            meta = msg.metadata
-            message = BusMessage(
-                subject=msg.subject,
-                data=msg.data,
-                msg_id=(msg.headers or {}).get("Nats-Msg-Id"),
-                num_delivered=meta.num_delivered or 1,
-                stream_seq=meta.sequence.stream if meta.sequence else 0,
-                published=meta.timestamp,
-            )
+            message = _message(msg)
+            outcome: Result | Exception
             try:
-                result = await handler(message)
+                outcome = await handler(message)
             except Exception as exc:
-                error = self._after_failure(spec, message, exc)
-                result = (
-                    Result.nak()
-                    if error is None
-                    else await self._dead_letter(spec, message, "failing", error)
-                )
-            else:
-                if result.verdict is Verdict.TERM:
-                    result = await self._dead_letter(
-                        spec, message, "refused", "the handler cannot handle it"
-                    )
-            if result.verdict is Verdict.NAK and result.delay is None:
-                result = Result.nak(spec.backoff(message.num_delivered, _jitter()))
-            if keeper is not None:
-                # No progress ack may follow the verdict (a late +WPI after a nak would reset the
-                # delay it asked for): one already written precedes it on the connection.
-                keeper.cancel()
-            HANDLED.labels(spec.durable, result.verdict.value).inc()
-            try:
-                if result.verdict is Verdict.ACK:
-                    await msg.ack()
-                elif result.verdict is Verdict.TERM:
-                    await msg.term()
-                else:
-                    await msg.nak(delay=result.delay)
-            except nats.errors.Error as exc:
-                log.warning(
-                    "ack failed", extra={"kv": {"durable": spec.durable, "error": repr(exc)}}
-                )
+                outcome = exc
+            verdict = await self._settle(spec, msg, message, outcome, keeper)
+            HANDLED.labels(spec.durable, verdict.value).inc()
         finally:
             if keeper is not None:
                 keeper.cancel()
             slots.release()
+
+    async def _settle(
+        self,
+        spec: ConsumerSpec,
+        msg: Msg,
+        message: BusMessage,
+        outcome: Result | Exception,
+        keeper: asyncio.Task[None] | None = None,
+    ) -> Verdict:
+        """Ack, nak or terminate `msg` after its handler returned `outcome` (or raised it);
+        what was done (the caller counts it in HANDLED). `keeper`, the message's progress acks
+        (ConsumerSpec.keep_alive), stops before the verdict is sent."""
+        if isinstance(outcome, Exception):
+            error = self._after_failure(spec, message, outcome)
+            result = (
+                Result.nak()
+                if error is None
+                else await self._dead_letter(spec, message, "failing", error)
+            )
+        elif outcome.verdict is Verdict.TERM:
+            result = await self._dead_letter(
+                spec, message, "refused", "the handler cannot handle it"
+            )
+        else:
+            result = outcome
+        if result.verdict is Verdict.NAK and result.delay is None:
+            result = Result.nak(spec.backoff(message.num_delivered, _jitter()))
+        if keeper is not None:
+            # No progress ack may follow the verdict (a late +WPI after a nak would reset the
+            # delay it asked for): one already written precedes it on the connection.
+            keeper.cancel()
+        try:
+            if result.verdict is Verdict.ACK:
+                await msg.ack()
+            elif result.verdict is Verdict.TERM:
+                await msg.term()
+            else:
+                await msg.nak(delay=result.delay)
+        except nats.errors.Error as exc:
+            log.warning("ack failed", extra={"kv": {"durable": spec.durable, "error": repr(exc)}})
+        return result.verdict
 
     @staticmethod
     def _after_failure(spec: ConsumerSpec, message: BusMessage, exc: Exception) -> str | None:
@@ -534,6 +635,139 @@ async def _keep_alive(spec: ConsumerSpec, msg: Msg) -> None:
                 "progress ack failed",
                 extra={"kv": {"durable": spec.durable, "error": _one_line(exc)}},
             )
+
+
+_END_OF_PULL = ("404", "408")
+"""The statuses that end a pull request in the ordinary way: no messages, request expired."""
+
+
+class _Puller:
+    """Pulls batches from a durable pull consumer over a plain subscription with a callback.
+
+    nats-py's `fetch` waits for every message of a batch with its own task, timer and uuid4
+    (`Subscription.next_msg`): a tenth of the webhooks worker's CPU (ADR 0052). Here messages
+    land in a list as they arrive and a fetch takes them all at once. The pull requests are
+    JetStream's own (`CONSUMER.MSG.NEXT` with `batch`, `no_wait`, `expires`). Anything that
+    arrives late (after its fetch gave up waiting) stays in the list for the next fetch."""
+
+    def __init__(self, nc: NatsClient, spec: ConsumerSpec) -> None:
+        self._nc = nc
+        self._next = f"{DEFAULT_JS_PREFIX}.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}"
+        self._durable = spec.durable
+        self._inbox = nc.new_inbox()
+        self._arrived: list[Msg] = []
+        self._signal = asyncio.Event()
+        self._sub: Subscription | None = None
+
+    @classmethod
+    async def start(cls, nc: NatsClient, spec: ConsumerSpec) -> _Puller:
+        puller = cls(nc, spec)
+        puller._sub = await nc.subscribe(puller._inbox, cb=puller._on_message)
+        return puller
+
+    async def _on_message(self, msg: Msg) -> None:
+        self._arrived.append(msg)
+        self._signal.set()
+
+    def _take(self, limit: int) -> tuple[list[Msg], bool]:
+        """Messages that arrived (at most `limit`), and whether a status came among them (the
+        end of a request: no more messages, or the request expired)."""
+        msgs: list[Msg] = []
+        ended = False
+        taken = 0
+        for msg in self._arrived:
+            if len(msgs) >= limit:
+                break
+            taken += 1
+            status = JetStreamContext.is_status_msg(msg)
+            if status:
+                ended = True
+                if status not in _END_OF_PULL:
+                    # e.g. 409: the consumer was deleted or has too many pulls waiting.
+                    log.warning(
+                        "pull request refused",
+                        extra={
+                            "kv": {
+                                "durable": self._durable,
+                                "status": status,
+                                "description": (msg.headers or {}).get("Description", ""),
+                            }
+                        },
+                    )
+            else:
+                msgs.append(msg)
+        del self._arrived[:taken]
+        if not self._arrived:
+            self._signal.clear()
+        return msgs, ended
+
+    async def _request(self, batch: int, **options: object) -> None:
+        body = json.dumps({"batch": batch, **options}).encode()
+        await self._nc.publish(self._next, body, reply=self._inbox)
+
+    async def _wait(self, until: float) -> bool:
+        """Wait for something to arrive until the loop time `until`; False once it passed."""
+        remaining = until - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return False
+        try:
+            async with asyncio.timeout(remaining):
+                await self._signal.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def fetch(self, batch: int, timeout: float) -> list[Msg]:
+        """Up to `batch` messages (at least one unless `timeout` seconds passed without any)."""
+        msgs, _ = self._take(batch)
+        if msgs:
+            return msgs
+        loop = asyncio.get_running_loop()
+        # What is there now, at once: the server ends the request with a status when it runs
+        # out before `batch`.
+        await self._request(batch, no_wait=True)
+        until = loop.time() + timeout
+        ended = False
+        while len(msgs) < batch and not ended:
+            more, ended = self._take(batch - len(msgs))
+            msgs += more
+            if len(msgs) < batch and not ended and not await self._wait(until):
+                break
+        if msgs:
+            return msgs
+        # Nothing waiting: a request for one message, held by the server until one comes or it
+        # expires. One, so that no request is left open to deliver after this fetch returned:
+        # the next fetch takes the rest of a burst with `no_wait`.
+        await self._request(1, expires=int(timeout * 1e9))
+        while not msgs:
+            more, ended = self._take(1)
+            msgs += more
+            if msgs or ended or not await self._wait(until + timeout):
+                break
+        return msgs
+
+    async def stop(self) -> None:
+        """Unsubscribe, and give back what arrived and was not taken (rather than let it wait
+        out `ack_wait`)."""
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+        for msg in self._arrived:
+            if not JetStreamContext.is_status_msg(msg):
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.nak()
+        self._arrived.clear()
+
+
+def _message(msg: Msg) -> BusMessage:
+    meta = msg.metadata
+    return BusMessage(
+        subject=msg.subject,
+        data=msg.data,
+        msg_id=(msg.headers or {}).get("Nats-Msg-Id"),
+        num_delivered=meta.num_delivered or 1,
+        stream_seq=meta.sequence.stream if meta.sequence else 0,
+        published=meta.timestamp,
+    )
 
 
 def _jitter() -> float:

@@ -46,6 +46,11 @@ class Coalescer(Generic[T, R]):
 
     async def submit(self, item: T) -> R:
         """Write `item` with whatever else is waiting; returns its result once written."""
+        return await self.put(item)
+
+    def put(self, item: T) -> asyncio.Future[R]:
+        """`submit` for a caller that does not wait: the future resolves once `item` is
+        written (or fails with the write). Whoever puts must look at the future's outcome."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         full = self._full
@@ -55,7 +60,7 @@ class Coalescer(Generic[T, R]):
             # Scheduled after the handlers already runnable (the rest of a fetched batch), so
             # they get to add their items before the first write.
             self._writer = asyncio.create_task(self._write_pending())
-        return await future
+        return future
 
     async def _write_pending(self) -> None:
         batch: list[tuple[T, asyncio.Future[R]]] = []

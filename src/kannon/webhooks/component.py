@@ -1,19 +1,21 @@
-"""The webhooks Component (ADR 0032): every outcome event, signed, to each matching endpoint.
+"""The webhooks Component (ADR 0032, 0052): every outcome event, signed, to each matching
+endpoint.
 
 Two halves that meet in PostgreSQL:
 
-* **Intake.** A durable JetStream consumer (`kannon-webhooks`, on `kannon.stats.*`) turns each
-  event into one `webhook_deliveries` row per enabled endpoint of its Domain that wants its type
-  (coalesced into batched INSERTs, idempotent on (endpoint, event)), then acks the event. An
-  event is acked only once its rows are committed: at least once, and the bus is never held by a
-  slow endpoint.
+* **Intake.** A durable JetStream consumer (`kannon-webhooks`, on `kannon.stats.*`) takes the
+  events a fetch at a time and turns each into one `webhook_deliveries` row per enabled endpoint
+  of its Domain that wants its type (one INSERT per fetch, idempotent on (endpoint, event)), then
+  acks the events. An event is acked only once its rows are committed: at least once, and the
+  bus is never held by a slow endpoint.
 * **Sending.** A scheduler claims due rows (`FOR UPDATE SKIP LOCKED`, retaken after a timeout)
   and hands each to its endpoint's lane: at most `webhooks.endpoint_concurrency` POSTs in flight
   per endpoint, and endpoints whose lane is full are left out of the next claims. A dead endpoint
   therefore fills its own lane only; the others' rows keep flowing. Each attempt is recorded
   (status, latency, the answer's first bytes) together with the delivery's next state: delivered
   (2xx), retried after an exponential, jittered backoff while `webhooks.retry_window` lasts, or
-  given up.
+  given up. Records are written in batches while the lane POSTs on; a row stays claimed until
+  its record is written.
 
 Endpoints are read through a cache of a few seconds: a change reaches events within
 :data:`ENDPOINT_CACHE_TTL`.
@@ -22,14 +24,15 @@ Endpoints are read through a cache of a few seconds: a change reaches events wit
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Histogram
 
@@ -58,9 +61,6 @@ from kannon.runtime.component import Life, run_every
 from kannon.webhooks.client import RefusedAddress, WebhookClient, describe
 from kannon.wire.stats import UndecodableEvent, data_json, decode
 
-if TYPE_CHECKING:
-    pass
-
 log = logging.getLogger("kannon.webhooks")
 
 EVENTS = Counter(
@@ -84,7 +84,19 @@ LAG = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400),
 )
 
-CONSUMER_CONCURRENCY = 256
+# Bound once: `labels()` looked the child up again for every event.
+_DELIVERED = ATTEMPTS.labels("delivered")
+_RETRY = ATTEMPTS.labels("retry")
+_GIVEN_UP = ATTEMPTS.labels("given_up")
+_FAILED_STATUS = FAILURES.labels("status")
+_FAILED_REFUSED = FAILURES.labels("refused")
+_FAILED_TIMEOUT = FAILURES.labels("timeout")
+_FAILED_CONNECTION = FAILURES.labels("connection")
+
+CONSUMER_BATCH = 256
+"""Events per fetch, written in one INSERT (ADR 0052)."""
+CONSUMER_CONCURRENCY = 2
+"""Batches in hand at once: the next one is decoded while the last one's INSERT is under way."""
 CLAIM_BATCH = 500
 ENDPOINT_CACHE_TTL = 2.0
 WRITE_LINGER = 0.01
@@ -95,9 +107,20 @@ CLEANUP_INTERVAL = timedelta(minutes=10)
 class _Lane:
     """One endpoint's claimed rows and its workers."""
 
-    queue: asyncio.Queue[store.DueDelivery] = field(default_factory=asyncio.Queue)
+    queue: collections.deque[store.DueDelivery] = field(default_factory=collections.deque)
     in_flight: int = 0
+    unrecorded: int = 0
+    """Attempts made whose record is not written yet. Their rows are still claimed: past a
+    lane's worth of them the lane counts as full, so that claims stay bounded while the
+    database is slow; below that they do not hold the lane's POSTs back (ADR 0052)."""
     workers: int = 0
+
+    def load(self) -> int:
+        """Claimed rows not yet POSTed or being POSTed."""
+        return len(self.queue) + self.in_flight
+
+    def idle(self) -> bool:
+        return self.workers == 0 and self.unrecorded == 0 and not self.queue
 
 
 class WebhooksWorker:
@@ -129,15 +152,15 @@ class WebhooksWorker:
             per_host=self._config.endpoint_concurrency,
         )
         self._endpoints: dict[str, tuple[float, list[Endpoint]]] = {}
-        self._inserts: Coalescer[list[store.NewDelivery], int] = Coalescer(
-            self._insert, max_items=256, linger=WRITE_LINGER
-        )
         self._results: Coalescer[store.AttemptRecord, None] = Coalescer(
             self._record, max_items=256, linger=WRITE_LINGER
         )
         self._lanes: dict[str, _Lane] = {}
         self._workers: set[asyncio.Task[None]] = set()
+        self._writes: set[asyncio.Future[None]] = set()
+        """Attempt records handed to `_results` and not written yet."""
         self._wake = asyncio.Event()
+        self._new_rows = False
         self._claim_timeout = claim_timeout(self._config.timeout)
 
     @property
@@ -149,7 +172,7 @@ class WebhooksWorker:
             ack_wait=self._settings.nats.ack_wait,
             max_deliver=self._settings.nats.max_deliver,
             concurrency=CONSUMER_CONCURRENCY,
-            batch=CONSUMER_CONCURRENCY,
+            batch=CONSUMER_BATCH,
             transient=is_outage,
         )
 
@@ -165,8 +188,8 @@ class WebhooksWorker:
                         lambda exc: log.warning("webhook retention cleanup failed: %s", exc),
                     )
                 )
-                await self._bus.consume(
-                    self.consumer, self.handle, life.stopping, on_ready=life.ready
+                await self._bus.consume_batches(
+                    self.consumer, self.handle_batch, life.stopping, on_ready=life.ready
                 )
         finally:
             await self._drain()
@@ -174,43 +197,65 @@ class WebhooksWorker:
 
     # --- intake ------------------------------------------------------------------------------
 
-    async def _endpoints_of(self, domain: str) -> list[Endpoint]:
+    async def _endpoints_of(self, domains: Collection[str]) -> dict[str, list[Endpoint]]:
+        """The enabled endpoints of each of `domains`: cached ones, and one query for the rest."""
         now = time.monotonic()
-        cached = self._endpoints.get(domain)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        found = await store.enabled_endpoints(self._db, [domain])
-        self._endpoints[domain] = (now + ENDPOINT_CACHE_TTL, found)
+        found: dict[str, list[Endpoint]] = {}
+        missing: list[str] = []
+        for domain in domains:
+            cached = self._endpoints.get(domain)
+            if cached is not None and cached[0] > now:
+                found[domain] = cached[1]
+            else:
+                missing.append(domain)
+        if missing:
+            fresh: dict[str, list[Endpoint]] = {domain: [] for domain in missing}
+            for endpoint in await store.enabled_endpoints(self._db, missing):
+                fresh[endpoint.domain].append(endpoint)
+            for domain, endpoints in fresh.items():
+                self._endpoints[domain] = (now + ENDPOINT_CACHE_TTL, endpoints)
+            found.update(fresh)
         return found
 
     async def handle(self, msg: BusMessage) -> Result:
-        try:
-            outcome = decode(msg.data, msg.msg_id)
-        except UndecodableEvent as exc:
-            # Not ours to judge: Stats dead-letters it; webhooks just do not send it.
-            log.warning("undecodable outcome event skipped", extra={"kv": {"error": str(exc)}})
-            EVENTS.labels("undecodable").inc()
-            return Result.ack()
-        if outcome.type not in WEBHOOK_EVENT_TYPES:
-            EVENTS.labels("skipped").inc()
-            return Result.ack()
-        domain = outcome.domain or domain_of_batch(outcome.batch_id)
-        wanted = [e for e in await self._endpoints_of(domain) if e.wants(outcome.type)]
-        if not wanted:
-            EVENTS.labels("no_endpoint").inc()
-            return Result.ack()
-        body = payload(
-            outcome.type,
-            timestamp=outcome.timestamp,
-            event_id=outcome.event_id,
-            batch_id=outcome.batch_id,
-            domain=domain,
-            recipient=outcome.recipient,
-            details=data_json(outcome.detail),
-        )
-        hook_id = webhook_id(outcome.event_id)
-        await self._inserts.submit(
-            [
+        """One event alone (see :meth:`handle_batch`)."""
+        return (await self.handle_batch([msg]))[0]
+
+    async def handle_batch(self, msgs: Sequence[BusMessage]) -> list[Result]:
+        """The delivery rows of a fetch of events, in one INSERT; every event is acked once it
+        is committed (ADR 0052). A failed INSERT raises: the whole fetch comes back."""
+        outcomes = []
+        for msg in msgs:
+            try:
+                outcome = decode(msg.data, msg.msg_id)
+            except UndecodableEvent as exc:
+                # Not ours to judge: Stats dead-letters it; webhooks just do not send it.
+                log.warning("undecodable outcome event skipped", extra={"kv": {"error": str(exc)}})
+                EVENTS.labels("undecodable").inc()
+                continue
+            if outcome.type not in WEBHOOK_EVENT_TYPES:
+                EVENTS.labels("skipped").inc()
+                continue
+            outcomes.append((outcome, outcome.domain or domain_of_batch(outcome.batch_id)))
+        endpoints = await self._endpoints_of({domain for _, domain in outcomes})
+        rows: list[store.NewDelivery] = []
+        queued = 0
+        for outcome, domain in outcomes:
+            wanted = [e for e in endpoints[domain] if e.wants(outcome.type)]
+            if not wanted:
+                EVENTS.labels("no_endpoint").inc()
+                continue
+            body = payload(
+                outcome.type,
+                timestamp=outcome.timestamp,
+                event_id=outcome.event_id,
+                batch_id=outcome.batch_id,
+                domain=domain,
+                recipient=outcome.recipient,
+                details=data_json(outcome.detail),
+            )
+            hook_id = webhook_id(outcome.event_id)
+            rows.extend(
                 store.NewDelivery(
                     endpoint_id=endpoint.id,
                     event_id=outcome.event_id,
@@ -221,16 +266,14 @@ class WebhooksWorker:
                     payload=body,
                 )
                 for endpoint in wanted
-            ]
-        )
-        EVENTS.labels("queued").inc()
-        self._wake.set()
-        return Result.ack()
-
-    async def _insert(self, batches: list[list[store.NewDelivery]]) -> list[int | BaseException]:
-        rows = [row for batch in batches for row in batch]
-        await store.insert_deliveries(self._db, rows, self._clock())
-        return [len(batch) for batch in batches]
+            )
+            queued += 1
+        if rows:
+            await store.insert_deliveries(self._db, rows, self._clock())
+            EVENTS.labels("queued").inc(queued)
+            self._new_rows = True
+            self._wake.set()
+        return [Result.ack()] * len(msgs)
 
     # --- sending -----------------------------------------------------------------------------
 
@@ -239,7 +282,7 @@ class WebhooksWorker:
         return [
             endpoint_id
             for endpoint_id, lane in self._lanes.items()
-            if lane.queue.qsize() + lane.in_flight >= limit
+            if lane.load() >= limit or lane.unrecorded >= limit
         ]
 
     async def claim(self) -> int:
@@ -258,7 +301,7 @@ class WebhooksWorker:
 
     def _enqueue(self, delivery: store.DueDelivery) -> None:
         lane = self._lanes.setdefault(delivery.endpoint_id, _Lane())
-        lane.queue.put_nowait(delivery)
+        lane.queue.append(delivery)
         if lane.workers < self._config.endpoint_concurrency:
             lane.workers += 1
             task = asyncio.create_task(self._work(delivery.endpoint_id, lane))
@@ -268,25 +311,45 @@ class WebhooksWorker:
     async def _work(self, endpoint_id: str, lane: _Lane) -> None:
         refill_at = self._config.endpoint_concurrency * LANE_DEPTH // 2
         try:
-            while not lane.queue.empty():
-                delivery = lane.queue.get_nowait()
+            while lane.queue:
+                delivery = lane.queue.popleft()
                 lane.in_flight += 1
                 try:
-                    await self.attempt(delivery)
+                    record = await self.attempt(delivery)
                 finally:
                     lane.in_flight -= 1
                     # Half the lane is free: claim again, since rows may have waited while it
                     # was full. Once per crossing, not after every POST: a claim per POST was
                     # a database round trip per event, most of them finding nothing.
-                    if lane.queue.qsize() + lane.in_flight == refill_at:
+                    if lane.load() == refill_at:
                         self._wake.set()
+                # Recorded by the batch writer while this worker POSTs the next row: waiting
+                # for the write held each POST for a batch's linger and round trip (ADR 0052).
+                # The row stays claimed until then (see `_Lane.unrecorded`).
+                lane.unrecorded += 1
+                written = self._results.put(record)
+                self._writes.add(written)
+                written.add_done_callback(functools.partial(self._recorded, endpoint_id, lane))
         finally:
             lane.workers -= 1
-            if lane.workers == 0 and lane.queue.empty():
-                self._lanes.pop(endpoint_id, None)
+            if lane.idle() and self._lanes.get(endpoint_id) is lane:
+                del self._lanes[endpoint_id]
+
+    def _recorded(self, endpoint_id: str, lane: _Lane, done: asyncio.Future[None]) -> None:
+        self._writes.discard(done)
+        lane.unrecorded -= 1
+        if not done.cancelled() and (exc := done.exception()) is not None:
+            # The row stays claimed; it is taken again after the claim timeout (at least once).
+            log.warning("webhook attempt not recorded: %s", exc)
+        # The records caught up below a full lane's worth: the lane may be claimed for again.
+        if lane.unrecorded == self._config.endpoint_concurrency * LANE_DEPTH - 1:
+            self._wake.set()
+        if lane.idle() and self._lanes.get(endpoint_id) is lane:
+            del self._lanes[endpoint_id]
 
     async def attempt(self, delivery: store.DueDelivery) -> store.AttemptRecord:
-        """POST one delivery once and record the attempt with the delivery's next state."""
+        """POST one delivery once: the attempt's record, with the delivery's next state (the
+        caller has it written)."""
         attempted_at = self._clock()
         headers = signed_headers(
             delivery.secret, delivery.webhook_id, attempted_at, delivery.payload
@@ -301,16 +364,16 @@ class WebhooksWorker:
             status_code, response = answer.status_code, snippet(answer.body)
             if not is_success(answer.status_code):
                 error = f"HTTP {answer.status_code}"
-                FAILURES.labels("status").inc()
+                _FAILED_STATUS.inc()
         except RefusedAddress as exc:
             error = f"refused: {exc}"
-            FAILURES.labels("refused").inc()
+            _FAILED_REFUSED.inc()
         except TimeoutError as exc:
             error = describe(exc)
-            FAILURES.labels("timeout").inc()
-        except Exception as exc:  # aiohttp.ClientError, OSError: no answer
+            _FAILED_TIMEOUT.inc()
+        except Exception as exc:  # OSError (BadAnswer included): no answer
             error = describe(exc)
-            FAILURES.labels("connection").inc()
+            _FAILED_CONNECTION.inc()
         latency_ms = int((time.perf_counter() - started) * 1000)
         succeeded = status_code is not None and is_success(status_code)
         step = after_attempt(
@@ -333,14 +396,13 @@ class WebhooksWorker:
             next_attempt_at=step.next_attempt_at,
             created_at=delivery.created_at,
         )
-        await self._results.submit(record)
         if succeeded:
-            ATTEMPTS.labels("delivered").inc()
+            _DELIVERED.inc()
             LAG.observe(max(0.0, (self._clock() - delivery.event_at).total_seconds()))
         elif step.status == PENDING:
-            ATTEMPTS.labels("retry").inc()
+            _RETRY.inc()
         else:
-            ATTEMPTS.labels("given_up").inc()
+            _GIVEN_UP.inc()
             log.warning(
                 "webhook given up",
                 extra={
@@ -379,21 +441,31 @@ class WebhooksWorker:
             finally:
                 stop.cancel()
                 wake.cancel()
-            if wake.done() and not stop.done():
+            if wake.done() and not stop.done() and self._new_rows and not self._hungry():
                 # Woken by new rows: let the inserts of the next few milliseconds land too, so
-                # one claim takes a batch rather than each claim a handful of rows.
+                # one claim takes a batch rather than each claim a handful of rows. A lane that
+                # is half empty is refilled at once instead (its POSTs would stall meanwhile).
                 await asyncio.sleep(WRITE_LINGER)
+            self._new_rows = False
+
+    def _hungry(self) -> bool:
+        refill_at = self._config.endpoint_concurrency * LANE_DEPTH // 2
+        return any(lane.load() <= refill_at for lane in self._lanes.values())
 
     async def _drain(self) -> None:
         """On stop: let POSTs in flight finish (bounded), give back rows not yet started."""
         waiting: list[int] = []
         for lane in self._lanes.values():
-            while not lane.queue.empty():
-                waiting.append(lane.queue.get_nowait().id)
+            waiting.extend(delivery.id for delivery in lane.queue)
+            lane.queue.clear()
         if self._workers:
             await asyncio.wait(set(self._workers), timeout=self._config.timeout.total_seconds() + 1)
         for task in list(self._workers):
             task.cancel()
+        if self._writes:
+            # The attempts made are recorded before the process goes (their rows would
+            # otherwise be POSTed again after the claim timeout).
+            await asyncio.wait(set(self._writes), timeout=self._config.timeout.total_seconds())
         if waiting:
             with contextlib.suppress(Exception):
                 await store.release_claims(self._db, waiting)
