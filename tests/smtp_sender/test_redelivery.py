@@ -391,17 +391,17 @@ class _Counting(SmtpSender):
 async def test_a_copy_sent_back_to_wait_is_never_dead_lettered_and_sends_once_the_claim_is_stale(
     bus: Bus, outcomes: Outcomes, dns_server: DnsServer, smtp_sink: SmtpSink
 ) -> None:
-    """Through the real consumer, with `max_deliver` 1 and a claim lifetime of 2 s: the Envelope
+    """Through the real consumer, with `max_deliver` 1 and `sender.claim_lifetime` 2s: the Envelope
     finds a fresh claim by a replica that then died, waits (a delivery that does not count
     towards `max_deliver`: nothing is dead-lettered), comes back to a stale claim and is sent
     exactly once."""
     mx_for(dns_server)
-    settings = make_settings(dns=dns_server, port=smtp_sink.port)
+    settings = make_settings(dns=dns_server, port=smtp_sink.port, claim_lifetime="2s")
     settings = settings.model_copy(
         update={"nats": settings.nats.model_copy(update={"max_deliver": 1})}
     )
     sender = _Counting(settings, bus, guard=_ClaimedByADeadReplica(await bus.sent_guard()))
-    sender.claim_lifetime = timedelta(seconds=2)
+    assert sender.claim_lifetime == timedelta(seconds=2)  # `sender.claim_lifetime`
     waited, taken_over = _claims_waited(), _taken_over()
     job = make_job("stale-claim@example.test")
     async with running(sender):

@@ -125,7 +125,8 @@ def claim_lifetime(ack_wait: timedelta) -> timedelta:
     the sender and the NATS server), then the record's tries (`GUARD_TRIES` requests of up to
     `BUS_TIMEOUT` each and the doubling delays between them). About 6 minutes at the default
     `nats.sending_ack_wait` of 5 minutes. A claim older than this belongs to a handling that
-    died (or is cut off from NATS, and so cannot ack either): its Envelope is sent again."""
+    died (or is cut off from NATS, and so cannot ack either): its Envelope is sent again.
+    `sender.claim_lifetime` replaces it when set."""
     delays = GUARD_RETRY * (2 ** (GUARD_TRIES - 1) - 1)
     return ack_wait + timedelta(seconds=GUARD_TRIES * BUS_TIMEOUT + delays)
 
@@ -182,7 +183,9 @@ class SmtpSender:
         self.demo = settings.sender.demo_sender
         self.idle_timeout = idle_timeout
         self._now = now
-        self.claim_lifetime = claim_lifetime(settings.nats.sending_ack_wait)
+        self.claim_lifetime = settings.sender.claim_lifetime or claim_lifetime(
+            settings.nats.sending_ack_wait
+        )
         self._guard = guard
         # Attempts being handled in this process now, each with the outcome its handling will
         # end with (None: none), for copies of the attempt to wait on (ADR 0049).
