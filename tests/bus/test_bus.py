@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from prometheus_client import REGISTRY
 
-from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result
+from kannon.bus.client import Bus, BusMessage, Claimed, ConsumerSpec, Result
 from kannon.bus.subjects import (
     DEAD_LETTER_STREAM,
     SENDING_STREAM,
@@ -16,6 +16,7 @@ from kannon.bus.subjects import (
     STATS_STREAM,
     stats_subject,
 )
+from kannon.runtime.clock import utc_now
 from tests.dispatcher.support import wait_for
 
 
@@ -110,8 +111,24 @@ async def test_ack_wait_expiry_redelivers(bus: Bus) -> None:
 
 async def test_sent_guard_claims_once(bus: Bus) -> None:
     guard = await bus.sent_guard()
+    before = utc_now()
     assert await guard.claim("42.abc") is None
-    assert await guard.claim("42.abc") == guard.CLAIMED
+    held = await guard.claim("42.abc")
+    # A claim says when the server stored it, for a copy to judge its age by (ADR 0049).
+    assert isinstance(held, Claimed)
+    assert held.since is not None
+    assert abs(held.since - before) < timedelta(seconds=5)
+    await guard.release("42.abc")
+    assert await guard.claim("42.abc") is None
+    later = await guard.claim("42.abc")
+    assert isinstance(later, Claimed)
+    assert later.since is not None
+    assert later.since >= held.since  # the new claim's own time, not the released one's
+    # A claim stored by the previous version (the same bare value) reads the same way.
+    await guard.kv.put("43.old", b"sending")
+    old = await guard.claim("43.old")
+    assert isinstance(old, Claimed)
+    assert old.since is not None
     await guard.record("42.abc", b"outcome")
     assert await guard.claim("42.abc") == b"outcome"
     await guard.release("42.abc")

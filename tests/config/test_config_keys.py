@@ -172,7 +172,9 @@ def test_seed_readme_keys_exist_with_their_documented_defaults() -> None:
 @pytest.mark.parametrize("info", KEYS, ids=[info.key for info in KEYS])
 def test_displayed_default_is_the_effective_default(info: KeyInfo) -> None:
     actual = Settings().value_of(info.key)
-    if info.type_name == "duration":
+    if actual is None:
+        assert info.default.startswith("(")
+    elif info.type_name == "duration":
         assert parse_duration(info.default) == actual
     elif info.type_name == "size":
         assert parse_size(info.default) == actual
@@ -180,8 +182,6 @@ def test_displayed_default_is_the_effective_default(info: KeyInfo) -> None:
         assert info.default == str(actual).lower()
     elif info.type_name == "path":
         assert Path(info.default).expanduser() == actual
-    elif actual is None:
-        assert info.default.startswith("(")
     elif actual == ():
         assert info.default == "(empty)"
     else:

@@ -9,8 +9,9 @@ once: only messages the remote had already taken when the sender died, before it
 the outcome, can be sent again, so it is bounded by the transactions in flight (`max_jobs`).
 
 How the in-flight Deliveries recover: their Envelopes come back to the new sender after the
-sending ack wait (5 s here); it finds the send guard the dead process claimed without an outcome
-(died mid-send) and sends them again, or finds the recorded outcome and republishes it. The
+sending ack wait (5 s here); it finds the send guard the dead process claimed without an outcome,
+waits until the claim is `sender.claim_lifetime` old (10 s here, ADR 0049) and sends them again,
+or finds the recorded outcome and republishes it. The
 dispatcher's claim timeout is at its maximum (5 min), so recovery cannot lean on Reclaim.
 
 Two remotes: one that spends its time before taking the message and then answers 250 at once,
@@ -56,6 +57,11 @@ async def test_sigkill_of_the_sender_mid_batch_ends_every_delivery_exactly_once(
                 "--sender-max-jobs": str(MAX_JOBS),
                 # The dead sender's unacked Envelopes come back to its successor after this.
                 "--nats-sending-ack-wait": "5s",
+                # Its claims are taken for a dead sender's this long after they were made (ADR
+                # 0049). The derived default (the ack wait + ~68 s of guard retries) would hold
+                # them past `settle`'s timeout; 10 s still outlasts any handling here (a delivery
+                # is cut off at 4 s, and no election slows the guard's record).
+                "--sender-claim-lifetime": "10s",
                 "--dispatcher-claim-timeout": "5m",
             },
         )

@@ -6,15 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from datetime import timedelta
 
 import nats.errors
+import nats.js.errors
 import pytest
 from prometheus_client import REGISTRY
 
-from kannon.bus.client import Bus, BusMessage, Result, SentGuard, Verdict
-from kannon.bus.subjects import SENDER_DURABLE, SENDING_STREAM, STATS_STREAM
+from kannon.bus.client import Bus, BusMessage, Claimed, Result, SentGuard, Verdict
+from kannon.bus.subjects import (
+    DEAD_LETTER_STREAM,
+    SENDER_DURABLE,
+    SENDING_STREAM,
+    STATS_STREAM,
+    dead_letter_subject,
+)
 from kannon.config import Settings
 from kannon.model.outcome import Delivered
+from kannon.runtime.clock import utc_now
 from kannon.smtp_sender import component
 from kannon.smtp_sender.component import SmtpSender
 from tests.dispatcher.support import wait_for
@@ -146,14 +155,18 @@ async def test_envelopes_that_cannot_be_ours_are_terminated_without_sending(
 async def test_redelivery_after_a_death_mid_send_sends_again_and_publishes_once(
     bus: Bus, dns_server: DnsServer, smtp_sink: SmtpSink
 ) -> None:
-    """Only the claim is there (the previous sender died between claim and result): whether the
-    remote server got it is unknown, so it is sent again rather than lost; a second redelivery
-    then finds the recorded outcome and sends nothing."""
+    """Only the claim is there, older than any live handling holds one (the previous sender died
+    between claim and result; the clock is moved past the claim's lifetime): whether the remote
+    server got it is unknown, so it is sent again rather than lost — exactly once: a second
+    redelivery then finds the recorded outcome and sends nothing."""
     mx_for(dns_server)
-    sender = SmtpSender(make_settings(dns=dns_server, port=smtp_sink.port), bus)
+    settings = make_settings(dns=dns_server, port=smtp_sink.port)
+    lifetime = component.claim_lifetime(settings.nats.sending_ack_wait)
+    sender = SmtpSender(settings, bus, now=lambda: utc_now() + lifetime + timedelta(seconds=5))
     job = make_job("takeover@example.test")
     guard = await bus.sent_guard()
     assert await guard.claim(guard_key(job, 777)) is None  # the dead sender's claim
+    taken_over, waited = _taken_over(), _claims_waited()
     try:
         first = await sender.handle(bus_message(job, seq=777))
         second = await sender.handle(bus_message(job, seq=777))
@@ -161,8 +174,17 @@ async def test_redelivery_after_a_death_mid_send_sends_again_and_publishes_once(
         await sender.deliverer.close()
     assert (first.verdict, second.verdict) == (Verdict.ACK, Verdict.ACK)
     assert len(smtp_sink.messages) == 1
+    assert (_taken_over(), _claims_waited()) == (taken_over + 1, waited)
     info = await bus.js.stream_info(STATS_STREAM)
     assert info.state.messages == 1  # delivered.777, republished under the same id
+
+
+def _taken_over() -> float:
+    return REGISTRY.get_sample_value("kannon_sender_guard_taken_over_total") or 0.0
+
+
+def _claims_waited() -> float:
+    return REGISTRY.get_sample_value("kannon_sender_claims_waited_total") or 0.0
 
 
 class _GuardWithElection:
@@ -172,14 +194,13 @@ class _GuardWithElection:
 
     def __init__(self, guard: SentGuard) -> None:
         self.guard = guard
-        self.CLAIMED = guard.CLAIMED
         self.recording = asyncio.Event()
         self.recording_held = False
         self.elected = asyncio.Event()
         self.down = False
         self.claim_failures = 0
 
-    async def claim(self, key: str) -> bytes | None:
+    async def claim(self, key: str) -> Claimed | bytes | None:
         if self.claim_failures:
             self.claim_failures -= 1
             raise nats.errors.TimeoutError
@@ -217,7 +238,7 @@ async def test_a_copy_of_an_attempt_still_being_handled_waits_for_it_and_is_not_
     try:
         first = asyncio.create_task(sender.handle(message))
         await asyncio.wait_for(guard.recording.wait(), 20)  # sent; the record waits
-        assert await guard.guard.claim(guard_key(job, 901)) == SentGuard.CLAIMED
+        assert isinstance(await guard.guard.claim(guard_key(job, 901)), Claimed)
         copy = asyncio.create_task(sender.handle(dataclasses.replace(message, num_delivered=2)))
 
         async def copy_waits() -> bool:
@@ -254,14 +275,14 @@ async def test_an_outcome_the_guard_could_not_store_is_kept_and_recorded_later(
     key = guard_key(job, 902)
     async with running(sender):
         first = await sender.handle(message)
-        assert await guard.guard.claim(key) == SentGuard.CLAIMED
+        assert isinstance(await guard.guard.claim(key), Claimed)
         copy = await sender.handle(dataclasses.replace(message, num_delivered=2))
         assert (first.verdict, copy.verdict) == (Verdict.ACK, Verdict.ACK)
         assert len(smtp_sink.messages) == 1
         guard.down = False
 
         async def recorded() -> bool:
-            return await guard.guard.claim(key) not in (None, SentGuard.CLAIMED)
+            return isinstance(await guard.guard.claim(key), bytes)
 
         await wait_for(recorded, what="the kept outcome recorded in the guard", timeout=20)
     assert len(smtp_sink.messages) == 1
@@ -291,3 +312,111 @@ async def test_a_claim_is_tried_again_through_an_election_rather_than_sent_witho
     assert (first.verdict, copy.verdict) == (Verdict.ACK, Verdict.ACK)
     assert guard.claim_failures == 0
     assert len(smtp_sink.messages) == 1
+
+
+async def test_a_copy_finding_another_senders_fresh_claim_waits_then_settles_from_its_outcome(
+    bus: Bus, dns_server: DnsServer, smtp_sink: SmtpSink
+) -> None:
+    """ADR 0049, two sender replicas on one pool: the first sent the Envelope and its guard
+    write waits through an election; JetStream's redelivered copy reaches the other replica,
+    which finds the claim fresh. It does not send: it is sent back to wait until the claim would
+    be too old for a live handling, and when it comes back after the outcome was recorded it
+    settles from it (same event id) without sending."""
+    mx_for(dns_server)
+    settings = make_settings(dns=dns_server, port=smtp_sink.port)
+    held = _GuardWithElection(await bus.sent_guard())
+    held.recording_held = True
+    first_replica = SmtpSender(settings, bus, guard=held)
+    other_replica = SmtpSender(settings, bus)
+    job = make_job("two-replicas@example.test")
+    message = bus_message(job, seq=904)
+    waited, taken_over = _claims_waited(), _taken_over()
+    try:
+        first = asyncio.create_task(first_replica.handle(message))
+        await asyncio.wait_for(held.recording.wait(), 20)  # sent; the record waits
+        copy = await other_replica.handle(dataclasses.replace(message, num_delivered=2))
+        assert copy.verdict is Verdict.NAK
+        assert copy.delay is not None
+        # Back once the claim is older than any live handling's, not sooner.
+        lifetime = other_replica.claim_lifetime.total_seconds()
+        assert lifetime - 10 < copy.delay <= lifetime + 1
+        assert len(smtp_sink.messages) == 1
+        assert _claims_waited() == waited + 1
+        held.elected.set()
+        assert (await asyncio.wait_for(first, 20)).verdict is Verdict.ACK
+        again = await other_replica.handle(dataclasses.replace(message, num_delivered=3))
+    finally:
+        await first_replica.deliverer.close()
+        await other_replica.deliverer.close()
+    assert again.verdict is Verdict.ACK
+    assert len(smtp_sink.messages) == 1
+    assert (_claims_waited(), _taken_over()) == (waited + 1, taken_over)
+    info = await bus.js.stream_info(STATS_STREAM)
+    assert info.state.messages == 1  # one outcome, republished under the same event id
+
+
+class _ClaimedByADeadReplica:
+    """The real send guard, where another sender replica claimed each key just before this one
+    asks, and then died mid-send (its claim is never recorded nor released)."""
+
+    def __init__(self, guard: SentGuard) -> None:
+        self.guard = guard
+        self.taken: set[str] = set()
+
+    async def claim(self, key: str) -> Claimed | bytes | None:
+        if key not in self.taken:
+            self.taken.add(key)
+            assert await self.guard.claim(key) is None  # the other replica's claim
+        return await self.guard.claim(key)
+
+    async def record(self, key: str, value: bytes) -> None:
+        await self.guard.record(key, value)
+
+    async def release(self, key: str) -> None:
+        await self.guard.release(key)
+
+
+class _Counting(SmtpSender):
+    """Notes each delivery's count (`num_delivered`)."""
+
+    def __init__(self, settings: Settings, bus: Bus, *, guard: _ClaimedByADeadReplica) -> None:
+        super().__init__(settings, bus, guard=guard)
+        self.deliveries: list[int] = []
+
+    async def handle(self, message: BusMessage) -> Result:
+        self.deliveries.append(message.num_delivered)
+        return await super().handle(message)
+
+
+async def test_a_copy_sent_back_to_wait_is_never_dead_lettered_and_sends_once_the_claim_is_stale(
+    bus: Bus, outcomes: Outcomes, dns_server: DnsServer, smtp_sink: SmtpSink
+) -> None:
+    """Through the real consumer, with `max_deliver` 1 and `sender.claim_lifetime` 2s: the Envelope
+    finds a fresh claim by a replica that then died, waits (a delivery that does not count
+    towards `max_deliver`: nothing is dead-lettered), comes back to a stale claim and is sent
+    exactly once."""
+    mx_for(dns_server)
+    settings = make_settings(dns=dns_server, port=smtp_sink.port, claim_lifetime="2s")
+    settings = settings.model_copy(
+        update={"nats": settings.nats.model_copy(update={"max_deliver": 1})}
+    )
+    sender = _Counting(settings, bus, guard=_ClaimedByADeadReplica(await bus.sent_guard()))
+    assert sender.claim_lifetime == timedelta(seconds=2)  # `sender.claim_lifetime`
+    waited, taken_over = _claims_waited(), _taken_over()
+    job = make_job("stale-claim@example.test")
+    async with running(sender):
+        await publish(bus, job, attempt=0)
+        [event] = await outcomes.wait(1, timeout=30)
+
+        async def acked() -> bool:
+            info = await bus.js.consumer_info(SENDING_STREAM, SENDER_DURABLE)
+            return bool(info.num_ack_pending == 0 and info.num_pending == 0)
+
+        await wait_for(acked, what="the Envelope acked", timeout=10)
+    assert event.detail == Delivered()
+    assert event.event_id == outcome_id("delivered", job, 0)
+    assert len(smtp_sink.messages) == 1
+    assert (_claims_waited(), _taken_over()) == (waited + 1, taken_over + 1)
+    assert sender.deliveries == [1, 2]  # beyond max_deliver, yet not dead-lettered
+    with pytest.raises(nats.js.errors.NotFoundError):
+        await bus.js.get_msg(DEAD_LETTER_STREAM, subject=dead_letter_subject(SENDER_DURABLE))

@@ -76,6 +76,8 @@ HANDLER_FAILURES = Counter(
 DUPLICATE_WINDOW = timedelta(minutes=10)
 ERROR_HEADER_MAX = 500
 JITTER = 0.2
+BUS_TIMEOUT = 10.0
+"""Seconds a JetStream request (a publish's PubAck, a KV read or write) waits for its answer."""
 
 
 def is_bus_unavailable(exc: BaseException) -> bool:
@@ -201,7 +203,7 @@ class ConsumerState:
 class Bus:
     def __init__(self, nc: NatsClient) -> None:
         self.nc = nc
-        self.js: JetStreamContext = nc.jetstream(timeout=10)
+        self.js: JetStreamContext = nc.jetstream(timeout=BUS_TIMEOUT)
 
     @classmethod
     async def connect(cls, url: str, *, name: str = "kannon") -> Bus:
@@ -340,7 +342,7 @@ class Bus:
                     description="Envelopes already handed to a remote MX",
                 )
             )
-        return SentGuard(kv)
+        return SentGuard(kv, self.js)
 
     async def consume(
         self,
@@ -778,36 +780,61 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
+@dataclass(frozen=True)
+class Claimed:
+    """What `SentGuard.claim` finds when another handling holds the key and has recorded no
+    outcome yet: a send under way, or one that died mid-send (ADR 0049 tells them apart by age)."""
+
+    since: datetime | None
+    """When the server stored the claim (its own clock, UTC); None when it did not say."""
+
+
 class SentGuard:
     """Remembers which Envelopes were handed to a remote MX, and what came of it, so that a
     redelivered Envelope is not sent twice.
 
     A key holds `CLAIMED` while a send is under way, then the encoded outcome once a remote server
     may have the message. A redelivery that finds an outcome republishes it instead of sending;
-    one that finds `CLAIMED` knows the previous attempt died mid-send and sends again: the sender
-    keeps a message from being redelivered while its handler runs (`ConsumerSpec.keep_alive`),
-    and a copy reaching the process that is still handling it waits for that handling rather
-    than reading the guard (ADR 0049).
+    one that finds `CLAIMED` learns when the claim was stored (`Claimed.since`, the server's
+    timestamp of the KV entry) and judges by its age whether its handling may still be running
+    — then it waits — or died mid-send — then it sends again (ADR 0049). The stored value is the
+    same `CLAIMED` as before, so senders of either version read each other's claims.
     """
 
     CLAIMED = b"sending"
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, js: JetStreamContext) -> None:
         self.kv = kv
+        self.js = js
 
-    async def claim(self, key: str) -> bytes | None:
-        """None when this caller now holds `key`; otherwise the value already recorded there."""
+    async def claim(self, key: str) -> Claimed | bytes | None:
+        """None when this caller now holds `key`; `Claimed` when another handling holds it
+        without an outcome; otherwise the outcome recorded there."""
         for _ in range(3):
             try:
                 await self.kv.create(key, self.CLAIMED)
             except nats.js.errors.KeyWrongLastSequenceError:
-                try:
-                    entry = await self.kv.get(key)
-                except nats.js.errors.KeyNotFoundError:
+                found = await self._entry(key)
+                if found is None:
                     continue  # released between our create and get: try to take it again
-                return bytes(entry.value or b"")
+                value, stored = found
+                return Claimed(stored) if value == self.CLAIMED else value
             return None
-        return self.CLAIMED
+        return Claimed(None)
+
+    async def _entry(self, key: str) -> tuple[bytes, datetime | None] | None:
+        """The value under `key` and when the server stored it; None when there is none. Read
+        through the stream's leader (not a direct get, which a lagging replica may answer): the
+        KV API's `get` drops the entry's timestamp."""
+        try:
+            msg = await self.js.get_msg(
+                f"KV_{SENT_GUARD_BUCKET}", subject=f"$KV.{SENT_GUARD_BUCKET}.{key}", direct=False
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+            return None
+        return bytes(msg.data or b""), msg.time
 
     async def record(self, key: str, value: bytes) -> None:
         """Store what a send produced, for a redelivery to republish."""

@@ -88,6 +88,13 @@ def _positive_duration(value: object) -> timedelta:
     return duration
 
 
+def _optional_duration(value: object) -> timedelta | None:
+    # Empty means unset, as for text: the value is then derived from others.
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return _positive_duration(value)
+
+
 def _positive_size(value: object) -> int:
     size = parse_size(value)
     if size < 1:
@@ -210,6 +217,9 @@ OptionalCount = Annotated[int, BeforeValidator(_int_in(0)), Kind("int")]  # 0 = 
 Replicas = Annotated[int, BeforeValidator(_int_in(1, 5)), Kind("int")]  # JetStream's maximum
 Workers = Annotated[int, BeforeValidator(_int_in(0, 64)), Kind("int")]  # 0 = none, work inline
 Duration = Annotated[timedelta, BeforeValidator(_positive_duration), Kind("duration")]
+OptionalDuration = Annotated[
+    timedelta | None, BeforeValidator(_optional_duration), Kind("duration")
+]
 Size = Annotated[int, BeforeValidator(_positive_size), Kind("size")]
 Bool = Annotated[bool, BeforeValidator(parse_bool), Kind("bool")]
 Text = Annotated[str, BeforeValidator(_text), Kind("string")]
@@ -362,6 +372,14 @@ class SenderSettings(_Section):
     smtp_port: RemotePort = _key(25, "Port of the recipients' MX servers")
     connect_timeout: Duration = _key("15s", "Timeout connecting to a remote SMTP server")
     command_timeout: Duration = _key("60s", "Timeout of each command to a remote SMTP server")
+    # ADR 0049: below what a live handling can take, duplicates during elections come back;
+    # above it, a dead sender's Envelopes wait longer before they are sent again.
+    claim_lifetime: OptionalDuration = _key(
+        None,
+        "Age after which a send-guard claim with no outcome is taken for a dead sender's and "
+        "its Envelope sent again; a copy finding a younger claim waits",
+        shown="(nats.sending_ack_wait + ~68s)",
+    )
     pool: PoolName = _key(
         DEFAULT_POOL, "IP pool this sender node sends for (its Domains' and Batches' Envelopes)"
     )

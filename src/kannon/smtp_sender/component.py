@@ -10,9 +10,12 @@ Per Envelope (one JetStream message):
    `Nats-Msg-Id` `<email id>.<attempt>`) in the `kannon-sent-envelopes` KV bucket. Any copy of
    the same attempt — redelivered because the ack got lost or the process died after sending,
    or published again by a Dispatcher that reclaimed its claim — finds the outcome recorded
-   there and republishes it without sending again; one that finds only the claim knows the
-   previous try died mid-send and sends again (at most one duplicate, never a lost mail). A
-   claim that fails is tried again for ~8 s (a NATS leader election), then the guard fails
+   there and republishes it without sending again. One that finds only the claim judges it by
+   its age (the KV entry's server timestamp, `claim_lifetime`): younger, its handling may still
+   be running in another sender replica, so the copy is nak'ed until the claim would be that old
+   (`kannon_sender_claims_waited_total`) and then finds the outcome — or, the claim now older,
+   knows the previous try died mid-send and sends again (at most one duplicate, never a lost
+   mail). A claim that fails is tried again for ~8 s (a NATS leader election), then the guard fails
    open: with the KV store unreachable we would rather risk a duplicate than stop delivering;
 3. deliver (MX or relay, `delivery.py`; or the demo sender); record the outcome in the guard when
    the message may have reached a server, else release the claim so a redelivery may try again;
@@ -29,7 +32,8 @@ One handling per attempt per process (ADR 0049): while a handler works, progress
 JetStream from redelivering the Envelope (`ConsumerSpec.keep_alive`), and a copy that arrives
 anyway while this process handles the attempt waits for that handling and republishes its outcome
 (`kannon_sender_copies_waited_total`) — so the guard's CLAIMED, read here, means a handling
-elsewhere (another process, or this one before a restart) died mid-send.
+elsewhere: another sender replica on the pool, still running if the claim is younger than
+`claim_lifetime`, or a process (this one before a restart) that died mid-send.
 
 The ack deadline (`nats.sending_ack_wait`) must outlast a whole delivery; every delivery is cut
 off at 80% of it so the ack still arrives in time.
@@ -43,18 +47,19 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
 from prometheus_client import Counter, Histogram
 
-from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result, SentGuard
+from kannon.bus.client import BUS_TIMEOUT, Bus, BusMessage, Claimed, ConsumerSpec, Result
 from kannon.bus.subjects import SENDING_STREAM, sender_durable, sending_subject
 from kannon.config import Settings, require
 from kannon.envelope.build import Envelope
 from kannon.envelope.ids import parse_email_id
 from kannon.model.event_ids import send_guard_key, send_outcome_id
 from kannon.model.outcome import Outcome, domain_of_batch
+from kannon.runtime.clock import utc_now
 from kannon.runtime.component import Life
 from kannon.runtime.logs import obfuscate
 from kannon.smtp_sender.delivery import Deliverer, Relay, SmtpDeliverer
@@ -83,6 +88,11 @@ COPIES_WAITED = Counter(
     "Copies of an attempt that arrived while this process was handling it, and waited for that "
     "handling instead of sending",
 )
+CLAIMS_WAITED = Counter(
+    "kannon_sender_claims_waited_total",
+    "Copies of an attempt that found its guard claimed by a handling that may still be running "
+    "(the claim younger than its lifetime) and were sent back to wait instead of sending",
+)
 DELIVERY_SECONDS = Histogram(
     "kannon_sender_delivery_seconds",
     "Time to deliver one Envelope (DNS + SMTP)",
@@ -103,6 +113,23 @@ SENDING_MAX_ACK_PENDING = 100_000
 # first: 0.25 + 0.5 + 1 + 2 + 4 s, longer than a JetStream cluster's leader election.
 GUARD_TRIES = 6
 GUARD_RETRY = 0.25
+# A copy sent back to wait for a claim's outcome comes back this long after the claim would be
+# too old to be a live handling's (never sooner than this after now).
+CLAIM_WAIT_MARGIN = timedelta(seconds=1)
+
+
+def claim_lifetime(ack_wait: timedelta) -> timedelta:
+    """How long after its claim a live handling may still not have recorded its outcome nor
+    released the claim (ADR 0049): its delivery, cut off at `DEADLINE_SHARE` of the sending
+    consumer's ack deadline (the whole deadline is counted: the rest is margin for the clocks of
+    the sender and the NATS server), then the record's tries (`GUARD_TRIES` requests of up to
+    `BUS_TIMEOUT` each and the doubling delays between them). About 6 minutes at the default
+    `nats.sending_ack_wait` of 5 minutes. A claim older than this belongs to a handling that
+    died (or is cut off from NATS, and so cannot ack either): its Envelope is sent again.
+    `sender.claim_lifetime` replaces it when set."""
+    delays = GUARD_RETRY * (2 ** (GUARD_TRIES - 1) - 1)
+    return ack_wait + timedelta(seconds=GUARD_TRIES * BUS_TIMEOUT + delays)
+
 
 T = TypeVar("T")
 
@@ -131,9 +158,7 @@ class _Unsettled:
 
 
 class Guard(Protocol):
-    CLAIMED: bytes
-
-    async def claim(self, key: str) -> bytes | None: ...
+    async def claim(self, key: str) -> Claimed | bytes | None: ...
 
     async def record(self, key: str, value: bytes) -> None: ...
 
@@ -151,13 +176,16 @@ class SmtpSender:
         deliverer: Deliverer | None = None,
         guard: Guard | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
-        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        now: Callable[[], datetime] = utc_now,
     ) -> None:
         self.settings = settings
         self.bus = bus
         self.demo = settings.sender.demo_sender
         self.idle_timeout = idle_timeout
         self._now = now
+        self.claim_lifetime = settings.sender.claim_lifetime or claim_lifetime(
+            settings.nats.sending_ack_wait
+        )
         self._guard = guard
         # Attempts being handled in this process now, each with the outcome its handling will
         # end with (None: none), for copies of the attempt to wait on (ADR 0049).
@@ -316,7 +344,42 @@ class SmtpSender:
 
         if not self.demo:
             state = await self._claim(key)
-            if state is not None and state != SentGuard.CLAIMED:
+            if isinstance(state, Claimed):
+                wait = self._claim_wait(state)
+                if wait is not None:
+                    # Claimed a moment ago, by a handling that may still be sending in another
+                    # sender replica (JetStream redelivered during an election, progress acks
+                    # lost; ADR 0049): sending now would likely duplicate. Come back when the
+                    # claim is too old for that; the outcome is recorded by then, or the
+                    # handling died. A nak with a delay never counts towards `max_deliver`.
+                    CLAIMS_WAITED.inc()
+                    log.info(
+                        "Envelope claimed by another handling that may still be running; "
+                        "waiting for its outcome",
+                        extra={
+                            "kv": {
+                                "seq": message.stream_seq,
+                                "recipient": obfuscate(job.recipient),
+                                "delivered_count": message.num_delivered,
+                                "claimed": state.since.isoformat() if state.since else None,
+                                "delay": round(wait, 1),
+                            }
+                        },
+                    )
+                    return Result.nak(wait), None
+                # CLAIMED, not by a handling in this process (that one would be in
+                # `_handling` or `_unsettled`), and longer ago than any live handling holds a
+                # claim: the previous attempt died mid-send (ADR 0049). Whether the remote
+                # server got it is unknown; sending again risks one duplicate, not sending
+                # would lose the mail.
+                TAKEN_OVER.inc()
+                log.warning(
+                    "previous attempt died mid-send; sending again",
+                    extra={
+                        "kv": {"seq": message.stream_seq, "recipient": obfuscate(job.recipient)}
+                    },
+                )
+            elif state is not None:
                 # Sent before, and the outcome recorded: republish it (same event id), no resend.
                 SKIPPED.inc()
                 log.info(
@@ -335,19 +398,6 @@ class SmtpSender:
                     event_id=send_outcome_id(recorded.type, message.msg_id, message.stream_seq),
                 )
                 return await self._settle(key, outcome, record=False), outcome
-            if state is not None:
-                # CLAIMED, and not by a handling in this process (that one would be in
-                # `_handling` or `_unsettled`): the previous attempt died mid-send (keep-alive
-                # holds a redelivery back while a handler runs, ADR 0049). Whether the remote
-                # server got it is unknown; sending again risks one duplicate, not sending would
-                # lose the mail.
-                TAKEN_OVER.inc()
-                log.warning(
-                    "previous attempt died mid-send; sending again",
-                    extra={
-                        "kv": {"seq": message.stream_seq, "recipient": obfuscate(job.recipient)}
-                    },
-                )
 
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -463,7 +513,18 @@ class SmtpSender:
                 if entry.published:
                     del self._unsettled[key]
 
-    async def _claim(self, key: str) -> bytes | None:
+    def _claim_wait(self, claim: Claimed) -> float | None:
+        """Seconds before a copy that found `claim` should look again; None when the claim is
+        too old to be a live handling's (or its age is unknown: at-least-once beats a lost
+        mail), and the copy sends."""
+        if claim.since is None:
+            return None
+        left = claim.since + self.claim_lifetime - self._now()
+        if left <= timedelta(0):
+            return None
+        return (left + CLAIM_WAIT_MARGIN).total_seconds()
+
+    async def _claim(self, key: str) -> Claimed | bytes | None:
         """None when we hold the claim (or the guard is down: fail open), else the stored value.
         Tried again for a few seconds first: failing open during a NATS cluster's leader election
         (ADR 0041, 0049) would send a copy whose first handling elsewhere may have finished."""
