@@ -32,14 +32,15 @@ from kannon.db.migrate import migrate
 TEMPLATE_DB = "kannon_test_template"
 
 
-@pytest.fixture(scope="session")
-def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
-    if os.environ.get("KANNON_TEST_EVENT_LOOP") == "uvloop":
+if os.environ.get("KANNON_TEST_EVENT_LOOP") == "uvloop":
+    # Defined only when asked for: pytest-asyncio warns that overriding it is deprecated.
+
+    @pytest.fixture(scope="session")
+    def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
         import uvloop
 
         policy: asyncio.AbstractEventLoopPolicy = uvloop.EventLoopPolicy()
         return policy
-    return asyncio.DefaultEventLoopPolicy()
 
 
 def _with_database(url: str, database: str) -> str:

@@ -32,7 +32,7 @@ import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
@@ -323,6 +323,7 @@ class _Refuse(asyncio.Protocol):
         self.reply = reply
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(self.reply + b"\r\n")
-        transport.close()
+        # No isinstance check: uvloop's transports do not subclass asyncio's (ADR 0054).
+        stream = cast(asyncio.WriteTransport, transport)
+        stream.write(self.reply + b"\r\n")
+        stream.close()

@@ -38,10 +38,11 @@ def chosen(choice: EventLoop) -> Literal["uvloop", "asyncio"]:
     return "asyncio"
 
 
-def loop_factory(choice: EventLoop) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """A factory of new loops for `asyncio.Runner`; None for asyncio's default."""
+def loop_factory(choice: EventLoop) -> Callable[[], asyncio.AbstractEventLoop]:
+    """A factory of new loops for `asyncio.Runner`."""
     if chosen(choice) == "asyncio":
-        return None
+        # asyncio's own loop for this platform, whatever event loop policy is installed.
+        return asyncio.DefaultEventLoopPolicy().new_event_loop
     import uvloop
 
     return uvloop.new_event_loop
