@@ -1,12 +1,15 @@
 """Real servers for the test session: PostgreSQL and nats-server on free loopback ports.
 
 `KANNON_TEST_DATABASE_URL` / `KANNON_TEST_NATS_URL` point the suite at existing servers instead.
+`KANNON_TEST_EVENT_LOOP=uvloop` runs it on uvloop, the loop `kannon` chooses when installed
+(ADR 0054); asyncio's loop otherwise.
 Each test that asks for `database_url` gets a fresh database cloned from a migrated template;
 each test that asks for `bus` gets freshly created streams.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -27,6 +30,17 @@ from kannon.db.embedded import start_postgres
 from kannon.db.migrate import migrate
 
 TEMPLATE_DB = "kannon_test_template"
+
+
+if os.environ.get("KANNON_TEST_EVENT_LOOP") == "uvloop":
+    # Defined only when asked for: pytest-asyncio warns that overriding it is deprecated.
+
+    @pytest.fixture(scope="session")
+    def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
+        import uvloop
+
+        policy: asyncio.AbstractEventLoopPolicy = uvloop.EventLoopPolicy()
+        return policy
 
 
 def _with_database(url: str, database: str) -> str:

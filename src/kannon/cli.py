@@ -6,7 +6,6 @@ Configuration errors end the process with exit code 2 and one line naming the ke
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -15,6 +14,7 @@ from typing import Any
 
 from kannon import __version__
 from kannon.config import ConfigError, Settings, add_cli_flags, load_settings, require
+from kannon.runtime import event_loop
 from kannon.runtime.clock import utc_now
 from kannon.runtime.logs import setup_logging
 
@@ -102,19 +102,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings.debug)
     try:
         if ns.command == "migrate":
-            return asyncio.run(_migrate(settings, ns.status))
+            return event_loop.run(_migrate(settings, ns.status), settings.event_loop)
         if ns.command == "domain" and ns.domain_command == "check":
-            return asyncio.run(_domain_check(settings, ns.name))
+            return event_loop.run(_domain_check(settings, ns.name), settings.event_loop)
         if ns.command == "domain":
-            return asyncio.run(_domain_dns(settings, ns.name))
+            return event_loop.run(_domain_dns(settings, ns.name), settings.event_loop)
         if ns.command == "suppression":
             from kannon.suppression_cli import run as run_suppression
 
-            return asyncio.run(run_suppression(settings, ns))
+            return event_loop.run(run_suppression(settings, ns), settings.event_loop)
         if ns.command == "standalone":
             from kannon.standalone import run_standalone
 
-            return asyncio.run(run_standalone(settings))
+            return event_loop.run(run_standalone(settings), settings.event_loop)
         names = settings.selected_components()
         if not names:
             print(f"kannon: {SELECT_HELP}", file=sys.stderr)
@@ -122,8 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_required(settings, names)
         from kannon.app import run_components
 
-        return asyncio.run(run_components(settings, names))
-    except ConfigError as exc:
+        return event_loop.run(run_components(settings, names), settings.event_loop)
+    except (ConfigError, event_loop.EventLoopUnavailable) as exc:
         print(f"kannon: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:

@@ -53,6 +53,7 @@ SAMPLES: dict[str, Sample] = {
     "url": Sample("https://t.example.com", "https://t.example.com", "https://t.example.com"),
     "address": Sample("127.0.0.1:2525", "127.0.0.1:2525", "127.0.0.1:2525"),
     "starttls|tls|none": Sample("tls", "tls", "tls"),
+    "auto|uvloop|asyncio": Sample("asyncio", "asyncio", "asyncio"),
     "groups": Sample(
         "api,validator;dispatcher,stats,webhooks;sender,smtp,tracker",
         "api,validator;dispatcher,stats,webhooks;sender,smtp,tracker",

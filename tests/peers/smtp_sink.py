@@ -13,10 +13,12 @@ anything else       250
 ==================  ===========================================================================
 
 Options: STARTTLS with a certificate from :mod:`tests.peers.tls`, AUTH (PLAIN/LOGIN) against a
-user table, SMTPUTF8, ``max_connections`` (a connection beyond it is greeted with ``421`` and
-closed, as big providers do). Setting ``busy`` makes every new connection get ``421`` until it is
-cleared. ``stats.peak_connections`` is the most connections ever open at once. Counts connections,
-RSETs and QUITs so tests can see connection reuse.
+user table, SMTPUTF8, PIPELINING (offered by default, as by every common MTA; aiosmtpd reads
+pipelined commands one after the other), ``max_connections`` (a connection beyond it is greeted
+with ``421`` and closed, as big providers do). Setting ``busy`` makes every new connection get
+``421`` until it is cleared. ``stats.peak_connections`` is the most connections ever open at
+once. Counts connections, RSETs and QUITs so tests can see connection reuse; ``reads`` keeps
+the start of every read, so a test sees which commands arrived together.
 Per TOOLING.md the server is made with ``loop.create_server`` on port 0 (aiosmtpd's Controller
 cannot pick a free port).
 """
@@ -30,7 +32,7 @@ import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
@@ -39,6 +41,8 @@ from tests.peers.tls import TlsIdentity
 _TRANSIENT = re.compile(r"transient\.x(\d+)\.", re.IGNORECASE)
 # push() sees this instead of a reply: close the connection without a word.
 _DROP = "__drop_connection__"
+# How much of each read `SmtpSink.reads` keeps: enough for a pipelined group of commands.
+READ_KEPT = 512
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,11 @@ class _Protocol(SMTP):
         self.event_handler.sink._live.discard(self)
         super().connection_lost(error)
 
+    def data_received(self, data: bytes) -> None:
+        # What arrived in one read: commands a client pipelined come in the same one.
+        self.event_handler.sink.reads.append((self.number, bytes(data[:READ_KEPT])))
+        super().data_received(data)
+
     async def push(self, status: Any) -> None:
         if status == _DROP:
             if self.transport is not None:
@@ -91,6 +100,19 @@ class _Protocol(SMTP):
 class _Handler:
     def __init__(self, sink: SmtpSink) -> None:
         self.sink = sink
+
+    async def handle_EHLO(
+        self,
+        server: _Protocol,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.sink.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_RCPT(
         self,
@@ -165,6 +187,7 @@ class SmtpSink:
         auth_require_tls: bool = True,
         smtputf8: bool = True,
         max_connections: int | None = None,
+        pipelining: bool = True,
     ) -> None:
         self.host = host
         self.port = port
@@ -174,9 +197,12 @@ class SmtpSink:
         self.auth_require_tls = auth_require_tls
         self.smtputf8 = smtputf8
         self.max_connections = max_connections
+        self.pipelining = pipelining
         self.busy = False
         """While True every new connection is greeted with 421 and closed."""
         self.messages: list[ReceivedMessage] = []
+        self.reads: list[tuple[int, bytes]] = []
+        """(connection number, first bytes) of every read from a client, in order."""
         self.stats = _Stats()
         self.held = asyncio.Event()
         """Set when a ``hold.*`` RCPT is waiting."""
@@ -297,6 +323,7 @@ class _Refuse(asyncio.Protocol):
         self.reply = reply
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(self.reply + b"\r\n")
-        transport.close()
+        # No isinstance check: uvloop's transports do not subclass asyncio's (ADR 0054).
+        stream = cast(asyncio.WriteTransport, transport)
+        stream.write(self.reply + b"\r\n")
+        stream.close()

@@ -200,7 +200,13 @@ async def test_one_connection_carries_consecutive_messages_to_the_same_mx(
     assert [type(e.detail) for e in events] == [Delivered, Bounced, Delivered]
     assert smtp_sink.connections == 1
     assert {m.connection for m in smtp_sink.messages} == {1}
-    assert smtp_sink.stats.resets == 2  # one RSET before each reuse
+    # ADR 0053: no RSET after an accepted message; after the refused one, RSET goes out in
+    # the same write as the next MAIL, RCPT and DATA.
+    assert smtp_sink.stats.resets == 1
+    groups = [data for _, data in smtp_sink.reads if b"MAIL FROM" in data]
+    assert len(groups) == 3
+    assert all(g.endswith(b"\r\nDATA\r\n") and b"\r\nRCPT TO:" in g for g in groups)
+    assert [g.startswith(b"RSET\r\nMAIL FROM:") for g in groups] == [False, False, True]
     assert smtp_sink.stats.quits == 1  # the graceful stop closed the idle session
     assert smtp_sink.open_connections == 0
 

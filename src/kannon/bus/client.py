@@ -73,6 +73,10 @@ HANDLER_FAILURES = Counter(
     ["durable", "kind"],  # transient (database or bus unreachable), error
 )
 
+FLUSHES = Counter(
+    "kannon_bus_flushes_total", "Socket writes of queued NATS commands (each may carry many)"
+)
+
 DUPLICATE_WINDOW = timedelta(minutes=10)
 ERROR_HEADER_MAX = 500
 JITTER = 0.2
@@ -200,6 +204,49 @@ class ConsumerState:
     """Delivered more than once and still unacknowledged."""
 
 
+class _CoalescingClient(NatsClient):
+    """nats-py's client with a flusher that coalesces more (ADR 0054).
+
+    nats-py queues every command and wakes its flusher task, which writes what is pending and
+    waits for the transport to drain: one socket write per loop iteration in which anything was
+    sent. A Component's handlers resume one after another over a few iterations (an SMTP reply,
+    then the publish, then the ack), so this flusher waits one more iteration before writing and
+    takes every flush request queued meanwhile: fewer, larger writes, for one loop iteration of
+    latency. It is nats-py's `_flusher` (2.16) otherwise, errors handled the same way.
+    """
+
+    async def _flusher(self) -> None:
+        while True:
+            queue, transport = self._flush_queue, self._transport
+            if not self.is_connected or self.is_connecting or queue is None or transport is None:
+                break
+            futures = [await queue.get()]
+            try:
+                await asyncio.sleep(0)
+                if self._transport is not transport or not self.is_connected:
+                    break  # reconnecting: the pending commands go out on the new connection
+                while not queue.empty():
+                    futures.append(queue.get_nowait())
+                if self._pending_data_size > 0:
+                    transport.writelines(self._pending[:])
+                    self._pending = []
+                    self._pending_data_size = 0
+                    FLUSHES.inc()
+                    await transport.drain()  # type: ignore[no-untyped-call]
+            except OSError as exc:
+                await self._error_cb(exc)
+                await self._process_op_err(exc)
+                break
+            except (asyncio.CancelledError, RuntimeError, AttributeError):
+                # RuntimeError: the event loop is closed (as nats-py's own flusher).
+                break
+            finally:
+                for future in futures:
+                    # A future may have been cancelled by its waiter (nats-py issue 624).
+                    if not future.done():
+                        future.set_result(None)
+
+
 class Bus:
     def __init__(self, nc: NatsClient) -> None:
         self.nc = nc
@@ -210,7 +257,8 @@ class Bus:
         async def on_error(exc: Exception) -> None:
             log.warning("nats connection error", extra={"kv": {"error": repr(exc)}})
 
-        nc = await nats.connect(
+        nc = _CoalescingClient()
+        await nc.connect(
             server_urls(url),
             name=name,
             max_reconnect_attempts=-1,

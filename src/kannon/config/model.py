@@ -240,6 +240,11 @@ ShapingRules = Annotated[tuple[Rule, ...], BeforeValidator(_shaping_rules), Kind
 PoolName = Annotated[str, BeforeValidator(_pool_name), Kind("string")]
 PoolNames = Annotated[tuple[str, ...], BeforeValidator(_pool_names), Kind("list")]
 OptionalIp = Annotated[str | None, BeforeValidator(_optional_ip), Kind("ip")]
+EventLoopChoice = Annotated[
+    Literal["auto", "uvloop", "asyncio"],
+    BeforeValidator(_choice("auto", "uvloop", "asyncio")),
+    Kind("auto|uvloop|asyncio"),
+]
 RelayTLS = Annotated[
     Literal["starttls", "tls", "none"],
     BeforeValidator(_choice("starttls", "tls", "none")),
@@ -639,6 +644,11 @@ class Settings(_Section):
         secret=True,
     )
     debug: Bool = _key(False, "Enable debug logging")
+    event_loop: EventLoopChoice = _key(
+        "auto",
+        "Event loop of every process: uvloop (less CPU per Delivery), asyncio, or auto (uvloop "
+        "when installed)",
+    )
     ip_pools: PoolNames = _key(
         (),
         "IP pools besides `default` that Domains and Batches may name (API and dispatcher); "

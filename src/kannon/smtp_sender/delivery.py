@@ -3,8 +3,10 @@
 Owns the SMTP dialogue (aiosmtplib): connect (from `sender.source_address` when set, so a node
 of an IP pool sends from its own address), EHLO as `sender.hostname` (HELO when EHLO is
 refused), STARTTLS, relay AUTH, MAIL FROM the bounce address, RCPT, DATA; reuse of open
-sessions through the `SessionCache` (`sessions.py`; RSET before each reuse); and the reading of
-every way this can end as a `SendResult`. Nothing here publishes or acks: the Component does.
+sessions through the `SessionCache` (`sessions.py`; RSET only after a transaction left
+unfinished); MAIL, RCPT and DATA pipelined when the server offers PIPELINING (`pipelining.py`,
+ADR 0053); and the reading of every way this can end as a `SendResult`. Nothing here publishes
+or acks: the Component does.
 
 Direct delivery tries MX hosts in preference order and, per host, each address. It moves on to
 the next host only while nobody said anything about the message (connection refused, dropped,
@@ -35,6 +37,7 @@ import aiosmtplib
 from prometheus_client import Counter
 
 from kannon.envelope.build import Envelope
+from kannon.smtp_sender import pipelining
 from kannon.smtp_sender.mta_sts import MtaSts, TlsRule
 from kannon.smtp_sender.mx import MxHost, MxResolver, NullMx, Routes, ascii_domain
 from kannon.smtp_sender.result import Kind, SendResult
@@ -424,15 +427,19 @@ class SmtpDeliverer:
 
     async def _reusable(self, key: str) -> Connection | None:
         conn = await self.sessions.take(key)
-        if conn is None:
-            return None
+        if conn is None or not conn.needs_reset or pipelining.offered(conn.client):
+            # After an accepted message the next MAIL starts a new transaction by itself; a
+            # session that went away meanwhile shows at MAIL, before anything was sent, and
+            # `_send_on` tries a fresh one (ADR 0053). With PIPELINING a needed RSET goes out
+            # in the same write as MAIL.
+            return conn
         try:
-            # RSET clears whatever the previous transaction left behind and proves the
-            # session is still alive before we commit this message to it.
+            # RSET clears what the previous, unfinished transaction left behind.
             await conn.client.rset()
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
             discard(conn)
             return None
+        conn.needs_reset = False
         return conn
 
     async def _transact(
@@ -459,17 +466,31 @@ class SmtpDeliverer:
                 options.append("BODY=8BITMIME")
             command = "MAIL"  # which reply refused the message decides hard or soft
             try:
-                await client.mail(job.return_path, options=options, encoding=encoding)
-                command = "RCPT"
-                await client.rcpt(recipient, encoding=encoding)
-                command = "DATA"
-                trace.in_data = True
-                reply = await client.data(job.body)
+                if pipelining.offered(client):
+                    reset, conn.needs_reset = conn.needs_reset, True
+                    reply = await pipelining.transact(
+                        client,
+                        sender=job.return_path,
+                        recipient=recipient,
+                        body=job.body,
+                        options=options,
+                        encoding=encoding,
+                        reset=reset,
+                        before_message=functools.partial(setattr, trace, "in_data", True),
+                    )
+                else:
+                    conn.needs_reset = True
+                    await client.mail(job.return_path, options=options, encoding=encoding)
+                    command = "RCPT"
+                    await client.rcpt(recipient, encoding=encoding)
+                    command = "DATA"
+                    trace.in_data = True
+                    reply = await client.data(job.body)
             except aiosmtplib.SMTPResponseException as exc:
                 trace.in_data = False
                 keep = True
                 return SendResult.refused(
-                    exc.code, exc.message, conn.remote, tls=conn.tls, command=command
+                    exc.code, exc.message, conn.remote, tls=conn.tls, command=_command(exc, command)
                 )
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 ambiguous = trace.in_data
@@ -482,6 +503,7 @@ class SmtpDeliverer:
                 )
             trace.in_data = False
             conn.messages += 1
+            conn.needs_reset = False
             keep = True
             return SendResult.delivered(reply.code, reply.message, conn.remote, tls=conn.tls)
         finally:
@@ -512,6 +534,18 @@ class SmtpDeliverer:
                 raise
             # RFC 5321 §3.2: a server that does not speak ESMTP still takes HELO.
             await client.helo()
+
+
+def _command(exc: aiosmtplib.SMTPResponseException, reached: str) -> str:
+    """The command whose reply refused the message: pipelined replies come back together, so
+    the exception's kind says which one it was; one by one, the last command sent."""
+    if isinstance(exc, aiosmtplib.SMTPSenderRefused):
+        return "MAIL"
+    if isinstance(exc, aiosmtplib.SMTPRecipientRefused):
+        return "RCPT"
+    if isinstance(exc, aiosmtplib.SMTPDataError):
+        return "DATA"
+    return reached
 
 
 def _describe(exc: BaseException) -> str:

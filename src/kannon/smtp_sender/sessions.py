@@ -36,6 +36,9 @@ class Connection:
     """Transactions before it retires (0: the cache's `max_messages`); a destination's own."""
     on_close: Callable[[], None] | None = None
     """Called once when the session is closed (gives back its connection lease)."""
+    needs_reset: bool = False
+    """The last transaction ended without the message accepted, so the server may still hold
+    part of it: RSET before the next MAIL (after an accepted message a new MAIL is enough)."""
 
     @property
     def usable(self) -> bool:

@@ -43,7 +43,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import AnyStr
+from typing import AnyStr, cast
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 from prometheus_client import Counter
@@ -108,6 +108,12 @@ def _mask_path(path: str) -> str:
     return obfuscate(address) if "@" in address else path
 
 
+def _stream(transport: asyncio.BaseTransport | None) -> asyncio.Transport | None:
+    """The connection's transport, a stream transport. Not checked with isinstance: uvloop's
+    transports do not subclass asyncio's (ADR 0054)."""
+    return cast(asyncio.Transport, transport) if transport is not None else None
+
+
 class _Refusal(asyncio.Protocol):
     """What a connection over ``smtp.max_sessions`` gets: 421 and a close, no SMTP session."""
 
@@ -117,9 +123,10 @@ class _Refusal(asyncio.Protocol):
             "too many sessions; connection refused",
             extra={"kv": {"peer": str(transport.get_extra_info("peername"))}},
         )
-        if isinstance(transport, asyncio.Transport):
-            transport.write(TOO_MANY_SESSIONS)
-            transport.close()
+        stream = _stream(transport)
+        if stream is not None:
+            stream.write(TOO_MANY_SESSIONS)
+            stream.close()
 
 
 class _Session(SMTP):
@@ -166,15 +173,16 @@ class _Session(SMTP):
         self._close_expired()
 
     def _close_expired(self) -> None:
-        if not isinstance(self.transport, asyncio.Transport) or self.transport.is_closing():
+        stream = _stream(self.transport)
+        if stream is None or stream.is_closing():
             return
         SESSIONS_EXPIRED.inc()
         log.info(
             "session time limit reached; closing",
             extra={"kv": {"peer": str(self.session.peer if self.session else None)}},
         )
-        self.transport.write(SESSION_TOO_LONG)
-        self.transport.close()
+        stream.write(SESSION_TOO_LONG)
+        stream.close()
 
     async def handle_exception(self, error: Exception) -> str:
         """aiosmtpd's hook for an exception in the command loop; the answer is sent back."""
@@ -277,6 +285,14 @@ class _Session(SMTP):
             self._reset_timeout()
 
     async def push(self, status: AnyStr) -> None:
+        if self._client_gone():
+            # Nobody to tell: asyncio's transport drops such a write, uvloop's raises
+            # RuntimeError (ADR 0054). Yield, as asyncio's drain would: aiosmtpd's session loop
+            # answers a read at end of file with a reply, and would spin without ever letting
+            # connection_lost (which ends the session) run.
+            self._abort()
+            await asyncio.sleep(0)
+            return
         try:
             await asyncio.wait_for(super().push(status), self._write_timeout)
         except TimeoutError:
@@ -286,15 +302,25 @@ class _Session(SMTP):
             # The client went away mid-reply. aiosmtpd would let this end the session task with
             # an exception nobody retrieves (a traceback in the log per impatient client).
             self._abort()
+        except RuntimeError:
+            # uvloop: the transport closed between the check above and the write.
+            if not self._client_gone():
+                raise
+            self._abort()
+
+    def _client_gone(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
 
     def _abort(self) -> None:
-        if isinstance(self.transport, asyncio.Transport):
-            self.transport.abort()  # connection_lost then cancels the session task
+        stream = _stream(self.transport)
+        if stream is not None:
+            stream.abort()  # connection_lost then cancels the session task
 
     def shut_down(self) -> None:
-        if isinstance(self.transport, asyncio.Transport):
-            self.transport.write(SHUTTING_DOWN)
-            self.transport.close()
+        stream = _stream(self.transport)
+        if stream is not None:
+            stream.write(SHUTTING_DOWN)
+            stream.close()
 
 
 class ReportHandler:
