@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from api_test_support import RunningApi, make_settings, running_api
 
 from kannon.db.pool import create_pool
+from tests.api.api_test_support import RunningApi, make_settings, running_api
 
 
 @pytest.fixture

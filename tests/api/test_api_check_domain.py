@@ -10,7 +10,10 @@ from collections.abc import Iterator
 import asyncpg
 import grpc
 import pytest
-from api_test_support import (
+
+from kannon.config import Settings
+from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
+from tests.api.api_test_support import (
     ADMIN_TOKEN,
     BOUNCE_HOST,
     SENDING_HOST,
@@ -19,9 +22,6 @@ from api_test_support import (
     running_api,
     status_of,
 )
-
-from kannon.config import Settings
-from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
 from tests.peers.dns import DnsServer
 from tests.peers.fixtures import dns_server  # noqa: F401  (a fixture, registered by importing it)
 

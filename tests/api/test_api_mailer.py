@@ -9,7 +9,12 @@ from datetime import UTC, datetime
 import asyncpg
 import grpc
 import pytest
-from api_test_support import (
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
+from kannon.pb.mailer.apiv1 import mailerapiv1_pb2 as pb
+from kannon.pb.mailer.types import send_pb2
+from tests.api.api_test_support import (
     RunningApi,
     admin_md,
     html_request,
@@ -18,11 +23,6 @@ from api_test_support import (
     status_of,
     tenant,
 )
-from google.protobuf.timestamp_pb2 import Timestamp
-
-from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
-from kannon.pb.mailer.apiv1 import mailerapiv1_pb2 as pb
-from kannon.pb.mailer.types import send_pb2
 
 DOMAIN = "send.example"
 

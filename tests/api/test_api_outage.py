@@ -14,12 +14,19 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
-from api_test_support import admin_md, html_request, make_settings, running_api, status_of, tenant
 
 from kannon.db.embedded import EmbeddedPostgres, start_postgres
 from kannon.db.migrate import migrate
 from kannon.db.pool import create_pool, is_outage
 from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
+from tests.api.api_test_support import (
+    admin_md,
+    html_request,
+    make_settings,
+    running_api,
+    status_of,
+    tenant,
+)
 
 DOMAIN = "outage.test"
 

@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
-from api_test_support import BOUNCE_HOST, SENDING_HOST, make_settings
 
 from kannon.db.domains import insert_domain
 from kannon.dns_records import records_for_domain, records_for_domain_name
@@ -19,6 +18,7 @@ from kannon.model.apikey import AUTH_FAILED, hash_key, parse_basic_authorization
 from kannon.model.domain import Domain, canonical_domain_name, sender_domain_allowed
 from kannon.model.errors import InvalidArgument, Unauthenticated
 from kannon.wire.api import page
+from tests.api.api_test_support import BOUNCE_HOST, SENDING_HOST, make_settings
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from config_test_support import Loader
 
 from kannon.config import COMPONENTS, ConfigError, Settings, require
+from tests.config.config_test_support import Loader
 
 LOGGER = "kannon.config"
 

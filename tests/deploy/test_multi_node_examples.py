@@ -9,9 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from test_artifacts import COMPOSE, COMPOSE_CONFIG, COMPOSE_DIR, IP_POOLS, _assert_tool_ok, _run
 
 from kannon.config import load_settings
+from tests.deploy.test_artifacts import (
+    COMPOSE,
+    COMPOSE_CONFIG,
+    COMPOSE_DIR,
+    IP_POOLS,
+    _assert_tool_ok,
+    _run,
+)
 
 OVERRIDE = COMPOSE_DIR / "multi-node.yaml"
 

@@ -9,10 +9,17 @@ from typing import NamedTuple
 
 import dkim
 import pytest
-from envelope_testdata import BATCH_ID, BOUNCE_SECRET, DOMAIN, NOW, SELECTOR, TRACKING_KEY
 
 from kannon.envelope import BatchSpec, DkimSigner, RecipientPart, dns_txt_value
 from kannon.envelope.dkim import generate_dkim_keypair
+from tests.envelope.envelope_testdata import (
+    BATCH_ID,
+    BOUNCE_SECRET,
+    DOMAIN,
+    NOW,
+    SELECTOR,
+    TRACKING_KEY,
+)
 
 
 @pytest.fixture(scope="session")

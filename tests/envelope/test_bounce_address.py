@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from envelope_testdata import BATCH_ID, BOUNCE_SECRET
 
 from kannon.envelope.bounce import BounceAddress, make_bounce_address, parse_bounce_address
+from tests.envelope.envelope_testdata import BATCH_ID, BOUNCE_SECRET
 
 RCPT = "Alice.Example@Example.org"
 LONG_RCPT = "a" * 64 + "@" + ".".join(["b" * 63, "c" * 63, "d" * 58]) + ".io"

@@ -10,7 +10,6 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 
 import pytest
-from envelope_testdata import BATCH_ID, BOUNCE_SECRET, NOW, TRACKING_KEY
 
 from kannon.envelope import (
     BatchSpec,
@@ -23,6 +22,7 @@ from kannon.envelope import (
     verify_click,
     verify_open,
 )
+from tests.envelope.envelope_testdata import BATCH_ID, BOUNCE_SECRET, NOW, TRACKING_KEY
 
 MakeSpec = Callable[..., tuple[BatchSpec, RecipientPart, DkimSigner]]
 KEYS = {TRACKING_KEY.kid: TRACKING_KEY.secret}

@@ -7,7 +7,6 @@ import random
 from collections.abc import Mapping, Sequence
 
 import pytest
-from envelope_testdata import BATCH_ID, BOUNCE_SECRET, DOMAIN, NOW
 
 from kannon.envelope import BatchSpec, DkimSigner, RecipientPart
 from kannon.envelope.build import build_envelope
@@ -15,6 +14,7 @@ from kannon.envelope.mime import base64_body
 from kannon.envelope.size import base64_size, estimate_largest_envelope
 from kannon.envelope.tokens import TrackingKey
 from kannon.wire import envelope as wire_envelope
+from tests.envelope.envelope_testdata import BATCH_ID, BOUNCE_SECRET, DOMAIN, NOW
 
 # The Dispatcher's real key id format ("key_" + 24 hex digits).
 KID = "key_" + "0" * 24

@@ -6,13 +6,13 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from smtp_support import DOMAIN, SECRET, StartSmtp
 
 from kannon.bus.client import Bus
 from kannon.config import Settings, SmtpSettings
 from kannon.envelope import DkimSigner, generate_dkim_keypair
 from kannon.runtime.component import Life
 from kannon.smtp_server.component import SmtpServer
+from tests.smtp_server.smtp_support import DOMAIN, SECRET, StartSmtp
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,13 @@ import smtplib
 
 import pytest
 from prometheus_client import REGISTRY
-from smtp_support import (
+
+from kannon.bus.client import Bus
+from kannon.envelope import DkimSigner
+from kannon.model.event_ids import delivery_event_id
+from kannon.model.outcome import Complained
+from tests.shared_data import bounce_testdata
+from tests.smtp_server.smtp_support import (
     ARF_SAMPLES,
     DOMAIN,
     StartSmtp,
@@ -23,12 +29,6 @@ from smtp_support import (
     sent_message,
     stored_events,
 )
-
-from kannon.bus.client import Bus
-from kannon.envelope import DkimSigner
-from kannon.model.event_ids import delivery_event_id
-from kannon.model.outcome import Complained
-from tests.shared_data import bounce_testdata
 
 RECIPIENT = "Reader@Example.org"
 FEEDBACK = "fbl@bounces.k.example.com"

@@ -14,11 +14,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from smtp_support import StartSmtp, postfix_dsn, sent_message
 
 from kannon.envelope import DkimSigner
 from kannon.runtime.logs import _KeyValueFormatter
 from kannon.smtp_server.component import ACCEPTED, SmtpServer
+from tests.smtp_server.smtp_support import StartSmtp, postfix_dsn, sent_message
 
 RECIPIENT = "reader@example.org"
 

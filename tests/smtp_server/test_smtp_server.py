@@ -14,15 +14,6 @@ from typing import TypeVar
 
 import pytest
 from prometheus_client import REGISTRY
-from smtp_support import (
-    DOMAIN,
-    SECRET,
-    StartSmtp,
-    postfix_dsn,
-    read_events,
-    sent_message,
-    stored_events,
-)
 
 from kannon.bus.client import Bus
 from kannon.bus.subjects import STATS_STREAM
@@ -32,6 +23,15 @@ from kannon.ids import new_token
 from kannon.model.outcome import Bounced
 from kannon.runtime.component import Life
 from kannon.smtp_server.component import SmtpServer
+from tests.smtp_server.smtp_support import (
+    DOMAIN,
+    SECRET,
+    StartSmtp,
+    postfix_dsn,
+    read_events,
+    sent_message,
+    stored_events,
+)
 
 T = TypeVar("T")
 RECIPIENT = "Reader@Example.org"

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from tracker_support import DOMAIN, PROXY_ADDRESS, StartTracker
 
 from kannon.bus.client import Bus
 from kannon.config import Settings, TrackerSettings
@@ -16,6 +15,7 @@ from kannon.db.pool import create_pool
 from kannon.envelope import DkimSigner, generate_dkim_keypair
 from kannon.runtime.component import Life
 from kannon.tracker.component import Tracker
+from tests.tracker.tracker_support import DOMAIN, PROXY_ADDRESS, StartTracker
 
 
 @pytest.fixture(scope="session")

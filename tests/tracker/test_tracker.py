@@ -15,14 +15,6 @@ from typing import Any
 
 import httpx
 from prometheus_client import REGISTRY
-from tracker_support import (
-    DOMAIN,
-    PROXY_ADDRESS,
-    TOKEN_TTL,
-    StartTracker,
-    read_events,
-    stored_events,
-)
 
 from kannon.bus.client import Bus
 from kannon.bus.subjects import STATS_STREAM
@@ -42,6 +34,14 @@ from kannon.ids import new_token
 from kannon.model.outcome import Clicked, Opened
 from kannon.model.tracking import TrackingMode, TrackingPolicy
 from kannon.tracker.app import PIXEL_GIF
+from tests.tracker.tracker_support import (
+    DOMAIN,
+    PROXY_ADDRESS,
+    TOKEN_TTL,
+    StartTracker,
+    read_events,
+    stored_events,
+)
 
 BOUNCE_SECRET = b"bounce-secret-for-tests-0123456789"
 RECIPIENT = "reader@example.org"

@@ -8,13 +8,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from tracker_support import DOMAIN, TOKEN_TTL
 
 from kannon.db.tracking_keys import signing_key, verification_keys
 from kannon.envelope import ClickClaim, TrackingKey, make_batch_id, sign_click, sign_open
 from kannon.tracker.app import location_header
 from kannon.tracker.client_ip import ClientAddress
 from kannon.tracker.keys import KeyCache
+from tests.tracker.tracker_support import DOMAIN, TOKEN_TTL
 
 TRUSTED = ClientAddress(["10.0.0.0/8", "2001:db8::/32", "127.0.0.2"])
 
