@@ -88,7 +88,7 @@ async def connect_binary(
 
 
 def grpc_web_frame(message: Any) -> bytes:
-    payload = message.SerializeToString()
+    payload: bytes = message.SerializeToString()
     return struct.pack(">BI", 0, len(payload)) + payload
 
 

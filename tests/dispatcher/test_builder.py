@@ -78,7 +78,7 @@ def signer(keypair: tuple[str, str]) -> list[DkimSigner]:
 
 
 def children() -> set[int]:
-    return {p.pid for p in multiprocessing.active_children()}
+    return {p.pid for p in multiprocessing.active_children() if p.pid is not None}
 
 
 async def test_worker_processes_build_the_same_bytes_as_an_inline_build(

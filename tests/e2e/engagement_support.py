@@ -93,7 +93,7 @@ async def launch_engaged(launch: Launch, **overrides: str) -> Engaged:
 async def get_stats(pipeline: Pipeline, email: str) -> list[Any]:
     """GetStats (v1, Basic auth with the tenant's API key) for the last and next hour, the rows
     of `email` in the order the API gives them (newest first)."""
-    stub: Any = statsapiv1_pb2_grpc.StatsApiV1Stub(pipeline.channel)  # type: ignore[no-untyped-call]
+    stub: Any = statsapiv1_pb2_grpc.StatsApiV1Stub(pipeline.channel)
     now = datetime.now(UTC)
     request = stats_pb.GetStatsReq(
         domain=TENANT,
@@ -201,7 +201,7 @@ async def admin(pipeline: Pipeline, method: str, request: Any) -> Any:
     """One Admin API call with the operator token, through the real gRPC client."""
     from tests.e2e.pipeline import ADMIN_TOKEN
 
-    stub: Any = adminapiv1_pb2_grpc.ApiStub(pipeline.channel)  # type: ignore[no-untyped-call]
+    stub: Any = adminapiv1_pb2_grpc.ApiStub(pipeline.channel)
     md = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
     return await getattr(stub, method)(request, metadata=md)
 

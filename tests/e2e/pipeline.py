@@ -236,7 +236,7 @@ class Pipeline:
         return pipeline
 
     async def _authorize_tenant(self) -> None:
-        admin: Any = adminapiv1_pb2_grpc.ApiStub(self.channel)  # type: ignore[no-untyped-call]
+        admin: Any = adminapiv1_pb2_grpc.ApiStub(self.channel)
         md = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
         # What the Admin API tells the operator to publish is what dnsmasq serves.
         domain = (await admin.GetDomain(admin_pb.GetDomainReq(domain=TENANT), metadata=md)).domain
@@ -291,7 +291,7 @@ class Pipeline:
             recipients=items,
             scheduled_time=scheduled_time,
         )
-        mailer: Any = mailerapiv1_pb2_grpc.MailerStub(self.channel)  # type: ignore[no-untyped-call]
+        mailer: Any = mailerapiv1_pb2_grpc.MailerStub(self.channel)
         return await mailer.SendHTML(request, metadata=self.credentials)
 
     # -- what tests look at ------------------------------------------------------------------

@@ -37,13 +37,13 @@ class SlowSink(SmtpSink):
         super().__init__(**options)
         self.delay = delay
         self.commit_first = commit_first
-        self.busy = 0
+        self.in_data = 0
         """Transactions in DATA right now: the sender's sends in flight."""
         self.max_busy = 0
 
     async def _record(self, message: ReceivedMessage) -> None:
-        self.busy += 1
-        self.max_busy = max(self.max_busy, self.busy)
+        self.in_data += 1
+        self.max_busy = max(self.max_busy, self.in_data)
         try:
             if self.commit_first:
                 await super()._record(message)
@@ -52,7 +52,7 @@ class SlowSink(SmtpSink):
                 await asyncio.sleep(self.delay)
                 await super()._record(message)
         finally:
-            self.busy -= 1
+            self.in_data -= 1
 
 
 def recipients(count: int, bounces: int = 0) -> dict[str, dict[str, str]]:

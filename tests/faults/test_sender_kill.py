@@ -67,7 +67,7 @@ async def test_sigkill_of_the_sender_mid_batch_ends_every_delivery_exactly_once(
         # Kill the sender once the remote has taken KILL_AT messages, mid-transactions.
         await sink.wait_for_messages(KILL_AT, timeout=90)
         killed = fleet.processes["sender"]
-        busy_at_kill, max_busy_before = sink.busy, sink.max_busy
+        busy_at_kill, max_busy_before = sink.in_data, sink.max_busy
         code = await killed.kill()
         received_at_kill = len(sink.messages)
         assert code == -9

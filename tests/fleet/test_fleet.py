@@ -221,8 +221,8 @@ async def run_fleet(
         return hooked() == wanted
 
     await wait_for(all_hooked, what="the eight events as webhooks", timeout=60)
-    for headers, body in hooks:
-        event = Webhook(hook_secret).verify(body, headers)
+    for hook_headers, hook_body in hooks:
+        event = Webhook(hook_secret).verify(hook_body, hook_headers)
         assert event["data"]["message_id"] == batch and event["data"]["domain"] == TENANT
 
     # SIGTERM to every process at once: each drains and exits 0 within the grace period.

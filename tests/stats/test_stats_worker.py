@@ -54,11 +54,11 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 def make_worker(
-    pool: asyncpg.Pool, bus: Bus, *, now: datetime = T, retention: str = "8760h"
+    pool: asyncpg.Pool, bus: Bus, *, now: datetime = T, retention: timedelta = timedelta(hours=8760)
 ) -> StatsWorker:
     settings = Settings(
         stats=StatsSettings(retention=retention),
-        nats=NatsSettings(ack_wait="7s", max_deliver=9),
+        nats=NatsSettings(ack_wait=timedelta(seconds=7), max_deliver=9),
     )
     return StatsWorker(settings, pool, bus, clock=Clock(now))
 
@@ -295,7 +295,7 @@ async def test_retention_deletes_old_events_and_expired_keys_only(
             kid,
             expires.replace(tzinfo=None),
         )
-    worker = make_worker(pool, bus, now=now, retention="24h")
+    worker = make_worker(pool, bus, now=now, retention=timedelta(hours=24))
     counts = await worker.cleanup()
     assert (counts.stats, counts.stats_keys) == (3, 1)
     assert sorted(row["email"] for row in await stats_rows(pool)) == ["edge@x.io", "new@x.io"]

@@ -99,7 +99,7 @@ FEED = [suppression_durable(t) for t in ("bounced", "complained", "unsubscribed"
 
 def worker(pool: asyncpg.Pool, bus: Bus, **suppression: Any) -> StatsWorker:
     settings = Settings(
-        nats=NatsSettings(ack_wait="7s", max_deliver=3),
+        nats=NatsSettings(ack_wait=timedelta(seconds=7), max_deliver=3),
         suppression=SuppressionSettings(**suppression),
     )
     return StatsWorker(settings, pool, bus, clock=Clock(T + timedelta(minutes=1)))

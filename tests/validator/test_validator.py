@@ -105,10 +105,19 @@ async def stream_events(bus: Bus) -> list[tuple[str, str, Outcome]]:
 
 
 def validator(
-    pool: asyncpg.Pool, bus: Bus, clock: Clock, *, batch_size: int = 500, **kw: object
+    pool: asyncpg.Pool,
+    bus: Bus,
+    clock: Clock,
+    *,
+    batch_size: int = 500,
+    claim_timeout: timedelta = timedelta(minutes=5),
 ) -> Validator:
     settings = Settings(
-        validator=ValidatorSettings(batch_size=batch_size, idle_interval="10ms", **kw)
+        validator=ValidatorSettings(
+            batch_size=batch_size,
+            idle_interval=timedelta(milliseconds=10),
+            claim_timeout=claim_timeout,
+        )
     )
     return Validator(settings, pool, bus, clock=clock)
 
@@ -154,7 +163,7 @@ async def test_a_recipient_refused_at_intake_is_rejected_with_its_reason_even_af
         "gone@example.com",
     )
     clock = Clock(T0)
-    worker = validator(pool, bus, clock, claim_timeout="5m")
+    worker = validator(pool, bus, clock, claim_timeout=timedelta(minutes=5))
     # A Validator claims both and dies; the reclaimed row keeps its reason.
     await deliveries.claim_for_validation(pool, 10, T0)
     clock.now = T0 + timedelta(minutes=6)
@@ -196,7 +205,7 @@ async def test_an_abandoned_claim_is_reclaimed_after_the_timeout(
 ) -> None:
     await add(pool, ["a@example.com", "b@example.com"])
     clock = Clock(T0)
-    worker = validator(pool, bus, clock, claim_timeout="5m")
+    worker = validator(pool, bus, clock, claim_timeout=timedelta(minutes=5))
     # Another Validator claims both and dies.
     await deliveries.claim_for_validation(pool, 10, T0)
     assert await worker.cycle() == 0
