@@ -1,8 +1,10 @@
 """Real servers for the test session: PostgreSQL and nats-server on free loopback ports.
 
 `KANNON_TEST_DATABASE_URL` / `KANNON_TEST_NATS_URL` point the suite at existing servers instead.
-Each test that asks for `database_url` gets a fresh database cloned from a migrated template;
-each test that asks for `bus` gets freshly created streams.
+Each test that asks for `database_url` gets a fresh database cloned from a migrated template
+(`pool`: a connection pool to it); each test that asks for `bus` gets freshly created streams.
+The real-server peers (SMTP sink, dnsmasq, TLS identities) come from `tests.peers.fixtures`.
+Helpers shared by the folders are in `tests.support`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from kannon.bus.embedded import start_nats
 from kannon.bus.subjects import SENT_GUARD_BUCKET, SHAPING_BUCKET, STREAMS
 from kannon.db.embedded import start_postgres
 from kannon.db.migrate import migrate
+from kannon.db.pool import Database, create_pool
+
+pytest_plugins = ["tests.peers.fixtures"]
 
 TEMPLATE_DB = "kannon_test_template"
 
@@ -87,6 +92,14 @@ async def database_url(pg_admin_url: str, migrated_template: str) -> AsyncIterat
         await conn.close()
     yield _with_database(pg_admin_url, name)
     await _drop(pg_admin_url, name)
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[Database]:
+    """A connection pool to the test's fresh database (a folder seeds it by overriding `pool`)."""
+    created = await create_pool(database_url, max_size=10)
+    yield created
+    await created.close()
 
 
 async def _drop(admin_url: str, name: str) -> None:

@@ -8,15 +8,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from kannon.db.pool import create_pool
 from tests.api.api_test_support import RunningApi, make_settings, running_api
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    created = await create_pool(database_url, max_size=4)
-    yield created
-    await created.close()
 
 
 @pytest.fixture

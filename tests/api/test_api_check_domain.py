@@ -23,7 +23,6 @@ from tests.api.api_test_support import (
     status_of,
 )
 from tests.peers.dns import DnsServer
-from tests.peers.fixtures import dns_server  # noqa: F401  (a fixture, registered by importing it)
 
 DOMAIN = "half.test"
 
@@ -49,7 +48,7 @@ def silent_resolver() -> Iterator[str]:
 
 async def test_a_refused_lookup_is_that_records_error(
     pool: asyncpg.Pool,
-    dns_server: DnsServer,  # noqa: F811  (the fixture imported above)
+    dns_server: DnsServer,
 ) -> None:
     dns_server.add_zone(DOMAIN)
     dns_server.add_host(SENDING_HOST, "192.0.2.10")

@@ -15,7 +15,7 @@ from kannon.bus.subjects import (
     STATS_STREAM,
     stats_subject,
 )
-from tests.dispatcher.support import wait_for
+from tests.support import wait_for
 
 
 async def _consume_until(

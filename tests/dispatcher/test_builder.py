@@ -11,8 +11,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,7 +27,8 @@ from kannon.envelope.build import BatchSpec, RecipientPart
 from kannon.envelope.dkim import DkimSigner, generate_dkim_keypair
 from kannon.envelope.tokens import TrackingKey
 from kannon.wire import envelope as wire_envelope
-from tests.dispatcher.support import BATCH, DOMAIN, HTML, SECRET, SELECTOR, T0, dkim_verifies, parse
+from tests.dispatcher.support import BATCH, DOMAIN, HTML, SECRET, SELECTOR, T0, dkim_verifies
+from tests.support import parse_message, poll_until
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +95,7 @@ async def test_worker_processes_build_the_same_bytes_as_an_inline_build(
         assert (sent.email_id, sent.recipient) == (built.email_id, item.recipient)
         assert sent.should_retry is item.should_retry
         assert dkim_verifies(sent.body, keypair[1])
-        assert parse(sent.body)["Subject"] == f"Hello {item.fields['name']}"
+        assert parse_message(sent.body)["Subject"] == f"Hello {item.fields['name']}"
 
 
 async def test_an_inline_build_lets_the_loop_run_between_envelopes(
@@ -180,15 +179,15 @@ def test_workers_die_with_the_process_that_started_them(tmp_path: Path) -> None:
     )
     path = tmp_path / "dispatcher_like.py"
     path.write_text(script)
-    parent = subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert parent.stdout is not None
-        worker = int(parent.stdout.readline())
-        assert _alive(worker)
-    finally:
-        parent.kill()
-        parent.wait(10)
-    _wait_until(lambda: not _alive(worker), "the orphaned worker to exit")
+    with subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE, text=True) as parent:
+        try:
+            assert parent.stdout is not None
+            worker = int(parent.stdout.readline())
+            assert _alive(worker)
+        finally:
+            parent.kill()
+            parent.wait(10)
+    poll_until(lambda: not _alive(worker), what="the orphaned worker to exit", timeout=20)
 
 
 def test_a_job_with_an_unusable_key_fails_each_item_with_the_reason(
@@ -205,12 +204,3 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
-
-
-def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    """Poll for an event (a process exiting), not for time to pass."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)

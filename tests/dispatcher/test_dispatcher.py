@@ -47,18 +47,15 @@ from tests.dispatcher.support import (
     SECRET,
     T0,
     TEMPLATE,
-    Clock,
     add,
     dispatcher,
     dkim_verifies,
     envelopes,
-    events,
-    parse,
     rows,
     store_batch,
     store_domain,
-    wait_for,
 )
+from tests.support import Clock, parse_message, stats_events, wait_for
 
 RETRY = timedelta(minutes=5)  # the default policy's first delay (backoff_min), jitter 1.0
 
@@ -120,7 +117,7 @@ async def test_each_due_delivery_becomes_one_signed_envelope_on_the_sending_stre
         assert bounce is not None and bounce.batch_id == BATCH
         assert bounce.matches(recipient, SECRET.encode())
         assert dkim_verifies(job.body, keypair[1])
-        message = parse(job.body)
+        message = parse_message(job.body)
         assert message["From"] == "Kannon News <news@k.example.com>"
         assert message["To"] == recipient
         assert message["Subject"] == f"Hello {name.replace('&lt;&amp;&gt;', '<&>')}"
@@ -174,7 +171,7 @@ async def test_a_backlog_larger_than_a_publish_chunk_is_published_whole(
     assert {row["status"] for row in (await rows(pool)).values()} == {"queued"}
     for item in published:
         assert dkim_verifies(item.job.body, keypair[1])
-        assert parse(item.job.body)["Subject"] == "Hello R"
+        assert parse_message(item.job.body)["Subject"] == "Hello R"
         assert item.msg_id == f"{make_email_id(BATCH, item.job.recipient)}.0"
 
 
@@ -196,7 +193,7 @@ async def test_headers_to_cc_and_attachments_come_from_the_batch(
         assert await worker.cycle() == 1
     [item] = await envelopes(bus)
     assert item.job.recipient == "member@example.org"  # RCPT stays the Delivery's Recipient
-    message = parse(item.job.body)
+    message = parse_message(item.job.body)
     assert (message["To"], message["Cc"]) == ("list@example.org", "boss@example.org")
     [attachment] = list(message.iter_attachments())
     assert attachment.get_filename() == "report.pdf"
@@ -272,7 +269,7 @@ async def test_a_deleted_template_reschedules_with_backoff_then_ends_failed(
         assert attempts < 20, "the budget never ran out"
     assert attempts >= 5  # 5m, 5m, 8m, 16m, ... up to 24 h: several retries happened first
 
-    [(subject, outcome)] = await events(bus)
+    [(subject, outcome)] = await stats_events(bus)
     assert subject == "kannon.stats.failed"
     assert isinstance(outcome.detail, Failed)
     assert outcome.detail.reason == (
@@ -300,7 +297,7 @@ async def test_a_build_failure_after_a_remote_answer_ends_bounced_with_that_answ
     )
     await pool.execute("DELETE FROM domains")
     await dispatcher(pool, bus, Clock(T0 + timedelta(hours=23, minutes=58))).cycle()
-    [(subject, outcome)] = await events(bus)
+    [(subject, outcome)] = await stats_events(bus)
     assert subject == "kannon.stats.bounced"
     assert outcome.detail == Bounced(permanent=False, code=452, message="4.2.2 mailbox full")
     assert await rows(pool) == {}
@@ -312,7 +309,7 @@ async def test_a_deleted_domain_is_a_build_failure_naming_the_domain(
     await add(pool, ["x@example.org"], original=T0, scheduled=T0 + timedelta(hours=23, minutes=58))
     await pool.execute("DELETE FROM domains")
     await dispatcher(pool, bus, Clock(T0 + timedelta(hours=23, minutes=58))).cycle()
-    [(_, outcome)] = await events(bus)
+    [(_, outcome)] = await stats_events(bus)
     assert outcome.detail == Failed(
         f"retry budget exhausted while dispatching: domain {DOMAIN} no longer exists"
     )
@@ -388,7 +385,7 @@ async def test_a_publish_refused_after_the_retry_window_ends_the_delivery_failed
     worker = dispatcher(pool, RefusingBus(bus.nc), Clock(T0 + timedelta(hours=25)))
     assert await worker.cycle() == 1
     assert await rows(pool) == {}
-    [(subject, outcome)] = await events(bus)
+    [(subject, outcome)] = await stats_events(bus)
     assert subject == "kannon.stats.failed"
     assert isinstance(outcome.detail, Failed)
     assert "publishing" in outcome.detail.reason
@@ -411,7 +408,7 @@ async def test_an_envelope_larger_than_the_bus_accepts_ends_failed_at_once(
     assert await dispatcher(pool, bus, Clock(T0)).cycle() == 1
     assert await rows(pool) == {}
     assert await envelopes(bus) == []
-    [(subject, outcome)] = await events(bus)
+    [(subject, outcome)] = await stats_events(bus)
     assert subject == "kannon.stats.failed"
     assert isinstance(outcome.detail, Failed)
     assert "max_payload" in outcome.detail.reason
@@ -527,7 +524,7 @@ async def test_a_spent_budget_ends_bounced_when_a_server_answered_else_failed(
     ):
         assert (await worker.handle_error(outcome_message(outcome))).verdict is Verdict.ACK
     assert await rows(pool) == {}
-    ended = {outcome.recipient: (subject, outcome) for subject, outcome in await events(bus)}
+    ended = {outcome.recipient: (subject, outcome) for subject, outcome in await stats_events(bus)}
     assert ended["answered@example.org"][0] == "kannon.stats.bounced"
     assert ended["answered@example.org"][1].detail == Bounced(False, 452, "4.2.2 mailbox full")
     assert ended["earlier@example.org"][1].detail == Bounced(False, 450, "4.2.0 greylisted")
@@ -547,7 +544,7 @@ async def test_errors_for_deliveries_that_are_gone_are_acked_and_bad_ones_termin
     assert (await worker.handle_error(wrong)).verdict is Verdict.TERM
     garbage = BusMessage("kannon.stats.error", b"\xff\x00garbage", None, 1, 9)
     assert (await worker.handle_error(garbage)).verdict is Verdict.TERM
-    assert await events(bus) == []
+    assert await stats_events(bus) == []
 
 
 # -- reclaim -------------------------------------------------------------------------------------

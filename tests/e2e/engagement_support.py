@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kannon.bus.client import Bus
-from kannon.bus.subjects import STATS_STREAM
 from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
 from kannon.pb.admin.apiv1 import adminapiv1_pb2_grpc
 from kannon.pb.stats.apiv1 import statsapiv1_pb2 as stats_pb
@@ -104,12 +102,6 @@ async def get_stats(pipeline: Pipeline, email: str) -> list[Any]:
     res = await stub.GetStats(request, metadata=pipeline.credentials)
     assert res.total == len(res.stats)
     return [row for row in res.stats if row.email == email]
-
-
-async def stored_events(bus: Bus) -> int:
-    """How many events the stats stream holds."""
-    info = await bus.js.stream_info(STATS_STREAM)
-    return int(info.state.messages)
 
 
 def dsn(

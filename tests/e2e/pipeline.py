@@ -55,9 +55,9 @@ from kannon.runtime.component import Life
 from kannon.smtp_sender.component import SmtpSender
 from kannon.stats.component import StatsWorker
 from kannon.validator.component import Validator
-from tests.dispatcher.support import wait_for
 from tests.peers.dns import DnsServer
 from tests.peers.smtp_sink import SmtpSink
+from tests.support import wait_for
 
 TENANT = "tenant.test"
 SENDER_EMAIL = f"news@{TENANT}"

@@ -21,7 +21,6 @@ from email.message import EmailMessage
 import httpx
 
 from kannon.bus.client import Bus
-from tests.dispatcher.support import wait_for
 from tests.e2e.conftest import Launch
 from tests.e2e.engagement_support import (
     Engaged,
@@ -29,11 +28,11 @@ from tests.e2e.engagement_support import (
     get_stats,
     launch_engaged,
     set_tracking_ceiling,
-    stored_events,
     submit_report,
 )
 from tests.e2e.pipeline import RCPT_DOMAIN, TENANT, Pipeline
 from tests.peers.smtp_sink import ReceivedMessage, SmtpSink
+from tests.support import stored_events, wait_for
 
 FULL = 5  # TRACKING_MODE_FULL
 LANDING = "https://shop.example.org/deal?id=7&ref=mail"

@@ -27,7 +27,6 @@ from kannon.pb.mailer.apiv1 import mailerapiv1_pb2 as mailer_pb
 from kannon.pb.mailer.apiv1 import mailerapiv1_pb2_grpc
 from kannon.pb.mailer.types import send_pb2
 from kannon.pb.tracking.types import tracking_pb2
-from tests.dispatcher.support import wait_for
 from tests.e2e.conftest import Launch
 from tests.e2e.engagement_support import (
     admin,
@@ -46,6 +45,7 @@ from tests.e2e.pipeline import (
 from tests.e2e.test_engagement import HREF, parse
 from tests.peers import opendkim
 from tests.peers.smtp_sink import SmtpSink
+from tests.support import wait_for
 
 OFF, ANONYMOUS, PSEUDONYMOUS, IDENTIFIED, FULL = 1, 2, 3, 4, 5
 LANDING = "https://shop.example.org/deal"

@@ -14,11 +14,6 @@ from kannon.db.embedded import EmbeddedPostgres, start_postgres
 from tests.faults.cluster import NatsCluster
 from tests.faults.support import RestartableNats
 from tests.fleet.conftest import start_fleet  # noqa: F401  (fixture)
-from tests.peers.fixtures import (  # noqa: F401  (fixtures, registered by importing them)
-    dns_server,
-    smtp_sink,
-    smtp_sink_factory,
-)
 
 
 @pytest.fixture

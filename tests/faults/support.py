@@ -19,9 +19,9 @@ from kannon.bus.client import Bus
 from kannon.bus.embedded import find_binary, jetstream_ready
 from kannon.bus.subjects import SENDER_DURABLE, SENDING_STREAM
 from kannon.runtime.processes import ChildProcess, free_port, start_child, wait_until
-from tests.dispatcher.support import wait_for
 from tests.fleet.fleet import RCPT_DOMAIN, TERMINAL
 from tests.peers.smtp_sink import ReceivedMessage, SmtpSink
+from tests.support import wait_for
 
 
 class SlowSink(SmtpSink):

@@ -29,7 +29,6 @@ from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
 from kannon.envelope.bounce import parse_bounce_address
-from tests.dispatcher.support import wait_for
 from tests.fleet.conftest import StartFleet
 from tests.fleet.fleet import (
     COMPONENTS,
@@ -46,6 +45,7 @@ from tests.fleet.fleet import (
 from tests.peers.dns import DnsServer
 from tests.peers.smtp_sink import SmtpSink
 from tests.smtp_server.smtp_support import Sent, postfix_dsn
+from tests.support import wait_for
 
 
 def parse(raw: bytes) -> EmailMessage:

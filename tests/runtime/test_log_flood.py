@@ -5,14 +5,7 @@ from __future__ import annotations
 import logging
 
 from kannon.runtime.log_flood import FloodFilter
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support import Ticks
 
 
 def _record(
@@ -25,8 +18,8 @@ def _record(
     return record
 
 
-def _filter(interval: float = 30.0) -> tuple[FloodFilter, _Clock, list[logging.LogRecord]]:
-    clock = _Clock()
+def _filter(interval: float = 30.0) -> tuple[FloodFilter, Ticks, list[logging.LogRecord]]:
+    clock = Ticks()
     flood = FloodFilter(interval, clock=clock)
     summaries: list[logging.LogRecord] = []
     flood.emit = summaries.append

@@ -23,12 +23,6 @@ from kannon.smtp_sender.component import SmtpSender
 from kannon.wire import envelope
 from kannon.wire.stats import decode as decode_outcome
 from tests.peers.dns import DnsServer
-from tests.peers.fixtures import (  # noqa: F401  (fixtures, registered by importing them)
-    dns_server,
-    smtp_sink,
-    smtp_sink_factory,
-    tls_identity,
-)
 
 BATCH_ID = "msg_k9x2abc@tenant.test"
 TENANT = "tenant.test"

@@ -25,10 +25,9 @@ from tests.smtp_server.smtp_support import (
     DOMAIN,
     StartSmtp,
     arf_from_sample,
-    read_events,
     sent_message,
-    stored_events,
 )
+from tests.support import read_events, stored_events
 
 RECIPIENT = "Reader@Example.org"
 FEEDBACK = "fbl@bounces.k.example.com"

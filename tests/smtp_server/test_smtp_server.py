@@ -23,15 +23,8 @@ from kannon.ids import new_token
 from kannon.model.outcome import Bounced
 from kannon.runtime.component import Life
 from kannon.smtp_server.component import SmtpServer
-from tests.smtp_server.smtp_support import (
-    DOMAIN,
-    SECRET,
-    StartSmtp,
-    postfix_dsn,
-    read_events,
-    sent_message,
-    stored_events,
-)
+from tests.smtp_server.smtp_support import DOMAIN, SECRET, StartSmtp, postfix_dsn, sent_message
+from tests.support import read_events, stored_events
 
 T = TypeVar("T")
 RECIPIENT = "Reader@Example.org"

@@ -5,7 +5,7 @@ retention deletes old events only."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +16,6 @@ from kannon.bus.client import Bus, BusMessage, Result, Verdict
 from kannon.bus.subjects import STATS_DURABLE, STATS_STREAM, stats_subject
 from kannon.config import NatsSettings, Settings, StatsSettings
 from kannon.db import stats_store
-from kannon.db.pool import create_pool
 from kannon.model.outcome import (
     Accepted,
     Bounced,
@@ -32,25 +31,11 @@ from kannon.model.outcome import (
 from kannon.runtime.component import Life
 from kannon.stats.component import StatsWorker
 from kannon.wire.stats import encode, publish_outcome
+from tests.support import Clock
 
 BATCH = "msg_statstest@k.example.com"
 DOMAIN = "k.example.com"
 T = datetime(2025, 6, 1, 10, 15, 30, 123456, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, max_size=10)
-    yield pool
-    await pool.close()
 
 
 def make_worker(

@@ -5,7 +5,6 @@ the operator's limit is reached, unknown Domains and unreadable payloads are han
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,35 +20,22 @@ from kannon.bus.subjects import (
     suppression_durable,
 )
 from kannon.config import NatsSettings, Settings, SuppressionSettings
-from kannon.db.domains import insert_domain
-from kannon.db.pool import create_pool
+from kannon.db.pool import Database
 from kannon.model.outcome import Bounced, Complained, Delivered, Detail, Outcome, Unsubscribed
 from kannon.runtime.component import Life
 from kannon.smtp_sender.result import SendResult, detail_for
 from kannon.stats.component import StatsWorker
 from kannon.wire.stats import publish_outcome
-from tests.dispatcher.support import wait_for
+from tests.support import Clock, store_domain, wait_for
 
 DOMAIN = "news.example.com"
 T = datetime(2025, 6, 1, 10, 0, tzinfo=UTC)
 
 
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, max_size=8)
-    await insert_domain(
-        pool, name=DOMAIN, dkim_private_key="k", dkim_public_key="p", dkim_selector="smtp", now=T
-    )
-    yield pool
-    await pool.close()
+async def pool(pool: Database) -> Database:
+    await store_domain(pool, DOMAIN, now=T)
+    return pool
 
 
 def event(

@@ -11,7 +11,6 @@ import pytest
 
 from kannon.bus.client import Bus
 from kannon.config import Settings, TrackerSettings
-from kannon.db.pool import create_pool
 from kannon.envelope import DkimSigner, generate_dkim_keypair
 from kannon.runtime.component import Life
 from kannon.tracker.component import Tracker
@@ -22,13 +21,6 @@ from tests.tracker.tracker_support import DOMAIN, PROXY_ADDRESS, StartTracker
 def signer() -> DkimSigner:
     private_pem, _ = generate_dkim_keypair()
     return DkimSigner(DOMAIN, "smtp", private_pem)
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[Any]:
-    p = await create_pool(database_url)
-    yield p
-    await p.close()
 
 
 @pytest.fixture

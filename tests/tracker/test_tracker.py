@@ -34,14 +34,8 @@ from kannon.ids import new_token
 from kannon.model.outcome import Clicked, Opened
 from kannon.model.tracking import TrackingMode, TrackingPolicy
 from kannon.tracker.app import PIXEL_GIF
-from tests.tracker.tracker_support import (
-    DOMAIN,
-    PROXY_ADDRESS,
-    TOKEN_TTL,
-    StartTracker,
-    read_events,
-    stored_events,
-)
+from tests.support import read_events, stored_events
+from tests.tracker.tracker_support import DOMAIN, PROXY_ADDRESS, TOKEN_TTL, StartTracker
 
 BOUNCE_SECRET = b"bounce-secret-for-tests-0123456789"
 RECIPIENT = "reader@example.org"

@@ -4,7 +4,6 @@ backlog draining by cycle(), Reclaim of abandoned claims, publish-before-update 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -14,13 +13,14 @@ from kannon.bus.client import Bus
 from kannon.bus.subjects import STATS_STREAM
 from kannon.config import Settings, ValidatorSettings
 from kannon.db import deliveries
-from kannon.db.pool import create_pool
+from kannon.db.pool import Database
 from kannon.model.delivery import SCHEDULED, TO_VALIDATE, VALIDATING
 from kannon.model.event_ids import delivery_event_id as event_id
 from kannon.model.outcome import Accepted, Outcome, Rejected
 from kannon.runtime.component import Life
 from kannon.validator.component import Validator, judge
 from kannon.wire.stats import decode, publish_outcome
+from tests.support import Clock, store_batch_row
 
 T0 = datetime(2025, 6, 1, 8, 0, tzinfo=UTC)
 BATCH = "msg_validatortest@k.example.com"
@@ -49,25 +49,10 @@ INVALID = {
 }
 
 
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, max_size=4)
-    await pool.execute(
-        "INSERT INTO messages (message_id, subject, sender_email, sender_alias, template_id,"
-        " domain) VALUES ($1, 'Hi', 'a@k.example.com', 'A', 't', $2)",
-        BATCH,
-        DOMAIN,
-    )
-    yield pool
-    await pool.close()
+async def pool(pool: Database) -> Database:
+    await store_batch_row(pool, BATCH, DOMAIN)
+    return pool
 
 
 async def add(pool: asyncpg.Pool, emails: list[str]) -> None:

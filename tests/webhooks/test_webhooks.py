@@ -24,7 +24,7 @@ from kannon.bus.client import Bus
 from kannon.bus.subjects import STAT_TYPES, WEBHOOK_EVENT_TYPES
 from kannon.config import Settings
 from kannon.db import webhooks as store
-from kannon.db.pool import create_pool
+from kannon.db.pool import Database
 from kannon.ids import new_webhook_endpoint_id, new_webhook_secret
 from kannon.model.event_ids import webhook_id
 from kannon.model.outcome import Bounced, Delivered, Errored, Outcome
@@ -32,6 +32,7 @@ from kannon.model.webhooks import Endpoint
 from kannon.runtime.component import Life
 from kannon.webhooks.component import WebhooksWorker
 from kannon.wire.stats import publish_outcome
+from tests.support import store_domain
 
 DOMAIN = "hooks.example"
 LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
@@ -100,15 +101,9 @@ def settings(**webhooks: Any) -> Settings:
 
 
 @pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    created = await create_pool(database_url, max_size=8)
-    await created.execute(
-        """INSERT INTO domains (domain, dkim_private_key, dkim_public_key)
-           VALUES ($1, 'k', 'k')""",
-        DOMAIN,
-    )
-    yield created
-    await created.close()
+async def pool(pool: Database) -> Database:
+    await store_domain(pool, DOMAIN)
+    return pool
 
 
 async def add_endpoint(pool: asyncpg.Pool, url: str, *types: str) -> tuple[Endpoint, str]:
