@@ -139,7 +139,7 @@ async def start_component(component: Component, *, timeout: float = 30.0) -> Run
 
 
 @contextlib.asynccontextmanager
-async def running(component: Component, *, stop_timeout: float = 30.0) -> AsyncIterator[Running]:
+async def running(component: Component, *, stop_timeout: float = 60.0) -> AsyncIterator[Running]:
     """Run `component` for the block, then stop it gracefully (and check it did)."""
     started = await start_component(component)
     try:

@@ -33,7 +33,8 @@ from kannon.pb.tracking.types import tracking_pb2
 from kannon.smtp_server.component import SmtpServer
 from kannon.tracker.component import Tracker
 from tests.e2e.conftest import Launch
-from tests.e2e.pipeline import MX_HOST, TENANT, Pipeline, start_component
+from tests.e2e.pipeline import MX_HOST, TENANT, Pipeline
+from tests.support import start_component
 
 BOUNCE_HOST = f"bounces.{TENANT}"
 REPORTING_MTA = MX_HOST

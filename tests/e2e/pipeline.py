@@ -51,13 +51,12 @@ from kannon.pb.admin.apiv1 import adminapiv1_pb2_grpc
 from kannon.pb.mailer.apiv1 import mailerapiv1_pb2 as mailer_pb
 from kannon.pb.mailer.apiv1 import mailerapiv1_pb2_grpc
 from kannon.pb.mailer.types import send_pb2
-from kannon.runtime.component import Life
 from kannon.smtp_sender.component import SmtpSender
 from kannon.stats.component import StatsWorker
 from kannon.validator.component import Validator
 from tests.peers.dns import DnsServer
 from tests.peers.smtp_sink import SmtpSink
-from tests.support import wait_for
+from tests.support import Running, start_component, wait_for
 
 TENANT = "tenant.test"
 SENDER_EMAIL = f"news@{TENANT}"
@@ -119,29 +118,6 @@ def add_recipient_dns(dns_server: DnsServer) -> None:
     dns_server.add_mx("xn--bcher-kva.test", MX_HOST, 10)
     dns_server.add_host(MX_HOST, "127.0.0.1")
     dns_server.add_null_mx(NULL_MX_DOMAIN)
-
-
-@dataclass
-class Running:
-    name: str
-    life: Life
-    task: asyncio.Task[None]
-
-
-async def start_component(component: Any) -> Running:
-    life = Life(component.name)
-    task: asyncio.Task[None] = asyncio.create_task(component.run(life))
-    ready = asyncio.create_task(life.wait_ready())
-    done, _ = await asyncio.wait({task, ready}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
-    if task in done:
-        ready.cancel()
-        task.result()
-        raise AssertionError(f"{component.name} returned before it was ready")
-    if ready not in done:
-        ready.cancel()
-        task.cancel()
-        raise AssertionError(f"{component.name} did not become ready")
-    return Running(component.name, life, task)
 
 
 @dataclass
@@ -255,9 +231,8 @@ class Pipeline:
         """Stop every Component gracefully (newest first) and check each one returned."""
         failures: list[BaseException] = []
         for running in reversed(self.components):
-            running.life.stopping.set()
             try:
-                await asyncio.wait_for(running.task, 30)
+                await running.stop()
             except BaseException as exc:  # keep stopping the others, then report
                 failures.append(exc)
         self.components.clear()

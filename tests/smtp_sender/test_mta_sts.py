@@ -31,9 +31,8 @@ from tests.smtp_sender.conftest import (
     make_settings,
     mx_for,
     publish,
-    running,
 )
-from tests.support import Ticks
+from tests.support import Ticks, running
 
 STS_NAME = f"_mta-sts.{RCPT_DOMAIN}"
 POLICY_HOST = f"mta-sts.{RCPT_DOMAIN}"

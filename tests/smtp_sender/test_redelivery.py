@@ -22,8 +22,8 @@ from tests.smtp_sender.conftest import (
     mx_for,
     outcome_id,
     publish,
-    running,
 )
+from tests.support import running
 
 
 async def test_handling_the_same_message_twice_sends_once(

@@ -14,7 +14,8 @@ from tests.peers.dns import DnsServer
 from tests.peers.fixtures import SinkFactory
 from tests.peers.smtp_sink import SmtpSink
 from tests.peers.tls import TlsIdentity
-from tests.smtp_sender.conftest import Outcomes, make_job, make_settings, mx_for, publish, running
+from tests.smtp_sender.conftest import Outcomes, make_job, make_settings, mx_for, publish
+from tests.support import running
 
 USERS = {"kannon": "s3cret"}
 

@@ -29,10 +29,9 @@ from kannon.ids import new_webhook_endpoint_id, new_webhook_secret
 from kannon.model.event_ids import webhook_id
 from kannon.model.outcome import Bounced, Delivered, Errored, Outcome
 from kannon.model.webhooks import Endpoint
-from kannon.runtime.component import Life
 from kannon.webhooks.component import WebhooksWorker
 from kannon.wire.stats import publish_outcome
-from tests.support import store_domain
+from tests.support import running, store_domain
 
 DOMAIN = "hooks.example"
 LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
@@ -121,21 +120,6 @@ async def add_endpoint(pool: asyncpg.Pool, url: str, *types: str) -> tuple[Endpo
     secret = new_webhook_secret()
     await store.insert_endpoint(pool, endpoint, secret)
     return endpoint, secret
-
-
-@contextlib.asynccontextmanager
-async def running(worker: WebhooksWorker) -> AsyncIterator[WebhooksWorker]:
-    life = Life("webhooks")
-    task = asyncio.create_task(worker.run(life))
-    ready = asyncio.create_task(life.wait_ready())
-    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()
-    try:
-        yield worker
-    finally:
-        life.stopping.set()
-        await asyncio.wait_for(task, 60)
 
 
 def outcome(i: int, detail: Any = None) -> Outcome:
