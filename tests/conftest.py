@@ -71,12 +71,7 @@ async def migrated_template(pg_admin_url: str) -> str:
 @pytest.fixture
 async def empty_database_url(pg_admin_url: str) -> AsyncIterator[str]:
     """A fresh, empty database (no migrations applied)."""
-    name = "t_" + uuid.uuid4().hex[:16]
-    conn = await asyncpg.connect(pg_admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
+    name = await _create(pg_admin_url)
     yield _with_database(pg_admin_url, name)
     await _drop(pg_admin_url, name)
 
@@ -84,12 +79,7 @@ async def empty_database_url(pg_admin_url: str) -> AsyncIterator[str]:
 @pytest.fixture
 async def database_url(pg_admin_url: str, migrated_template: str) -> AsyncIterator[str]:
     """A fresh database with every migration applied."""
-    name = "t_" + uuid.uuid4().hex[:16]
-    conn = await asyncpg.connect(pg_admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
-    finally:
-        await conn.close()
+    name = await _create(pg_admin_url, template=migrated_template)
     yield _with_database(pg_admin_url, name)
     await _drop(pg_admin_url, name)
 
@@ -100,6 +90,17 @@ async def pool(database_url: str) -> AsyncIterator[Database]:
     created = await create_pool(database_url, max_size=10)
     yield created
     await created.close()
+
+
+async def _create(admin_url: str, *, template: str | None = None) -> str:
+    name = "t_" + uuid.uuid4().hex[:16]
+    conn = await asyncpg.connect(admin_url)
+    try:
+        clause = f' TEMPLATE "{template}"' if template else ""
+        await conn.execute(f'CREATE DATABASE "{name}"{clause}')
+    finally:
+        await conn.close()
+    return name
 
 
 async def _drop(admin_url: str, name: str) -> None:

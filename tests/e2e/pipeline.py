@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import dkim
-import dns.exception
 import grpc
 
 from kannon.api.component import ApiComponent
@@ -56,7 +53,14 @@ from kannon.stats.component import StatsWorker
 from kannon.validator.component import Validator
 from tests.peers.dns import DnsServer
 from tests.peers.smtp_sink import SmtpSink
-from tests.support import Running, start_component, wait_for
+from tests.support import (
+    Running,
+    dkim_verdicts,
+    dkim_verifies,
+    dns_lookup,
+    start_component,
+    wait_for,
+)
 
 TENANT = "tenant.test"
 SENDER_EMAIL = f"news@{TENANT}"
@@ -330,32 +334,9 @@ class Pipeline:
 
     def dkim_verify(self, message: bytes) -> bool:
         """dkimpy's verdict, the key looked up in dnsmasq like any receiver would."""
-        resolver = self.dns.resolver()
-
-        def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
-            try:
-                answer = resolver.resolve(name.decode("ascii").rstrip("."), "TXT")
-            except dns.exception.DNSException:
-                return b""
-            return b"".join(b"".join(rdata.strings) for rdata in answer)
-
-        return bool(dkim.verify(message, dnsfunc=dnsfunc))
+        return dkim_verifies(message, dns_lookup(self.dns))
 
     def dkim_verify_each(self, message: bytes) -> list[tuple[str, bool]]:
         """Every DKIM-Signature of `message` in order: (selector, dkimpy's verdict), each key
         looked up in dnsmasq like any receiver would."""
-        resolver = self.dns.resolver()
-
-        def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
-            try:
-                answer = resolver.resolve(name.decode("ascii").rstrip("."), "TXT")
-            except dns.exception.DNSException:
-                return b""
-            return b"".join(b"".join(rdata.strings) for rdata in answer)
-
-        verifier = dkim.DKIM(message)
-        found = re.findall(rb"^DKIM-Signature:[^\r]*?\bs=([^;]+);", message, re.MULTILINE)
-        return [
-            (selector.decode(), bool(verifier.verify(idx=i, dnsfunc=dnsfunc)))
-            for i, selector in enumerate(found)
-        ]
+        return dkim_verdicts(message, dns_lookup(self.dns))

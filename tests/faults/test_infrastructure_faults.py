@@ -14,10 +14,11 @@ import asyncpg
 import pytest
 
 from kannon.bus.client import Bus
+from kannon.config import COMPONENTS
 from kannon.db.embedded import EmbeddedPostgres, start_postgres
 from tests.faults.support import RestartableNats, SlowSink, metric, recipients, settle, verdict
 from tests.fleet.conftest import StartFleet
-from tests.fleet.fleet import COMPONENTS, Fleet, FleetError, add_recipient_dns
+from tests.fleet.fleet import Fleet, FleetError, add_recipient_dns
 from tests.peers.dns import DnsServer
 from tests.support import wait_for
 

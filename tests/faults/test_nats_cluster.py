@@ -12,10 +12,11 @@ import pytest
 
 from kannon.bus.client import Bus
 from kannon.bus.subjects import SENDING_STREAM, SENT_GUARD_BUCKET, STATS_STREAM
+from kannon.config import COMPONENTS
 from tests.faults.cluster import NatsCluster
 from tests.faults.support import SlowSink, recipients, settle, verdict
 from tests.fleet.conftest import StartFleet
-from tests.fleet.fleet import COMPONENTS, add_recipient_dns
+from tests.fleet.fleet import add_recipient_dns
 from tests.peers.dns import DnsServer
 
 RECIPIENTS = 300

@@ -24,9 +24,10 @@ import asyncpg
 import pytest
 
 from kannon.bus.client import Bus
+from kannon.config import COMPONENTS
 from tests.faults.support import SlowSink, metric, recipients, settle, verdict
 from tests.fleet.conftest import StartFleet
-from tests.fleet.fleet import COMPONENTS, add_recipient_dns
+from tests.fleet.fleet import add_recipient_dns
 from tests.peers.dns import DnsServer
 
 RECIPIENTS = 1000

@@ -18,20 +18,18 @@ import email
 import email.policy
 import json
 import smtplib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from email.message import EmailMessage
 from typing import Any
 
-import dkim
-import dns.exception
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
+from kannon.config import COMPONENTS
 from kannon.envelope.bounce import parse_bounce_address
 from tests.fleet.conftest import StartFleet
 from tests.fleet.fleet import (
-    COMPONENTS,
     GRACE,
     RCPT_DOMAIN,
     SECRET,
@@ -45,7 +43,7 @@ from tests.fleet.fleet import (
 from tests.peers.dns import DnsServer
 from tests.peers.smtp_sink import SmtpSink
 from tests.smtp_server.smtp_support import Sent, postfix_dsn
-from tests.support import wait_for
+from tests.support import dkim_verifies, dns_lookup, wait_for
 
 
 def parse(raw: bytes) -> EmailMessage:
@@ -73,20 +71,6 @@ async def webhook_receiver() -> AsyncIterator[tuple[str, list[tuple[dict[str, st
         yield f"http://127.0.0.1:{runner.addresses[0][1]}/events", received
     finally:
         await runner.cleanup()
-
-
-def dns_txt(dns_server: DnsServer) -> Callable[..., bytes]:
-    """dkimpy's `dnsfunc`, asking dnsmasq like any receiver would."""
-    resolver = dns_server.resolver()
-
-    def lookup(name: bytes, timeout: int = 5) -> bytes:
-        try:
-            answer = resolver.resolve(name.decode("ascii").rstrip("."), "TXT")
-        except dns.exception.DNSException:
-            return b""
-        return b"".join(b"".join(rdata.strings) for rdata in answer)
-
-    return lookup
 
 
 async def test_seven_processes_deliver_a_batch_through_the_readme_calls_and_stop_cleanly(
@@ -149,13 +133,13 @@ async def run_fleet(
     # The sink receives each message once, through the MX from dnsmasq, DKIM-signed.
     received = await smtp_sink.wait_for_messages(3, timeout=60)
     assert sorted(r for m in received for r in m.rcpt_tos) == sorted(names)
-    lookup = dns_txt(dns_server)
+    lookup = dns_lookup(dns_server)
     messages: dict[str, Any] = {}
     for rcpt, name in names.items():
         [message] = smtp_sink.messages_to(rcpt)
         messages[rcpt] = message
         assert message.helo == SENDER_HOSTNAME
-        assert dkim.verify(message.data, dnsfunc=lookup), f"DKIM of {rcpt}"
+        assert dkim_verifies(message.data, lookup), f"DKIM of {rcpt}"
         bounce = parse_bounce_address(message.mail_from, SECRET.encode())
         assert bounce is not None and bounce.batch_id == batch
         assert bounce.matches(rcpt, SECRET.encode())

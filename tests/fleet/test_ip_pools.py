@@ -11,10 +11,10 @@ import collections
 
 import asyncpg
 
+from kannon.config import COMPONENTS
 from tests.fleet.conftest import StartFleet
 from tests.fleet.fleet import (
     ADMIN_AUTH,
-    COMPONENTS,
     CREATE_DOMAIN,
     RCPT_DOMAIN,
     SEND_HTML,

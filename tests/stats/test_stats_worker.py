@@ -28,10 +28,9 @@ from kannon.model.outcome import (
     Outcome,
     Rejected,
 )
-from kannon.runtime.component import Life
 from kannon.stats.component import StatsWorker
 from kannon.wire.stats import encode, publish_outcome
-from tests.support import Clock
+from tests.support import Clock, running
 
 BATCH = "msg_statstest@k.example.com"
 DOMAIN = "k.example.com"
@@ -79,12 +78,9 @@ async def run_until_handled(
             enough.set()
         return result
 
-    worker.handle = observed  # type: ignore[method-assign]
-    life = Life("stats")
-    task = asyncio.create_task(worker.run(life))
-    await asyncio.wait_for(enough.wait(), 20)
-    life.stopping.set()
-    await asyncio.wait_for(task, 10)
+    worker.handle = observed  # type: ignore[method-assign]  # the real one, watched
+    async with running(worker):
+        await asyncio.wait_for(enough.wait(), 20)
     return handled
 
 
@@ -312,13 +308,9 @@ async def test_cleanup_runs_once_at_start(pool: asyncpg.Pool, bus: Bus) -> None:
         cleaned.set()
         return result
 
-    worker.cleanup = observed  # type: ignore[method-assign]
-    life = Life("stats")
-    task = asyncio.create_task(worker.run(life))
-    await asyncio.wait_for(life.wait_ready(), 10)
-    await asyncio.wait_for(cleaned.wait(), 10)
-    life.stopping.set()
-    await asyncio.wait_for(task, 10)
+    worker.cleanup = observed  # type: ignore[method-assign]  # the real one, watched
+    async with running(worker):
+        await asyncio.wait_for(cleaned.wait(), 10)
     assert await stats_rows(pool) == []
 
 

@@ -4,7 +4,6 @@ the operator's limit is reached, unknown Domains and unreadable payloads are han
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,11 +21,10 @@ from kannon.bus.subjects import (
 from kannon.config import NatsSettings, Settings, SuppressionSettings
 from kannon.db.pool import Database
 from kannon.model.outcome import Bounced, Complained, Delivered, Detail, Outcome, Unsubscribed
-from kannon.runtime.component import Life
 from kannon.smtp_sender.result import SendResult, detail_for
 from kannon.stats.component import StatsWorker
 from kannon.wire.stats import publish_outcome
-from tests.support import Clock, store_domain, wait_for
+from tests.support import Clock, running, store_domain, wait_for
 
 DOMAIN = "news.example.com"
 T = datetime(2025, 6, 1, 10, 0, tzinfo=UTC)
@@ -62,22 +60,16 @@ async def rows(pool: asyncpg.Pool) -> dict[str, dict[str, Any]]:
 
 async def run_until_idle(bus: Bus, worker: StatsWorker, durables: list[str]) -> None:
     """Run the Stats Component until every named consumer has handled everything."""
-    life = Life("stats")
-    task = asyncio.create_task(worker.run(life))
-    try:
-        await asyncio.wait_for(life.wait_ready(), 20)
 
-        async def idle() -> bool:
-            for durable in durables:
-                info = await bus.js.consumer_info(STATS_STREAM, durable)
-                if info.num_pending or info.num_ack_pending:
-                    return False
-            return True
+    async def idle() -> bool:
+        for durable in durables:
+            info = await bus.js.consumer_info(STATS_STREAM, durable)
+            if info.num_pending or info.num_ack_pending:
+                return False
+        return True
 
+    async with running(worker):
         await wait_for(idle, what=f"consumers {durables} idle")
-    finally:
-        life.stopping.set()
-        await asyncio.wait_for(task, 20)
 
 
 FEED = [suppression_durable(t) for t in ("bounced", "complained", "unsubscribed")]

@@ -17,10 +17,9 @@ from kannon.db.pool import Database
 from kannon.model.delivery import SCHEDULED, TO_VALIDATE, VALIDATING
 from kannon.model.event_ids import delivery_event_id as event_id
 from kannon.model.outcome import Accepted, Outcome, Rejected
-from kannon.runtime.component import Life
 from kannon.validator.component import Validator, judge
 from kannon.wire.stats import decode, publish_outcome
-from tests.support import Clock, store_batch_row
+from tests.support import Clock, running, store_batch_row
 
 T0 = datetime(2025, 6, 1, 8, 0, tzinfo=UTC)
 BATCH = "msg_validatortest@k.example.com"
@@ -280,14 +279,10 @@ async def test_run_reports_ready_drains_the_pool_and_stops(pool: asyncpg.Pool, b
             idle.set()
         return n
 
-    worker.cycle = observed_cycle  # type: ignore[method-assign]
-    life = Life("validator")
-    task = asyncio.create_task(worker.run(life))
-    await asyncio.wait_for(life.wait_ready(), 10)
-    await asyncio.wait_for(idle.wait(), 10)
-    # Back-to-back cycles while there was work; idle only once the Pool was empty.
-    assert sizes[:4] == [20, 20, 11, 0]
-    life.stopping.set()
-    await asyncio.wait_for(task, 5)
+    worker.cycle = observed_cycle  # type: ignore[method-assign]  # the real one, watched
+    async with running(worker):
+        await asyncio.wait_for(idle.wait(), 10)
+        # Back-to-back cycles while there was work; idle only once the Pool was empty.
+        assert sizes[:4] == [20, 20, 11, 0]
     assert await deliveries.count_by_status(pool) == {SCHEDULED: 50}
     assert (await bus.js.stream_info(STATS_STREAM)).state.messages == 51
