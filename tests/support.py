@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import dkim
 import dns.exception
+import nats.aio.client
+import nats.errors
 
 from kannon.bus.client import Bus
 from kannon.bus.subjects import STATS_STREAM
@@ -146,6 +148,23 @@ async def running(component: Component, *, stop_timeout: float = 60.0) -> AsyncI
         yield started
     finally:
         await started.stop(stop_timeout)
+
+
+# ---------------------------------------------------------------------------------------------
+# Connections that must be refused
+
+
+async def nats_refusal(url: str) -> str:
+    """The error nats-server answers a connection to `url` with (fails if it is accepted)."""
+    client = nats.aio.client.Client()
+    try:
+        await client.connect(url, allow_reconnect=False, connect_timeout=5)
+    except nats.errors.Error as refused:
+        return str(refused)
+    finally:
+        # nats-py keeps a refused connection's socket open until its client is closed.
+        await client.close()
+    raise AssertionError(f"{url} accepted the connection")
 
 
 # ---------------------------------------------------------------------------------------------

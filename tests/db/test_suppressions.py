@@ -121,7 +121,8 @@ async def test_an_expired_entry_suppresses_nothing_and_is_replaced(pool: asyncpg
     assert (await suppressions.list_suppressions(pool, DOMAIN, after))[1] == 0
     # A manual add after expiry replaces it; so does (before expiry) an event, for good.
     await suppressions.add(pool, manual(DOMAIN, "cy@example.org", after, note="again"), after)
-    assert (await suppressions.get(pool, DOMAIN, "cy@example.org", after)).diagnostic == "again"  # type: ignore[union-attr]
+    again = await suppressions.get(pool, DOMAIN, "cy@example.org", after)
+    assert again is not None and again.diagnostic == "again"
     await suppressions.add(pool, manual(DOMAIN, "dee@example.org", NOW, expires_at=later), NOW)
     assert await suppressions.add_from_event(pool, hard_bounce("dee@example.org")) is (
         suppressions.Added.ADDED

@@ -13,6 +13,7 @@ import sys
 import textwrap
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,7 +38,7 @@ def keypair() -> tuple[str, str]:
 
 
 def job(keypair: tuple[str, str], dkim_keys: tuple[tuple[str, str], ...] | None = None) -> BatchJob:
-    values: dict[str, object] = {
+    values: dict[str, Any] = {
         "batch_id": BATCH,
         "domain": DOMAIN,
         "sender_email": "news@k.example.com",
@@ -53,7 +54,7 @@ def job(keypair: tuple[str, str], dkim_keys: tuple[tuple[str, str], ...] | None 
         "bounce_secret": SECRET.encode(),
         "now": T0,
     }
-    spec = BatchSpec(**values)  # type: ignore[arg-type]
+    spec = BatchSpec(**values)
     return BatchJob(spec, dkim_keys or ((SELECTOR, keypair[0]),))
 
 
@@ -140,8 +141,9 @@ async def test_a_worker_ignores_ctrl_c_sent_to_the_process_group(
 ) -> None:
     async with ProcessBuilder(1) as builder:
         [worker] = multiprocessing.active_children()
-        os.kill(worker.pid, signal.SIGINT)  # type: ignore[arg-type]
-        os.kill(worker.pid, signal.SIGTERM)  # type: ignore[arg-type]
+        assert worker.pid is not None
+        os.kill(worker.pid, signal.SIGINT)
+        os.kill(worker.pid, signal.SIGTERM)
         # Still the same worker, still building: signals to the group do not stop it.
         results = await builder.build(job(keypair), items(1), signer(keypair))
         assert isinstance(results[0], Built)
@@ -153,7 +155,8 @@ async def test_a_dead_worker_costs_no_envelope_and_is_replaced(keypair: tuple[st
     expected = build_items(the_job, the_items)
     async with ProcessBuilder(1) as builder:
         [worker] = multiprocessing.active_children()
-        os.kill(worker.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        assert worker.pid is not None
+        os.kill(worker.pid, signal.SIGKILL)
         worker.join(10)
         assert await builder.build(the_job, the_items, signer(keypair)) == expected
         assert await builder.build(the_job, the_items, signer(keypair)) == expected

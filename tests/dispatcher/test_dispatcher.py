@@ -659,7 +659,7 @@ async def test_a_queued_envelope_is_retried_only_once_it_can_no_longer_be_sent(
 @pytest.mark.parametrize("secret", [None, "short"])
 def test_a_missing_or_short_secret_key_fails_at_boot(secret: str | None) -> None:
     with pytest.raises(ConfigError) as failure:
-        Dispatcher(Settings(secret_key=secret), None, None)  # type: ignore[arg-type]
+        Dispatcher(Settings(secret_key=secret), None, None)  # type: ignore[arg-type]  # refused first
     assert failure.value.key == "secret_key"
 
 

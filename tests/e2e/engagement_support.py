@@ -68,7 +68,7 @@ class Engaged:
         return f"http://127.0.0.1:{self.tracker.port}"
 
 
-async def launch_engaged(launch: Launch, **overrides: str) -> Engaged:
+async def launch_engaged(launch: Launch, **overrides: Any) -> Engaged:
     """The pipeline, then a Tracker and an SmtpServer on its Settings (stopped, newest first,
     with the pipeline by the `launch` fixture)."""
     with reserved_port() as port:
@@ -201,6 +201,7 @@ async def admin(pipeline: Pipeline, method: str, request: Any) -> Any:
 
 async def set_tracking_ceiling(pipeline: Pipeline, opens: int, links: int) -> Any:
     """SetTrackingPolicy for the tenant Domain (modes as the wire's numbers)."""
-    policy = tracking_pb2.TrackingPolicy(opens=opens, links=links)  # type: ignore[arg-type]
+    mode = tracking_pb2.TrackingMode.Name
+    policy = tracking_pb2.TrackingPolicy(opens=mode(opens), links=mode(links))
     request = admin_pb.SetTrackingPolicyReq(domain=TENANT, tracking=policy)
     return (await admin(pipeline, "SetTrackingPolicy", request)).domain

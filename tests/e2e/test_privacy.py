@@ -55,7 +55,8 @@ PIXEL = re.compile(r'<img\b[^>]*\bsrc="([^"]*)"')
 
 
 def policy(opens: int, links: int) -> Any:
-    return tracking_pb2.TrackingPolicy(opens=opens, links=links)  # type: ignore[arg-type]
+    mode = tracking_pb2.TrackingMode.Name
+    return tracking_pb2.TrackingPolicy(opens=mode(opens), links=mode(links))
 
 
 async def send(
@@ -345,8 +346,8 @@ async def test_rsa_and_ed25519_through_a_key_rotation(
     # of answer NXDOMAIN (missing), not REFUSED.
     engaged = await launch_engaged(
         launch,
-        clock=clock,  # type: ignore[arg-type]
-        extra_dns=lambda server: server.add_zone(TENANT).add_zone("kannon.test"),  # type: ignore[arg-type]
+        clock=clock,
+        extra_dns=lambda server: server.add_zone(TENANT).add_zone("kannon.test"),
     )
     pipeline = engaged.pipeline
     verdicts: list[list[tuple[str, bool]]] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -50,7 +51,7 @@ def _request(recipients: list[RecipientIn], subject: str = "Hi {{ name }}") -> S
     )
 
 
-def _plan(request: SendRequest, subject_fields: tuple[str, ...] = ("name",)) -> object:
+def _plan(request: SendRequest, subject_fields: tuple[str, ...] = ("name",)) -> Any:
     return plan_batch(
         request,
         tenant="t.example",
@@ -73,7 +74,7 @@ def test_spellings_of_one_mailbox_collapse_into_the_first() -> None:
             ]
         )
     )
-    assert [(d.email, dict(d.fields)) for d in plan.deliveries] == [  # type: ignore[attr-defined]
+    assert [(d.email, dict(d.fields)) for d in plan.deliveries] == [
         ("Ada@example.com", {"name": "first"}),
         ("bob@example.com", {}),
     ]

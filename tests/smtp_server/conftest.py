@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -26,14 +27,14 @@ async def start_smtp(bus: Bus) -> AsyncIterator[StartSmtp]:
     started: list[Running] = []
 
     async def start(**smtp: object) -> SmtpServer:
-        values: dict[str, object] = {
+        values: dict[str, Any] = {
             "address": "127.0.0.1:0",
             "domain": "bounces.k.example.com",
             "max_payload": "64kb",
             "max_recipients": 3,
         }
         values.update(smtp)
-        settings = Settings(secret_key=SECRET, smtp=SmtpSettings(**values))  # type: ignore[arg-type]
+        settings = Settings(secret_key=SECRET, smtp=SmtpSettings(**values))
         server = SmtpServer(settings, bus)
         started.append(await start_component(server))
         return server

@@ -388,7 +388,7 @@ async def test_a_real_error_in_a_session_is_logged_with_its_traceback(
     async def broken_rcpt(*args: object) -> str:
         raise RuntimeError("the RCPT hook broke")
 
-    server.handler.handle_RCPT = broken_rcpt  # type: ignore[method-assign,assignment]
+    server.handler.handle_RCPT = broken_rcpt  # type: ignore[method-assign,assignment]  # a failing stand-in
     client = await clients(server.port)
     assert (await client.reply()).startswith(b"220 ")
     await client.command(b"EHLO mx.far.example")

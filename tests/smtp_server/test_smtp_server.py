@@ -363,9 +363,9 @@ def test_a_secret_is_required() -> None:
     from kannon.config import ConfigError
 
     with pytest.raises(ConfigError, match="secret_key"):
-        SmtpServer(Settings(), bus=None)  # type: ignore[arg-type]
+        SmtpServer(Settings(), bus=None)  # type: ignore[arg-type]  # refused before the bus is used
     with pytest.raises(ConfigError, match="secret_key"):
-        SmtpServer(Settings(secret_key="short"), bus=None)  # type: ignore[arg-type]
+        SmtpServer(Settings(secret_key="short"), bus=None)  # type: ignore[arg-type]  # likewise
 
 
 async def test_client_that_does_not_read_replies_is_dropped_after_the_write_timeout(

@@ -148,7 +148,8 @@ async def test_pixel_and_links_of_a_built_message(
         LANDING,
     ]
     for event in clicked:
-        assert event.detail == Clicked("TestMail/1.0", "127.0.0.1", event.detail.url)  # type: ignore[union-attr]
+        assert isinstance(event.detail, Clicked)
+        assert event.detail == Clicked("TestMail/1.0", "127.0.0.1", event.detail.url)
         assert (event.batch_id, event.recipient) == (batch_id, RECIPIENT)
     # Every hit is its own event, and no hit needed the database.
     assert len({e.event_id for e in opened + clicked}) == 3
