@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -25,9 +22,10 @@ import pytest
 from kannon.bus.client import Bus
 from kannon.bus.embedded import start_nats
 from kannon.bus.subjects import SENT_GUARD_BUCKET, SHAPING_BUCKET, STREAMS
-from kannon.db.embedded import start_postgres
+from kannon.db.embedded import EmbeddedPostgres, start_postgres
 from kannon.db.migrate import migrate
 from kannon.db.pool import Database, create_pool
+from tests.support import scratch_dir
 
 pytest_plugins = ["tests.peers.fixtures"]
 
@@ -46,14 +44,23 @@ def pg_admin_url() -> Iterator[str]:
     if existing:
         yield existing
         return
-    root = Path(tempfile.mkdtemp(prefix="kannon-test-pg-", dir="/tmp"))
-    os.chmod(root, 0o755)
-    server = start_postgres(root / "data", fast=True)
-    try:
-        yield server.url()
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with scratch_dir("kannon-test-pg-", shared=True) as root:
+        server = start_postgres(root / "data", fast=True)
+        try:
+            yield server.url()
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL server for this test alone (fast settings), which it may stop and start."""
+    with scratch_dir("kannon-test-own-pg-", shared=True) as root:
+        server = start_postgres(root / "data", fast=True)
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -117,13 +124,12 @@ def nats_url() -> Iterator[str]:
     if existing:
         yield existing
         return
-    root = Path(tempfile.mkdtemp(prefix="kannon-test-nats-", dir="/tmp"))
-    server = start_nats(root / "store")
-    try:
-        yield server.url
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with scratch_dir("kannon-test-nats-") as root:
+        server = start_nats(root / "store")
+        try:
+            yield server.url
+        finally:
+            server.stop()
 
 
 async def reset_streams(bus: Bus) -> None:

@@ -11,11 +11,14 @@ import email
 import email.policy
 import inspect
 import re
+import shutil
+import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dkim
@@ -35,6 +38,23 @@ from kannon.wire.stats import decode
 
 if TYPE_CHECKING:
     from tests.peers.dns import DnsServer
+
+# ---------------------------------------------------------------------------------------------
+# Scratch space
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str, *, shared: bool = False) -> Iterator[Path]:
+    """A fresh folder under /tmp, removed at the end. `shared`: readable by other users, for a
+    PostgreSQL that runs as an unprivileged user when the tests run as root."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    if shared:
+        root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
 
 # ---------------------------------------------------------------------------------------------
 # Clocks

@@ -6,14 +6,8 @@ The API runs against a PostgreSQL of its own that the test stops and restarts.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
-
 import asyncpg
 import grpc
-import pytest
 
 from kannon.db.embedded import EmbeddedPostgres, start_postgres
 from kannon.db.migrate import migrate
@@ -29,18 +23,6 @@ from tests.api.api_test_support import (
 )
 
 DOMAIN = "outage.test"
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[EmbeddedPostgres]:
-    root = Path(tempfile.mkdtemp(prefix="kannon-test-outage-", dir="/tmp"))
-    root.chmod(0o755)  # PostgreSQL runs as an unprivileged user when the tests run as root
-    server = start_postgres(root / "data", fast=True)
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 async def test_a_stopped_database_answers_unavailable_and_recovers(

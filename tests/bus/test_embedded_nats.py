@@ -4,9 +4,7 @@ up to the max_payload it was started with."""
 
 from __future__ import annotations
 
-import shutil
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,18 +12,17 @@ import nats
 import pytest
 
 from kannon.bus.embedded import EmbeddedNats, config_file, start_nats
-from tests.support import nats_refusal
+from tests.support import nats_refusal, scratch_dir
 
 
 @pytest.fixture
 def server() -> Iterator[EmbeddedNats]:
-    root = Path(tempfile.mkdtemp(prefix="kannon-test-natsauth-", dir="/tmp"))
-    started = start_nats(root / "store", max_payload=256 * 1024)
-    try:
-        yield started
-    finally:
-        started.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with scratch_dir("kannon-test-natsauth-") as root:
+        started = start_nats(root / "store", max_payload=256 * 1024)
+        try:
+            yield started
+        finally:
+            started.stop()
 
 
 async def test_connections_need_the_token(server: EmbeddedNats) -> None:
