@@ -25,6 +25,7 @@ import dkim
 import dns.exception
 import nats.aio.client
 import nats.errors
+from aiohttp import web
 
 from kannon.bus.client import Bus
 from kannon.bus.subjects import STATS_STREAM
@@ -168,6 +169,27 @@ async def running(component: Component, *, stop_timeout: float = 60.0) -> AsyncI
         yield started
     finally:
         await started.stop(stop_timeout)
+
+
+# ---------------------------------------------------------------------------------------------
+# Peers over HTTP
+
+
+@contextlib.asynccontextmanager
+async def http_receiver(
+    path: str, handle: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> AsyncIterator[int]:
+    """A loopback HTTP server answering POSTs to `path` with `handle`; yields its port."""
+    app = web.Application()
+    app.router.add_post(path, handle)
+    # A hanging handler must not hold the test's teardown for aiohttp's default 60 s.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
 
 
 # ---------------------------------------------------------------------------------------------

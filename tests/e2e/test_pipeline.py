@@ -8,10 +8,7 @@ or the Dispatcher's clock is moved to each retry by the test.
 
 from __future__ import annotations
 
-import email
-import email.policy
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from typing import Any
 
 from kannon.db.tracking_keys import verification_keys
@@ -31,6 +28,7 @@ from tests.e2e.pipeline import (
 )
 from tests.peers.fixtures import SinkFactory
 from tests.peers.smtp_sink import SmtpSink
+from tests.support import parse_message
 
 # Retries due a microsecond after the failure: "backoff zero" through the real config keys.
 NO_BACKOFF = {
@@ -38,12 +36,6 @@ NO_BACKOFF = {
     "dispatcher_backoff_min": "1us",
     "dispatcher_backoff_max": "1us",
 }
-
-
-def parse(raw: bytes) -> EmailMessage:
-    message = email.message_from_bytes(raw, policy=email.policy.default)
-    assert isinstance(message, EmailMessage)
-    return message
 
 
 def types_by_email(rows: list[Any]) -> dict[str, list[str]]:
@@ -87,7 +79,7 @@ async def test_one_batch_to_three_recipients_arrives_rendered_signed_and_tracked
         assert received.mail_from.endswith(f"@{TENANT}")
         # DKIM, with the key published in DNS.
         assert pipeline.dkim_verify(received.data)
-        message = parse(received.data)
+        message = parse_message(received.data)
         assert message["From"] == f"{SENDER_ALIAS} <{SENDER_EMAIL}>"
         assert message["To"] == rcpt
         assert message["Subject"] == f"Hello {fields['name']}"
@@ -263,7 +255,7 @@ async def test_invalid_addresses_are_rejected_and_mixed_case_and_idn_ones_delive
         assert by_email[rcpt_to[rcpt]] == ["accepted", "delivered"], rcpt
         [received] = smtp_sink.messages_to(rcpt_to[rcpt])
         assert received.rcpt_tos == (rcpt_to[rcpt],)
-        assert parse(received.data)["To"] == rcpt_to[rcpt]
+        assert parse_message(received.data)["To"] == rcpt_to[rcpt]
         assert pipeline.dkim_verify(received.data)
     assert len(smtp_sink.messages) == len(valid)
 

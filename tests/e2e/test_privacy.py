@@ -42,10 +42,10 @@ from tests.e2e.pipeline import (
     Pipeline,
     ShiftedClock,
 )
-from tests.e2e.test_engagement import HREF, parse
+from tests.e2e.test_engagement import HREF
 from tests.peers import opendkim
 from tests.peers.smtp_sink import SmtpSink
-from tests.support import wait_for
+from tests.support import parse_message, wait_for
 
 OFF, ANONYMOUS, PSEUDONYMOUS, IDENTIFIED, FULL = 1, 2, 3, 4, 5
 LANDING = "https://shop.example.org/deal"
@@ -82,7 +82,7 @@ async def send(
 
 
 def html_of(raw: bytes) -> str:
-    part = parse(raw).get_body(("html",))
+    part = parse_message(raw).get_body(("html",))
     assert part is not None
     content = part.get_content()
     assert isinstance(content, str)
@@ -216,7 +216,7 @@ async def test_one_click_unsubscribe_signed_and_served(launch: Launch, smtp_sink
     ]
     await pipeline.wait_until_settled(res.message_id, 1)
     raw = smtp_sink.messages_to(ada)[0].data
-    message = parse(raw)
+    message = parse_message(raw)
     expected = f"<https://lists.example.org/u?e=ada%2Bnews%40{RCPT_DOMAIN}&l=weekly%20%26%20more>"
     assert message["List-Unsubscribe"] == expected
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
@@ -235,7 +235,10 @@ async def test_one_click_unsubscribe_signed_and_served(launch: Launch, smtp_sink
     # No template, Domain not enabled: no header. Enabled: Kannon's own endpoint.
     res = await send(pipeline, [send_pb2.Recipient(email=f"none@{RCPT_DOMAIN}")])
     await pipeline.wait_until_settled(res.message_id, 1)
-    assert parse(smtp_sink.messages_to(f"none@{RCPT_DOMAIN}")[0].data)["List-Unsubscribe"] is None
+    assert (
+        parse_message(smtp_sink.messages_to(f"none@{RCPT_DOMAIN}")[0].data)["List-Unsubscribe"]
+        is None
+    )
     request = admin_pb.SetOneClickUnsubscribeReq(domain=TENANT, enabled=True)
     assert (await admin(pipeline, "SetOneClickUnsubscribe", request)).domain.one_click_unsubscribe
     carol = f"carol@{RCPT_DOMAIN}"
@@ -243,7 +246,7 @@ async def test_one_click_unsubscribe_signed_and_served(launch: Launch, smtp_sink
     batch = res.message_id
     await pipeline.wait_until_settled(batch, 1)
     raw = smtp_sink.messages_to(carol)[0].data
-    header = parse(raw)["List-Unsubscribe"]
+    header = parse_message(raw)["List-Unsubscribe"]
     assert header.startswith(f"<{base}/u/") and header.endswith(">")
     url = header[1:-1]
     assert pipeline.dkim_verify_each(raw) == [("smtp", True), ("smtp-ed25519", True)]
@@ -303,7 +306,7 @@ async def test_one_click_headers_verified_by_opendkim(launch: Launch, smtp_sink:
     )
     await pipeline.wait_until_settled(res.message_id, 1)
     raw = smtp_sink.messages_to(rcpt)[0].data
-    message = parse(raw)
+    message = parse_message(raw)
     assert message["List-Unsubscribe"] == f"<https://lists.example.org/u?e=ada%40{RCPT_DOMAIN}>"
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     # Both unsubscribe headers inside h= (and over-signed) of both signatures, RSA then Ed25519.

@@ -14,13 +14,10 @@ Finally every process gets SIGTERM and must exit 0 within the supervisor's grace
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 import json
 import smtplib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from email.message import EmailMessage
 from typing import Any
 
 from aiohttp import web
@@ -43,13 +40,7 @@ from tests.fleet.fleet import (
 from tests.peers.dns import DnsServer
 from tests.peers.smtp_sink import SmtpSink
 from tests.smtp_server.smtp_support import Sent, postfix_dsn
-from tests.support import dkim_verifies, dns_lookup, wait_for
-
-
-def parse(raw: bytes) -> EmailMessage:
-    message = email.message_from_bytes(raw, policy=email.policy.default)
-    assert isinstance(message, EmailMessage)
-    return message
+from tests.support import dkim_verifies, dns_lookup, http_receiver, parse_message, wait_for
 
 
 @asynccontextmanager
@@ -61,16 +52,8 @@ async def webhook_receiver() -> AsyncIterator[tuple[str, list[tuple[dict[str, st
         received.append(({k.lower(): v for k, v in request.headers.items()}, await request.read()))
         return web.Response(status=204)
 
-    app = web.Application()
-    app.router.add_post("/events", handle)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/events", received
-    finally:
-        await runner.cleanup()
+    async with http_receiver("/events", handle) as port:
+        yield f"http://127.0.0.1:{port}/events", received
 
 
 async def test_seven_processes_deliver_a_batch_through_the_readme_calls_and_stop_cleanly(
@@ -143,7 +126,7 @@ async def run_fleet(
         bounce = parse_bounce_address(message.mail_from, SECRET.encode())
         assert bounce is not None and bounce.batch_id == batch
         assert bounce.matches(rcpt, SECRET.encode())
-        parsed = parse(message.data)
+        parsed = parse_message(message.data)
         assert parsed["Subject"] == f"Hello {name}"
         assert parsed["From"] == f"{SENDER_ALIAS} <{SENDER_EMAIL}>"
         assert f"<h1>Hi {name}</h1>" in parsed.get_content()
@@ -157,7 +140,7 @@ async def run_fleet(
     assert await fleet.get_stats(auth, batch) == {rcpt: ["accepted", "delivered"] for rcpt in names}
 
     # The tracker process: Ann's open pixel → opened.
-    body = parse(messages[f"ann@{RCPT_DOMAIN}"].data).get_content()
+    body = parse_message(messages[f"ann@{RCPT_DOMAIN}"].data).get_content()
     pixel = body.split(f'src="https://track.{TENANT}', 1)[1].split('"', 1)[0]
     assert pixel.startswith("/o/")
     status, gif = await http_get("127.0.0.1", fleet.tracker_port, pixel)

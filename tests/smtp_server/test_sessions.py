@@ -19,6 +19,7 @@ from kannon.envelope import DkimSigner
 from kannon.runtime.logs import _KeyValueFormatter
 from kannon.smtp_server.component import ACCEPTED, SmtpServer
 from tests.smtp_server.smtp_support import StartSmtp, postfix_dsn, sent_message
+from tests.support import wait_for
 
 RECIPIENT = "reader@example.org"
 
@@ -90,18 +91,6 @@ async def clients() -> AsyncIterator[Callable[[int], Awaitable[Client]]]:
 
 
 Connect = Callable[[int], Awaitable[Client]]
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 15) -> bool:
-    """Whether ``condition`` holds within ``timeout`` seconds (polled)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        if condition():
-            return True
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.05)
 
 
 def capture_contents(server: SmtpServer) -> list[bytes]:
@@ -204,7 +193,7 @@ async def test_a_report_being_processed_is_answered_before_the_time_limit_closes
     await asyncio.wait_for(processing.wait(), 15)
     # Let the limit pass while the report is in the handler's hands, then finish it.
     session = next(iter(server.sessions))
-    assert await eventually(lambda: session._expired)
+    await wait_for(lambda: session._expired, what="the session to expire", timeout=15)
     release.set()
     assert (await client.reply()).startswith(b"250 ")
     assert (await client.reply()).startswith(b"421 4.4.2")
@@ -370,7 +359,11 @@ async def test_clients_hanging_up_produce_no_error(
             await hang_up()
     await reset()
     # Wait until the server has seen every one of them go.
-    assert await eventually(lambda: not server.sessions and not server.handler.busy)
+    await wait_for(
+        lambda: not server.sessions and not server.handler.busy,
+        what="every session closed",
+        timeout=15,
+    )
     assert _errors(caplog) == []
     # And the server still serves.
     client = await Client.connect(server.port)

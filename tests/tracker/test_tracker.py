@@ -6,11 +6,8 @@ exactly as the Dispatcher builds them, and fetched with httpx.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import re
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from typing import Any
 
 import httpx
@@ -34,7 +31,7 @@ from kannon.ids import new_token
 from kannon.model.outcome import Clicked, Opened
 from kannon.model.tracking import TrackingMode, TrackingPolicy
 from kannon.tracker.app import PIXEL_GIF
-from tests.support import read_events, stored_events
+from tests.support import parse_message, read_events, stored_events
 from tests.tracker.tracker_support import DOMAIN, PROXY_ADDRESS, TOKEN_TTL, StartTracker
 
 BOUNCE_SECRET = b"bounce-secret-for-tests-0123456789"
@@ -51,9 +48,7 @@ IMG = re.compile(r"""<img\b[^>]*?src="([^"]*)\"""", re.IGNORECASE)
 
 
 def html_of(raw: bytes) -> str:
-    msg = email.message_from_bytes(raw, policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
-    part = msg.get_body(("html",))
+    part = parse_message(raw).get_body(("html",))
     assert part is not None
     content = part.get_content()
     assert isinstance(content, str)

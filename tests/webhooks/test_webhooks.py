@@ -31,7 +31,7 @@ from kannon.model.outcome import Bounced, Delivered, Errored, Outcome
 from kannon.model.webhooks import Endpoint
 from kannon.webhooks.component import WebhooksWorker
 from kannon.wire.stats import publish_outcome
-from tests.support import running, store_domain
+from tests.support import http_receiver, running, store_domain, wait_for
 
 DOMAIN = "hooks.example"
 LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
@@ -72,18 +72,8 @@ async def receiver(respond: Callable[[Receiver], Awaitable[int]]) -> AsyncIterat
         state.requests.append(({k.lower(): v for k, v in request.headers.items()}, body, status))
         return web.Response(status=status, text="ok" if status < 300 else "nope")
 
-    app = web.Application()
-    app.router.add_post("/hook", handle)
-    # A hanging handler must not hold the test's teardown for aiohttp's default 60 s.
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    state.port = runner.addresses[0][1]
-    try:
+    async with http_receiver("/hook", handle) as state.port:
         yield state
-    finally:
-        await runner.cleanup()
 
 
 def settings(**webhooks: Any) -> Settings:
@@ -133,13 +123,6 @@ def outcome(i: int, detail: Any = None) -> Outcome:
     )
 
 
-async def until(check: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check() if asyncio.iscoroutinefunction(check) else not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 async def test_events_arrive_signed_per_standard_webhooks(pool: asyncpg.Pool, bus: Bus) -> None:
     async with receiver(await always(200)) as hook:
         endpoint, secret = await add_endpoint(pool, hook.url)
@@ -151,7 +134,7 @@ async def test_events_arrive_signed_per_standard_webhooks(pool: asyncpg.Pool, bu
             await publish_outcome(bus, bounced)
             # Not an outcome: one failed attempt that will be retried.
             await publish_outcome(bus, outcome(3, Errored(code=451, message="later")))
-            await until(lambda: len(hook.requests) >= 3, 30, "three POSTs")
+            await wait_for(lambda: len(hook.requests) >= 3, what="three POSTs", timeout=30)
             await asyncio.sleep(0.3)  # nothing more may come (the error event is not sent)
         assert len(hook.requests) == 3
         verified = []
@@ -202,7 +185,9 @@ async def test_a_receiver_that_fails_for_a_while_gets_every_event(
             for i in range(60):
                 await publish_outcome(bus, outcome(i))
             expected = {webhook_id(f"delivered.hooktest.{i}") for i in range(60)}
-            await until(lambda: set(hook.delivered_ids()) >= expected, 60, "every event")
+            await wait_for(
+                lambda: set(hook.delivered_ids()) >= expected, what="every event", timeout=60
+            )
         assert any(status == 503 for _, _, status in hook.requests)  # it did fail for a while
         # Attempts, failures and lag as exported on /metrics.
         after = metric_values()
@@ -230,7 +215,9 @@ async def test_a_dead_endpoint_does_not_delay_a_healthy_one(pool: asyncpg.Pool, 
             began = time.monotonic()
             for i in range(100):
                 await publish_outcome(bus, outcome(i))
-            await until(lambda: len(healthy.delivered_ids()) >= 100, 30, "the healthy endpoint")
+            await wait_for(
+                lambda: len(healthy.delivered_ids()) >= 100, what="the healthy endpoint", timeout=30
+            )
             took = time.monotonic() - began
             # The dead one needs 100 / 4 × 5 s ≈ 2 min for its first attempts alone.
             pending = await pool.fetchval(
@@ -261,7 +248,7 @@ async def test_non_public_addresses_are_refused_without_allow_private(
                     )
                 )
 
-            await until(both_given_up, 30, "both deliveries given up")
+            await wait_for(both_given_up, what="both deliveries given up", timeout=30)
         assert hook.requests == []
         for ep in (endpoint, literal):
             attempts, _ = await store.list_attempts(pool, DOMAIN, ep.id, offset=0, limit=5)
@@ -284,7 +271,7 @@ async def test_given_up_after_the_retry_window(pool: asyncpg.Pool, bus: Bus) -> 
                     )
                 )
 
-            await until(given_up, 30, "given up")
+            await wait_for(given_up, what="given up", timeout=30)
         attempts, total = await store.list_attempts(pool, DOMAIN, endpoint.id, offset=0, limit=50)
         assert total >= 2 and total == len(hook.requests)
         assert all(a.status_code == 500 and a.error == "HTTP 500" for a in attempts)
@@ -298,7 +285,7 @@ async def test_a_redelivered_event_is_posted_once(pool: asyncpg.Pool, bus: Bus) 
         async with running(worker):
             event = outcome(5)
             await publish_outcome(bus, event)
-            await until(lambda: len(hook.requests) >= 1, 30, "the POST")
+            await wait_for(lambda: len(hook.requests) >= 1, what="the POST", timeout=30)
             # The same event handled again (a redelivery after a lost ack): no second row.
             from kannon.bus.client import BusMessage
             from kannon.wire.stats import encode
@@ -326,7 +313,11 @@ async def test_a_replay_resends_exactly_the_selected_events(pool: asyncpg.Pool, 
         async with running(WebhooksWorker(settings(), pool, bus)):
             for i in range(10):
                 await publish_outcome(bus, at(i))
-            await until(lambda: len(hook.requests) >= 10 and len(other.requests) >= 10, 30, "all")
+            await wait_for(
+                lambda: len(hook.requests) >= 10 and len(other.requests) >= 10,
+                what="all",
+                timeout=30,
+            )
             one = await store.replay(
                 pool,
                 DOMAIN,
@@ -335,7 +326,7 @@ async def test_a_replay_resends_exactly_the_selected_events(pool: asyncpg.Pool, 
                 stale_before=LONG_AGO,
                 event_id="delivered.hooktest.3",
             )
-            await until(lambda: len(hook.requests) >= 11, 30, "the replayed event")
+            await wait_for(lambda: len(hook.requests) >= 11, what="the replayed event", timeout=30)
             span = await store.replay(
                 pool,
                 DOMAIN,
@@ -345,7 +336,7 @@ async def test_a_replay_resends_exactly_the_selected_events(pool: asyncpg.Pool, 
                 start=base + timedelta(minutes=5),
                 end=base + timedelta(minutes=8),
             )
-            await until(lambda: len(hook.requests) >= 14, 30, "the replayed range")
+            await wait_for(lambda: len(hook.requests) >= 14, what="the replayed range", timeout=30)
             await asyncio.sleep(0.5)  # nothing more may come
         assert (one, span) == (1, 3)
         ids = [h["webhook-id"] for h, _, _ in hook.requests[10:]]
@@ -377,7 +368,7 @@ async def test_a_replay_during_a_post_sends_once_more_after_it(
                     )
                 )
 
-            await until(in_flight, 30, "the first POST in flight")
+            await wait_for(in_flight, what="the first POST in flight", timeout=30)
             replayed = await store.replay(
                 pool,
                 DOMAIN,
@@ -388,7 +379,9 @@ async def test_a_replay_during_a_post_sends_once_more_after_it(
             )
             await asyncio.sleep(0.5)  # scheduler cycles: the claimed row must not go out twice
             release.set()
-            await until(lambda: len(hook.requests) >= 2, 30, "the replay after the first POST")
+            await wait_for(
+                lambda: len(hook.requests) >= 2, what="the replay after the first POST", timeout=30
+            )
             await asyncio.sleep(0.5)  # nothing more may come
         assert replayed == 1 and len(hook.requests) == 2
         (_, first_end), (second_start, _) = sorted(spans)
