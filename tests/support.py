@@ -308,6 +308,15 @@ def parse_message(raw: bytes) -> EmailMessage:
     return parsed
 
 
+def html_of(raw: bytes) -> str:
+    """The HTML body of a received message, decoded."""
+    part = parse_message(raw).get_body(("html",))
+    assert part is not None
+    content = part.get_content()
+    assert isinstance(content, str)
+    return content
+
+
 DnsFunc = Callable[..., bytes]
 """dkimpy's `dnsfunc`: the TXT record at a name (b"" when there is none)."""
 

@@ -36,6 +36,13 @@ NO_BACKOFF = {
     "dispatcher_backoff_min": "1us",
     "dispatcher_backoff_max": "1us",
 }
+# Retries due a minute after the failure, the same minute every time, on a clock the test moves.
+MINUTE_BACKOFF: dict[str, Any] = {
+    "jitter": lambda: 1.0,
+    "dispatcher_backoff_base": "1m",
+    "dispatcher_backoff_min": "1m",
+    "dispatcher_backoff_max": "1m",
+}
 
 
 def types_by_email(rows: list[Any]) -> dict[str, list[str]]:
@@ -139,14 +146,7 @@ async def test_a_server_that_never_answers_ends_failed_when_the_window_is_spent(
     launch: Launch, smtp_sink: SmtpSink
 ) -> None:
     clock = ShiftedClock()
-    pipeline = await launch(
-        clock=clock,
-        jitter=lambda: 1.0,
-        dispatcher_backoff_base="1m",
-        dispatcher_backoff_min="1m",
-        dispatcher_backoff_max="1m",
-        dispatcher_retry_window="150s",
-    )
+    pipeline = await launch(clock=clock, dispatcher_retry_window="150s", **MINUTE_BACKOFF)
     rcpt = f"never.fred@{RCPT_DOMAIN}"
     batch = (await pipeline.send_html([rcpt])).message_id
     # Attempts at +0 and +1 min are retried; the one at +2 min leaves no room in 150 s.
@@ -199,14 +199,7 @@ async def test_a_build_failure_reschedules_and_finally_fails_never_strands(
     launch: Launch, smtp_sink: SmtpSink
 ) -> None:
     clock = ShiftedClock()
-    pipeline = await launch(
-        clock=clock,
-        jitter=lambda: 1.0,
-        dispatcher_backoff_base="1m",
-        dispatcher_backoff_min="1m",
-        dispatcher_backoff_max="1m",
-        dispatcher_retry_window="5m",
-    )
+    pipeline = await launch(clock=clock, dispatcher_retry_window="5m", **MINUTE_BACKOFF)
     # Due in an hour, so the template is certainly gone before the first dispatch.
     due = datetime.now(UTC) + timedelta(hours=1)
     rcpt = f"ivy@{RCPT_DOMAIN}"

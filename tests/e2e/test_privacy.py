@@ -45,7 +45,7 @@ from tests.e2e.pipeline import (
 from tests.e2e.test_engagement import HREF
 from tests.peers import opendkim
 from tests.peers.smtp_sink import SmtpSink
-from tests.support import parse_message, wait_for
+from tests.support import html_of, parse_message, wait_for
 
 OFF, ANONYMOUS, PSEUDONYMOUS, IDENTIFIED, FULL = 1, 2, 3, 4, 5
 LANDING = "https://shop.example.org/deal"
@@ -79,14 +79,6 @@ async def send(
         request.one_click_unsubscribe.url_template = one_click
     stub: Any = mailerapiv1_pb2_grpc.MailerStub(pipeline.channel)
     return await stub.SendHTML(request, metadata=pipeline.credentials)
-
-
-def html_of(raw: bytes) -> str:
-    part = parse_message(raw).get_body(("html",))
-    assert part is not None
-    content = part.get_content()
-    assert isinstance(content, str)
-    return content
 
 
 async def test_each_tracking_mode_end_to_end(launch: Launch, smtp_sink: SmtpSink) -> None:

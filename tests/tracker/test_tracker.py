@@ -31,7 +31,7 @@ from kannon.ids import new_token
 from kannon.model.outcome import Clicked, Opened
 from kannon.model.tracking import TrackingMode, TrackingPolicy
 from kannon.tracker.app import PIXEL_GIF
-from tests.support import parse_message, read_events, stored_events
+from tests.support import html_of, read_events, stored_events
 from tests.tracker.tracker_support import DOMAIN, PROXY_ADDRESS, TOKEN_TTL, StartTracker
 
 BOUNCE_SECRET = b"bounce-secret-for-tests-0123456789"
@@ -45,14 +45,6 @@ HTML = """<html><body>
 </body></html>"""
 HREF = re.compile(r"""<a\b[^>]*?href=(?:"([^"]*)"|'([^']*)')""", re.IGNORECASE)
 IMG = re.compile(r"""<img\b[^>]*?src="([^"]*)\"""", re.IGNORECASE)
-
-
-def html_of(raw: bytes) -> str:
-    part = parse_message(raw).get_body(("html",))
-    assert part is not None
-    content = part.get_content()
-    assert isinstance(content, str)
-    return content
 
 
 async def build_message(
