@@ -19,7 +19,8 @@ from kannon.bus.client import Bus
 from kannon.bus.embedded import find_binary, jetstream_ready
 from kannon.bus.subjects import SENDER_DURABLE, SENDING_STREAM
 from kannon.runtime.processes import ChildProcess, free_port, start_child, wait_until
-from tests.fleet.fleet import RCPT_DOMAIN, TERMINAL
+from tests.fleet.fleet import RCPT_DOMAIN, TERMINAL, add_recipient_dns
+from tests.peers.dns import DnsServer
 from tests.peers.smtp_sink import ReceivedMessage, SmtpSink
 from tests.support import wait_for
 
@@ -53,6 +54,18 @@ class SlowSink(SmtpSink):
                 await super()._record(message)
         finally:
             self.in_data -= 1
+
+
+async def slow_remote(
+    dns_server: DnsServer, database_url: str, **sink: Any
+) -> tuple[SlowSink, asyncpg.Connection]:
+    """The recipients' MX, a started SlowSink (`sink`: its options) that dnsmasq, started too,
+    points them at; and a connection to watch the database. The caller stops and closes both."""
+    remote = SlowSink(**sink)
+    await remote.start()
+    add_recipient_dns(dns_server)
+    dns_server.start()
+    return remote, await asyncpg.connect(database_url)
 
 
 def recipients(count: int, bounces: int = 0) -> dict[str, dict[str, str]]:

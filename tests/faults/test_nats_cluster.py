@@ -7,16 +7,14 @@ Delivery ends exactly once.
 
 from __future__ import annotations
 
-import asyncpg
 import pytest
 
 from kannon.bus.client import Bus
 from kannon.bus.subjects import SENDING_STREAM, SENT_GUARD_BUCKET, STATS_STREAM
 from kannon.config import COMPONENTS
 from tests.faults.cluster import NatsCluster
-from tests.faults.support import SlowSink, recipients, settle, verdict
+from tests.faults.support import recipients, settle, slow_remote, verdict
 from tests.fleet.conftest import StartFleet
-from tests.fleet.fleet import add_recipient_dns
 from tests.peers.dns import DnsServer
 
 RECIPIENTS = 300
@@ -35,11 +33,7 @@ async def test_a_cluster_node_killed_mid_batch_loses_and_repeats_nothing(
     dns_server: DnsServer,
     database_url: str,
 ) -> None:
-    sink = SlowSink(delay=SINK_DELAY)
-    await sink.start()
-    add_recipient_dns(dns_server)
-    dns_server.start()
-    db = await asyncpg.connect(database_url)
+    sink, db = await slow_remote(dns_server, database_url, delay=SINK_DELAY)
     bus = await Bus.connect(nats_cluster.url)
     try:
         fleet = await start_fleet(

@@ -20,14 +20,12 @@ where every transaction in DATA at the kill has already been taken.
 
 from __future__ import annotations
 
-import asyncpg
 import pytest
 
 from kannon.bus.client import Bus
 from kannon.config import COMPONENTS
-from tests.faults.support import SlowSink, metric, recipients, settle, verdict
+from tests.faults.support import metric, recipients, settle, slow_remote, verdict
 from tests.fleet.conftest import StartFleet
-from tests.fleet.fleet import add_recipient_dns
 from tests.peers.dns import DnsServer
 
 RECIPIENTS = 1000
@@ -45,11 +43,9 @@ async def test_sigkill_of_the_sender_mid_batch_ends_every_delivery_exactly_once(
     database_url: str,
     bus: Bus,
 ) -> None:
-    sink = SlowSink(delay=SINK_DELAY, commit_first=commit_first)
-    await sink.start()
-    add_recipient_dns(dns_server)
-    dns_server.start()
-    db = await asyncpg.connect(database_url)
+    sink, db = await slow_remote(
+        dns_server, database_url, delay=SINK_DELAY, commit_first=commit_first
+    )
     try:
         fleet = await start_fleet(
             sink_port=sink.port,
