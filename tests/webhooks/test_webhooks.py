@@ -76,6 +76,12 @@ async def receiver(respond: Callable[[Receiver], Awaitable[int]]) -> AsyncIterat
         yield state
 
 
+async def given_up(pool: asyncpg.Pool, count: int) -> bool:
+    """Whether `count` deliveries (or more) have been given up."""
+    found = await pool.fetchval("SELECT count(*) FROM webhook_deliveries WHERE status = 'given_up'")
+    return bool(found >= count)
+
+
 def settings(**webhooks: Any) -> Settings:
     values = {
         "allow_http": True,
@@ -241,14 +247,7 @@ async def test_non_public_addresses_are_refused_without_allow_private(
         async with running(WebhooksWorker(config, pool, bus)):
             await publish_outcome(bus, outcome(1))
 
-            async def both_given_up() -> bool:
-                return bool(
-                    await pool.fetchval(
-                        "SELECT count(*) = 2 FROM webhook_deliveries WHERE status = 'given_up'"
-                    )
-                )
-
-            await wait_for(both_given_up, what="both deliveries given up", timeout=30)
+            await wait_for(lambda: given_up(pool, 2), what="both deliveries given up", timeout=30)
         assert hook.requests == []
         for ep in (endpoint, literal):
             attempts, _ = await store.list_attempts(pool, DOMAIN, ep.id, offset=0, limit=5)
@@ -264,14 +263,7 @@ async def test_given_up_after_the_retry_window(pool: asyncpg.Pool, bus: Bus) -> 
         async with running(WebhooksWorker(config, pool, bus)):
             await publish_outcome(bus, outcome(7))
 
-            async def given_up() -> bool:
-                return bool(
-                    await pool.fetchval(
-                        "SELECT count(*) FROM webhook_deliveries WHERE status = 'given_up'"
-                    )
-                )
-
-            await wait_for(given_up, what="given up", timeout=30)
+            await wait_for(lambda: given_up(pool, 1), what="given up", timeout=30)
         attempts, total = await store.list_attempts(pool, DOMAIN, endpoint.id, offset=0, limit=50)
         assert total >= 2 and total == len(hook.requests)
         assert all(a.status_code == 500 and a.error == "HTTP 500" for a in attempts)
