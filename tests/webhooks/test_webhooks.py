@@ -82,6 +82,13 @@ async def given_up(pool: asyncpg.Pool, count: int) -> bool:
     return bool(found >= count)
 
 
+async def replay(pool: asyncpg.Pool, endpoint: Endpoint, **which: Any) -> int:
+    """Replay to `endpoint` now what `which` names (`event_id=`, or `start=` and `end=`)."""
+    return await store.replay(
+        pool, DOMAIN, endpoint.id, now=datetime.now(UTC), stale_before=LONG_AGO, **which
+    )
+
+
 def settings(**webhooks: Any) -> Settings:
     values = {
         "allow_http": True,
@@ -310,23 +317,10 @@ async def test_a_replay_resends_exactly_the_selected_events(pool: asyncpg.Pool, 
                 what="all",
                 timeout=30,
             )
-            one = await store.replay(
-                pool,
-                DOMAIN,
-                endpoint.id,
-                now=datetime.now(UTC),
-                stale_before=LONG_AGO,
-                event_id="delivered.hooktest.3",
-            )
+            one = await replay(pool, endpoint, event_id="delivered.hooktest.3")
             await wait_for(lambda: len(hook.requests) >= 11, what="the replayed event", timeout=30)
-            span = await store.replay(
-                pool,
-                DOMAIN,
-                endpoint.id,
-                now=datetime.now(UTC),
-                stale_before=LONG_AGO,
-                start=base + timedelta(minutes=5),
-                end=base + timedelta(minutes=8),
+            span = await replay(
+                pool, endpoint, start=base + timedelta(minutes=5), end=base + timedelta(minutes=8)
             )
             await wait_for(lambda: len(hook.requests) >= 14, what="the replayed range", timeout=30)
             await asyncio.sleep(0.5)  # nothing more may come
@@ -361,14 +355,7 @@ async def test_a_replay_during_a_post_sends_once_more_after_it(
                 )
 
             await wait_for(in_flight, what="the first POST in flight", timeout=30)
-            replayed = await store.replay(
-                pool,
-                DOMAIN,
-                endpoint.id,
-                now=datetime.now(UTC),
-                stale_before=LONG_AGO,
-                event_id="delivered.hooktest.0",
-            )
+            replayed = await replay(pool, endpoint, event_id="delivered.hooktest.0")
             await asyncio.sleep(0.5)  # scheduler cycles: the claimed row must not go out twice
             release.set()
             await wait_for(
