@@ -82,10 +82,18 @@ async def given_up(pool: asyncpg.Pool, count: int) -> bool:
     return bool(found >= count)
 
 
-async def replay(pool: asyncpg.Pool, endpoint: Endpoint, **which: Any) -> int:
-    """Replay to `endpoint` now what `which` names (`event_id=`, or `start=` and `end=`)."""
+async def replay(
+    pool: asyncpg.Pool,
+    endpoint: Endpoint,
+    *,
+    now: datetime | None = None,
+    stale_before: datetime = LONG_AGO,
+    **which: Any,
+) -> int:
+    """Replay to `endpoint` what `which` names (`event_id=`, or `start=` and `end=`)."""
+    when = now or datetime.now(UTC)
     return await store.replay(
-        pool, DOMAIN, endpoint.id, now=datetime.now(UTC), stale_before=LONG_AGO, **which
+        pool, DOMAIN, endpoint.id, now=when, stale_before=stale_before, **which
     )
 
 
@@ -382,24 +390,12 @@ async def test_a_replay_releases_the_claim_of_a_dead_worker(pool: asyncpg.Pool) 
         "UPDATE webhook_deliveries SET claimed_at = $1",
         (now - timedelta(hours=1)).replace(tzinfo=None),
     )
-    scheduled = await store.replay(
-        pool,
-        DOMAIN,
-        endpoint.id,
-        now=now,
-        stale_before=now - timedelta(minutes=5),
-        event_id="msg_x",
+    scheduled = await replay(
+        pool, endpoint, now=now, stale_before=now - timedelta(minutes=5), event_id="msg_x"
     )
     assert scheduled == 1
     assert await pool.fetchval("SELECT claimed_at FROM webhook_deliveries") is None
     live = now.replace(tzinfo=None)
     await pool.execute("UPDATE webhook_deliveries SET claimed_at = $1", live)
-    await store.replay(
-        pool,
-        DOMAIN,
-        endpoint.id,
-        now=now,
-        stale_before=now - timedelta(minutes=5),
-        event_id="msg_x",
-    )
+    await replay(pool, endpoint, now=now, stale_before=now - timedelta(minutes=5), event_id="msg_x")
     assert await pool.fetchval("SELECT claimed_at FROM webhook_deliveries") == live
