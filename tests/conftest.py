@@ -25,6 +25,7 @@ from kannon.bus.subjects import SENT_GUARD_BUCKET, SHAPING_BUCKET, STREAMS
 from kannon.db.embedded import EmbeddedPostgres, start_postgres
 from kannon.db.migrate import migrate
 from kannon.db.pool import Database, create_pool
+from kannon.envelope.dkim import generate_dkim_keypair
 from tests.support import scratch_dir
 
 pytest_plugins = ["tests.peers.fixtures"]
@@ -116,6 +117,12 @@ async def _drop(admin_url: str, name: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+@pytest.fixture(scope="session")
+def dkim_keypair() -> tuple[str, str]:
+    """An RSA DKIM key pair (private PEM, public base64), made once: generating one takes time."""
+    return generate_dkim_keypair()
 
 
 @pytest.fixture(scope="session")

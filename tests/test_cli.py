@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from kannon.db.pool import Database
-from kannon.envelope.dkim import generate_dkim_keypair
 from tests.dsn.test_dsn_cli import KEYS
 from tests.shared_data import bounce_testdata
 from tests.support import store_domain
@@ -82,8 +81,10 @@ def test_bounce_parse_prints_one_json_line_per_recipient() -> None:
         assert set(line) >= KEYS
 
 
-async def test_domain_dns_prints_the_records_to_publish(database_url: str, pool: Database) -> None:
-    private, public = generate_dkim_keypair()
+async def test_domain_dns_prints_the_records_to_publish(
+    database_url: str, pool: Database, dkim_keypair: tuple[str, str]
+) -> None:
+    private, public = dkim_keypair
     await store_domain(pool, "mail.example.com", private_key=private, public_key=public)
     result = run(
         "domain",
@@ -123,12 +124,12 @@ def test_unreachable_database_at_boot_is_one_line_and_exit_1() -> None:
 
 
 async def test_domain_check_with_silent_resolvers_exits_2(
-    database_url: str, pool: Database
+    database_url: str, pool: Database, dkim_keypair: tuple[str, str]
 ) -> None:
     """No DNS answer at all is not a verdict on the records: one line, exit code 2."""
     import socket
 
-    private, public = generate_dkim_keypair()
+    private, public = dkim_keypair
     await store_domain(pool, "silent.example.com", private_key=private, public_key=public)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))  # bound, so no ICMP refusal: it just never answers

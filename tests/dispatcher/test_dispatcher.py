@@ -60,15 +60,10 @@ from tests.support import Clock, parse_message, stats_events, wait_for
 RETRY = timedelta(minutes=5)  # the default policy's first delay (backoff_min), jitter 1.0
 
 
-@pytest.fixture(scope="module")
-def keypair() -> tuple[str, str]:
-    return generate_dkim_keypair()
-
-
 @pytest.fixture
-async def pool(database_url: str, keypair: tuple[str, str]) -> AsyncIterator[asyncpg.Pool]:
+async def pool(database_url: str, dkim_keypair: tuple[str, str]) -> AsyncIterator[asyncpg.Pool]:
     created = await create_pool(database_url, max_size=8)
-    await store_domain(created, keypair)
+    await store_domain(created, dkim_keypair)
     await store_batch(created)
     yield created
     await created.close()
@@ -91,7 +86,7 @@ def errored(email: str, code: int, message: str) -> Outcome:
 
 
 async def test_each_due_delivery_becomes_one_signed_envelope_on_the_sending_stream(
-    pool: asyncpg.Pool, bus: Bus, keypair: tuple[str, str]
+    pool: asyncpg.Pool, bus: Bus, dkim_keypair: tuple[str, str]
 ) -> None:
     await add(pool, ["ann@example.org"], fields={"name": "Ann"})
     await add(pool, ["bob@example.org"], fields={"name": "Bob <&>"})
@@ -116,7 +111,7 @@ async def test_each_due_delivery_becomes_one_signed_envelope_on_the_sending_stre
         bounce = parse_bounce_address(job.return_path, SECRET.encode())
         assert bounce is not None and bounce.batch_id == BATCH
         assert bounce.matches(recipient, SECRET.encode())
-        assert dkim_verifies(job.body, keypair[1])
+        assert dkim_verifies(job.body, dkim_keypair[1])
         message = parse_message(job.body)
         assert message["From"] == "Kannon News <news@k.example.com>"
         assert message["To"] == recipient
@@ -153,7 +148,7 @@ async def test_each_due_delivery_becomes_one_signed_envelope_on_the_sending_stre
 async def test_a_backlog_larger_than_a_publish_chunk_is_published_whole(
     pool: asyncpg.Pool,
     bus: Bus,
-    keypair: tuple[str, str],
+    dkim_keypair: tuple[str, str],
     monkeypatch: pytest.MonkeyPatch,
     build_workers: int,
 ) -> None:
@@ -170,14 +165,14 @@ async def test_a_backlog_larger_than_a_publish_chunk_is_published_whole(
     assert sorted(p.job.recipient for p in published) == sorted(recipients)
     assert {row["status"] for row in (await rows(pool)).values()} == {"queued"}
     for item in published:
-        assert dkim_verifies(item.job.body, keypair[1])
+        assert dkim_verifies(item.job.body, dkim_keypair[1])
         assert parse_message(item.job.body)["Subject"] == "Hello R"
         assert item.msg_id == f"{make_email_id(BATCH, item.job.recipient)}.0"
 
 
 @pytest.mark.parametrize("build_workers", [0, 1])
 async def test_headers_to_cc_and_attachments_come_from_the_batch(
-    pool: asyncpg.Pool, bus: Bus, keypair: tuple[str, str], build_workers: int
+    pool: asyncpg.Pool, bus: Bus, dkim_keypair: tuple[str, str], build_workers: int
 ) -> None:
     other = "msg_withparts@k.example.com"
     await store_batch(
@@ -198,7 +193,7 @@ async def test_headers_to_cc_and_attachments_come_from_the_batch(
     [attachment] = list(message.iter_attachments())
     assert attachment.get_filename() == "report.pdf"
     assert attachment.get_content() == b"%PDF-1.4 tiny"
-    assert dkim_verifies(item.job.body, keypair[1])
+    assert dkim_verifies(item.job.body, dkim_keypair[1])
 
 
 async def test_the_last_attempt_the_budget_allows_is_marked_should_retry_false(
@@ -218,7 +213,7 @@ async def test_the_last_attempt_the_budget_allows_is_marked_should_retry_false(
 
 
 async def test_the_dkim_key_is_parsed_once_per_domain_and_replaced_when_it_changes(
-    pool: asyncpg.Pool, bus: Bus, keypair: tuple[str, str]
+    pool: asyncpg.Pool, bus: Bus, dkim_keypair: tuple[str, str]
 ) -> None:
     worker = dispatcher(pool, bus, Clock(T0))
     await add(pool, ["one@example.org"])
@@ -236,7 +231,7 @@ async def test_the_dkim_key_is_parsed_once_per_domain_and_replaced_when_it_chang
     assert worker.dispatch.signers[DOMAIN][1] is not first
     third = next(p for p in await envelopes(bus) if p.job.recipient == "three@example.org")
     assert b"s=k2;" in third.job.body
-    assert not dkim_verifies(third.job.body, keypair[1])  # the old key no longer signs
+    assert not dkim_verifies(third.job.body, dkim_keypair[1])  # the old key no longer signs
 
 
 # -- build and publish failures ------------------------------------------------------------------

@@ -201,7 +201,7 @@ async def admin(pipeline: Pipeline, method: str, request: Any) -> Any:
 
 async def set_tracking_ceiling(pipeline: Pipeline, opens: int, links: int) -> Any:
     """SetTrackingPolicy for the tenant Domain (modes as the wire's numbers)."""
-    mode = tracking_pb2.TrackingMode.Name
-    policy = tracking_pb2.TrackingPolicy(opens=mode(opens), links=mode(links))
+    # The wire's numbers as such, unknown ones included (the stubs type them as TrackingMode).
+    policy = tracking_pb2.TrackingPolicy(opens=opens, links=links)  # type: ignore[arg-type]  # ints
     request = admin_pb.SetTrackingPolicyReq(domain=TENANT, tracking=policy)
     return (await admin(pipeline, "SetTrackingPolicy", request)).domain

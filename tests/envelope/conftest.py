@@ -11,7 +11,6 @@ import dkim
 import pytest
 
 from kannon.envelope import BatchSpec, DkimSigner, RecipientPart, dns_txt_value
-from kannon.envelope.dkim import generate_dkim_keypair
 from tests.envelope.envelope_testdata import (
     BATCH_ID,
     BOUNCE_SECRET,
@@ -20,11 +19,6 @@ from tests.envelope.envelope_testdata import (
     SELECTOR,
     TRACKING_KEY,
 )
-
-
-@pytest.fixture(scope="session")
-def dkim_keypair() -> tuple[str, str]:
-    return generate_dkim_keypair()
 
 
 @pytest.fixture(scope="session")

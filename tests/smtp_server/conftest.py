@@ -9,16 +9,15 @@ import pytest
 
 from kannon.bus.client import Bus
 from kannon.config import Settings, SmtpSettings
-from kannon.envelope import DkimSigner, generate_dkim_keypair
+from kannon.envelope import DkimSigner
 from kannon.smtp_server.component import SmtpServer
 from tests.smtp_server.smtp_support import DOMAIN, SECRET, StartSmtp
 from tests.support import Running, start_component
 
 
 @pytest.fixture(scope="session")
-def signer() -> DkimSigner:
-    private_pem, _ = generate_dkim_keypair()
-    return DkimSigner(DOMAIN, "smtp", private_pem)
+def signer(dkim_keypair: tuple[str, str]) -> DkimSigner:
+    return DkimSigner(DOMAIN, "smtp", dkim_keypair[0])
 
 
 @pytest.fixture

@@ -11,16 +11,15 @@ import pytest
 from kannon.bus.client import Bus
 from kannon.config import Settings, TrackerSettings
 from kannon.db.pool import Database
-from kannon.envelope import DkimSigner, generate_dkim_keypair
+from kannon.envelope import DkimSigner
 from kannon.tracker.component import Tracker
 from tests.support import Running, start_component
 from tests.tracker.tracker_support import DOMAIN, PROXY_ADDRESS, StartTracker
 
 
 @pytest.fixture(scope="session")
-def signer() -> DkimSigner:
-    private_pem, _ = generate_dkim_keypair()
-    return DkimSigner(DOMAIN, "smtp", private_pem)
+def signer(dkim_keypair: tuple[str, str]) -> DkimSigner:
+    return DkimSigner(DOMAIN, "smtp", dkim_keypair[0])
 
 
 @pytest.fixture
