@@ -1,10 +1,12 @@
 """Real servers for the test session: PostgreSQL and nats-server on free loopback ports.
 
 `KANNON_TEST_DATABASE_URL` / `KANNON_TEST_NATS_URL` point the suite at existing servers instead.
-`KANNON_TEST_EVENT_LOOP=uvloop` runs it on uvloop, the loop `kannon` chooses when installed
-(ADR 0054); asyncio's loop otherwise.
-Each test that asks for `database_url` gets a fresh database cloned from a migrated template;
-each test that asks for `bus` gets freshly created streams.
+Each test that asks for `database_url` gets a fresh database cloned from a migrated template
+(`pool`: a connection pool to it); each test that asks for `bus` gets freshly created streams.
+The real-server peers (SMTP sink, dnsmasq, TLS identities) come from `tests.peers.fixtures`.
+Helpers shared by the folders are in `tests.support`.
+`KANNON_TEST_EVENT_LOOP=uvloop` runs the tests on uvloop, the loop `kannon` chooses when
+installed (ADR 0054); asyncio's loop otherwise.
 """
 
 from __future__ import annotations
@@ -12,11 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -26,8 +25,13 @@ import pytest
 from kannon.bus.client import Bus
 from kannon.bus.embedded import start_nats
 from kannon.bus.subjects import SENT_GUARD_BUCKET, SHAPING_BUCKET, STREAMS
-from kannon.db.embedded import start_postgres
+from kannon.db.embedded import EmbeddedPostgres, start_postgres
 from kannon.db.migrate import migrate
+from kannon.db.pool import Database, create_pool
+from kannon.envelope.dkim import generate_dkim_keypair
+from tests.support import scratch_dir
+
+pytest_plugins = ["tests.peers.fixtures"]
 
 TEMPLATE_DB = "kannon_test_template"
 
@@ -55,14 +59,23 @@ def pg_admin_url() -> Iterator[str]:
     if existing:
         yield existing
         return
-    root = Path(tempfile.mkdtemp(prefix="kannon-test-pg-", dir="/tmp"))
-    os.chmod(root, 0o755)
-    server = start_postgres(root / "data", fast=True)
-    try:
-        yield server.url()
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with scratch_dir("kannon-test-pg-", shared=True) as root:
+        server = start_postgres(root / "data", fast=True)
+        try:
+            yield server.url()
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL server for this test alone (fast settings), which it may stop and start."""
+    with scratch_dir("kannon-test-own-pg-", shared=True) as root:
+        server = start_postgres(root / "data", fast=True)
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -80,12 +93,7 @@ async def migrated_template(pg_admin_url: str) -> str:
 @pytest.fixture
 async def empty_database_url(pg_admin_url: str) -> AsyncIterator[str]:
     """A fresh, empty database (no migrations applied)."""
-    name = "t_" + uuid.uuid4().hex[:16]
-    conn = await asyncpg.connect(pg_admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
+    name = await _create(pg_admin_url)
     yield _with_database(pg_admin_url, name)
     await _drop(pg_admin_url, name)
 
@@ -93,14 +101,28 @@ async def empty_database_url(pg_admin_url: str) -> AsyncIterator[str]:
 @pytest.fixture
 async def database_url(pg_admin_url: str, migrated_template: str) -> AsyncIterator[str]:
     """A fresh database with every migration applied."""
-    name = "t_" + uuid.uuid4().hex[:16]
-    conn = await asyncpg.connect(pg_admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
-    finally:
-        await conn.close()
+    name = await _create(pg_admin_url, template=migrated_template)
     yield _with_database(pg_admin_url, name)
     await _drop(pg_admin_url, name)
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[Database]:
+    """A connection pool to the test's fresh database (a folder seeds it by overriding `pool`)."""
+    created = await create_pool(database_url, max_size=10)
+    yield created
+    await created.close()
+
+
+async def _create(admin_url: str, *, template: str | None = None) -> str:
+    name = "t_" + uuid.uuid4().hex[:16]
+    conn = await asyncpg.connect(admin_url)
+    try:
+        clause = f' TEMPLATE "{template}"' if template else ""
+        await conn.execute(f'CREATE DATABASE "{name}"{clause}')
+    finally:
+        await conn.close()
+    return name
 
 
 async def _drop(admin_url: str, name: str) -> None:
@@ -112,18 +134,23 @@ async def _drop(admin_url: str, name: str) -> None:
 
 
 @pytest.fixture(scope="session")
+def dkim_keypair() -> tuple[str, str]:
+    """An RSA DKIM key pair (private PEM, public base64), made once: generating one takes time."""
+    return generate_dkim_keypair()
+
+
+@pytest.fixture(scope="session")
 def nats_url() -> Iterator[str]:
     existing = os.environ.get("KANNON_TEST_NATS_URL")
     if existing:
         yield existing
         return
-    root = Path(tempfile.mkdtemp(prefix="kannon-test-nats-", dir="/tmp"))
-    server = start_nats(root / "store")
-    try:
-        yield server.url
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with scratch_dir("kannon-test-nats-") as root:
+        server = start_nats(root / "store")
+        try:
+            yield server.url
+        finally:
+            server.stop()
 
 
 async def reset_streams(bus: Bus) -> None:

@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from kannon.db.pool import Database
+from tests.dsn.test_dsn_cli import KEYS
 from tests.shared_data import bounce_testdata
+from tests.support import store_domain
 
 KANNON = str(Path(sys.executable).parent / "kannon")
 BOUNCES = bounce_testdata() / "emails"
@@ -75,37 +78,14 @@ def test_bounce_parse_prints_one_json_line_per_recipient() -> None:
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert {line["file"] for line in lines} == {str(f) for f in files}
     for line in lines:
-        assert {
-            "file",
-            "recipient",
-            "action",
-            "status",
-            "reply_code",
-            "reason",
-            "hard_bounce",
-        } <= set(line)
+        assert set(line) >= KEYS
 
 
-async def test_domain_dns_prints_the_records_to_publish(database_url: str) -> None:
-    from datetime import UTC, datetime
-
-    from kannon.db.domains import insert_domain
-    from kannon.db.pool import create_pool
-    from kannon.envelope.dkim import generate_dkim_keypair
-
-    private, public = generate_dkim_keypair()
-    pool = await create_pool(database_url)
-    try:
-        await insert_domain(
-            pool,
-            name="mail.example.com",
-            dkim_private_key=private,
-            dkim_public_key=public,
-            dkim_selector="smtp",
-            now=datetime.now(UTC),
-        )
-    finally:
-        await pool.close()
+async def test_domain_dns_prints_the_records_to_publish(
+    database_url: str, pool: Database, dkim_keypair: tuple[str, str]
+) -> None:
+    private, public = dkim_keypair
+    await store_domain(pool, "mail.example.com", private_key=private, public_key=public)
     result = run(
         "domain",
         "dns",
@@ -143,28 +123,14 @@ def test_unreachable_database_at_boot_is_one_line_and_exit_1() -> None:
     assert "Traceback" not in result.stderr
 
 
-async def test_domain_check_with_silent_resolvers_exits_2(database_url: str) -> None:
+async def test_domain_check_with_silent_resolvers_exits_2(
+    database_url: str, pool: Database, dkim_keypair: tuple[str, str]
+) -> None:
     """No DNS answer at all is not a verdict on the records: one line, exit code 2."""
     import socket
-    from datetime import UTC, datetime
 
-    from kannon.db.domains import insert_domain
-    from kannon.db.pool import create_pool
-    from kannon.envelope.dkim import generate_dkim_keypair
-
-    private, public = generate_dkim_keypair()
-    pool = await create_pool(database_url)
-    try:
-        await insert_domain(
-            pool,
-            name="silent.example.com",
-            dkim_private_key=private,
-            dkim_public_key=public,
-            dkim_selector="smtp",
-            now=datetime.now(UTC),
-        )
-    finally:
-        await pool.close()
+    private, public = dkim_keypair
+    await store_domain(pool, "silent.example.com", private_key=private, public_key=public)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))  # bound, so no ICMP refusal: it just never answers
         server = f"127.0.0.1:{silent.getsockname()[1]}"

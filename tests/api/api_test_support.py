@@ -137,7 +137,7 @@ async def tenant(api: RunningApi, name: str) -> tuple[tuple[str, str], ...]:
 
 def html_request(
     domain: str, recipients: list[str], *, subject: str = "Hello {{ name }}", **kw: Any
-) -> Any:
+) -> mailer_pb.SendHTMLReq:
     return mailer_pb.SendHTMLReq(
         sender=send_pb2.Sender(email=f"news@{domain}", alias="News"),
         subject=subject,

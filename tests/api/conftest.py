@@ -7,16 +7,8 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from api_test_support import RunningApi, make_settings, running_api
 
-from kannon.db.pool import create_pool
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    created = await create_pool(database_url, max_size=4)
-    yield created
-    await created.close()
+from tests.api.api_test_support import RunningApi, make_settings, running_api
 
 
 @pytest.fixture

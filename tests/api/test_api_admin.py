@@ -8,7 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from api_test_support import (
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from kannon.pb.admin.apiv1 import adminapiv1_pb2 as pb
+from tests.api.api_test_support import (
     BOUNCE_HOST,
     SENDING_HOST,
     RunningApi,
@@ -16,11 +21,6 @@ from api_test_support import (
     create_domain,
     status_of,
 )
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from google.protobuf.timestamp_pb2 import Timestamp
-
-from kannon.pb.admin.apiv1 import adminapiv1_pb2 as pb
 
 MD = admin_md()
 

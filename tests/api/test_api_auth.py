@@ -14,7 +14,18 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
-from api_test_support import (
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from kannon.api.auth import check_admin, is_loopback_peer
+from kannon.model.apikey import AUTH_FAILED
+from kannon.model.errors import PermissionDenied, Unauthenticated
+from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
+from kannon.pb.admin.apiv1 import hz_pb2
+from kannon.pb.mailer.apiv1 import mailerapiv1_pb2 as mailer_pb
+from kannon.pb.mailer.types import send_pb2
+from kannon.pb.stats.apiv1 import statsapiv1_pb2 as stats_pb
+from kannon.pb.stats.apiv2 import statsapiv2_pb2 as stats2_pb
+from tests.api.api_test_support import (
     ADMIN_TOKEN,
     RunningApi,
     admin_md,
@@ -27,17 +38,6 @@ from api_test_support import (
     status_of,
     tenant,
 )
-from google.protobuf.timestamp_pb2 import Timestamp
-
-from kannon.api.auth import check_admin, is_loopback_peer
-from kannon.model.apikey import AUTH_FAILED
-from kannon.model.errors import PermissionDenied, Unauthenticated
-from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
-from kannon.pb.admin.apiv1 import hz_pb2
-from kannon.pb.mailer.apiv1 import mailerapiv1_pb2 as mailer_pb
-from kannon.pb.mailer.types import send_pb2
-from kannon.pb.stats.apiv1 import statsapiv1_pb2 as stats_pb
-from kannon.pb.stats.apiv2 import statsapiv2_pb2 as stats2_pb
 
 
 def ts(value: datetime) -> Timestamp:

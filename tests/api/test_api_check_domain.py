@@ -10,7 +10,10 @@ from collections.abc import Iterator
 import asyncpg
 import grpc
 import pytest
-from api_test_support import (
+
+from kannon.config import Settings
+from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
+from tests.api.api_test_support import (
     ADMIN_TOKEN,
     BOUNCE_HOST,
     SENDING_HOST,
@@ -19,11 +22,7 @@ from api_test_support import (
     running_api,
     status_of,
 )
-
-from kannon.config import Settings
-from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
 from tests.peers.dns import DnsServer
-from tests.peers.fixtures import dns_server  # noqa: F401  (a fixture, registered by importing it)
 
 DOMAIN = "half.test"
 
@@ -49,7 +48,7 @@ def silent_resolver() -> Iterator[str]:
 
 async def test_a_refused_lookup_is_that_records_error(
     pool: asyncpg.Pool,
-    dns_server: DnsServer,  # noqa: F811  (the fixture imported above)
+    dns_server: DnsServer,
 ) -> None:
     dns_server.add_zone(DOMAIN)
     dns_server.add_host(SENDING_HOST, "192.0.2.10")

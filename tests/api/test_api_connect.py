@@ -17,14 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-from api_test_support import (
-    ADMIN_TOKEN,
-    RunningApi,
-    create_domain,
-    create_key,
-    make_settings,
-    running_api,
-)
 
 from kannon.api.connect import grpc_peer
 from kannon.model.outcome import Delivered
@@ -33,6 +25,14 @@ from kannon.pb.mailer.apiv1 import mailerapiv1_pb2 as mailer_pb
 from kannon.pb.mailer.types import send_pb2
 from kannon.pb.stats.apiv1 import statsapiv1_pb2 as stats_pb
 from kannon.wire.stats import data_json
+from tests.api.api_test_support import (
+    ADMIN_TOKEN,
+    RunningApi,
+    create_domain,
+    create_key,
+    make_settings,
+    running_api,
+)
 
 ADMIN = "kannon.admin.apiv1.AdminApiV1Service"
 MAILER = "kannon.mailer.apiv1.MailerApiV1Service"
@@ -88,7 +88,7 @@ async def connect_binary(
 
 
 def grpc_web_frame(message: Any) -> bytes:
-    payload = message.SerializeToString()
+    payload: bytes = message.SerializeToString()
     return struct.pack(">BI", 0, len(payload)) + payload
 
 

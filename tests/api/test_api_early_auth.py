@@ -14,9 +14,9 @@ from typing import Any
 
 import asyncpg
 import grpc
-from api_test_support import admin_md, basic_md, make_settings, running_api, tenant
 
 from kannon.pb.admin.apiv1 import hz_pb2
+from tests.api.api_test_support import admin_md, basic_md, make_settings, running_api, tenant
 
 SEND_HTML = "/pkg.kannon.mailer.apiv1.Mailer/SendHTML"
 SEND_HTML_README = "/kannon.mailer.apiv1.MailerApiV1Service/SendHTML"

@@ -10,7 +10,14 @@ import asyncio
 import grpc
 import httpx
 import pytest
-from api_test_support import (
+from google.protobuf import json_format
+
+from kannon.model.errors import Conflict, InvalidArgument
+from kannon.model.idempotency import StoredCall, check_key, fingerprint, replayed_response
+from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
+from kannon.pb.mailer.apiv1 import mailerapiv1_pb2 as mailer_pb
+from kannon.pb.mailer.types import send_pb2
+from tests.api.api_test_support import (
     RunningApi,
     admin_md,
     basic_md,
@@ -19,13 +26,6 @@ from api_test_support import (
     html_request,
     status_of,
 )
-from google.protobuf import json_format
-
-from kannon.model.errors import Conflict, InvalidArgument
-from kannon.model.idempotency import StoredCall, check_key, fingerprint, replayed_response
-from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
-from kannon.pb.mailer.apiv1 import mailerapiv1_pb2 as mailer_pb
-from kannon.pb.mailer.types import send_pb2
 
 DOMAIN = "idem.example"
 

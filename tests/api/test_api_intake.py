@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import asyncpg
 import grpc
-from api_test_support import RunningApi, html_request, make_settings, running_api, status_of, tenant
+
+from tests.api.api_test_support import (
+    RunningApi,
+    html_request,
+    make_settings,
+    running_api,
+    status_of,
+    tenant,
+)
 
 DOMAIN = "intake.example"
 

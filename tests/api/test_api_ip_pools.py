@@ -10,7 +10,11 @@ from datetime import UTC, datetime
 import asyncpg
 import grpc
 import pytest
-from api_test_support import (
+
+from kannon.db.sending_data import load_sending_data
+from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
+from kannon.pb.mailer.apiv1 import mailerapiv1_pb2 as pb
+from tests.api.api_test_support import (
     RunningApi,
     admin_md,
     basic_md,
@@ -20,10 +24,6 @@ from api_test_support import (
     running_api,
     status_of,
 )
-
-from kannon.db.sending_data import load_sending_data
-from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
-from kannon.pb.mailer.apiv1 import mailerapiv1_pb2 as pb
 
 
 @pytest.fixture

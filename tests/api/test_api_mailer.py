@@ -5,11 +5,17 @@ from __future__ import annotations
 import base64
 import re
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import grpc
 import pytest
-from api_test_support import (
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
+from kannon.pb.mailer.apiv1 import mailerapiv1_pb2 as pb
+from kannon.pb.mailer.types import send_pb2
+from tests.api.api_test_support import (
     RunningApi,
     admin_md,
     html_request,
@@ -18,11 +24,6 @@ from api_test_support import (
     status_of,
     tenant,
 )
-from google.protobuf.timestamp_pb2 import Timestamp
-
-from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
-from kannon.pb.mailer.apiv1 import mailerapiv1_pb2 as pb
-from kannon.pb.mailer.types import send_pb2
 
 DOMAIN = "send.example"
 
@@ -147,7 +148,7 @@ async def test_send_template_uses_the_stored_template(api: RunningApi) -> None:
     )
     stored_id = created.template.template_id
 
-    def request(**kw: object) -> pb.SendTemplateReq:
+    def request(**kw: Any) -> pb.SendTemplateReq:
         return pb.SendTemplateReq(
             sender=send_pb2.Sender(email=f"shop@{DOMAIN}"),
             subject="Offer",
@@ -201,8 +202,8 @@ async def test_a_parent_domain_sender_is_allowed(api: RunningApi) -> None:
 
 
 def _invalid_requests() -> list[tuple[str, pb.SendHTMLReq, grpc.StatusCode, str]]:
-    def req(**kw: object) -> pb.SendHTMLReq:
-        return html_request(DOMAIN, ["a@x.test"], **kw)  # type: ignore[arg-type]
+    def req(**kw: Any) -> pb.SendHTMLReq:
+        return html_request(DOMAIN, ["a@x.test"], **kw)
 
     no_sender = req()
     no_sender.ClearField("sender")

@@ -4,7 +4,10 @@ codec (gRPC, Connect JSON, Connect binary through the same servicers) and idempo
 from __future__ import annotations
 
 import httpx
-from api_test_support import (
+from prometheus_client import REGISTRY
+
+from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
+from tests.api.api_test_support import (
     ADMIN_TOKEN,
     RunningApi,
     basic_md,
@@ -12,9 +15,6 @@ from api_test_support import (
     create_key,
     html_request,
 )
-from prometheus_client import REGISTRY
-
-from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
 
 DOMAIN = "metrics.example.com"
 ADMIN = "kannon.admin.apiv1.AdminApiV1Service"

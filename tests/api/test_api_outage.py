@@ -6,34 +6,23 @@ The API runs against a PostgreSQL of its own that the test stops and restarts.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
-
 import asyncpg
 import grpc
-import pytest
-from api_test_support import admin_md, html_request, make_settings, running_api, status_of, tenant
 
 from kannon.db.embedded import EmbeddedPostgres, start_postgres
 from kannon.db.migrate import migrate
 from kannon.db.pool import create_pool, is_outage
 from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
+from tests.api.api_test_support import (
+    admin_md,
+    html_request,
+    make_settings,
+    running_api,
+    status_of,
+    tenant,
+)
 
 DOMAIN = "outage.test"
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[EmbeddedPostgres]:
-    root = Path(tempfile.mkdtemp(prefix="kannon-test-outage-", dir="/tmp"))
-    root.chmod(0o755)  # PostgreSQL runs as an unprivileged user when the tests run as root
-    server = start_postgres(root / "data", fast=True)
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 async def test_a_stopped_database_answers_unavailable_and_recovers(

@@ -10,15 +10,15 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
-from api_test_support import BOUNCE_HOST, SENDING_HOST, make_settings
 
-from kannon.db.domains import insert_domain
 from kannon.dns_records import records_for_domain, records_for_domain_name
 from kannon.ids import new_api_key, new_api_key_id, new_template_id, new_token
 from kannon.model.apikey import AUTH_FAILED, hash_key, parse_basic_authorization
 from kannon.model.domain import Domain, canonical_domain_name, sender_domain_allowed
 from kannon.model.errors import InvalidArgument, Unauthenticated
 from kannon.wire.api import page
+from tests.api.api_test_support import BOUNCE_HOST, SENDING_HOST, make_settings
+from tests.support import store_domain
 
 
 @pytest.mark.parametrize(
@@ -123,14 +123,7 @@ def test_tracker_cname_only_when_the_tracker_host_is_under_the_domain() -> None:
 
 
 async def test_records_for_domain_name_reads_the_stored_domain(pool: asyncpg.Pool) -> None:
-    await insert_domain(
-        pool,
-        name="dns.example",
-        dkim_private_key="x",
-        dkim_public_key="UEsDBA==",
-        dkim_selector="sel2026",
-        now=datetime.now(UTC),
-    )
+    await store_domain(pool, "dns.example", public_key="UEsDBA==", selector="sel2026")
     records = await records_for_domain_name(pool, make_settings(), "DNS.Example")
     assert records is not None
     assert [(r.type, r.name, r.value) for r in records] == [
@@ -143,14 +136,7 @@ async def test_records_for_domain_name_reads_the_stored_domain(pool: asyncpg.Poo
 
 
 async def test_domain_dns_command_prints_the_records(pool: asyncpg.Pool, database_url: str) -> None:
-    await insert_domain(
-        pool,
-        name="cli.example",
-        dkim_private_key="x",
-        dkim_public_key="UEsDBA==",
-        dkim_selector="smtp",
-        now=datetime.now(UTC),
-    )
+    await store_domain(pool, "cli.example", public_key="UEsDBA==")
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

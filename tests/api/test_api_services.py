@@ -9,16 +9,6 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
-from api_test_support import (
-    RunningApi,
-    admin_md,
-    create_domain,
-    html_request,
-    make_settings,
-    running_api,
-    status_of,
-    tenant,
-)
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -36,6 +26,16 @@ from kannon.pb.mailer.types import send_pb2
 from kannon.pb.stats.apiv1 import statsapiv1_pb2 as stats_pb
 from kannon.pb.stats.apiv2 import statsapiv2_pb2 as stats2_pb
 from kannon.runtime.component import Life
+from tests.api.api_test_support import (
+    RunningApi,
+    admin_md,
+    create_domain,
+    html_request,
+    make_settings,
+    running_api,
+    status_of,
+    tenant,
+)
 
 BOTH = pytest.mark.parametrize("readme", [False, True], ids=["original-name", "readme-name"])
 

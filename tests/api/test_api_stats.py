@@ -7,13 +7,13 @@ from typing import Any
 
 import grpc
 import pytest
-from api_test_support import RunningApi, status_of, tenant
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kannon.model.outcome import Bounced, Clicked, Delivered, Detail, Opened, Rejected
 from kannon.pb.stats.apiv1 import statsapiv1_pb2 as v1
 from kannon.pb.stats.apiv2 import statsapiv2_pb2 as v2
 from kannon.wire.stats import data_json
+from tests.api.api_test_support import RunningApi, status_of, tenant
 
 DOMAIN = "stats.example"
 T0 = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)

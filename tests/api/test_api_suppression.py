@@ -10,7 +10,11 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
-from api_test_support import (
+from google.protobuf.timestamp_pb2 import Timestamp
+from prometheus_client import REGISTRY
+
+from kannon.pb.suppression.apiv1 import suppressionapiv1_pb2 as pb
+from tests.api.api_test_support import (
     RunningApi,
     admin_md,
     basic_md,
@@ -19,10 +23,6 @@ from api_test_support import (
     status_of,
     tenant,
 )
-from google.protobuf.timestamp_pb2 import Timestamp
-from prometheus_client import REGISTRY
-
-from kannon.pb.suppression.apiv1 import suppressionapiv1_pb2 as pb
 
 A = "a.example.com"
 B = "b.example.com"

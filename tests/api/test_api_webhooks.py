@@ -8,7 +8,10 @@ from typing import Any
 
 import grpc
 import pytest
-from api_test_support import (
+
+from kannon.pb.webhooks.apiv1 import webhooksapiv1_pb2 as pb
+from kannon.pb.webhooks.apiv1 import webhooksapiv1_pb2_grpc
+from tests.api.api_test_support import (
     RunningApi,
     admin_md,
     basic_md,
@@ -18,9 +21,6 @@ from api_test_support import (
     running_api,
     status_of,
 )
-
-from kannon.pb.webhooks.apiv1 import webhooksapiv1_pb2 as pb
-from kannon.pb.webhooks.apiv1 import webhooksapiv1_pb2_grpc
 
 DOMAIN = "whapi.example"
 

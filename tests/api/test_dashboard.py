@@ -21,15 +21,6 @@ import asyncpg
 import grpc
 import httpx
 import pytest
-from api_test_support import (
-    ADMIN_TOKEN,
-    RunningApi,
-    basic_md,
-    create_domain,
-    create_key,
-    make_settings,
-    running_api,
-)
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js.api import ConsumerConfig
 from playwright.async_api import Browser, Page, async_playwright
@@ -51,6 +42,15 @@ from kannon.model.outcome import (
 from kannon.model.suppression import Suppression
 from kannon.pb.stats.apiv1 import statsapiv1_pb2 as stats_pb
 from kannon.wire.stats import data_json
+from tests.api.api_test_support import (
+    ADMIN_TOKEN,
+    RunningApi,
+    basic_md,
+    create_domain,
+    create_key,
+    make_settings,
+    running_api,
+)
 
 DOMAIN = "dash.example"
 OTHER = "other.example"

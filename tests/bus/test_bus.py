@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from prometheus_client import REGISTRY
 
-from kannon.bus.client import Bus, BusMessage, Claimed, ConsumerSpec, Result
+from kannon.bus.client import Bus, BusMessage, Claimed, ConsumerSpec, Handler, Result
 from kannon.bus.subjects import (
     DEAD_LETTER_STREAM,
     SENDING_STREAM,
@@ -17,14 +17,14 @@ from kannon.bus.subjects import (
     stats_subject,
 )
 from kannon.runtime.clock import utc_now
-from tests.dispatcher.support import wait_for
+from tests.support import wait_for
 
 
 async def _consume_until(
     bus: Bus,
     spec: ConsumerSpec,
-    handler,
-    expected: int,  # type: ignore[no-untyped-def]
+    handler: Handler,
+    expected: int,
     seen: list[BusMessage],
 ) -> None:
     stopping = asyncio.Event()
@@ -167,6 +167,7 @@ async def _dead_letters(bus: Bus) -> list[tuple[str, dict[str, str], bytes]]:
     found = []
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
         msg = await bus.js.get_msg(DEAD_LETTER_STREAM, seq)
+        assert msg.subject is not None
         found.append((msg.subject, dict(msg.headers or {}), msg.data or b""))
     return found
 

@@ -4,39 +4,30 @@ up to the max_payload it was started with."""
 
 from __future__ import annotations
 
-import shutil
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import nats
-import nats.errors
 import pytest
 
 from kannon.bus.embedded import EmbeddedNats, config_file, start_nats
+from tests.support import nats_refusal, scratch_dir
 
 
 @pytest.fixture
 def server() -> Iterator[EmbeddedNats]:
-    root = Path(tempfile.mkdtemp(prefix="kannon-test-natsauth-", dir="/tmp"))
-    started = start_nats(root / "store", max_payload=256 * 1024)
-    try:
-        yield started
-    finally:
-        started.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-async def _refused(url: str) -> str:
-    with pytest.raises(nats.errors.Error) as caught:
-        await nats.connect(url, allow_reconnect=False, connect_timeout=5)
-    return str(caught.value)
+    with scratch_dir("kannon-test-natsauth-") as root:
+        started = start_nats(root / "store", max_payload=256 * 1024)
+        try:
+            yield started
+        finally:
+            started.stop()
 
 
 async def test_connections_need_the_token(server: EmbeddedNats) -> None:
-    assert "Authorization Violation" in await _refused(f"nats://127.0.0.1:{server.port}")
-    assert "Authorization Violation" in await _refused(f"nats://wrong@127.0.0.1:{server.port}")
+    assert "Authorization Violation" in await nats_refusal(f"nats://127.0.0.1:{server.port}")
+    assert "Authorization Violation" in await nats_refusal(f"nats://wrong@127.0.0.1:{server.port}")
     nc = await nats.connect(server.url, allow_reconnect=False, connect_timeout=5)
     try:
         assert nc.max_payload == 256 * 1024  # what the server announces in INFO

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from config_test_support import Loader
+
+from tests.config.config_test_support import Loader
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from config_test_support import Loader, parse_argv
 
 from kannon.config import (
     CONFIG_FILE_KEY,
@@ -28,6 +27,7 @@ from kannon.config import (
     parse_size,
 )
 from kannon.model.shaping import Limits, Rule
+from tests.config.config_test_support import Loader, parse_argv
 
 KEYS = list(iter_keys())
 

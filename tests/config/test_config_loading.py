@@ -6,11 +6,12 @@ import itertools
 import logging
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from config_test_support import Loader
 
 from kannon.config import COMPONENTS, ConfigError, Settings, require
+from tests.config.config_test_support import Loader
 
 LOGGER = "kannon.config"
 
@@ -26,6 +27,13 @@ def _load_port(load: Loader, sources: tuple[str, ...]) -> int:
     env = {"K_API_PORT": str(PORT_BY_SOURCE["env"])} if "env" in sources else {}
     argv = ["--api-port", str(PORT_BY_SOURCE["cli"])] if "cli" in sources else []
     return load(yaml_text=yaml_text, env=env, argv=argv).api.port
+
+
+def refusal(load: Loader, **sources: Any) -> str:
+    """The ConfigError message loading from `sources` fails with."""
+    with pytest.raises(ConfigError) as info:
+        load(**sources)
+    return str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -140,9 +148,7 @@ def test_alias_ignored_when_new_key_set_in_same_source_says_so(
 
 
 def test_bad_alias_value_names_the_key_and_the_alias(load: Loader) -> None:
-    with pytest.raises(ConfigError) as info:
-        load(env={"K_BUMP_PORT": "abc"})
-    message = str(info.value)
+    message = refusal(load, env={"K_BUMP_PORT": "abc"})
     assert "tracker.port" in message and "K_BUMP_PORT" in message and '"abc"' in message
 
 
@@ -228,9 +234,7 @@ def test_bad_value_is_rejected_naming_key_env_flag_and_value(
 
 
 def test_error_message_matches_the_documented_shape(load: Loader) -> None:
-    with pytest.raises(ConfigError) as info:
-        load(env={"K_SMTP_READ_TIMEOUT": "ten"})
-    assert str(info.value).startswith(
+    assert refusal(load, env={"K_SMTP_READ_TIMEOUT": "ten"}).startswith(
         'invalid value for smtp.read_timeout (K_SMTP_READ_TIMEOUT / --smtp-read-timeout): "ten" '
         "is not a duration (use e.g. 10s, 1m30s"
     )
@@ -248,18 +252,14 @@ def test_bad_value_fails_even_when_overridden(load: Loader) -> None:
 
 
 def test_backoff_min_above_backoff_max_is_rejected(load: Loader) -> None:
-    with pytest.raises(ConfigError) as info:
-        load(env={"K_DISPATCHER_BACKOFF_MIN": "7h"})
-    message = str(info.value)
+    message = refusal(load, env={"K_DISPATCHER_BACKOFF_MIN": "7h"})
     assert message.startswith("invalid value for dispatcher.backoff_min (K_DISPATCHER_BACKOFF_MIN")
     assert "dispatcher.backoff_max (6h)" in message
 
 
 def test_a_dispatch_claim_timeout_beyond_the_duplicate_window_is_rejected(load: Loader) -> None:
     assert load(env={"K_DISPATCHER_CLAIM_TIMEOUT": "5m"}).dispatcher.claim_timeout.seconds == 300
-    with pytest.raises(ConfigError) as info:
-        load(env={"K_DISPATCHER_CLAIM_TIMEOUT": "10m"})
-    message = str(info.value)
+    message = refusal(load, env={"K_DISPATCHER_CLAIM_TIMEOUT": "10m"})
     assert message.startswith("invalid value for dispatcher.claim_timeout")
     assert "duplicate window" in message
 
@@ -323,9 +323,7 @@ def test_config_path_expands_tilde_with_given_home(load: Loader) -> None:
     ids=["unclosed-list", "unclosed-map", "nested-colon", "tab-indent"],
 )
 def test_malformed_yaml_names_the_file(load: Loader, text: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        load(yaml_text=text)
-    message = str(info.value)
+    message = refusal(load, yaml_text=text)
     assert str(load.default_file) in message and "malformed YAML" in message and "line" in message
     assert "\n" not in message
 

@@ -4,30 +4,24 @@ reschedule bookkeeping, Reclaim, and the concurrent-claim contract (each row cla
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 
 from kannon.db import deliveries
-from kannon.db.pool import create_pool
+from kannon.db.pool import Database
 from kannon.model.delivery import QUEUED, SCHEDULED, SENDING, TO_VALIDATE, VALIDATING
+from tests.support import store_batch_row
 
 NOW = datetime(2025, 5, 1, 10, 0, tzinfo=UTC)
 BATCH = "msg_testbatch@k.example.com"
 
 
 @pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, max_size=8)
-    await pool.execute(
-        "INSERT INTO messages (message_id, subject, sender_email, sender_alias, template_id,"
-        " domain) VALUES ($1, 'Hi', 'a@k.example.com', 'A', 't', 'k.example.com')",
-        BATCH,
-    )
-    yield pool
-    await pool.close()
+async def pool(pool: Database) -> Database:
+    await store_batch_row(pool, BATCH, "k.example.com")
+    return pool
 
 
 async def add(

@@ -5,10 +5,8 @@ Kannon) is upgraded in place, its data kept."""
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,16 +14,13 @@ import asyncpg
 import pytest
 
 from kannon.db.embedded import HBA_CONF, EmbeddedPostgres, password_file, start_postgres
+from tests.support import scratch_dir
 
 
 @pytest.fixture
 def root() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="kannon-test-pgauth-", dir="/tmp"))
-    path.chmod(0o755)  # PostgreSQL runs as an unprivileged user when the tests run as root
-    try:
+    with scratch_dir("kannon-test-pgauth-", shared=True) as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _cmdline(pid: int) -> bytes:

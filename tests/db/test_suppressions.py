@@ -5,15 +5,13 @@ bulk import, the intake lookup, soft-bounce counting and the cleanup sweeps."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 
 from kannon.db import suppressions
-from kannon.db.domains import insert_domain
-from kannon.db.pool import create_pool
+from kannon.db.pool import Database
 from kannon.model.errors import Conflict, NotFound
 from kannon.model.outcome import Bounced, Complained, Outcome
 from kannon.model.suppression import (
@@ -24,6 +22,7 @@ from kannon.model.suppression import (
     manual,
     suppression_for,
 )
+from tests.support import store_domain
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 DOMAIN = "news.example.com"
@@ -31,19 +30,10 @@ OTHER = "other.example.com"
 
 
 @pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, max_size=8)
+async def pool(pool: Database) -> Database:
     for name in (DOMAIN, OTHER):
-        await insert_domain(
-            pool,
-            name=name,
-            dkim_private_key="k",
-            dkim_public_key="p",
-            dkim_selector="smtp",
-            now=NOW,
-        )
-    yield pool
-    await pool.close()
+        await store_domain(pool, name, now=NOW)
+    return pool
 
 
 def hard_bounce(recipient: str, domain: str = DOMAIN, event_id: str = "b.1") -> Suppression:
@@ -131,7 +121,8 @@ async def test_an_expired_entry_suppresses_nothing_and_is_replaced(pool: asyncpg
     assert (await suppressions.list_suppressions(pool, DOMAIN, after))[1] == 0
     # A manual add after expiry replaces it; so does (before expiry) an event, for good.
     await suppressions.add(pool, manual(DOMAIN, "cy@example.org", after, note="again"), after)
-    assert (await suppressions.get(pool, DOMAIN, "cy@example.org", after)).diagnostic == "again"  # type: ignore[union-attr]
+    again = await suppressions.get(pool, DOMAIN, "cy@example.org", after)
+    assert again is not None and again.diagnostic == "again"
     await suppressions.add(pool, manual(DOMAIN, "dee@example.org", NOW, expires_at=later), NOW)
     assert await suppressions.add_from_event(pool, hard_bounce("dee@example.org")) is (
         suppressions.Added.ADDED

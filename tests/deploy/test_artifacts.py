@@ -322,12 +322,12 @@ def test_the_validators_do_report_problems(
     """Negative control: each tool, called as above, fails on a broken file."""
     path = tmp_path / filename
     path.write_text(content)
-    args: list[str | Path] = {
+    args: dict[str, list[str | Path]] = {
         "hadolint": ["--failure-threshold", "style", path],
         "check-jsonschema": ["--builtin-schema", "vendor.compose-spec", path],
         "kubernetes-validate": ["--strict", path],
-    }[tool]
-    result = _run(tool, *args)
+    }
+    result = _run(tool, *args[tool])
     assert result.returncode != 0, result.stdout + result.stderr
 
 

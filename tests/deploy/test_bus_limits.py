@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import yaml
 from kannon.bus.embedded import find_binary
 from kannon.config import load_settings
 from kannon.runtime.processes import free_port, port_accepts, start_child, wait_until
+from tests.support import scratch_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "examples" / "docker-compose"
@@ -26,11 +25,8 @@ K8S = ROOT / "k8s"
 
 @pytest.fixture
 def workdir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="kannon-test-buslimits-", dir="/tmp"))
-    try:
+    with scratch_dir("kannon-test-buslimits-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def announced_max_payload(conf: Path, workdir: Path) -> int:

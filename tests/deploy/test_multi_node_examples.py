@@ -9,9 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from test_artifacts import COMPOSE, COMPOSE_CONFIG, COMPOSE_DIR, IP_POOLS, _assert_tool_ok, _run
 
 from kannon.config import load_settings
+from tests.deploy.test_artifacts import (
+    COMPOSE,
+    COMPOSE_CONFIG,
+    COMPOSE_DIR,
+    IP_POOLS,
+    _assert_tool_ok,
+    _run,
+)
 
 OVERRIDE = COMPOSE_DIR / "multi-node.yaml"
 
@@ -43,7 +50,7 @@ def test_the_compose_override_clusters_nats_and_gives_each_pool_its_sender() -> 
         env = override[name]["environment"]
         settings = load_settings({}, env, config_path=str(COMPOSE_CONFIG))
         assert settings.nats.stream_replicas == 3, name
-        assert len(settings.nats_url.split(",")) == 3, name  # type: ignore[union-attr]
+        assert settings.nats_url is not None and len(settings.nats_url.split(",")) == 3, name
         assert settings.known_pools() == ("default", "eu", "us"), name
         if name.startswith("sender"):
             pools[name] = (settings.sender.pool, settings.sender.source_address)

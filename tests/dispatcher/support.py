@@ -1,31 +1,26 @@
 """Shared set-up of the Dispatcher tests: a Domain, a template and a Batch stored the way the API
-stores them, Pool rows in any state, a movable clock, and readers of what reached the streams."""
+stores them, Pool rows in any state, and the Envelopes that reached the sending stream (clocks,
+event readers and the rest come from `tests.support`)."""
 
 from __future__ import annotations
 
-import asyncio
-import email
-import email.policy
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-import dkim
 
 from kannon.bus.client import Bus
-from kannon.bus.subjects import SENDING_STREAM, STATS_STREAM
+from kannon.bus.subjects import SENDING_STREAM
 from kannon.config import DispatcherSettings, Settings, TrackerSettings
-from kannon.db.domains import insert_domain
 from kannon.db.templates import insert_template
 from kannon.dispatcher.component import Dispatcher
 from kannon.envelope.build import Envelope
-from kannon.envelope.dkim import dns_txt_value
-from kannon.model.outcome import Outcome
 from kannon.model.template import TRANSIENT, Template
 from kannon.wire import envelope as wire_envelope
-from kannon.wire.stats import decode
+from tests import support
+from tests.support import Clock, stream_messages
 
 DOMAIN = "k.example.com"
 SELECTOR = "smtp"
@@ -38,19 +33,6 @@ HTML = (
     '<html><body><p>Hi {{ name }}</p><a href="https://example.org/offer">offer</a>'
     '<a href="mailto:help@k.example.com">help</a></body></html>'
 )
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta) -> None:
-        self.now += delta
 
 
 def settings(**dispatcher: Any) -> Settings:
@@ -69,13 +51,8 @@ def dispatcher(
 
 
 async def store_domain(pool: asyncpg.Pool, keypair: tuple[str, str]) -> None:
-    await insert_domain(
-        pool,
-        name=DOMAIN,
-        dkim_private_key=keypair[0],
-        dkim_public_key=keypair[1],
-        dkim_selector=SELECTOR,
-        now=T0,
+    await support.store_domain(
+        pool, DOMAIN, private_key=keypair[0], public_key=keypair[1], selector=SELECTOR, now=T0
     )
 
 
@@ -162,67 +139,16 @@ class Published:
     job: Envelope
 
 
-async def _stream(bus: Bus, stream: str) -> list[tuple[str, str, bytes]]:
-    info = await bus.js.stream_info(stream)
-    found: list[tuple[str, str, bytes]] = []
-    if info.state.messages == 0:
-        return found
-    for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        msg = await bus.js.get_msg(stream, seq)
-        assert msg.subject is not None and msg.data is not None
-        found.append((msg.subject, (msg.headers or {}).get("Nats-Msg-Id", ""), msg.data))
-    return found
-
-
 async def envelopes(bus: Bus) -> list[Published]:
     """Every Envelope on kannon.sending, in order."""
     return [
         Published(msg_id, wire_envelope.decode(data))
-        for _, msg_id, data in await _stream(bus, SENDING_STREAM)
-    ]
-
-
-async def events(bus: Bus) -> list[tuple[str, Outcome]]:
-    """Every event on kannon.stats.*, in order: (subject, outcome with its Nats-Msg-Id)."""
-    return [
-        (subject, decode(data, msg_id))
-        for subject, msg_id, data in await _stream(bus, STATS_STREAM)
+        for _, msg_id, data in await stream_messages(bus, SENDING_STREAM)
     ]
 
 
 def dkim_verifies(message: bytes, public_key: str, domain: str = DOMAIN) -> bool:
     """dkimpy's verdict, its DNS lookup answered with the Domain's published TXT record."""
-    txt = dns_txt_value(public_key).encode()
-    expected = f"{SELECTOR}._domainkey.{domain}.".encode()
-
-    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
-        return txt if name == expected else b""
-
-    return bool(dkim.verify(message, dnsfunc=dnsfunc))
-
-
-def parse(message: bytes) -> email.message.EmailMessage:
-    parsed = email.message_from_bytes(message, policy=email.policy.default)
-    assert isinstance(parsed, email.message.EmailMessage)
-    return parsed
-
-
-async def wait_for(
-    predicate: Callable[[], Awaitable[bool]],
-    *,
-    what: str,
-    timeout: float = 30.0,
-    interval: float = 0.05,
-) -> None:
-    """Poll `predicate` until it holds: waiting for work to be done, not for time to pass.
-
-    Fails naming `what` after `timeout` seconds.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        if await predicate():
-            return
-        if loop.time() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
-        await asyncio.sleep(interval)
+    return support.dkim_verifies(
+        message, support.published_key(public_key, selector=SELECTOR, domain=domain)
+    )

@@ -11,10 +11,9 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,19 +25,17 @@ from kannon.dispatcher.builder import (
     build_items,
 )
 from kannon.envelope.build import BatchSpec, RecipientPart
-from kannon.envelope.dkim import DkimSigner, generate_dkim_keypair
+from kannon.envelope.dkim import DkimSigner
 from kannon.envelope.tokens import TrackingKey
 from kannon.wire import envelope as wire_envelope
-from tests.dispatcher.support import BATCH, DOMAIN, HTML, SECRET, SELECTOR, T0, dkim_verifies, parse
+from tests.dispatcher.support import BATCH, DOMAIN, HTML, SECRET, SELECTOR, T0, dkim_verifies
+from tests.support import parse_message, poll_until
 
 
-@pytest.fixture(scope="module")
-def keypair() -> tuple[str, str]:
-    return generate_dkim_keypair()
-
-
-def job(keypair: tuple[str, str], dkim_keys: tuple[tuple[str, str], ...] | None = None) -> BatchJob:
-    values: dict[str, object] = {
+def job(
+    dkim_keypair: tuple[str, str], dkim_keys: tuple[tuple[str, str], ...] | None = None
+) -> BatchJob:
+    values: dict[str, Any] = {
         "batch_id": BATCH,
         "domain": DOMAIN,
         "sender_email": "news@k.example.com",
@@ -54,8 +51,8 @@ def job(keypair: tuple[str, str], dkim_keys: tuple[tuple[str, str], ...] | None 
         "bounce_secret": SECRET.encode(),
         "now": T0,
     }
-    spec = BatchSpec(**values)  # type: ignore[arg-type]
-    return BatchJob(spec, dkim_keys or ((SELECTOR, keypair[0]),))
+    spec = BatchSpec(**values)
+    return BatchJob(spec, dkim_keys or ((SELECTOR, dkim_keypair[0]),))
 
 
 def items(count: int) -> list[RecipientPart]:
@@ -73,21 +70,21 @@ def items(count: int) -> list[RecipientPart]:
     return made
 
 
-def signer(keypair: tuple[str, str]) -> list[DkimSigner]:
-    return [DkimSigner(DOMAIN, SELECTOR, keypair[0])]
+def signer(dkim_keypair: tuple[str, str]) -> list[DkimSigner]:
+    return [DkimSigner(DOMAIN, SELECTOR, dkim_keypair[0])]
 
 
 def children() -> set[int]:
-    return {p.pid for p in multiprocessing.active_children()}
+    return {p.pid for p in multiprocessing.active_children() if p.pid is not None}
 
 
 async def test_worker_processes_build_the_same_bytes_as_an_inline_build(
-    keypair: tuple[str, str],
+    dkim_keypair: tuple[str, str],
 ) -> None:
-    the_job, the_items = job(keypair), items(6)
-    inline = await InlineBuilder().build(the_job, the_items, signer(keypair))
+    the_job, the_items = job(dkim_keypair), items(6)
+    inline = await InlineBuilder().build(the_job, the_items, signer(dkim_keypair))
     async with ProcessBuilder(2) as builder:
-        in_workers = await builder.build(the_job, the_items, signer(keypair))
+        in_workers = await builder.build(the_job, the_items, signer(dkim_keypair))
     assert in_workers == inline
     assert isinstance(inline[-1], str) and "recipient" in inline[-1]
     for item, built in zip(the_items[:-1], inline[:-1], strict=True):
@@ -95,12 +92,12 @@ async def test_worker_processes_build_the_same_bytes_as_an_inline_build(
         sent = wire_envelope.decode(built.payload)
         assert (sent.email_id, sent.recipient) == (built.email_id, item.recipient)
         assert sent.should_retry is item.should_retry
-        assert dkim_verifies(sent.body, keypair[1])
-        assert parse(sent.body)["Subject"] == f"Hello {item.fields['name']}"
+        assert dkim_verifies(sent.body, dkim_keypair[1])
+        assert parse_message(sent.body)["Subject"] == f"Hello {item.fields['name']}"
 
 
 async def test_an_inline_build_lets_the_loop_run_between_envelopes(
-    keypair: tuple[str, str],
+    dkim_keypair: tuple[str, str],
 ) -> None:
     ticks = 0
     stop = False
@@ -114,7 +111,7 @@ async def test_an_inline_build_lets_the_loop_run_between_envelopes(
     ticker = asyncio.create_task(other_component())
     await asyncio.sleep(0)
     before = ticks
-    results = await InlineBuilder().build(job(keypair), items(12), signer(keypair))
+    results = await InlineBuilder().build(job(dkim_keypair), items(12), signer(dkim_keypair))
     during = ticks - before
     stop = True
     await ticker
@@ -123,13 +120,13 @@ async def test_an_inline_build_lets_the_loop_run_between_envelopes(
 
 
 async def test_workers_are_started_up_front_and_gone_after_the_builder(
-    keypair: tuple[str, str],
+    dkim_keypair: tuple[str, str],
 ) -> None:
     before = children()
     async with ProcessBuilder(2) as builder:
         workers = children() - before
         assert len(workers) == 2  # both started (and warmed up) on entry
-        await builder.build(job(keypair), items(1), signer(keypair))
+        await builder.build(job(dkim_keypair), items(1), signer(dkim_keypair))
     assert children() - before == set()
     for pid in workers:
         with pytest.raises(ProcessLookupError):
@@ -137,27 +134,31 @@ async def test_workers_are_started_up_front_and_gone_after_the_builder(
 
 
 async def test_a_worker_ignores_ctrl_c_sent_to_the_process_group(
-    keypair: tuple[str, str],
+    dkim_keypair: tuple[str, str],
 ) -> None:
     async with ProcessBuilder(1) as builder:
         [worker] = multiprocessing.active_children()
-        os.kill(worker.pid, signal.SIGINT)  # type: ignore[arg-type]
-        os.kill(worker.pid, signal.SIGTERM)  # type: ignore[arg-type]
+        assert worker.pid is not None
+        os.kill(worker.pid, signal.SIGINT)
+        os.kill(worker.pid, signal.SIGTERM)
         # Still the same worker, still building: signals to the group do not stop it.
-        results = await builder.build(job(keypair), items(1), signer(keypair))
+        results = await builder.build(job(dkim_keypair), items(1), signer(dkim_keypair))
         assert isinstance(results[0], Built)
         assert multiprocessing.active_children() == [worker]
 
 
-async def test_a_dead_worker_costs_no_envelope_and_is_replaced(keypair: tuple[str, str]) -> None:
-    the_job, the_items = job(keypair), items(3)
+async def test_a_dead_worker_costs_no_envelope_and_is_replaced(
+    dkim_keypair: tuple[str, str],
+) -> None:
+    the_job, the_items = job(dkim_keypair), items(3)
     expected = build_items(the_job, the_items)
     async with ProcessBuilder(1) as builder:
         [worker] = multiprocessing.active_children()
-        os.kill(worker.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        assert worker.pid is not None
+        os.kill(worker.pid, signal.SIGKILL)
         worker.join(10)
-        assert await builder.build(the_job, the_items, signer(keypair)) == expected
-        assert await builder.build(the_job, the_items, signer(keypair)) == expected
+        assert await builder.build(the_job, the_items, signer(dkim_keypair)) == expected
+        assert await builder.build(the_job, the_items, signer(dkim_keypair)) == expected
         replacement = multiprocessing.active_children()
         assert replacement and worker not in replacement
 
@@ -180,21 +181,21 @@ def test_workers_die_with_the_process_that_started_them(tmp_path: Path) -> None:
     )
     path = tmp_path / "dispatcher_like.py"
     path.write_text(script)
-    parent = subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert parent.stdout is not None
-        worker = int(parent.stdout.readline())
-        assert _alive(worker)
-    finally:
-        parent.kill()
-        parent.wait(10)
-    _wait_until(lambda: not _alive(worker), "the orphaned worker to exit")
+    with subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE, text=True) as parent:
+        try:
+            assert parent.stdout is not None
+            worker = int(parent.stdout.readline())
+            assert _alive(worker)
+        finally:
+            parent.kill()
+            parent.wait(10)
+    poll_until(lambda: not _alive(worker), what="the orphaned worker to exit", timeout=20)
 
 
 def test_a_job_with_an_unusable_key_fails_each_item_with_the_reason(
-    keypair: tuple[str, str],
+    dkim_keypair: tuple[str, str],
 ) -> None:
-    results = build_items(job(keypair, dkim_keys=((SELECTOR, "not a key"),)), items(2))
+    results = build_items(job(dkim_keypair, dkim_keys=((SELECTOR, "not a key"),)), items(2))
     assert len(results) == 3
     assert all(isinstance(r, str) and r.startswith(f"DKIM key of domain {DOMAIN}") for r in results)
 
@@ -205,12 +206,3 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
-
-
-def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    """Poll for an event (a process exiting), not for time to pass."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)

@@ -47,31 +47,23 @@ from tests.dispatcher.support import (
     SECRET,
     T0,
     TEMPLATE,
-    Clock,
     add,
     dispatcher,
     dkim_verifies,
     envelopes,
-    events,
-    parse,
     rows,
     store_batch,
     store_domain,
-    wait_for,
 )
+from tests.support import Clock, parse_message, stats_events, wait_for
 
 RETRY = timedelta(minutes=5)  # the default policy's first delay (backoff_min), jitter 1.0
 
 
-@pytest.fixture(scope="module")
-def keypair() -> tuple[str, str]:
-    return generate_dkim_keypair()
-
-
 @pytest.fixture
-async def pool(database_url: str, keypair: tuple[str, str]) -> AsyncIterator[asyncpg.Pool]:
+async def pool(database_url: str, dkim_keypair: tuple[str, str]) -> AsyncIterator[asyncpg.Pool]:
     created = await create_pool(database_url, max_size=8)
-    await store_domain(created, keypair)
+    await store_domain(created, dkim_keypair)
     await store_batch(created)
     yield created
     await created.close()
@@ -94,7 +86,7 @@ def errored(email: str, code: int, message: str) -> Outcome:
 
 
 async def test_each_due_delivery_becomes_one_signed_envelope_on_the_sending_stream(
-    pool: asyncpg.Pool, bus: Bus, keypair: tuple[str, str]
+    pool: asyncpg.Pool, bus: Bus, dkim_keypair: tuple[str, str]
 ) -> None:
     await add(pool, ["ann@example.org"], fields={"name": "Ann"})
     await add(pool, ["bob@example.org"], fields={"name": "Bob <&>"})
@@ -119,8 +111,8 @@ async def test_each_due_delivery_becomes_one_signed_envelope_on_the_sending_stre
         bounce = parse_bounce_address(job.return_path, SECRET.encode())
         assert bounce is not None and bounce.batch_id == BATCH
         assert bounce.matches(recipient, SECRET.encode())
-        assert dkim_verifies(job.body, keypair[1])
-        message = parse(job.body)
+        assert dkim_verifies(job.body, dkim_keypair[1])
+        message = parse_message(job.body)
         assert message["From"] == "Kannon News <news@k.example.com>"
         assert message["To"] == recipient
         assert message["Subject"] == f"Hello {name.replace('&lt;&amp;&gt;', '<&>')}"
@@ -156,7 +148,7 @@ async def test_each_due_delivery_becomes_one_signed_envelope_on_the_sending_stre
 async def test_a_backlog_larger_than_a_publish_chunk_is_published_whole(
     pool: asyncpg.Pool,
     bus: Bus,
-    keypair: tuple[str, str],
+    dkim_keypair: tuple[str, str],
     monkeypatch: pytest.MonkeyPatch,
     build_workers: int,
 ) -> None:
@@ -173,14 +165,14 @@ async def test_a_backlog_larger_than_a_publish_chunk_is_published_whole(
     assert sorted(p.job.recipient for p in published) == sorted(recipients)
     assert {row["status"] for row in (await rows(pool)).values()} == {"queued"}
     for item in published:
-        assert dkim_verifies(item.job.body, keypair[1])
-        assert parse(item.job.body)["Subject"] == "Hello R"
+        assert dkim_verifies(item.job.body, dkim_keypair[1])
+        assert parse_message(item.job.body)["Subject"] == "Hello R"
         assert item.msg_id == f"{make_email_id(BATCH, item.job.recipient)}.0"
 
 
 @pytest.mark.parametrize("build_workers", [0, 1])
 async def test_headers_to_cc_and_attachments_come_from_the_batch(
-    pool: asyncpg.Pool, bus: Bus, keypair: tuple[str, str], build_workers: int
+    pool: asyncpg.Pool, bus: Bus, dkim_keypair: tuple[str, str], build_workers: int
 ) -> None:
     other = "msg_withparts@k.example.com"
     await store_batch(
@@ -196,12 +188,12 @@ async def test_headers_to_cc_and_attachments_come_from_the_batch(
         assert await worker.cycle() == 1
     [item] = await envelopes(bus)
     assert item.job.recipient == "member@example.org"  # RCPT stays the Delivery's Recipient
-    message = parse(item.job.body)
+    message = parse_message(item.job.body)
     assert (message["To"], message["Cc"]) == ("list@example.org", "boss@example.org")
     [attachment] = list(message.iter_attachments())
     assert attachment.get_filename() == "report.pdf"
     assert attachment.get_content() == b"%PDF-1.4 tiny"
-    assert dkim_verifies(item.job.body, keypair[1])
+    assert dkim_verifies(item.job.body, dkim_keypair[1])
 
 
 async def test_the_last_attempt_the_budget_allows_is_marked_should_retry_false(
@@ -221,7 +213,7 @@ async def test_the_last_attempt_the_budget_allows_is_marked_should_retry_false(
 
 
 async def test_the_dkim_key_is_parsed_once_per_domain_and_replaced_when_it_changes(
-    pool: asyncpg.Pool, bus: Bus, keypair: tuple[str, str]
+    pool: asyncpg.Pool, bus: Bus, dkim_keypair: tuple[str, str]
 ) -> None:
     worker = dispatcher(pool, bus, Clock(T0))
     await add(pool, ["one@example.org"])
@@ -239,7 +231,7 @@ async def test_the_dkim_key_is_parsed_once_per_domain_and_replaced_when_it_chang
     assert worker.dispatch.signers[DOMAIN][1] is not first
     third = next(p for p in await envelopes(bus) if p.job.recipient == "three@example.org")
     assert b"s=k2;" in third.job.body
-    assert not dkim_verifies(third.job.body, keypair[1])  # the old key no longer signs
+    assert not dkim_verifies(third.job.body, dkim_keypair[1])  # the old key no longer signs
 
 
 # -- build and publish failures ------------------------------------------------------------------
@@ -272,7 +264,7 @@ async def test_a_deleted_template_reschedules_with_backoff_then_ends_failed(
         assert attempts < 20, "the budget never ran out"
     assert attempts >= 5  # 5m, 5m, 8m, 16m, ... up to 24 h: several retries happened first
 
-    [(subject, outcome)] = await events(bus)
+    [(subject, outcome)] = await stats_events(bus)
     assert subject == "kannon.stats.failed"
     assert isinstance(outcome.detail, Failed)
     assert outcome.detail.reason == (
@@ -300,7 +292,7 @@ async def test_a_build_failure_after_a_remote_answer_ends_bounced_with_that_answ
     )
     await pool.execute("DELETE FROM domains")
     await dispatcher(pool, bus, Clock(T0 + timedelta(hours=23, minutes=58))).cycle()
-    [(subject, outcome)] = await events(bus)
+    [(subject, outcome)] = await stats_events(bus)
     assert subject == "kannon.stats.bounced"
     assert outcome.detail == Bounced(permanent=False, code=452, message="4.2.2 mailbox full")
     assert await rows(pool) == {}
@@ -312,7 +304,7 @@ async def test_a_deleted_domain_is_a_build_failure_naming_the_domain(
     await add(pool, ["x@example.org"], original=T0, scheduled=T0 + timedelta(hours=23, minutes=58))
     await pool.execute("DELETE FROM domains")
     await dispatcher(pool, bus, Clock(T0 + timedelta(hours=23, minutes=58))).cycle()
-    [(_, outcome)] = await events(bus)
+    [(_, outcome)] = await stats_events(bus)
     assert outcome.detail == Failed(
         f"retry budget exhausted while dispatching: domain {DOMAIN} no longer exists"
     )
@@ -388,7 +380,7 @@ async def test_a_publish_refused_after_the_retry_window_ends_the_delivery_failed
     worker = dispatcher(pool, RefusingBus(bus.nc), Clock(T0 + timedelta(hours=25)))
     assert await worker.cycle() == 1
     assert await rows(pool) == {}
-    [(subject, outcome)] = await events(bus)
+    [(subject, outcome)] = await stats_events(bus)
     assert subject == "kannon.stats.failed"
     assert isinstance(outcome.detail, Failed)
     assert "publishing" in outcome.detail.reason
@@ -411,7 +403,7 @@ async def test_an_envelope_larger_than_the_bus_accepts_ends_failed_at_once(
     assert await dispatcher(pool, bus, Clock(T0)).cycle() == 1
     assert await rows(pool) == {}
     assert await envelopes(bus) == []
-    [(subject, outcome)] = await events(bus)
+    [(subject, outcome)] = await stats_events(bus)
     assert subject == "kannon.stats.failed"
     assert isinstance(outcome.detail, Failed)
     assert "max_payload" in outcome.detail.reason
@@ -527,7 +519,7 @@ async def test_a_spent_budget_ends_bounced_when_a_server_answered_else_failed(
     ):
         assert (await worker.handle_error(outcome_message(outcome))).verdict is Verdict.ACK
     assert await rows(pool) == {}
-    ended = {outcome.recipient: (subject, outcome) for subject, outcome in await events(bus)}
+    ended = {outcome.recipient: (subject, outcome) for subject, outcome in await stats_events(bus)}
     assert ended["answered@example.org"][0] == "kannon.stats.bounced"
     assert ended["answered@example.org"][1].detail == Bounced(False, 452, "4.2.2 mailbox full")
     assert ended["earlier@example.org"][1].detail == Bounced(False, 450, "4.2.0 greylisted")
@@ -547,7 +539,7 @@ async def test_errors_for_deliveries_that_are_gone_are_acked_and_bad_ones_termin
     assert (await worker.handle_error(wrong)).verdict is Verdict.TERM
     garbage = BusMessage("kannon.stats.error", b"\xff\x00garbage", None, 1, 9)
     assert (await worker.handle_error(garbage)).verdict is Verdict.TERM
-    assert await events(bus) == []
+    assert await stats_events(bus) == []
 
 
 # -- reclaim -------------------------------------------------------------------------------------
@@ -662,7 +654,7 @@ async def test_a_queued_envelope_is_retried_only_once_it_can_no_longer_be_sent(
 @pytest.mark.parametrize("secret", [None, "short"])
 def test_a_missing_or_short_secret_key_fails_at_boot(secret: str | None) -> None:
     with pytest.raises(ConfigError) as failure:
-        Dispatcher(Settings(secret_key=secret), None, None)  # type: ignore[arg-type]
+        Dispatcher(Settings(secret_key=secret), None, None)  # type: ignore[arg-type]  # refused first
     assert failure.value.key == "secret_key"
 
 

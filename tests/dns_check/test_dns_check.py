@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from kannon.dns_check import DkimExpectation, check_domain, make_resolver
 from kannon.envelope.dkim import ED25519_SHA256, dns_txt_value, generate_ed25519_keypair
-from kannon.model.domain import DkimKey, Domain, dkim_dns_record, dns_records
+from kannon.model.domain import DkimKey, DnsRecord, Domain, dkim_dns_record, dns_records
 from tests.peers.dns import DnsServer
 
 SENDING_HOST = "out.kannon.test"
@@ -17,7 +17,7 @@ _, PUBLIC = generate_ed25519_keypair()
 _, OTHER_PUBLIC = generate_ed25519_keypair()
 
 
-def expectations(domain: str) -> tuple[list[DkimExpectation], list[object]]:
+def expectations(domain: str) -> tuple[list[DkimExpectation], list[DnsRecord]]:
     key = DkimKey(domain, "sel", ED25519_SHA256, PUBLIC, NOW, NOW)
     record = dkim_dns_record(key, dns_txt_value(PUBLIC, ED25519_SHA256), NOW)
     stored = Domain(domain, "", "sel", NOW, dkim_keys=(key,))
@@ -37,7 +37,7 @@ async def run(server: DnsServer, domain: str) -> dict[str, tuple[str, str]]:
     checks = await check_domain(
         make_resolver([server.address]),
         domain=domain,
-        records=records,  # type: ignore[arg-type]
+        records=records,
         dkim_keys=keys,
         sending_host=SENDING_HOST,
         bounce_host=BOUNCE_HOST,

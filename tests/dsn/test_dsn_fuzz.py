@@ -65,6 +65,6 @@ def test_truncated_and_corrupted_real_bounces() -> None:
 
 
 def test_non_bytes_input_is_unknown() -> None:
-    report = parse_message("not bytes")  # type: ignore[arg-type]
+    report = parse_message("not bytes")  # type: ignore[arg-type]  # a caller breaking the contract
     assert report.kind == "unknown"
     assert report.notes

@@ -11,11 +11,6 @@ import pytest
 from kannon.bus.client import Bus
 from tests.e2e.pipeline import Pipeline
 from tests.peers.dns import DnsServer
-from tests.peers.fixtures import (  # noqa: F401  (fixtures, registered by importing them)
-    dns_server,
-    smtp_sink,
-    smtp_sink_factory,
-)
 from tests.peers.smtp_sink import SmtpSink
 
 Launch = Callable[..., Awaitable[Pipeline]]
@@ -27,8 +22,8 @@ async def launch(
     nats_url: str,
     bus: Bus,
     # The peers' fixtures, imported above so that pytest registers them here.
-    dns_server: DnsServer,  # noqa: F811
-    smtp_sink: SmtpSink,  # noqa: F811
+    dns_server: DnsServer,
+    smtp_sink: SmtpSink,
 ) -> AsyncIterator[Launch]:
     """Start the pipeline (settings overrides as CLI dests, e.g. sender_relay_host="...")."""
     started: list[Pipeline] = []

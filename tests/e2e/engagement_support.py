@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kannon.bus.client import Bus
-from kannon.bus.subjects import STATS_STREAM
 from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
 from kannon.pb.admin.apiv1 import adminapiv1_pb2_grpc
 from kannon.pb.stats.apiv1 import statsapiv1_pb2 as stats_pb
@@ -35,7 +33,8 @@ from kannon.pb.tracking.types import tracking_pb2
 from kannon.smtp_server.component import SmtpServer
 from kannon.tracker.component import Tracker
 from tests.e2e.conftest import Launch
-from tests.e2e.pipeline import MX_HOST, TENANT, Pipeline, start_component
+from tests.e2e.pipeline import MX_HOST, TENANT, Pipeline
+from tests.support import start_component
 
 BOUNCE_HOST = f"bounces.{TENANT}"
 REPORTING_MTA = MX_HOST
@@ -69,7 +68,7 @@ class Engaged:
         return f"http://127.0.0.1:{self.tracker.port}"
 
 
-async def launch_engaged(launch: Launch, **overrides: str) -> Engaged:
+async def launch_engaged(launch: Launch, **overrides: Any) -> Engaged:
     """The pipeline, then a Tracker and an SmtpServer on its Settings (stopped, newest first,
     with the pipeline by the `launch` fixture)."""
     with reserved_port() as port:
@@ -93,7 +92,7 @@ async def launch_engaged(launch: Launch, **overrides: str) -> Engaged:
 async def get_stats(pipeline: Pipeline, email: str) -> list[Any]:
     """GetStats (v1, Basic auth with the tenant's API key) for the last and next hour, the rows
     of `email` in the order the API gives them (newest first)."""
-    stub: Any = statsapiv1_pb2_grpc.StatsApiV1Stub(pipeline.channel)  # type: ignore[no-untyped-call]
+    stub: Any = statsapiv1_pb2_grpc.StatsApiV1Stub(pipeline.channel)
     now = datetime.now(UTC)
     request = stats_pb.GetStatsReq(
         domain=TENANT,
@@ -104,12 +103,6 @@ async def get_stats(pipeline: Pipeline, email: str) -> list[Any]:
     res = await stub.GetStats(request, metadata=pipeline.credentials)
     assert res.total == len(res.stats)
     return [row for row in res.stats if row.email == email]
-
-
-async def stored_events(bus: Bus) -> int:
-    """How many events the stats stream holds."""
-    info = await bus.js.stream_info(STATS_STREAM)
-    return int(info.state.messages)
 
 
 def dsn(
@@ -201,13 +194,14 @@ async def admin(pipeline: Pipeline, method: str, request: Any) -> Any:
     """One Admin API call with the operator token, through the real gRPC client."""
     from tests.e2e.pipeline import ADMIN_TOKEN
 
-    stub: Any = adminapiv1_pb2_grpc.ApiStub(pipeline.channel)  # type: ignore[no-untyped-call]
+    stub: Any = adminapiv1_pb2_grpc.ApiStub(pipeline.channel)
     md = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
     return await getattr(stub, method)(request, metadata=md)
 
 
 async def set_tracking_ceiling(pipeline: Pipeline, opens: int, links: int) -> Any:
     """SetTrackingPolicy for the tenant Domain (modes as the wire's numbers)."""
-    policy = tracking_pb2.TrackingPolicy(opens=opens, links=links)  # type: ignore[arg-type]
+    # The wire's numbers as such, unknown ones included (the stubs type them as TrackingMode).
+    policy = tracking_pb2.TrackingPolicy(opens=opens, links=links)  # type: ignore[arg-type]  # ints
     request = admin_pb.SetTrackingPolicyReq(domain=TENANT, tracking=policy)
     return (await admin(pipeline, "SetTrackingPolicy", request)).domain

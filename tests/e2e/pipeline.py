@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import dkim
-import dns.exception
 import grpc
 
 from kannon.api.component import ApiComponent
@@ -51,13 +48,19 @@ from kannon.pb.admin.apiv1 import adminapiv1_pb2_grpc
 from kannon.pb.mailer.apiv1 import mailerapiv1_pb2 as mailer_pb
 from kannon.pb.mailer.apiv1 import mailerapiv1_pb2_grpc
 from kannon.pb.mailer.types import send_pb2
-from kannon.runtime.component import Life
 from kannon.smtp_sender.component import SmtpSender
 from kannon.stats.component import StatsWorker
 from kannon.validator.component import Validator
-from tests.dispatcher.support import wait_for
 from tests.peers.dns import DnsServer
 from tests.peers.smtp_sink import SmtpSink
+from tests.support import (
+    Running,
+    dkim_verdicts,
+    dkim_verifies,
+    dns_lookup,
+    start_component,
+    wait_for,
+)
 
 TENANT = "tenant.test"
 SENDER_EMAIL = f"news@{TENANT}"
@@ -119,29 +122,6 @@ def add_recipient_dns(dns_server: DnsServer) -> None:
     dns_server.add_mx("xn--bcher-kva.test", MX_HOST, 10)
     dns_server.add_host(MX_HOST, "127.0.0.1")
     dns_server.add_null_mx(NULL_MX_DOMAIN)
-
-
-@dataclass
-class Running:
-    name: str
-    life: Life
-    task: asyncio.Task[None]
-
-
-async def start_component(component: Any) -> Running:
-    life = Life(component.name)
-    task: asyncio.Task[None] = asyncio.create_task(component.run(life))
-    ready = asyncio.create_task(life.wait_ready())
-    done, _ = await asyncio.wait({task, ready}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
-    if task in done:
-        ready.cancel()
-        task.result()
-        raise AssertionError(f"{component.name} returned before it was ready")
-    if ready not in done:
-        ready.cancel()
-        task.cancel()
-        raise AssertionError(f"{component.name} did not become ready")
-    return Running(component.name, life, task)
 
 
 @dataclass
@@ -236,7 +216,7 @@ class Pipeline:
         return pipeline
 
     async def _authorize_tenant(self) -> None:
-        admin: Any = adminapiv1_pb2_grpc.ApiStub(self.channel)  # type: ignore[no-untyped-call]
+        admin: Any = adminapiv1_pb2_grpc.ApiStub(self.channel)
         md = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
         # What the Admin API tells the operator to publish is what dnsmasq serves.
         domain = (await admin.GetDomain(admin_pb.GetDomainReq(domain=TENANT), metadata=md)).domain
@@ -255,9 +235,8 @@ class Pipeline:
         """Stop every Component gracefully (newest first) and check each one returned."""
         failures: list[BaseException] = []
         for running in reversed(self.components):
-            running.life.stopping.set()
             try:
-                await asyncio.wait_for(running.task, 30)
+                await running.stop()
             except BaseException as exc:  # keep stopping the others, then report
                 failures.append(exc)
         self.components.clear()
@@ -291,7 +270,7 @@ class Pipeline:
             recipients=items,
             scheduled_time=scheduled_time,
         )
-        mailer: Any = mailerapiv1_pb2_grpc.MailerStub(self.channel)  # type: ignore[no-untyped-call]
+        mailer: Any = mailerapiv1_pb2_grpc.MailerStub(self.channel)
         return await mailer.SendHTML(request, metadata=self.credentials)
 
     # -- what tests look at ------------------------------------------------------------------
@@ -355,32 +334,9 @@ class Pipeline:
 
     def dkim_verify(self, message: bytes) -> bool:
         """dkimpy's verdict, the key looked up in dnsmasq like any receiver would."""
-        resolver = self.dns.resolver()
-
-        def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
-            try:
-                answer = resolver.resolve(name.decode("ascii").rstrip("."), "TXT")
-            except dns.exception.DNSException:
-                return b""
-            return b"".join(b"".join(rdata.strings) for rdata in answer)
-
-        return bool(dkim.verify(message, dnsfunc=dnsfunc))
+        return dkim_verifies(message, dns_lookup(self.dns))
 
     def dkim_verify_each(self, message: bytes) -> list[tuple[str, bool]]:
         """Every DKIM-Signature of `message` in order: (selector, dkimpy's verdict), each key
         looked up in dnsmasq like any receiver would."""
-        resolver = self.dns.resolver()
-
-        def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
-            try:
-                answer = resolver.resolve(name.decode("ascii").rstrip("."), "TXT")
-            except dns.exception.DNSException:
-                return b""
-            return b"".join(b"".join(rdata.strings) for rdata in answer)
-
-        verifier = dkim.DKIM(message)
-        found = re.findall(rb"^DKIM-Signature:[^\r]*?\bs=([^;]+);", message, re.MULTILINE)
-        return [
-            (selector.decode(), bool(verifier.verify(idx=i, dnsfunc=dnsfunc)))
-            for i, selector in enumerate(found)
-        ]
+        return dkim_verdicts(message, dns_lookup(self.dns))

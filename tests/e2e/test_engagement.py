@@ -12,16 +12,12 @@ anything extra was published.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import re
 import struct
-from email.message import EmailMessage
 
 import httpx
 
 from kannon.bus.client import Bus
-from tests.dispatcher.support import wait_for
 from tests.e2e.conftest import Launch
 from tests.e2e.engagement_support import (
     Engaged,
@@ -29,11 +25,11 @@ from tests.e2e.engagement_support import (
     get_stats,
     launch_engaged,
     set_tracking_ceiling,
-    stored_events,
     submit_report,
 )
 from tests.e2e.pipeline import RCPT_DOMAIN, TENANT, Pipeline
 from tests.peers.smtp_sink import ReceivedMessage, SmtpSink
+from tests.support import parse_message, stored_events, wait_for
 
 FULL = 5  # TRACKING_MODE_FULL
 LANDING = "https://shop.example.org/deal?id=7&ref=mail"
@@ -49,12 +45,6 @@ HTML = (
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) KannonE2E/1.0"
 HREF = re.compile(r"""<a\b[^>]*?\bhref="([^"]*)\"""", re.IGNORECASE)
 B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-
-
-def parse(raw: bytes) -> EmailMessage:
-    message = email.message_from_bytes(raw, policy=email.policy.default)
-    assert isinstance(message, EmailMessage)
-    return message
 
 
 def flip(token: str, index: int) -> str:
@@ -100,7 +90,7 @@ async def test_pixel_and_click_of_a_delivered_message_show_in_get_stats(
     assert await stored_events(bus) == 2
 
     # The HTML as the reader's client sees it, quoted-printable decoded.
-    part = parse(received.data).get_body(("html",))
+    part = parse_message(received.data).get_body(("html",))
     assert part is not None
     assert part["Content-Transfer-Encoding"] == "quoted-printable"
     html = part.get_content()

@@ -4,14 +4,12 @@ nats-server (1 MiB, its default, as `nats.max_payload`) and delivered; one over 
 
 from __future__ import annotations
 
-import email
-import email.policy
-
 import grpc
 
 from tests.e2e.conftest import Launch
 from tests.e2e.pipeline import RCPT_DOMAIN
 from tests.peers.smtp_sink import SmtpSink
+from tests.support import parse_message
 
 
 async def test_three_spellings_of_one_mailbox_get_one_mail(
@@ -33,7 +31,7 @@ async def test_three_spellings_of_one_mailbox_get_one_mail(
     ]
     [received] = smtp_sink.messages
     assert received.rcpt_tos == (f"Ada@{RCPT_DOMAIN}",)
-    message = email.message_from_bytes(received.data, policy=email.policy.default)
+    message = parse_message(received.data)
     assert message["Subject"] == "Hi first"
 
 

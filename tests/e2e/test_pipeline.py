@@ -8,10 +8,7 @@ or the Dispatcher's clock is moved to each retry by the test.
 
 from __future__ import annotations
 
-import email
-import email.policy
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from typing import Any
 
 from kannon.db.tracking_keys import verification_keys
@@ -31,6 +28,7 @@ from tests.e2e.pipeline import (
 )
 from tests.peers.fixtures import SinkFactory
 from tests.peers.smtp_sink import SmtpSink
+from tests.support import parse_message
 
 # Retries due a microsecond after the failure: "backoff zero" through the real config keys.
 NO_BACKOFF = {
@@ -38,12 +36,13 @@ NO_BACKOFF = {
     "dispatcher_backoff_min": "1us",
     "dispatcher_backoff_max": "1us",
 }
-
-
-def parse(raw: bytes) -> EmailMessage:
-    message = email.message_from_bytes(raw, policy=email.policy.default)
-    assert isinstance(message, EmailMessage)
-    return message
+# Retries due a minute after the failure, the same minute every time, on a clock the test moves.
+MINUTE_BACKOFF: dict[str, Any] = {
+    "jitter": lambda: 1.0,
+    "dispatcher_backoff_base": "1m",
+    "dispatcher_backoff_min": "1m",
+    "dispatcher_backoff_max": "1m",
+}
 
 
 def types_by_email(rows: list[Any]) -> dict[str, list[str]]:
@@ -87,7 +86,7 @@ async def test_one_batch_to_three_recipients_arrives_rendered_signed_and_tracked
         assert received.mail_from.endswith(f"@{TENANT}")
         # DKIM, with the key published in DNS.
         assert pipeline.dkim_verify(received.data)
-        message = parse(received.data)
+        message = parse_message(received.data)
         assert message["From"] == f"{SENDER_ALIAS} <{SENDER_EMAIL}>"
         assert message["To"] == rcpt
         assert message["Subject"] == f"Hello {fields['name']}"
@@ -147,14 +146,7 @@ async def test_a_server_that_never_answers_ends_failed_when_the_window_is_spent(
     launch: Launch, smtp_sink: SmtpSink
 ) -> None:
     clock = ShiftedClock()
-    pipeline = await launch(
-        clock=clock,
-        jitter=lambda: 1.0,
-        dispatcher_backoff_base="1m",
-        dispatcher_backoff_min="1m",
-        dispatcher_backoff_max="1m",
-        dispatcher_retry_window="150s",
-    )
+    pipeline = await launch(clock=clock, dispatcher_retry_window="150s", **MINUTE_BACKOFF)
     rcpt = f"never.fred@{RCPT_DOMAIN}"
     batch = (await pipeline.send_html([rcpt])).message_id
     # Attempts at +0 and +1 min are retried; the one at +2 min leaves no room in 150 s.
@@ -207,14 +199,7 @@ async def test_a_build_failure_reschedules_and_finally_fails_never_strands(
     launch: Launch, smtp_sink: SmtpSink
 ) -> None:
     clock = ShiftedClock()
-    pipeline = await launch(
-        clock=clock,
-        jitter=lambda: 1.0,
-        dispatcher_backoff_base="1m",
-        dispatcher_backoff_min="1m",
-        dispatcher_backoff_max="1m",
-        dispatcher_retry_window="5m",
-    )
+    pipeline = await launch(clock=clock, dispatcher_retry_window="5m", **MINUTE_BACKOFF)
     # Due in an hour, so the template is certainly gone before the first dispatch.
     due = datetime.now(UTC) + timedelta(hours=1)
     rcpt = f"ivy@{RCPT_DOMAIN}"
@@ -263,7 +248,7 @@ async def test_invalid_addresses_are_rejected_and_mixed_case_and_idn_ones_delive
         assert by_email[rcpt_to[rcpt]] == ["accepted", "delivered"], rcpt
         [received] = smtp_sink.messages_to(rcpt_to[rcpt])
         assert received.rcpt_tos == (rcpt_to[rcpt],)
-        assert parse(received.data)["To"] == rcpt_to[rcpt]
+        assert parse_message(received.data)["To"] == rcpt_to[rcpt]
         assert pipeline.dkim_verify(received.data)
     assert len(smtp_sink.messages) == len(valid)
 

@@ -27,7 +27,6 @@ from kannon.pb.mailer.apiv1 import mailerapiv1_pb2 as mailer_pb
 from kannon.pb.mailer.apiv1 import mailerapiv1_pb2_grpc
 from kannon.pb.mailer.types import send_pb2
 from kannon.pb.tracking.types import tracking_pb2
-from tests.dispatcher.support import wait_for
 from tests.e2e.conftest import Launch
 from tests.e2e.engagement_support import (
     admin,
@@ -43,9 +42,10 @@ from tests.e2e.pipeline import (
     Pipeline,
     ShiftedClock,
 )
-from tests.e2e.test_engagement import HREF, parse
+from tests.e2e.test_engagement import HREF
 from tests.peers import opendkim
 from tests.peers.smtp_sink import SmtpSink
+from tests.support import html_of, parse_message, wait_for
 
 OFF, ANONYMOUS, PSEUDONYMOUS, IDENTIFIED, FULL = 1, 2, 3, 4, 5
 LANDING = "https://shop.example.org/deal"
@@ -55,7 +55,8 @@ PIXEL = re.compile(r'<img\b[^>]*\bsrc="([^"]*)"')
 
 
 def policy(opens: int, links: int) -> Any:
-    return tracking_pb2.TrackingPolicy(opens=opens, links=links)  # type: ignore[arg-type]
+    # The wire's numbers as such, unknown ones included (the stubs type them as TrackingMode).
+    return tracking_pb2.TrackingPolicy(opens=opens, links=links)  # type: ignore[arg-type]  # ints
 
 
 async def send(
@@ -76,16 +77,8 @@ async def send(
         request.tracking.CopyFrom(tracking)
     if one_click is not None:
         request.one_click_unsubscribe.url_template = one_click
-    stub: Any = mailerapiv1_pb2_grpc.MailerStub(pipeline.channel)  # type: ignore[no-untyped-call]
+    stub: Any = mailerapiv1_pb2_grpc.MailerStub(pipeline.channel)
     return await stub.SendHTML(request, metadata=pipeline.credentials)
-
-
-def html_of(raw: bytes) -> str:
-    part = parse(raw).get_body(("html",))
-    assert part is not None
-    content = part.get_content()
-    assert isinstance(content, str)
-    return content
 
 
 async def test_each_tracking_mode_end_to_end(launch: Launch, smtp_sink: SmtpSink) -> None:
@@ -215,11 +208,11 @@ async def test_one_click_unsubscribe_signed_and_served(launch: Launch, smtp_sink
     ]
     await pipeline.wait_until_settled(res.message_id, 1)
     raw = smtp_sink.messages_to(ada)[0].data
-    message = parse(raw)
+    message = parse_message(raw)
     expected = f"<https://lists.example.org/u?e=ada%2Bnews%40{RCPT_DOMAIN}&l=weekly%20%26%20more>"
     assert message["List-Unsubscribe"] == expected
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    signed = re.sub(r"\s+", "", str(message.get_all("DKIM-Signature")[0]))
+    signed = re.sub(r"\s+", "", str(message.get_all("DKIM-Signature", [])[0]))
     h = re.search(r"h=([^;]+);", signed)
     assert h is not None
     names = h.group(1).split(":")
@@ -234,7 +227,10 @@ async def test_one_click_unsubscribe_signed_and_served(launch: Launch, smtp_sink
     # No template, Domain not enabled: no header. Enabled: Kannon's own endpoint.
     res = await send(pipeline, [send_pb2.Recipient(email=f"none@{RCPT_DOMAIN}")])
     await pipeline.wait_until_settled(res.message_id, 1)
-    assert parse(smtp_sink.messages_to(f"none@{RCPT_DOMAIN}")[0].data)["List-Unsubscribe"] is None
+    assert (
+        parse_message(smtp_sink.messages_to(f"none@{RCPT_DOMAIN}")[0].data)["List-Unsubscribe"]
+        is None
+    )
     request = admin_pb.SetOneClickUnsubscribeReq(domain=TENANT, enabled=True)
     assert (await admin(pipeline, "SetOneClickUnsubscribe", request)).domain.one_click_unsubscribe
     carol = f"carol@{RCPT_DOMAIN}"
@@ -242,7 +238,7 @@ async def test_one_click_unsubscribe_signed_and_served(launch: Launch, smtp_sink
     batch = res.message_id
     await pipeline.wait_until_settled(batch, 1)
     raw = smtp_sink.messages_to(carol)[0].data
-    header = parse(raw)["List-Unsubscribe"]
+    header = parse_message(raw)["List-Unsubscribe"]
     assert header.startswith(f"<{base}/u/") and header.endswith(">")
     url = header[1:-1]
     assert pipeline.dkim_verify_each(raw) == [("smtp", True), ("smtp-ed25519", True)]
@@ -302,7 +298,7 @@ async def test_one_click_headers_verified_by_opendkim(launch: Launch, smtp_sink:
     )
     await pipeline.wait_until_settled(res.message_id, 1)
     raw = smtp_sink.messages_to(rcpt)[0].data
-    message = parse(raw)
+    message = parse_message(raw)
     assert message["List-Unsubscribe"] == f"<https://lists.example.org/u?e=ada%40{RCPT_DOMAIN}>"
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     # Both unsubscribe headers inside h= (and over-signed) of both signatures, RSA then Ed25519.
@@ -345,8 +341,8 @@ async def test_rsa_and_ed25519_through_a_key_rotation(
     # of answer NXDOMAIN (missing), not REFUSED.
     engaged = await launch_engaged(
         launch,
-        clock=clock,  # type: ignore[arg-type]
-        extra_dns=lambda server: server.add_zone(TENANT).add_zone("kannon.test"),  # type: ignore[arg-type]
+        clock=clock,
+        extra_dns=lambda server: server.add_zone(TENANT).add_zone("kannon.test"),
     )
     pipeline = engaged.pipeline
     verdicts: list[list[tuple[str, bool]]] = []

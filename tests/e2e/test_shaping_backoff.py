@@ -14,10 +14,10 @@ from prometheus_client import REGISTRY
 
 from kannon.bus.subjects import SHAPING_BUCKET
 from kannon.model.shaping import DestinationState
-from tests.dispatcher.support import wait_for
 from tests.e2e.conftest import Launch
 from tests.e2e.pipeline import RCPT_DOMAIN, Pipeline
 from tests.peers.smtp_sink import SmtpSink
+from tests.support import wait_for
 
 SHAPING = {
     "sender_shaping_destinations": f"{RCPT_DOMAIN}: connections=4 per_second=20",

@@ -15,20 +15,13 @@ import smtplib
 from typing import Any
 
 from kannon.bus.subjects import STATS_STREAM, suppression_durable
-from tests.dispatcher.support import wait_for
 from tests.e2e.conftest import Launch
-from tests.e2e.engagement_support import (
-    BOUNCE_HOST,
-    dsn,
-    get_stats,
-    launch_engaged,
-    stored_events,
-    submit_report,
-)
+from tests.e2e.engagement_support import BOUNCE_HOST, dsn, get_stats, launch_engaged, submit_report
 from tests.e2e.pipeline import RCPT_DOMAIN, TENANT, Pipeline
 from tests.peers.arf import arf_report
 from tests.peers.smtp_sink import SmtpSink
 from tests.shared_data import bounce_testdata
+from tests.support import stored_events, wait_for
 
 FEEDBACK = f"fbl@{BOUNCE_HOST}"
 

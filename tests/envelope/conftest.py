@@ -5,19 +5,20 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from datetime import timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import dkim
 import pytest
-from envelope_testdata import BATCH_ID, BOUNCE_SECRET, DOMAIN, NOW, SELECTOR, TRACKING_KEY
 
 from kannon.envelope import BatchSpec, DkimSigner, RecipientPart, dns_txt_value
-from kannon.envelope.dkim import generate_dkim_keypair
-
-
-@pytest.fixture(scope="session")
-def dkim_keypair() -> tuple[str, str]:
-    return generate_dkim_keypair()
+from tests.envelope.envelope_testdata import (
+    BATCH_ID,
+    BOUNCE_SECRET,
+    DOMAIN,
+    NOW,
+    SELECTOR,
+    TRACKING_KEY,
+)
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +58,7 @@ def make_spec(signer: DkimSigner) -> Callable[..., Spec]:
     any field of either (and `dkim`, the signer)."""
 
     def make(**overrides: object) -> Spec:
-        values: dict[str, object] = {
+        values: dict[str, Any] = {
             "batch_id": BATCH_ID,
             "domain": DOMAIN,
             "sender_email": "news@k.example.com",
@@ -78,6 +79,6 @@ def make_spec(signer: DkimSigner) -> Callable[..., Spec]:
         assert isinstance(dkim, DkimSigner)
         part = {k: v for k, v in values.items() if k in _PART_FIELDS}
         batch = {k: v for k, v in values.items() if k not in _PART_FIELDS}
-        return Spec(BatchSpec(**batch), RecipientPart(**part), dkim)  # type: ignore[arg-type]
+        return Spec(BatchSpec(**batch), RecipientPart(**part), dkim)
 
     return make

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import pytest
-from envelope_testdata import BATCH_ID, BOUNCE_SECRET
 
 from kannon.envelope.bounce import BounceAddress, make_bounce_address, parse_bounce_address
+from tests.envelope.envelope_testdata import BATCH_ID, BOUNCE_SECRET
 
 RCPT = "Alice.Example@Example.org"
 LONG_RCPT = "a" * 64 + "@" + ".".join(["b" * 63, "c" * 63, "d" * 58]) + ".io"
@@ -53,9 +54,9 @@ def test_local_part_fits_rfc5321(recipient: str) -> None:
         lambda a: a + ".",  # trailing root dot on the domain
     ],
 )
-def test_tolerates_case_changes_and_brackets(mangle: object) -> None:
+def test_tolerates_case_changes_and_brackets(mangle: Callable[[str], str]) -> None:
     address = make_bounce_address(BATCH_ID, RCPT, BOUNCE_SECRET)
-    parsed = parse_bounce_address(mangle(address), BOUNCE_SECRET)  # type: ignore[operator]
+    parsed = parse_bounce_address(mangle(address), BOUNCE_SECRET)
     assert parsed is not None
     assert parsed.batch_id == BATCH_ID
     assert parsed.matches(RCPT, BOUNCE_SECRET)

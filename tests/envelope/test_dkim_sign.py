@@ -10,7 +10,6 @@ import dkim.canonicalization
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from envelope_testdata import DOMAIN, NOW, SELECTOR
 
 from kannon.envelope.dkim import (
     DkimSigner,
@@ -18,6 +17,7 @@ from kannon.envelope.dkim import (
     relaxed_body,
     relaxed_header,
 )
+from tests.envelope.envelope_testdata import DOMAIN, NOW, SELECTOR
 
 BODIES = [
     b"",

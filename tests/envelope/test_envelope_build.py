@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import email
-import email.policy
 import re
 from collections.abc import Callable
 from email.message import EmailMessage
 from email.utils import format_datetime
 
 import pytest
-from envelope_testdata import BATCH_ID, BOUNCE_SECRET, NOW, TRACKING_KEY
 
 from kannon.envelope import (
     BatchSpec,
@@ -23,15 +20,15 @@ from kannon.envelope import (
     verify_click,
     verify_open,
 )
+from tests.envelope.envelope_testdata import BATCH_ID, BOUNCE_SECRET, NOW, TRACKING_KEY
+from tests.support import parse_message
 
 MakeSpec = Callable[..., tuple[BatchSpec, RecipientPart, DkimSigner]]
 KEYS = {TRACKING_KEY.kid: TRACKING_KEY.secret}
 
 
 def parse(env: Envelope) -> EmailMessage:
-    msg = email.message_from_bytes(env.body, policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
+    return parse_message(env.body)
 
 
 def html_of(msg: EmailMessage) -> str:

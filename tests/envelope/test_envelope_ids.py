@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from envelope_testdata import BATCH_ID
 
 from kannon.envelope.ids import (
     make_batch_id,
@@ -11,6 +10,7 @@ from kannon.envelope.ids import (
     parse_email_id,
     split_batch_id,
 )
+from tests.envelope.envelope_testdata import BATCH_ID
 
 
 def test_email_id_matches_original_format() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pytest
-from envelope_testdata import BATCH_ID, BOUNCE_SECRET, DOMAIN, NOW
 
 from kannon.envelope import BatchSpec, DkimSigner, RecipientPart
 from kannon.envelope.build import build_envelope
@@ -15,6 +15,7 @@ from kannon.envelope.mime import base64_body
 from kannon.envelope.size import base64_size, estimate_largest_envelope
 from kannon.envelope.tokens import TrackingKey
 from kannon.wire import envelope as wire_envelope
+from tests.envelope.envelope_testdata import BATCH_ID, BOUNCE_SECRET, DOMAIN, NOW
 
 # The Dispatcher's real key id format ("key_" + 24 hex digits).
 KID = "key_" + "0" * 24
@@ -101,7 +102,7 @@ def _text(rng: random.Random, n: int) -> str:
     return "".join(rng.choice(alphabet) for _ in range(n))
 
 
-def _case(rng: random.Random) -> dict[str, object]:
+def _case(rng: random.Random) -> dict[str, Any]:
     names = ["name", "url", "raw", "code"]
     parts: list[str] = ["<html><body>"]
     for _ in range(rng.randint(0, 40)):
@@ -156,16 +157,16 @@ def test_the_bound_holds_for_every_recipient(signer: DkimSigner, seed: int) -> N
     # Values rendered into the Subject cannot hold CR/LF (intake refuses them).
     recipients = [
         (email, {k: v.replace("\r", "").replace("\n", "") for k, v in fields.items()})
-        for email, fields in case["recipients"]  # type: ignore[attr-defined]
+        for email, fields in case["recipients"]
     ]
     bound = estimate(
         html=str(case["html"]),
         subject=subject,
         alias=str(case["alias"]),
         recipients=recipients,
-        attachments=case["attachments"],  # type: ignore[arg-type]
-        headers_to=case["headers_to"],  # type: ignore[arg-type]
-        headers_cc=case["headers_cc"],  # type: ignore[arg-type]
+        attachments=case["attachments"],
+        headers_to=case["headers_to"],
+        headers_cc=case["headers_cc"],
     )
     actual = max(
         published_size(
@@ -175,9 +176,9 @@ def test_the_bound_holds_for_every_recipient(signer: DkimSigner, seed: int) -> N
             alias=str(case["alias"]),
             recipient=email,
             fields=fields,
-            attachments=case["attachments"],  # type: ignore[arg-type]
-            headers_to=case["headers_to"],  # type: ignore[arg-type]
-            headers_cc=case["headers_cc"],  # type: ignore[arg-type]
+            attachments=case["attachments"],
+            headers_to=case["headers_to"],
+            headers_cc=case["headers_cc"],
         )
         for email, fields in recipients
     )
@@ -186,15 +187,15 @@ def test_the_bound_holds_for_every_recipient(signer: DkimSigner, seed: int) -> N
 
 def test_the_bound_is_close_for_a_large_attachment(signer: DkimSigner) -> None:
     data = random.Random(1).randbytes(700_000)
-    kwargs: dict[str, object] = {
+    kwargs: dict[str, Any] = {
         "html": '<p>Hi {{ name }}, <a href="https://example.com/invoice">your invoice</a></p>',
         "subject": "Invoice for {{ name }}",
         "alias": "Billing",
         "attachments": [("invoice.pdf", data)],
     }
     fields = {"name": "Ada"}
-    actual = published_size(signer, recipient="ada@example.com", fields=fields, **kwargs)  # type: ignore[arg-type]
-    bound = estimate(recipients=[("ada@example.com", fields)], **kwargs)  # type: ignore[arg-type]
+    actual = published_size(signer, recipient="ada@example.com", fields=fields, **kwargs)
+    bound = estimate(recipients=[("ada@example.com", fields)], **kwargs)
     assert actual <= bound <= actual + 8 * 1024
 
 
@@ -224,7 +225,7 @@ def test_base64_size_is_exact(length: int) -> None:
 @pytest.mark.parametrize("seed", range(20))
 def test_the_quick_bound_under_a_limit_is_still_a_bound(seed: int) -> None:
     case = _case(random.Random(seed))
-    common: dict[str, object] = {
+    common: dict[str, Any] = {
         "html": case["html"],
         "subject": case["subject"],
         "domain": DOMAIN,
@@ -232,16 +233,16 @@ def test_the_quick_bound_under_a_limit_is_still_a_bound(seed: int) -> None:
         "sender_email": f"news@{DOMAIN}",
         "sender_alias": case["alias"],
         "recipients": case["recipients"],
-        "attachments": {name: len(data) for name, data in case["attachments"]},  # type: ignore[attr-defined]
+        "attachments": {name: len(data) for name, data in case["attachments"]},
         "headers_to": case["headers_to"],
         "headers_cc": case["headers_cc"],
         "tracker_base_url": BASE,
         "tracking_kid_bytes": len(KID),
     }
-    exact = estimate_largest_envelope(**common)  # type: ignore[arg-type]
-    quick = estimate_largest_envelope(**common, limit=10**9)  # type: ignore[arg-type]
+    exact = estimate_largest_envelope(**common)
+    quick = estimate_largest_envelope(**common, limit=10**9)
     assert exact is not None and quick is not None
     assert quick.size >= exact.size
     # Near the limit the exact bound decides.
-    tight = estimate_largest_envelope(**common, limit=exact.size)  # type: ignore[arg-type]
+    tight = estimate_largest_envelope(**common, limit=exact.size)
     assert tight is not None and tight.size == exact.size

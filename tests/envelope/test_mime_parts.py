@@ -12,13 +12,11 @@ from email.utils import getaddresses
 import pytest
 
 from kannon.envelope import mime
+from tests.support import parse_message
 
 
 def parse_header(header: mime.Header) -> email.message.EmailMessage:
-    raw = mime.serialise_headers([header]) + b"\r\n"
-    msg = email.message_from_bytes(raw, policy=email.policy.default)
-    assert isinstance(msg, email.message.EmailMessage)
-    return msg
+    return parse_message(mime.serialise_headers([header]) + b"\r\n")
 
 
 def lines_of(header: mime.Header) -> list[str]:

@@ -6,7 +6,6 @@ import re
 from datetime import timedelta
 
 import pytest
-from envelope_testdata import BATCH_ID, NOW, TRACKING_KEY
 
 from kannon.envelope.tokens import verify_click, verify_open
 from kannon.envelope.tracking import (
@@ -15,6 +14,7 @@ from kannon.envelope.tracking import (
     rewrite_links,
     tracker_base,
 )
+from tests.envelope.envelope_testdata import BATCH_ID, NOW, TRACKING_KEY
 
 KEYS = {TRACKING_KEY.kid: TRACKING_KEY.secret}
 BASE = "https://stats.k.example.com"

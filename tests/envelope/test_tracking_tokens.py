@@ -8,7 +8,6 @@ import string
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from envelope_testdata import BATCH_ID
 
 from kannon.envelope.tokens import (
     ClickClaim,
@@ -20,6 +19,7 @@ from kannon.envelope.tokens import (
     verify_open,
     verify_token,
 )
+from tests.envelope.envelope_testdata import BATCH_ID
 
 KEY = TrackingKey("key_a", b"A" * 32)
 OTHER = TrackingKey("key_b", b"B" * 32)

@@ -24,9 +24,10 @@ from kannon.bus.embedded import find_binary, jetstream_ready
 from kannon.bus.subjects import SENDER_DURABLE, SENDING_STREAM
 from kannon.runtime.clock import utc_now
 from kannon.runtime.processes import ChildProcess, free_port, start_child, wait_until
-from tests.dispatcher.support import wait_for
-from tests.fleet.fleet import RCPT_DOMAIN, TERMINAL
+from tests.fleet.fleet import RCPT_DOMAIN, TERMINAL, add_recipient_dns
+from tests.peers.dns import DnsServer
 from tests.peers.smtp_sink import ReceivedMessage, SmtpSink
+from tests.support import wait_for
 
 
 class SlowSink(SmtpSink):
@@ -42,13 +43,13 @@ class SlowSink(SmtpSink):
         super().__init__(**options)
         self.delay = delay
         self.commit_first = commit_first
-        self.busy = 0
+        self.in_data = 0
         """Transactions in DATA right now: the sender's sends in flight."""
         self.max_busy = 0
 
     async def _record(self, message: ReceivedMessage) -> None:
-        self.busy += 1
-        self.max_busy = max(self.max_busy, self.busy)
+        self.in_data += 1
+        self.max_busy = max(self.max_busy, self.in_data)
         try:
             if self.commit_first:
                 await super()._record(message)
@@ -57,7 +58,19 @@ class SlowSink(SmtpSink):
                 await asyncio.sleep(self.delay)
                 await super()._record(message)
         finally:
-            self.busy -= 1
+            self.in_data -= 1
+
+
+async def slow_remote(
+    dns_server: DnsServer, database_url: str, **sink: Any
+) -> tuple[SlowSink, asyncpg.Connection]:
+    """The recipients' MX, a started SlowSink (`sink`: its options) that dnsmasq, started too,
+    points them at; and a connection to watch the database. The caller stops and closes both."""
+    remote = SlowSink(**sink)
+    await remote.start()
+    add_recipient_dns(dns_server)
+    dns_server.start()
+    return remote, await asyncpg.connect(database_url)
 
 
 def recipients(count: int, bounces: int = 0) -> dict[str, dict[str, str]]:

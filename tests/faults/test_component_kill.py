@@ -17,13 +17,12 @@ None of these Components holds an SMTP transaction, so none of their deaths may 
 
 from __future__ import annotations
 
-import asyncpg
 import pytest
 
 from kannon.bus.client import Bus
-from tests.faults.support import SlowSink, metric, recipients, settle, verdict
+from kannon.config import COMPONENTS
+from tests.faults.support import metric, recipients, settle, slow_remote, verdict
 from tests.fleet.conftest import StartFleet
-from tests.fleet.fleet import COMPONENTS, add_recipient_dns
 from tests.peers.dns import DnsServer
 
 RECIPIENTS = 400
@@ -44,11 +43,7 @@ async def test_sigkill_mid_batch_costs_no_mail_and_no_duplicate(
     database_url: str,
     bus: Bus,
 ) -> None:
-    sink = SlowSink(delay=SINK_DELAY)
-    await sink.start()
-    add_recipient_dns(dns_server)
-    dns_server.start()
-    db = await asyncpg.connect(database_url)
+    sink, db = await slow_remote(dns_server, database_url, delay=SINK_DELAY)
     try:
         fleet = await start_fleet(
             sink_port=sink.port,

@@ -14,12 +14,21 @@ import asyncpg
 import pytest
 
 from kannon.bus.client import Bus
+from kannon.config import COMPONENTS
 from kannon.db.embedded import EmbeddedPostgres, start_postgres
-from tests.dispatcher.support import wait_for
-from tests.faults.support import RestartableNats, SlowSink, metric, recipients, settle, verdict
+from tests.faults.support import (
+    RestartableNats,
+    SlowSink,
+    metric,
+    recipients,
+    settle,
+    slow_remote,
+    verdict,
+)
 from tests.fleet.conftest import StartFleet
-from tests.fleet.fleet import COMPONENTS, Fleet, FleetError, add_recipient_dns
+from tests.fleet.fleet import Fleet, FleetError, add_recipient_dns
 from tests.peers.dns import DnsServer
+from tests.support import wait_for
 
 RECIPIENTS = 300
 BOUNCES = 6
@@ -44,11 +53,7 @@ async def test_a_nats_server_restart_mid_batch_loses_and_repeats_nothing(
     dns_server: DnsServer,
     database_url: str,
 ) -> None:
-    sink = SlowSink(delay=SINK_DELAY)
-    await sink.start()
-    add_recipient_dns(dns_server)
-    dns_server.start()
-    db = await asyncpg.connect(database_url)
+    sink, db = await slow_remote(dns_server, database_url, delay=SINK_DELAY)
     bus: Bus | None = None
     try:
         fleet = await start_fleet(
@@ -184,11 +189,7 @@ async def test_envelopes_queued_longer_than_the_claim_timeout_are_sent_once(
     stream for many claim timeouts. Before ADR 0025 Reclaim dispatched each again every claim
     timeout and the remote got two or three copies."""
     claim_timeout = 1.0
-    sink = SlowSink(delay=0.0)
-    await sink.start()
-    add_recipient_dns(dns_server)
-    dns_server.start()
-    db = await asyncpg.connect(database_url)
+    sink, db = await slow_remote(dns_server, database_url, delay=0.0)
     try:
         fleet = await start_fleet(
             sink_port=sink.port,

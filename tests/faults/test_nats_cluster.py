@@ -14,10 +14,17 @@ import asyncpg
 
 from kannon.bus.client import Bus
 from kannon.bus.subjects import SENDING_STREAM, SENT_GUARD_BUCKET, STATS_STREAM
+from kannon.config import COMPONENTS
 from tests.faults.cluster import NatsCluster
-from tests.faults.support import SlowSink, evidence_on_failure, recipients, settle, verdict
+from tests.faults.support import (
+    SlowSink,
+    evidence_on_failure,
+    recipients,
+    settle,
+    slow_remote,
+    verdict,
+)
 from tests.fleet.conftest import StartFleet
-from tests.fleet.fleet import COMPONENTS, add_recipient_dns
 from tests.peers.dns import DnsServer
 
 RECIPIENTS = 300
@@ -32,11 +39,7 @@ async def test_a_cluster_node_killed_mid_batch_loses_and_repeats_nothing(
     dns_server: DnsServer,
     database_url: str,
 ) -> None:
-    sink = SlowSink(delay=SINK_DELAY)
-    await sink.start()
-    add_recipient_dns(dns_server)
-    dns_server.start()
-    db = await asyncpg.connect(database_url)
+    sink, db = await slow_remote(dns_server, database_url, delay=SINK_DELAY)
     bus = await Bus.connect(nats_cluster.url)
     with evidence_on_failure("nats-cluster") as evidence:
         evidence.extend(node.root for node in nats_cluster.nodes)

@@ -21,13 +21,12 @@ where every transaction in DATA at the kill has already been taken.
 
 from __future__ import annotations
 
-import asyncpg
 import pytest
 
 from kannon.bus.client import Bus
-from tests.faults.support import SlowSink, metric, recipients, settle, verdict
+from kannon.config import COMPONENTS
+from tests.faults.support import metric, recipients, settle, slow_remote, verdict
 from tests.fleet.conftest import StartFleet
-from tests.fleet.fleet import COMPONENTS, add_recipient_dns
 from tests.peers.dns import DnsServer
 
 RECIPIENTS = 1000
@@ -45,11 +44,9 @@ async def test_sigkill_of_the_sender_mid_batch_ends_every_delivery_exactly_once(
     database_url: str,
     bus: Bus,
 ) -> None:
-    sink = SlowSink(delay=SINK_DELAY, commit_first=commit_first)
-    await sink.start()
-    add_recipient_dns(dns_server)
-    dns_server.start()
-    db = await asyncpg.connect(database_url)
+    sink, db = await slow_remote(
+        dns_server, database_url, delay=SINK_DELAY, commit_first=commit_first
+    )
     try:
         fleet = await start_fleet(
             sink_port=sink.port,
@@ -73,7 +70,7 @@ async def test_sigkill_of_the_sender_mid_batch_ends_every_delivery_exactly_once(
         # Kill the sender once the remote has taken KILL_AT messages, mid-transactions.
         await sink.wait_for_messages(KILL_AT, timeout=90)
         killed = fleet.processes["sender"]
-        busy_at_kill, max_busy_before = sink.busy, sink.max_busy
+        busy_at_kill, max_busy_before = sink.in_data, sink.max_busy
         code = await killed.kill()
         received_at_kill = len(sink.messages)
         assert code == -9

@@ -15,11 +15,6 @@ import pytest
 from kannon.bus.client import Bus
 from tests.fleet.fleet import Fleet
 from tests.peers.dns import DnsServer
-from tests.peers.fixtures import (  # noqa: F401  (fixtures, registered by importing them)
-    dns_server,
-    smtp_sink,
-    smtp_sink_factory,
-)
 
 StartFleet = Callable[..., Awaitable[Fleet]]
 
@@ -29,7 +24,7 @@ async def start_fleet(
     database_url: str,
     nats_url: str,
     bus: Bus,  # fresh streams and send-guard bucket for this test
-    dns_server: DnsServer,  # noqa: F811
+    dns_server: DnsServer,
 ) -> AsyncIterator[StartFleet]:
     """`await start_fleet(sink_port=..., options={flag: value})` → a healthy Fleet (optionally
     `database_url=`/`nats_url=` of the test's own servers, `components=` a subset). dnsmasq must

@@ -36,23 +36,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from kannon.config import COMPONENTS
 from kannon.runtime.processes import ChildProcess, free_port, start_child
 from tests.peers.dns import DnsServer
 
 BIN = Path(sys.executable).parent
 KANNON = str(BIN / "kannon")
 BUF = str(BIN / "buf")
-
-COMPONENTS = (
-    "api",
-    "validator",
-    "dispatcher",
-    "sender",
-    "smtp",
-    "tracker",
-    "stats",
-    "webhooks",
-)
 
 TENANT = "tenant.test"
 SENDER_EMAIL = f"news@{TENANT}"

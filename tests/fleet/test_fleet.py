@@ -14,25 +14,19 @@ Finally every process gets SIGTERM and must exit 0 within the supervisor's grace
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 import json
 import smtplib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from email.message import EmailMessage
 from typing import Any
 
-import dkim
-import dns.exception
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
+from kannon.config import COMPONENTS
 from kannon.envelope.bounce import parse_bounce_address
-from tests.dispatcher.support import wait_for
 from tests.fleet.conftest import StartFleet
 from tests.fleet.fleet import (
-    COMPONENTS,
     GRACE,
     RCPT_DOMAIN,
     SECRET,
@@ -46,12 +40,7 @@ from tests.fleet.fleet import (
 from tests.peers.dns import DnsServer
 from tests.peers.smtp_sink import SmtpSink
 from tests.smtp_server.smtp_support import Sent, postfix_dsn
-
-
-def parse(raw: bytes) -> EmailMessage:
-    message = email.message_from_bytes(raw, policy=email.policy.default)
-    assert isinstance(message, EmailMessage)
-    return message
+from tests.support import dkim_verifies, dns_lookup, http_receiver, parse_message, wait_for
 
 
 @asynccontextmanager
@@ -63,30 +52,8 @@ async def webhook_receiver() -> AsyncIterator[tuple[str, list[tuple[dict[str, st
         received.append(({k.lower(): v for k, v in request.headers.items()}, await request.read()))
         return web.Response(status=204)
 
-    app = web.Application()
-    app.router.add_post("/events", handle)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/events", received
-    finally:
-        await runner.cleanup()
-
-
-def dns_txt(dns_server: DnsServer) -> Callable[..., bytes]:
-    """dkimpy's `dnsfunc`, asking dnsmasq like any receiver would."""
-    resolver = dns_server.resolver()
-
-    def lookup(name: bytes, timeout: int = 5) -> bytes:
-        try:
-            answer = resolver.resolve(name.decode("ascii").rstrip("."), "TXT")
-        except dns.exception.DNSException:
-            return b""
-        return b"".join(b"".join(rdata.strings) for rdata in answer)
-
-    return lookup
+    async with http_receiver("/events", handle) as port:
+        yield f"http://127.0.0.1:{port}/events", received
 
 
 async def test_seven_processes_deliver_a_batch_through_the_readme_calls_and_stop_cleanly(
@@ -149,17 +116,17 @@ async def run_fleet(
     # The sink receives each message once, through the MX from dnsmasq, DKIM-signed.
     received = await smtp_sink.wait_for_messages(3, timeout=60)
     assert sorted(r for m in received for r in m.rcpt_tos) == sorted(names)
-    lookup = dns_txt(dns_server)
+    lookup = dns_lookup(dns_server)
     messages: dict[str, Any] = {}
     for rcpt, name in names.items():
         [message] = smtp_sink.messages_to(rcpt)
         messages[rcpt] = message
         assert message.helo == SENDER_HOSTNAME
-        assert dkim.verify(message.data, dnsfunc=lookup), f"DKIM of {rcpt}"
+        assert dkim_verifies(message.data, lookup), f"DKIM of {rcpt}"
         bounce = parse_bounce_address(message.mail_from, SECRET.encode())
         assert bounce is not None and bounce.batch_id == batch
         assert bounce.matches(rcpt, SECRET.encode())
-        parsed = parse(message.data)
+        parsed = parse_message(message.data)
         assert parsed["Subject"] == f"Hello {name}"
         assert parsed["From"] == f"{SENDER_ALIAS} <{SENDER_EMAIL}>"
         assert f"<h1>Hi {name}</h1>" in parsed.get_content()
@@ -173,7 +140,7 @@ async def run_fleet(
     assert await fleet.get_stats(auth, batch) == {rcpt: ["accepted", "delivered"] for rcpt in names}
 
     # The tracker process: Ann's open pixel → opened.
-    body = parse(messages[f"ann@{RCPT_DOMAIN}"].data).get_content()
+    body = parse_message(messages[f"ann@{RCPT_DOMAIN}"].data).get_content()
     pixel = body.split(f'src="https://track.{TENANT}', 1)[1].split('"', 1)[0]
     assert pixel.startswith("/o/")
     status, gif = await http_get("127.0.0.1", fleet.tracker_port, pixel)
@@ -221,8 +188,8 @@ async def run_fleet(
         return hooked() == wanted
 
     await wait_for(all_hooked, what="the eight events as webhooks", timeout=60)
-    for headers, body in hooks:
-        event = Webhook(hook_secret).verify(body, headers)
+    for hook_headers, hook_body in hooks:
+        event = Webhook(hook_secret).verify(hook_body, hook_headers)
         assert event["data"]["message_id"] == batch and event["data"]["domain"] == TENANT
 
     # SIGTERM to every process at once: each drains and exits 0 within the grace period.

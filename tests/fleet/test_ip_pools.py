@@ -11,11 +11,10 @@ import collections
 
 import asyncpg
 
-from tests.dispatcher.support import wait_for
+from kannon.config import COMPONENTS
 from tests.fleet.conftest import StartFleet
 from tests.fleet.fleet import (
     ADMIN_AUTH,
-    COMPONENTS,
     CREATE_DOMAIN,
     RCPT_DOMAIN,
     SEND_HTML,
@@ -24,6 +23,7 @@ from tests.fleet.fleet import (
 )
 from tests.peers.dns import DnsServer
 from tests.peers.smtp_sink import SmtpSink
+from tests.support import wait_for
 
 NODES = {
     # process name: (pool, source address, HELO name)

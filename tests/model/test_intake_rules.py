@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 import pytest
 
 from kannon.model.address import canonical_recipient, parse_address
-from kannon.model.batch import RecipientIn, SendRequest, plan_batch
+from kannon.model.batch import BatchPlan, RecipientIn, SendRequest
 from kannon.model.errors import InvalidArgument
+from tests.model.support import plan
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -50,16 +51,8 @@ def _request(recipients: list[RecipientIn], subject: str = "Hi {{ name }}") -> S
     )
 
 
-def _plan(request: SendRequest, subject_fields: tuple[str, ...] = ("name",)) -> object:
-    return plan_batch(
-        request,
-        tenant="t.example",
-        batch_id="msg_x@t.example",
-        template_id="template_x@t.example",
-        now=NOW,
-        max_recipients=100,
-        subject_fields=subject_fields,
-    )
+def _plan(request: SendRequest, subject_fields: tuple[str, ...] = ("name",)) -> BatchPlan:
+    return plan(request, now=NOW, subject_fields=subject_fields)
 
 
 def test_spellings_of_one_mailbox_collapse_into_the_first() -> None:
@@ -73,7 +66,7 @@ def test_spellings_of_one_mailbox_collapse_into_the_first() -> None:
             ]
         )
     )
-    assert [(d.email, dict(d.fields)) for d in plan.deliveries] == [  # type: ignore[attr-defined]
+    assert [(d.email, dict(d.fields)) for d in plan.deliveries] == [
         ("Ada@example.com", {"name": "first"}),
         ("bob@example.com", {}),
     ]

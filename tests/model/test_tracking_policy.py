@@ -15,7 +15,7 @@ from kannon.envelope.tokens import (
     verify_token,
     verify_unsubscribe,
 )
-from kannon.model.batch import RecipientIn, SendRequest, plan_batch
+from kannon.model.batch import RecipientIn, SendRequest
 from kannon.model.errors import InvalidArgument
 from kannon.model.tracking import (
     DEFAULT_CEILING,
@@ -24,6 +24,7 @@ from kannon.model.tracking import (
     restrict,
     token_identity,
 )
+from tests.model.support import BATCH_ID, plan
 
 M = TrackingMode
 NOW = datetime(2026, 11, 28, tzinfo=UTC)
@@ -51,22 +52,14 @@ def request(*recipients: RecipientIn, tracking: tuple[int, int] | None = None) -
     )
 
 
-def plan(req: SendRequest, ceiling: TrackingPolicy = DEFAULT_CEILING) -> object:
-    return plan_batch(
-        req,
-        tenant="t.example",
-        batch_id="msg_1@t.example",
-        template_id="t",
-        now=NOW,
-        max_recipients=10,
-        ceiling=ceiling,
-    )
-
-
 def test_batch_above_the_ceiling_fails_the_call_recipient_is_rejected_alone() -> None:
     with pytest.raises(InvalidArgument, match=r"tracking\.links: full is above"):
-        plan(request(RecipientIn("a@x.example", {}), tracking=(0, int(M.FULL))))
-    result = plan_batch(
+        plan(
+            request(RecipientIn("a@x.example", {}), tracking=(0, int(M.FULL))),
+            now=NOW,
+            ceiling=DEFAULT_CEILING,
+        )
+    result = plan(
         request(
             RecipientIn("a@x.example", {}, (int(M.FULL), 0)),
             RecipientIn("b@x.example", {}, (0, 42)),
@@ -74,11 +67,7 @@ def test_batch_above_the_ceiling_fails_the_call_recipient_is_rejected_alone() ->
             RecipientIn("d@x.example", {}),
             tracking=(int(M.ANONYMOUS), 0),
         ),
-        tenant="t.example",
-        batch_id="msg_1@t.example",
-        template_id="t",
         now=NOW,
-        max_recipients=10,
     )
     assert {(r.email, r.reason) for r in result.rejected} == {
         ("a@x.example", "tracking_above_ceiling"),
@@ -105,14 +94,14 @@ def test_identities_per_mode() -> None:
 
 def test_tokens_carry_their_mode_and_an_unsubscribe_token_is_its_own_kind() -> None:
     exp = NOW + timedelta(days=1)
-    click = sign_click(KEY, "msg_1@t.example", "a@x", "https://x.example", exp, M.FULL)
+    click = sign_click(KEY, BATCH_ID, "a@x", "https://x.example", exp, M.FULL)
     claim = verify_click(click, KEYS, NOW)
     assert claim is not None and claim.mode is M.FULL
-    opened = verify_token(sign_open(KEY, "msg_1@t.example", "a@x", exp, M.ANONYMOUS), KEYS, NOW)
+    opened = verify_token(sign_open(KEY, BATCH_ID, "a@x", exp, M.ANONYMOUS), KEYS, NOW)
     assert opened is not None and getattr(opened, "mode", None) is M.ANONYMOUS
-    unsubscribe = sign_unsubscribe(KEY, "msg_1@t.example", "a@x", exp)
+    unsubscribe = sign_unsubscribe(KEY, BATCH_ID, "a@x", exp)
     assert verify_unsubscribe(unsubscribe, KEYS, NOW) is not None
     assert verify_unsubscribe(click, KEYS, NOW) is None  # a click token cannot unsubscribe
     assert verify_click(unsubscribe, KEYS, NOW) is None
     with pytest.raises(ValueError, match="off"):
-        sign_open(KEY, "msg_1@t.example", "a@x", exp, M.OFF)
+        sign_open(KEY, BATCH_ID, "a@x", exp, M.OFF)

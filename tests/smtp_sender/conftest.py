@@ -4,7 +4,6 @@ and a collector of the outcome events it publishes on the real bus."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,17 +17,9 @@ from kannon.envelope.build import Envelope
 from kannon.envelope.ids import make_email_id
 from kannon.model.event_ids import envelope_msg_id, send_guard_key, send_outcome_id
 from kannon.model.outcome import Outcome
-from kannon.runtime.component import Life
-from kannon.smtp_sender.component import SmtpSender
 from kannon.wire import envelope
 from kannon.wire.stats import decode as decode_outcome
 from tests.peers.dns import DnsServer
-from tests.peers.fixtures import (  # noqa: F401  (fixtures, registered by importing them)
-    dns_server,
-    smtp_sink,
-    smtp_sink_factory,
-    tls_identity,
-)
 
 BATCH_ID = "msg_k9x2abc@tenant.test"
 TENANT = "tenant.test"
@@ -146,21 +137,3 @@ async def outcomes(bus: Bus) -> AsyncIterator[Outcomes]:
         yield collector
     finally:
         await collector.stop()
-
-
-@contextlib.asynccontextmanager
-async def running(sender: SmtpSender) -> AsyncIterator[Life]:
-    """Run the Component until the block ends, then stop it gracefully (and check it did)."""
-    life = Life(sender.name)
-    task = asyncio.create_task(sender.run(life))
-    ready = asyncio.create_task(life.wait_ready())
-    done, _ = await asyncio.wait({task, ready}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
-    if task in done:
-        task.result()
-        raise AssertionError("sender returned before it was ready")
-    assert ready in done, "sender did not become ready"
-    try:
-        yield life
-    finally:
-        life.stopping.set()
-        await asyncio.wait_for(task, 30)

@@ -21,8 +21,8 @@ from tests.smtp_sender.conftest import (
     mx_for,
     outcome_id,
     publish,
-    running,
 )
+from tests.support import running
 
 
 async def test_delivers_to_the_mx_from_dns(

@@ -27,8 +27,8 @@ from tests.smtp_sender.conftest import (
     mx_for,
     outcome_id,
     publish,
-    running,
 )
+from tests.support import running
 
 
 async def test_graceful_stop_finishes_the_send_in_flight_then_closes_sessions(

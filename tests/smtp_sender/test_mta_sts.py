@@ -31,8 +31,8 @@ from tests.smtp_sender.conftest import (
     make_settings,
     mx_for,
     publish,
-    running,
 )
+from tests.support import Ticks, running
 
 STS_NAME = f"_mta-sts.{RCPT_DOMAIN}"
 POLICY_HOST = f"mta-sts.{RCPT_DOMAIN}"
@@ -223,22 +223,14 @@ async def test_mta_sts_is_off_by_default(bus: Bus, outcomes: Outcomes, sts: StsW
 # -- the cache, on its own clock (the policy host and DNS still real) --------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def policies(sts: StsWorld, clock: Clock) -> MtaSts:
+def policies(sts: StsWorld, clock: Ticks) -> MtaSts:
     resolver = MxResolver([sts.dns.address], timeout=5)
     port = sts.policy_server.port
     return MtaSts(resolver, ca_file=str(sts.ca.ca_path), port=port, timeout=5, clock=clock)
 
 
 async def test_a_cached_policy_is_fetched_again_after_max_age(sts: StsWorld) -> None:
-    clock = Clock()
+    clock = Ticks(1000.0)
     sts.publish(policy("enforce", MX_HOST, max_age=600))
     cache = policies(sts, clock)
     first = await cache.policy(RCPT_DOMAIN)
@@ -258,7 +250,7 @@ async def test_a_cached_policy_is_fetched_again_after_max_age(sts: StsWorld) -> 
 async def test_a_valid_cached_policy_outlives_a_failed_fetch_and_a_missing_txt_record(
     sts: StsWorld,
 ) -> None:
-    clock = Clock()
+    clock = Ticks(1000.0)
     sts.publish(policy("enforce", MX_HOST, max_age=600), policy_id="a1")
     cache = policies(sts, clock)
     cached = await cache.policy(RCPT_DOMAIN)
@@ -280,7 +272,7 @@ async def test_a_valid_cached_policy_outlives_a_failed_fetch_and_a_missing_txt_r
 
 async def test_concurrent_deliveries_share_one_fetch(sts: StsWorld) -> None:
     sts.publish(policy("enforce", MX_HOST))
-    cache = policies(sts, Clock())
+    cache = policies(sts, Ticks(1000.0))
     found = await asyncio.gather(*(cache.policy(RCPT_DOMAIN) for _ in range(20)))
     assert len({p.id if p else None for p in found}) == 1
     assert sts.policy_server.fetches == 1

@@ -8,6 +8,7 @@ import dns.message
 from kannon.smtp_sender.mx import LookupFailed, MxResolver, Routes
 from kannon.smtp_sender.mx_cache import MAX_NEGATIVE_TTL, MAX_TTL, TtlCache, negative_ttl
 from tests.peers.dns import DnsServer
+from tests.support import Ticks
 
 
 def _serve_mx(ttl: int) -> DnsServer:
@@ -57,16 +58,8 @@ async def test_a_failed_lookup_is_not_kept() -> None:
         dns.close()
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_entries_expire_and_the_cache_is_bounded() -> None:
-    clock = _Clock()
+    clock = Ticks(1000.0)
     cache: TtlCache[str] = TtlCache(max_entries=2, clock=clock)
     cache.put("a", "A", 10)
     cache.put("b", "B", 10)
@@ -78,7 +71,7 @@ def test_entries_expire_and_the_cache_is_bounded() -> None:
 
 
 def test_ttls_are_capped_and_zero_keeps_nothing() -> None:
-    clock = _Clock()
+    clock = Ticks(1000.0)
     cache: TtlCache[str] = TtlCache(clock=clock)
     cache.put("a", "A", 10 * MAX_TTL)
     clock.now += MAX_TTL - 1

@@ -26,7 +26,6 @@ from kannon.model.outcome import Delivered
 from kannon.runtime.clock import utc_now
 from kannon.smtp_sender import component
 from kannon.smtp_sender.component import SmtpSender
-from tests.dispatcher.support import wait_for
 from tests.peers.dns import DnsServer
 from tests.peers.smtp_sink import SmtpSink
 from tests.smtp_sender.conftest import (
@@ -38,8 +37,8 @@ from tests.smtp_sender.conftest import (
     mx_for,
     outcome_id,
     publish,
-    running,
 )
+from tests.support import running, wait_for
 
 
 async def test_handling_the_same_message_twice_sends_once(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,8 @@ from tests.peers.dns import DnsServer
 from tests.peers.fixtures import SinkFactory
 from tests.peers.smtp_sink import SmtpSink
 from tests.peers.tls import TlsIdentity
-from tests.smtp_sender.conftest import Outcomes, make_job, make_settings, mx_for, publish, running
+from tests.smtp_sender.conftest import Outcomes, make_job, make_settings, mx_for, publish
+from tests.support import running
 
 USERS = {"kannon": "s3cret"}
 
@@ -29,6 +31,17 @@ def trusted_ca(tls_identity: TlsIdentity, monkeypatch: pytest.MonkeyPatch) -> Tl
 @pytest.fixture
 async def tls_sink(smtp_sink_factory: SinkFactory, tls_identity: TlsIdentity) -> SmtpSink:
     return await smtp_sink_factory(tls=tls_identity)
+
+
+def relay_at(port: int, *, password: str = "s3cret", tls: str = "none") -> dict[str, Any]:
+    """`sender.relay` settings for a loopback relay that knows the user `kannon`."""
+    return {
+        "host": "127.0.0.1",
+        "port": port,
+        "username": "kannon",
+        "password": password,
+        "tls": tls,
+    }
 
 
 async def test_starttls_with_a_verified_certificate(
@@ -85,13 +98,7 @@ async def test_relay_mode_delivers_through_the_relay_with_auth(
         users=USERS,
         auth_require_tls=tls_mode == "starttls",
     )
-    relay_settings = {
-        "host": "127.0.0.1",
-        "port": relay.port,
-        "username": "kannon",
-        "password": "s3cret",
-        "tls": tls_mode,
-    }
+    relay_settings = relay_at(relay.port, tls=tls_mode)
     # No DNS server at all: in relay mode the recipient's domain is never looked up.
     settings = make_settings(relay=relay_settings, max_jobs=1)
     async with running(SmtpSender(settings, bus)):
@@ -113,13 +120,7 @@ async def test_relay_refusing_our_credentials_is_errored_not_bounced(
     smtp_sink_factory: SinkFactory,
 ) -> None:
     relay = await smtp_sink_factory(users=USERS, auth_require_tls=False)
-    relay_settings = {
-        "host": "127.0.0.1",
-        "port": relay.port,
-        "username": "kannon",
-        "password": "wrong",
-        "tls": "none",
-    }
+    relay_settings = relay_at(relay.port, password="wrong")
     async with running(SmtpSender(make_settings(relay=relay_settings), bus)):
         await publish(bus, make_job("someone@example.test", should_retry=False))
         [event] = await outcomes.wait(1)
@@ -134,13 +135,7 @@ async def test_relay_without_starttls_is_not_used_in_plaintext(
     smtp_sink_factory: SinkFactory,
 ) -> None:
     plaintext_only = await smtp_sink_factory(users=USERS, auth_require_tls=False)
-    relay_settings = {
-        "host": "127.0.0.1",
-        "port": plaintext_only.port,
-        "username": "kannon",
-        "password": "s3cret",
-        "tls": "starttls",
-    }
+    relay_settings = relay_at(plaintext_only.port, tls="starttls")
     async with running(SmtpSender(make_settings(relay=relay_settings), bus)):
         await publish(bus, make_job("someone@example.test"))
         [event] = await outcomes.wait(1)

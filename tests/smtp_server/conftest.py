@@ -2,51 +2,42 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
-from smtp_support import DOMAIN, SECRET, StartSmtp
 
 from kannon.bus.client import Bus
 from kannon.config import Settings, SmtpSettings
-from kannon.envelope import DkimSigner, generate_dkim_keypair
-from kannon.runtime.component import Life
+from kannon.envelope import DkimSigner
 from kannon.smtp_server.component import SmtpServer
+from tests.smtp_server.smtp_support import DOMAIN, SECRET, StartSmtp
+from tests.support import Running, start_component
 
 
 @pytest.fixture(scope="session")
-def signer() -> DkimSigner:
-    private_pem, _ = generate_dkim_keypair()
-    return DkimSigner(DOMAIN, "smtp", private_pem)
+def signer(dkim_keypair: tuple[str, str]) -> DkimSigner:
+    return DkimSigner(DOMAIN, "smtp", dkim_keypair[0])
 
 
 @pytest.fixture
 async def start_smtp(bus: Bus) -> AsyncIterator[StartSmtp]:
     """Start SmtpServers (stopped gracefully at teardown, which must succeed)."""
-    running: list[tuple[Life, asyncio.Task[None]]] = []
+    started: list[Running] = []
 
     async def start(**smtp: object) -> SmtpServer:
-        values: dict[str, object] = {
+        values: dict[str, Any] = {
             "address": "127.0.0.1:0",
             "domain": "bounces.k.example.com",
             "max_payload": "64kb",
             "max_recipients": 3,
         }
         values.update(smtp)
-        settings = Settings(secret_key=SECRET, smtp=SmtpSettings(**values))  # type: ignore[arg-type]
+        settings = Settings(secret_key=SECRET, smtp=SmtpSettings(**values))
         server = SmtpServer(settings, bus)
-        life = Life("smtp")
-        task = asyncio.create_task(server.run(life))
-        ready = asyncio.create_task(life.wait_ready())
-        await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            task.result()
-        assert life.is_ready, "smtp server did not become ready"
-        running.append((life, task))
+        started.append(await start_component(server))
         return server
 
     yield start
-    for life, task in running:
-        life.stopping.set()
-        await asyncio.wait_for(task, 30)
+    for running in started:
+        await running.stop()

@@ -3,14 +3,11 @@ whose bounce address they go to, and readers of the events on the real bus."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kannon.bus.client import Bus
-from kannon.bus.subjects import STATS_STREAM
 from kannon.envelope import (
     BatchSpec,
     DkimSigner,
@@ -20,9 +17,7 @@ from kannon.envelope import (
     make_batch_id,
 )
 from kannon.ids import new_token
-from kannon.model.outcome import Outcome
 from kannon.smtp_server.component import SmtpServer
-from kannon.wire.stats import decode
 from tests.peers.arf import ARF_SAMPLES, arf_report
 
 __all__ = ["ARF_SAMPLES", "arf_from_sample"]
@@ -139,35 +134,6 @@ def postfix_dsn(
         "\r\n"
     )
     return head.encode() + sent.headers + f"\r\n\r\n--{boundary}--\r\n".encode()
-
-
-async def read_events(bus: Bus, subject: str, count: int, timeout: float = 15.0) -> list[Outcome]:
-    """The first ``count`` events on ``subject``, waiting for them to be stored."""
-    sub = await bus.js.pull_subscribe(subject, stream=STATS_STREAM)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    events: list[Outcome] = []
-    try:
-        while len(events) < count:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise AssertionError(f"expected {count} events on {subject}, got {len(events)}")
-            try:
-                msgs = await sub.fetch(count - len(events), timeout=remaining)
-            except TimeoutError:
-                continue
-            for msg in msgs:
-                await msg.ack()
-                events.append(decode(msg.data, (msg.headers or {}).get("Nats-Msg-Id")))
-    finally:
-        await sub.unsubscribe()
-    return events
-
-
-async def stored_events(bus: Bus) -> int:
-    """How many events the stats stream holds (the bus fixture starts it empty)."""
-    info = await bus.js.stream_info(STATS_STREAM)
-    return int(info.state.messages)
 
 
 # --- ARF feedback reports ----------------------------------------------------------------------

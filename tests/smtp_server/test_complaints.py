@@ -14,21 +14,20 @@ import smtplib
 
 import pytest
 from prometheus_client import REGISTRY
-from smtp_support import (
-    ARF_SAMPLES,
-    DOMAIN,
-    StartSmtp,
-    arf_from_sample,
-    read_events,
-    sent_message,
-    stored_events,
-)
 
 from kannon.bus.client import Bus
 from kannon.envelope import DkimSigner
 from kannon.model.event_ids import delivery_event_id
 from kannon.model.outcome import Complained
 from tests.shared_data import bounce_testdata
+from tests.smtp_server.smtp_support import (
+    ARF_SAMPLES,
+    DOMAIN,
+    StartSmtp,
+    arf_from_sample,
+    sent_message,
+)
+from tests.support import read_events, stored_events
 
 RECIPIENT = "Reader@Example.org"
 FEEDBACK = "fbl@bounces.k.example.com"

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hostile_support import HOSTILE, Hostile
-from smtp_support import DOMAIN, SECRET, postfix_dsn, read_events, sent_message
 
 from kannon.bus.client import Bus
 from kannon.envelope import DkimSigner
 from kannon.runtime.processes import ChildProcess, free_port, start_child
 from tests.fleet.fleet import http_get
+from tests.smtp_server.hostile_support import HOSTILE, Hostile
+from tests.smtp_server.smtp_support import DOMAIN, SECRET, postfix_dsn, sent_message
+from tests.support import read_events
 
 KANNON = str(Path(sys.executable).parent / "kannon")
 # The report must be answered within this (from the end of DATA to the reply).

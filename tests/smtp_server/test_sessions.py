@@ -12,13 +12,15 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
-from smtp_support import StartSmtp, postfix_dsn, sent_message
 
 from kannon.envelope import DkimSigner
 from kannon.runtime.logs import _KeyValueFormatter
 from kannon.smtp_server.component import ACCEPTED, SmtpServer
+from tests.smtp_server.smtp_support import Sent, StartSmtp, postfix_dsn, sent_message
+from tests.support import wait_for
 
 RECIPIENT = "reader@example.org"
 
@@ -90,18 +92,22 @@ async def clients() -> AsyncIterator[Callable[[int], Awaitable[Client]]]:
 
 
 Connect = Callable[[int], Awaitable[Client]]
+# in_data(**SmtpSettings values) -> a client in DATA for a valid report, the contents the server
+# took, and the message the report is about.
+InData = Callable[..., Awaitable[tuple[Client, list[bytes], Sent]]]
 
 
-async def eventually(condition: Callable[[], bool], timeout: float = 15) -> bool:
-    """Whether ``condition`` holds within ``timeout`` seconds (polled)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        if condition():
-            return True
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.05)
+@pytest.fixture
+def in_data(start_smtp: StartSmtp, clients: Connect, signer: DkimSigner) -> InData:
+    async def open_data(**smtp: Any) -> tuple[Client, list[bytes], Sent]:
+        server = await start_smtp(**smtp)
+        contents = capture_contents(server)
+        sent = sent_message(signer, RECIPIENT)
+        client = await clients(server.port)
+        await client.start_data(sent.bounce_address)
+        return client, contents, sent
+
+    return open_data
 
 
 def capture_contents(server: SmtpServer) -> list[bytes]:
@@ -113,7 +119,7 @@ def capture_contents(server: SmtpServer) -> list[bytes]:
         contents.append(getattr(envelope, "original_content", b""))
         return ACCEPTED
 
-    server.handler._process = process  # type: ignore[method-assign,assignment]
+    server.handler._process = process  # type: ignore[method-assign]  # the seam these tests watch
     return contents
 
 
@@ -196,7 +202,7 @@ async def test_a_report_being_processed_is_answered_before_the_time_limit_closes
         await release.wait()
         return ACCEPTED
 
-    server.handler._process = slow_process  # type: ignore[method-assign,assignment]
+    server.handler._process = slow_process  # type: ignore[method-assign]  # a slow stand-in
     sent = sent_message(signer, RECIPIENT)
     client = await clients(server.port)
     await client.start_data(sent.bounce_address)
@@ -204,7 +210,7 @@ async def test_a_report_being_processed_is_answered_before_the_time_limit_closes
     await asyncio.wait_for(processing.wait(), 15)
     # Let the limit pass while the report is in the handler's hands, then finish it.
     session = next(iter(server.sessions))
-    assert await eventually(lambda: session._expired)
+    await wait_for(lambda: session._expired, what="the session to expire", timeout=15)
     release.set()
     assert (await client.reply()).startswith(b"250 ")
     assert (await client.reply()).startswith(b"421 4.4.2")
@@ -228,42 +234,28 @@ async def test_a_report_being_processed_is_answered_before_the_time_limit_closes
     ids=["empty", "one blank line", "one line", "dot line", "stuffed", "lookalikes", "blanks"],
 )
 async def test_message_content_and_dot_stuffing(
-    start_smtp: StartSmtp, clients: Connect, signer: DkimSigner, message: bytes, content: bytes
+    in_data: InData, message: bytes, content: bytes
 ) -> None:
-    server = await start_smtp()
-    contents = capture_contents(server)
-    sent = sent_message(signer, RECIPIENT)
-    client = await clients(server.port)
-    await client.start_data(sent.bounce_address)
+    client, contents, _ = await in_data()
     await client.send(message)
     assert (await client.reply()).startswith(b"250 ")
     assert contents == [content]
 
 
 async def test_message_sent_one_byte_at_a_time(
-    start_smtp: StartSmtp, clients: Connect, signer: DkimSigner
+    in_data: InData,
 ) -> None:
-    server = await start_smtp()
-    contents = capture_contents(server)
-    sent = sent_message(signer, RECIPIENT)
     body = b"first\r\n..dot\r\n\r\n..\r\nlast\r\n"
-    client = await clients(server.port)
+    client, contents, _ = await in_data()
     client.writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    await client.start_data(sent.bounce_address)
     for byte in body + b".\r\n":
         await client.send(bytes([byte]))
     assert (await client.reply()).startswith(b"250 ")
     assert contents == [b"first\r\n.dot\r\n\r\n.\r\nlast\r\n"]
 
 
-async def test_commands_pipelined_after_the_end_of_data_are_answered(
-    start_smtp: StartSmtp, clients: Connect, signer: DkimSigner
-) -> None:
-    server = await start_smtp()
-    contents = capture_contents(server)
-    sent = sent_message(signer, RECIPIENT)
-    client = await clients(server.port)
-    await client.start_data(sent.bounce_address)
+async def test_commands_pipelined_after_the_end_of_data_are_answered(in_data: InData) -> None:
+    client, contents, sent = await in_data()
     rcpt = f"RCPT TO:<{sent.bounce_address}>\r\n".encode()
     await client.send(b"one\r\n.\r\nMAIL FROM:<>\r\n" + rcpt + b"DATA\r\n")
     assert (await client.reply()).startswith(b"250 ")  # the message
@@ -276,14 +268,8 @@ async def test_commands_pipelined_after_the_end_of_data_are_answered(
     assert contents == [b"one\r\n", b"two\r\n"]
 
 
-async def test_a_line_over_the_limit_gets_500_and_the_session_goes_on(
-    start_smtp: StartSmtp, clients: Connect, signer: DkimSigner
-) -> None:
-    server = await start_smtp()
-    contents = capture_contents(server)
-    sent = sent_message(signer, RECIPIENT)
-    client = await clients(server.port)
-    await client.start_data(sent.bounce_address)
+async def test_a_line_over_the_limit_gets_500_and_the_session_goes_on(in_data: InData) -> None:
+    client, contents, sent = await in_data()
     await client.send(b"ok\r\n" + b"x" * 1000 + b"\r\n.\r\n")
     assert (await client.reply()).startswith(b"500 ")
     assert (await client.command(b"MAIL FROM:<>")).startswith(b"250 ")
@@ -294,14 +280,8 @@ async def test_a_line_over_the_limit_gets_500_and_the_session_goes_on(
     assert contents == [b"x" * 998 + b"\r\n"]
 
 
-async def test_a_megabyte_of_empty_lines_is_read_quickly(
-    start_smtp: StartSmtp, clients: Connect, signer: DkimSigner
-) -> None:
-    server = await start_smtp(max_payload="2mb")
-    contents = capture_contents(server)
-    sent = sent_message(signer, RECIPIENT)
-    client = await clients(server.port)
-    await client.start_data(sent.bounce_address)
+async def test_a_megabyte_of_empty_lines_is_read_quickly(in_data: InData) -> None:
+    client, contents, _ = await in_data(max_payload="2mb")
     await client.send(b"\r\n" * 500_000 + b".\r\n")
     started = time.monotonic()
     assert (await client.reply()).startswith(b"250 ")
@@ -370,7 +350,11 @@ async def test_clients_hanging_up_produce_no_error(
             await hang_up()
     await reset()
     # Wait until the server has seen every one of them go.
-    assert await eventually(lambda: not server.sessions and not server.handler.busy)
+    await wait_for(
+        lambda: not server.sessions and not server.handler.busy,
+        what="every session closed",
+        timeout=15,
+    )
     assert _errors(caplog) == []
     # And the server still serves.
     client = await Client.connect(server.port)
@@ -388,7 +372,7 @@ async def test_a_real_error_in_a_session_is_logged_with_its_traceback(
     async def broken_rcpt(*args: object) -> str:
         raise RuntimeError("the RCPT hook broke")
 
-    server.handler.handle_RCPT = broken_rcpt  # type: ignore[method-assign,assignment]
+    server.handler.handle_RCPT = broken_rcpt  # type: ignore[method-assign,assignment]  # a failing stand-in
     client = await clients(server.port)
     assert (await client.reply()).startswith(b"220 ")
     await client.command(b"EHLO mx.far.example")

@@ -14,15 +14,6 @@ from typing import TypeVar
 
 import pytest
 from prometheus_client import REGISTRY
-from smtp_support import (
-    DOMAIN,
-    SECRET,
-    StartSmtp,
-    postfix_dsn,
-    read_events,
-    sent_message,
-    stored_events,
-)
 
 from kannon.bus.client import Bus
 from kannon.bus.subjects import STATS_STREAM
@@ -32,6 +23,8 @@ from kannon.ids import new_token
 from kannon.model.outcome import Bounced
 from kannon.runtime.component import Life
 from kannon.smtp_server.component import SmtpServer
+from tests.smtp_server.smtp_support import DOMAIN, SECRET, StartSmtp, postfix_dsn, sent_message
+from tests.support import read_events, stored_events
 
 T = TypeVar("T")
 RECIPIENT = "Reader@Example.org"
@@ -370,9 +363,9 @@ def test_a_secret_is_required() -> None:
     from kannon.config import ConfigError
 
     with pytest.raises(ConfigError, match="secret_key"):
-        SmtpServer(Settings(), bus=None)  # type: ignore[arg-type]
+        SmtpServer(Settings(), bus=None)  # type: ignore[arg-type]  # refused before the bus is used
     with pytest.raises(ConfigError, match="secret_key"):
-        SmtpServer(Settings(secret_key="short"), bus=None)  # type: ignore[arg-type]
+        SmtpServer(Settings(secret_key="short"), bus=None)  # type: ignore[arg-type]  # likewise
 
 
 async def test_client_that_does_not_read_replies_is_dropped_after_the_write_timeout(

@@ -5,7 +5,7 @@ retention deletes old events only."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +16,6 @@ from kannon.bus.client import Bus, BusMessage, Result, Verdict
 from kannon.bus.subjects import STATS_DURABLE, STATS_STREAM, stats_subject
 from kannon.config import NatsSettings, Settings, StatsSettings
 from kannon.db import stats_store
-from kannon.db.pool import create_pool
 from kannon.model.outcome import (
     Accepted,
     Bounced,
@@ -29,36 +28,21 @@ from kannon.model.outcome import (
     Outcome,
     Rejected,
 )
-from kannon.runtime.component import Life
 from kannon.stats.component import StatsWorker
 from kannon.wire.stats import encode, publish_outcome
+from tests.support import Clock, running
 
 BATCH = "msg_statstest@k.example.com"
 DOMAIN = "k.example.com"
 T = datetime(2025, 6, 1, 10, 15, 30, 123456, tzinfo=UTC)
 
 
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, max_size=10)
-    yield pool
-    await pool.close()
-
-
 def make_worker(
-    pool: asyncpg.Pool, bus: Bus, *, now: datetime = T, retention: str = "8760h"
+    pool: asyncpg.Pool, bus: Bus, *, now: datetime = T, retention: timedelta = timedelta(hours=8760)
 ) -> StatsWorker:
     settings = Settings(
         stats=StatsSettings(retention=retention),
-        nats=NatsSettings(ack_wait="7s", max_deliver=9),
+        nats=NatsSettings(ack_wait=timedelta(seconds=7), max_deliver=9),
     )
     return StatsWorker(settings, pool, bus, clock=Clock(now))
 
@@ -94,12 +78,9 @@ async def run_until_handled(
             enough.set()
         return result
 
-    worker.handle = observed  # type: ignore[method-assign]
-    life = Life("stats")
-    task = asyncio.create_task(worker.run(life))
-    await asyncio.wait_for(enough.wait(), 20)
-    life.stopping.set()
-    await asyncio.wait_for(task, 10)
+    worker.handle = observed  # type: ignore[method-assign]  # the real one, watched
+    async with running(worker):
+        await asyncio.wait_for(enough.wait(), 20)
     return handled
 
 
@@ -295,7 +276,7 @@ async def test_retention_deletes_old_events_and_expired_keys_only(
             kid,
             expires.replace(tzinfo=None),
         )
-    worker = make_worker(pool, bus, now=now, retention="24h")
+    worker = make_worker(pool, bus, now=now, retention=timedelta(hours=24))
     counts = await worker.cleanup()
     assert (counts.stats, counts.stats_keys) == (3, 1)
     assert sorted(row["email"] for row in await stats_rows(pool)) == ["edge@x.io", "new@x.io"]
@@ -327,13 +308,9 @@ async def test_cleanup_runs_once_at_start(pool: asyncpg.Pool, bus: Bus) -> None:
         cleaned.set()
         return result
 
-    worker.cleanup = observed  # type: ignore[method-assign]
-    life = Life("stats")
-    task = asyncio.create_task(worker.run(life))
-    await asyncio.wait_for(life.wait_ready(), 10)
-    await asyncio.wait_for(cleaned.wait(), 10)
-    life.stopping.set()
-    await asyncio.wait_for(task, 10)
+    worker.cleanup = observed  # type: ignore[method-assign]  # the real one, watched
+    async with running(worker):
+        await asyncio.wait_for(cleaned.wait(), 10)
     assert await stats_rows(pool) == []
 
 

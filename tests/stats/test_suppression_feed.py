@@ -4,8 +4,6 @@ the operator's limit is reached, unknown Domains and unreadable payloads are han
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,35 +19,21 @@ from kannon.bus.subjects import (
     suppression_durable,
 )
 from kannon.config import NatsSettings, Settings, SuppressionSettings
-from kannon.db.domains import insert_domain
-from kannon.db.pool import create_pool
+from kannon.db.pool import Database
 from kannon.model.outcome import Bounced, Complained, Delivered, Detail, Outcome, Unsubscribed
-from kannon.runtime.component import Life
 from kannon.smtp_sender.result import SendResult, detail_for
 from kannon.stats.component import StatsWorker
 from kannon.wire.stats import publish_outcome
-from tests.dispatcher.support import wait_for
+from tests.support import Clock, running, store_domain, wait_for
 
 DOMAIN = "news.example.com"
 T = datetime(2025, 6, 1, 10, 0, tzinfo=UTC)
 
 
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, max_size=8)
-    await insert_domain(
-        pool, name=DOMAIN, dkim_private_key="k", dkim_public_key="p", dkim_selector="smtp", now=T
-    )
-    yield pool
-    await pool.close()
+async def pool(pool: Database) -> Database:
+    await store_domain(pool, DOMAIN, now=T)
+    return pool
 
 
 def event(
@@ -76,22 +60,16 @@ async def rows(pool: asyncpg.Pool) -> dict[str, dict[str, Any]]:
 
 async def run_until_idle(bus: Bus, worker: StatsWorker, durables: list[str]) -> None:
     """Run the Stats Component until every named consumer has handled everything."""
-    life = Life("stats")
-    task = asyncio.create_task(worker.run(life))
-    try:
-        await asyncio.wait_for(life.wait_ready(), 20)
 
-        async def idle() -> bool:
-            for durable in durables:
-                info = await bus.js.consumer_info(STATS_STREAM, durable)
-                if info.num_pending or info.num_ack_pending:
-                    return False
-            return True
+    async def idle() -> bool:
+        for durable in durables:
+            info = await bus.js.consumer_info(STATS_STREAM, durable)
+            if info.num_pending or info.num_ack_pending:
+                return False
+        return True
 
+    async with running(worker):
         await wait_for(idle, what=f"consumers {durables} idle")
-    finally:
-        life.stopping.set()
-        await asyncio.wait_for(task, 20)
 
 
 FEED = [suppression_durable(t) for t in ("bounced", "complained", "unsubscribed")]
@@ -99,7 +77,7 @@ FEED = [suppression_durable(t) for t in ("bounced", "complained", "unsubscribed"
 
 def worker(pool: asyncpg.Pool, bus: Bus, **suppression: Any) -> StatsWorker:
     settings = Settings(
-        nats=NatsSettings(ack_wait="7s", max_deliver=3),
+        nats=NatsSettings(ack_wait=timedelta(seconds=7), max_deliver=3),
         suppression=SuppressionSettings(**suppression),
     )
     return StatsWorker(settings, pool, bus, clock=Clock(T + timedelta(minutes=1)))

@@ -3,55 +3,38 @@ bus, a DKIM signer for building realistic messages, and readers of the events it
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from tracker_support import DOMAIN, PROXY_ADDRESS, StartTracker
 
 from kannon.bus.client import Bus
 from kannon.config import Settings, TrackerSettings
-from kannon.db.pool import create_pool
-from kannon.envelope import DkimSigner, generate_dkim_keypair
-from kannon.runtime.component import Life
+from kannon.db.pool import Database
+from kannon.envelope import DkimSigner
 from kannon.tracker.component import Tracker
+from tests.support import Running, start_component
+from tests.tracker.tracker_support import DOMAIN, PROXY_ADDRESS, StartTracker
 
 
 @pytest.fixture(scope="session")
-def signer() -> DkimSigner:
-    private_pem, _ = generate_dkim_keypair()
-    return DkimSigner(DOMAIN, "smtp", private_pem)
+def signer(dkim_keypair: tuple[str, str]) -> DkimSigner:
+    return DkimSigner(DOMAIN, "smtp", dkim_keypair[0])
 
 
 @pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[Any]:
-    p = await create_pool(database_url)
-    yield p
-    await p.close()
-
-
-@pytest.fixture
-async def start_tracker(pool: Any, bus: Bus) -> AsyncIterator[StartTracker]:
+async def start_tracker(pool: Database, bus: Bus) -> AsyncIterator[StartTracker]:
     """Start Trackers (stopped gracefully at teardown, which must succeed)."""
-    running: list[tuple[Life, asyncio.Task[None]]] = []
+    started: list[Running] = []
 
-    async def start(**kwargs: object) -> Tracker:
+    async def start(*, pool: Database = pool, **kwargs: Any) -> Tracker:
         settings = Settings(
             tracker=TrackerSettings(host="127.0.0.1", port=0, trusted_proxies=(PROXY_ADDRESS,))
         )
-        tracker = Tracker(settings, kwargs.pop("pool", pool), bus, **kwargs)  # type: ignore[arg-type]
-        life = Life("tracker")
-        task = asyncio.create_task(tracker.run(life))
-        ready = asyncio.create_task(life.wait_ready())
-        await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            task.result()
-        assert life.is_ready, "tracker did not become ready"
-        running.append((life, task))
+        tracker = Tracker(settings, pool, bus, **kwargs)
+        started.append(await start_component(tracker))
         return tracker
 
     yield start
-    for life, task in running:
-        life.stopping.set()
-        await asyncio.wait_for(task, 30)
+    for running in started:
+        await running.stop()

@@ -6,27 +6,16 @@ exactly as the Dispatcher builds them, and fetched with httpx.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import re
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from typing import Any
 
 import httpx
 from prometheus_client import REGISTRY
-from tracker_support import (
-    DOMAIN,
-    PROXY_ADDRESS,
-    TOKEN_TTL,
-    StartTracker,
-    read_events,
-    stored_events,
-)
 
 from kannon.bus.client import Bus
 from kannon.bus.subjects import STATS_STREAM
-from kannon.db.pool import create_pool
+from kannon.db.pool import Database, create_pool
 from kannon.db.tracking_keys import signing_key
 from kannon.envelope import (
     BatchSpec,
@@ -42,6 +31,9 @@ from kannon.ids import new_token
 from kannon.model.outcome import Clicked, Opened
 from kannon.model.tracking import TrackingMode, TrackingPolicy
 from kannon.tracker.app import PIXEL_GIF
+from kannon.tracker.component import Tracker
+from tests.support import html_of, read_events, stored_events
+from tests.tracker.tracker_support import DOMAIN, PROXY_ADDRESS, TOKEN_TTL, StartTracker
 
 BOUNCE_SECRET = b"bounce-secret-for-tests-0123456789"
 RECIPIENT = "reader@example.org"
@@ -56,14 +48,13 @@ HREF = re.compile(r"""<a\b[^>]*?href=(?:"([^"]*)"|'([^']*)')""", re.IGNORECASE)
 IMG = re.compile(r"""<img\b[^>]*?src="([^"]*)\"""", re.IGNORECASE)
 
 
-def html_of(raw: bytes) -> str:
-    msg = email.message_from_bytes(raw, policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
-    part = msg.get_body(("html",))
-    assert part is not None
-    content = part.get_content()
-    assert isinstance(content, str)
-    return content
+async def keyed_tracker(
+    pool: Database, start_tracker: StartTracker
+) -> tuple[datetime, TrackingKey, Tracker]:
+    """Now, the signing key (made before the Tracker loads its cache) and a running Tracker."""
+    now = datetime.now(UTC)
+    key = await signing_key(pool, now, TOKEN_TTL)
+    return now, key, await start_tracker()
 
 
 async def build_message(
@@ -154,7 +145,8 @@ async def test_pixel_and_links_of_a_built_message(
         LANDING,
     ]
     for event in clicked:
-        assert event.detail == Clicked("TestMail/1.0", "127.0.0.1", event.detail.url)  # type: ignore[union-attr]
+        assert isinstance(event.detail, Clicked)
+        assert event.detail == Clicked("TestMail/1.0", "127.0.0.1", event.detail.url)
         assert (event.batch_id, event.recipient) == (batch_id, RECIPIENT)
     # Every hit is its own event, and no hit needed the database.
     assert len({e.event_id for e in opened + clicked}) == 3
@@ -174,9 +166,7 @@ def test_pixel_is_a_transparent_1x1_gif() -> None:
 async def test_repeated_hits_are_separate_events(
     start_tracker: StartTracker, pool: Any, bus: Bus
 ) -> None:
-    now = datetime.now(UTC)
-    key = await signing_key(pool, now, TOKEN_TTL)
-    tracker = await start_tracker()
+    now, key, tracker = await keyed_tracker(pool, start_tracker)
     token = sign_open(key, make_batch_id(new_token(), DOMAIN), RECIPIENT, now + TOKEN_TTL)
     async with httpx.AsyncClient() as client:
         for _ in range(3):
@@ -191,9 +181,7 @@ async def test_repeated_hits_are_separate_events(
 async def test_bad_tokens_are_404_and_publish_nothing(
     start_tracker: StartTracker, pool: Any, bus: Bus
 ) -> None:
-    now = datetime.now(UTC)
-    key = await signing_key(pool, now, TOKEN_TTL)
-    tracker = await start_tracker()
+    now, key, tracker = await keyed_tracker(pool, start_tracker)
     base = f"http://127.0.0.1:{tracker.port}"
     batch_id = make_batch_id(new_token(), DOMAIN)
     open_token = sign_open(key, batch_id, RECIPIENT, now + TOKEN_TTL)
@@ -236,9 +224,7 @@ async def test_bad_tokens_are_404_and_publish_nothing(
 async def test_head_requests_are_answered_but_not_counted(
     start_tracker: StartTracker, pool: Any, bus: Bus
 ) -> None:
-    now = datetime.now(UTC)
-    key = await signing_key(pool, now, TOKEN_TTL)
-    tracker = await start_tracker()
+    now, key, tracker = await keyed_tracker(pool, start_tracker)
     batch_id = make_batch_id(new_token(), DOMAIN)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{tracker.port}") as client:
         pixel = await client.head(f"/o/{sign_open(key, batch_id, RECIPIENT, now + TOKEN_TTL)}")
@@ -269,9 +255,7 @@ async def test_head_requests_are_answered_but_not_counted(
 async def test_forwarded_for_only_from_trusted_proxies(
     start_tracker: StartTracker, pool: Any, bus: Bus
 ) -> None:
-    now = datetime.now(UTC)
-    key = await signing_key(pool, now, TOKEN_TTL)
-    tracker = await start_tracker()
+    now, key, tracker = await keyed_tracker(pool, start_tracker)
     token = sign_open(
         key, make_batch_id(new_token(), DOMAIN), RECIPIENT, now + TOKEN_TTL, TrackingMode.FULL
     )
@@ -344,9 +328,7 @@ async def test_hits_need_no_database(
 async def test_hits_are_answered_when_publishing_fails(
     start_tracker: StartTracker, pool: Any, bus: Bus
 ) -> None:
-    now = datetime.now(UTC)
-    key = await signing_key(pool, now, TOKEN_TTL)
-    tracker = await start_tracker()
+    now, key, tracker = await keyed_tracker(pool, start_tracker)
     batch_id = make_batch_id(new_token(), DOMAIN)
     failures = REGISTRY.get_sample_value(
         "kannon_tracker_publish_failures_total", {"type": "clicked"}

@@ -8,13 +8,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from tracker_support import DOMAIN, TOKEN_TTL
 
 from kannon.db.tracking_keys import signing_key, verification_keys
 from kannon.envelope import ClickClaim, TrackingKey, make_batch_id, sign_click, sign_open
 from kannon.tracker.app import location_header
 from kannon.tracker.client_ip import ClientAddress
 from kannon.tracker.keys import KeyCache
+from tests.support import Ticks
+from tests.tracker.tracker_support import DOMAIN, TOKEN_TTL
 
 TRUSTED = ClientAddress(["10.0.0.0/8", "2001:db8::/32", "127.0.0.2"])
 
@@ -75,14 +76,6 @@ def test_location_keeps_urls_as_signed_and_headers_safe(url: str, location: str)
     assert location_header(url) == location
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_key_cache_reloads_for_unknown_kid_at_most_once_per_interval(pool: Any) -> None:
     loads = 0
 
@@ -92,7 +85,7 @@ async def test_key_cache_reloads_for_unknown_kid_at_most_once_per_interval(pool:
         return await verification_keys(pool, now)
 
     now = datetime.now(UTC)
-    monotonic = Clock()
+    monotonic = Ticks()
     cache = KeyCache(load, monotonic=monotonic, miss_interval=timedelta(seconds=5))
     await cache.load("start")
     assert loads == 1 and cache.kids == frozenset()

@@ -4,7 +4,6 @@ backlog draining by cycle(), Reclaim of abandoned claims, publish-before-update 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -14,13 +13,13 @@ from kannon.bus.client import Bus
 from kannon.bus.subjects import STATS_STREAM
 from kannon.config import Settings, ValidatorSettings
 from kannon.db import deliveries
-from kannon.db.pool import create_pool
+from kannon.db.pool import Database
 from kannon.model.delivery import SCHEDULED, TO_VALIDATE, VALIDATING
 from kannon.model.event_ids import delivery_event_id as event_id
 from kannon.model.outcome import Accepted, Outcome, Rejected
-from kannon.runtime.component import Life
 from kannon.validator.component import Validator, judge
 from kannon.wire.stats import decode, publish_outcome
+from tests.support import Clock, running, store_batch_row
 
 T0 = datetime(2025, 6, 1, 8, 0, tzinfo=UTC)
 BATCH = "msg_validatortest@k.example.com"
@@ -49,25 +48,10 @@ INVALID = {
 }
 
 
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, max_size=4)
-    await pool.execute(
-        "INSERT INTO messages (message_id, subject, sender_email, sender_alias, template_id,"
-        " domain) VALUES ($1, 'Hi', 'a@k.example.com', 'A', 't', $2)",
-        BATCH,
-        DOMAIN,
-    )
-    yield pool
-    await pool.close()
+async def pool(pool: Database) -> Database:
+    await store_batch_row(pool, BATCH, DOMAIN)
+    return pool
 
 
 async def add(pool: asyncpg.Pool, emails: list[str]) -> None:
@@ -105,10 +89,19 @@ async def stream_events(bus: Bus) -> list[tuple[str, str, Outcome]]:
 
 
 def validator(
-    pool: asyncpg.Pool, bus: Bus, clock: Clock, *, batch_size: int = 500, **kw: object
+    pool: asyncpg.Pool,
+    bus: Bus,
+    clock: Clock,
+    *,
+    batch_size: int = 500,
+    claim_timeout: timedelta = timedelta(minutes=5),
 ) -> Validator:
     settings = Settings(
-        validator=ValidatorSettings(batch_size=batch_size, idle_interval="10ms", **kw)
+        validator=ValidatorSettings(
+            batch_size=batch_size,
+            idle_interval=timedelta(milliseconds=10),
+            claim_timeout=claim_timeout,
+        )
     )
     return Validator(settings, pool, bus, clock=clock)
 
@@ -154,7 +147,7 @@ async def test_a_recipient_refused_at_intake_is_rejected_with_its_reason_even_af
         "gone@example.com",
     )
     clock = Clock(T0)
-    worker = validator(pool, bus, clock, claim_timeout="5m")
+    worker = validator(pool, bus, clock, claim_timeout=timedelta(minutes=5))
     # A Validator claims both and dies; the reclaimed row keeps its reason.
     await deliveries.claim_for_validation(pool, 10, T0)
     clock.now = T0 + timedelta(minutes=6)
@@ -196,7 +189,7 @@ async def test_an_abandoned_claim_is_reclaimed_after_the_timeout(
 ) -> None:
     await add(pool, ["a@example.com", "b@example.com"])
     clock = Clock(T0)
-    worker = validator(pool, bus, clock, claim_timeout="5m")
+    worker = validator(pool, bus, clock, claim_timeout=timedelta(minutes=5))
     # Another Validator claims both and dies.
     await deliveries.claim_for_validation(pool, 10, T0)
     assert await worker.cycle() == 0
@@ -286,14 +279,10 @@ async def test_run_reports_ready_drains_the_pool_and_stops(pool: asyncpg.Pool, b
             idle.set()
         return n
 
-    worker.cycle = observed_cycle  # type: ignore[method-assign]
-    life = Life("validator")
-    task = asyncio.create_task(worker.run(life))
-    await asyncio.wait_for(life.wait_ready(), 10)
-    await asyncio.wait_for(idle.wait(), 10)
-    # Back-to-back cycles while there was work; idle only once the Pool was empty.
-    assert sizes[:4] == [20, 20, 11, 0]
-    life.stopping.set()
-    await asyncio.wait_for(task, 5)
+    worker.cycle = observed_cycle  # type: ignore[method-assign]  # the real one, watched
+    async with running(worker):
+        await asyncio.wait_for(idle.wait(), 10)
+        # Back-to-back cycles while there was work; idle only once the Pool was empty.
+        assert sizes[:4] == [20, 20, 11, 0]
     assert await deliveries.count_by_status(pool) == {SCHEDULED: 50}
     assert (await bus.js.stream_info(STATS_STREAM)).state.messages == 51

@@ -24,14 +24,14 @@ from kannon.bus.client import Bus
 from kannon.bus.subjects import STAT_TYPES, WEBHOOK_EVENT_TYPES
 from kannon.config import Settings
 from kannon.db import webhooks as store
-from kannon.db.pool import create_pool
+from kannon.db.pool import Database
 from kannon.ids import new_webhook_endpoint_id, new_webhook_secret
 from kannon.model.event_ids import webhook_id
 from kannon.model.outcome import Bounced, Delivered, Errored, Outcome
 from kannon.model.webhooks import Endpoint
-from kannon.runtime.component import Life
 from kannon.webhooks.component import WebhooksWorker
 from kannon.wire.stats import publish_outcome
+from tests.support import http_receiver, running, store_domain, wait_for
 
 DOMAIN = "hooks.example"
 LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
@@ -72,18 +72,29 @@ async def receiver(respond: Callable[[Receiver], Awaitable[int]]) -> AsyncIterat
         state.requests.append(({k.lower(): v for k, v in request.headers.items()}, body, status))
         return web.Response(status=status, text="ok" if status < 300 else "nope")
 
-    app = web.Application()
-    app.router.add_post("/hook", handle)
-    # A hanging handler must not hold the test's teardown for aiohttp's default 60 s.
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    state.port = runner.addresses[0][1]
-    try:
+    async with http_receiver("/hook", handle) as state.port:
         yield state
-    finally:
-        await runner.cleanup()
+
+
+async def given_up(pool: asyncpg.Pool, count: int) -> bool:
+    """Whether `count` deliveries (or more) have been given up."""
+    found = await pool.fetchval("SELECT count(*) FROM webhook_deliveries WHERE status = 'given_up'")
+    return bool(found >= count)
+
+
+async def replay(
+    pool: asyncpg.Pool,
+    endpoint: Endpoint,
+    *,
+    now: datetime | None = None,
+    stale_before: datetime = LONG_AGO,
+    **which: Any,
+) -> int:
+    """Replay to `endpoint` what `which` names (`event_id=`, or `start=` and `end=`)."""
+    when = now or datetime.now(UTC)
+    return await store.replay(
+        pool, DOMAIN, endpoint.id, now=when, stale_before=stale_before, **which
+    )
 
 
 def settings(**webhooks: Any) -> Settings:
@@ -100,15 +111,9 @@ def settings(**webhooks: Any) -> Settings:
 
 
 @pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    created = await create_pool(database_url, max_size=8)
-    await created.execute(
-        """INSERT INTO domains (domain, dkim_private_key, dkim_public_key)
-           VALUES ($1, 'k', 'k')""",
-        DOMAIN,
-    )
-    yield created
-    await created.close()
+async def pool(pool: Database) -> Database:
+    await store_domain(pool, DOMAIN)
+    return pool
 
 
 async def add_endpoint(pool: asyncpg.Pool, url: str, *types: str) -> tuple[Endpoint, str]:
@@ -128,21 +133,6 @@ async def add_endpoint(pool: asyncpg.Pool, url: str, *types: str) -> tuple[Endpo
     return endpoint, secret
 
 
-@contextlib.asynccontextmanager
-async def running(worker: WebhooksWorker) -> AsyncIterator[WebhooksWorker]:
-    life = Life("webhooks")
-    task = asyncio.create_task(worker.run(life))
-    ready = asyncio.create_task(life.wait_ready())
-    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()
-    try:
-        yield worker
-    finally:
-        life.stopping.set()
-        await asyncio.wait_for(task, 60)
-
-
 def outcome(i: int, detail: Any = None) -> Outcome:
     return Outcome(
         batch_id=BATCH,
@@ -152,13 +142,6 @@ def outcome(i: int, detail: Any = None) -> Outcome:
         detail=detail or Delivered(),
         event_id=f"delivered.hooktest.{i}",
     )
-
-
-async def until(check: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check() if asyncio.iscoroutinefunction(check) else not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def test_events_arrive_signed_per_standard_webhooks(pool: asyncpg.Pool, bus: Bus) -> None:
@@ -172,7 +155,7 @@ async def test_events_arrive_signed_per_standard_webhooks(pool: asyncpg.Pool, bu
             await publish_outcome(bus, bounced)
             # Not an outcome: one failed attempt that will be retried.
             await publish_outcome(bus, outcome(3, Errored(code=451, message="later")))
-            await until(lambda: len(hook.requests) >= 3, 30, "three POSTs")
+            await wait_for(lambda: len(hook.requests) >= 3, what="three POSTs", timeout=30)
             await asyncio.sleep(0.3)  # nothing more may come (the error event is not sent)
         assert len(hook.requests) == 3
         verified = []
@@ -223,7 +206,9 @@ async def test_a_receiver_that_fails_for_a_while_gets_every_event(
             for i in range(60):
                 await publish_outcome(bus, outcome(i))
             expected = {webhook_id(f"delivered.hooktest.{i}") for i in range(60)}
-            await until(lambda: set(hook.delivered_ids()) >= expected, 60, "every event")
+            await wait_for(
+                lambda: set(hook.delivered_ids()) >= expected, what="every event", timeout=60
+            )
         assert any(status == 503 for _, _, status in hook.requests)  # it did fail for a while
         # Attempts, failures and lag as exported on /metrics.
         after = metric_values()
@@ -251,7 +236,9 @@ async def test_a_dead_endpoint_does_not_delay_a_healthy_one(pool: asyncpg.Pool, 
             began = time.monotonic()
             for i in range(100):
                 await publish_outcome(bus, outcome(i))
-            await until(lambda: len(healthy.delivered_ids()) >= 100, 30, "the healthy endpoint")
+            await wait_for(
+                lambda: len(healthy.delivered_ids()) >= 100, what="the healthy endpoint", timeout=30
+            )
             took = time.monotonic() - began
             # The dead one needs 100 / 4 × 5 s ≈ 2 min for its first attempts alone.
             pending = await pool.fetchval(
@@ -275,14 +262,7 @@ async def test_non_public_addresses_are_refused_without_allow_private(
         async with running(WebhooksWorker(config, pool, bus)):
             await publish_outcome(bus, outcome(1))
 
-            async def both_given_up() -> bool:
-                return bool(
-                    await pool.fetchval(
-                        "SELECT count(*) = 2 FROM webhook_deliveries WHERE status = 'given_up'"
-                    )
-                )
-
-            await until(both_given_up, 30, "both deliveries given up")
+            await wait_for(lambda: given_up(pool, 2), what="both deliveries given up", timeout=30)
         assert hook.requests == []
         for ep in (endpoint, literal):
             attempts, _ = await store.list_attempts(pool, DOMAIN, ep.id, offset=0, limit=5)
@@ -298,14 +278,7 @@ async def test_given_up_after_the_retry_window(pool: asyncpg.Pool, bus: Bus) -> 
         async with running(WebhooksWorker(config, pool, bus)):
             await publish_outcome(bus, outcome(7))
 
-            async def given_up() -> bool:
-                return bool(
-                    await pool.fetchval(
-                        "SELECT count(*) FROM webhook_deliveries WHERE status = 'given_up'"
-                    )
-                )
-
-            await until(given_up, 30, "given up")
+            await wait_for(lambda: given_up(pool, 1), what="given up", timeout=30)
         attempts, total = await store.list_attempts(pool, DOMAIN, endpoint.id, offset=0, limit=50)
         assert total >= 2 and total == len(hook.requests)
         assert all(a.status_code == 500 and a.error == "HTTP 500" for a in attempts)
@@ -319,7 +292,7 @@ async def test_a_redelivered_event_is_posted_once(pool: asyncpg.Pool, bus: Bus) 
         async with running(worker):
             event = outcome(5)
             await publish_outcome(bus, event)
-            await until(lambda: len(hook.requests) >= 1, 30, "the POST")
+            await wait_for(lambda: len(hook.requests) >= 1, what="the POST", timeout=30)
             # The same event handled again (a redelivery after a lost ack): no second row.
             from kannon.bus.client import BusMessage
             from kannon.wire.stats import encode
@@ -347,26 +320,17 @@ async def test_a_replay_resends_exactly_the_selected_events(pool: asyncpg.Pool, 
         async with running(WebhooksWorker(settings(), pool, bus)):
             for i in range(10):
                 await publish_outcome(bus, at(i))
-            await until(lambda: len(hook.requests) >= 10 and len(other.requests) >= 10, 30, "all")
-            one = await store.replay(
-                pool,
-                DOMAIN,
-                endpoint.id,
-                now=datetime.now(UTC),
-                stale_before=LONG_AGO,
-                event_id="delivered.hooktest.3",
+            await wait_for(
+                lambda: len(hook.requests) >= 10 and len(other.requests) >= 10,
+                what="all",
+                timeout=30,
             )
-            await until(lambda: len(hook.requests) >= 11, 30, "the replayed event")
-            span = await store.replay(
-                pool,
-                DOMAIN,
-                endpoint.id,
-                now=datetime.now(UTC),
-                stale_before=LONG_AGO,
-                start=base + timedelta(minutes=5),
-                end=base + timedelta(minutes=8),
+            one = await replay(pool, endpoint, event_id="delivered.hooktest.3")
+            await wait_for(lambda: len(hook.requests) >= 11, what="the replayed event", timeout=30)
+            span = await replay(
+                pool, endpoint, start=base + timedelta(minutes=5), end=base + timedelta(minutes=8)
             )
-            await until(lambda: len(hook.requests) >= 14, 30, "the replayed range")
+            await wait_for(lambda: len(hook.requests) >= 14, what="the replayed range", timeout=30)
             await asyncio.sleep(0.5)  # nothing more may come
         assert (one, span) == (1, 3)
         ids = [h["webhook-id"] for h, _, _ in hook.requests[10:]]
@@ -398,18 +362,13 @@ async def test_a_replay_during_a_post_sends_once_more_after_it(
                     )
                 )
 
-            await until(in_flight, 30, "the first POST in flight")
-            replayed = await store.replay(
-                pool,
-                DOMAIN,
-                endpoint.id,
-                now=datetime.now(UTC),
-                stale_before=LONG_AGO,
-                event_id="delivered.hooktest.0",
-            )
+            await wait_for(in_flight, what="the first POST in flight", timeout=30)
+            replayed = await replay(pool, endpoint, event_id="delivered.hooktest.0")
             await asyncio.sleep(0.5)  # scheduler cycles: the claimed row must not go out twice
             release.set()
-            await until(lambda: len(hook.requests) >= 2, 30, "the replay after the first POST")
+            await wait_for(
+                lambda: len(hook.requests) >= 2, what="the replay after the first POST", timeout=30
+            )
             await asyncio.sleep(0.5)  # nothing more may come
         assert replayed == 1 and len(hook.requests) == 2
         (_, first_end), (second_start, _) = sorted(spans)
@@ -431,24 +390,12 @@ async def test_a_replay_releases_the_claim_of_a_dead_worker(pool: asyncpg.Pool) 
         "UPDATE webhook_deliveries SET claimed_at = $1",
         (now - timedelta(hours=1)).replace(tzinfo=None),
     )
-    scheduled = await store.replay(
-        pool,
-        DOMAIN,
-        endpoint.id,
-        now=now,
-        stale_before=now - timedelta(minutes=5),
-        event_id="msg_x",
+    scheduled = await replay(
+        pool, endpoint, now=now, stale_before=now - timedelta(minutes=5), event_id="msg_x"
     )
     assert scheduled == 1
     assert await pool.fetchval("SELECT claimed_at FROM webhook_deliveries") is None
     live = now.replace(tzinfo=None)
     await pool.execute("UPDATE webhook_deliveries SET claimed_at = $1", live)
-    await store.replay(
-        pool,
-        DOMAIN,
-        endpoint.id,
-        now=now,
-        stale_before=now - timedelta(minutes=5),
-        event_id="msg_x",
-    )
+    await replay(pool, endpoint, now=now, stale_before=now - timedelta(minutes=5), event_id="msg_x")
     assert await pool.fetchval("SELECT claimed_at FROM webhook_deliveries") == live

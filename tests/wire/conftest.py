@@ -22,7 +22,7 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.descriptor_pool import DescriptorPool
-from grpc_tools import protoc  # type: ignore[import-untyped,unused-ignore]
+from grpc_tools import protoc
 
 ORIGINAL_PROTOS = Path(__file__).parent / "original_protos"
 

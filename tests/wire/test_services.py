@@ -104,7 +104,7 @@ async def test_one_servicer_answers_under_both_mailer_names() -> None:
     from kannon.pb.mailer.apiv1 import mailerapiv1_pb2 as mailer_pb2
     from kannon.pb.mailer.apiv1 import mailerapiv1_pb2_grpc as mailer_grpc
 
-    class Mailer(mailer_grpc.MailerServicer):  # type: ignore[misc]
+    class Mailer(mailer_grpc.MailerServicer):
         async def SendHTML(self, request: Any, context: Any) -> Any:
             return mailer_pb2.SendRes(message_id=f"msg_{request.subject}@example.test")
 

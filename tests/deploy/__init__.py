@@ -1,0 +1,1 @@
+"""Tests of the deployment artefacts: Dockerfile, compose file, Kubernetes manifests."""
