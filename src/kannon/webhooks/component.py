@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Histogram
 
-from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result
-from kannon.bus.subjects import STATS_STREAM, STATS_SUBJECTS, WEBHOOK_EVENT_TYPES, WEBHOOKS_DURABLE
+from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result, outcome_consumer
+from kannon.bus.subjects import STATS_SUBJECTS, WEBHOOK_EVENT_TYPES, WEBHOOKS_DURABLE
 from kannon.config import Settings
 from kannon.db import webhooks as store
 from kannon.db.batching import Coalescer
@@ -142,14 +142,11 @@ class WebhooksWorker:
 
     @property
     def consumer(self) -> ConsumerSpec:
-        return ConsumerSpec(
-            durable=WEBHOOKS_DURABLE,
-            stream=STATS_STREAM,
-            subject=STATS_SUBJECTS,
-            ack_wait=self._settings.nats.ack_wait,
-            max_deliver=self._settings.nats.max_deliver,
+        return outcome_consumer(
+            WEBHOOKS_DURABLE,
+            STATS_SUBJECTS,
+            self._settings.nats,
             concurrency=CONSUMER_CONCURRENCY,
-            batch=CONSUMER_CONCURRENCY,
             transient=is_outage,
         )
 
