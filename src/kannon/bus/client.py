@@ -46,6 +46,7 @@ from kannon.bus.subjects import (
     DEAD_LETTER_STREAM,
     SENT_GUARD_BUCKET,
     STATS_STREAM,
+    STATS_SUBJECTS,
     STREAMS,
     StreamSpec,
     dead_letter_subject,
@@ -174,16 +175,17 @@ class ConsumerSpec:
 
 def outcome_consumer(
     durable: str,
-    subject: str,
     nats_settings: NatsSettings,
-    *,
     concurrency: int,
     transient: Callable[[BaseException], bool],
+    *,
+    subject: str = STATS_SUBJECTS,
     batch: int | None = None,
 ) -> ConsumerSpec:
-    """A durable consumer of outcome events (`STATS_STREAM`, `subject` one or all of
-    `kannon.stats.<type>`) with the `nats.ack_wait` and `nats.max_deliver` settings:
-    `concurrency` handlers at once, fetching `batch` messages at a time (default: as many)."""
+    """A durable consumer of outcome events (`STATS_STREAM`; `subject` one of
+    `kannon.stats.<type>`, default all) with the `nats.ack_wait` and `nats.max_deliver`
+    settings: `concurrency` handlers at once, fetching `batch` messages at a time (default: as
+    many)."""
     return ConsumerSpec(
         durable=durable,
         stream=STATS_STREAM,

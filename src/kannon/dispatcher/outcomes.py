@@ -119,11 +119,11 @@ class Outcomes:
     ) -> ConsumerSpec:
         return outcome_consumer(
             durable,
-            stats_subject(stat_type),
             self._nats,
-            concurrency=concurrency,
+            concurrency,
+            is_outage,
+            subject=stats_subject(stat_type),
             batch=max(concurrency, ConsumerSpec.batch),
-            transient=is_outage,
         )
 
     @staticmethod

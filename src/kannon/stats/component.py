@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import Counter
 
 from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result, outcome_consumer
-from kannon.bus.subjects import STATS_DURABLE, STATS_SUBJECTS
+from kannon.bus.subjects import STATS_DURABLE
 from kannon.config import Settings
 from kannon.db import stats_store
 from kannon.db.batching import Coalescer
@@ -99,13 +99,7 @@ class StatsWorker:
 
     @property
     def consumer(self) -> ConsumerSpec:
-        return outcome_consumer(
-            STATS_DURABLE,
-            STATS_SUBJECTS,
-            self._settings.nats,
-            concurrency=CONCURRENCY,
-            transient=is_outage,
-        )
+        return outcome_consumer(STATS_DURABLE, self._settings.nats, CONCURRENCY, is_outage)
 
     async def run(self, life: Life) -> None:
         stats_ready, feed_ready = asyncio.Event(), asyncio.Event()

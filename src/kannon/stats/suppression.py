@@ -83,10 +83,10 @@ class SuppressionFeed:
         return [
             outcome_consumer(
                 suppression_durable(stat_type),
-                stats_subject(stat_type),
                 self._settings.nats,
-                concurrency=CONCURRENCY,
-                transient=is_outage,
+                CONCURRENCY,
+                is_outage,
+                subject=stats_subject(stat_type),
             )
             for stat_type in REASON_BY_TYPE
         ]

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import Counter, Histogram
 
 from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result, outcome_consumer
-from kannon.bus.subjects import STATS_SUBJECTS, WEBHOOK_EVENT_TYPES, WEBHOOKS_DURABLE
+from kannon.bus.subjects import WEBHOOK_EVENT_TYPES, WEBHOOKS_DURABLE
 from kannon.config import Settings
 from kannon.db import webhooks as store
 from kannon.db.batching import Coalescer
@@ -143,11 +143,7 @@ class WebhooksWorker:
     @property
     def consumer(self) -> ConsumerSpec:
         return outcome_consumer(
-            WEBHOOKS_DURABLE,
-            STATS_SUBJECTS,
-            self._settings.nats,
-            concurrency=CONSUMER_CONCURRENCY,
-            transient=is_outage,
+            WEBHOOKS_DURABLE, self._settings.nats, CONSUMER_CONCURRENCY, is_outage
         )
 
     async def run(self, life: Life) -> None:
