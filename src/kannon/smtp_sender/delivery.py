@@ -351,14 +351,9 @@ class SmtpDeliverer:
                 if rule.enforce:
                     client.close()
                     return SendResult.no_answer(reason, remote)
-        except aiosmtplib.SMTPResponseException as exc:
-            client.close()
-            return SendResult.session_refused(exc.code, f"{remote}: {exc.message}", remote)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            client.close()
-            return SendResult.no_answer(f"{remote}: {_describe(exc)}", remote)
-        CONNECTIONS.labels("yes" if tls else "no").inc()
-        return Connection(client, key, remote, tls)
+            return _failed_session(client, remote, exc)
+        return _opened(client, key, remote, tls=tls)
 
     # -- relay -----------------------------------------------------------------------------
 
@@ -397,15 +392,10 @@ class SmtpDeliverer:
                 await self._ehlo(client)
             if relay.username:
                 await client.login(relay.username, relay.password or "")
-        except aiosmtplib.SMTPResponseException as exc:
-            client.close()
-            return SendResult.session_refused(exc.code, f"{remote}: {exc.message}", remote)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            client.close()
-            return SendResult.no_answer(f"{remote}: {_describe(exc)}", remote)
+            return _failed_session(client, remote, exc)
         tls = implicit or relay.tls == "starttls"
-        CONNECTIONS.labels("yes" if tls else "no").inc()
-        return Connection(client, key, remote, tls)
+        return _opened(client, key, remote, tls=tls)
 
     # -- the transaction -------------------------------------------------------------------
 
@@ -498,6 +488,20 @@ class SmtpDeliverer:
                 raise
             # RFC 5321 §3.2: a server that does not speak ESMTP still takes HELO.
             await client.helo()
+
+
+def _opened(client: aiosmtplib.SMTP, key: str, remote: str, *, tls: bool) -> Connection:
+    CONNECTIONS.labels("yes" if tls else "no").inc()
+    return Connection(client, key, remote, tls)
+
+
+def _failed_session(client: aiosmtplib.SMTP, remote: str, exc: BaseException) -> SendResult:
+    """Close a session that could not be opened; what the attempt learnt from it: the server's
+    refusal (an SMTP reply), or that nobody answered."""
+    client.close()
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return SendResult.session_refused(exc.code, f"{remote}: {exc.message}", remote)
+    return SendResult.no_answer(f"{remote}: {_describe(exc)}", remote)
 
 
 def _describe(exc: BaseException) -> str:
