@@ -19,7 +19,14 @@ from kannon.db.pool import Database
 from kannon.model.address import canonical_recipient
 from kannon.model.domain import canonical_domain_name
 from kannon.model.errors import InvalidArgument, NotFound, PermissionDenied
-from kannon.model.suppression import check_expiry, check_note, check_reason, manual, manual_imports
+from kannon.model.suppression import (
+    Suppression,
+    check_expiry,
+    check_note,
+    check_reason,
+    manual,
+    manual_imports,
+)
 from kannon.pb.suppression.apiv1 import suppressionapiv1_pb2 as pb
 from kannon.runtime.clock import utc_now
 from kannon.wire import api as wire
@@ -35,6 +42,12 @@ def _lookup_address(value: str) -> str:
     if not text:
         raise InvalidArgument("address: required")
     return canonical_recipient(text)
+
+
+def _found(suppression: Suppression | None, domain: str, address: str) -> Suppression:
+    if suppression is None:
+        raise NotFound(f"address: {address!r} is not suppressed for {domain!r}")
+    return suppression
 
 
 # Every request of the service names its Domain.
@@ -94,9 +107,9 @@ class SuppressionService:
         domain = await self._domain(request, context)
         address = _lookup_address(request.address)
         found = await suppressions.get(self.db, domain, address, utc_now())
-        if found is None:
-            raise NotFound(f"address: {address!r} is not suppressed for {domain!r}")
-        return pb.GetSuppressionResponse(suppression=wire.suppression_msg(found))
+        return pb.GetSuppressionResponse(
+            suppression=wire.suppression_msg(_found(found, domain, address))
+        )
 
     @rpc
     async def AddSuppression(
@@ -121,9 +134,9 @@ class SuppressionService:
         domain = await self._domain(request, context)
         address = _lookup_address(request.address)
         removed = await suppressions.remove(self.db, domain, address)
-        if removed is None:
-            raise NotFound(f"address: {address!r} is not suppressed for {domain!r}")
-        return pb.RemoveSuppressionResponse(suppression=wire.suppression_msg(removed))
+        return pb.RemoveSuppressionResponse(
+            suppression=wire.suppression_msg(_found(removed, domain, address))
+        )
 
     @rpc
     async def ImportSuppressions(
