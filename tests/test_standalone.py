@@ -21,7 +21,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from kannon.app import COMPONENT_ORDER
+from kannon.config import COMPONENTS
 from kannon.runtime.processes import free_port
 from kannon.standalone import process_groups
 from tests.support import nats_refusal
@@ -175,7 +175,7 @@ def test_standalone_boots_serves_healthz_and_stops_cleanly() -> None:
 
 
 def test_auto_puts_the_sender_in_a_process_of_its_own_when_there_are_two_cores() -> None:
-    everything = list(COMPONENT_ORDER)
+    everything = list(COMPONENTS)
     assert process_groups("auto", 1) == [everything]
     assert process_groups("auto", 2) == [[c for c in everything if c != "sender"], ["sender"]]
     assert process_groups("api,stats;sender", 8) == [["api", "stats"], ["sender"]]

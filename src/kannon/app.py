@@ -19,17 +19,6 @@ from kannon.runtime.supervisor import supervise
 
 log = logging.getLogger("kannon.app")
 
-COMPONENT_ORDER = (
-    "api",
-    "validator",
-    "dispatcher",
-    "sender",
-    "smtp",
-    "tracker",
-    "stats",
-    "webhooks",
-)
-
 Builder = Callable[[Settings, Resources], Awaitable[Component]]
 
 

@@ -18,9 +18,9 @@ import secrets
 import sys
 from pathlib import Path
 
-from kannon.app import COMPONENT_ORDER, run_components
+from kannon.app import run_components
 from kannon.bus.embedded import start_nats
-from kannon.config import Settings, environment_of
+from kannon.config import COMPONENTS, Settings, environment_of
 from kannon.config.model import parse_process_groups
 from kannon.config.values import mask_url
 from kannon.db.embedded import EmbeddedPostgres, start_postgres
@@ -50,8 +50,8 @@ def process_groups(spec: str, cores: int) -> list[list[str]]:
     if spec != "auto":
         return parse_process_groups(spec)
     if cores < 2:
-        return [list(COMPONENT_ORDER)]
-    return [[name for name in COMPONENT_ORDER if name != "sender"], ["sender"]]
+        return [list(COMPONENTS)]
+    return [[name for name in COMPONENTS if name != "sender"], ["sender"]]
 
 
 def usable_cores() -> int:
@@ -109,7 +109,7 @@ async def run_standalone(settings: Settings, *, stop: asyncio.Event | None = Non
         own, *others = process_groups(settings.standalone.processes, usable_cores())
         environ = environment_of(settings)
         children = [ProcessGroup(group, environ) for group in others]
-        names = [name for name in COMPONENT_ORDER if name in own]
+        names = [name for name in COMPONENTS if name in own]
         return await run_components(
             settings,
             names,

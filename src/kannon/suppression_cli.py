@@ -33,6 +33,7 @@ from kannon.model.suppression import (
     check_note,
     check_reason,
     manual,
+    manual_imports,
 )
 from kannon.runtime.clock import utc_now
 from kannon.wire.api import suppression_json
@@ -194,16 +195,16 @@ async def _import(
         text = await asyncio.to_thread(_read, ns.file)
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"{ns.file}: cannot read it ({exc})") from None
-    items: list[Suppression] = []
-    refused = 0
-    for index, address in enumerate(addresses_in(text.splitlines())):
-        try:
-            items.append(
-                manual(domain, address, now, expires_at=expires_at, note=ns.note, field="address")
-            )
-        except InvalidArgument as exc:
-            refused += 1
-            print(f"kannon: entry {index + 1}: {exc}", file=sys.stderr)
+    items, refused = manual_imports(
+        domain,
+        addresses_in(text.splitlines()),
+        now,
+        expires_at=expires_at,
+        note=ns.note,
+        field="address",
+    )
+    for entry in refused:
+        print(f"kannon: entry {entry.position + 1}: {entry.reason}", file=sys.stderr)
     counts = await suppressions.import_suppressions(db, domain, items)
-    summary = {"added": counts.added, "alreadySuppressed": counts.present, "rejected": refused}
+    summary = {"added": counts.added, "alreadySuppressed": counts.present, "rejected": len(refused)}
     out.write(json.dumps(summary) + "\n")

@@ -65,17 +65,10 @@ class AdminService:
         return [wire.dkim_key_pb(k, dkim_record(k, now), now) for k in keys]
 
     async def _found_domain(self, value: str) -> Domain:
-        name = canonical_domain_name(value)
-        domain = await domains.get_domain(self.db, name)
-        if domain is None:
-            raise NotFound(f"domain: {name!r} not found")
-        return domain
+        return await domains.existing_domain(self.db, canonical_domain_name(value))
 
     async def _existing_domain(self, value: str) -> str:
-        name = canonical_domain_name(value)
-        if await domains.get_domain(self.db, name) is None:
-            raise NotFound(f"domain: {name!r} not found")
-        return name
+        return (await self._found_domain(value)).name
 
     # --- Domains -----------------------------------------------------------------------------
 
@@ -90,10 +83,7 @@ class AdminService:
     @rpc
     async def GetDomain(self, request: pb.GetDomainReq, context: CallContext) -> pb.GetDomainRes:
         self.guard.check(context)
-        name = canonical_domain_name(request.domain)
-        domain = await domains.get_domain(self.db, name)
-        if domain is None:
-            raise NotFound(f"domain: {name!r} not found")
+        domain = await self._found_domain(request.domain)
         return pb.GetDomainRes(domain=self._domain_pb(domain))
 
     @rpc
@@ -132,9 +122,7 @@ class AdminService:
         self.guard.check(context)
         name = canonical_domain_name(request.domain)
         ceiling = wire.ceiling_from_pb(request)
-        domain = await domains.set_tracking(self.db, name, ceiling)
-        if domain is None:
-            raise NotFound(f"domain: {name!r} not found")
+        domain = domains.found_domain(await domains.set_tracking(self.db, name, ceiling), name)
         return pb.SetTrackingPolicyRes(domain=self._domain_pb(domain))
 
     @rpc
@@ -143,9 +131,9 @@ class AdminService:
     ) -> pb.SetOneClickUnsubscribeRes:
         self.guard.check(context)
         name = canonical_domain_name(request.domain)
-        domain = await domains.set_one_click_unsubscribe(self.db, name, request.enabled)
-        if domain is None:
-            raise NotFound(f"domain: {name!r} not found")
+        domain = domains.found_domain(
+            await domains.set_one_click_unsubscribe(self.db, name, request.enabled), name
+        )
         return pb.SetOneClickUnsubscribeRes(domain=self._domain_pb(domain))
 
     # --- DKIM keys and DNS -------------------------------------------------------------------
@@ -345,9 +333,7 @@ class AdminService:
         self.guard.check(context)
         domain = canonical_domain_name(request.domain)
         key_id = check_key_id(request.id)
-        key = await apikeys.get_api_key(self.db, domain, key_id)
-        if key is None:
-            raise NotFound(f"id: no API key {key_id!r} in domain {domain!r}")
+        key = _found_key(await apikeys.get_api_key(self.db, domain, key_id), domain, key_id)
         return pb.GetAPIKeyResponse(api_key=wire.api_key_pb(key))
 
     @rpc
@@ -357,9 +343,9 @@ class AdminService:
         self.guard.check(context)
         domain = canonical_domain_name(request.domain)
         key_id = check_key_id(request.id)
-        key = await apikeys.deactivate_api_key(self.db, domain, key_id, utc_now())
-        if key is None:
-            raise NotFound(f"id: no API key {key_id!r} in domain {domain!r}")
+        key = _found_key(
+            await apikeys.deactivate_api_key(self.db, domain, key_id, utc_now()), domain, key_id
+        )
         return pb.DeactivateAPIKeyResponse(api_key=wire.api_key_pb(key))
 
 
@@ -367,3 +353,9 @@ def _found_template(template: Template | None, template_id: str) -> Template:
     if template is None:
         raise NotFound(f"template_id: {template_id!r} not found")
     return template
+
+
+def _found_key(key: ApiKey | None, domain: str, key_id: str) -> ApiKey:
+    if key is None:
+        raise NotFound(f"id: no API key {key_id!r} in domain {domain!r}")
+    return key

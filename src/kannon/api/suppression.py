@@ -10,7 +10,7 @@ unknown one is NotFound).
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+import functools
 
 from kannon.api.auth import DomainOrAdmin
 from kannon.api.errors import CallContext, rpc
@@ -25,6 +25,7 @@ from kannon.model.suppression import (
     check_note,
     check_reason,
     manual,
+    manual_imports,
 )
 from kannon.pb.suppression.apiv1 import suppressionapiv1_pb2 as pb
 from kannon.runtime.clock import utc_now
@@ -36,38 +37,17 @@ MAX_IMPORT = 100_000
 OFF_LOOP_IMPORT = 5_000
 
 
-def checked_imports(
-    domain: str,
-    addresses: list[str],
-    now: datetime,
-    expires_at: datetime | None,
-    note: str,
-) -> tuple[list[Suppression], list[tuple[str, str]]]:
-    """The Suppressions of an import, and the entries refused (as given, why)."""
-    items: list[Suppression] = []
-    refused: list[tuple[str, str]] = []
-    for index, address in enumerate(addresses):
-        try:
-            items.append(
-                manual(
-                    domain,
-                    address,
-                    now,
-                    expires_at=expires_at,
-                    note=note,
-                    field=f"addresses[{index}]",
-                )
-            )
-        except InvalidArgument as exc:
-            refused.append((address, str(exc)))
-    return items, refused
-
-
 def _lookup_address(value: str) -> str:
     text = value.strip()
     if not text:
         raise InvalidArgument("address: required")
     return canonical_recipient(text)
+
+
+def _found(suppression: Suppression | None, domain: str, address: str) -> Suppression:
+    if suppression is None:
+        raise NotFound(f"address: {address!r} is not suppressed for {domain!r}")
+    return suppression
 
 
 # Every request of the service names its Domain.
@@ -98,10 +78,7 @@ class SuppressionService:
             return scope
         if not given:
             raise InvalidArgument("domain: required when calling with the admin token")
-        name = canonical_domain_name(given)
-        if await domains.get_domain(self.db, name) is None:
-            raise NotFound(f"domain: {name!r} not found")
-        return name
+        return (await domains.existing_domain(self.db, canonical_domain_name(given))).name
 
     @rpc
     async def ListSuppressions(
@@ -130,9 +107,9 @@ class SuppressionService:
         domain = await self._domain(request, context)
         address = _lookup_address(request.address)
         found = await suppressions.get(self.db, domain, address, utc_now())
-        if found is None:
-            raise NotFound(f"address: {address!r} is not suppressed for {domain!r}")
-        return pb.GetSuppressionResponse(suppression=wire.suppression_msg(found))
+        return pb.GetSuppressionResponse(
+            suppression=wire.suppression_msg(_found(found, domain, address))
+        )
 
     @rpc
     async def AddSuppression(
@@ -157,9 +134,9 @@ class SuppressionService:
         domain = await self._domain(request, context)
         address = _lookup_address(request.address)
         removed = await suppressions.remove(self.db, domain, address)
-        if removed is None:
-            raise NotFound(f"address: {address!r} is not suppressed for {domain!r}")
-        return pb.RemoveSuppressionResponse(suppression=wire.suppression_msg(removed))
+        return pb.RemoveSuppressionResponse(
+            suppression=wire.suppression_msg(_found(removed, domain, address))
+        )
 
     @rpc
     async def ImportSuppressions(
@@ -177,14 +154,18 @@ class SuppressionService:
         # Checked once for the call: only the addresses are refused one by one.
         check_expiry(expires_at, now)
         check_note(request.note)
-        args = (domain, list(request.addresses), now, expires_at, request.note)
-        if count >= OFF_LOOP_IMPORT:
-            items, refused = await asyncio.to_thread(checked_imports, *args)
-        else:
-            items, refused = checked_imports(*args)
+        check = functools.partial(
+            manual_imports,
+            domain,
+            list(request.addresses),
+            now,
+            expires_at=expires_at,
+            note=request.note,
+        )
+        items, refused = await asyncio.to_thread(check) if count >= OFF_LOOP_IMPORT else check()
         counts = await suppressions.import_suppressions(self.db, domain, items)
         return pb.ImportSuppressionsResponse(
             added=counts.added,
             already_suppressed=counts.present,
-            rejected=[pb.RejectedAddress(address=a, reason=r) for a, r in refused],
+            rejected=[pb.RejectedAddress(address=r.address, reason=r.reason) for r in refused],
         )

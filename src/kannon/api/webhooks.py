@@ -83,10 +83,7 @@ class WebhooksService:
         self.guard.check(context)
         if not requested.strip():
             raise InvalidArgument("domain: required with the operator token")
-        name = canonical_domain_name(requested)
-        if await domains.get_domain(self.db, name) is None:
-            raise NotFound(f"domain: {name!r} not found")
-        return name
+        return (await domains.existing_domain(self.db, canonical_domain_name(requested))).name
 
     async def _url(self, value: str) -> str:
         config = self.settings.webhooks
@@ -117,10 +114,9 @@ class WebhooksService:
         return url
 
     async def _endpoint(self, domain: str, endpoint_id: str) -> Endpoint:
-        found = await store.get_endpoint(self.db, domain, endpoint_id.strip())
-        if found is None:
-            raise NotFound(f"id: no webhook endpoint {endpoint_id!r} in domain {domain!r}")
-        return found
+        return _found_endpoint(
+            await store.get_endpoint(self.db, domain, endpoint_id.strip()), domain, endpoint_id
+        )
 
     @rpc
     async def CreateEndpoint(
@@ -173,17 +169,13 @@ class WebhooksService:
                 else None
             ),
         )
-        if updated is None:
-            raise NotFound(f"id: no webhook endpoint {request.id!r} in domain {domain!r}")
-        return endpoint_pb(updated)
+        return endpoint_pb(_found_endpoint(updated, domain, request.id))
 
     @rpc
     async def DeleteEndpoint(self, request: pb.EndpointRef, context: CallContext) -> pb.Endpoint:
         domain = await self._domain(request.domain, context)
         deleted = await store.delete_endpoint(self.db, domain, request.id.strip())
-        if deleted is None:
-            raise NotFound(f"id: no webhook endpoint {request.id!r} in domain {domain!r}")
-        return endpoint_pb(deleted)
+        return endpoint_pb(_found_endpoint(deleted, domain, request.id))
 
     @rpc
     async def RotateSecret(
@@ -194,9 +186,8 @@ class WebhooksService:
         updated = await store.update_endpoint(
             self.db, domain, request.id.strip(), now=utc_now(), secret=secret
         )
-        if updated is None:
-            raise NotFound(f"id: no webhook endpoint {request.id!r} in domain {domain!r}")
-        return pb.RotateSecretRes(endpoint=endpoint_pb(updated), secret=secret)
+        endpoint = _found_endpoint(updated, domain, request.id)
+        return pb.RotateSecretRes(endpoint=endpoint_pb(endpoint), secret=secret)
 
     @rpc
     async def SendTestEvent(
@@ -289,3 +280,9 @@ class WebhooksService:
                 end=end,
             )
         return pb.ReplayRes(scheduled=count)
+
+
+def _found_endpoint(endpoint: Endpoint | None, domain: str, endpoint_id: str) -> Endpoint:
+    if endpoint is None:
+        raise NotFound(f"id: no webhook endpoint {endpoint_id!r} in domain {domain!r}")
+    return endpoint

@@ -50,11 +50,14 @@ from prometheus_client import Counter
 from kannon.bus.subjects import (
     DEAD_LETTER_STREAM,
     SENT_GUARD_BUCKET,
+    STATS_STREAM,
+    STATS_SUBJECTS,
     STREAMS,
     StreamSpec,
     dead_letter_subject,
     stats_subject,
 )
+from kannon.config import NatsSettings
 
 log = logging.getLogger("kannon.bus")
 
@@ -183,6 +186,31 @@ class ConsumerSpec:
             self.retry_delay.total_seconds() * (1 << exponent), self.max_retry_delay.total_seconds()
         )
         return max(0.0, delay * (1 + jitter))
+
+
+def outcome_consumer(
+    durable: str,
+    nats_settings: NatsSettings,
+    concurrency: int,
+    transient: Callable[[BaseException], bool],
+    *,
+    subject: str = STATS_SUBJECTS,
+    batch: int | None = None,
+) -> ConsumerSpec:
+    """A durable consumer of outcome events (`STATS_STREAM`; `subject` one of
+    `kannon.stats.<type>`, default all) with the `nats.ack_wait` and `nats.max_deliver`
+    settings: `concurrency` handlers at once, fetching `batch` messages at a time (default: as
+    many)."""
+    return ConsumerSpec(
+        durable=durable,
+        stream=STATS_STREAM,
+        subject=subject,
+        ack_wait=nats_settings.ack_wait,
+        max_deliver=nats_settings.max_deliver,
+        concurrency=concurrency,
+        batch=concurrency if batch is None else batch,
+        transient=transient,
+    )
 
 
 Handler = Callable[[BusMessage], Awaitable[Result]]
@@ -377,19 +405,31 @@ class Bus:
         if not self.nc.is_closed:
             await self.nc.close()
 
-    async def sent_guard(self, ttl: timedelta = timedelta(hours=1), replicas: int = 1) -> SentGuard:
+    async def key_value(
+        self, bucket: str, *, ttl: timedelta, replicas: int, description: str
+    ) -> KeyValue:
+        """The KV bucket `bucket`, created on first use (file storage; a value nobody wrote for
+        `ttl` disappears). An existing bucket is used as it is."""
         try:
-            kv = await self.js.key_value(SENT_GUARD_BUCKET)
+            return await self.js.key_value(bucket)
         except (nats.js.errors.BucketNotFoundError, nats.js.errors.NotFoundError):
-            kv = await self.js.create_key_value(
+            return await self.js.create_key_value(
                 KeyValueConfig(
-                    bucket=SENT_GUARD_BUCKET,
+                    bucket=bucket,
                     ttl=ttl.total_seconds(),
                     storage=StorageType.FILE,
                     replicas=replicas,
-                    description="Envelopes already handed to a remote MX",
+                    description=description,
                 )
             )
+
+    async def sent_guard(self, ttl: timedelta = timedelta(hours=1), replicas: int = 1) -> SentGuard:
+        kv = await self.key_value(
+            SENT_GUARD_BUCKET,
+            ttl=ttl,
+            replicas=replicas,
+            description="Envelopes already handed to a remote MX",
+        )
         return SentGuard(kv, self.js)
 
     async def consume(

@@ -14,7 +14,6 @@ from datetime import timedelta
 from typing import TypeVar
 
 import nats.js.errors
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
 from kannon.bus.client import Bus
@@ -70,16 +69,10 @@ async def open_shared_state(
 ) -> SharedState:
     """The shaping bucket, created on first use. A value nobody wrote for `keep` disappears (a
     destination not sent to for a day starts afresh)."""
-    try:
-        kv = await bus.js.key_value(SHAPING_BUCKET)
-    except (nats.js.errors.BucketNotFoundError, nats.js.errors.NotFoundError):
-        kv = await bus.js.create_key_value(
-            KeyValueConfig(
-                bucket=SHAPING_BUCKET,
-                ttl=keep.total_seconds(),
-                storage=StorageType.FILE,
-                replicas=replicas,
-                description="Delivery shaping: leases, message counts and backoff per destination",
-            )
-        )
+    kv = await bus.key_value(
+        SHAPING_BUCKET,
+        ttl=keep,
+        replicas=replicas,
+        description="Delivery shaping: leases, message counts and backoff per destination",
+    )
     return SharedState(kv)

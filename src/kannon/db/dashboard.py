@@ -73,8 +73,29 @@ async def totals(db: Database, domain: str, start: datetime, end: datetime) -> d
     return {row["type"]: int(row["total"]) for row in rows}
 
 
-async def _counted(db: Database, sql: str, *args: object) -> list[Counted]:
-    rows = await db.fetch(sql, *args)
+async def _counted(
+    db: Database,
+    label: str,
+    event_type: str,
+    *,
+    domain: str,
+    start: datetime,
+    end: datetime,
+    limit: int = MAX_ROWS,
+) -> list[Counted]:
+    """`stats` rows of one type of `domain` in [start, end) counted by `label` (an SQL
+    expression over the row, one of this module's), most first, `MAX_ROWS` at most."""
+    rows = await db.fetch(
+        f"""SELECT {label} AS label, count(*) AS n
+           FROM stats WHERE domain = $1 AND type = $2
+                AND timestamp >= $3 AND timestamp < $4
+           GROUP BY 1 ORDER BY n DESC, label LIMIT $5""",
+        domain,
+        event_type,
+        to_db_time(start),
+        to_db_time(end),
+        min(limit, MAX_ROWS),
+    )
     return [Counted(label=row["label"] or "", count=int(row["n"])) for row in rows]
 
 
@@ -84,16 +105,13 @@ async def bounce_reasons(
     """Bounces by reason: the classified category, else the enhanced status, else the code."""
     return await _counted(
         db,
-        """SELECT COALESCE(NULLIF(data->'bounced'->>'reason', ''),
-                           NULLIF(data->'bounced'->>'status', ''),
-                           data->'bounced'->>'code', 'unknown') AS label, count(*) AS n
-           FROM stats WHERE domain = $1 AND type = 'bounced'
-                AND timestamp >= $2 AND timestamp < $3
-           GROUP BY 1 ORDER BY n DESC, label LIMIT $4""",
-        domain,
-        to_db_time(start),
-        to_db_time(end),
-        MAX_ROWS,
+        """COALESCE(NULLIF(data->'bounced'->>'reason', ''),
+                    NULLIF(data->'bounced'->>'status', ''),
+                    data->'bounced'->>'code', 'unknown')""",
+        "bounced",
+        domain=domain,
+        start=start,
+        end=end,
     )
 
 
@@ -102,15 +120,7 @@ async def bounce_domains(
 ) -> list[Counted]:
     """Bounces by the Recipient's domain."""
     return await _counted(
-        db,
-        """SELECT lower(split_part(email, '@', 2)) AS label, count(*) AS n
-           FROM stats WHERE domain = $1 AND type = 'bounced'
-                AND timestamp >= $2 AND timestamp < $3
-           GROUP BY 1 ORDER BY n DESC, label LIMIT $4""",
-        domain,
-        to_db_time(start),
-        to_db_time(end),
-        MAX_ROWS,
+        db, "lower(split_part(email, '@', 2))", "bounced", domain=domain, start=start, end=end
     )
 
 
@@ -149,15 +159,7 @@ async def top_links(
 ) -> list[Counted]:
     """Most-clicked links (clicks recorded with a row: anonymous clicks are only counted)."""
     return await _counted(
-        db,
-        """SELECT data->'clicked'->>'url' AS label, count(*) AS n
-           FROM stats WHERE domain = $1 AND type = 'clicked'
-                AND timestamp >= $2 AND timestamp < $3
-           GROUP BY 1 ORDER BY n DESC, label LIMIT $4""",
-        domain,
-        to_db_time(start),
-        to_db_time(end),
-        min(limit, MAX_ROWS),
+        db, "data->'clicked'->>'url'", "clicked", domain=domain, start=start, end=end, limit=limit
     )
 
 

@@ -335,6 +335,19 @@ async def delete_by_recipients(db: Database, recipients: Sequence[tuple[str, str
     return result
 
 
+# Claims in status $1 older than $2 (or never stamped), at most $3, back to status $4.
+_RECLAIM = """
+    WITH stale AS (
+        SELECT id FROM sending_pool_emails
+        WHERE status = $1 AND (claimed_at IS NULL OR claimed_at < $2)
+        LIMIT $3
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE sending_pool_emails AS p SET status = $4, claimed_at = NULL
+    FROM stale WHERE p.id = stale.id
+"""
+
+
 async def reclaim_stale(
     db: Database,
     now: datetime,
@@ -357,37 +370,11 @@ async def reclaim_stale(
     async with db.acquire() as conn, conn.transaction():
         if validating_timeout is not None:
             validating = await conn.execute(
-                """
-                WITH stale AS (
-                    SELECT id FROM sending_pool_emails
-                    WHERE status = $1 AND (claimed_at IS NULL OR claimed_at < $2)
-                    LIMIT $3
-                    FOR UPDATE SKIP LOCKED
-                )
-                UPDATE sending_pool_emails AS p SET status = $4, claimed_at = NULL
-                FROM stale WHERE p.id = stale.id
-                """,
-                VALIDATING,
-                db_now - validating_timeout,
-                limit,
-                TO_VALIDATE,
+                _RECLAIM, VALIDATING, db_now - validating_timeout, limit, TO_VALIDATE
             )
         if sending_timeout is not None:
             sending = await conn.execute(
-                """
-                WITH stale AS (
-                    SELECT id FROM sending_pool_emails
-                    WHERE status = $1 AND (claimed_at IS NULL OR claimed_at < $2)
-                    LIMIT $3
-                    FOR UPDATE SKIP LOCKED
-                )
-                UPDATE sending_pool_emails AS p SET status = $4, claimed_at = NULL
-                FROM stale WHERE p.id = stale.id
-                """,
-                SENDING,
-                db_now - sending_timeout,
-                limit,
-                SCHEDULED,
+                _RECLAIM, SENDING, db_now - sending_timeout, limit, SCHEDULED
             )
     return ReclaimCounts(validating=_count(validating), sending=_count(sending))
 

@@ -24,7 +24,7 @@ import asyncpg
 from kannon.db.pool import Database
 from kannon.db.times import from_db_time, to_db_time
 from kannon.model.domain import RSA_SHA256, DkimKey, Domain
-from kannon.model.errors import Conflict
+from kannon.model.errors import Conflict, NotFound
 from kannon.model.ip_pool import DEFAULT_POOL
 from kannon.model.tracking import DEFAULT_CEILING, TrackingPolicy
 
@@ -167,6 +167,18 @@ async def get_domain(db: Database | asyncpg.Connection, name: str) -> Domain | N
     if row is None:
         return None
     return _domain(row, (await _keys_of(db, [name])).get(name, []))
+
+
+def found_domain(domain: Domain | None, name: str) -> Domain:
+    """`domain`, read or written under `name`; NotFound when it is None (no such Domain)."""
+    if domain is None:
+        raise NotFound(f"domain: {name!r} not found")
+    return domain
+
+
+async def existing_domain(db: Database | asyncpg.Connection, name: str) -> Domain:
+    """The Domain `name` (canonical); NotFound when there is none."""
+    return found_domain(await get_domain(db, name), name)
 
 
 async def sending_policy(

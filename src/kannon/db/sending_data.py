@@ -30,20 +30,15 @@ import asyncpg
 
 from kannon.db.domains import SigningKey, signing_keys
 from kannon.db.pool import Database
+from kannon.model.batch import BatchCore
 from kannon.model.ip_pool import DEFAULT_POOL, resolve_pool
 
 
 @dataclass(frozen=True, slots=True)
-class SendingData:
+class SendingData(BatchCore):
     """One Batch as the Dispatcher builds it. `html` is None when the template is gone,
     `domain_exists` False when the Domain is."""
 
-    batch_id: str
-    domain: str
-    subject: str
-    sender_email: str
-    sender_alias: str
-    template_id: str
     html: str | None
     domain_exists: bool = True
     dkim_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
 
-from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result
+from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result, outcome_consumer
 from kannon.bus.subjects import (
     BOUNCED,
     DELIVERED,
@@ -117,15 +117,13 @@ class Outcomes:
     def _consumer(
         self, durable: str, stat_type: str, concurrency: int = CONSUMER_CONCURRENCY
     ) -> ConsumerSpec:
-        return ConsumerSpec(
-            durable=durable,
-            stream=STATS_STREAM,
+        return outcome_consumer(
+            durable,
+            self._nats,
+            concurrency,
+            is_outage,
             subject=stats_subject(stat_type),
-            ack_wait=self._nats.ack_wait,
-            max_deliver=self._nats.max_deliver,
-            concurrency=concurrency,
             batch=max(concurrency, ConsumerSpec.batch),
-            transient=is_outage,
         )
 
     @staticmethod

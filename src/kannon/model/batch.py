@@ -116,14 +116,21 @@ class Rejection:
     reason: str
 
 
-@dataclass(frozen=True)
-class BatchPlan:
+@dataclass(frozen=True, slots=True)
+class BatchCore:
+    """The columns of a Batch's `messages` row that both its intake (`BatchPlan`) and its
+    dispatch (`kannon.db.sending_data.SendingData`) carry, in this order."""
+
     batch_id: str
     domain: str
     subject: str
     sender_email: str
     sender_alias: str
     template_id: str
+
+
+@dataclass(frozen=True)
+class BatchPlan(BatchCore):
     attachments: dict[str, str]  # filename -> base64, the messages.attachments layout
     # {"to": [...], "cc": [...], "one_click_unsubscribe": {"url_template": ...}}, the
     # messages.headers layout (the last key only when the caller gave a template)

@@ -27,11 +27,11 @@ Pure: no I/O; `now` comes in.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
-from typing import Final
+from typing import Final, NamedTuple
 
 from kannon.model.address import InvalidAddress, canonical_recipient, parse_address
 from kannon.model.errors import InvalidArgument
@@ -141,6 +141,45 @@ def manual(
         expires_at=expires_at,
         diagnostic=note,
     )
+
+
+class Refused(NamedTuple):
+    """An entry of an import that is not a valid address: its position (from 0), as given, and
+    why."""
+
+    position: int
+    address: str
+    reason: str
+
+
+def manual_imports(
+    domain: str,
+    addresses: Sequence[str],
+    now: datetime,
+    *,
+    expires_at: datetime | None,
+    note: str,
+    field: str = "addresses[{index}]",
+) -> tuple[list[Suppression], list[Refused]]:
+    """The Suppressions of an import (API ImportSuppressions, `kannon suppression import`), and
+    the entries refused; each address is checked under `field` (formatted with its `index`)."""
+    items: list[Suppression] = []
+    refused: list[Refused] = []
+    for index, address in enumerate(addresses):
+        try:
+            items.append(
+                manual(
+                    domain,
+                    address,
+                    now,
+                    expires_at=expires_at,
+                    note=note,
+                    field=field.format(index=index),
+                )
+            )
+        except InvalidArgument as exc:
+            refused.append(Refused(index, address, str(exc)))
+    return items, refused
 
 
 def _clean(text: str) -> str:

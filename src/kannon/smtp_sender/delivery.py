@@ -74,9 +74,12 @@ class Relay:
 
 
 @dataclass
-class _Trace:
-    """How far the current attempt got, read when the overall deadline cuts it short."""
+class _Attempt:
+    """One delivery attempt: the Envelope, its recipient in ASCII-domain form, and how far the
+    attempt got (read when the overall deadline cuts it short)."""
 
+    job: Envelope
+    recipient: str
     remote: str = ""
     in_data: bool = False
 
@@ -127,24 +130,24 @@ class SmtpDeliverer:
         except ValueError as exc:
             return SendResult.local_bounce(512, f"5.1.2 {exc}")
         recipient = f"{local}@{domain}"
-        trace = _Trace()
+        attempt = _Attempt(job, recipient)
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.deadline):
                 if self.relay is not None:
-                    return await self._via_relay(self.relay, job, recipient, trace)
-                return await self._via_mx(domain, job, recipient, trace)
+                    return await self._via_relay(self.relay, attempt)
+                return await self._via_mx(domain, attempt)
         except TimeoutError:
             # Only the overall deadline gets here: every SMTP step catches its own timeouts.
             return SendResult.no_answer(
                 f"delivery did not finish within {self.deadline:.0f}s"
                 + (
                     " (cut off during DATA: the message may have been accepted)"
-                    if trace.in_data
+                    if attempt.in_data
                     else ""
                 ),
-                trace.remote,
-                possibly_delivered=trace.in_data,
+                attempt.remote,
+                possibly_delivered=attempt.in_data,
             )
         finally:
             log.debug(
@@ -169,9 +172,7 @@ class SmtpDeliverer:
 
     # -- direct delivery -------------------------------------------------------------------
 
-    async def _via_mx(
-        self, domain: str, job: Envelope, recipient: str, trace: _Trace
-    ) -> SendResult:
+    async def _via_mx(self, domain: str, attempt: _Attempt) -> SendResult:
         lookup = await self.resolver.routes(domain)
         if isinstance(lookup, NullMx):
             return SendResult.local_bounce(
@@ -189,32 +190,26 @@ class SmtpDeliverer:
         if self.shaper is not None and hosts:
             destination = self.shaper.destination(domain, hosts[0].name)
         if self.shaper is None or destination is None:
-            return await self._via_hosts(
-                domain, hosts, job, recipient, trace, rule=rule, permit=None
-            )
+            return await self._via_hosts(domain, hosts, attempt, rule=rule, permit=None)
         admitted = await self.shaper.admit(destination)
         if isinstance(admitted, Deferral):
             return SendResult.deferred(admitted.delay, admitted.reason)
-        result = await self._via_hosts(
-            domain, hosts, job, recipient, trace, rule=rule, permit=admitted
-        )
-        await self.shaper.observe(admitted, result, connected=bool(trace.remote))
+        result = await self._via_hosts(domain, hosts, attempt, rule=rule, permit=admitted)
+        await self.shaper.observe(admitted, result, connected=bool(attempt.remote))
         return result
 
     async def _via_hosts(
         self,
         domain: str,
         hosts: Sequence[MxHost],
-        job: Envelope,
-        recipient: str,
-        trace: _Trace,
+        attempt: _Attempt,
         *,
         rule: TlsRule | None,
         permit: Permit | None,
     ) -> SendResult:
         failures: list[SendResult] = []
         for host in hosts:
-            result = await self._via_host(host.name, job, recipient, trace, rule, permit=permit)
+            result = await self._via_host(host.name, attempt, rule, permit=permit)
             if result.kind is Kind.DEFERRED:
                 return result
             if result.kind in (Kind.NO_ANSWER, Kind.SESSION_REFUSED) and not (
@@ -234,9 +229,7 @@ class SmtpDeliverer:
     async def _via_host(
         self,
         host: str,
-        job: Envelope,
-        recipient: str,
-        trace: _Trace,
+        attempt: _Attempt,
         rule: TlsRule | None,
         *,
         permit: Permit | None,
@@ -245,14 +238,14 @@ class SmtpDeliverer:
         key = f"{host}:{self.port}" + (" mta-sts" if rule is not None and rule.enforce else "")
         if permit is None:
             return await self._send_on(
-                key, lambda: self._open_mx(host, key, trace, rule), job, recipient, trace
+                key, lambda: self._open_mx(host, key, attempt, rule), attempt
             )
         return await self._send_on(
-            key, lambda: self._open_shaped(permit, host, key, trace, rule), job, recipient, trace
+            key, lambda: self._open_shaped(permit, host, key, attempt, rule), attempt
         )
 
     async def _open_shaped(
-        self, permit: Permit, host: str, key: str, trace: _Trace, rule: TlsRule | None
+        self, permit: Permit, host: str, key: str, attempt: _Attempt, rule: TlsRule | None
     ) -> Connection | SendResult:
         """A new session under a connection lease of the destination; while all its
         connections are taken, a session of ours that comes free will do. Deferred when
@@ -267,7 +260,7 @@ class SmtpDeliverer:
             if isinstance(lease, Deferral):
                 return SendResult.deferred(lease.delay, lease.reason)
             if lease is not None:
-                opened = await self._open_mx(host, key, trace, rule)
+                opened = await self._open_mx(host, key, attempt, rule)
                 if not isinstance(opened, Connection):
                     shaper.release(permit.destination, lease)
                     return opened
@@ -287,9 +280,7 @@ class SmtpDeliverer:
         self,
         key: str,
         open_new: Callable[[], Awaitable[Connection | SendResult]],
-        job: Envelope,
-        recipient: str,
-        trace: _Trace,
+        attempt: _Attempt,
     ) -> SendResult:
         """One transaction on a reused session for `key`, or on a new one from `open_new`."""
         for _ in range(2):
@@ -300,7 +291,7 @@ class SmtpDeliverer:
                 if isinstance(opened, SendResult):
                     return opened
                 conn = opened
-            result = await self._transact(conn, job, recipient, trace)
+            result = await self._transact(conn, attempt)
             if reused and result.kind is Kind.NO_ANSWER and not result.possibly_delivered:
                 # The server dropped a session it had idling; that says nothing about this
                 # message. Once more on a fresh connection.
@@ -309,7 +300,7 @@ class SmtpDeliverer:
         return result
 
     async def _open_mx(
-        self, host: str, key: str, trace: _Trace, rule: TlsRule | None
+        self, host: str, key: str, attempt: _Attempt, rule: TlsRule | None
     ) -> Connection | SendResult:
         found = await self.resolver.addresses(host)
         if not found.addresses:
@@ -317,7 +308,7 @@ class SmtpDeliverer:
         failure: SendResult | None = None
         for address in found.addresses:
             remote = f"{host}[{address}]:{self.port}"
-            trace.remote = remote
+            attempt.remote = remote
             opened = await self._connect_mx(host, address, key, remote, rule)
             if isinstance(opened, Connection):
                 return opened
@@ -363,30 +354,21 @@ class SmtpDeliverer:
                 if rule.enforce:
                     client.close()
                     return SendResult.no_answer(reason, remote)
-        except aiosmtplib.SMTPResponseException as exc:
-            client.close()
-            return SendResult.session_refused(exc.code, f"{remote}: {exc.message}", remote)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            client.close()
-            return SendResult.no_answer(f"{remote}: {_describe(exc)}", remote)
-        CONNECTIONS.labels("yes" if tls else "no").inc()
-        return Connection(client, key, remote, tls)
+            return _failed_session(client, remote, exc)
+        return _opened(client, key, remote, tls=tls)
 
     # -- relay -----------------------------------------------------------------------------
 
-    async def _via_relay(
-        self, relay: Relay, job: Envelope, recipient: str, trace: _Trace
-    ) -> SendResult:
+    async def _via_relay(self, relay: Relay, attempt: _Attempt) -> SendResult:
         key = f"relay:{relay.host}:{relay.port}"
-        return await self._send_on(
-            key, lambda: self._connect_relay(relay, key, trace), job, recipient, trace
-        )
+        return await self._send_on(key, lambda: self._connect_relay(relay, key, attempt), attempt)
 
     async def _connect_relay(
-        self, relay: Relay, key: str, trace: _Trace
+        self, relay: Relay, key: str, attempt: _Attempt
     ) -> Connection | SendResult:
         remote = f"relay {relay.host}:{relay.port}"
-        trace.remote = remote
+        attempt.remote = remote
         implicit = relay.tls == "tls"
         client = aiosmtplib.SMTP(
             hostname=relay.host,
@@ -413,15 +395,10 @@ class SmtpDeliverer:
                 await self._ehlo(client)
             if relay.username:
                 await client.login(relay.username, relay.password or "")
-        except aiosmtplib.SMTPResponseException as exc:
-            client.close()
-            return SendResult.session_refused(exc.code, f"{remote}: {exc.message}", remote)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            client.close()
-            return SendResult.no_answer(f"{remote}: {_describe(exc)}", remote)
+            return _failed_session(client, remote, exc)
         tls = implicit or relay.tls == "starttls"
-        CONNECTIONS.labels("yes" if tls else "no").inc()
-        return Connection(client, key, remote, tls)
+        return _opened(client, key, remote, tls=tls)
 
     # -- the transaction -------------------------------------------------------------------
 
@@ -442,11 +419,10 @@ class SmtpDeliverer:
         conn.needs_reset = False
         return conn
 
-    async def _transact(
-        self, conn: Connection, job: Envelope, recipient: str, trace: _Trace
-    ) -> SendResult:
+    async def _transact(self, conn: Connection, attempt: _Attempt) -> SendResult:
+        job, recipient = attempt.job, attempt.recipient
         client = conn.client
-        trace.remote = conn.remote
+        attempt.remote = conn.remote
         keep = False
         try:
             options: list[str] = []
@@ -476,7 +452,7 @@ class SmtpDeliverer:
                         options=options,
                         encoding=encoding,
                         reset=reset,
-                        before_message=functools.partial(setattr, trace, "in_data", True),
+                        before_message=functools.partial(setattr, attempt, "in_data", True),
                     )
                 else:
                     conn.needs_reset = True
@@ -484,24 +460,24 @@ class SmtpDeliverer:
                     command = "RCPT"
                     await client.rcpt(recipient, encoding=encoding)
                     command = "DATA"
-                    trace.in_data = True
+                    attempt.in_data = True
                     reply = await client.data(job.body)
             except aiosmtplib.SMTPResponseException as exc:
-                trace.in_data = False
+                attempt.in_data = False
                 keep = True
                 return SendResult.refused(
                     exc.code, exc.message, conn.remote, tls=conn.tls, command=_command(exc, command)
                 )
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                ambiguous = trace.in_data
-                trace.in_data = False
+                ambiguous = attempt.in_data
+                attempt.in_data = False
                 note = " (after DATA: the message may have been accepted)" if ambiguous else ""
                 return SendResult.no_answer(
                     f"{conn.remote}: {_describe(exc)}{note}",
                     conn.remote,
                     possibly_delivered=ambiguous,
                 )
-            trace.in_data = False
+            attempt.in_data = False
             conn.messages += 1
             conn.needs_reset = False
             keep = True
@@ -546,6 +522,20 @@ def _command(exc: aiosmtplib.SMTPResponseException, reached: str) -> str:
     if isinstance(exc, aiosmtplib.SMTPDataError):
         return "DATA"
     return reached
+
+
+def _opened(client: aiosmtplib.SMTP, key: str, remote: str, *, tls: bool) -> Connection:
+    CONNECTIONS.labels("yes" if tls else "no").inc()
+    return Connection(client, key, remote, tls)
+
+
+def _failed_session(client: aiosmtplib.SMTP, remote: str, exc: BaseException) -> SendResult:
+    """Close a session that could not be opened; what the attempt learnt from it: the server's
+    refusal (an SMTP reply), or that nobody answered."""
+    client.close()
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return SendResult.session_refused(exc.code, f"{remote}: {exc.message}", remote)
+    return SendResult.no_answer(f"{remote}: {_describe(exc)}", remote)
 
 
 def _describe(exc: BaseException) -> str:

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
-from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result
-from kannon.bus.subjects import STATS_DURABLE, STATS_STREAM, STATS_SUBJECTS
+from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result, outcome_consumer
+from kannon.bus.subjects import STATS_DURABLE
 from kannon.config import Settings
 from kannon.db import stats_store
 from kannon.db.pool import Database, is_outage
@@ -99,16 +99,7 @@ class StatsWorker:
 
     @property
     def consumer(self) -> ConsumerSpec:
-        return ConsumerSpec(
-            durable=STATS_DURABLE,
-            stream=STATS_STREAM,
-            subject=STATS_SUBJECTS,
-            ack_wait=self._settings.nats.ack_wait,
-            max_deliver=self._settings.nats.max_deliver,
-            concurrency=CONCURRENCY,
-            batch=CONCURRENCY,
-            transient=is_outage,
-        )
+        return outcome_consumer(STATS_DURABLE, self._settings.nats, CONCURRENCY, is_outage)
 
     async def run(self, life: Life) -> None:
         stats_ready, feed_ready = asyncio.Event(), asyncio.Event()

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
 
-from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result
-from kannon.bus.subjects import STATS_STREAM, stats_subject, suppression_durable
+from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result, outcome_consumer
+from kannon.bus.subjects import stats_subject, suppression_durable
 from kannon.config import Settings
 from kannon.db import suppressions
 from kannon.db.pool import Database, is_outage
@@ -81,15 +81,12 @@ class SuppressionFeed:
 
     def consumers(self) -> list[ConsumerSpec]:
         return [
-            ConsumerSpec(
-                durable=suppression_durable(stat_type),
-                stream=STATS_STREAM,
+            outcome_consumer(
+                suppression_durable(stat_type),
+                self._settings.nats,
+                CONCURRENCY,
+                is_outage,
                 subject=stats_subject(stat_type),
-                ack_wait=self._settings.nats.ack_wait,
-                max_deliver=self._settings.nats.max_deliver,
-                concurrency=CONCURRENCY,
-                batch=CONCURRENCY,
-                transient=is_outage,
             )
             for stat_type in REASON_BY_TYPE
         ]

@@ -36,8 +36,8 @@ from datetime import datetime, timedelta
 
 from prometheus_client import Counter, Histogram
 
-from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result
-from kannon.bus.subjects import STATS_STREAM, STATS_SUBJECTS, WEBHOOK_EVENT_TYPES, WEBHOOKS_DURABLE
+from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result, outcome_consumer
+from kannon.bus.subjects import WEBHOOK_EVENT_TYPES, WEBHOOKS_DURABLE
 from kannon.config import Settings
 from kannon.db import webhooks as store
 from kannon.db.pool import Database, is_outage
@@ -165,15 +165,12 @@ class WebhooksWorker:
 
     @property
     def consumer(self) -> ConsumerSpec:
-        return ConsumerSpec(
-            durable=WEBHOOKS_DURABLE,
-            stream=STATS_STREAM,
-            subject=STATS_SUBJECTS,
-            ack_wait=self._settings.nats.ack_wait,
-            max_deliver=self._settings.nats.max_deliver,
-            concurrency=CONSUMER_CONCURRENCY,
+        return outcome_consumer(
+            WEBHOOKS_DURABLE,
+            self._settings.nats,
+            CONSUMER_CONCURRENCY,
+            is_outage,
             batch=CONSUMER_BATCH,
-            transient=is_outage,
         )
 
     async def run(self, life: Life) -> None:
