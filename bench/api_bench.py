@@ -37,9 +37,9 @@ import grpc
 
 from kannon.api.component import ApiComponent
 from kannon.config import Settings
+from kannon.db.database import open_database
 from kannon.db.embedded import start_postgres
 from kannon.db.migrate import migrate
-from kannon.db.pool import create_pool
 from kannon.db.suppressions import import_suppressions
 from kannon.model.suppression import manual
 from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
@@ -130,7 +130,7 @@ async def _timed(
 
 async def _run(database_url: str, repeat: int) -> dict[str, Any]:
     await _migrate_when_up(database_url)
-    pool = await create_pool(database_url, max_size=4)
+    pool = await open_database(database_url, max_size=4)
     settings = Settings.model_validate(
         {"api": {"port": 0, "host": "127.0.0.1", "admin_token": TOKEN}}
     )

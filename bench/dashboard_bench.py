@@ -25,9 +25,9 @@ import httpx
 from kannon.api.component import ApiComponent
 from kannon.config import Settings
 from kannon.db.apikeys import insert_api_key
+from kannon.db.database import open_database
 from kannon.db.embedded import start_postgres
 from kannon.db.migrate import migrate
-from kannon.db.pool import create_pool
 from kannon.ids import new_api_key, new_api_key_id
 from kannon.model.apikey import ApiKey, hash_key, key_prefix
 from kannon.runtime.component import Life
@@ -53,7 +53,7 @@ SELECT domain, date_trunc('hour', timestamp), type, count(*) FROM stats GROUP BY
 
 
 async def run(url: str, rows: int, repeats: int) -> dict[str, list[float]]:
-    pool = await create_pool(url, max_size=4)
+    pool = await open_database(url, max_size=4)
     try:
         started = time.perf_counter()
         await pool.execute(

@@ -31,9 +31,9 @@ from pathlib import Path
 from kannon.bus.client import Bus
 from kannon.bus.embedded import start_nats
 from kannon.bus.subjects import STATS_STREAM
+from kannon.db.database import open_database
 from kannon.db.embedded import start_postgres
 from kannon.db.migrate import migrate
-from kannon.db.pool import create_pool
 from kannon.db.tracking_keys import signing_key
 from kannon.envelope import make_batch_id, sign_click, sign_open
 from kannon.ids import new_token
@@ -79,7 +79,7 @@ async def _serve(port: int, database_url: str, nats_url: str) -> int:
     from kannon.tracker.component import Tracker
 
     settings = Settings(tracker=TrackerSettings(host="127.0.0.1", port=port))
-    pool = await create_pool(database_url, max_size=2)
+    pool = await open_database(database_url, max_size=2)
     bus = await Bus.connect(nats_url, name="tracker-bench")
     try:
         outcome = await supervise([Tracker(settings, pool, bus)], grace=30)
@@ -189,7 +189,7 @@ async def run_httpx(
 
 
 async def _tokens(database_url: str, count: int) -> tuple[list[str], list[str]]:
-    pool = await create_pool(database_url, max_size=1)
+    pool = await open_database(database_url, max_size=1)
     try:
         now = datetime.now(UTC)
         key = await signing_key(pool, now, TOKEN_TTL)

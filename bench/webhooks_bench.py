@@ -33,9 +33,9 @@ from kannon.bus.client import Bus
 from kannon.bus.embedded import start_nats
 from kannon.config import Settings
 from kannon.db import webhooks as store
+from kannon.db.database import open_database
 from kannon.db.embedded import start_postgres
 from kannon.db.migrate import migrate
-from kannon.db.pool import create_pool
 from kannon.ids import new_webhook_secret
 from kannon.model.outcome import Delivered, Outcome
 from kannon.model.webhooks import Endpoint
@@ -91,7 +91,7 @@ async def run(
     """Events/s, the worker process's CPU seconds per event (independent of what else the
     machine runs: the ceiling of one core is its inverse), the kernel's share of them, and the
     CPU seconds per event of each of `others` (readers of other processes' CPU time)."""
-    pool = await create_pool(database_url, max_size=8)
+    pool = await open_database(database_url, max_size=8)
     bus = await Bus.connect(nats_url, name="kannon-bench")
     try:
         await bus.ensure_streams()

@@ -25,9 +25,9 @@ import pytest
 from kannon.bus.client import Bus
 from kannon.bus.embedded import start_nats
 from kannon.bus.subjects import SENT_GUARD_BUCKET, SHAPING_BUCKET, STREAMS
+from kannon.db.database import Database, open_database
 from kannon.db.embedded import EmbeddedPostgres, start_postgres
 from kannon.db.migrate import migrate
-from kannon.db.pool import Database, create_pool
 from kannon.envelope.dkim import generate_dkim_keypair
 from tests.support import scratch_dir
 
@@ -109,7 +109,7 @@ async def database_url(pg_admin_url: str, migrated_template: str) -> AsyncIterat
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[Database]:
     """A connection pool to the test's fresh database (a folder seeds it by overriding `pool`)."""
-    created = await create_pool(database_url, max_size=10)
+    created = await open_database(database_url, max_size=10)
     yield created
     await created.close()
 

@@ -29,8 +29,8 @@ from aiohttp import web
 
 from kannon.bus.client import Bus
 from kannon.bus.subjects import STATS_STREAM
+from kannon.db.database import Database
 from kannon.db.domains import insert_domain
-from kannon.db.pool import Database
 from kannon.envelope.dkim import dns_txt_value
 from kannon.model.outcome import Outcome
 from kannon.runtime.clock import utc_now

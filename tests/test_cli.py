@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kannon.db.pool import Database
+from kannon.db.database import Database
 from tests.dsn.test_dsn_cli import KEYS
 from tests.shared_data import bounce_testdata
 from tests.support import store_domain

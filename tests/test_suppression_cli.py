@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from kannon.db.database import open_database
 from kannon.db.domains import insert_domain
-from kannon.db.pool import create_pool
 from kannon.suppression_cli import addresses_in
 from tests.test_cli import run
 
@@ -23,7 +23,7 @@ def lines(stdout: str) -> list[dict[str, Any]]:
 
 
 async def test_round_trip(database_url: str, tmp_path: Path) -> None:
-    pool = await create_pool(database_url)
+    pool = await open_database(database_url)
     try:
         for name in (A, B):
             await insert_domain(

@@ -164,10 +164,10 @@ async def _migrate(settings: Settings, show_status: bool) -> int:
 
 
 async def _domain_dns(settings: Settings, name: str) -> int:
-    from kannon.db.pool import create_pool
+    from kannon.db.database import open_database
     from kannon.dns_records import records_for_domain_name
 
-    db = await create_pool(require(settings, "database_url"), max_size=1)
+    db = await open_database(require(settings, "database_url"), max_size=1)
     try:
         records = await records_for_domain_name(db, settings, name)
     finally:
@@ -184,13 +184,13 @@ async def _domain_check(settings: Settings, name: str) -> int:
     """Exit 0 when every check is ok, 1 when one is not (or there is no such Domain), 2 when
     the DNS resolvers do not answer."""
 
+    from kannon.db.database import open_database
     from kannon.db.domains import get_domain
-    from kannon.db.pool import create_pool
     from kannon.dns_records import check_domain_dns
     from kannon.model.errors import Unavailable
 
     canonical = name.strip().lower().removesuffix(".")
-    db = await create_pool(require(settings, "database_url"), max_size=1)
+    db = await open_database(require(settings, "database_url"), max_size=1)
     try:
         domain = await get_domain(db, canonical)
         if domain is None:

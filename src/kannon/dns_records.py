@@ -13,8 +13,8 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 from kannon.config import Settings
+from kannon.db.database import Database
 from kannon.db.domains import confirm_keys, get_domain
-from kannon.db.pool import Database
 from kannon.dns_check import OK, Check, DkimExpectation, check_domain, make_resolver
 from kannon.envelope.dkim import dns_txt_value
 from kannon.model.domain import (

@@ -20,7 +20,7 @@ from kannon.runtime.health import HealthRegistry
 
 if TYPE_CHECKING:
     from kannon.bus.client import Bus
-    from kannon.db.pool import Database
+    from kannon.db.database import Database
 
 log = logging.getLogger("kannon.resources")
 
@@ -57,11 +57,11 @@ class Resources:
             if self._db is None:
                 if not self.database_url:
                     raise RuntimeError("database_url is not configured")
-                from kannon.db.pool import check_pool, create_pool
+                from kannon.db.database import check_database, open_database
 
-                db = await create_pool(self.database_url, max_size=self.database_max_size)
+                db = await open_database(self.database_url, max_size=self.database_max_size)
                 self._db = db
-                self.health.add_check("db", lambda: check_pool(db))
+                self.health.add_check("db", lambda: check_database(db))
                 self.add_closer("db", db.close)
             return self._db
 

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from kannon.config import Settings, require
 from kannon.db import domains, suppressions
-from kannon.db.pool import Database, create_pool
+from kannon.db.database import Database, open_database
 from kannon.model.address import canonical_recipient
 from kannon.model.domain import canonical_domain_name
 from kannon.model.errors import InvalidArgument, KannonError, NotFound
@@ -121,7 +121,7 @@ def _print(item: Suppression, out: TextIO) -> None:
 
 async def run(settings: Settings, ns: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    db = await create_pool(require(settings, "database_url"), max_size=1)
+    db = await open_database(require(settings, "database_url"), max_size=1)
     try:
         return await _run(db, ns, out)
     except KannonError as exc:

@@ -12,7 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kannon.api import component
-from kannon.db.pool import create_pool
+from kannon.db.database import open_database
 from tests.api.api_test_support import make_settings, running_api
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -25,7 +25,7 @@ async def test_grpc_health_follows_the_database(
     monkeypatch.setattr(component, "HEALTH_INTERVAL", 0.05)
     name = urlsplit(database_url).path.lstrip("/")
     admin = await asyncpg.connect(pg_admin_url)
-    pool = await create_pool(database_url, min_size=1, max_size=2)
+    pool = await open_database(database_url, min_size=1, max_size=2)
     try:
         async with running_api(make_settings(), pool) as api:
             stub = health_pb2_grpc.HealthStub(api.channel)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncpg
 import grpc
 
+from kannon.db.database import is_outage, open_database
 from kannon.db.embedded import EmbeddedPostgres, start_postgres
 from kannon.db.migrate import migrate
-from kannon.db.pool import create_pool, is_outage
 from kannon.pb.admin.apiv1 import adminapiv1_pb2 as admin_pb
 from tests.api.api_test_support import (
     admin_md,
@@ -29,7 +29,7 @@ async def test_a_stopped_database_answers_unavailable_and_recovers(
     own_postgres: EmbeddedPostgres,
 ) -> None:
     await migrate(own_postgres.url())
-    pool = await create_pool(own_postgres.url(), max_size=2)
+    pool = await open_database(own_postgres.url(), max_size=2)
     try:
         async with running_api(make_settings(), pool) as api:
             creds = await tenant(api, DOMAIN)

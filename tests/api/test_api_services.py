@@ -154,9 +154,9 @@ async def test_hz_is_open_and_empty_when_healthy(api: RunningApi) -> None:
 
 
 async def test_hz_lists_the_failing_database(database_url: str) -> None:
-    from kannon.db.pool import create_pool
+    from kannon.db.database import open_database
 
-    broken: asyncpg.Pool = await create_pool(database_url, max_size=1)
+    broken: asyncpg.Pool = await open_database(database_url, max_size=1)
     await broken.close()
     failing = await HZService(broken).failing_checks()
     assert list(failing) == ["db"] and failing["db"]

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from kannon.db import deliveries
-from kannon.db.pool import Database
+from kannon.db.database import Database
 from kannon.model.delivery import QUEUED, SCHEDULED, SENDING, TO_VALIDATE, VALIDATING
 from tests.support import store_batch_row
 

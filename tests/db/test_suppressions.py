@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from kannon.db import suppressions
-from kannon.db.pool import Database
+from kannon.db.database import Database
 from kannon.model.errors import Conflict, NotFound
 from kannon.model.outcome import Bounced, Complained, Outcome
 from kannon.model.suppression import (

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from kannon.db.pool import create_pool
+from kannon.db.database import open_database
 from kannon.db.tracking_keys import signing_key, verification_keys
 
 TTL = timedelta(days=90)
 
 
 async def test_rotation_and_verification(database_url: str) -> None:
-    pool = await create_pool(database_url)
+    pool = await open_database(database_url)
     try:
         t0 = datetime(2026, 1, 1, tzinfo=UTC)
         first = await signing_key(pool, t0, TTL)
@@ -30,7 +30,7 @@ async def test_rotation_and_verification(database_url: str) -> None:
 
 
 async def test_concurrent_signers_share_one_key(database_url: str) -> None:
-    pool = await create_pool(database_url, max_size=5)
+    pool = await open_database(database_url, max_size=5)
     try:
         now = datetime(2026, 1, 1, tzinfo=UTC)
         keys = await asyncio.gather(*(signing_key(pool, now, TTL) for _ in range(5)))

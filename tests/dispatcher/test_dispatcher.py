@@ -28,8 +28,8 @@ from kannon.bus.subjects import (
 )
 from kannon.config import ConfigError, Settings
 from kannon.db import deliveries
+from kannon.db.database import open_database
 from kannon.db.domains import NewKey, add_pending_keys, confirm_keys
-from kannon.db.pool import create_pool
 from kannon.dispatcher import dispatch as dispatcher_module
 from kannon.dispatcher.component import Dispatcher
 from kannon.envelope.bounce import parse_bounce_address
@@ -62,7 +62,7 @@ RETRY = timedelta(minutes=5)  # the default policy's first delay (backoff_min), 
 
 @pytest.fixture
 async def pool(database_url: str, dkim_keypair: tuple[str, str]) -> AsyncIterator[asyncpg.Pool]:
-    created = await create_pool(database_url, max_size=8)
+    created = await open_database(database_url, max_size=8)
     await store_domain(created, dkim_keypair)
     await store_batch(created)
     yield created

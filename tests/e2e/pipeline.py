@@ -33,8 +33,8 @@ from kannon.api.component import ApiComponent
 from kannon.bus.client import Bus
 from kannon.bus.subjects import STATS_DURABLE, STATS_STREAM
 from kannon.config import Settings, load_settings
+from kannon.db.database import open_database
 from kannon.db.domains import NewKey, insert_domain
-from kannon.db.pool import create_pool
 from kannon.dispatcher.component import Dispatcher
 from kannon.envelope.dkim import (
     ED25519_SHA256,
@@ -180,7 +180,7 @@ class Pipeline:
             sink=sink,
             **overrides,
         )
-        pool = await create_pool(database_url, max_size=10)
+        pool = await open_database(database_url, max_size=10)
         await insert_domain(
             pool,
             name=TENANT,

@@ -19,7 +19,7 @@ from kannon.bus.subjects import (
     suppression_durable,
 )
 from kannon.config import NatsSettings, Settings, SuppressionSettings
-from kannon.db.pool import Database
+from kannon.db.database import Database
 from kannon.model.outcome import Bounced, Complained, Delivered, Detail, Outcome, Unsubscribed
 from kannon.smtp_sender.result import SendResult, detail_for
 from kannon.stats.component import StatsWorker

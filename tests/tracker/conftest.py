@@ -10,7 +10,7 @@ import pytest
 
 from kannon.bus.client import Bus
 from kannon.config import Settings, TrackerSettings
-from kannon.db.pool import Database
+from kannon.db.database import Database
 from kannon.envelope import DkimSigner
 from kannon.tracker.component import Tracker
 from tests.support import Running, start_component

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 
 from kannon.bus.client import Bus
 from kannon.bus.subjects import STATS_STREAM
-from kannon.db.pool import Database, create_pool
+from kannon.db.database import Database, open_database
 from kannon.db.tracking_keys import signing_key
 from kannon.envelope import (
     BatchSpec,
@@ -312,7 +312,7 @@ async def test_key_minted_after_start_is_loaded_on_first_use(
 async def test_hits_need_no_database(
     start_tracker: StartTracker, database_url: str, bus: Bus
 ) -> None:
-    own_pool = await create_pool(database_url)
+    own_pool = await open_database(database_url)
     now = datetime.now(UTC)
     key = await signing_key(own_pool, now, TOKEN_TTL)
     tracker = await start_tracker(pool=own_pool)

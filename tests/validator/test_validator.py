@@ -13,7 +13,7 @@ from kannon.bus.client import Bus
 from kannon.bus.subjects import STATS_STREAM
 from kannon.config import Settings, ValidatorSettings
 from kannon.db import deliveries
-from kannon.db.pool import Database
+from kannon.db.database import Database
 from kannon.model.delivery import SCHEDULED, TO_VALIDATE, VALIDATING
 from kannon.model.event_ids import delivery_event_id as event_id
 from kannon.model.outcome import Accepted, Outcome, Rejected

@@ -24,7 +24,7 @@ from kannon.bus.client import Bus
 from kannon.bus.subjects import STAT_TYPES, WEBHOOK_EVENT_TYPES
 from kannon.config import Settings
 from kannon.db import webhooks as store
-from kannon.db.pool import Database
+from kannon.db.database import Database
 from kannon.ids import new_webhook_endpoint_id, new_webhook_secret
 from kannon.model.event_ids import webhook_id
 from kannon.model.outcome import Bounced, Delivered, Errored, Outcome

@@ -19,7 +19,7 @@ from kannon.api.auth import AdminGuard
 from kannon.api.errors import CallContext, rpc
 from kannon.config import Settings
 from kannon.db import apikeys, domains, templates
-from kannon.db.pool import Database
+from kannon.db.database import Database
 from kannon.dns_records import check_domain_dns, dkim_record, records_for_domain
 from kannon.envelope.dkim import generate_dkim_keypair, generate_keypair
 from kannon.ids import new_api_key, new_api_key_id, new_template_id

@@ -31,7 +31,7 @@ import grpc
 from kannon.api.errors import CallContext, failure_status
 from kannon.api.metrics import CALLS, REQUESTS
 from kannon.db.apikeys import find_key_by_hash
-from kannon.db.pool import Database
+from kannon.db.database import Database
 from kannon.model.apikey import AUTH_FAILED, parse_basic_authorization
 from kannon.model.errors import PermissionDenied, Unauthenticated
 from kannon.runtime.clock import utc_now

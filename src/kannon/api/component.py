@@ -45,8 +45,8 @@ from kannon.bus.subjects import SENDING_STREAM, STATS_STREAM
 from kannon.config import Settings
 from kannon.dashboard.app import with_dashboard
 from kannon.db.dashboard import pool_statuses
+from kannon.db.database import Database
 from kannon.db.idempotency import delete_expired
-from kannon.db.pool import Database
 from kannon.model.delivery import STATUSES
 from kannon.pb.admin.apiv1 import adminapiv1_pb2_grpc, hz_pb2_grpc
 from kannon.pb.aliases import (

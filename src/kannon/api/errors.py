@@ -2,7 +2,7 @@
 
 * A caller's mistake (a ``KannonError``) gets its own status code with the error's message, which
   names the field.
-* A database outage (:func:`kannon.db.pool.is_outage`: connection refused or lost, pool closed,
+* A database outage (:func:`kannon.db.database.is_outage`: connection refused or lost, pool closed,
   "cannot connect now", too many connections, ...) gets UNAVAILABLE, the code gRPC clients and
   their retry policies treat as "try again later". Nothing was written: intake is one transaction.
   So does a service outside Kannon that did not answer (:class:`kannon.model.errors.Unavailable`,
@@ -24,7 +24,7 @@ from typing import Any, NoReturn, Protocol, TypeVar
 import grpc
 
 from kannon.api.metrics import CALL_SECONDS, CALLS
-from kannon.db.pool import is_outage
+from kannon.db.database import is_outage
 from kannon.model.errors import (
     Conflict,
     InvalidArgument,

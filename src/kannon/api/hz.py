@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from kannon.api.errors import CallContext, rpc
-from kannon.db.pool import Database, check_pool
+from kannon.db.database import Database, check_database
 from kannon.pb.admin.apiv1 import hz_pb2 as pb
 
 CHECK_TIMEOUT = 5.0
@@ -18,7 +18,7 @@ class HZService:
 
     async def failing_checks(self) -> dict[str, str]:
         try:
-            await asyncio.wait_for(check_pool(self.db), CHECK_TIMEOUT)
+            await asyncio.wait_for(check_database(self.db), CHECK_TIMEOUT)
         except Exception as exc:
             return {"db": str(exc) or type(exc).__name__}
         return {}

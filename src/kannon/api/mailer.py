@@ -36,9 +36,9 @@ from kannon.api.errors import CallContext, rpc
 from kannon.api.metrics import IDEMPOTENT_REPLAYS
 from kannon.config import Settings
 from kannon.db.batches import create_batch, deliveries_csv
+from kannon.db.database import Database
 from kannon.db.domains import sending_policy
 from kannon.db.idempotency import KeyTaken, find_call
-from kannon.db.pool import Database
 from kannon.db.suppressions import suppressed_keys
 from kannon.db.templates import get_template
 from kannon.db.tracking_keys import KID_LENGTH

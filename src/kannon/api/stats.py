@@ -10,7 +10,7 @@ from __future__ import annotations
 from kannon.api.auth import ApiKeyAuth
 from kannon.api.errors import CallContext, rpc
 from kannon.db import stats_queries
-from kannon.db.pool import Database
+from kannon.db.database import Database
 from kannon.model.domain import canonical_domain_name
 from kannon.model.errors import PermissionDenied
 from kannon.pb.stats.apiv1 import statsapiv1_pb2 as v1

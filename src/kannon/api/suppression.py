@@ -15,7 +15,7 @@ import functools
 from kannon.api.auth import DomainOrAdmin
 from kannon.api.errors import CallContext, rpc
 from kannon.db import domains, suppressions
-from kannon.db.pool import Database
+from kannon.db.database import Database
 from kannon.model.address import canonical_recipient
 from kannon.model.domain import canonical_domain_name
 from kannon.model.errors import InvalidArgument, NotFound, PermissionDenied

@@ -23,7 +23,7 @@ from kannon.bus.subjects import WEBHOOK_EVENT_TYPES
 from kannon.config import Settings
 from kannon.db import domains
 from kannon.db import webhooks as store
-from kannon.db.pool import Database
+from kannon.db.database import Database
 from kannon.ids import new_token, new_webhook_endpoint_id, new_webhook_secret
 from kannon.model.domain import canonical_domain_name
 from kannon.model.errors import InvalidArgument, NotFound, PermissionDenied

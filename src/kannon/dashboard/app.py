@@ -39,7 +39,7 @@ from kannon.dashboard.session import (
 )
 from kannon.db import apikeys, suppressions, templates, webhooks
 from kannon.db import dashboard as queries
-from kannon.db.pool import Database
+from kannon.db.database import Database
 from kannon.db.stats_queries import aggregated_stats
 from kannon.ids import new_api_key, new_api_key_id
 from kannon.model.apikey import ApiKey, check_name, hash_key, key_prefix

@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from kannon.db.pool import Database
+from kannon.db.database import Database
 from kannon.db.times import from_db_time, to_db_time
 from kannon.model.apikey import ApiKey
 from kannon.model.errors import NotFound

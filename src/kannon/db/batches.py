@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from json.encoder import encode_basestring
 
+from kannon.db.database import Database
 from kannon.db.idempotency import claim_key
-from kannon.db.pool import Database
 from kannon.db.templates import insert_template
 from kannon.db.times import to_db_time
 from kannon.db.wakeups import TO_VALIDATE_CHANNEL, notify

@@ -24,7 +24,7 @@ from typing import Any
 
 import asyncpg
 
-from kannon.db.pool import Database
+from kannon.db.database import Database
 from kannon.db.times import from_db_time, to_db_time
 from kannon.db.wakeups import SCHEDULED_CHANNEL, notify
 from kannon.model.delivery import (

@@ -21,7 +21,7 @@ from typing import Any
 
 import asyncpg
 
-from kannon.db.pool import Database
+from kannon.db.database import Database
 from kannon.db.times import from_db_time, to_db_time
 from kannon.model.domain import RSA_SHA256, DkimKey, Domain
 from kannon.model.errors import Conflict, NotFound

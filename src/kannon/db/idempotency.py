@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from kannon.db.pool import Database
+from kannon.db.database import Database
 from kannon.db.times import to_db_time
 from kannon.model.idempotency import IdempotencyClaim, StoredCall
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import asyncpg
 
+from kannon.db.database import Database
 from kannon.db.domains import SigningKey, signing_keys
-from kannon.db.pool import Database
 from kannon.model.batch import BatchCore
 from kannon.model.ip_pool import DEFAULT_POOL, resolve_pool
 

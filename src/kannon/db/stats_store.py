@@ -24,7 +24,7 @@ from typing import Any
 
 import asyncpg
 
-from kannon.db.pool import Database
+from kannon.db.database import Database
 from kannon.db.times import to_db_time
 from kannon.model.outcome import Outcome
 from kannon.model.tracking import TrackingMode

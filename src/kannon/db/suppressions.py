@@ -29,7 +29,7 @@ from typing import Any
 import asyncpg
 from prometheus_client import Counter
 
-from kannon.db.pool import Database
+from kannon.db.database import Database
 from kannon.db.times import from_db_time, to_db_time
 from kannon.model.errors import Conflict, NotFound
 from kannon.model.suppression import Suppression

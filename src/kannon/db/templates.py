@@ -11,7 +11,7 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
-from kannon.db.pool import Database
+from kannon.db.database import Database
 from kannon.db.times import from_db_time, to_db_time
 from kannon.model.template import PERSISTENT, Template
 

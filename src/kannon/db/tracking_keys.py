@@ -13,7 +13,7 @@ import base64
 import secrets
 from datetime import datetime, timedelta
 
-from kannon.db.pool import Database
+from kannon.db.database import Database
 from kannon.db.times import to_db_time
 from kannon.envelope.tokens import TrackingKey
 

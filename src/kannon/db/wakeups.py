@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from kannon.db.pool import Database, is_outage
+from kannon.db.database import Database, is_outage
 
 log = logging.getLogger("kannon.db")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from kannon.db.pool import Database
+from kannon.db.database import Database
 from kannon.db.times import from_db_time, to_db_time
 from kannon.model.webhooks import PENDING, Endpoint
 

@@ -38,7 +38,7 @@ from kannon.bus.subjects import (
 )
 from kannon.config import NatsSettings
 from kannon.db import deliveries
-from kannon.db.pool import is_outage
+from kannon.db.database import is_outage
 from kannon.dispatcher.retry import WHILE_QUEUED, WHILE_SENDING, Retries
 from kannon.model.delivery import IN_FLIGHT_STATUSES
 from kannon.model.event_ids import attempt_of_send_outcome

@@ -32,7 +32,7 @@ from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result, outcome_con
 from kannon.bus.subjects import STATS_DURABLE
 from kannon.config import Settings
 from kannon.db import stats_store
-from kannon.db.pool import Database, is_outage
+from kannon.db.database import Database, is_outage
 from kannon.model.outcome import Outcome, domain_of_batch
 from kannon.runtime.clock import utc_now
 from kannon.runtime.coalescer import Coalescer

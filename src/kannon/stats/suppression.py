@@ -31,7 +31,7 @@ from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result, outcome_con
 from kannon.bus.subjects import stats_subject, suppression_durable
 from kannon.config import Settings
 from kannon.db import suppressions
-from kannon.db.pool import Database, is_outage
+from kannon.db.database import Database, is_outage
 from kannon.model.outcome import Outcome
 from kannon.model.suppression import (
     REASON_BY_TYPE,

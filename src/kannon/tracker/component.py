@@ -18,7 +18,7 @@ from functools import partial
 
 from kannon.bus.client import Bus
 from kannon.config import Settings
-from kannon.db.pool import Database
+from kannon.db.database import Database
 from kannon.db.tracking_keys import verification_keys
 from kannon.runtime.clock import utc_now
 from kannon.runtime.component import Life

@@ -40,7 +40,7 @@ from kannon.bus.client import Bus, BusMessage, ConsumerSpec, Result, outcome_con
 from kannon.bus.subjects import WEBHOOK_EVENT_TYPES, WEBHOOKS_DURABLE
 from kannon.config import Settings
 from kannon.db import webhooks as store
-from kannon.db.pool import Database, is_outage
+from kannon.db.database import Database, is_outage
 from kannon.model.event_ids import webhook_id
 from kannon.model.outcome import domain_of_batch
 from kannon.model.retry import JITTER_MAX, JITTER_MIN, RetryPolicy

@@ -38,7 +38,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """Release hook: nothing to undo (see the module docstring), so no round trip."""
 
 
-async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> Database:
+async def open_database(url: str, *, min_size: int = 1, max_size: int = 10) -> Database:
     """Open the Database; raises the driver's error when the server cannot be reached."""
     db: Database = await asyncpg.create_pool(
         url,
@@ -51,7 +51,7 @@ async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> Dat
     return db
 
 
-async def check_pool(db: Database) -> None:
+async def check_database(db: Database) -> None:
     """Health check: one round trip; raises when the database does not answer."""
     async with db.acquire(timeout=5) as conn:
         value: Any = await conn.fetchval("SELECT 1", timeout=5)

@@ -11,13 +11,13 @@ from typing import Any
 import asyncpg
 import pytest
 
-from kannon.db.pool import create_pool
+from kannon.db.database import open_database
 
 
 @pytest.fixture
 async def one_connection(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     # One connection: the second acquire is guaranteed to get the first one back.
-    pool = await create_pool(database_url, min_size=1, max_size=1)
+    pool = await open_database(database_url, min_size=1, max_size=1)
     yield pool
     await pool.close()
 
