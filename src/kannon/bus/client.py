@@ -25,6 +25,7 @@ import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 import nats
 import nats.errors
@@ -85,6 +86,8 @@ ERROR_HEADER_MAX = 500
 JITTER = 0.2
 BUS_TIMEOUT = 10.0
 """Seconds a JetStream request (a publish's PubAck, a KV read or write) waits for its answer."""
+FETCH_WAIT = 0.5
+"""Seconds a consumer's fetch waits for a message when none is there."""
 
 
 def is_bus_unavailable(exc: BaseException) -> bool:
@@ -216,6 +219,8 @@ def outcome_consumer(
 Handler = Callable[[BusMessage], Awaitable[Result]]
 BatchHandler = Callable[[Sequence[BusMessage]], Awaitable[Sequence[Result]]]
 """Takes the messages of one fetch; returns one Result per message, in order."""
+_Work = TypeVar("_Work")
+"""What a consumer loop hands its handler at once: one message, or a batch of them."""
 
 
 @dataclass(frozen=True)
@@ -448,46 +453,21 @@ class Bus:
         the message's ack deadline is pushed back while its handler runs.
         """
         sub = await self._subscribe(spec, spec.concurrency)
-        slots = asyncio.Semaphore(spec.concurrency)
-        in_flight: set[asyncio.Task[None]] = set()
-        if on_ready is not None:
-            on_ready()
-        try:
-            while not stopping.is_set():
-                await slots.acquire()
-                if stopping.is_set():
-                    # We may have waited for a free slot across the stop: fetch nothing more.
-                    slots.release()
-                    break
-                free = 1
-                while free < spec.batch and not slots.locked():
-                    await slots.acquire()
-                    free += 1
-                try:
-                    msgs = await sub.fetch(free, timeout=0.5)
-                except TimeoutError:
-                    msgs = []
-                except nats.errors.Error as exc:
-                    log.warning(
-                        "fetch failed", extra={"kv": {"durable": spec.durable, "error": repr(exc)}}
-                    )
-                    msgs = []
-                    await asyncio.sleep(0.5)
-                for _ in range(free - len(msgs)):
-                    slots.release()
-                for i, msg in enumerate(msgs):
-                    if i >= free:
-                        # nats-py's fetch(n) may hand back more than n (its whole buffer): each
-                        # extra waits for a slot, so `concurrency` stays a hard limit.
-                        await slots.acquire()
-                    task = asyncio.create_task(self._handle(spec, handler, msg, slots))
-                    in_flight.add(task)
-                    task.add_done_callback(in_flight.discard)
-        finally:
-            if in_flight:
-                await asyncio.gather(*in_flight, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+
+        async def fetch(free: int) -> list[Msg]:
+            return await sub.fetch(free, timeout=FETCH_WAIT)
+
+        await self._pull(
+            spec,
+            stopping,
+            on_ready,
+            # One slot per message: a fetch asks for as many as there are free slots, up to
+            # `spec.batch`.
+            slots_per_fetch=spec.batch,
+            fetch=fetch,
+            handle=lambda msg: self._handle(spec, handler, msg),
+            close=sub.unsubscribe,
+        )
 
     async def _ensure_consumer(self, spec: ConsumerSpec, in_hand: int) -> None:
         """Create or update the durable consumer; `in_hand` is how many messages the loop may
@@ -531,66 +511,112 @@ class Bus:
         """
         await self._ensure_consumer(spec, spec.concurrency * spec.batch)
         puller = await _Puller.start(self.nc, spec)
+
+        async def fetch(_: int) -> list[list[Msg]]:
+            msgs = await puller.fetch(spec.batch, timeout=FETCH_WAIT)
+            return [msgs] if msgs else []
+
+        await self._pull(
+            spec,
+            stopping,
+            on_ready,
+            # One slot per batch: a fetch takes up to `spec.batch` messages for one handler call.
+            slots_per_fetch=1,
+            fetch=fetch,
+            handle=lambda msgs: self._handle_batch(spec, handler, msgs),
+            # Gives back the messages that arrived and were not taken.
+            close=puller.stop,
+        )
+
+    async def _pull(
+        self,
+        spec: ConsumerSpec,
+        stopping: asyncio.Event,
+        on_ready: Callable[[], None] | None,
+        *,
+        slots_per_fetch: int,
+        fetch: Callable[[int], Awaitable[Sequence[_Work]]],
+        handle: Callable[[_Work], Awaitable[None]],
+        close: Callable[[], Awaitable[None]],
+    ) -> None:
+        """The consumer loop of `consume()` and `consume_batches()`: `spec.concurrency` slots,
+        one per unit of work in flight (a message, or a batch). Each round waits for a free
+        slot, takes up to `slots_per_fetch` free ones, asks `fetch` for as many units and runs
+        `handle` on each, giving its slot back when it is done. Once `stopping` is set nothing
+        more is fetched; the work in flight is awaited, then `close` releases the subscription.
+        """
         slots = asyncio.Semaphore(max(1, spec.concurrency))
         in_flight: set[asyncio.Task[None]] = set()
+
+        async def run(work: _Work) -> None:
+            try:
+                await handle(work)
+            finally:
+                slots.release()
+
         if on_ready is not None:
             on_ready()
         try:
             while not stopping.is_set():
                 await slots.acquire()
                 if stopping.is_set():
+                    # We may have waited for a free slot across the stop: fetch nothing more.
                     slots.release()
                     break
+                free = 1
+                while free < slots_per_fetch and not slots.locked():
+                    await slots.acquire()
+                    free += 1
                 try:
-                    msgs = await puller.fetch(spec.batch, timeout=0.5)
+                    works = await fetch(free)
+                except TimeoutError:
+                    works = []
                 except nats.errors.Error as exc:
                     log.warning(
                         "fetch failed", extra={"kv": {"durable": spec.durable, "error": repr(exc)}}
                     )
-                    msgs = []
+                    works = []
                     await asyncio.sleep(0.5)
-                if not msgs:
+                for _ in range(free - len(works)):
                     slots.release()
-                    continue
-                task = asyncio.create_task(self._handle_batch(spec, handler, msgs, slots))
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
+                for i, work in enumerate(works):
+                    if i >= free:
+                        # nats-py's fetch(n) may hand back more than n (its whole buffer): each
+                        # extra waits for a slot, so `concurrency` stays a hard limit.
+                        await slots.acquire()
+                    task = asyncio.create_task(run(work))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
         finally:
             if in_flight:
                 await asyncio.gather(*in_flight, return_exceptions=True)
             with contextlib.suppress(Exception):
-                await puller.stop()
+                await close()
 
     async def _handle_batch(
         self,
         spec: ConsumerSpec,
         handler: BatchHandler,
         msgs: Sequence[Msg],
-        slots: asyncio.Semaphore,
     ) -> None:
+        messages = [_message(msg) for msg in msgs]
+        outcomes: Sequence[Result | Exception]
         try:
-            messages = [_message(msg) for msg in msgs]
-            outcomes: Sequence[Result | Exception]
-            try:
-                outcomes = await handler(messages)
-                if len(outcomes) != len(messages):
-                    raise RuntimeError(
-                        f"batch handler returned {len(outcomes)} results for {len(messages)}"
-                    )
-            except Exception as exc:
-                outcomes = [exc] * len(messages)
-            settled: dict[Verdict, int] = {}
-            for msg, message, outcome in zip(msgs, messages, outcomes, strict=True):
-                verdict = await self._settle(spec, msg, message, outcome)
-                settled[verdict] = settled.get(verdict, 0) + 1
-            for verdict, count in settled.items():
-                HANDLED.labels(spec.durable, verdict.value).inc(count)
-        finally:
-            slots.release()
+            outcomes = await handler(messages)
+            if len(outcomes) != len(messages):
+                raise RuntimeError(
+                    f"batch handler returned {len(outcomes)} results for {len(messages)}"
+                )
+        except Exception as exc:
+            outcomes = [exc] * len(messages)
+        settled: dict[Verdict, int] = {}
+        for msg, message, outcome in zip(msgs, messages, outcomes, strict=True):
+            verdict = await self._settle(spec, msg, message, outcome)
+            settled[verdict] = settled.get(verdict, 0) + 1
+        for verdict, count in settled.items():
+            HANDLED.labels(spec.durable, verdict.value).inc(count)
 
-    async def _handle(
-        self, spec: ConsumerSpec, handler: Handler, msg: Msg, slots: asyncio.Semaphore
-    ) -> None:
+    async def _handle(self, spec: ConsumerSpec, handler: Handler, msg: Msg) -> None:
         keeper = asyncio.create_task(_keep_alive(spec, msg)) if spec.keep_alive else None
         try:
             message = _message(msg)
@@ -604,7 +630,6 @@ class Bus:
         finally:
             if keeper is not None:
                 keeper.cancel()
-            slots.release()
 
     async def _settle(
         self,
