@@ -367,26 +367,30 @@ def test_codes_prefer_the_innermost_failure() -> None:
     assert (transcript.status, transcript.reply) == ("4.3.0", "451")
 
 
-@pytest.mark.parametrize(
-    ("field", "quoted", "reply", "chosen"),
-    [
-        ("5.1.1", "", "", "5.1.1"),
-        ("", "5.7.1", "554", "5.7.1"),
-        # The reporting MTA's verdict stands between two equally specific codes.
-        ("5.4.7", "5.4.1", "", "5.4.7"),
-        # ... but not over a more specific one, nor as a catch-all.
-        ("5.0.0", "5.7.1", "554", "5.7.1"),
-        ("5.4.0", "5.4.4", "", "5.4.4"),
-        ("5.7.1", "5.0.0", "550", "5.7.1"),
-        ("4.4.7", "4.4.2", "421", "4.4.2"),
-        ("5.3.0", "5.2.2", "552", "5.2.2"),
-        ("5.1.1", "5.2.2", "552", "5.2.2"),
-        # Classes disagree: the reply code's class settles it; without one the field wins.
-        ("5.4.7", "4.4.2", "421", "4.4.2"),
-        ("4.4.1", "5.1.1", "450", "4.4.1"),
-        ("5.4.7", "4.4.1", "", "5.4.7"),
-    ],
-)
+# (Status field, code quoted in the diagnostic, reply code, the one chosen) of one class: the more
+# specific code wins.
+ONE_CLASS = [
+    ("5.1.1", "", "", "5.1.1"),
+    ("", "5.7.1", "554", "5.7.1"),
+    # The reporting MTA's verdict stands between two equally specific codes.
+    ("5.4.7", "5.4.1", "", "5.4.7"),
+    # ... but not over a more specific one, nor as a catch-all.
+    ("5.0.0", "5.7.1", "554", "5.7.1"),
+    ("5.4.0", "5.4.4", "", "5.4.4"),
+    ("5.7.1", "5.0.0", "550", "5.7.1"),
+    ("4.4.7", "4.4.2", "421", "4.4.2"),
+    ("5.3.0", "5.2.2", "552", "5.2.2"),
+    ("5.1.1", "5.2.2", "552", "5.2.2"),
+]
+# Classes disagree: the reply code's class settles it; without one the field wins.
+CLASSES_DISAGREE = [
+    ("5.4.7", "4.4.2", "421", "4.4.2"),
+    ("4.4.1", "5.1.1", "450", "4.4.1"),
+    ("5.4.7", "4.4.1", "", "5.4.7"),
+]
+
+
+@pytest.mark.parametrize(("field", "quoted", "reply", "chosen"), ONE_CLASS + CLASSES_DISAGREE)
 def test_status_field_versus_quoted_code(field: str, quoted: str, reply: str, chosen: str) -> None:
     assert prefer_status(field, quoted, reply) == chosen
 
@@ -396,12 +400,38 @@ def test_codes_ignore_ip_addresses_and_versions() -> None:
     assert (codes.status, codes.reply) == ("", "")
 
 
-def test_command_detection() -> None:
-    assert find_command("said: 550 no such user (in reply to RCPT TO command)") == "RCPT"
-    assert find_command("SMTP error from remote mail server after end of data:") == "DATA"
-    assert find_command(">>> MAIL From:<a@b.example>\n<<< 553 rejected") == "MAIL"
-    assert find_command("SMTP error from remote mail server after initial connection:") == "CONN"
-    assert find_command("nothing here") == ""
+@pytest.mark.parametrize(
+    ("text", "command"),
+    [
+        ("said: 550 no such user (in reply to RCPT TO command)", "RCPT"),
+        ("550 5.1.1 user unknown (in response to RCPT TO command)", "RCPT"),
+        ("SMTP error from remote mail server after end of data:", "DATA"),
+        ("550 rejected during DATA", "DATA"),
+        (">>> MAIL From:<a@b.example>\n<<< 553 rejected", "MAIL"),
+        ("SMTP error from remote mail server after initial connection:", "CONN"),
+        ("nothing here", ""),
+        # A transcript: the command is the one before the first failure.
+        (
+            "... while talking to mx.example.org.:\n>>> RCPT To:<a@example.org>\n"
+            "<<< 550 5.1.1 <a@example.org>... User unknown\n>>> DATA\n<<< 503 5.0.0 Need RCPT\n",
+            "RCPT",
+        ),
+        # RFC 2920: RCPT and DATA sent together, ">>> DATA" logged before both replies; the
+        # server's "no valid recipients" answer to DATA shows the refusal answered RCPT (ADR 0055).
+        (
+            "... while talking to mx.example.org.:\n>>> DATA\n"
+            "<<< 550 5.5.0 Invalid recipient\n<<< 554 5.5.1 Error: no valid recipients\n",
+            "RCPT",
+        ),
+        # ... while a refusal of the content itself answered DATA.
+        (
+            "... while talking to mx.example.org.:\n>>> DATA\n<<< 550 5.7.1 Message rejected\n",
+            "DATA",
+        ),
+    ],
+)
+def test_command_detection(text: str, command: str) -> None:
+    assert find_command(text) == command
 
 
 def test_status_table_follows_rfc3463() -> None:
@@ -772,16 +802,6 @@ def test_delay_warning_with_dead_address_words_is_not_hard() -> None:
     assert (recipient.reason, recipient.hard_bounce) == ("userunknown", False)
 
 
-def test_transcript_command_is_the_one_before_the_first_failure() -> None:
-    transcript = (
-        "... while talking to mx.example.org.:\n>>> RCPT To:<a@example.org>\n"
-        "<<< 550 5.1.1 <a@example.org>... User unknown\n>>> DATA\n<<< 503 5.0.0 Need RCPT\n"
-    )
-    assert find_command(transcript) == "RCPT"
-    assert find_command("550 5.1.1 user unknown (in response to RCPT TO command)") == "RCPT"
-    assert find_command("550 rejected during DATA") == "DATA"
-
-
 @pytest.mark.parametrize(
     ("status", "diagnostic", "reason"),
     [
@@ -811,18 +831,6 @@ def test_network_dns_and_expiry_phrases(status: str, diagnostic: str, reason: st
 def test_more_ways_to_say_no_such_user(diagnostic: str) -> None:
     recipient = _one("5.0.0", f"{diagnostic} (in reply to RCPT TO command)")
     assert (recipient.reason, recipient.hard_bounce) == ("userunknown", True)
-
-
-def test_pipelined_refusal_answered_rcpt() -> None:
-    # RFC 2920: RCPT and DATA sent together, ">>> DATA" logged before both replies; the
-    # server's "no valid recipients" answer to DATA shows the refusal answered RCPT (ADR 0055).
-    transcript = (
-        "... while talking to mx.example.org.:\n>>> DATA\n"
-        "<<< 550 5.5.0 Invalid recipient\n<<< 554 5.5.1 Error: no valid recipients\n"
-    )
-    assert find_command(transcript) == "RCPT"
-    content = "... while talking to mx.example.org.:\n>>> DATA\n<<< 550 5.7.1 Message rejected\n"
-    assert find_command(content) == "DATA"
 
 
 def test_local_delivery_agent_unknown_user_is_the_directory_speaking() -> None:
