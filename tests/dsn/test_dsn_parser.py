@@ -13,6 +13,14 @@ from kannon.dsn.codes import find_codes, find_command, prefer_status, status_rea
 from kannon.dsn.taxonomy import Evidence, classify
 
 
+def fields(recipient: str, action: str, status: str, diagnostic: str) -> str:
+    """One recipient's field block: Final-Recipient, Action, Status and an SMTP Diagnostic-Code."""
+    return (
+        f"Final-Recipient: rfc822; {recipient}\nAction: {action}\nStatus: {status}\n"
+        f"Diagnostic-Code: smtp; {diagnostic}\n"
+    )
+
+
 def dsn(*recipients: str, text: str = "Delivery report follows.") -> bytes:
     """A multipart/report delivery-status message with one field block per recipient."""
     blocks = "\n\n".join(r.strip("\n") for r in recipients)
@@ -76,12 +84,12 @@ def test_failed_recipient_with_diagnostic_code() -> None:
 def test_delayed_report_is_not_a_bounce() -> None:
     report = parse_message(
         dsn(
-            """
-Final-Recipient: rfc822; slow@example.org
-Action: delayed
-Status: 4.4.1
-Diagnostic-Code: smtp; connect to mx.example.org[192.0.2.1]:25: Connection timed out
-""",
+            fields(
+                "slow@example.org",
+                "delayed",
+                "4.4.1",
+                "connect to mx.example.org[192.0.2.1]:25: Connection timed out",
+            ),
             text="This is a warning message only; delivery will be retried.",
         )
     )
@@ -95,14 +103,7 @@ Diagnostic-Code: smtp; connect to mx.example.org[192.0.2.1]:25: Connection timed
 @pytest.mark.parametrize("action", ["delivered", "relayed", "expanded"])
 def test_success_report_is_not_a_bounce(action: str) -> None:
     report = parse_message(
-        dsn(
-            f"""
-Final-Recipient: rfc822; happy@example.org
-Action: {action}
-Status: 2.0.0
-Diagnostic-Code: smtp; 250 2.0.0 OK queued as 12345
-"""
-        )
+        dsn(fields("happy@example.org", action, "2.0.0", "250 2.0.0 OK queued as 12345"))
     )
     assert report.kind == "delivered"
     (recipient,) = report.recipients
@@ -117,12 +118,7 @@ def test_multi_recipient_report_keeps_order_and_reasons() -> None:
     report = parse_message(
         dsn(
             FAILED_USER,
-            """
-Final-Recipient: rfc822; full@example.org
-Action: failed
-Status: 5.2.2
-Diagnostic-Code: smtp; 552 5.2.2 Mailbox full
-""",
+            fields("full@example.org", "failed", "5.2.2", "552 5.2.2 Mailbox full"),
             """
 Original-Recipient: rfc822; alias@example.net
 Final-Recipient: rfc822; later@example.org
@@ -177,12 +173,12 @@ Diagnostic-Code: smtp; 550-5.1.1 The email account that you tried to reach does 
 def test_specific_code_in_diagnostic_beats_generic_status_field() -> None:
     report = parse_message(
         dsn(
-            """
-Final-Recipient: rfc822; spam@example.org
-Action: failed
-Status: 5.0.0
-Diagnostic-Code: smtp; 554 5.7.1 Message rejected: spam detected by content filter
-"""
+            fields(
+                "spam@example.org",
+                "failed",
+                "5.0.0",
+                "554 5.7.1 Message rejected: spam detected by content filter",
+            )
         )
     )
     (recipient,) = report.recipients
@@ -628,12 +624,12 @@ def test_provider_phrases(diagnostic: str, command: str, reason: str) -> None:
 def test_delay_warning_is_never_a_hard_bounce() -> None:
     report = parse_message(
         dsn(
-            """
-Final-Recipient: rfc822; maybe@example.org
-Action: delayed
-Status: 4.1.1
-Diagnostic-Code: smtp; 450 4.1.1 <maybe@example.org>: Recipient address rejected: User unknown
-"""
+            fields(
+                "maybe@example.org",
+                "delayed",
+                "4.1.1",
+                "450 4.1.1 <maybe@example.org>: Recipient address rejected: User unknown",
+            )
         )
     )
     assert report.kind == "delayed"
@@ -660,13 +656,9 @@ Original-Rcpt-To: bob@isp.example
 
 
 def _one(status: str, diagnostic: str, action: str = "failed") -> BouncedRecipient:
-    block = f"""
-Final-Recipient: rfc822; someone@example.org
-Action: {action}
-Status: {status}
-Diagnostic-Code: smtp; {diagnostic}
-"""
-    (recipient,) = parse_message(dsn(block)).recipients
+    (recipient,) = parse_message(
+        dsn(fields("someone@example.org", action, status, diagnostic))
+    ).recipients
     return recipient
 
 
