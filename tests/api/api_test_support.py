@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import grpc
+from google.protobuf.message import Message
 
 from kannon.api.component import ApiComponent
 from kannon.bus.client import Bus
@@ -154,3 +155,16 @@ async def status_of(call: Any) -> tuple[grpc.StatusCode, str]:
     except grpc.aio.AioRpcError as exc:
         return exc.code(), exc.details() or ""
     raise AssertionError("the call succeeded")
+
+
+async def assert_refusals(
+    api: RunningApi, cases: list[tuple[Message, grpc.StatusCode, str]]
+) -> None:
+    """Each (Admin API request, status code, details prefix): the method the request is for
+    (`CreateTemplateReq`, `GetAPIKeyRequest`: CreateTemplate, GetAPIKey) refuses it with that
+    code, and its details start with the field at fault."""
+    admin = api.admin()
+    for request, code, prefix in cases:
+        method = type(request).__name__.removesuffix("Request").removesuffix("Req")
+        got_code, details = await status_of(getattr(admin, method)(request, metadata=admin_md()))
+        assert (got_code, details[: len(prefix)]) == (code, prefix), (method, details)

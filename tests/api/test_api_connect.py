@@ -45,6 +45,21 @@ def url(api: RunningApi, service: str, method: str) -> str:
     return f"http://127.0.0.1:{api.component.http_port}/{service}/{method}"
 
 
+def send_html_json(
+    *,
+    subject: str = "Hi",
+    html: str = "<p>x</p>",
+    recipients: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A SendHTML request in Connect's JSON from news@DOMAIN, to a@example.org unless given."""
+    return {
+        "sender": {"email": f"news@{DOMAIN}"},
+        "subject": subject,
+        "html": html,
+        "recipients": [{"email": "a@example.org"}] if recipients is None else recipients,
+    }
+
+
 def basic(domain: str, key: str) -> str:
     return "Basic " + base64.b64encode(f"{domain}:{key}".encode()).decode()
 
@@ -279,12 +294,7 @@ async def test_grpc_web_create_domain_send_html_get_stats(api: RunningApi) -> No
 async def test_same_auth_and_errors_as_grpc_as_connect_codes(api: RunningApi) -> None:
     await create_domain(api, DOMAIN)
     key = await create_key(api, DOMAIN)
-    body = {
-        "sender": {"email": f"news@{DOMAIN}"},
-        "subject": "Hi",
-        "html": "<p>x</p>",
-        "recipients": [{"email": "a@example.org"}],
-    }
+    body = send_html_json()
     status, error = await curl_json(api, MAILER, "SendHTML", body)
     assert (status, error["code"]) == (401, "unauthenticated")
     status, error = await curl_json(
@@ -345,12 +355,7 @@ async def test_body_over_max_message_size_is_refused_before_parsing(pool: Any) -
     async with running_api(make_settings(max_message_size="64kb"), pool) as api:
         await create_domain(api, DOMAIN)
         key = await create_key(api, DOMAIN)
-        body = {
-            "sender": {"email": f"news@{DOMAIN}"},
-            "subject": "Hi",
-            "html": "<p>" + "x" * 70_000 + "</p>",
-            "recipients": [{"email": "a@example.org"}],
-        }
+        body = send_html_json(html="<p>" + "x" * 70_000 + "</p>")
         status, error = await curl_json(
             api, MAILER, "SendHTML", body, f"authorization: {basic(DOMAIN, key)}"
         )
@@ -361,15 +366,14 @@ async def test_body_over_max_message_size_is_refused_before_parsing(pool: Any) -
 async def test_100000_recipients_over_json(api: RunningApi) -> None:
     await create_domain(api, DOMAIN)
     key = await create_key(api, DOMAIN)
-    body = {
-        "sender": {"email": f"news@{DOMAIN}"},
-        "subject": "Hello {{ name }}",
-        "html": "<p>Hi {{ name }}</p>",
-        "recipients": [
+    body = send_html_json(
+        subject="Hello {{ name }}",
+        html="<p>Hi {{ name }}</p>",
+        recipients=[
             {"email": f"user{i}@example.org", "fields": {"name": f"User {i}"}}
             for i in range(100_000)
         ],
-    }
+    )
     assert len(json.dumps(body)) < 64 * 1024 * 1024  # within the default api.max_message_size
     status, sent = await curl_json(
         api, MAILER, "SendHTML", body, f"authorization: {basic(DOMAIN, key)}"

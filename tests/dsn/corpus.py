@@ -44,6 +44,11 @@ def load_expected(data: Path) -> dict[str, list[dict[str, Any]]]:
     return expected
 
 
+# The bound on wrongly-hard verdicts asserted on every corpus: each one would suppress a live
+# address.
+WRONG_HARD_LIMIT = 0.02
+
+
 @dataclass
 class Score:
     files: int = 0
@@ -79,6 +84,15 @@ class Score:
             f"(b) exact {self.b:.1%}; hard_bounce wrongly true {self.wrong_hard}, "
             f"wrongly false {self.missed_hard}"
         )
+
+    def assert_meets(self, name: str, *, a: float, b: float, worst: int) -> None:
+        """Print the score with its `worst` most common confusions (expected->got), then assert
+        (a) ≥ `a`, (b) ≥ `b` and no more than WRONG_HARD_LIMIT of the recipients wrongly hard."""
+        confusions = ", ".join(f"{e}->{g} x{n}" for (e, g), n in self.confusion.most_common(worst))
+        print(f"\n{name}: {self.summary()}; confusions: {confusions}")
+        assert self.a_opinion >= a, self.summary()
+        assert self.b >= b, self.summary()
+        assert self.wrong_hard <= WRONG_HARD_LIMIT * self.total, self.summary()
 
 
 def _status_matches(expected: str, got: str) -> bool:

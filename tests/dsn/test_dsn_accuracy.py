@@ -11,7 +11,7 @@ import hashlib
 
 import pytest
 
-from tests.dsn.corpus import Score, is_heldout, load_expected, score
+from tests.dsn.corpus import WRONG_HARD_LIMIT, Score, is_heldout, load_expected, score
 from tests.shared_data import bounce_testdata
 
 DATA = bounce_testdata()
@@ -47,15 +47,10 @@ def test_split_is_the_frozen_one() -> None:
 #   hard bounces the classifier reports as uncertain instead of acting on.
 A_TARGET = 0.95
 B_TARGET = 0.85
-WRONG_HARD_LIMIT = 0.02
 
 
 def test_tuning_split(tuning: Score) -> None:
-    worst = ", ".join(f"{e}->{g} x{n}" for (e, g), n in tuning.confusion.most_common(8))
-    print(f"\ntuning split: {tuning.summary()}; confusions: {worst}")
-    assert tuning.a_opinion >= A_TARGET, tuning.summary()
-    assert tuning.b >= B_TARGET, tuning.summary()
-    assert tuning.wrong_hard <= WRONG_HARD_LIMIT * tuning.total, tuning.summary()
+    tuning.assert_meets("tuning split", a=A_TARGET, b=B_TARGET, worst=8)
 
 
 # The held-out (a) was 94.3 % after the classifier work of ADR 0023 and is 95.2 % (100 of 105

@@ -13,6 +13,14 @@ from kannon.dsn.codes import find_codes, find_command, prefer_status, status_rea
 from kannon.dsn.taxonomy import Evidence, classify
 
 
+def fields(recipient: str, action: str, status: str, diagnostic: str) -> str:
+    """One recipient's field block: Final-Recipient, Action, Status and an SMTP Diagnostic-Code."""
+    return (
+        f"Final-Recipient: rfc822; {recipient}\nAction: {action}\nStatus: {status}\n"
+        f"Diagnostic-Code: smtp; {diagnostic}\n"
+    )
+
+
 def dsn(*recipients: str, text: str = "Delivery report follows.") -> bytes:
     """A multipart/report delivery-status message with one field block per recipient."""
     blocks = "\n\n".join(r.strip("\n") for r in recipients)
@@ -76,12 +84,12 @@ def test_failed_recipient_with_diagnostic_code() -> None:
 def test_delayed_report_is_not_a_bounce() -> None:
     report = parse_message(
         dsn(
-            """
-Final-Recipient: rfc822; slow@example.org
-Action: delayed
-Status: 4.4.1
-Diagnostic-Code: smtp; connect to mx.example.org[192.0.2.1]:25: Connection timed out
-""",
+            fields(
+                "slow@example.org",
+                "delayed",
+                "4.4.1",
+                "connect to mx.example.org[192.0.2.1]:25: Connection timed out",
+            ),
             text="This is a warning message only; delivery will be retried.",
         )
     )
@@ -95,14 +103,7 @@ Diagnostic-Code: smtp; connect to mx.example.org[192.0.2.1]:25: Connection timed
 @pytest.mark.parametrize("action", ["delivered", "relayed", "expanded"])
 def test_success_report_is_not_a_bounce(action: str) -> None:
     report = parse_message(
-        dsn(
-            f"""
-Final-Recipient: rfc822; happy@example.org
-Action: {action}
-Status: 2.0.0
-Diagnostic-Code: smtp; 250 2.0.0 OK queued as 12345
-"""
-        )
+        dsn(fields("happy@example.org", action, "2.0.0", "250 2.0.0 OK queued as 12345"))
     )
     assert report.kind == "delivered"
     (recipient,) = report.recipients
@@ -117,12 +118,7 @@ def test_multi_recipient_report_keeps_order_and_reasons() -> None:
     report = parse_message(
         dsn(
             FAILED_USER,
-            """
-Final-Recipient: rfc822; full@example.org
-Action: failed
-Status: 5.2.2
-Diagnostic-Code: smtp; 552 5.2.2 Mailbox full
-""",
+            fields("full@example.org", "failed", "5.2.2", "552 5.2.2 Mailbox full"),
             """
 Original-Recipient: rfc822; alias@example.net
 Final-Recipient: rfc822; later@example.org
@@ -177,12 +173,12 @@ Diagnostic-Code: smtp; 550-5.1.1 The email account that you tried to reach does 
 def test_specific_code_in_diagnostic_beats_generic_status_field() -> None:
     report = parse_message(
         dsn(
-            """
-Final-Recipient: rfc822; spam@example.org
-Action: failed
-Status: 5.0.0
-Diagnostic-Code: smtp; 554 5.7.1 Message rejected: spam detected by content filter
-"""
+            fields(
+                "spam@example.org",
+                "failed",
+                "5.0.0",
+                "554 5.7.1 Message rejected: spam detected by content filter",
+            )
         )
     )
     (recipient,) = report.recipients
@@ -367,26 +363,30 @@ def test_codes_prefer_the_innermost_failure() -> None:
     assert (transcript.status, transcript.reply) == ("4.3.0", "451")
 
 
-@pytest.mark.parametrize(
-    ("field", "quoted", "reply", "chosen"),
-    [
-        ("5.1.1", "", "", "5.1.1"),
-        ("", "5.7.1", "554", "5.7.1"),
-        # The reporting MTA's verdict stands between two equally specific codes.
-        ("5.4.7", "5.4.1", "", "5.4.7"),
-        # ... but not over a more specific one, nor as a catch-all.
-        ("5.0.0", "5.7.1", "554", "5.7.1"),
-        ("5.4.0", "5.4.4", "", "5.4.4"),
-        ("5.7.1", "5.0.0", "550", "5.7.1"),
-        ("4.4.7", "4.4.2", "421", "4.4.2"),
-        ("5.3.0", "5.2.2", "552", "5.2.2"),
-        ("5.1.1", "5.2.2", "552", "5.2.2"),
-        # Classes disagree: the reply code's class settles it; without one the field wins.
-        ("5.4.7", "4.4.2", "421", "4.4.2"),
-        ("4.4.1", "5.1.1", "450", "4.4.1"),
-        ("5.4.7", "4.4.1", "", "5.4.7"),
-    ],
-)
+# (Status field, code quoted in the diagnostic, reply code, the one chosen) of one class: the more
+# specific code wins.
+ONE_CLASS = [
+    ("5.1.1", "", "", "5.1.1"),
+    ("", "5.7.1", "554", "5.7.1"),
+    # The reporting MTA's verdict stands between two equally specific codes.
+    ("5.4.7", "5.4.1", "", "5.4.7"),
+    # ... but not over a more specific one, nor as a catch-all.
+    ("5.0.0", "5.7.1", "554", "5.7.1"),
+    ("5.4.0", "5.4.4", "", "5.4.4"),
+    ("5.7.1", "5.0.0", "550", "5.7.1"),
+    ("4.4.7", "4.4.2", "421", "4.4.2"),
+    ("5.3.0", "5.2.2", "552", "5.2.2"),
+    ("5.1.1", "5.2.2", "552", "5.2.2"),
+]
+# Classes disagree: the reply code's class settles it; without one the field wins.
+CLASSES_DISAGREE = [
+    ("5.4.7", "4.4.2", "421", "4.4.2"),
+    ("4.4.1", "5.1.1", "450", "4.4.1"),
+    ("5.4.7", "4.4.1", "", "5.4.7"),
+]
+
+
+@pytest.mark.parametrize(("field", "quoted", "reply", "chosen"), ONE_CLASS + CLASSES_DISAGREE)
 def test_status_field_versus_quoted_code(field: str, quoted: str, reply: str, chosen: str) -> None:
     assert prefer_status(field, quoted, reply) == chosen
 
@@ -396,12 +396,38 @@ def test_codes_ignore_ip_addresses_and_versions() -> None:
     assert (codes.status, codes.reply) == ("", "")
 
 
-def test_command_detection() -> None:
-    assert find_command("said: 550 no such user (in reply to RCPT TO command)") == "RCPT"
-    assert find_command("SMTP error from remote mail server after end of data:") == "DATA"
-    assert find_command(">>> MAIL From:<a@b.example>\n<<< 553 rejected") == "MAIL"
-    assert find_command("SMTP error from remote mail server after initial connection:") == "CONN"
-    assert find_command("nothing here") == ""
+@pytest.mark.parametrize(
+    ("text", "command"),
+    [
+        ("said: 550 no such user (in reply to RCPT TO command)", "RCPT"),
+        ("550 5.1.1 user unknown (in response to RCPT TO command)", "RCPT"),
+        ("SMTP error from remote mail server after end of data:", "DATA"),
+        ("550 rejected during DATA", "DATA"),
+        (">>> MAIL From:<a@b.example>\n<<< 553 rejected", "MAIL"),
+        ("SMTP error from remote mail server after initial connection:", "CONN"),
+        ("nothing here", ""),
+        # A transcript: the command is the one before the first failure.
+        (
+            "... while talking to mx.example.org.:\n>>> RCPT To:<a@example.org>\n"
+            "<<< 550 5.1.1 <a@example.org>... User unknown\n>>> DATA\n<<< 503 5.0.0 Need RCPT\n",
+            "RCPT",
+        ),
+        # RFC 2920: RCPT and DATA sent together, ">>> DATA" logged before both replies; the
+        # server's "no valid recipients" answer to DATA shows the refusal answered RCPT (ADR 0055).
+        (
+            "... while talking to mx.example.org.:\n>>> DATA\n"
+            "<<< 550 5.5.0 Invalid recipient\n<<< 554 5.5.1 Error: no valid recipients\n",
+            "RCPT",
+        ),
+        # ... while a refusal of the content itself answered DATA.
+        (
+            "... while talking to mx.example.org.:\n>>> DATA\n<<< 550 5.7.1 Message rejected\n",
+            "DATA",
+        ),
+    ],
+)
+def test_command_detection(text: str, command: str) -> None:
+    assert find_command(text) == command
 
 
 def test_status_table_follows_rfc3463() -> None:
@@ -598,12 +624,12 @@ def test_provider_phrases(diagnostic: str, command: str, reason: str) -> None:
 def test_delay_warning_is_never_a_hard_bounce() -> None:
     report = parse_message(
         dsn(
-            """
-Final-Recipient: rfc822; maybe@example.org
-Action: delayed
-Status: 4.1.1
-Diagnostic-Code: smtp; 450 4.1.1 <maybe@example.org>: Recipient address rejected: User unknown
-"""
+            fields(
+                "maybe@example.org",
+                "delayed",
+                "4.1.1",
+                "450 4.1.1 <maybe@example.org>: Recipient address rejected: User unknown",
+            )
         )
     )
     assert report.kind == "delayed"
@@ -630,13 +656,9 @@ Original-Rcpt-To: bob@isp.example
 
 
 def _one(status: str, diagnostic: str, action: str = "failed") -> BouncedRecipient:
-    block = f"""
-Final-Recipient: rfc822; someone@example.org
-Action: {action}
-Status: {status}
-Diagnostic-Code: smtp; {diagnostic}
-"""
-    (recipient,) = parse_message(dsn(block)).recipients
+    (recipient,) = parse_message(
+        dsn(fields("someone@example.org", action, status, diagnostic))
+    ).recipients
     return recipient
 
 
@@ -772,16 +794,6 @@ def test_delay_warning_with_dead_address_words_is_not_hard() -> None:
     assert (recipient.reason, recipient.hard_bounce) == ("userunknown", False)
 
 
-def test_transcript_command_is_the_one_before_the_first_failure() -> None:
-    transcript = (
-        "... while talking to mx.example.org.:\n>>> RCPT To:<a@example.org>\n"
-        "<<< 550 5.1.1 <a@example.org>... User unknown\n>>> DATA\n<<< 503 5.0.0 Need RCPT\n"
-    )
-    assert find_command(transcript) == "RCPT"
-    assert find_command("550 5.1.1 user unknown (in response to RCPT TO command)") == "RCPT"
-    assert find_command("550 rejected during DATA") == "DATA"
-
-
 @pytest.mark.parametrize(
     ("status", "diagnostic", "reason"),
     [
@@ -811,18 +823,6 @@ def test_network_dns_and_expiry_phrases(status: str, diagnostic: str, reason: st
 def test_more_ways_to_say_no_such_user(diagnostic: str) -> None:
     recipient = _one("5.0.0", f"{diagnostic} (in reply to RCPT TO command)")
     assert (recipient.reason, recipient.hard_bounce) == ("userunknown", True)
-
-
-def test_pipelined_refusal_answered_rcpt() -> None:
-    # RFC 2920: RCPT and DATA sent together, ">>> DATA" logged before both replies; the
-    # server's "no valid recipients" answer to DATA shows the refusal answered RCPT (ADR 0055).
-    transcript = (
-        "... while talking to mx.example.org.:\n>>> DATA\n"
-        "<<< 550 5.5.0 Invalid recipient\n<<< 554 5.5.1 Error: no valid recipients\n"
-    )
-    assert find_command(transcript) == "RCPT"
-    content = "... while talking to mx.example.org.:\n>>> DATA\n<<< 550 5.7.1 Message rejected\n"
-    assert find_command(content) == "DATA"
 
 
 def test_local_delivery_agent_unknown_user_is_the_directory_speaking() -> None:

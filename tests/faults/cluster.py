@@ -12,8 +12,8 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
-from kannon.bus.embedded import find_binary
-from kannon.runtime.processes import ChildProcess, free_port, start_child, wait_until
+from kannon.runtime.processes import free_port, wait_until
+from tests.faults.support import NatsServer
 
 CLUSTER_NAME = "kannon-test"
 
@@ -29,43 +29,23 @@ def healthy(monitor_port: int) -> bool:
         return False
 
 
-class ClusterNode:
+class ClusterNode(NatsServer):
     def __init__(self, root: Path, name: str) -> None:
-        self.root = root
+        super().__init__(root, f"nats-{name}")
         self.name = name
-        self.port = free_port()
         self.cluster_port = free_port()
-        self.monitor_port = free_port()
-        self.child: ChildProcess | None = None
-        self.starts = 0
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
 
     def start(self, routes: list[str]) -> None:
-        self.starts += 1
-        argv = [
-            str(find_binary()),
-            "-js",
+        self.spawn(
             "-n",
             self.name,
-            "-a",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "-m",
-            str(self.monitor_port),
-            "-sd",
-            str(self.root / "store"),
             "--cluster_name",
             CLUSTER_NAME,
             "--cluster",
             f"nats://127.0.0.1:{self.cluster_port}",
             "--routes",
             ",".join(routes),
-        ]
-        self.child = start_child(f"nats-{self.name}", argv, self.root / f"nats.{self.starts}.log")
+        )
 
     def kill(self) -> None:
         """SIGKILL: no goodbye to the cluster, no flush of the store."""

@@ -24,10 +24,17 @@ from kannon.bus.embedded import find_binary, jetstream_ready
 from kannon.bus.subjects import SENDER_DURABLE, SENDING_STREAM
 from kannon.runtime.clock import utc_now
 from kannon.runtime.processes import ChildProcess, free_port, start_child, wait_until
-from tests.fleet.fleet import RCPT_DOMAIN, TERMINAL, add_recipient_dns
+from tests.fleet.fleet import RCPT_DOMAIN, TERMINAL, Fleet, add_recipient_dns
 from tests.peers.dns import DnsServer
 from tests.peers.smtp_sink import ReceivedMessage, SmtpSink
 from tests.support import wait_for
+
+# The Batch of the infrastructure and cluster fault tests: big enough that the fault lands mid-Batch
+# (after KILL_AT messages), small enough to settle within their timeouts.
+RECIPIENTS = 300
+BOUNCES = 6
+SINK_DELAY = 0.01  # seconds the remote spends per message in DATA
+KILL_AT = 60
 
 
 class SlowSink(SmtpSink):
@@ -80,12 +87,30 @@ def recipients(count: int, bounces: int = 0) -> dict[str, dict[str, str]]:
     return {email: {"name": f"N{i}"} for i, email in enumerate(emails)}
 
 
+async def send_batch(
+    fleet: Fleet, count: int, bounces: int = 0
+) -> tuple[str, dict[str, dict[str, str]], str]:
+    """The tenant's Domain and an API key on `fleet`, then one SendHTML Batch to
+    `recipients(count, bounces)`: the key's `authorization`, those Recipients and the Batch id."""
+    await fleet.create_domain()
+    auth = await fleet.create_api_key()
+    wanted = recipients(count, bounces)
+    return auth, wanted, await fleet.send_html(auth, wanted)
+
+
 def metric(text: str, name: str) -> float:
     """The sum of a metric's samples in Prometheus text format (0 when absent)."""
     total = 0.0
     for found in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M):
         total += float(found.group(1))
     return total
+
+
+async def dispatcher_reclaims(fleet: Fleet) -> float:
+    """Deliveries the fleet's Dispatcher has taken back from stale claims (Reclaim) so far."""
+    return metric(
+        await fleet.processes["dispatcher"].metrics(), "kannon_dispatcher_reclaimed_total"
+    )
 
 
 @dataclass
@@ -174,12 +199,14 @@ def evidence_on_failure(name: str) -> Iterator[list[Path]]:
         raise
 
 
-class RestartableNats:
-    """A nats-server of the test's own (JetStream, loopback, fixed port and store), which the
-    test can stop and start again as an operator's restart would."""
+class NatsServer:
+    """A nats-server of the test's own: JetStream, loopback, its own client and monitor ports and
+    its own store, kept across restarts so that a stop and a start again is an operator's restart
+    (or a StatefulSet's pod coming back). `label` names its process and log."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, label: str = "nats-server") -> None:
         self.root = root
+        self.label = label
         self.port = free_port()
         self.monitor_port = free_port()
         self.child: ChildProcess | None = None
@@ -189,7 +216,8 @@ class RestartableNats:
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
+    def spawn(self, *options: str) -> ChildProcess:
+        """Start the server on its ports and store, with `options` added (cluster, name)."""
         self.starts += 1
         argv = [
             str(find_binary()),
@@ -202,10 +230,20 @@ class RestartableNats:
             str(self.monitor_port),
             "-sd",
             str(self.root / "store"),
+            *options,
         ]
-        self.child = start_child("nats-server", argv, self.root / f"nats.{self.starts}.log")
+        self.child = start_child(self.label, argv, self.root / f"nats.{self.starts}.log")
+        return self.child
+
+
+class RestartableNats(NatsServer):
+    """A single nats-server, which the test can stop and start again as an operator's restart
+    would."""
+
+    def start(self) -> None:
+        child = self.spawn()
         port = self.monitor_port
-        wait_until(self.child, lambda: jetstream_ready(port), 30, "JetStream ready")
+        wait_until(child, lambda: jetstream_ready(port), 30, "JetStream ready")
 
     def stop(self) -> None:
         if self.child is not None:

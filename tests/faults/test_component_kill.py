@@ -21,7 +21,13 @@ import pytest
 
 from kannon.bus.client import Bus
 from kannon.config import COMPONENTS
-from tests.faults.support import metric, recipients, settle, slow_remote, verdict
+from tests.faults.support import (
+    dispatcher_reclaims,
+    send_batch,
+    settle,
+    slow_remote,
+    verdict,
+)
 from tests.fleet.conftest import StartFleet
 from tests.peers.dns import DnsServer
 
@@ -55,10 +61,7 @@ async def test_sigkill_mid_batch_costs_no_mail_and_no_duplicate(
                 "--dispatcher-claim-timeout": "5m",
             },
         )
-        await fleet.create_domain()
-        auth = await fleet.create_api_key()
-        wanted = recipients(RECIPIENTS, BOUNCES)
-        batch = await fleet.send_html(auth, wanted)
+        _, wanted, batch = await send_batch(fleet, RECIPIENTS, BOUNCES)
 
         await sink.wait_for_messages(KILL_AT, timeout=90)
         pending = await db.fetchval(
@@ -74,9 +77,7 @@ async def test_sigkill_mid_batch_costs_no_mail_and_no_duplicate(
         await settle(db, bus, batch, RECIPIENTS, timeout=90)
         result = await verdict(db, batch, wanted, sink)
         assert result.duplicates == {}, result.duplicates
-        reclaimed = metric(
-            await fleet.processes["dispatcher"].metrics(), "kannon_dispatcher_reclaimed_total"
-        )
+        reclaimed = await dispatcher_reclaims(fleet)
         print(
             f"\nSIGKILL of {'+'.join(victims)} with {pending} Deliveries in the Pool: "
             f"{len(sink.messages)} messages for {RECIPIENTS - BOUNCES} recipients, no duplicate; "

@@ -17,10 +17,15 @@ from kannon.bus.client import Bus
 from kannon.config import COMPONENTS
 from kannon.db.embedded import EmbeddedPostgres, start_postgres
 from tests.faults.support import (
+    BOUNCES,
+    KILL_AT,
+    RECIPIENTS,
+    SINK_DELAY,
     RestartableNats,
     SlowSink,
+    dispatcher_reclaims,
     metric,
-    recipients,
+    send_batch,
     settle,
     slow_remote,
     verdict,
@@ -29,11 +34,6 @@ from tests.fleet.conftest import StartFleet
 from tests.fleet.fleet import Fleet, FleetError, add_recipient_dns
 from tests.peers.dns import DnsServer
 from tests.support import wait_for
-
-RECIPIENTS = 300
-BOUNCES = 6
-SINK_DELAY = 0.01
-KILL_AT = 60
 
 
 async def _unhealthy(fleet: Fleet, component: str, timeout: float = 20.0) -> None:
@@ -61,10 +61,7 @@ async def test_a_nats_server_restart_mid_batch_loses_and_repeats_nothing(
             nats_url=own_nats.url,
             options={"--nats-sending-ack-wait": "5s"},
         )
-        await fleet.create_domain()
-        auth = await fleet.create_api_key()
-        wanted = recipients(RECIPIENTS, BOUNCES)
-        batch = await fleet.send_html(auth, wanted)
+        _, wanted, batch = await send_batch(fleet, RECIPIENTS, BOUNCES)
         await sink.wait_for_messages(KILL_AT, timeout=60)
 
         own_nats.stop()
@@ -126,10 +123,7 @@ async def test_a_postgresql_outage_longer_than_max_deliver_loses_no_event(
             database_url=database_url,
             options={"--nats-max-deliver": str(MAX_DELIVER)},
         )
-        await fleet.create_domain()
-        auth = await fleet.create_api_key()
-        wanted = recipients(RECIPIENTS, BOUNCES)
-        batch = await fleet.send_html(auth, wanted)
+        auth, wanted, batch = await send_batch(fleet, RECIPIENTS, BOUNCES)
         await sink.wait_for_messages(KILL_AT, timeout=60)
 
         lines_before = _warning_lines(fleet)
@@ -196,10 +190,7 @@ async def test_envelopes_queued_longer_than_the_claim_timeout_are_sent_once(
             options={"--dispatcher-claim-timeout": f"{claim_timeout:g}s"},
             components=[c for c in COMPONENTS if c != "sender"],
         )
-        await fleet.create_domain()
-        auth = await fleet.create_api_key()
-        wanted = recipients(RECIPIENTS, BOUNCES)
-        batch = await fleet.send_html(auth, wanted)
+        _, wanted, batch = await send_batch(fleet, RECIPIENTS, BOUNCES)
 
         async def all_queued_for_long() -> bool:
             row = await db.fetchrow(
@@ -217,9 +208,7 @@ async def test_envelopes_queued_longer_than_the_claim_timeout_are_sent_once(
             return float(waited) > 4 * claim_timeout
 
         await wait_for(all_queued_for_long, what="every Envelope queued for 4 claim timeouts")
-        reclaimed = metric(
-            await fleet.processes["dispatcher"].metrics(), "kannon_dispatcher_reclaimed_total"
-        )
+        reclaimed = await dispatcher_reclaims(fleet)
         assert reclaimed == 0
 
         sender = fleet.spawn("sender")

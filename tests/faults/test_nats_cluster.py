@@ -17,20 +17,19 @@ from kannon.bus.subjects import SENDING_STREAM, SENT_GUARD_BUCKET, STATS_STREAM
 from kannon.config import COMPONENTS
 from tests.faults.cluster import NatsCluster
 from tests.faults.support import (
+    BOUNCES,
+    KILL_AT,
+    RECIPIENTS,
+    SINK_DELAY,
     SlowSink,
     evidence_on_failure,
-    recipients,
+    send_batch,
     settle,
     slow_remote,
     verdict,
 )
 from tests.fleet.conftest import StartFleet
 from tests.peers.dns import DnsServer
-
-RECIPIENTS = 300
-BOUNCES = 6
-SINK_DELAY = 0.01
-KILL_AT = 60
 
 
 async def test_a_cluster_node_killed_mid_batch_loses_and_repeats_nothing(
@@ -73,10 +72,7 @@ async def _kill_a_node_mid_batch(
         options={"--nats-stream-replicas": "3", "--nats-sending-ack-wait": "5s"},
     )
     evidence.append(fleet.workdir / "logs")
-    await fleet.create_domain()
-    auth = await fleet.create_api_key()
-    wanted = recipients(RECIPIENTS, BOUNCES)
-    batch = await fleet.send_html(auth, wanted)
+    _, wanted, batch = await send_batch(fleet, RECIPIENTS, BOUNCES)
     await sink.wait_for_messages(KILL_AT, timeout=60)
 
     # Three copies of everything the fleet keeps in NATS.

@@ -25,7 +25,14 @@ import pytest
 
 from kannon.bus.client import Bus
 from kannon.config import COMPONENTS
-from tests.faults.support import metric, recipients, settle, slow_remote, verdict
+from tests.faults.support import (
+    dispatcher_reclaims,
+    metric,
+    send_batch,
+    settle,
+    slow_remote,
+    verdict,
+)
 from tests.fleet.conftest import StartFleet
 from tests.peers.dns import DnsServer
 
@@ -62,10 +69,7 @@ async def test_sigkill_of_the_sender_mid_batch_ends_every_delivery_exactly_once(
                 "--dispatcher-claim-timeout": "5m",
             },
         )
-        await fleet.create_domain()
-        auth = await fleet.create_api_key()
-        wanted = recipients(RECIPIENTS, BOUNCES)
-        batch = await fleet.send_html(auth, wanted)
+        _, wanted, batch = await send_batch(fleet, RECIPIENTS, BOUNCES)
 
         # Kill the sender once the remote has taken KILL_AT messages, mid-transactions.
         await sink.wait_for_messages(KILL_AT, timeout=90)
@@ -86,9 +90,7 @@ async def test_sigkill_of_the_sender_mid_batch_ends_every_delivery_exactly_once(
         sender_metrics = await successor.metrics()
         taken_over = metric(sender_metrics, "kannon_sender_guard_taken_over_total")
         republished = metric(sender_metrics, "kannon_sender_duplicates_skipped_total")
-        reclaimed = metric(
-            await fleet.processes["dispatcher"].metrics(), "kannon_dispatcher_reclaimed_total"
-        )
+        reclaimed = await dispatcher_reclaims(fleet)
         print(
             f"\nsender SIGKILL ({'slow 250' if commit_first else 'commit then 250'}): "
             f"{received_at_kill} messages received at the kill, {busy_at_kill} in DATA "

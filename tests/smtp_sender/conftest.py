@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -17,9 +17,11 @@ from kannon.envelope.build import Envelope
 from kannon.envelope.ids import make_email_id
 from kannon.model.event_ids import envelope_msg_id, send_guard_key, send_outcome_id
 from kannon.model.outcome import Outcome
+from kannon.smtp_sender.component import SmtpSender
 from kannon.wire import envelope
 from kannon.wire.stats import decode as decode_outcome
 from tests.peers.dns import DnsServer
+from tests.support import running
 
 BATCH_ID = "msg_k9x2abc@tenant.test"
 TENANT = "tenant.test"
@@ -137,3 +139,22 @@ async def outcomes(bus: Bus) -> AsyncIterator[Outcomes]:
         yield collector
     finally:
         await collector.stop()
+
+
+class SendOne(Protocol):
+    async def __call__(self, settings: Settings, recipient: str, **job: Any) -> Outcome: ...
+
+
+@pytest.fixture
+def send_one(bus: Bus, outcomes: Outcomes) -> SendOne:
+    """Run a sender with `settings` while one Envelope to `recipient` (`job`: `make_job`'s
+    options) is published as a fresh attempt: the one outcome event it publishes (exactly one, or
+    the test fails)."""
+
+    async def send(settings: Settings, recipient: str, **job: Any) -> Outcome:
+        async with running(SmtpSender(settings, bus)):
+            await publish(bus, make_job(recipient, **job))
+            [event] = await outcomes.wait(1)
+        return event
+
+    return send

@@ -15,6 +15,7 @@ from tests.smtp_sender.conftest import (
     HOSTNAME,
     TENANT,
     Outcomes,
+    SendOne,
     guard_key,
     make_job,
     make_settings,
@@ -50,13 +51,11 @@ async def test_delivers_to_the_mx_from_dns(
 
 
 async def test_domain_without_mx_gets_mail_on_its_address_record(
-    bus: Bus, outcomes: Outcomes, dns_server: DnsServer, smtp_sink: SmtpSink
+    send_one: SendOne, dns_server: DnsServer, smtp_sink: SmtpSink
 ) -> None:
     dns_server.add_host("nomx.test", "127.0.0.1").start()
     assert not dns_server.resolver().resolve("nomx.test", "MX", raise_on_no_answer=False).rrset
-    async with running(SmtpSender(make_settings(dns=dns_server, port=smtp_sink.port), bus)):
-        await publish(bus, make_job("bob@nomx.test"))
-        [event] = await outcomes.wait(1)
+    event = await send_one(make_settings(dns=dns_server, port=smtp_sink.port), "bob@nomx.test")
     assert event.detail == Delivered()
     assert [m.rcpt_tos for m in smtp_sink.messages] == [("bob@nomx.test",)]
 
@@ -98,12 +97,12 @@ async def test_mx_hosts_are_tried_by_preference_and_a_dead_one_is_skipped(
 
 
 async def test_5xx_at_rcpt_is_a_permanent_bounce_with_the_reply(
-    bus: Bus, outcomes: Outcomes, dns_server: DnsServer, smtp_sink: SmtpSink
+    send_one: SendOne, dns_server: DnsServer, smtp_sink: SmtpSink
 ) -> None:
     mx_for(dns_server)
-    async with running(SmtpSender(make_settings(dns=dns_server, port=smtp_sink.port), bus)):
-        await publish(bus, make_job("bounce.dave@example.test"))
-        [event] = await outcomes.wait(1)
+    event = await send_one(
+        make_settings(dns=dns_server, port=smtp_sink.port), "bounce.dave@example.test"
+    )
     assert isinstance(event.detail, Bounced)
     assert (event.detail.permanent, event.detail.code) == (True, 550)
     assert "5.1.1" in event.detail.message
@@ -137,12 +136,14 @@ async def test_4xx_twice_then_delivered_on_the_third_envelope(
 
 
 async def test_4xx_on_the_last_allowed_attempt_is_a_non_permanent_bounce(
-    bus: Bus, outcomes: Outcomes, dns_server: DnsServer, smtp_sink: SmtpSink
+    send_one: SendOne, dns_server: DnsServer, smtp_sink: SmtpSink
 ) -> None:
     mx_for(dns_server)
-    async with running(SmtpSender(make_settings(dns=dns_server, port=smtp_sink.port), bus)):
-        await publish(bus, make_job("transient.x5.frank@example.test", should_retry=False))
-        [event] = await outcomes.wait(1)
+    event = await send_one(
+        make_settings(dns=dns_server, port=smtp_sink.port),
+        "transient.x5.frank@example.test",
+        should_retry=False,
+    )
     assert isinstance(event.detail, Bounced)
     assert (event.detail.permanent, event.detail.code) == (False, 451)
     assert "4.7.1" in event.detail.message
@@ -212,13 +213,13 @@ async def test_one_connection_carries_consecutive_messages_to_the_same_mx(
 
 
 async def test_non_ascii_recipient_uses_smtputf8_and_an_idn_domain_goes_out_as_a_label(
-    bus: Bus, outcomes: Outcomes, dns_server: DnsServer, smtp_sink_factory: SinkFactory
+    send_one: SendOne,
+    dns_server: DnsServer,
+    smtp_sink_factory: SinkFactory,
 ) -> None:
     utf8 = await smtp_sink_factory()
     mx_for(dns_server, "xn--bcher-kva.test")
-    async with running(SmtpSender(make_settings(dns=dns_server, port=utf8.port), bus)):
-        await publish(bus, make_job("jürgen@bücher.test"))
-        [event] = await outcomes.wait(1)
+    event = await send_one(make_settings(dns=dns_server, port=utf8.port), "jürgen@bücher.test")
     assert event.detail == Delivered()
     [message] = utf8.messages
     assert message.rcpt_tos == ("jürgen@xn--bcher-kva.test",)
@@ -226,13 +227,13 @@ async def test_non_ascii_recipient_uses_smtputf8_and_an_idn_domain_goes_out_as_a
 
 
 async def test_non_ascii_recipient_bounces_when_the_server_lacks_smtputf8(
-    bus: Bus, outcomes: Outcomes, dns_server: DnsServer, smtp_sink_factory: SinkFactory
+    send_one: SendOne,
+    dns_server: DnsServer,
+    smtp_sink_factory: SinkFactory,
 ) -> None:
     plain = await smtp_sink_factory(smtputf8=False)
     mx_for(dns_server)
-    async with running(SmtpSender(make_settings(dns=dns_server, port=plain.port), bus)):
-        await publish(bus, make_job("jürgen@example.test"))
-        [event] = await outcomes.wait(1)
+    event = await send_one(make_settings(dns=dns_server, port=plain.port), "jürgen@example.test")
     assert isinstance(event.detail, Bounced)
     assert (event.detail.permanent, event.detail.code) == (True, 553)
     assert plain.messages == []

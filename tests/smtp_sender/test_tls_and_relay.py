@@ -15,7 +15,14 @@ from tests.peers.dns import DnsServer
 from tests.peers.fixtures import SinkFactory
 from tests.peers.smtp_sink import SmtpSink
 from tests.peers.tls import TlsIdentity
-from tests.smtp_sender.conftest import Outcomes, make_job, make_settings, mx_for, publish
+from tests.smtp_sender.conftest import (
+    Outcomes,
+    SendOne,
+    make_job,
+    make_settings,
+    mx_for,
+    publish,
+)
 from tests.support import running
 
 USERS = {"kannon": "s3cret"}
@@ -45,17 +52,14 @@ def relay_at(port: int, *, password: str = "s3cret", tls: str = "none") -> dict[
 
 
 async def test_starttls_with_a_verified_certificate(
-    bus: Bus,
-    outcomes: Outcomes,
+    send_one: SendOne,
     dns_server: DnsServer,
     tls_sink: SmtpSink,
     trusted_ca: TlsIdentity,
 ) -> None:
     sink = tls_sink
     mx_for(dns_server)
-    async with running(SmtpSender(make_settings(dns=dns_server, port=sink.port), bus)):
-        await publish(bus, make_job("tls@example.test"))
-        [event] = await outcomes.wait(1)
+    event = await send_one(make_settings(dns=dns_server, port=sink.port), "tls@example.test")
     assert event.detail == Delivered()
     [message] = sink.messages
     assert message.tls
@@ -114,32 +118,28 @@ async def test_relay_mode_delivers_through_the_relay_with_auth(
     assert relay.connections == 1
 
 
-async def test_relay_refusing_our_credentials_is_errored_not_bounced(
-    bus: Bus,
-    outcomes: Outcomes,
+@pytest.mark.parametrize(
+    ("relay_options", "job", "refusal"),
+    [
+        # The relay refuses our credentials: Errored, not Bounced.
+        ({"password": "wrong"}, {"should_retry": False}, (535, "")),
+        # The relay offers no STARTTLS: it is not used in plaintext.
+        ({"tls": "starttls"}, {}, (0, "STARTTLS")),
+    ],
+    ids=["refusing-our-credentials", "without-starttls"],
+)
+async def test_a_relay_we_cannot_use_errors_the_delivery_and_gets_nothing(
+    relay_options: dict[str, str],
+    job: dict[str, bool],
+    refusal: tuple[int, str],
+    send_one: SendOne,
     smtp_sink_factory: SinkFactory,
 ) -> None:
+    code, said = refusal
     relay = await smtp_sink_factory(users=USERS, auth_require_tls=False)
-    relay_settings = relay_at(relay.port, password="wrong")
-    async with running(SmtpSender(make_settings(relay=relay_settings), bus)):
-        await publish(bus, make_job("someone@example.test", should_retry=False))
-        [event] = await outcomes.wait(1)
+    relay_settings = relay_at(relay.port, **relay_options)
+    event = await send_one(make_settings(relay=relay_settings), "someone@example.test", **job)
     assert isinstance(event.detail, Errored)
-    assert event.detail.code == 535
+    assert event.detail.code == code
+    assert said in event.detail.message
     assert relay.messages == []
-
-
-async def test_relay_without_starttls_is_not_used_in_plaintext(
-    bus: Bus,
-    outcomes: Outcomes,
-    smtp_sink_factory: SinkFactory,
-) -> None:
-    plaintext_only = await smtp_sink_factory(users=USERS, auth_require_tls=False)
-    relay_settings = relay_at(plaintext_only.port, tls="starttls")
-    async with running(SmtpSender(make_settings(relay=relay_settings), bus)):
-        await publish(bus, make_job("someone@example.test"))
-        [event] = await outcomes.wait(1)
-    assert isinstance(event.detail, Errored)
-    assert event.detail.code == 0
-    assert "STARTTLS" in event.detail.message
-    assert plaintext_only.messages == []

@@ -33,6 +33,18 @@ def client(
     return WebhookClient(allow_http=allow_http, allow_private=allow_private, per_host=per_host)
 
 
+@contextlib.asynccontextmanager
+async def open_client(
+    *, allow_private: bool = True, allow_http: bool = True, per_host: int = 8
+) -> AsyncIterator[WebhookClient]:
+    """`client(...)` for the block, closed after it however it ends."""
+    hooks = client(allow_private=allow_private, allow_http=allow_http, per_host=per_host)
+    try:
+        yield hooks
+    finally:
+        await hooks.close()
+
+
 async def until(check: Callable[[], bool], what: str, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -132,13 +144,9 @@ NO_CONTENT = b"HTTP/1.1 204 No Content\r\n\r\n"
 
 
 async def test_a_post_carries_its_body_and_headers_and_the_connection_is_kept() -> None:
-    async with aiohttp_endpoint() as (url, seen):
-        hooks = client()
-        try:
-            first = await hooks.post(url, HEADERS, b'{"a":1}', 5)
-            second = await hooks.post(url, HEADERS, b'{"b":2}', 5)
-        finally:
-            await hooks.close()
+    async with aiohttp_endpoint() as (url, seen), open_client() as hooks:
+        first = await hooks.post(url, HEADERS, b'{"a":1}', 5)
+        second = await hooks.post(url, HEADERS, b'{"b":2}', 5)
     assert (first.status_code, first.body) == (201, b"ok")
     assert second.status_code == 201
     (headers, body, port), (_, body2, port2) = seen.requests
@@ -154,13 +162,10 @@ async def test_a_post_carries_its_body_and_headers_and_the_connection_is_kept() 
 async def test_only_the_first_bytes_of_a_long_answer_are_kept_and_its_connection_is_dropped() -> (
     None
 ):
-    async with aiohttp_endpoint(answer=b"x" * 100_000, status=500) as (url, seen):
-        hooks = client()
-        try:
-            answer = await hooks.post(url, HEADERS, b"{}", 5)
-            await hooks.post(url, HEADERS, b"{}", 5)
-        finally:
-            await hooks.close()
+    long_answer = aiohttp_endpoint(answer=b"x" * 100_000, status=500)
+    async with long_answer as (url, seen), open_client() as hooks:
+        answer = await hooks.post(url, HEADERS, b"{}", 5)
+        await hooks.post(url, HEADERS, b"{}", 5)
     assert answer.status_code == 500
     assert answer.body == b"x" * MAX_RESPONSE_BYTES
     assert seen.requests[0][2] != seen.requests[1][2], "a connection mid-answer is not reused"
@@ -177,13 +182,9 @@ async def test_chunked_and_close_delimited_answers_are_read() -> None:
         writer.write(b"HTTP/1.0 200 OK\r\n\r\nuntil the end")
         await writer.drain()
 
-    async with scripted_peer(script) as peer:
-        hooks = client()
-        try:
-            chunked = await hooks.post(f"http://127.0.0.1:{peer.port}/", HEADERS, b"{}", 5)
-            closing = await hooks.post(f"http://127.0.0.1:{peer.port}/", HEADERS, b"{}", 5)
-        finally:
-            await hooks.close()
+    async with scripted_peer(script) as peer, open_client() as hooks:
+        chunked = await hooks.post(f"http://127.0.0.1:{peer.port}/", HEADERS, b"{}", 5)
+        closing = await hooks.post(f"http://127.0.0.1:{peer.port}/", HEADERS, b"{}", 5)
     assert (chunked.status_code, chunked.body) == (202, b"hello world")
     assert (closing.status_code, closing.body) == (200, b"until the end")
     assert peer.connections == 1
@@ -195,12 +196,8 @@ async def test_an_interim_answer_is_skipped() -> None:
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         await read_request(reader, peer)
 
-    async with scripted_peer(script) as peer:
-        hooks = client()
-        try:
-            answer = await hooks.post(f"http://127.0.0.1:{peer.port}/", HEADERS, b"{}", 5)
-        finally:
-            await hooks.close()
+    async with scripted_peer(script) as peer, open_client() as hooks:
+        answer = await hooks.post(f"http://127.0.0.1:{peer.port}/", HEADERS, b"{}", 5)
     assert (answer.status_code, answer.body) == (200, b"ok")
 
 
@@ -213,14 +210,10 @@ async def test_a_kept_connection_the_endpoint_dropped_is_replaced_by_a_new_one()
         await writer.drain()
         await read_request(reader, peer)
 
-    async with scripted_peer(script) as peer:
-        hooks = client()
-        try:
-            url = f"http://127.0.0.1:{peer.port}/hook"
-            first = await hooks.post(url, HEADERS, b"{}", 5)
-            second = await hooks.post(url, HEADERS, b"{}", 5)
-        finally:
-            await hooks.close()
+    async with scripted_peer(script) as peer, open_client() as hooks:
+        url = f"http://127.0.0.1:{peer.port}/hook"
+        first = await hooks.post(url, HEADERS, b"{}", 5)
+        second = await hooks.post(url, HEADERS, b"{}", 5)
     assert (first.status_code, second.status_code) == (204, 204)
     assert peer.connections == 2
     assert len(peer.heads) == 3, "the second POST went once on the dropped connection, once anew"
@@ -232,13 +225,10 @@ async def test_an_endpoint_that_does_not_answer_in_time_is_a_timeout() -> None:
         await reader.read()  # silent until the client gives up
 
     async with scripted_peer(script) as peer:
-        hooks = client()
-        began = time.monotonic()
-        try:
+        async with open_client() as hooks:
+            began = time.monotonic()
             with pytest.raises(TimeoutError):
                 await hooks.post(f"http://127.0.0.1:{peer.port}/", HEADERS, b"{}", 0.3)
-        finally:
-            await hooks.close()
         assert time.monotonic() - began < 3
         await until(lambda: peer.open_now == 0, "the timed-out connection to close")
 
@@ -252,13 +242,9 @@ async def test_garbage_a_cut_answer_or_none_is_a_failed_attempt(answer: bytes) -
         writer.write(answer)
         await writer.drain()
 
-    async with scripted_peer(script) as peer:
-        hooks = client()
-        try:
-            with pytest.raises(BadAnswer):
-                await hooks.post(f"http://127.0.0.1:{peer.port}/", HEADERS, b"{}", 5)
-        finally:
-            await hooks.close()
+    async with scripted_peer(script) as peer, open_client() as hooks:
+        with pytest.raises(BadAnswer):
+            await hooks.post(f"http://127.0.0.1:{peer.port}/", HEADERS, b"{}", 5)
 
 
 async def test_the_request_target_is_encoded() -> None:
@@ -267,15 +253,11 @@ async def test_the_request_target_is_encoded() -> None:
         writer.write(NO_CONTENT)
         await writer.drain()
 
-    async with scripted_peer(script) as peer:
-        hooks = client()
-        try:
-            url = f"http://127.0.0.1:{peer.port}/a b/ü?x=1&y=ä#frag"
-            await hooks.post(url, HEADERS, b"{}", 5)
-            with pytest.raises(ValueError, match="line break"):
-                await hooks.post(url, {"x-evil": "a\r\nHost: other"}, b"{}", 5)
-        finally:
-            await hooks.close()
+    async with scripted_peer(script) as peer, open_client() as hooks:
+        url = f"http://127.0.0.1:{peer.port}/a b/ü?x=1&y=ä#frag"
+        await hooks.post(url, HEADERS, b"{}", 5)
+        with pytest.raises(ValueError, match="line break"):
+            await hooks.post(url, {"x-evil": "a\r\nHost: other"}, b"{}", 5)
     assert peer.heads[0].startswith(b"POST /a%20b/%C3%BC?x=1&y=%C3%A4 HTTP/1.1\r\n")
     assert f"\r\nHost: 127.0.0.1:{peer.port}\r\n".encode() in peer.heads[0]
 
@@ -314,16 +296,12 @@ async def test_at_most_per_host_connections_are_in_use() -> None:
             writer.write(NO_CONTENT)
             await writer.drain()
 
-    async with scripted_peer(script) as peer:
-        hooks = client(per_host=2)
-        try:
-            url = f"http://127.0.0.1:{peer.port}/"
-            posts = [asyncio.create_task(hooks.post(url, HEADERS, b"{}", 10)) for _ in range(6)]
-            await until(lambda: len(peer.heads) == 2, "two requests in flight")
-            release.set()
-            answers = await asyncio.gather(*posts)
-        finally:
-            await hooks.close()
+    async with scripted_peer(script) as peer, open_client(per_host=2) as hooks:
+        url = f"http://127.0.0.1:{peer.port}/"
+        posts = [asyncio.create_task(hooks.post(url, HEADERS, b"{}", 10)) for _ in range(6)]
+        await until(lambda: len(peer.heads) == 2, "two requests in flight")
+        release.set()
+        answers = await asyncio.gather(*posts)
     assert [a.status_code for a in answers] == [204] * 6
     assert peer.most_open == 2
 
@@ -364,9 +342,8 @@ async def test_the_time_limit_covers_waiting_for_a_connection_too() -> None:
         await reader.read()  # never answers
 
     async with scripted_peer(script) as peer:
-        hooks = client(per_host=1)
-        began = time.monotonic()
-        try:
+        async with open_client(per_host=1) as hooks:
+            began = time.monotonic()
             url = f"http://127.0.0.1:{peer.port}/"
             # The second waits for the first's connection slot, within its own time limit.
             results = await asyncio.gather(
@@ -374,8 +351,6 @@ async def test_the_time_limit_covers_waiting_for_a_connection_too() -> None:
                 hooks.post(url, HEADERS, b"{}", 0.3),
                 return_exceptions=True,
             )
-        finally:
-            await hooks.close()
         took = time.monotonic() - began
     assert [type(r) for r in results] == [TimeoutError, TimeoutError]
     assert took < 2, f"both gave up after {took:.1f} s"
