@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -37,14 +37,14 @@ TEMPLATE_DB = "kannon_test_template"
 
 
 if os.environ.get("KANNON_TEST_EVENT_LOOP") == "uvloop":
-    # Defined only when asked for: pytest-asyncio warns that overriding it is deprecated.
+    # Defined only when asked for: with the hook defined, pytest-asyncio names each test's loop.
 
-    @pytest.fixture(scope="session")
-    def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
+    def pytest_asyncio_loop_factories(
+        config: pytest.Config, item: pytest.Item
+    ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
         import uvloop
 
-        policy: asyncio.AbstractEventLoopPolicy = uvloop.EventLoopPolicy()
-        return policy
+        return {"uvloop": uvloop.new_event_loop}
 
 
 def _with_database(url: str, database: str) -> str:

@@ -24,6 +24,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass, field
+from typing import cast
 from urllib.parse import quote, urlsplit
 
 import httptools
@@ -143,8 +144,9 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream connection's transport: uvloop's do not subclass asyncio.Transport, so no
+        # isinstance check (ADR 0054).
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self._received += len(data)
