@@ -23,6 +23,7 @@ from kannon.webhooks.client import (
     WebhookClient,
 )
 from tests.peers.tls import make_identity
+from tests.support import wait_for
 
 HEADERS = {"content-type": "application/json", "webhook-id": "msg_1"}
 
@@ -43,13 +44,6 @@ async def open_client(
         yield hooks
     finally:
         await hooks.close()
-
-
-async def until(check: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 @dataclass
@@ -230,7 +224,9 @@ async def test_an_endpoint_that_does_not_answer_in_time_is_a_timeout() -> None:
             with pytest.raises(TimeoutError):
                 await hooks.post(f"http://127.0.0.1:{peer.port}/", HEADERS, b"{}", 0.3)
         assert time.monotonic() - began < 3
-        await until(lambda: peer.open_now == 0, "the timed-out connection to close")
+        await wait_for(
+            lambda: peer.open_now == 0, what="the timed-out connection to close", timeout=10
+        )
 
 
 @pytest.mark.parametrize(
@@ -299,7 +295,7 @@ async def test_at_most_per_host_connections_are_in_use() -> None:
     async with scripted_peer(script) as peer, open_client(per_host=2) as hooks:
         url = f"http://127.0.0.1:{peer.port}/"
         posts = [asyncio.create_task(hooks.post(url, HEADERS, b"{}", 10)) for _ in range(6)]
-        await until(lambda: len(peer.heads) == 2, "two requests in flight")
+        await wait_for(lambda: len(peer.heads) == 2, what="two requests in flight", timeout=10)
         release.set()
         answers = await asyncio.gather(*posts)
     assert [a.status_code for a in answers] == [204] * 6
