@@ -35,6 +35,10 @@ anyway while this process handles the attempt waits for that handling and republ
 elsewhere: another sender replica on the pool, still running if the claim is younger than
 `claim_lifetime`, or a process (this one before a restart) that died mid-send.
 
+`sender.max_jobs` bounds the sending jobs: step 2 and 3, the claim and the SMTP transaction
+(ADR 0060). The sender holds `IN_HAND_PER_JOB` times as many Envelopes, so fetching the next ones
+and settling outcomes (step 4 and 5) never keep a job waiting.
+
 The ack deadline (`nats.sending_ack_wait`) must outlast a whole delivery; every delivery is cut
 off at 80% of it so the ack still arrives in time.
 """
@@ -108,6 +112,9 @@ UNSETTLED_MAX = 10_000
 # First delay before an Envelope whose outcome could not be published comes back (it doubles).
 PUBLISH_RETRY_DELAY = timedelta(seconds=2)
 DEADLINE_SHARE = 0.8
+# Envelopes a sender holds per sending job (ADR 0060): one in the job, the others being
+# claimed-for, settled or fetched, so the jobs never wait for NATS round trips.
+IN_HAND_PER_JOB = 4
 SENDING_MAX_ACK_PENDING = 100_000
 # A guard claim or write that failed is tried again this often, the delay doubling from the
 # first: 0.25 + 0.5 + 1 + 2 + 4 s, longer than a JetStream cluster's leader election.
@@ -191,6 +198,7 @@ class SmtpSender:
         # end with (None: none), for copies of the attempt to wait on (ADR 0049).
         self._handling: dict[str, asyncio.Future[Outcome | None]] = {}
         self._unsettled: OrderedDict[str, _Unsettled] = OrderedDict()
+        self._jobs = asyncio.Semaphore(settings.sender.max_jobs)
         self.deliverer = deliverer or self._make_deliverer(settings, bus, idle_timeout)
 
     @staticmethod
@@ -245,8 +253,10 @@ class SmtpSender:
             subject=sending_subject(pool),
             ack_wait=self.settings.nats.sending_ack_wait,
             max_deliver=self.settings.nats.max_deliver,
-            batch=jobs,
-            concurrency=jobs,
+            # `IN_HAND_PER_JOB` Envelopes in hand per job, so a job that ends starts the next
+            # Envelope at once instead of waiting for a fetch (ADR 0060).
+            batch=jobs * IN_HAND_PER_JOB,
+            concurrency=jobs * IN_HAND_PER_JOB,
             retry_delay=PUBLISH_RETRY_DELAY,
             # Envelopes deferred by delivery shaping wait nak-delayed, and count as pending:
             # at the default (4 · jobs) a few paused destinations would stop all sending.
@@ -342,6 +352,43 @@ class SmtpSender:
             # Handled here before, its outcome not yet settled: settle it, never send again.
             return await self._settle(key, remembered.outcome, record=False), remembered.outcome
 
+        # A sending job is the claim and the SMTP transaction (ADR 0060): at most
+        # `sender.max_jobs` at once. Settling the outcome (publish, record, ack) and fetching the
+        # next Envelopes happen outside the job, so a job never waits on them.
+        async with self._jobs:
+            settled = await self._check_claim(message, job, key)
+            if settled is not None:
+                return settled
+            result = await self._send(job, key)
+        if result.kind is Kind.DEFERRED:
+            waiting = self._defer(job, message, result)
+            if waiting is not None:
+                return waiting, None
+            result = SendResult.no_answer(
+                f"{result.message}; deferred longer than sender.shaping.max_defer"
+            )
+
+        detail = detail_for(result, job.should_retry)
+        outcome = Outcome(
+            batch_id=batch_id,
+            domain=domain_of_batch(batch_id),
+            recipient=job.recipient,
+            timestamp=self._now(),
+            detail=detail,
+            event_id=send_outcome_id(detail.type, message.msg_id, message.stream_seq),
+        )
+        OUTCOMES.labels(detail.type).inc()
+        self._log(job, message, result, outcome)
+        # A possibly delivered Envelope's outcome goes into the guard too (a released claim has
+        # nothing to record).
+        record = not self.demo and result.possibly_delivered
+        return await self._settle(key, outcome, record=record), outcome
+
+    async def _check_claim(
+        self, message: BusMessage, job: Envelope, key: str
+    ) -> tuple[Result, Outcome | None] | None:
+        """Claim the attempt's send guard; the settled (Result, outcome) when this copy must not
+        send (claimed by a live handling elsewhere, or sent before), None to send."""
         if not self.demo:
             state = await self._claim(key)
             if isinstance(state, Claimed):
@@ -399,6 +446,10 @@ class SmtpSender:
                 )
                 return await self._settle(key, outcome, record=False), outcome
 
+        return None
+
+    async def _send(self, job: Envelope, key: str) -> SendResult:
+        """Deliver `job`; release its claim when the message cannot have reached a server."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
@@ -409,30 +460,9 @@ class SmtpSender:
             raise
         if not self.demo and not result.possibly_delivered:
             await self._release(key)
-        if result.kind is Kind.DEFERRED:
-            waiting = self._defer(job, message, result)
-            if waiting is not None:
-                return waiting, None
-            result = SendResult.no_answer(
-                f"{result.message}; deferred longer than sender.shaping.max_defer"
-            )
-        DELIVERY_SECONDS.observe(loop.time() - started)
-
-        detail = detail_for(result, job.should_retry)
-        outcome = Outcome(
-            batch_id=batch_id,
-            domain=domain_of_batch(batch_id),
-            recipient=job.recipient,
-            timestamp=self._now(),
-            detail=detail,
-            event_id=send_outcome_id(detail.type, message.msg_id, message.stream_seq),
-        )
-        OUTCOMES.labels(detail.type).inc()
-        self._log(job, message, result, outcome)
-        # A possibly delivered Envelope's outcome goes into the guard too (a released claim has
-        # nothing to record).
-        record = not self.demo and result.possibly_delivered
-        return await self._settle(key, outcome, record=record), outcome
+        if result.kind is not Kind.DEFERRED:
+            DELIVERY_SECONDS.observe(loop.time() - started)
+        return result
 
     def _defer(self, job: Envelope, message: BusMessage, result: SendResult) -> Result | None:
         """Send the Envelope back to wait for its destination (not an attempt: no outcome is
