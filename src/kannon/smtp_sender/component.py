@@ -75,7 +75,6 @@ from kannon.smtp_sender.sessions import SessionCache
 from kannon.smtp_sender.shaping import make_shaper
 from kannon.wire import envelope
 from kannon.wire import stats as wire_stats
-from kannon.wire.stats import publish_outcome
 
 log = logging.getLogger("kannon.sender")
 
@@ -199,6 +198,8 @@ class SmtpSender:
         self._handling: dict[str, asyncio.Future[Outcome | None]] = {}
         self._unsettled: OrderedDict[str, _Unsettled] = OrderedDict()
         self._jobs = asyncio.Semaphore(settings.sender.max_jobs)
+        # `OUTCOMES` by type, looked up once (`labels()` takes a lock and builds a key).
+        self._outcome_counters: dict[str, Counter] = {}
         self.deliverer = deliverer or self._make_deliverer(settings, bus, idle_timeout)
 
     @staticmethod
@@ -377,7 +378,10 @@ class SmtpSender:
             detail=detail,
             event_id=send_outcome_id(detail.type, message.msg_id, message.stream_seq),
         )
-        OUTCOMES.labels(detail.type).inc()
+        counter = self._outcome_counters.get(detail.type)
+        if counter is None:
+            counter = self._outcome_counters[detail.type] = OUTCOMES.labels(detail.type)
+        counter.inc()
         self._log(job, message, result, outcome)
         # A possibly delivered Envelope's outcome goes into the guard too (a released claim has
         # nothing to record).
@@ -493,14 +497,21 @@ class SmtpSender:
         `_maintain` retries a missing record."""
         owed = self._unsettled.pop(key, None)
         record = self._guard is not None and (record or (owed is not None and not owed.recorded))
+        # One encoding for the event and the guard: they store the same bytes.
+        payload = wire_stats.encode(outcome)
         if record:
             # Record and publish leave in one socket write and their acks are awaited together
-            # (ADR 0048); both are settled before the Envelope is acked.
-            recorded, published = await asyncio.gather(
-                self._record(key, outcome), self._publish(outcome)
-            )
+            # (ADR 0048); both are settled before the Envelope is acked. The record runs in a
+            # task of its own, the publish in this one (ADR 0057: one task, not gather's two).
+            recording = asyncio.ensure_future(self._record(key, payload))
+            try:
+                published = await self._publish(outcome, payload)
+            except BaseException:
+                recording.cancel()
+                raise
+            recorded = await recording
         else:
-            recorded, published = True, await self._publish(outcome)
+            recorded, published = True, await self._publish(outcome, payload)
         if not (recorded and published):
             self._unsettled[key] = _Unsettled(outcome, recorded=recorded, published=published)
             while len(self._unsettled) > UNSETTLED_MAX:
@@ -509,9 +520,10 @@ class SmtpSender:
             return Result.nak()  # after the consumer's growing backoff
         return Result.ack()
 
-    async def _publish(self, outcome: Outcome) -> bool:
+    async def _publish(self, outcome: Outcome, payload: bytes) -> bool:
+        """`wire.stats.publish_outcome` with the payload encoded already."""
         try:
-            await publish_outcome(self.bus, outcome)
+            await self.bus.publish_stat(outcome.type, payload, outcome.event_id)
         except Exception as exc:
             log.warning(
                 "publishing the outcome failed; the Envelope will come back",
@@ -531,7 +543,7 @@ class SmtpSender:
             handling: asyncio.Future[Outcome | None] = loop.create_future()
             self._handling[key] = handling
             try:
-                recorded = await self._record(key, outcome, tries=1)
+                recorded = await self._record(key, wire_stats.encode(outcome), tries=1)
             finally:
                 del self._handling[key]
                 handling.set_result(outcome)
@@ -572,15 +584,14 @@ class SmtpSender:
             )
             return None
 
-    async def _record(self, key: str, outcome: Outcome, *, tries: int = GUARD_TRIES) -> bool:
-        """Store the outcome in the guard; False when it could not be stored. Tried again for a
-        few seconds: a NATS cluster electing a new leader (a node lost, ADR 0041) times out
-        writes for about that long, and a guard left at CLAIMED would make another process's
-        copy of the attempt send it again."""
+    async def _record(self, key: str, value: bytes, *, tries: int = GUARD_TRIES) -> bool:
+        """Store the encoded outcome `value` in the guard; False when it could not be stored.
+        Tried again for a few seconds: a NATS cluster electing a new leader (a node lost, ADR
+        0041) times out writes for about that long, and a guard left at CLAIMED would make
+        another process's copy of the attempt send it again."""
         guard = self._guard
         if guard is None:
             return True
-        value = wire_stats.encode(outcome)
         try:
             await _retrying(lambda: guard.record(key, value), tries=tries)
         except Exception as exc:
@@ -603,6 +614,9 @@ class SmtpSender:
 
     @staticmethod
     def _log(job: Envelope, message: BusMessage, result: SendResult, outcome: Outcome) -> None:
+        level = logging.INFO if outcome.type == "delivered" else logging.WARNING
+        if not log.isEnabledFor(level):
+            return
         kv = {
             "recipient": obfuscate(job.recipient),
             "seq": message.stream_seq,
@@ -612,5 +626,4 @@ class SmtpSender:
             "tls": result.tls,
             "reply": result.message,
         }
-        level = logging.INFO if outcome.type == "delivered" else logging.WARNING
         log.log(level, "envelope handled", extra={"kv": kv})
