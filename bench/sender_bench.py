@@ -15,6 +15,9 @@ and reports for the bulk (the first `--warm-up` Envelopes open the sessions firs
   client, timed, so compare only interleaved runs;
 * with `--top N`, the N functions with the most own time under cProfile.
 
+Logging is set up as in a `kannon` process (`setup_logging`, level info: a line per Envelope),
+its lines written to /dev/null.
+
 `PYTHONPATH=<other checkout>/src .venv/bin/python -m bench.sender_bench` measures another
 version of Kannon with this script.
 """
@@ -23,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import io
+import os
 import pstats
 import tempfile
 import time
@@ -41,6 +46,7 @@ from kannon.envelope.ids import make_email_id
 from kannon.model.event_ids import envelope_msg_id
 from kannon.runtime.component import Life
 from kannon.runtime.event_loop import run as run_loop
+from kannon.runtime.logs import setup_logging
 from kannon.smtp_sender.component import OUTCOMES, SmtpSender
 from kannon.wire import envelope
 from tests.peers.dns import DnsServer
@@ -89,6 +95,7 @@ class Options:
     warm_up: int
     profile: bool
     top: int
+    save: str | None = None
 
 
 async def measure(nats_url: str, dns: DnsServer, port: int, opts: Options) -> Figures:
@@ -161,6 +168,8 @@ async def measure(nats_url: str, dns: DnsServer, port: int, opts: Options) -> Fi
     if profiler is not None:
         stats = pstats.Stats(profiler)
         calls = stats.total_calls / measured  # type: ignore[attr-defined]
+        if opts.save:
+            stats.dump_stats(opts.save)
         if opts.top:
             out = io.StringIO()
             stats.stream = out  # type: ignore[attr-defined]
@@ -177,8 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--profile", action="store_true", default=True, help="call counts (default)")
     mode.add_argument("--cpu", action="store_true", help="CPU per Delivery, no profiler")
     parser.add_argument("--top", type=int, default=0, help="print the N costliest functions")
+    parser.add_argument("--save", metavar="FILE", help="write the cProfile statistics to FILE")
     args = parser.parse_args(argv)
-    opts = Options(args.envelopes, args.warm_up, not args.cpu, args.top)
+    opts = Options(args.envelopes, args.warm_up, not args.cpu, args.top, args.save)
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - the log handler keeps it to the end
+    with contextlib.redirect_stderr(devnull):
+        setup_logging(debug=False)
     with tempfile.TemporaryDirectory(prefix="kannon-sender-bench-") as tmp:
         root = Path(tmp)
         nats = start_nats(root / "nats")
