@@ -24,6 +24,10 @@ _QUOTED: dict[int, str] = {**_CONTROL, ord("\\"): "\\\\", ord('"'): '\\"'}
 
 def escape(text: str, *, quoted: bool = False) -> str:
     """``text`` with control characters escaped (and ``"`` and ``\\`` when ``quoted``)."""
+    # Every character escaped is one `isprintable()` refuses (or a quote or backslash), so
+    # nearly every text is returned as it is, without a table lookup per character.
+    if text.isprintable() and not (quoted and ('"' in text or "\\" in text)):
+        return text
     return text.translate(_QUOTED if quoted else _CONTROL)
 
 
