@@ -21,7 +21,6 @@ racing calls create one Batch (ADR 0031).
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,6 +34,7 @@ from prometheus_client import Counter
 from kannon.api.auth import ApiKeyAuth, metadata
 from kannon.api.errors import CallContext, rpc
 from kannon.api.metrics import IDEMPOTENT_REPLAYS
+from kannon.api.offload import off_loop, release_memory
 from kannon.api.send_body import SendBody, SendMessage
 from kannon.config import Settings
 from kannon.db.batches import deliveries_csv, open_batch
@@ -223,7 +223,7 @@ class MailerService:
         IDEMPOTENT_REPLAYS.labels(call.method).inc()
         return wire.send_res_from_bytes(response)
 
-    def _intake(  # noqa: PLR0917  (called positionally through asyncio.to_thread)
+    def _intake(  # noqa: PLR0917  (called positionally through off_loop)
         self,
         head: SendMessage,
         tenant: str,
@@ -303,7 +303,7 @@ class MailerService:
         # Checking and encoding 100,000 Recipients takes about a second of CPU; in a thread
         # the event loop keeps serving other calls (and, in standalone, the other Components)
         # meanwhile. Each chunk's objects are dropped before the next one is read (ADR 0059).
-        off_loop = body.count >= OFF_LOOP_RECIPIENTS
+        large = body.count >= OFF_LOOP_RECIPIENTS
         chunks = body.chunks()
         try:
             async with open_batch(
@@ -315,17 +315,15 @@ class MailerService:
                 idempotency_since=now - self.settings.api.idempotency_window,
             ) as writer:
                 while True:
-                    if off_loop:
-                        chunk = await asyncio.to_thread(self._check, intake, chunks)
+                    if large:
+                        chunk = await off_loop(self._check, intake, chunks)
                     else:
                         chunk = self._check(intake, chunks)
                     if chunk is None:
                         break
                     suppressed = await writer.suppressed(chunk.keys, now)
-                    if off_loop:
-                        data, rows = await asyncio.to_thread(
-                            self._encode, intake, chunk, suppressed
-                        )
+                    if large:
+                        data, rows = await off_loop(self._encode, intake, chunk, suppressed)
                     else:
                         data, rows = self._encode(intake, chunk, suppressed)
                     del chunk
@@ -345,6 +343,11 @@ class MailerService:
             if replayed is None:  # pragma: no cover - the winner's row is committed
                 raise
             return replayed
+        finally:
+            if large:
+                del intake, chunks
+                # Without it, the ~20 MiB freed by the call stay resident (measured).
+                await off_loop(release_memory)
         for reason, count in collections.Counter(r.reason for r in plan.rejected).items():
             REJECTED.labels(reason).inc(count)
         return response
@@ -353,14 +356,14 @@ class MailerService:
         tenant = await self.auth.tenant(context)
         key = check_key(metadata(context).get(HEADER))
         if len(body.data) >= OFF_LOOP_BYTES:
-            await asyncio.to_thread(body.index)
+            await off_loop(body.index)
         else:
             body.index()
         digest = b""
         if key is not None:
             prefix = fingerprint_prefix(method)
             if len(body.data) >= OFF_LOOP_BYTES:
-                digest = await asyncio.to_thread(body.deterministic_digest, prefix)
+                digest = await off_loop(body.deterministic_digest, prefix)
             else:
                 digest = body.deterministic_digest(prefix)
         # The Batch's own IP pool; unset or empty: its Domain's.

@@ -28,7 +28,7 @@ from kannon.pb.mailer.apiv1 import mailerapiv1_pb2 as mailer_pb
 SendMessage = mailer_pb.SendHTMLReq | mailer_pb.SendTemplateReq
 
 RECIPIENTS_FIELD = 6  # SendHTMLReq.recipients and SendTemplateReq.recipients
-CHUNK = 5_000
+CHUNK = 2_000
 """Recipients decoded and checked at a time: their objects are freed before the next chunk."""
 
 _LENGTH_DELIMITED = 2
