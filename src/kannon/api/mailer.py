@@ -21,12 +21,13 @@ racing calls create one Batch (ADR 0031).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from prometheus_client import Counter
@@ -37,7 +38,7 @@ from kannon.api.metrics import IDEMPOTENT_REPLAYS
 from kannon.api.offload import off_loop, release_memory
 from kannon.api.send_body import SendBody, SendMessage
 from kannon.config import Settings
-from kannon.db.batches import deliveries_csv, open_batch
+from kannon.db.batches import BatchWriter, deliveries_csv, open_batch
 from kannon.db.database import Database
 from kannon.db.domains import sending_policy
 from kannon.db.idempotency import KeyTaken, find_call
@@ -74,6 +75,8 @@ from kannon.model.tracking import TrackingPolicy
 from kannon.pb.mailer.apiv1 import mailerapiv1_pb2 as mailer_pb
 from kannon.runtime.clock import utc_now
 from kannon.wire import api as wire
+
+T = TypeVar("T")
 
 OFF_LOOP_RECIPIENTS = 5_000
 OFF_LOOP_BYTES = 256 * 1024
@@ -281,6 +284,35 @@ class MailerService:
         intake.refused.extend(plan.rejected)
         return deliveries_csv(plan), len(plan.deliveries) + len(plan.suppressed)
 
+    async def _write_recipients(
+        self,
+        intake: Intake,
+        chunks: Iterator[Sequence[Any]],
+        writer: BatchWriter,
+        now: datetime,
+        large: bool,
+    ) -> None:
+        """Check, look up and COPY the Recipients chunk by chunk."""
+
+        async def run(function: Callable[..., T], *args: Any) -> T:
+            return await off_loop(function, *args) if large else function(*args)
+
+        pending = asyncio.ensure_future(run(self._check, intake, chunks))
+        try:
+            while (chunk := await pending) is not None:
+                suppressed = await writer.suppressed(chunk.keys, now)
+                data, rows = await run(self._encode, intake, chunk, suppressed)
+                del chunk
+                # The next chunk is checked (in the intake thread) while this one is copied;
+                # `intake` is only ever touched by one of them at a time.
+                pending = asyncio.ensure_future(run(self._check, intake, chunks))
+                await writer.copy(data, rows)
+                del data
+        finally:
+            if not pending.done():
+                pending.cancel()
+                await asyncio.wait([pending])
+
     async def _send(
         self,
         call: Call,
@@ -314,21 +346,7 @@ class MailerService:
                 idempotency=claim,
                 idempotency_since=now - self.settings.api.idempotency_window,
             ) as writer:
-                while True:
-                    if large:
-                        chunk = await off_loop(self._check, intake, chunks)
-                    else:
-                        chunk = self._check(intake, chunks)
-                    if chunk is None:
-                        break
-                    suppressed = await writer.suppressed(chunk.keys, now)
-                    if large:
-                        data, rows = await off_loop(self._encode, intake, chunk, suppressed)
-                    else:
-                        data, rows = self._encode(intake, chunk, suppressed)
-                    del chunk
-                    await writer.copy(data, rows)
-                    del data
+                await self._write_recipients(intake, chunks, writer, now, large)
                 # Refusals of the whole Batch, in the order of the checks made on it whole.
                 intake.checker.check_any_given()
                 check_envelope_size(intake.largest, self.settings)
