@@ -14,7 +14,9 @@ Client and server share one process and event loop (as in a test), so the figure
 for a deployment where they do not compete for the same core. Memory: for each call, how far
 the process's peak RSS (VmHWM, reset before the call through /proc/self/clear_refs) rose above
 its RSS at the start of the call; the client's request message exists before, its serialized
-bytes (the request's size) during the call are counted (issue 12, ADR 0059).
+bytes (the request's size) during the call are counted (issue 12, ADR 0059). CPU: the
+process's CPU time (client and API, all threads; not PostgreSQL) during the call, which
+depends less on the machine's other load than the wall-clock time.
 
     .venv/bin/python bench/api_bench.py [--repeat 3]
 
@@ -110,13 +112,15 @@ async def _timed(
     request = _request(size)
     timings = []
     peaks = []
+    cpu = []
     for _ in range(repeat):
         gc.collect()
         start_rss = _rss_kib("VmRSS")
         measured = _reset_peak()
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         res = await mailer.SendHTML(request, metadata=md)
         elapsed = time.perf_counter() - started
+        cpu.append(time.process_time() - cpu_started)
         if measured:
             peaks.append((_rss_kib("VmHWM") - start_rss) / 1024)
         rows = await pool.fetch(
@@ -143,10 +147,11 @@ async def _timed(
     print(
         f"SendHTML {size:>7,} recipients{label}: best {best:.3f} s, median {median:.3f} s "
         f"over {len(timings)} runs -> {size / median:,.0f} Deliveries/s written (median)"
-        f"{peak}"
+        f"{peak}, CPU of this process {statistics.median(cpu):.3f} s (median)"
     )
     return {
         "peak_rss_growth_mib": round(max(peaks), 1) if peaks else None,
+        "cpu_s_median": round(statistics.median(cpu), 4),
         "recipients": size,
         "suppressed": suppressed,
         "runs": len(timings),
