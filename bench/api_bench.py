@@ -11,7 +11,12 @@ each call it checks that every Delivery is in the Pool as `to_validate`. The sup
 those 1,000 come back rejected with "suppressed" and sit in the Pool with that reject reason.
 
 Client and server share one process and event loop (as in a test), so the figures are a floor
-for a deployment where they do not compete for the same core.
+for a deployment where they do not compete for the same core. Memory: for each call, how far
+the process's peak RSS (VmHWM, reset before the call through /proc/self/clear_refs) rose above
+its RSS at the start of the call; the client's request message exists before, its serialized
+bytes (the request's size) during the call are counted (issue 12, ADR 0059). CPU: the
+process's CPU time (client and API, all threads; not PostgreSQL) during the call, which
+depends less on the machine's other load than the wall-clock time.
 
     .venv/bin/python bench/api_bench.py [--repeat 3]
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gc
 import os
 import shutil
 import statistics
@@ -83,16 +89,40 @@ async def _migrate_when_up(url: str) -> None:
     await migrate(url)
 
 
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _reset_peak() -> bool:
+    """Reset VmHWM to the current RSS; False where the kernel does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 async def _timed(
     mailer: Any, md: Any, pool: asyncpg.Pool, size: int, repeat: int, *, suppressed: int
 ) -> dict[str, Any]:
     """`repeat` timed SendHTML calls of `size` recipients, `suppressed` of them on the list."""
     request = _request(size)
     timings = []
+    peaks = []
+    cpu = []
     for _ in range(repeat):
-        started = time.perf_counter()
+        gc.collect()
+        start_rss = _rss_kib("VmRSS")
+        measured = _reset_peak()
+        started, cpu_started = time.perf_counter(), time.process_time()
         res = await mailer.SendHTML(request, metadata=md)
         elapsed = time.perf_counter() - started
+        cpu.append(time.process_time() - cpu_started)
+        if measured:
+            peaks.append((_rss_kib("VmHWM") - start_rss) / 1024)
         rows = await pool.fetch(
             "SELECT reject_reason, count(*) FROM sending_pool_emails "
             "WHERE message_id = $1 AND status = 'to_validate' GROUP BY 1",
@@ -113,11 +143,15 @@ async def _timed(
         timings.append(elapsed)
     best, median = min(timings), statistics.median(timings)
     label = f" ({suppressed:,} suppressed)" if suppressed else ""
+    peak = f", peak RSS +{max(peaks):.0f} MiB (max)" if peaks else ""
     print(
         f"SendHTML {size:>7,} recipients{label}: best {best:.3f} s, median {median:.3f} s "
         f"over {len(timings)} runs -> {size / median:,.0f} Deliveries/s written (median)"
+        f"{peak}, CPU of this process {statistics.median(cpu):.3f} s (median)"
     )
     return {
+        "peak_rss_growth_mib": round(max(peaks), 1) if peaks else None,
+        "cpu_s_median": round(statistics.median(cpu), 4),
         "recipients": size,
         "suppressed": suppressed,
         "runs": len(timings),

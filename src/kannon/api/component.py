@@ -38,6 +38,7 @@ from kannon.api.metrics import (
     POOL_DELIVERIES,
     POOL_OLDEST_SECONDS,
 )
+from kannon.api.send_body import add_mailer_to_server
 from kannon.api.stats import StatsService
 from kannon.api.suppression import SuppressionService
 from kannon.api.webhooks import WebhooksService
@@ -53,11 +54,9 @@ from kannon.pb.aliases import (
     adminapiv1service_pb2,
     adminapiv1service_pb2_grpc,
     mailerapiv1service_pb2,
-    mailerapiv1service_pb2_grpc,
     statsapiv1service_pb2,
     statsapiv1service_pb2_grpc,
 )
-from kannon.pb.mailer.apiv1 import mailerapiv1_pb2_grpc
 from kannon.pb.stats.apiv1 import statsapiv1_pb2_grpc
 from kannon.pb.stats.apiv2 import statsapiv2_pb2_grpc
 from kannon.pb.suppression.apiv1 import suppressionapiv1_pb2_grpc
@@ -163,9 +162,10 @@ class ApiComponent:
         suppression = SuppressionService(self.db, DomainOrAdmin(auth, AdminGuard(api.admin_token)))
         hz = self._hz = HZService(self.db)
         webhooks = WebhooksService(self.settings, self.db, auth)
+        for name in MAILER_NAMES:
+            # The send requests' Recipients are decoded a chunk at a time (ADR 0059).
+            add_mailer_to_server(mailer, server, name)
         registrations: list[tuple[Register, object]] = [
-            (mailerapiv1_pb2_grpc.add_MailerServicer_to_server, mailer),
-            (mailerapiv1service_pb2_grpc.add_MailerApiV1ServiceServicer_to_server, mailer),
             (adminapiv1_pb2_grpc.add_ApiServicer_to_server, admin),
             (adminapiv1service_pb2_grpc.add_AdminApiV1ServiceServicer_to_server, admin),
             (hz_pb2_grpc.add_HZServiceServicer_to_server, hz),

@@ -21,12 +21,12 @@ racing calls create one Batch (ADR 0031).
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import dataclasses
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from prometheus_client import Counter
@@ -34,33 +34,38 @@ from prometheus_client import Counter
 from kannon.api.auth import ApiKeyAuth, metadata
 from kannon.api.errors import CallContext, rpc
 from kannon.api.metrics import IDEMPOTENT_REPLAYS
+from kannon.api.offload import off_loop, release_memory
+from kannon.api.send_body import SendBody, SendMessage
 from kannon.config import Settings
-from kannon.db.batches import create_batch, deliveries_csv
+from kannon.db.batches import BatchWriter, deliveries_csv, open_batch
 from kannon.db.database import Database
 from kannon.db.domains import sending_policy
 from kannon.db.idempotency import KeyTaken, find_call
-from kannon.db.suppressions import suppressed_keys
 from kannon.db.templates import get_template
 from kannon.db.tracking_keys import KID_LENGTH
 from kannon.envelope.ids import make_batch_id
 from kannon.envelope.render import apply_global_fields, placeholder_names, render_text
-from kannon.envelope.size import estimate_largest_envelope
+from kannon.envelope.size import EnvelopeEstimate, estimate_largest_envelope
 from kannon.envelope.unsubscribe import check_url_template
 from kannon.ids import new_template_id, new_token
 from kannon.model.batch import (
     BatchPlan,
+    Delivery,
+    RecipientChecker,
+    RecipientIn,
+    Rejection,
     SendRequest,
     apply_suppressions,
     check_no_nul,
     check_recipient_count,
-    plan_batch,
+    plan_head,
 )
 from kannon.model.errors import InvalidArgument, NotFound
 from kannon.model.idempotency import (
     HEADER,
     IdempotencyClaim,
     check_key,
-    fingerprint,
+    fingerprint_prefix,
     replayed_response,
 )
 from kannon.model.ip_pool import check_known_pool
@@ -70,7 +75,11 @@ from kannon.pb.mailer.apiv1 import mailerapiv1_pb2 as mailer_pb
 from kannon.runtime.clock import utc_now
 from kannon.wire import api as wire
 
+T = TypeVar("T")
+
 OFF_LOOP_RECIPIENTS = 5_000
+OFF_LOOP_BYTES = 256 * 1024
+"""A request this large is indexed (and fingerprinted) in a thread: ~5,000 Recipients."""
 
 REJECTED = Counter(
     "kannon_api_rejected_recipients_total",
@@ -104,32 +113,9 @@ def transient_template(domain: str, html: str, now: datetime) -> Template:
     )
 
 
-def check_envelope_size(
-    plan: BatchPlan,
-    request: SendRequest,
-    html: str,
-    settings: Settings,
-    builtin_unsubscribe: bool = False,
-) -> None:
+def check_envelope_size(largest: EnvelopeEstimate | None, settings: Settings) -> None:
     """Refuse the Batch when its largest Envelope might exceed what the bus carries."""
     limit = settings.nats.max_payload
-    largest = estimate_largest_envelope(
-        html=html,
-        subject=plan.subject,
-        domain=plan.domain,
-        batch_id=plan.batch_id,
-        sender_email=plan.sender_email,
-        sender_alias=plan.sender_alias,
-        recipients=[(d.email, d.fields) for d in plan.deliveries],
-        attachments={a.filename.strip(): len(a.content) for a in request.attachments},
-        headers_to=plan.headers["to"],
-        headers_cc=plan.headers["cc"],
-        tracker_base_url=settings.tracker.base_url,
-        tracking_kid_bytes=KID_LENGTH,
-        limit=limit,
-        unsubscribe_url_template=request.one_click_url_template,
-        builtin_unsubscribe=builtin_unsubscribe,
-    )
     if largest is None or largest.size <= limit:
         return
     raise InvalidArgument(
@@ -137,6 +123,58 @@ def check_envelope_size(
         f"{largest.size} bytes (HTML {largest.html}, attachments {largest.attachments}, "
         f"encoded), over the {limit} bytes the message bus carries (nats.max_payload); "
         "send smaller attachments or HTML, or link to large files"
+    )
+
+
+@dataclass
+class Intake:
+    """One send call's Batch while its Recipients are checked and written, a chunk at a time:
+    what it keeps across chunks is the dedup set (in `checker`), the rejections and counts."""
+
+    request: SendRequest
+    """The request without its Recipients."""
+    plan: BatchPlan
+    """The Batch without its Deliveries."""
+    checker: RecipientChecker
+    html: str
+    builtin_unsubscribe: bool
+    accepted: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    refused: list[Rejection] = field(default_factory=list)
+    """Rejected as suppressed: reported after the others, as when the Batch was checked whole."""
+    largest: EnvelopeEstimate | None = None
+    """The largest Envelope over nats.max_payload so far (the first of equals)."""
+
+
+@dataclass
+class Chunk:
+    recipients: list[RecipientIn]
+    deliveries: list[Delivery]
+    keys: list[str]
+    """The Deliveries' suppression keys, to look up."""
+
+
+def largest_envelope(
+    deliveries: Sequence[Delivery], intake: Intake, settings: Settings
+) -> EnvelopeEstimate | None:
+    """A bound of the largest Envelope of `deliveries`: exact when over nats.max_payload."""
+    request, plan = intake.request, intake.plan
+    return estimate_largest_envelope(
+        html=intake.html,
+        subject=plan.subject,
+        domain=plan.domain,
+        batch_id=plan.batch_id,
+        sender_email=plan.sender_email,
+        sender_alias=plan.sender_alias,
+        recipients=[(d.email, d.fields) for d in deliveries],
+        attachments={a.filename.strip(): len(a.content) for a in request.attachments},
+        headers_to=plan.headers["to"],
+        headers_cc=plan.headers["cc"],
+        tracker_base_url=settings.tracker.base_url,
+        tracking_kid_bytes=KID_LENGTH,
+        limit=settings.nats.max_payload,
+        unsubscribe_url_template=request.one_click_url_template,
+        builtin_unsubscribe=intake.builtin_unsubscribe,
     )
 
 
@@ -153,8 +191,12 @@ def one_click_template(template: str, global_fields: Mapping[str, str] | None) -
     return template
 
 
-# The two send requests share their Batch fields (sender, subject, recipients, ...).
-SendMessage = mailer_pb.SendHTMLReq | mailer_pb.SendTemplateReq
+def as_body(message: SendMessage | SendBody) -> SendBody:
+    """The request as a :class:`SendBody`: gRPC hands the handlers its bytes, the Connect
+    listener (and tests) a decoded message."""
+    if isinstance(message, SendBody):
+        return message
+    return SendBody.decoded(message)
 
 
 class MailerService:
@@ -164,10 +206,10 @@ class MailerService:
         self.auth = auth
         self.max_recipients = settings.api.max_recipients
 
-    def _global_fields(self, message: SendMessage) -> dict[str, str]:
+    def _global_fields(self, body: SendBody) -> dict[str, str]:
         # Counted before anything is built per Recipient: an oversized call costs nothing.
-        check_recipient_count(len(message.recipients), self.max_recipients)
-        fields = dict(message.global_fields)
+        check_recipient_count(body.count, self.max_recipients)
+        fields = dict(body.head.global_fields)
         check_no_nul(fields, "global_fields")
         return fields
 
@@ -183,49 +225,90 @@ class MailerService:
         IDEMPOTENT_REPLAYS.labels(call.method).inc()
         return wire.send_res_from_bytes(response)
 
-    def _prepare(  # noqa: PLR0917  (called positionally through asyncio.to_thread)
+    def _intake(  # noqa: PLR0917  (called positionally through off_loop)
         self,
-        message: SendMessage,
+        head: SendMessage,
         tenant: str,
         template_id: str,
         html: str,
         now: datetime,
         domain: tuple[TrackingPolicy, bool],
-    ) -> tuple[SendRequest, BatchPlan, list[str]]:
-        """The checked plan, and the suppression keys of its Deliveries (to look up)."""
+    ) -> Intake:
+        """The checked Batch, ready for its Recipients."""
         ceiling, builtin_unsubscribe = domain
-        request = wire.send_request(message)
+        request = wire.send_request(head, with_recipients=False)
         unsubscribe_fields: set[str] = set()
         if request.one_click_url_template is not None:
             template = one_click_template(request.one_click_url_template, request.global_fields)
             request = dataclasses.replace(request, one_click_url_template=template)
             unsubscribe_fields = placeholder_names(template)
-        plan = plan_batch(
+        plan, checker = plan_head(
             request,
             tenant=tenant,
             batch_id=make_batch_id(new_token(), tenant),
             template_id=template_id,
             now=now,
-            max_recipients=self.max_recipients,
             subject_fields=placeholder_names(request.subject),
             ceiling=ceiling,
             unsubscribe_fields=unsubscribe_fields,
         )
-        check_envelope_size(plan, request, html, self.settings, builtin_unsubscribe)
+        return Intake(request, plan, checker, html, builtin_unsubscribe)
+
+    def _check(self, intake: Intake, chunks: Iterator[Sequence[Any]]) -> Chunk | None:
+        """The next chunk of Recipients, checked; None after the last."""
+        recipients_pb = next(chunks, None)
+        if recipients_pb is None:
+            return None
+        recipients = wire.recipients_in(recipients_pb)
+        del recipients_pb
+        deliveries, rejected = intake.checker.check(recipients)
+        intake.rejected.extend(rejected)
+        largest = largest_envelope(deliveries, intake, self.settings)
+        # Only a bound over the limit is exact; the first of equals names the Recipient.
+        if (
+            largest is not None
+            and largest.size > self.settings.nats.max_payload
+            and (intake.largest is None or largest.size > intake.largest.size)
+        ):
+            intake.largest = largest
         # Delivery emails are canonical already: their key is the lower-cased spelling.
-        return request, plan, [delivery.email.lower() for delivery in plan.deliveries]
+        return Chunk(recipients, deliveries, [d.email.lower() for d in deliveries])
 
     @staticmethod
-    def _finish(
-        request: SendRequest, plan: BatchPlan, suppressed: set[str]
-    ) -> tuple[BatchPlan, bytes]:
-        plan = apply_suppressions(plan, request.recipients, suppressed)
-        return plan, deliveries_csv(plan)
+    def _encode(intake: Intake, chunk: Chunk, suppressed: set[str]) -> tuple[bytes, int]:
+        """The chunk's Pool rows (:func:`deliveries_csv`) and how many."""
+        plan = dataclasses.replace(intake.plan, deliveries=chunk.deliveries, rejected=[])
+        plan = apply_suppressions(plan, chunk.recipients, suppressed)
+        intake.accepted += len(plan.deliveries)
+        intake.refused.extend(plan.rejected)
+        return deliveries_csv(plan), len(plan.deliveries) + len(plan.suppressed)
+
+    async def _write_recipients(
+        self,
+        intake: Intake,
+        chunks: Iterator[Sequence[Any]],
+        writer: BatchWriter,
+        now: datetime,
+        large: bool,
+    ) -> None:
+        """Check, look up and COPY the Recipients chunk by chunk."""
+
+        async def run(function: Callable[..., T], *args: Any) -> T:
+            return await off_loop(function, *args) if large else function(*args)
+
+        # One chunk at a time: checking the next one while this one is COPYed made the call
+        # ~12 MiB larger at its peak in the pipeline bench (ADR 0059).
+        while (chunk := await run(self._check, intake, chunks)) is not None:
+            suppressed = await writer.suppressed(chunk.keys, now)
+            data, rows = await run(self._encode, intake, chunk, suppressed)
+            del chunk
+            await writer.copy(data, rows)
+            del data
 
     async def _send(
         self,
         call: Call,
-        message: SendMessage,
+        body: SendBody,
         template_id: str,
         html: str,
         template: Template | None,
@@ -234,54 +317,67 @@ class MailerService:
         domain = await sending_policy(self.db, tenant)
         if domain is None:
             raise NotFound(f"domain: {tenant!r} no longer exists")
-        if len(message.recipients) >= OFF_LOOP_RECIPIENTS:
-            # Checking and encoding 100,000 Recipients takes about a second of CPU; in a
-            # thread the event loop keeps serving other calls (and, in standalone, the other
-            # Components) meanwhile.
-            request, plan, keys = await asyncio.to_thread(
-                self._prepare, message, tenant, template_id, html, now, domain
-            )
-            suppressed = await suppressed_keys(self.db, tenant, keys, now)
-            plan, encoded = await asyncio.to_thread(self._finish, request, plan, suppressed)
-        else:
-            request, plan, keys = self._prepare(message, tenant, template_id, html, now, domain)
-            suppressed = await suppressed_keys(self.db, tenant, keys, now)
-            plan, encoded = self._finish(request, plan, suppressed)
+        intake = self._intake(body.head, tenant, template_id, html, now, domain)
         if call.ip_pool is not None:
-            plan = dataclasses.replace(plan, ip_pool=call.ip_pool)
-        response = wire.send_res_pb(plan)
+            intake.plan = dataclasses.replace(intake.plan, ip_pool=call.ip_pool)
         claim = None
         if call.key is not None:
-            claim = IdempotencyClaim(
-                tenant, call.key, call.fingerprint, response.SerializeToString()
-            )
+            # The response is stored at the end of the transaction (BatchWriter.respond).
+            claim = IdempotencyClaim(tenant, call.key, call.fingerprint, b"")
+        # Checking and encoding 100,000 Recipients takes about a second of CPU; in a thread
+        # the event loop keeps serving other calls (and, in standalone, the other Components)
+        # meanwhile. Each chunk's objects are dropped before the next one is read (ADR 0059).
+        large = body.count >= OFF_LOOP_RECIPIENTS
+        chunks = body.chunks()
         try:
-            await create_batch(
+            async with open_batch(
                 self.db,
-                plan,
+                intake.plan,
                 template,
                 now,
-                encoded,
                 idempotency=claim,
                 idempotency_since=now - self.settings.api.idempotency_window,
-            )
+            ) as writer:
+                await self._write_recipients(intake, chunks, writer, now, large)
+                # Refusals of the whole Batch, in the order of the checks made on it whole.
+                intake.checker.check_any_given()
+                check_envelope_size(intake.largest, self.settings)
+                plan = dataclasses.replace(
+                    intake.plan, rejected=[*intake.rejected, *intake.refused]
+                )
+                response = wire.send_res_pb(plan, accepted=intake.accepted)
+                await writer.respond(response.SerializeToString())
         except KeyTaken:
             # A concurrent call with the same key committed first: answer as it did.
             replayed = await self._replay(call)
             if replayed is None:  # pragma: no cover - the winner's row is committed
                 raise
             return replayed
+        finally:
+            if large:
+                del intake, chunks
+                # Without it, the ~20 MiB freed by the call stay resident (measured).
+                await off_loop(release_memory)
         for reason, count in collections.Counter(r.reason for r in plan.rejected).items():
             REJECTED.labels(reason).inc(count)
         return response
 
-    async def _call(self, method: str, message: SendMessage, context: CallContext) -> Call:
+    async def _call(self, method: str, body: SendBody, context: CallContext) -> Call:
         tenant = await self.auth.tenant(context)
         key = check_key(metadata(context).get(HEADER))
+        if len(body.data) >= OFF_LOOP_BYTES:
+            await off_loop(body.index)
+        else:
+            body.index()
         digest = b""
         if key is not None:
-            digest = fingerprint(method, message.SerializeToString(deterministic=True))
+            prefix = fingerprint_prefix(method)
+            if len(body.data) >= OFF_LOOP_BYTES:
+                digest = await off_loop(body.deterministic_digest, prefix)
+            else:
+                digest = body.deterministic_digest(prefix)
         # The Batch's own IP pool; unset or empty: its Domain's.
+        message = body.head
         ip_pool = None
         if message.HasField("ip_pool") and message.ip_pool:
             ip_pool = check_known_pool(message.ip_pool, self.settings.known_pools())
@@ -289,28 +385,32 @@ class MailerService:
 
     @rpc
     async def SendHTML(
-        self, message: mailer_pb.SendHTMLReq, context: CallContext
+        self, message: mailer_pb.SendHTMLReq | SendBody, context: CallContext
     ) -> mailer_pb.SendRes:
-        call = await self._call("SendHTML", message, context)
+        body = as_body(message)
+        del message  # the Recipients are read from `body`, a chunk at a time
+        call = await self._call("SendHTML", body, context)
         if (replayed := await self._replay(call)) is not None:
             return replayed
         tenant = call.tenant
-        global_fields = self._global_fields(message)
-        check_html(message.html)
-        html = apply_global_fields(message.html, global_fields)
+        global_fields = self._global_fields(body)
+        check_html(body.head.html)
+        html = apply_global_fields(body.head.html, global_fields)
         template = transient_template(tenant, html, call.now)
-        return await self._send(call, message, template.template_id, html, template)
+        return await self._send(call, body, template.template_id, html, template)
 
     @rpc
     async def SendTemplate(
-        self, message: mailer_pb.SendTemplateReq, context: CallContext
+        self, message: mailer_pb.SendTemplateReq | SendBody, context: CallContext
     ) -> mailer_pb.SendRes:
-        call = await self._call("SendTemplate", message, context)
+        body = as_body(message)
+        del message  # the Recipients are read from `body`, a chunk at a time
+        call = await self._call("SendTemplate", body, context)
         if (replayed := await self._replay(call)) is not None:
             return replayed
         tenant = call.tenant
-        global_fields = self._global_fields(message)
-        template_id = check_template_id(message.template_id)
+        global_fields = self._global_fields(body)
+        template_id = check_template_id(body.head.template_id)
         # Only the tenant's own templates: another Domain's id is "not found", not "forbidden",
         # so ids of other tenants cannot be probed.
         stored = await get_template(self.db, template_id, domain=tenant)
@@ -318,6 +418,6 @@ class MailerService:
             raise NotFound(f"template_id: no template {template_id!r} in domain {tenant!r}")
         html = apply_global_fields(stored.html, global_fields)
         if html == stored.html:
-            return await self._send(call, message, stored.template_id, html, None)
+            return await self._send(call, body, stored.template_id, html, None)
         template = transient_template(tenant, html, call.now)
-        return await self._send(call, message, template.template_id, html, template)
+        return await self._send(call, body, template.template_id, html, template)

@@ -1,5 +1,10 @@
 """Writing a Batch: its `messages` row, its transient template and all its Deliveries at once.
 
+:func:`open_batch` opens the transaction and writes the Batch's rows; the caller then writes its
+Deliveries a chunk at a time (:meth:`BatchWriter.copy`), so a large Batch never exists whole in
+memory (ADR 0059). Leaving the block with an exception rolls everything back.
+:func:`create_batch` does it all for a plan that holds its Deliveries.
+
 Everything happens in ONE transaction, so a failure at any point (a violated constraint, a lost
 connection) leaves nothing behind — no orphan template, no Batch without its Deliveries, no
 half-written recipient list. Deliveries are streamed with COPY in CSV form: one round trip for
@@ -12,12 +17,15 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from json.encoder import encode_basestring
+from typing import Any
 
 from kannon.db.database import Database
-from kannon.db.idempotency import claim_key
+from kannon.db.idempotency import claim_key, set_response
+from kannon.db.suppressions import suppressed_keys
 from kannon.db.templates import insert_template
 from kannon.db.times import to_db_time
 from kannon.db.wakeups import TO_VALIDATE_CHANNEL, notify
@@ -85,24 +93,52 @@ def deliveries_csv(plan: BatchPlan) -> bytes:
     return "".join(lines).encode("utf-8")
 
 
-async def create_batch(
+class BatchWriter:
+    """The open intake transaction of one Batch (:func:`open_batch`)."""
+
+    def __init__(self, conn: Any, plan: BatchPlan, idempotency: IdempotencyClaim | None) -> None:
+        self._conn = conn
+        self._plan = plan
+        self._idempotency = idempotency
+        self.rows = 0
+        """Pool rows written so far."""
+
+    async def suppressed(self, keys: Sequence[str], now: datetime) -> set[str]:
+        """Which of `keys` the Batch's Domain suppresses (:func:`suppressed_keys`)."""
+        return await suppressed_keys(self._conn, self._plan.domain, keys, now)
+
+    async def copy(self, data: bytes, rows: int) -> None:
+        """Write `rows` Deliveries encoded by :func:`deliveries_csv`."""
+        if not data:
+            return
+        await self._conn.copy_to_table(
+            "sending_pool_emails", source=io.BytesIO(data), columns=_POOL_COLUMNS, format="csv"
+        )
+        self.rows += rows
+
+    async def respond(self, response: bytes) -> None:
+        """The response the idempotency key answers repeats with (known only at the end)."""
+        if self._idempotency is not None:
+            await set_response(self._conn, self._idempotency, response)
+
+
+@asynccontextmanager
+async def open_batch(
     db: Database,
     plan: BatchPlan,
     transient_template: Template | None,
     now: datetime,
-    encoded: bytes | None = None,
     *,
     idempotency: IdempotencyClaim | None = None,
     idempotency_since: datetime | None = None,
-) -> None:
-    """Write the Batch, its transient template (if any) and its Deliveries, all or nothing.
+) -> AsyncIterator[BatchWriter]:
+    """Open the intake transaction and write the Batch's key claim, template and `messages`
+    row; the block writes the Deliveries; committed when it ends, rolled back if it raises.
 
-    `encoded` is `deliveries_csv(plan)` when the caller already built it (off the event loop).
-    With `idempotency`, its key row is written first in the same transaction (replacing one
-    older than `idempotency_since`); `kannon.db.idempotency.KeyTaken` when another call holds
-    the key, and then nothing is written.
+    With `idempotency`, its key row is written first (replacing one older than
+    `idempotency_since`); `kannon.db.idempotency.KeyTaken` when another call holds the key,
+    and then nothing is written.
     """
-    data = encoded if encoded is not None else deliveries_csv(plan)
     async with db.acquire() as conn, conn.transaction():
         if idempotency is not None:
             assert idempotency_since is not None
@@ -127,12 +163,35 @@ async def create_batch(
             plan.tracking.to_json(),
             plan.ip_pool,
         )
-        if data:
-            await conn.copy_to_table(
-                "sending_pool_emails",
-                source=io.BytesIO(data),
-                columns=_POOL_COLUMNS,
-                format="csv",
-            )
+        writer = BatchWriter(conn, plan, idempotency)
+        yield writer
+        if writer.rows:
             # Delivered at commit: the Validator wakes to find the rows (ADR 0036).
             await notify(conn, TO_VALIDATE_CHANNEL)
+
+
+async def create_batch(
+    db: Database,
+    plan: BatchPlan,
+    transient_template: Template | None,
+    now: datetime,
+    encoded: bytes | None = None,
+    *,
+    idempotency: IdempotencyClaim | None = None,
+    idempotency_since: datetime | None = None,
+) -> None:
+    """Write the Batch, its transient template (if any) and its Deliveries, all or nothing
+    (:func:`open_batch`, with `idempotency.response` as the answer to repeats).
+
+    `encoded` is `deliveries_csv(plan)` when the caller already built it (off the event loop).
+    """
+    data = encoded if encoded is not None else deliveries_csv(plan)
+    async with open_batch(
+        db,
+        plan,
+        transient_template,
+        now,
+        idempotency=idempotency,
+        idempotency_since=idempotency_since,
+    ) as writer:
+        await writer.copy(data, len(plan.deliveries) + len(plan.suppressed))

@@ -49,6 +49,17 @@ async def claim_key(conn: Any, claim: IdempotencyClaim, now: datetime, since: da
         raise KeyTaken(claim.key)
 
 
+async def set_response(conn: Any, claim: IdempotencyClaim, response: bytes) -> None:
+    """Store the response of the call holding `claim`, in its transaction (written last: the
+    Batch's counts are known only once all its Recipients are checked, ADR 0059)."""
+    await conn.execute(
+        "UPDATE idempotency_keys SET response = $3 WHERE domain = $1 AND key = $2",
+        claim.domain,
+        claim.key,
+        response,
+    )
+
+
 async def delete_expired(db: Database, before: datetime) -> int:
     result = await db.execute(
         "DELETE FROM idempotency_keys WHERE created_at < $1", to_db_time(before)

@@ -271,7 +271,7 @@ async def list_suppressions(
 
 
 async def suppressed_keys(
-    db: Database, domain: str, keys: Sequence[str], now: datetime
+    db: Database | asyncpg.Connection, domain: str, keys: Sequence[str], now: datetime
 ) -> set[str]:
     """Which of `keys` (`suppression_key`s: canonical, lower-cased) the Domain suppresses now."""
     if not keys:

@@ -270,51 +270,76 @@ class _Policies:
         return restrict(self.ceiling, self._batch, policy)
 
 
-def _recipients(
-    recipients: Sequence[RecipientIn],
-    subject_fields: Collection[str] = (),
-    policies: _Policies | None = None,
-    unsubscribe_fields: Collection[str] = (),
-) -> tuple[list[Delivery], list[Rejection], int]:
-    # The hot loop of a large Batch: kept to plain operations on locals.
-    deliveries: list[Delivery] = []
-    rejected: list[Rejection] = []
-    seen: set[str] = set()
-    given = 0
-    if policies is None:
-        policies = _Policies(DEFAULT_CEILING, TrackingPolicy())
-    default = policies.default
-    for index, (raw, fields, stated) in enumerate(recipients):
-        given_email = raw.strip()
-        if not given_email:
-            continue
-        given += 1
-        email = canonical_recipient(given_email)
-        key = email.lower()
-        if key in seen:
-            continue
-        seen.add(key)
-        values = "".join(fields.values()) if fields else ""
-        if subject_fields and ("\r" in values or "\n" in values):
-            # Rare: only then look at which field holds the line break.
-            _check_subject_fields(index, given_email, fields, subject_fields)
-        if len(email) > MAX_ADDRESS:
-            rejected.append(Rejection(given_email, REJECT_TOO_LONG))
-        elif "\x00" in email:
-            rejected.append(Rejection(given_email, REJECT_INVALID_EMAIL))
-        elif "\x00" in values or (fields and "\x00" in "".join(fields)):
-            rejected.append(Rejection(given_email, REJECT_INVALID_FIELDS))
-        elif unsubscribe_fields and any(
-            name not in fields for name in unsubscribe_fields if name != EMAIL_FIELD
-        ):
-            rejected.append(Rejection(given_email, REJECT_UNSUBSCRIBE_URL_UNRESOLVED))
-        else:
-            policy = default if stated is None else policies.resolve(stated)
-            if isinstance(policy, str):
-                rejected.append(Rejection(given_email, policy))
+class RecipientChecker:
+    """The per-Recipient half of :func:`plan_batch`, fed the Recipients a chunk at a time (ADR
+    0059): a duplicate collapses into its first spelling across chunks, and errors name the
+    Recipient's index in the whole request."""
+
+    def __init__(
+        self,
+        subject_fields: Collection[str] = (),
+        policies: _Policies | None = None,
+        unsubscribe_fields: Collection[str] = (),
+    ) -> None:
+        self.subject_fields = subject_fields
+        self.policies = (
+            policies if policies is not None else _Policies(DEFAULT_CEILING, TrackingPolicy())
+        )
+        self.unsubscribe_fields = unsubscribe_fields
+        self.seen: set[str] = set()
+        self.given = 0
+        """Non-blank Recipients so far."""
+        self.index = 0
+        """Recipients (blank ones included) so far."""
+
+    def check(self, recipients: Sequence[RecipientIn]) -> tuple[list[Delivery], list[Rejection]]:
+        # The hot loop of a large Batch: kept to plain operations on locals.
+        deliveries: list[Delivery] = []
+        rejected: list[Rejection] = []
+        seen = self.seen
+        given = 0
+        subject_fields = self.subject_fields
+        unsubscribe_fields = self.unsubscribe_fields
+        policies = self.policies
+        default = policies.default
+        for index, (raw, fields, stated) in enumerate(recipients, self.index):
+            given_email = raw.strip()
+            if not given_email:
+                continue
+            given += 1
+            email = canonical_recipient(given_email)
+            key = email.lower()
+            if key in seen:
+                continue
+            seen.add(key)
+            values = "".join(fields.values()) if fields else ""
+            if subject_fields and ("\r" in values or "\n" in values):
+                # Rare: only then look at which field holds the line break.
+                _check_subject_fields(index, given_email, fields, subject_fields)
+            if len(email) > MAX_ADDRESS:
+                rejected.append(Rejection(given_email, REJECT_TOO_LONG))
+            elif "\x00" in email:
+                rejected.append(Rejection(given_email, REJECT_INVALID_EMAIL))
+            elif "\x00" in values or (fields and "\x00" in "".join(fields)):
+                rejected.append(Rejection(given_email, REJECT_INVALID_FIELDS))
+            elif unsubscribe_fields and any(
+                name not in fields for name in unsubscribe_fields if name != EMAIL_FIELD
+            ):
+                rejected.append(Rejection(given_email, REJECT_UNSUBSCRIBE_URL_UNRESOLVED))
             else:
-                deliveries.append(Delivery(email, fields, policy))
-    return deliveries, rejected, given
+                policy = default if stated is None else policies.resolve(stated)
+                if isinstance(policy, str):
+                    rejected.append(Rejection(given_email, policy))
+                else:
+                    deliveries.append(Delivery(email, fields, policy))
+        self.given += given
+        self.index += len(recipients)
+        return deliveries, rejected
+
+    def check_any_given(self) -> None:
+        """After the last chunk: a Batch needs at least one non-blank Recipient."""
+        if self.given == 0:
+            raise InvalidArgument("recipients: at least one non-blank recipient email is required")
 
 
 def check_recipient_count(count: int, max_recipients: int) -> None:
@@ -345,6 +370,35 @@ def plan_batch(
     Raises InvalidArgument / PermissionDenied naming the offending field.
     """
     check_recipient_count(len(request.recipients), max_recipients)
+    plan, checker = plan_head(
+        request,
+        tenant=tenant,
+        batch_id=batch_id,
+        template_id=template_id,
+        now=now,
+        subject_fields=subject_fields,
+        ceiling=ceiling,
+        unsubscribe_fields=unsubscribe_fields,
+    )
+    deliveries, rejected = checker.check(request.recipients)
+    checker.check_any_given()
+    return replace(plan, deliveries=deliveries, rejected=rejected)
+
+
+def plan_head(
+    request: SendRequest,
+    *,
+    tenant: str,
+    batch_id: str,
+    template_id: str,
+    now: datetime,
+    subject_fields: Collection[str] = (),
+    ceiling: TrackingPolicy = DEFAULT_CEILING,
+    unsubscribe_fields: Collection[str] = (),
+) -> tuple[BatchPlan, RecipientChecker]:
+    """The Batch of `request` without its Deliveries (`request.recipients` is not read), and
+    the checker that turns its Recipients into Deliveries, chunk by chunk; what
+    :func:`plan_batch` does in one go. Raises as :func:`plan_batch` for the Batch's fields."""
     sender_email = check_sender(request.sender_email, request.sender_alias, tenant)
     check_subject(request.subject)
     headers: dict[str, Any] = {
@@ -359,16 +413,13 @@ def plan_batch(
     check_batch_policy(batch_policy, ceiling)
     if request.one_click_url_template is not None:
         headers["one_click_unsubscribe"] = {"url_template": request.one_click_url_template}
-    deliveries, rejected, given = _recipients(
-        request.recipients,
+    checker = RecipientChecker(
         subject_fields,
         _Policies(ceiling, batch_policy),
         unsubscribe_fields if request.one_click_url_template is not None else (),
     )
-    if given == 0:
-        raise InvalidArgument("recipients: at least one non-blank recipient email is required")
     scheduled = request.scheduled_time if request.scheduled_time is not None else now
-    return BatchPlan(
+    plan = BatchPlan(
         batch_id=batch_id,
         domain=tenant,
         subject=request.subject,
@@ -378,10 +429,11 @@ def plan_batch(
         attachments=attachments,
         headers=headers,
         scheduled_time=scheduled.astimezone(UTC),
-        deliveries=deliveries,
-        rejected=rejected,
+        deliveries=[],
+        rejected=[],
         tracking=batch_policy,
     )
+    return plan, checker
 
 
 def apply_suppressions(

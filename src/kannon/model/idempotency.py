@@ -34,7 +34,12 @@ def check_key(value: str | None) -> str | None:
 
 
 def fingerprint(method: str, encoded_request: bytes) -> bytes:
-    return hashlib.sha256(method.encode() + b"\0" + encoded_request).digest()
+    return hashlib.sha256(fingerprint_prefix(method) + encoded_request).digest()
+
+
+def fingerprint_prefix(method: str) -> bytes:
+    """What the hashed bytes of :func:`fingerprint` start with, before the request's."""
+    return method.encode() + b"\0"
 
 
 @dataclass(frozen=True)

@@ -197,24 +197,30 @@ def api_key_pb(key: ApiKey) -> admin_pb.APIKey:
 # --- Mailer ------------------------------------------------------------------------------------
 
 
-def send_request(message: Any) -> SendRequest:
-    """The common part of SendHTMLReq / SendTemplateReq (their field numbers are the same)."""
+def recipients_in(recipients: Any) -> list[RecipientIn]:
+    """Recipient messages as the model reads them."""
+    # One copy of each fields map into a dict: later steps read it twice, and reading a
+    # protobuf map is slower than copying it once. Empty maps (the common case) share one.
+    return [
+        RecipientIn(
+            r.email,
+            dict(f) if (f := r.fields) else _NO_FIELDS,
+            (int(r.tracking.opens), int(r.tracking.links)) if r.HasField("tracking") else None,
+        )
+        for r in recipients
+    ]
+
+
+def send_request(message: Any, *, with_recipients: bool = True) -> SendRequest:
+    """The common part of SendHTMLReq / SendTemplateReq (their field numbers are the same);
+    without `with_recipients`, `recipients` is left empty (read them with `recipients_in`)."""
     sender = message.sender if message.HasField("sender") else None
     headers = message.headers if message.HasField("headers") else None
     return SendRequest(
         sender_email=None if sender is None else sender.email,
         sender_alias="" if sender is None else sender.alias,
         subject=message.subject,
-        # One copy of each fields map into a dict: later steps read it twice, and reading a
-        # protobuf map is slower than copying it once. Empty maps (the common case) share one.
-        recipients=[
-            RecipientIn(
-                r.email,
-                dict(f) if (f := r.fields) else _NO_FIELDS,
-                (int(r.tracking.opens), int(r.tracking.links)) if r.HasField("tracking") else None,
-            )
-            for r in message.recipients
-        ],
+        recipients=recipients_in(message.recipients) if with_recipients else [],
         attachments=[AttachmentIn(a.filename, a.content) for a in message.attachments],
         global_fields=dict(message.global_fields),
         headers_to=list(headers.to) if headers is not None else [],
@@ -248,11 +254,13 @@ def send_res_from_bytes(data: bytes) -> mailer_pb.SendRes:
     return res
 
 
-def send_res_pb(plan: BatchPlan) -> mailer_pb.SendRes:
+def send_res_pb(plan: BatchPlan, accepted: int | None = None) -> mailer_pb.SendRes:
+    """The response to a send; `accepted` counts the Deliveries when `plan` does not hold them
+    (written chunk by chunk, ADR 0059)."""
     res = mailer_pb.SendRes(
         message_id=plan.batch_id,
         template_id=plan.template_id,
-        accepted_count=len(plan.deliveries),
+        accepted_count=len(plan.deliveries) if accepted is None else accepted,
         rejected_count=len(plan.rejected),
     )
     res.scheduled_time.CopyFrom(timestamp_pb(plan.scheduled_time))
