@@ -233,7 +233,9 @@ def compile_html(template: str) -> BodyPlan | None:
 
     literals = tuple(m.group(0) for m in slots)
     return BodyPlan(
-        names=tuple((m.group(1) if m.group(1) is not None else m.group(2)).strip(" ") for m in slots),
+        names=tuple(
+            (m.group(1) if m.group(1) is not None else m.group(2)).strip(" ") for m in slots
+        ),
         raw=tuple(m.group(1) is not None for m in slots),
         literals=literals,
         literal_safe=not any(_UNSAFE_VALUE.search(text) for text in literals),

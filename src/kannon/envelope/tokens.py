@@ -157,7 +157,10 @@ class BatchTokens:
                     batch_b,
                 )
             )
-            state = self._states[kind] = (head, hmac.new(self._key.secret, _DOMAIN + head, "sha256"))
+            state = self._states[kind] = (
+                head,
+                hmac.new(self._key.secret, _DOMAIN + head, "sha256"),
+            )
         return state
 
     def sign(self, kind: int, recipient: str, url: str) -> str:
