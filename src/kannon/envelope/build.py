@@ -18,16 +18,18 @@ same bytes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from kannon.envelope import mime, unsubscribe
+from kannon.envelope.body import compile_html
 from kannon.envelope.bounce import make_bounce_address
 from kannon.envelope.dkim import DkimSigner, sign_all
 from kannon.envelope.ids import make_email_id
 from kannon.envelope.render import render_html, render_text
-from kannon.envelope.tokens import TrackingKey, sign_unsubscribe
+from kannon.envelope.tokens import BatchTokens, TrackingKey
 from kannon.envelope.tracking import apply_tracking, tracker_base
 from kannon.model.tracking import DEFAULT_CEILING, TrackingPolicy, token_identity
 
@@ -136,26 +138,8 @@ def compose_message(batch: BatchSpec, part: RecipientPart) -> UnsignedMessage:
     mime.check_header_value("recipient", part.recipient)
     mime.check_header_value("batch id", batch.batch_id)
     subject = render_text(batch.subject, part.fields)
-    html = render_html(batch.html, part.fields)
     base = tracker_base(batch.tracker_base_url, batch.domain) if batch.tracker_base_url else None
-    policy = part.tracking
-    if base and (policy.opens.tracks or policy.links.tracks):
-        html = apply_tracking(
-            html,
-            base_url=base,
-            key=batch.tracking_key,
-            batch_id=batch.batch_id,
-            recipient=part.recipient,
-            expires_at=batch.token_expires_at,
-            links=policy.links,
-            opens=policy.opens,
-            link_identity=token_identity(
-                policy.links, part.recipient, batch.domain, part.pseudonym
-            ),
-            open_identity=token_identity(
-                policy.opens, part.recipient, batch.domain, part.pseudonym
-            ),
-        )
+    html = render_body(batch, part, base)
     email_id = make_email_id(batch.batch_id, part.recipient)
     return_path = make_bounce_address(batch.batch_id, part.recipient, batch.bounce_secret)
     unsubscribe = unsubscribe_url(batch, part, base)
@@ -166,15 +150,94 @@ def compose_message(batch: BatchSpec, part: RecipientPart) -> UnsignedMessage:
     return UnsignedMessage(email_id=email_id, return_path=return_path, headers=headers, body=body)
 
 
+# Token minters a process keeps, one per (key, Batch, expiry): see BatchTokens.
+_TOKEN_CACHE = 8
+
+
+@functools.lru_cache(maxsize=_TOKEN_CACHE)
+def batch_tokens(key: TrackingKey, batch_id: str, expires_at: datetime) -> BatchTokens:
+    """The token minter of one Batch, shared by its Deliveries."""
+    return BatchTokens(key, batch_id, expires_at)
+
+
+def render_body(batch: BatchSpec, part: RecipientPart, base: str | None) -> str:
+    """The Recipient's HTML: fields rendered, links and the open pixel as its Tracking Policy
+    says (``base``: the resolved tracker base URL, None without a tracker).
+
+    From the Batch's compiled document (``body.compile_html``) when it has one and the
+    Recipient's values allow it, else by the reference path (``reference_body``): same text.
+    """
+    policy = part.tracking
+    tracked = bool(base) and (policy.opens.tracks or policy.links.tracks)
+    link_identity = open_identity = None
+    if tracked:
+        link_identity = token_identity(policy.links, part.recipient, batch.domain, part.pseudonym)
+        open_identity = token_identity(policy.opens, part.recipient, batch.domain, part.pseudonym)
+    plan = compile_html(batch.html)
+    if plan is not None:
+        track: Callable[[str], str] | None = None
+        pixel: Callable[[], str] | None = None
+        if tracked:
+            tokens = batch_tokens(batch.tracking_key, batch.batch_id, batch.token_expires_at)
+            if policy.links.tracks:
+                signed: dict[str, str] = {}
+                who = link_identity or part.recipient
+                links = policy.links
+
+                def track(url: str) -> str:
+                    link = signed.get(url)
+                    if link is None:
+                        link = signed[url] = f"{base}/c/{tokens.click(who, url, links)}"
+                    return link
+
+            if policy.opens.tracks:
+                opener = open_identity or part.recipient
+                opens = policy.opens
+
+                def pixel() -> str:
+                    return f"{base}/o/{tokens.open(opener, opens)}"
+
+        html = plan.render(part.fields, track, pixel)
+        if html is not None:
+            return html
+    return reference_body(batch, part, base if tracked else None, link_identity, open_identity)
+
+
+def reference_body(
+    batch: BatchSpec,
+    part: RecipientPart,
+    base: str | None,
+    link_identity: str | None,
+    open_identity: str | None,
+) -> str:
+    """``render_body`` the straightforward way: render the whole document, then track it."""
+    html = render_html(batch.html, part.fields)
+    if base:
+        policy = part.tracking
+        html = apply_tracking(
+            html,
+            base_url=base,
+            key=batch.tracking_key,
+            batch_id=batch.batch_id,
+            recipient=part.recipient,
+            expires_at=batch.token_expires_at,
+            links=policy.links,
+            opens=policy.opens,
+            link_identity=link_identity,
+            open_identity=open_identity,
+        )
+    return html
+
+
 def unsubscribe_url(batch: BatchSpec, part: RecipientPart, tracker: str | None) -> str | None:
     """The Recipient's one-click unsubscribe URL: the Batch's template, else Kannon's own
     endpoint when the Domain enables it (and a tracker serves it), else none."""
     if batch.unsubscribe_url_template is not None:
         return unsubscribe.render_url(batch.unsubscribe_url_template, part.fields, part.recipient)
     if batch.builtin_unsubscribe and tracker:
-        token = sign_unsubscribe(
-            batch.tracking_key, batch.batch_id, part.recipient, batch.token_expires_at
-        )
+        token = batch_tokens(
+            batch.tracking_key, batch.batch_id, batch.token_expires_at
+        ).unsubscribe(part.recipient)
         return unsubscribe.builtin_url(tracker, token)
     return None
 

@@ -187,7 +187,9 @@ def quoted_printable(text: str) -> bytes:
     """
     data = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
     encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
-    encoded = _FROM_LINE.sub(b"=46rom ", encoded)
+    # The regex tries every position of the body; a substring search finds the rare case first.
+    if encoded.startswith(b"From ") or b"\nFrom " in encoded:
+        encoded = _FROM_LINE.sub(b"=46rom ", encoded)
     if encoded and not encoded.endswith(b"\n"):
         encoded += b"\n"
     return encoded.replace(b"\n", b"\r\n")
