@@ -38,7 +38,8 @@ class Listener:
     """Sets `event` each time `channel` is notified, over one connection held from `pool`.
 
     `ensure()` (re)opens the connection when there is none or it was lost; callers run it before
-    each idle wait, so an outage only turns the wake-ups off until the database is back.
+    each idle wait, so an outage only turns the wake-ups off until the database is back. Loops
+    that share a Listener share its one connection.
     """
 
     def __init__(self, db: Database, channel: str) -> None:
@@ -46,11 +47,18 @@ class Listener:
         self.channel = channel
         self.event = asyncio.Event()
         self._conn: Any = None
+        # Several loops may share one Listener (the Dispatcher's cycles, ADR 0061): one reopens
+        # the connection, the others wait for it rather than each holding one of their own.
+        self._opening = asyncio.Lock()
 
     def _wake(self, *_: object) -> None:
         self.event.set()
 
     async def ensure(self) -> None:
+        async with self._opening:
+            await self._ensure()
+
+    async def _ensure(self) -> None:
         conn = self._conn
         if conn is not None and not conn.is_closed():
             return

@@ -14,7 +14,7 @@ keep the Pool in step. Each of those is a room of its own (ADR 0050):
   the same `Nats-Msg-Id` and the stream drops the copy.
 
 `run` starts the three consumers, reclaims, starts the reclaim timer and calls `life.ready()` once
-every consumer runs, then loops dispatch cycles until stopping.
+every consumer runs, then loops dispatch cycles until stopping, `CYCLES_AT_ONCE` of them at once.
 
 The clock and the jitter source are constructor parameters (so are the retry policy and the
 boundary randomness), so tests move time instead of sleeping.
@@ -47,6 +47,13 @@ if TYPE_CHECKING:
     import asyncpg
 
 log = logging.getLogger("kannon.dispatcher")
+
+# Dispatch cycles run at once (ADR 0061). One cycle claims, loads, builds and publishes in turn,
+# so alone it left the build worker idle while it claimed and published and the sending stream
+# empty (the senders starved, the pipeline bench showed `kannon-sending-pool` with nothing
+# pending). Two keep the build worker busy while the other claims or publishes; the claims are
+# disjoint (FOR UPDATE SKIP LOCKED), as between Dispatcher replicas.
+CYCLES_AT_ONCE = 2
 
 RECLAIMED = Counter(
     "kannon_dispatcher_reclaimed_total", "Abandoned dispatch claims returned to the Pool"
@@ -117,7 +124,12 @@ class Dispatcher:
             # run_cycles returns between cycles once stopping is set; the consumers return
             # after their in-flight handlers finished: that is the drain.
             async with Listener(self._pool, SCHEDULED_CHANNEL) as wake:
-                await run_cycles(life, self.cycle, self._idle, on_error=_log_error, wake=wake)
+                await asyncio.gather(
+                    *(
+                        run_cycles(life, self.cycle, self._idle, on_error=_log_error, wake=wake)
+                        for _ in range(CYCLES_AT_ONCE)
+                    )
+                )
 
     async def _reclaim_at_start(self) -> None:
         try:
