@@ -182,6 +182,10 @@ class ConsumerSpec:
     """While a handler runs, tell the server every `ack_wait / 3` that the message is still being
     worked on (a progress ack, `+WPI`), so it is not redelivered to someone else meanwhile, however
     long the handler waits on the bus itself (a JetStream leader election, ADR 0049)."""
+    linger: timedelta = timedelta(0)
+    """`consume_batches()` only: how long a fetch waits for a batch to fill before it hands
+    over what came. Events that trickle in (a few hundred a second) would otherwise go one or
+    two per handler call, a database statement apiece (ADR 0058). Zero: take what is there."""
 
     def backoff(self, num_delivered: int, jitter: float = 0.0) -> float:
         """Seconds before delivery `num_delivered + 1`: retry_delay · 2^(n-1), capped, ±jitter."""
@@ -218,8 +222,9 @@ def outcome_consumer(
 
 
 Handler = Callable[[BusMessage], Awaitable[Result]]
-BatchHandler = Callable[[Sequence[BusMessage]], Awaitable[Sequence[Result]]]
-"""Takes the messages of one fetch; returns one Result per message, in order."""
+BatchHandler = Callable[[Sequence[BusMessage]], Awaitable[Sequence[Result | Exception]]]
+"""Takes the messages of one fetch; returns one Result per message, in order, or the exception
+that failed that message alone (settled as if its handler had raised it)."""
 _Work = TypeVar("_Work")
 """What a consumer loop hands its handler at once: one message, or a batch of them."""
 
@@ -511,8 +516,10 @@ class Bus:
         await self._ensure_consumer(spec, spec.concurrency * spec.batch)
         puller = await _Puller.start(self.nc, spec)
 
+        linger = spec.linger.total_seconds()
+
         async def fetch(_: int) -> list[list[Msg]]:
-            msgs = await puller.fetch(spec.batch, timeout=FETCH_WAIT)
+            msgs = await puller.fetch(spec.batch, timeout=FETCH_WAIT, linger=linger)
             return [msgs] if msgs else []
 
         await self._pull(
@@ -831,16 +838,22 @@ class _Puller:
             return False
         return True
 
-    async def fetch(self, batch: int, timeout: float) -> list[Msg]:
-        """Up to `batch` messages (at least one unless `timeout` seconds passed without any)."""
+    async def fetch(self, batch: int, timeout: float, linger: float = 0.0) -> list[Msg]:
+        """Up to `batch` messages (at least one unless `timeout` seconds passed without any).
+        With `linger`, what comes within `linger` seconds, up to `batch`."""
         msgs, _ = self._take(batch)
-        if msgs:
+        if msgs and (not linger or len(msgs) >= batch):
             return msgs
         loop = asyncio.get_running_loop()
-        # What is there now, at once: the server ends the request with a status when it runs
-        # out before `batch`.
-        await self._request(batch, no_wait=True)
         until = loop.time() + timeout
+        if linger:
+            # One request held `linger` seconds: the server hands out what comes meanwhile, up to
+            # `batch`, and ends it with a status when it expires (none when the batch filled).
+            await self._request(batch - len(msgs), expires=int(linger * 1e9))
+        else:
+            # What is there now, at once: the server ends the request with a status when it
+            # runs out before `batch`.
+            await self._request(batch, no_wait=True)
         ended = False
         while len(msgs) < batch and not ended:
             more, ended = self._take(batch - len(msgs))
