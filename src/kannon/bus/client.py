@@ -845,7 +845,8 @@ class _Puller:
         if msgs and (not linger or len(msgs) >= batch):
             return msgs
         loop = asyncio.get_running_loop()
-        until = loop.time() + timeout
+        # With `linger`, the server's status ends the wait (at the latest `timeout` after it).
+        until = loop.time() + linger + timeout
         if linger:
             # One request held `linger` seconds: the server hands out what comes meanwhile, up to
             # `batch`, and ends it with a status when it expires (none when the batch filled).
