@@ -57,8 +57,10 @@ TERMINAL = frozenset({"delivered", "bounced", "rejected", "failed"})
 _ACK = Result.ack()
 DELETED = Counter("kannon_stats_retention_deleted_total", "Rows deleted by retention", ["table"])
 
-# Fetches in hand at once: the next one is decoded while the last one's statement is under way.
-CONCURRENCY = 2
+# Fetches in hand at once. One: the next fetch starts (and lingers) once the last statement
+# committed, so a slow database makes batches larger rather than statements more frequent —
+# with two, each event cost PostgreSQL a quarter more CPU in the pipeline bench (ADR 0058).
+CONCURRENCY = 1
 # Events per fetch, so per statement: a few hundred rows keep one statement well under the ack
 # deadline.
 MAX_BATCH = 256
