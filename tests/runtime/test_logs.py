@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from kannon.runtime.logs import _KeyValueFormatter, escape, obfuscate
+from kannon.runtime.logs import _CONTROL, _QUOTED, _KeyValueFormatter, escape, obfuscate
 
 HOSTILE = "EHLO \x1b[31mred\x1b[0m\rforged line\nlevel=error \x08\x00\x7f\x9b\u202eevil\u2028x"
 
@@ -67,3 +67,26 @@ def test_plain_text_is_unchanged() -> None:
 def test_obfuscate_masks_the_local_part() -> None:
     assert obfuscate("stranger@far.example") == "s*******@far.example"
     assert obfuscate("not an address") == "***"
+
+
+def test_text_without_anything_to_escape_is_recognised_before_the_table_is_read() -> None:
+    # The shortcut in `escape` holds only while `isprintable()` refuses every escaped character.
+    assert not any(chr(code).isprintable() for code in _CONTROL)
+    for text in ["plain", 'say "hi"', "back\\slash", HOSTILE, "tab\there", "é 日本", ""]:
+        for quoted in (False, True):
+            table = _QUOTED if quoted else _CONTROL
+            assert escape(text, quoted=quoted) == text.translate(table), (text, quoted)
+
+
+def test_each_line_carries_its_own_time_though_a_second_is_formatted_once() -> None:
+    formatter = _KeyValueFormatter()
+    stamps = []
+    for created in (1_700_000_000.25, 1_700_000_000.75, 1_700_000_001.5):
+        record = logging.LogRecord("kannon.test", logging.INFO, __file__, 1, "x", (), None)
+        record.created, record.msecs = created, (created % 1) * 1000
+        stamps.append(formatter.format(record).split(" ", 1)[0])
+    assert stamps == [
+        "ts=2023-11-14T22:13:20.250Z",
+        "ts=2023-11-14T22:13:20.750Z",
+        "ts=2023-11-14T22:13:21.500Z",
+    ]

@@ -28,7 +28,7 @@ from tests.smtp_sender.conftest import (
     outcome_id,
     publish,
 )
-from tests.support import running
+from tests.support import running, wait_for
 
 
 async def test_graceful_stop_finishes_the_send_in_flight_then_closes_sessions(
@@ -120,3 +120,30 @@ async def test_idle_sessions_expire_and_sessions_retire_after_max_messages(
     assert {r.kind for r in (first, second, third, fourth)} == {Kind.DELIVERED}
     assert [m.connection for m in smtp_sink.messages] == [1, 1, 2, 3]
     assert smtp_sink.stats.quits == 3
+
+
+async def test_max_jobs_bounds_transactions_while_more_envelopes_are_in_hand(
+    bus: Bus, outcomes: Outcomes, dns_server: DnsServer, smtp_sink: SmtpSink
+) -> None:
+    """ADR 0060: with one sending job, the next Envelopes are fetched while the job's SMTP
+    transaction is held at the remote, yet no second transaction starts until it ends."""
+    mx_for(dns_server)
+    settings = make_settings(dns=dns_server, port=smtp_sink.port, max_jobs=1)
+    jobs = [make_job("hold.kim@example.test")] + [make_job(f"r{i}@example.test") for i in range(3)]
+    async with running(SmtpSender(settings, bus)):
+        for job in jobs:
+            await publish(bus, job, attempt=0)
+        await asyncio.wait_for(smtp_sink.held.wait(), 10)  # the one job is mid-transaction
+
+        async def all_in_hand() -> bool:
+            info = await bus.js.consumer_info(SENDING_STREAM, SENDER_DURABLE)
+            return int(info.num_ack_pending or 0) == len(jobs)
+
+        await wait_for(all_in_hand, what="every Envelope fetched while the job is held")
+        assert smtp_sink.connections == 1  # no second transaction beside the held one
+        assert smtp_sink.messages == []
+
+        smtp_sink.release_held()
+        events = await outcomes.wait(len(jobs))
+    assert {event.recipient for event in events} == {job.recipient for job in jobs}
+    assert all(event.detail == Delivered() for event in events)

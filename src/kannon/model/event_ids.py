@@ -30,12 +30,16 @@ a NATS header verbatim. Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 _DIGEST_CHARS = 32
 _SEP = "."
 
 
+# The SMTPSender digests an Envelope's email id twice per attempt (its guard key, then its
+# outcome's id), with other Envelopes' in between: a small cache makes the second one a lookup.
+@functools.lru_cache(maxsize=1024)
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:_DIGEST_CHARS]
 

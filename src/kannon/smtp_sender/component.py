@@ -35,6 +35,10 @@ anyway while this process handles the attempt waits for that handling and republ
 elsewhere: another sender replica on the pool, still running if the claim is younger than
 `claim_lifetime`, or a process (this one before a restart) that died mid-send.
 
+`sender.max_jobs` bounds the sending jobs: step 2 and 3, the claim and the SMTP transaction
+(ADR 0060). The sender holds `IN_HAND_PER_JOB` times as many Envelopes, so fetching the next ones
+and settling outcomes (step 4 and 5) never keep a job waiting.
+
 The ack deadline (`nats.sending_ack_wait`) must outlast a whole delivery; every delivery is cut
 off at 80% of it so the ack still arrives in time.
 """
@@ -71,7 +75,6 @@ from kannon.smtp_sender.sessions import SessionCache
 from kannon.smtp_sender.shaping import make_shaper
 from kannon.wire import envelope
 from kannon.wire import stats as wire_stats
-from kannon.wire.stats import publish_outcome
 
 log = logging.getLogger("kannon.sender")
 
@@ -108,6 +111,9 @@ UNSETTLED_MAX = 10_000
 # First delay before an Envelope whose outcome could not be published comes back (it doubles).
 PUBLISH_RETRY_DELAY = timedelta(seconds=2)
 DEADLINE_SHARE = 0.8
+# Envelopes a sender holds per sending job (ADR 0060): one in the job, the others being
+# claimed-for, settled or fetched, so the jobs never wait for NATS round trips.
+IN_HAND_PER_JOB = 4
 SENDING_MAX_ACK_PENDING = 100_000
 # A guard claim or write that failed is tried again this often, the delay doubling from the
 # first: 0.25 + 0.5 + 1 + 2 + 4 s, longer than a JetStream cluster's leader election.
@@ -191,6 +197,9 @@ class SmtpSender:
         # end with (None: none), for copies of the attempt to wait on (ADR 0049).
         self._handling: dict[str, asyncio.Future[Outcome | None]] = {}
         self._unsettled: OrderedDict[str, _Unsettled] = OrderedDict()
+        self._jobs = asyncio.Semaphore(settings.sender.max_jobs)
+        # `OUTCOMES` by type, looked up once (`labels()` takes a lock and builds a key).
+        self._outcome_counters: dict[str, Counter] = {}
         self.deliverer = deliverer or self._make_deliverer(settings, bus, idle_timeout)
 
     @staticmethod
@@ -245,8 +254,10 @@ class SmtpSender:
             subject=sending_subject(pool),
             ack_wait=self.settings.nats.sending_ack_wait,
             max_deliver=self.settings.nats.max_deliver,
-            batch=jobs,
-            concurrency=jobs,
+            # `IN_HAND_PER_JOB` Envelopes in hand per job, so a job that ends starts the next
+            # Envelope at once instead of waiting for a fetch (ADR 0060).
+            batch=jobs * IN_HAND_PER_JOB,
+            concurrency=jobs * IN_HAND_PER_JOB,
             retry_delay=PUBLISH_RETRY_DELAY,
             # Envelopes deferred by delivery shaping wait nak-delayed, and count as pending:
             # at the default (4 · jobs) a few paused destinations would stop all sending.
@@ -342,6 +353,46 @@ class SmtpSender:
             # Handled here before, its outcome not yet settled: settle it, never send again.
             return await self._settle(key, remembered.outcome, record=False), remembered.outcome
 
+        # A sending job is the claim and the SMTP transaction (ADR 0060): at most
+        # `sender.max_jobs` at once. Settling the outcome (publish, record, ack) and fetching the
+        # next Envelopes happen outside the job, so a job never waits on them.
+        async with self._jobs:
+            settled = await self._check_claim(message, job, key)
+            if settled is not None:
+                return settled
+            result = await self._send(job, key)
+        if result.kind is Kind.DEFERRED:
+            waiting = self._defer(job, message, result)
+            if waiting is not None:
+                return waiting, None
+            result = SendResult.no_answer(
+                f"{result.message}; deferred longer than sender.shaping.max_defer"
+            )
+
+        detail = detail_for(result, job.should_retry)
+        outcome = Outcome(
+            batch_id=batch_id,
+            domain=domain_of_batch(batch_id),
+            recipient=job.recipient,
+            timestamp=self._now(),
+            detail=detail,
+            event_id=send_outcome_id(detail.type, message.msg_id, message.stream_seq),
+        )
+        counter = self._outcome_counters.get(detail.type)
+        if counter is None:
+            counter = self._outcome_counters[detail.type] = OUTCOMES.labels(detail.type)
+        counter.inc()
+        self._log(job, message, result, outcome)
+        # A possibly delivered Envelope's outcome goes into the guard too (a released claim has
+        # nothing to record).
+        record = not self.demo and result.possibly_delivered
+        return await self._settle(key, outcome, record=record), outcome
+
+    async def _check_claim(
+        self, message: BusMessage, job: Envelope, key: str
+    ) -> tuple[Result, Outcome | None] | None:
+        """Claim the attempt's send guard; the settled (Result, outcome) when this copy must not
+        send (claimed by a live handling elsewhere, or sent before), None to send."""
         if not self.demo:
             state = await self._claim(key)
             if isinstance(state, Claimed):
@@ -399,6 +450,10 @@ class SmtpSender:
                 )
                 return await self._settle(key, outcome, record=False), outcome
 
+        return None
+
+    async def _send(self, job: Envelope, key: str) -> SendResult:
+        """Deliver `job`; release its claim when the message cannot have reached a server."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
@@ -409,30 +464,9 @@ class SmtpSender:
             raise
         if not self.demo and not result.possibly_delivered:
             await self._release(key)
-        if result.kind is Kind.DEFERRED:
-            waiting = self._defer(job, message, result)
-            if waiting is not None:
-                return waiting, None
-            result = SendResult.no_answer(
-                f"{result.message}; deferred longer than sender.shaping.max_defer"
-            )
-        DELIVERY_SECONDS.observe(loop.time() - started)
-
-        detail = detail_for(result, job.should_retry)
-        outcome = Outcome(
-            batch_id=batch_id,
-            domain=domain_of_batch(batch_id),
-            recipient=job.recipient,
-            timestamp=self._now(),
-            detail=detail,
-            event_id=send_outcome_id(detail.type, message.msg_id, message.stream_seq),
-        )
-        OUTCOMES.labels(detail.type).inc()
-        self._log(job, message, result, outcome)
-        # A possibly delivered Envelope's outcome goes into the guard too (a released claim has
-        # nothing to record).
-        record = not self.demo and result.possibly_delivered
-        return await self._settle(key, outcome, record=record), outcome
+        if result.kind is not Kind.DEFERRED:
+            DELIVERY_SECONDS.observe(loop.time() - started)
+        return result
 
     def _defer(self, job: Envelope, message: BusMessage, result: SendResult) -> Result | None:
         """Send the Envelope back to wait for its destination (not an attempt: no outcome is
@@ -463,14 +497,21 @@ class SmtpSender:
         `_maintain` retries a missing record."""
         owed = self._unsettled.pop(key, None)
         record = self._guard is not None and (record or (owed is not None and not owed.recorded))
+        # One encoding for the event and the guard: they store the same bytes.
+        payload = wire_stats.encode(outcome)
         if record:
             # Record and publish leave in one socket write and their acks are awaited together
-            # (ADR 0048); both are settled before the Envelope is acked.
-            recorded, published = await asyncio.gather(
-                self._record(key, outcome), self._publish(outcome)
-            )
+            # (ADR 0048); both are settled before the Envelope is acked. The record runs in a
+            # task of its own, the publish in this one (ADR 0057: one task, not gather's two).
+            recording = asyncio.ensure_future(self._record(key, payload))
+            try:
+                published = await self._publish(outcome, payload)
+            except BaseException:
+                recording.cancel()
+                raise
+            recorded = await recording
         else:
-            recorded, published = True, await self._publish(outcome)
+            recorded, published = True, await self._publish(outcome, payload)
         if not (recorded and published):
             self._unsettled[key] = _Unsettled(outcome, recorded=recorded, published=published)
             while len(self._unsettled) > UNSETTLED_MAX:
@@ -479,9 +520,10 @@ class SmtpSender:
             return Result.nak()  # after the consumer's growing backoff
         return Result.ack()
 
-    async def _publish(self, outcome: Outcome) -> bool:
+    async def _publish(self, outcome: Outcome, payload: bytes) -> bool:
+        """`wire.stats.publish_outcome` with the payload encoded already."""
         try:
-            await publish_outcome(self.bus, outcome)
+            await self.bus.publish_stat(outcome.type, payload, outcome.event_id)
         except Exception as exc:
             log.warning(
                 "publishing the outcome failed; the Envelope will come back",
@@ -501,7 +543,7 @@ class SmtpSender:
             handling: asyncio.Future[Outcome | None] = loop.create_future()
             self._handling[key] = handling
             try:
-                recorded = await self._record(key, outcome, tries=1)
+                recorded = await self._record(key, wire_stats.encode(outcome), tries=1)
             finally:
                 del self._handling[key]
                 handling.set_result(outcome)
@@ -542,15 +584,14 @@ class SmtpSender:
             )
             return None
 
-    async def _record(self, key: str, outcome: Outcome, *, tries: int = GUARD_TRIES) -> bool:
-        """Store the outcome in the guard; False when it could not be stored. Tried again for a
-        few seconds: a NATS cluster electing a new leader (a node lost, ADR 0041) times out
-        writes for about that long, and a guard left at CLAIMED would make another process's
-        copy of the attempt send it again."""
+    async def _record(self, key: str, value: bytes, *, tries: int = GUARD_TRIES) -> bool:
+        """Store the encoded outcome `value` in the guard; False when it could not be stored.
+        Tried again for a few seconds: a NATS cluster electing a new leader (a node lost, ADR
+        0041) times out writes for about that long, and a guard left at CLAIMED would make
+        another process's copy of the attempt send it again."""
         guard = self._guard
         if guard is None:
             return True
-        value = wire_stats.encode(outcome)
         try:
             await _retrying(lambda: guard.record(key, value), tries=tries)
         except Exception as exc:
@@ -573,6 +614,9 @@ class SmtpSender:
 
     @staticmethod
     def _log(job: Envelope, message: BusMessage, result: SendResult, outcome: Outcome) -> None:
+        level = logging.INFO if outcome.type == "delivered" else logging.WARNING
+        if not log.isEnabledFor(level):
+            return
         kv = {
             "recipient": obfuscate(job.recipient),
             "seq": message.stream_seq,
@@ -582,5 +626,4 @@ class SmtpSender:
             "tls": result.tls,
             "reply": result.message,
         }
-        level = logging.INFO if outcome.type == "delivered" else logging.WARNING
         log.log(level, "envelope handled", extra={"kv": kv})

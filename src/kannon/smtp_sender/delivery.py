@@ -150,15 +150,16 @@ class SmtpDeliverer:
                 possibly_delivered=attempt.in_data,
             )
         finally:
-            log.debug(
-                "delivery attempt",
-                extra={
-                    "kv": {
-                        "email_id": job.email_id,
-                        "seconds": round(time.monotonic() - started, 4),
-                    }
-                },
-            )
+            if log.isEnabledFor(logging.DEBUG):  # no line, no work building it
+                log.debug(
+                    "delivery attempt",
+                    extra={
+                        "kv": {
+                            "email_id": job.email_id,
+                            "seconds": round(time.monotonic() - started, 4),
+                        }
+                    },
+                )
 
     async def maintain(self) -> None:
         await self.sessions.reap()

@@ -123,6 +123,8 @@ class MxResolver:
             found = await asyncio.shield(pending)
         if not isinstance(found, list):
             return found
+        if len(found) == 1:  # most domains: nothing to order
+            return Routes(tuple(found[: self.max_hosts]))
         ordered = list(found)
         self._rng.shuffle(ordered)
         ordered.sort(key=lambda host: host.preference)  # stable: equal preferences shuffled

@@ -17,11 +17,18 @@ when its connection is gone.
 Failures come back as the exceptions aiosmtplib itself raises for the same replies
 (`SMTPSenderRefused`, `SMTPRecipientRefused`, `SMTPDataError`, `SMTPServerDisconnected`, a
 timeout), so the caller reads a pipelined and a one-by-one transaction alike.
+
+The bytes written are the ones aiosmtplib would write (ADR 0057): addresses quoted as its
+`quote_address` quotes them, the message with its line endings made CRLF and its dot-stuffing as
+its `data()` does. Both take shortcuts for what nearly every Envelope is — a plain
+`local@domain` address, a body whose lines the builder already ended with CRLF — that give the
+same bytes without `email.utils.parseaddr` and without a regular expression rewriting the body.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Sequence
 from typing import cast
 
@@ -31,7 +38,6 @@ from aiosmtplib.protocol import (
     COMMAND_INJECTION_REGEX,
     MAX_LINE_LENGTH,
     MAX_RESPONSE_LENGTH,
-    PERIOD_REGEX,
     normalize_message_line_endings,
 )
 
@@ -39,6 +45,12 @@ OK = 250
 WILL_FORWARD = 251
 START_INPUT = 354
 UNAVAILABLE = 421
+
+# A `local@domain` of dot-atoms (RFC 5322 atext) in ASCII: `email.utils.parseaddr`, which
+# aiosmtplib's `quote_address` runs, gives such an address back unchanged, and it holds nothing
+# `quote_address` refuses (whitespace, angle brackets, quotes, control characters).
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ADDRESS = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
 
 
 def offered(client: aiosmtplib.SMTP) -> bool:
@@ -68,8 +80,8 @@ async def transact(
     timeout = client.timeout
     commands = [b"RSET"] if reset else []
     commands += [
-        _command(b"MAIL", b"FROM:" + quote_address(sender).encode(encoding), options),
-        _command(b"RCPT", b"TO:" + quote_address(recipient).encode(encoding), ()),
+        _command(b"MAIL", b"FROM:" + quoted(sender).encode(encoding), options),
+        _command(b"RCPT", b"TO:" + quoted(recipient).encode(encoding), ()),
         b"DATA",
     ]
     replies = await _exchange(client, b"".join(c + b"\r\n" for c in commands), len(commands))
@@ -94,8 +106,7 @@ async def transact(
         raise aiosmtplib.SMTPServerDisconnected("Connection lost")
     if before_message is not None:
         before_message()
-    message = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(body)) + b".\r\n"
-    final = await _exchange(client, message, 1, timeout=timeout)
+    final = await _exchange(client, data_bytes(body), 1, timeout=timeout)
     if not final:
         client.close()
         raise aiosmtplib.SMTPServerDisconnected("Connection lost")
@@ -105,6 +116,30 @@ async def transact(
     if reply.code != OK:
         raise aiosmtplib.SMTPDataError(reply.code, reply.message)
     return reply
+
+
+def quoted(address: str) -> str:
+    """`address` as MAIL FROM and RCPT TO carry it: what aiosmtplib's `quote_address` returns
+    (and its ValueError for an address that cannot go on a command line)."""
+    if _PLAIN_ADDRESS.fullmatch(address):
+        return f"<{address}>"
+    return quote_address(address)
+
+
+def data_bytes(body: bytes) -> bytes:
+    """What DATA transmits of `body`, up to and including the final `.`: every bare CR or LF made
+    CRLF, a CRLF added at the end if missing, each line that starts with `.` given another
+    (RFC 5321 §4.5.2) — what aiosmtplib's `data()` sends for the same message."""
+    crlf = body.count(b"\r\n")
+    if not (crlf == body.count(b"\r") == body.count(b"\n") and body.endswith(b"\r\n")):
+        # A bare CR or LF, or no line end at the end: aiosmtplib's own rewrite.
+        body = normalize_message_line_endings(body)
+    # Every line now ends with CRLF, so a line starts at the beginning or right after an LF.
+    if b"\n." in body:
+        body = body.replace(b"\n.", b"\n..")
+    if body.startswith(b"."):
+        body = b"." + body
+    return body + b".\r\n"
 
 
 def _command(verb: bytes, argument: bytes, options: Sequence[str]) -> bytes:
@@ -120,19 +155,13 @@ def _refusal(
     replies: Sequence[aiosmtplib.SMTPResponse], sender: str, recipient: str
 ) -> aiosmtplib.SMTPResponseException | None:
     """The first refusal among the replies to MAIL, RCPT, DATA (in that order), if any."""
-    checks: list[Callable[[aiosmtplib.SMTPResponse], aiosmtplib.SMTPResponseException | None]] = [
-        lambda r: None if r.code == OK else aiosmtplib.SMTPSenderRefused(r.code, r.message, sender),
-        lambda r: (
-            None
-            if r.code in (OK, WILL_FORWARD)
-            else aiosmtplib.SMTPRecipientRefused(r.code, r.message, recipient)
-        ),
-        lambda r: None if r.code == START_INPUT else aiosmtplib.SMTPDataError(r.code, r.message),
-    ]
-    for reply, check in zip(replies, checks, strict=False):
-        refused = check(reply)
-        if refused is not None:
-            return refused
+    count = len(replies)
+    if count > 0 and replies[0].code != OK:
+        return aiosmtplib.SMTPSenderRefused(replies[0].code, replies[0].message, sender)
+    if count > 1 and replies[1].code not in (OK, WILL_FORWARD):
+        return aiosmtplib.SMTPRecipientRefused(replies[1].code, replies[1].message, recipient)
+    if count > 2 and replies[2].code != START_INPUT:
+        return aiosmtplib.SMTPDataError(replies[2].code, replies[2].message)
     return None
 
 
@@ -147,13 +176,17 @@ async def _exchange(
     transport = cast(asyncio.WriteTransport, protocol.transport)
     if transport.is_closing():
         raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-    done: asyncio.Future[list[aiosmtplib.SMTPResponse]] = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[list[aiosmtplib.SMTPResponse]] = loop.create_future()
     reader = _Replies(protocol, expected, done)
     transport.set_protocol(reader)
+    # A plain timer that fails the future (ADR 0057): `asyncio.timeout` would cost a context
+    # manager, a cancellation of the task and its undoing for each of the two exchanges.
+    seconds = client.timeout if timeout is None else timeout
+    timer = None if seconds is None else loop.call_later(seconds, reader.time_out)
     try:
         transport.write(data)
-        async with asyncio.timeout(client.timeout if timeout is None else timeout):
-            return await done
+        return await done
     except TimeoutError as exc:
         # Replies still on their way would be paired with the wrong commands: never reuse.
         client.close()
@@ -162,6 +195,8 @@ async def _exchange(
         client.close()
         raise
     finally:
+        if timer is not None:
+            timer.cancel()
         if transport.get_protocol() is reader:
             transport.set_protocol(protocol)
 
@@ -216,6 +251,11 @@ class _Replies(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._app.resume_writing()
+
+    def time_out(self) -> None:
+        """No complete answer within the command timeout (`_exchange`'s timer)."""
+        if not self._done.done():
+            self._done.set_exception(TimeoutError())
 
     def _finish(self) -> None:
         # The replies that did arrive still count: a 421 or 5xx before the hang-up is the
