@@ -187,6 +187,30 @@ def cpu_seconds(*roots: int) -> dict[str, float]:
     return totals
 
 
+def nats_messages(*roots: int) -> dict[str, int]:
+    """nats-server's message counters so far (`in_msgs`, `out_msgs` of its /varz: every
+    publish, ack and pull request it received, every message it sent), {} when there is no
+    nats-server in the trees or its monitoring port is unknown. The embedded server's port is
+    in the configuration file its command line names (`kannon.bus.embedded`)."""
+    for pid, comm in process_tree(*roots).items():
+        if comm != "nats-server":
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().decode(errors="replace").split("\0")
+            conf = Path(argv[argv.index("-c") + 1]).read_text()
+            match = re.search(r'^http: "127\.0\.0\.1:(\d+)"', conf, re.M)
+            if match is None:
+                continue
+            url = f"http://127.0.0.1:{match.group(1)}/varz"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                varz = json.loads(response.read())
+        except (OSError, ValueError, IndexError):
+            continue
+        return {"in_msgs": int(varz["in_msgs"]), "out_msgs": int(varz["out_msgs"])}
+    return {}
+
+
 def schedstat(pid: int) -> tuple[float, float]:
     """(seconds on CPU, seconds runnable but waiting for a CPU) of ``pid``'s main thread --
     Kannon's event loop. The second figure shows how much other load held it back."""
@@ -590,6 +614,8 @@ class Bulk:
     duplicates_skipped: int = 0
     peak_rss_mib: dict[str, float] = field(default_factory=dict)
     """Peak RSS during this run, by process label."""
+    nats_msgs: dict[str, int] = field(default_factory=dict)
+    """Messages nats-server received (in_msgs) and sent (out_msgs) during this run."""
 
     @property
     def rate(self) -> float:
@@ -649,6 +675,7 @@ async def measure_bulk(
     before = {p.name for p in sink.message_files()}
     request = client.request(0, recipients, f"bulk{recipients}")
     cpu_before = cpu_seconds(*kannon.roots)
+    nats_before = nats_messages(*kannon.roots)
     sched_before, pressure_before = schedstat(kannon.pid), cpu_pressure_seconds()
     metrics_before = await asyncio.to_thread(kannon.metrics)
     memory = TreeMemory(*kannon.roots)
@@ -691,6 +718,9 @@ async def measure_bulk(
     memory.stop()
     bulk.peak_rss_mib = {k: round(v / 2**20, 1) for k, v in memory.peak_rss_by_label.items()}
     cpu_after = cpu_seconds(*kannon.roots)
+    nats_after = nats_messages(*kannon.roots)
+    if nats_before and nats_after:
+        bulk.nats_msgs = {k: v - nats_before[k] for k, v in nats_after.items()}
     sched_after = schedstat(kannon.pid)
     bulk.loop_on_cpu_s = sched_after[0] - sched_before[0]
     bulk.loop_waiting_s = sched_after[1] - sched_before[1]
@@ -962,6 +992,15 @@ def _bulk_rows(f: dict[str, Any], bulk: dict[str, Any]) -> list[Row]:
                 + ")",
                 "<= 3 ms",
                 verdict(total <= 3.0),
+            )
+        )
+    nats_msgs = bulk.get("nats_msgs")
+    if nats_msgs and received:
+        rows.append(
+            Row(
+                "pipeline",
+                f"  {n:,}: NATS messages per Delivery, into / out of nats-server",
+                f"{nats_msgs['in_msgs'] / received:.2f} / {nats_msgs['out_msgs'] / received:.2f}",
             )
         )
     if bulk.get("peak_rss_mib"):

@@ -397,3 +397,50 @@ async def test_a_failing_batch_comes_back_whole_and_a_trickle_is_not_held(bus: B
     assert all(n == 2 for d, n in calls[1] if (d, 1) in calls[0])
     assert asyncio.get_running_loop().time() - began < 5
     await _settled(bus, "test-batch-fail")
+
+
+async def test_a_lingering_fetch_takes_what_trickles_in_meanwhile_as_one_batch(bus: Bus) -> None:
+    spec = ConsumerSpec(
+        "test-batch-linger",
+        SENDING_STREAM,
+        SENDING_SUBJECT,
+        batch=50,
+        linger=timedelta(seconds=2),  # long: the three publishes below fit in it on any machine
+    )
+    stopping = asyncio.Event()
+    batches: list[list[bytes]] = []
+    ready = asyncio.Event()
+
+    async def handle(msgs: Sequence[BusMessage]) -> list[Result]:
+        batches.append([m.data for m in msgs])
+        if sum(map(len, batches)) >= 3:
+            stopping.set()
+        return [Result.ack()] * len(msgs)
+
+    consumer = asyncio.create_task(bus.consume_batches(spec, handle, stopping, on_ready=ready.set))
+    await ready.wait()
+    for i in range(3):  # one at a time, each after the fetch began waiting
+        await bus.publish(SENDING_SUBJECT, f"l{i}".encode(), msg_id=f"linger-{i}")
+    await asyncio.wait_for(consumer, timeout=30)
+    assert batches == [[b"l0", b"l1", b"l2"]], "one fetch held its request open for them all"
+    await _settled(bus, "test-batch-linger")
+
+
+async def test_a_lingering_fetch_returns_as_soon_as_its_batch_is_full(bus: Bus) -> None:
+    for i in range(5):
+        await bus.publish(SENDING_SUBJECT, f"f{i}".encode(), msg_id=f"full-{i}")
+    spec = ConsumerSpec(
+        "test-batch-full", SENDING_STREAM, SENDING_SUBJECT, batch=5, linger=timedelta(seconds=30)
+    )
+    stopping = asyncio.Event()
+    sizes: list[int] = []
+
+    async def handle(msgs: Sequence[BusMessage]) -> list[Result]:
+        sizes.append(len(msgs))
+        stopping.set()
+        return [Result.ack()] * len(msgs)
+
+    # Well before the linger: a full batch does not wait for it.
+    await asyncio.wait_for(bus.consume_batches(spec, handle, stopping), timeout=10)
+    assert sizes == [5]
+    await _settled(bus, "test-batch-full")

@@ -442,7 +442,7 @@ async def test_delivered_and_bounced_delete_the_row_and_a_repeat_changes_nothing
     assert (await worker.handle_finished(garbage)).verdict is Verdict.TERM
 
 
-async def test_concurrent_endings_share_one_delete_and_are_acked_after_it(
+async def test_the_endings_of_a_fetch_share_one_delete_and_are_acked_after_it(
     pool: asyncpg.Pool, bus: Bus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recipients = [f"d{i}@example.org" for i in range(5)]
@@ -462,7 +462,7 @@ async def test_concurrent_endings_share_one_delete_and_are_acked_after_it(
         outcome_message(Outcome(BATCH, DOMAIN, email, T0, Delivered(), f"delivered.{email}"))
         for email in [*recipients, recipients[0]]  # the last one is a redelivery
     ]
-    results = await asyncio.gather(*(worker.handle_finished(m) for m in messages))
+    results = await worker.outcomes.handle_finished_batch(messages)
     assert [r.verdict for r in results] == [Verdict.ACK] * 6
     assert calls == [6]
     assert set(await rows(pool)) == {"keep@example.org"}

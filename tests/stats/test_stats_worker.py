@@ -5,7 +5,8 @@ retention deletes old events only."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import dataclasses
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -66,19 +67,30 @@ async def run_until_handled(
     wrap: Callable[[BusMessage, Callable[[BusMessage], Awaitable[Result]]], Awaitable[Result]]
     | None = None,
 ) -> list[tuple[BusMessage, Result]]:
-    """Run the worker's real consume loop until `count` messages were handled, then stop it."""
+    """Run the worker's real consume loop until `count` messages were handled, then stop it.
+    `wrap` sees each message of a fetch on its own, with a handler of one message."""
     handled: list[tuple[BusMessage, Result]] = []
     enough = asyncio.Event()
-    real = worker.handle
+    real = worker.handle_batch
 
-    async def observed(msg: BusMessage) -> Result:
-        result = await (wrap(msg, real) if wrap else real(msg))
-        handled.append((msg, result))
-        if len(handled) >= count:
-            enough.set()
+    async def alone(msg: BusMessage) -> Result:
+        [result] = await real([msg])
+        assert isinstance(result, Result), result
         return result
 
-    worker.handle = observed  # type: ignore[method-assign]  # the real one, watched
+    async def observed(msgs: Sequence[BusMessage]) -> list[Result | Exception]:
+        if wrap:
+            results: list[Result | Exception] = [await wrap(msg, alone) for msg in msgs]
+        else:
+            results = await real(msgs)
+        for msg, result in zip(msgs, results, strict=True):
+            assert isinstance(result, Result), result
+            handled.append((msg, result))
+        if len(handled) >= count:
+            enough.set()
+        return results
+
+    worker.handle_batch = observed  # type: ignore[method-assign]  # the real one, watched
     async with running(worker):
         await asyncio.wait_for(enough.wait(), 20)
     return handled
@@ -356,7 +368,7 @@ async def test_an_event_the_database_refuses_fails_alone(pool: asyncpg.Pool, bus
         BusMessage(stats_subject(e.type), encode(e), e.event_id, 1, i)
         for i, e in enumerate(events, start=1)
     ]
-    results = await asyncio.gather(*(worker.handle(m) for m in messages), return_exceptions=True)
+    results = await worker.handle_batch(messages)  # one fetch: one statement, refused
     assert isinstance(results[1], stats_store.EventRefused)
     assert [results[0], results[2]] == [Result.ack(), Result.ack()]
     assert sorted(row["email"] for row in await stats_rows(pool)) == ["a@x.io", "b@x.io"]
@@ -383,4 +395,33 @@ async def test_a_backlog_is_recorded_in_batches_and_acked(
     assert sum(sizes) == count
     assert len(sizes) < count / 10  # batched, not one statement per event
     assert await aggregates(pool) == {(DOMAIN, datetime(2025, 6, 1, 10), "delivered"): count}
+    assert await ack_state(bus) == (0, 0)
+
+
+async def test_a_fetch_whose_statement_fails_comes_back_whole_and_is_stored_once(
+    pool: asyncpg.Pool, bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = [outcome(Delivered(), email=f"{i}@x.io") for i in range(5)]
+    for event in events:
+        await publish_outcome(bus, event)
+    worker = make_worker(pool, bus)
+    # Redelivered quickly rather than after the production backoff.
+    spec = dataclasses.replace(worker.consumer, retry_delay=timedelta(milliseconds=50))
+    monkeypatch.setattr(StatsWorker, "consumer", property(lambda _: spec))
+    real = stats_store.record_events
+    calls: list[int] = []
+
+    async def down_once(p: asyncpg.Pool, batch: Any) -> list[bool]:
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise ConnectionRefusedError("the database is down")  # an outage: nothing stored
+        return await real(p, batch)
+
+    monkeypatch.setattr(stats_store, "record_events", down_once)
+    handled = await run_until_handled(worker, len(events))
+    assert sorted(msg.num_delivered for msg, _ in handled) == [2] * len(events)
+    assert all(result.verdict is Verdict.ACK for _, result in handled)
+    assert calls[0] == len(events), "the fetch went in one statement"
+    assert len(await stats_rows(pool)) == len(events)
+    assert await aggregates(pool) == {(DOMAIN, datetime(2025, 6, 1, 10), "delivered"): 5}
     assert await ack_state(bus) == (0, 0)

@@ -19,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import nats
@@ -181,6 +182,10 @@ class ConsumerSpec:
     """While a handler runs, tell the server every `ack_wait / 3` that the message is still being
     worked on (a progress ack, `+WPI`), so it is not redelivered to someone else meanwhile, however
     long the handler waits on the bus itself (a JetStream leader election, ADR 0049)."""
+    linger: timedelta = timedelta(0)
+    """`consume_batches()` only: how long a fetch waits for a batch to fill before it hands
+    over what came. Events that trickle in (a few hundred a second) would otherwise go one or
+    two per handler call, a database statement apiece (ADR 0058). Zero: take what is there."""
 
     def backoff(self, num_delivered: int, jitter: float = 0.0) -> float:
         """Seconds before delivery `num_delivered + 1`: retry_delay · 2^(n-1), capped, ±jitter."""
@@ -217,8 +222,9 @@ def outcome_consumer(
 
 
 Handler = Callable[[BusMessage], Awaitable[Result]]
-BatchHandler = Callable[[Sequence[BusMessage]], Awaitable[Sequence[Result]]]
-"""Takes the messages of one fetch; returns one Result per message, in order."""
+BatchHandler = Callable[[Sequence[BusMessage]], Awaitable[Sequence[Result | Exception]]]
+"""Takes the messages of one fetch; returns one Result per message, in order, or the exception
+that failed that message alone (settled as if its handler had raised it)."""
 _Work = TypeVar("_Work")
 """What a consumer loop hands its handler at once: one message, or a batch of them."""
 
@@ -452,10 +458,13 @@ class Bus:
         back after the spec's growing backoff (see the module docstring). With `spec.keep_alive`
         the message's ack deadline is pushed back while its handler runs.
         """
-        sub = await self._subscribe(spec, spec.concurrency)
+        await self._ensure_consumer(spec, spec.concurrency)
+        # Our own pull requests rather than nats-py's `fetch`, which waits for each message of
+        # a batch with its own task, timer and uuid4 (ADR 0052, 0058).
+        puller = await _Puller.start(self.nc, spec)
 
         async def fetch(free: int) -> list[Msg]:
-            return await sub.fetch(free, timeout=FETCH_WAIT)
+            return await puller.fetch(free, timeout=FETCH_WAIT)
 
         await self._pull(
             spec,
@@ -466,7 +475,8 @@ class Bus:
             slots_per_fetch=spec.batch,
             fetch=fetch,
             handle=lambda msg: self._handle(spec, handler, msg),
-            close=sub.unsubscribe,
+            # Gives back the messages that arrived and were not taken.
+            close=puller.stop,
         )
 
     async def _ensure_consumer(self, spec: ConsumerSpec, in_hand: int) -> None:
@@ -485,12 +495,6 @@ class Bus:
             max_ack_pending=spec.max_ack_pending or max(1000, in_hand * 4),
         )
         await self.js.add_consumer(spec.stream, config)
-
-    async def _subscribe(
-        self, spec: ConsumerSpec, in_hand: int
-    ) -> JetStreamContext.PullSubscription:
-        await self._ensure_consumer(spec, in_hand)
-        return await self.js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
 
     async def consume_batches(
         self,
@@ -512,8 +516,10 @@ class Bus:
         await self._ensure_consumer(spec, spec.concurrency * spec.batch)
         puller = await _Puller.start(self.nc, spec)
 
+        linger = spec.linger.total_seconds()
+
         async def fetch(_: int) -> list[list[Msg]]:
-            msgs = await puller.fetch(spec.batch, timeout=FETCH_WAIT)
+            msgs = await puller.fetch(spec.batch, timeout=FETCH_WAIT, linger=linger)
             return [msgs] if msgs else []
 
         await self._pull(
@@ -614,7 +620,7 @@ class Bus:
             verdict = await self._settle(spec, msg, message, outcome)
             settled[verdict] = settled.get(verdict, 0) + 1
         for verdict, count in settled.items():
-            HANDLED.labels(spec.durable, verdict.value).inc(count)
+            _handled(spec.durable, verdict).inc(count)
 
     async def _handle(self, spec: ConsumerSpec, handler: Handler, msg: Msg) -> None:
         keeper = asyncio.create_task(_keep_alive(spec, msg)) if spec.keep_alive else None
@@ -626,7 +632,7 @@ class Bus:
             except Exception as exc:
                 outcome = exc
             verdict = await self._settle(spec, msg, message, outcome, keeper)
-            HANDLED.labels(spec.durable, verdict.value).inc()
+            _handled(spec.durable, verdict).inc()
         finally:
             if keeper is not None:
                 keeper.cancel()
@@ -832,16 +838,23 @@ class _Puller:
             return False
         return True
 
-    async def fetch(self, batch: int, timeout: float) -> list[Msg]:
-        """Up to `batch` messages (at least one unless `timeout` seconds passed without any)."""
+    async def fetch(self, batch: int, timeout: float, linger: float = 0.0) -> list[Msg]:
+        """Up to `batch` messages (at least one unless `timeout` seconds passed without any).
+        With `linger`, what comes within `linger` seconds, up to `batch`."""
         msgs, _ = self._take(batch)
-        if msgs:
+        if msgs and (not linger or len(msgs) >= batch):
             return msgs
         loop = asyncio.get_running_loop()
-        # What is there now, at once: the server ends the request with a status when it runs
-        # out before `batch`.
-        await self._request(batch, no_wait=True)
-        until = loop.time() + timeout
+        # With `linger`, the server's status ends the wait (at the latest `timeout` after it).
+        until = loop.time() + linger + timeout
+        if linger:
+            # One request held `linger` seconds: the server hands out what comes meanwhile, up to
+            # `batch`, and ends it with a status when it expires (none when the batch filled).
+            await self._request(batch - len(msgs), expires=int(linger * 1e9))
+        else:
+            # What is there now, at once: the server ends the request with a status when it
+            # runs out before `batch`.
+            await self._request(batch, no_wait=True)
         ended = False
         while len(msgs) < batch and not ended:
             more, ended = self._take(batch - len(msgs))
@@ -873,16 +886,44 @@ class _Puller:
         self._arrived.clear()
 
 
+_ACK_V1_TOKENS = 9
+"""`$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>`: the
+reply subject of a JetStream message from a server without domains (ours)."""
+
+
 def _message(msg: Msg) -> BusMessage:
+    """The handler's view of `msg`. The delivery count, stream sequence and time are read from
+    the reply subject directly in its ordinary form: nats-py's `Msg.metadata` builds two
+    dataclasses per message for them. Any other form goes through `Msg.metadata`."""
+    reply = msg.reply
+    tokens = reply.split(".") if reply else []
+    headers = msg.headers
+    msg_id = headers.get("Nats-Msg-Id") if headers else None
+    if len(tokens) == _ACK_V1_TOKENS and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return BusMessage(
+            msg.subject,
+            msg.data,
+            msg_id,
+            int(tokens[4]) or 1,
+            int(tokens[5]),
+            datetime.fromtimestamp(int(tokens[7]) / 1e9, UTC),
+        )
     meta = msg.metadata
     return BusMessage(
         subject=msg.subject,
         data=msg.data,
-        msg_id=(msg.headers or {}).get("Nats-Msg-Id"),
+        msg_id=msg_id,
         num_delivered=meta.num_delivered or 1,
         stream_seq=meta.sequence.stream if meta.sequence else 0,
         published=meta.timestamp,
     )
+
+
+@functools.cache
+def _handled(durable: str, verdict: Verdict) -> Counter:
+    """`HANDLED`'s child for (durable, verdict), looked up once: `labels()` costs a lock and a
+    dictionary lookup of the label tuple per call."""
+    return HANDLED.labels(durable, verdict.value)
 
 
 def _jitter() -> float:

@@ -111,10 +111,8 @@ class Dispatcher:
         consumers = self.outcomes.consumers()
         ready = [asyncio.Event() for _ in consumers]
         async with self.build_processes(), asyncio.TaskGroup() as tasks:
-            for (spec, handler), event in zip(consumers, ready, strict=True):
-                tasks.create_task(
-                    self._bus.consume(spec, handler, life.stopping, on_ready=event.set)
-                )
+            for consume, event in zip(consumers, ready, strict=True):
+                tasks.create_task(consume(life.stopping, event.set))
             # Before our own first claim: every claim there is now a dead Dispatcher's.
             await self._reclaim_at_start()
             tasks.create_task(self.reclaimer.run(life, _log_error, then=self.requeue_lost))

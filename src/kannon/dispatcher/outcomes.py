@@ -1,7 +1,7 @@
 """The Dispatcher's outcomes room: the SMTPSender's outcomes keep the Pool in step.
 
-* `dispatcher-delivered` / `dispatcher-bounced`: the Delivery ended, delete its row (the rows of
-  concurrently handled events go in one DELETE, `kannon.runtime.coalescer`);
+* `dispatcher-delivered` / `dispatcher-bounced`: the Delivery ended, delete its row (taken a
+  fetch at a time, `Bus.consume_batches`: the rows of one fetch go in one DELETE, ADR 0058);
 * `dispatcher-error`: reschedule with backoff and jitter, recording the reply when a server
   answered (code ≥ 200) — only when the error answers the attempt in flight (its event id names
   the attempt, `model.event_ids.attempt_of_send_outcome`), else it is a late copy and ignored;
@@ -16,10 +16,12 @@ outage makes them retry with growing delays for as long as it lasts (ADR 0026).
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
@@ -43,7 +45,6 @@ from kannon.dispatcher.retry import WHILE_QUEUED, WHILE_SENDING, Retries
 from kannon.model.delivery import IN_FLIGHT_STATUSES
 from kannon.model.event_ids import attempt_of_send_outcome
 from kannon.model.outcome import Errored, Outcome
-from kannon.runtime.coalescer import Coalescer
 from kannon.wire.stats import UndecodableEvent, decode
 
 if TYPE_CHECKING:
@@ -62,17 +63,21 @@ STALE_ERRORS = Counter(
 
 # Outcome handlers in flight per consumer: each is one or two short queries.
 CONSUMER_CONCURRENCY = 8
-# Delivered/Bounced handlers in flight: they wait for a shared, batched DELETE (one statement
-# for all of them instead of one per event), so many can; this bounds the batch.
-FINISHED_CONCURRENCY = 256
-# How long a lone ending waits for others to share its DELETE: they trickle in as SMTP
+# Delivered/Bounced events per fetch, deleted in one statement; fetches in hand at once: one, so
+# that a slow database makes batches larger rather than DELETEs more frequent (as Stats, ADR 0058).
+FINISHED_BATCH = 256
+FINISHED_CONCURRENCY = 1
+# How long a fetch of endings waits for company to share its DELETE: they trickle in as SMTP
 # transactions finish, and a row deleted 20 ms later changes nothing for anyone.
-FINISHED_LINGER = 0.02
+FINISHED_LINGER = timedelta(milliseconds=20)
 LOST_PAGE = 1000
 
 DURABLES = (DISPATCHER_DELIVERED_DURABLE, DISPATCHER_BOUNCED_DURABLE, DISPATCHER_ERROR_DURABLE)
 
 Handler = Callable[[BusMessage], Awaitable[Result]]
+Consume = Callable[[asyncio.Event, Callable[[], None]], Coroutine[Any, Any, None]]
+"""One consumer's loop: runs until the event is set; calls the callback once subscribed."""
+_ACK = Result.ack()
 
 
 class Outcomes:
@@ -96,26 +101,40 @@ class Outcomes:
         self._ip_pools = ip_pools
         self._claim_timeout = claim_timeout
         self._clock = clock
-        self._finished: Coalescer[tuple[str, str], bool] = Coalescer(
-            self._delete_finished, max_items=FINISHED_CONCURRENCY, linger=FINISHED_LINGER
-        )
 
-    def consumers(self) -> list[tuple[ConsumerSpec, Handler]]:
-        """The durable consumers to run, each with its handler."""
-        return [
-            (
-                self._consumer(DISPATCHER_DELIVERED_DURABLE, DELIVERED, FINISHED_CONCURRENCY),
-                self.handle_finished,
-            ),
-            (
-                self._consumer(DISPATCHER_BOUNCED_DURABLE, BOUNCED, FINISHED_CONCURRENCY),
-                self.handle_finished,
-            ),
-            (self._consumer(DISPATCHER_ERROR_DURABLE, ERROR), self.handle_error),
+    def consumers(self) -> list[Consume]:
+        """The durable consumers to run, each as its loop."""
+        finished = [
+            dataclasses.replace(
+                self._consumer(durable, stat_type, FINISHED_CONCURRENCY, FINISHED_BATCH),
+                linger=FINISHED_LINGER,
+            )
+            for durable, stat_type in (
+                (DISPATCHER_DELIVERED_DURABLE, DELIVERED),
+                (DISPATCHER_BOUNCED_DURABLE, BOUNCED),
+            )
         ]
+        errors = self._consumer(DISPATCHER_ERROR_DURABLE, ERROR)
+
+        def batches(spec: ConsumerSpec) -> Consume:
+            async def loop(stopping: asyncio.Event, on_ready: Callable[[], None]) -> None:
+                await self._bus.consume_batches(
+                    spec, self.handle_finished_batch, stopping, on_ready=on_ready
+                )
+
+            return loop
+
+        async def each(stopping: asyncio.Event, on_ready: Callable[[], None]) -> None:
+            await self._bus.consume(errors, self.handle_error, stopping, on_ready=on_ready)
+
+        return [*(batches(spec) for spec in finished), each]
 
     def _consumer(
-        self, durable: str, stat_type: str, concurrency: int = CONSUMER_CONCURRENCY
+        self,
+        durable: str,
+        stat_type: str,
+        concurrency: int = CONSUMER_CONCURRENCY,
+        batch: int | None = None,
     ) -> ConsumerSpec:
         return outcome_consumer(
             durable,
@@ -123,7 +142,7 @@ class Outcomes:
             concurrency,
             is_outage,
             subject=stats_subject(stat_type),
-            batch=max(concurrency, ConsumerSpec.batch),
+            batch=batch or max(concurrency, ConsumerSpec.batch),
         )
 
     @staticmethod
@@ -141,15 +160,23 @@ class Outcomes:
 
     async def handle_finished(self, message: BusMessage) -> Result:
         """Delivered or Bounced: the Delivery ended, its row goes (already gone: nothing to do)."""
-        outcome = self._decode(message)
-        if outcome is None:
-            return Result.term()
-        # Acked once the row is gone: the batched DELETE holding it has committed.
-        await self._finished.submit((outcome.batch_id, outcome.recipient))
-        return Result.ack()
+        [result] = await self.handle_finished_batch([message])
+        return result
 
-    async def _delete_finished(self, recipients: list[tuple[str, str]]) -> list[bool]:
-        return await deliveries.delete_by_recipients(self._pool, recipients)
+    async def handle_finished_batch(self, messages: Sequence[BusMessage]) -> list[Result]:
+        """`handle_finished` for a fetch of events: their rows go in one DELETE, and each event
+        is acked once it committed. A failed DELETE raises: the whole fetch comes back."""
+        results: list[Result] = [_ACK] * len(messages)
+        recipients: list[tuple[str, str]] = []
+        for position, message in enumerate(messages):
+            outcome = self._decode(message)
+            if outcome is None:
+                results[position] = Result.term()
+            else:
+                recipients.append((outcome.batch_id, outcome.recipient))
+        if recipients:
+            await deliveries.delete_by_recipients(self._pool, recipients)
+        return results
 
     async def handle_error(self, message: BusMessage) -> Result:
         """Errored: another attempt later, or the end of the Delivery when the budget is spent."""

@@ -1,6 +1,7 @@
-"""Coalescing of concurrent single-item calls into batched ones, for bus handlers that write to
-the database: the Stats worker (events), the Dispatcher (ended Deliveries) and the webhooks
-worker (new deliveries and attempt results). It knows nothing of the database (ADR 0051).
+"""Coalescing of concurrent single-item calls into batched ones, for work that writes to the
+database item by item: the webhooks worker's attempt results (Stats and the Dispatcher's endings
+used it too, until they took their events a fetch at a time, ADR 0058). It knows nothing of the
+database (ADR 0051).
 
 The bus hands messages to handlers one at a time (bounded concurrency, one ack each). Writing
 each one in its own statement or transaction cost a round trip or four per message; instead every

@@ -10,21 +10,23 @@ event re-published after a crash — hits a unique index, is ignored, and is ack
 A payload that is not a Stats message is terminated (logged), never retried; a database failure
 raises, and the bus loop Naks the message so it comes back later.
 
-Handlers still see one message each and ack it only once its event is committed, but the writes
-are coalesced (`kannon.runtime.coalescer.Coalescer`): the events of concurrent handlers go into the
-database in one statement. An event PostgreSQL refuses is retried alone, so it cannot fail its
-neighbours.
+Events are taken a fetch at a time (`Bus.consume_batches`): the events of one fetch go into the
+database in one statement, and each is acked only once that statement committed. A fetch waits up
+to `WRITE_LINGER` for company, so that events trickling in share a statement. An event PostgreSQL
+refuses is retried alone, so it cannot fail its neighbours; a database failure fails (naks) the
+whole fetch (ADR 0058; before, handlers took one message each and met in a coalescer).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
+from typing import Any
 
 from prometheus_client import Counter
 
@@ -35,13 +37,9 @@ from kannon.db import stats_store
 from kannon.db.database import Database, is_outage
 from kannon.model.outcome import Outcome, domain_of_batch
 from kannon.runtime.clock import utc_now
-from kannon.runtime.coalescer import Coalescer
 from kannon.runtime.component import Life, run_every
 from kannon.stats.suppression import SuppressionFeed
 from kannon.wire.stats import UndecodableEvent, data_json, decode
-
-if TYPE_CHECKING:
-    pass
 
 # An event to store: the outcome and the protojson of its StatsData.
 Event = tuple[Outcome, Mapping[str, Any]]
@@ -56,17 +54,33 @@ DELIVERIES = Counter(
     ["outcome", "domain"],
 )
 TERMINAL = frozenset({"delivered", "bounced", "rejected", "failed"})
+_ACK = Result.ack()
 DELETED = Counter("kannon_stats_retention_deleted_total", "Rows deleted by retention", ["table"])
 
-# Handlers in flight at once. They mostly wait for a batched write (one connection at a time),
-# so many can: this bounds the batch size and how many events wait unacked in memory.
-CONCURRENCY = 256
-# Events per statement: a few hundred rows keep one statement well under the ack deadline.
+# Fetches in hand at once. One: the next fetch starts (and lingers) once the last statement
+# committed, so a slow database makes batches larger rather than statements more frequent —
+# with two, each event cost PostgreSQL a quarter more CPU in the pipeline bench (ADR 0058).
+CONCURRENCY = 1
+# Events per fetch, so per statement: a few hundred rows keep one statement well under the ack
+# deadline.
 MAX_BATCH = 256
-# How long a lone event waits for others to share its statement. Events trickle in (two per
-# Delivery, as SMTP transactions finish): without a wait nearly every one went alone. 20 ms is
-# unnoticeable in the stats and makes batches of ~10 at a few hundred Deliveries a second.
-WRITE_LINGER = 0.02
+# How long a fetch waits for its batch to fill. Events trickle in (two per Delivery, as SMTP
+# transactions finish): without a wait nearly every one went alone. 20 ms is unnoticeable in
+# the stats and makes batches of ~10 at a few hundred Deliveries a second.
+WRITE_LINGER = timedelta(milliseconds=20)
+
+
+@functools.cache
+def _recorded(stat_type: str, result: str) -> Counter:
+    """`RECORDED`'s child, looked up once per label pair rather than per event."""
+    return RECORDED.labels(stat_type, result)
+
+
+@functools.cache
+def _ended(outcome: str, domain: str) -> Counter:
+    """`DELIVERIES`' child, looked up once per label pair rather than per event. Domains are
+    few (the label is off unless `stats.metrics_domain_label`, ADR 0045)."""
+    return DELIVERIES.labels(outcome, domain)
 
 
 @dataclass(frozen=True)
@@ -92,14 +106,14 @@ class StatsWorker:
         self._db = db
         self._bus = bus
         self._clock = clock
-        self._writes: Coalescer[Event, bool] = Coalescer(
-            self._record, max_items=MAX_BATCH, linger=WRITE_LINGER
-        )
         self.suppression = SuppressionFeed(settings, db, bus, clock=clock)
 
     @property
     def consumer(self) -> ConsumerSpec:
-        return outcome_consumer(STATS_DURABLE, self._settings.nats, CONCURRENCY, is_outage)
+        spec = outcome_consumer(
+            STATS_DURABLE, self._settings.nats, CONCURRENCY, is_outage, batch=MAX_BATCH
+        )
+        return dataclasses.replace(spec, linger=WRITE_LINGER)
 
     async def run(self, life: Life) -> None:
         stats_ready, feed_ready = asyncio.Event(), asyncio.Event()
@@ -107,8 +121,8 @@ class StatsWorker:
             tasks.create_task(self._cleanup_loop(life))
             tasks.create_task(self.suppression.run(life, on_ready=feed_ready.set))
             tasks.create_task(
-                self._bus.consume(
-                    self.consumer, self.handle, life.stopping, on_ready=stats_ready.set
+                self._bus.consume_batches(
+                    self.consumer, self.handle_batch, life.stopping, on_ready=stats_ready.set
                 )
             )
             # A consumer that cannot be created fails the TaskGroup, which cancels this wait.
@@ -117,27 +131,52 @@ class StatsWorker:
             life.ready()
 
     async def handle(self, msg: BusMessage) -> Result:
-        """Record one event; Ack also when it was a duplicate, Term when it cannot be read."""
-        try:
-            outcome = decode(msg.data, msg.msg_id)
-        except UndecodableEvent as exc:
-            log.error(
-                "undecodable stats event",
-                extra={"kv": {"subject": msg.subject, "seq": msg.stream_seq, "error": str(exc)}},
-            )
-            RECORDED.labels("unknown", "undecodable").inc()
-            return Result.term()
-        if not outcome.domain:
-            # Every publisher sets it; a missing one can still be recovered from the Batch id.
-            outcome = dataclasses.replace(outcome, domain=domain_of_batch(outcome.batch_id))
-        inserted = await self._writes.submit((outcome, data_json(outcome.detail)))
-        RECORDED.labels(outcome.type, "recorded" if inserted else "duplicate").inc()
-        if inserted and outcome.type in TERMINAL:
-            by_domain = self._settings.stats.metrics_domain_label
-            DELIVERIES.labels(outcome.type, outcome.domain if by_domain else "").inc()
-        return Result.ack()
+        """One event alone (see `handle_batch`); raises what failed it."""
+        [result] = await self.handle_batch([msg])
+        if isinstance(result, Exception):
+            raise result
+        return result
 
-    async def _record(self, events: list[Event]) -> list[bool | BaseException]:
+    async def handle_batch(self, msgs: Sequence[BusMessage]) -> list[Result | Exception]:
+        """Record the events of one fetch in one statement. Per event: Ack once committed, also
+        when it was a duplicate; Term when it cannot be read; the database's refusal when it
+        refused that event alone (redelivered, dead-lettered after `max_deliver`). A failed
+        statement raises: the whole fetch comes back."""
+        results: list[Result | Exception] = [_ACK] * len(msgs)
+        events: list[Event] = []
+        positions: list[int] = []
+        for position, msg in enumerate(msgs):
+            try:
+                outcome = decode(msg.data, msg.msg_id)
+            except UndecodableEvent as exc:
+                log.error(
+                    "undecodable stats event",
+                    extra={
+                        "kv": {"subject": msg.subject, "seq": msg.stream_seq, "error": str(exc)}
+                    },
+                )
+                _recorded("unknown", "undecodable").inc()
+                results[position] = Result.term()
+                continue
+            if not outcome.domain:
+                # Every publisher sets it; a missing one can still be recovered from the Batch.
+                outcome = dataclasses.replace(outcome, domain=domain_of_batch(outcome.batch_id))
+            events.append((outcome, data_json(outcome.detail)))
+            positions.append(position)
+        if not events:
+            return results
+        written = await self._record(events)
+        by_domain = self._settings.stats.metrics_domain_label
+        for position, (outcome, _), inserted in zip(positions, events, written, strict=True):
+            if isinstance(inserted, Exception):
+                results[position] = inserted
+                continue
+            _recorded(outcome.type, "recorded" if inserted else "duplicate").inc()
+            if inserted and outcome.type in TERMINAL:
+                _ended(outcome.type, outcome.domain if by_domain else "").inc()
+        return results
+
+    async def _record(self, events: list[Event]) -> list[bool | Exception]:
         """One batch of events in one statement; one by one if PostgreSQL refuses the batch,
         so that only the offending event fails (and is redelivered)."""
         try:
@@ -146,7 +185,7 @@ class StatsWorker:
             if len(events) == 1:
                 _log_refused(events[0], exc)
                 return [exc]
-        results: list[bool | BaseException] = []
+        results: list[bool | Exception] = []
         for event in events:
             try:
                 results.append(await stats_store.record_event(self._db, *event))
