@@ -504,7 +504,7 @@ MAX_DISPATCH_CLAIM_TIMEOUT = timedelta(minutes=5)
 class DispatcherSettings(_Section):
     """Dispatcher: builds Envelopes and schedules retries."""
 
-    batch_size: Count = _key(200, "Deliveries the dispatcher claims per batch")
+    batch_size: Count = _key(500, "Deliveries the dispatcher claims per batch")
     idle_interval: Duration = _key("200ms", "Dispatcher poll interval while nothing is due")
     build_workers: Workers = _key(
         1, "Processes building and signing Envelopes beside the event loop (0 = in the loop)"
